@@ -1,0 +1,136 @@
+//! Identity keys. An account has one Ed25519 identity key; each device has
+//! its own Ed25519 device key, which signs logins to the server and is the
+//! signature key of the device's MLS leaves. The MLS credential names both,
+//! so a peer can tell which account and which device sent what.
+
+use ed25519_dalek::{Signer as _, SigningKey};
+use openmls_traits::signatures::{Signer, SignerError};
+use openmls_traits::types::SignatureScheme;
+use rand::rngs::OsRng;
+use serde::{Deserialize, Serialize};
+use sotto_proto::{AccountId, DeviceId, Signature};
+use zeroize::Zeroizing;
+
+macro_rules! signing_key {
+    ($(#[$doc:meta])* $name:ident, $id:ident) => {
+        $(#[$doc])*
+        /// The secret half is zeroized when dropped and never printed.
+        pub struct $name(SigningKey);
+
+        impl $name {
+            /// A fresh key from the operating system's randomness.
+            pub fn generate() -> Self {
+                Self(SigningKey::generate(&mut OsRng))
+            }
+
+            /// Restores a key from its 32 secret bytes.
+            pub fn from_secret(bytes: &[u8; 32]) -> Self {
+                Self(SigningKey::from_bytes(bytes))
+            }
+
+            /// The 32 secret bytes, for the encrypted store only.
+            pub fn secret(&self) -> Zeroizing<[u8; 32]> {
+                Zeroizing::new(self.0.to_bytes())
+            }
+
+            /// The public id.
+            pub fn id(&self) -> $id {
+                $id(self.0.verifying_key().to_bytes())
+            }
+
+            /// Signs `msg`.
+            pub fn sign(&self, msg: &[u8]) -> Signature {
+                Signature(self.0.sign(msg).to_bytes())
+            }
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}({:?})", stringify!($name), self.id())
+            }
+        }
+    };
+}
+
+signing_key!(
+    /// The account identity key.
+    AccountKey,
+    AccountId
+);
+signing_key!(
+    /// A device key.
+    DeviceKey,
+    DeviceId
+);
+
+impl Signer for DeviceKey {
+    fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, SignerError> {
+        Ok(self.0.sign(payload).to_bytes().to_vec())
+    }
+
+    fn signature_scheme(&self) -> SignatureScheme {
+        SignatureScheme::ED25519
+    }
+}
+
+/// What an MLS basic credential carries: the account and the device. A leaf
+/// is only accepted if its signature key is the device key named here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialIdentity {
+    /// The account.
+    pub account: AccountId,
+    /// The device; equal to the leaf's signature key.
+    pub device: DeviceId,
+}
+
+impl CredentialIdentity {
+    /// The credential's identity bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(72);
+        v.extend_from_slice(b"sotto1");
+        v.extend_from_slice(&self.account.0);
+        v.extend_from_slice(&self.device.0);
+        v
+    }
+
+    /// Parses identity bytes; `None` if they are not a Sotto credential.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        let rest = b.strip_prefix(b"sotto1")?;
+        if rest.len() != 64 {
+            return None;
+        }
+        let mut a = [0u8; 32];
+        let mut d = [0u8; 32];
+        a.copy_from_slice(&rest[..32]);
+        d.copy_from_slice(&rest[32..]);
+        Some(Self {
+            account: AccountId(a),
+            device: DeviceId(d),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_round_trips_and_debug_hides_secret() {
+        let k = DeviceKey::generate();
+        let k2 = DeviceKey::from_secret(&k.secret());
+        assert_eq!(k.id(), k2.id());
+        let dbg = format!("{k:?}");
+        assert!(!dbg.contains(&hex::encode(*k.secret())));
+    }
+
+    #[test]
+    fn credential_identity_round_trips_and_rejects_garbage() {
+        let c = CredentialIdentity {
+            account: AccountId([1; 32]),
+            device: DeviceId([2; 32]),
+        };
+        assert_eq!(CredentialIdentity::from_bytes(&c.to_bytes()), Some(c));
+        assert_eq!(CredentialIdentity::from_bytes(b"alice"), None);
+        assert_eq!(CredentialIdentity::from_bytes(&c.to_bytes()[..69]), None);
+    }
+}

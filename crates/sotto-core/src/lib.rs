@@ -1,0 +1,17 @@
+//! The client core of Sotto: identity keys, MLS conversations through
+//! `openmls`, and the encoding of what users send each other.
+//!
+//! Architecture invariant: this crate does no IO of its own. It opens no
+//! socket and no file and reads no clock: time comes in as arguments, and MLS
+//! state goes through the `openmls` provider the caller hands in (the client
+//! passes one backed by its encrypted store, tests one backed by memory).
+//! Every function takes bytes and returns bytes and events, so two or more
+//! in-memory peers can drive a conversation deterministically.
+
+pub mod identity;
+pub mod message;
+pub mod mls;
+
+pub use identity::{AccountKey, CredentialIdentity, DeviceKey};
+pub use message::{AppMessage, Body};
+pub use mls::{CoreError, Suite};

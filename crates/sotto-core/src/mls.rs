@@ -1,0 +1,393 @@
+//! MLS conversations through `openmls`. Every conversation is an MLS group
+//! whose leaves are devices; each function here is one step of the protocol
+//! over a caller-provided `openmls` provider, so the caller decides where the
+//! state lives and which transaction it belongs to.
+
+use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
+use openmls::prelude::*;
+use openmls_traits::OpenMlsProvider;
+use sotto_proto::{AccountId, DeviceId};
+
+use crate::identity::{CredentialIdentity, DeviceKey};
+
+/// The ciphersuite of new conversations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Suite {
+    /// `MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519`: X-Wing (ML-KEM-768 +
+    /// X25519) hybrid key exchange, the default.
+    #[default]
+    PostQuantum,
+    /// `MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519`: classical.
+    Classical,
+}
+
+impl Suite {
+    /// The MLS ciphersuite.
+    pub fn ciphersuite(self) -> Ciphersuite {
+        match self {
+            Self::PostQuantum => Ciphersuite::MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519,
+            Self::Classical => Ciphersuite::MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519,
+        }
+    }
+
+    /// The name used in configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::PostQuantum => "xwing",
+            Self::Classical => "x25519",
+        }
+    }
+
+    /// Parses a configuration name.
+    pub fn from_name(s: &str) -> Option<Self> {
+        match s {
+            "xwing" => Some(Self::PostQuantum),
+            "x25519" => Some(Self::Classical),
+            _ => None,
+        }
+    }
+}
+
+/// What can go wrong in an MLS step.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// A KeyPackage did not parse or verify.
+    #[error("invalid key package: {0}")]
+    InvalidKeyPackage(String),
+    /// A KeyPackage is valid but not for the device the server said.
+    #[error("key package does not belong to the expected device")]
+    KeyPackageMismatch,
+    /// A Welcome could not be processed.
+    #[error("invalid welcome: {0}")]
+    InvalidWelcome(String),
+    /// A group member's credential does not match its leaf key, or names an
+    /// account other than the one expected.
+    #[error("forged credential in group")]
+    ForgedCredential,
+    /// No such group in the local state.
+    #[error("unknown conversation")]
+    UnknownGroup,
+    /// A message could not be processed (wrong epoch, replay, forgery, garbage).
+    #[error("message rejected: {0}")]
+    Rejected(String),
+    /// The local MLS state could not be read or written.
+    #[error("mls storage: {0}")]
+    Storage(String),
+    /// A bug.
+    #[error("internal mls error: {0}")]
+    Internal(String),
+}
+
+fn internal(e: impl std::fmt::Display) -> CoreError {
+    CoreError::Internal(e.to_string())
+}
+
+fn storage(e: impl std::fmt::Debug) -> CoreError {
+    CoreError::Storage(format!("{e:?}"))
+}
+
+fn create_config(suite: Suite) -> MlsGroupCreateConfig {
+    MlsGroupCreateConfig::builder()
+        .ciphersuite(suite.ciphersuite())
+        .capabilities(capabilities())
+        .use_ratchet_tree_extension(true)
+        .padding_size(64)
+        .sender_ratchet_configuration(SenderRatchetConfiguration::new(20, 1000))
+        .max_past_epochs(0)
+        .build()
+}
+
+fn join_config() -> MlsGroupJoinConfig {
+    MlsGroupJoinConfig::builder()
+        .use_ratchet_tree_extension(true)
+        .padding_size(64)
+        .sender_ratchet_configuration(SenderRatchetConfiguration::new(20, 1000))
+        .max_past_epochs(0)
+        .build()
+}
+
+/// The capabilities every Sotto leaf advertises: the defaults plus the
+/// last-resort KeyPackage extension.
+fn capabilities() -> Capabilities {
+    Capabilities::new(None, None, Some(&[ExtensionType::LastResort]), None, None)
+}
+
+/// The credential of a device of an account.
+pub fn credential(account: AccountId, device: &DeviceKey) -> CredentialWithKey {
+    let id = CredentialIdentity {
+        account,
+        device: device.id(),
+    };
+    CredentialWithKey {
+        credential: BasicCredential::new(id.to_bytes()).into(),
+        signature_key: device.id().0.to_vec().into(),
+    }
+}
+
+/// The identity a leaf claims, if its credential is a Sotto credential whose
+/// device is the leaf's signature key.
+pub fn leaf_identity(credential: &Credential, signature_key: &[u8]) -> Option<CredentialIdentity> {
+    let basic = BasicCredential::try_from(credential.clone()).ok()?;
+    let id = CredentialIdentity::from_bytes(basic.identity())?;
+    (id.device.0.as_slice() == signature_key).then_some(id)
+}
+
+/// Makes `n` one-time KeyPackages (their private parts go into the
+/// provider's storage) and returns them serialized.
+pub fn key_packages<P: OpenMlsProvider>(
+    provider: &P,
+    account: AccountId,
+    device: &DeviceKey,
+    suite: Suite,
+    n: usize,
+) -> Result<Vec<Vec<u8>>, CoreError> {
+    (0..n)
+        .map(|_| {
+            let b = KeyPackage::builder()
+                .leaf_node_capabilities(capabilities())
+                .build(suite.ciphersuite(), provider, device, credential(account, device))
+                .map_err(internal)?;
+            b.key_package().tls_serialize_detached().map_err(internal)
+        })
+        .collect()
+}
+
+/// Makes a last-resort KeyPackage.
+pub fn last_resort_key_package<P: OpenMlsProvider>(
+    provider: &P,
+    account: AccountId,
+    device: &DeviceKey,
+    suite: Suite,
+) -> Result<Vec<u8>, CoreError> {
+    let b = KeyPackage::builder()
+        .leaf_node_capabilities(capabilities())
+        .mark_as_last_resort()
+        .build(suite.ciphersuite(), provider, device, credential(account, device))
+        .map_err(internal)?;
+    b.key_package().tls_serialize_detached().map_err(internal)
+}
+
+/// Parses and verifies a claimed KeyPackage, and checks that it belongs to
+/// `account`'s device `device`.
+pub fn verify_key_package<P: OpenMlsProvider>(
+    provider: &P,
+    bytes: &[u8],
+    account: AccountId,
+    device: DeviceId,
+) -> Result<KeyPackage, CoreError> {
+    let kp_in = KeyPackageIn::tls_deserialize_exact(bytes)
+        .map_err(|e| CoreError::InvalidKeyPackage(e.to_string()))?;
+    let kp = kp_in
+        .validate(provider.crypto(), ProtocolVersion::Mls10)
+        .map_err(|e| CoreError::InvalidKeyPackage(e.to_string()))?;
+    let leaf = kp.leaf_node();
+    let id = leaf_identity(leaf.credential(), leaf.signature_key().as_slice())
+        .ok_or(CoreError::KeyPackageMismatch)?;
+    if id.account != account || id.device != device {
+        return Err(CoreError::KeyPackageMismatch);
+    }
+    Ok(kp)
+}
+
+/// A new group with its first members added, waiting for the server to
+/// accept the commit.
+#[derive(Debug)]
+pub struct Created {
+    /// The Welcome for the added devices.
+    pub welcome: Vec<u8>,
+    /// Every member device after the commit.
+    pub members: Vec<DeviceId>,
+}
+
+/// Creates the group `group_id` and stages the commit that adds the owners
+/// of `key_packages`. Call [`merge_pending`] once the server accepted it, or
+/// [`discard`] if it did not.
+pub fn create_group<P: OpenMlsProvider>(
+    provider: &P,
+    account: AccountId,
+    device: &DeviceKey,
+    suite: Suite,
+    group_id: sotto_proto::GroupId,
+    key_packages: &[KeyPackage],
+) -> Result<Created, CoreError> {
+    let mut group = MlsGroup::new_with_group_id(
+        provider,
+        device,
+        &create_config(suite),
+        GroupId::from_slice(&group_id.0),
+        credential(account, device),
+    )
+    .map_err(internal)?;
+    let (_commit, welcome, _info) = group
+        .add_members(provider, device, key_packages)
+        .map_err(internal)?;
+    let mut members = vec![device.id()];
+    for kp in key_packages {
+        let key = kp.leaf_node().signature_key().as_slice();
+        members.push(DeviceId(key.try_into().map_err(internal)?));
+    }
+    Ok(Created {
+        welcome: welcome.tls_serialize_detached().map_err(internal)?,
+        members,
+    })
+}
+
+fn load<P: OpenMlsProvider>(provider: &P, group_id: sotto_proto::GroupId) -> Result<MlsGroup, CoreError> {
+    MlsGroup::load(provider.storage(), &GroupId::from_slice(&group_id.0))
+        .map_err(storage)?
+        .ok_or(CoreError::UnknownGroup)
+}
+
+/// Whether the local state has this group.
+pub fn has_group<P: OpenMlsProvider>(provider: &P, group_id: sotto_proto::GroupId) -> Result<bool, CoreError> {
+    Ok(MlsGroup::load(provider.storage(), &GroupId::from_slice(&group_id.0))
+        .map_err(storage)?
+        .is_some())
+}
+
+/// Applies the staged commit after the server accepted it.
+pub fn merge_pending<P: OpenMlsProvider>(provider: &P, group_id: sotto_proto::GroupId) -> Result<(), CoreError> {
+    let mut g = load(provider, group_id)?;
+    g.merge_pending_commit(provider).map_err(internal)
+}
+
+/// Forgets a group entirely (used when the server refused its creation).
+pub fn discard<P: OpenMlsProvider>(provider: &P, group_id: sotto_proto::GroupId) -> Result<(), CoreError> {
+    let mut g = load(provider, group_id)?;
+    g.delete(provider.storage()).map_err(storage)
+}
+
+/// The group's current epoch.
+pub fn epoch<P: OpenMlsProvider>(provider: &P, group_id: sotto_proto::GroupId) -> Result<u64, CoreError> {
+    Ok(load(provider, group_id)?.epoch().as_u64())
+}
+
+/// The members of a group, as (account, device).
+pub fn members<P: OpenMlsProvider>(
+    provider: &P,
+    group_id: sotto_proto::GroupId,
+) -> Result<Vec<CredentialIdentity>, CoreError> {
+    let g = load(provider, group_id)?;
+    g.members()
+        .map(|m| leaf_identity(&m.credential, &m.signature_key).ok_or(CoreError::ForgedCredential))
+        .collect()
+}
+
+/// Encrypts an application message for the group.
+pub fn encrypt<P: OpenMlsProvider>(
+    provider: &P,
+    device: &DeviceKey,
+    group_id: sotto_proto::GroupId,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, CoreError> {
+    let mut g = load(provider, group_id)?;
+    let out = g.create_message(provider, device, plaintext).map_err(internal)?;
+    out.tls_serialize_detached().map_err(internal)
+}
+
+/// The result of joining by Welcome.
+#[derive(Debug)]
+pub struct Joined {
+    /// The group.
+    pub group_id: sotto_proto::GroupId,
+    /// Its members.
+    pub members: Vec<CredentialIdentity>,
+}
+
+/// Joins a group from a Welcome. Every member's credential must match its
+/// leaf key, or the group is dropped again.
+pub fn join<P: OpenMlsProvider>(provider: &P, welcome: &[u8]) -> Result<Joined, CoreError> {
+    let msg = MlsMessageIn::tls_deserialize_exact(welcome)
+        .map_err(|e| CoreError::InvalidWelcome(e.to_string()))?;
+    let MlsMessageBodyIn::Welcome(w) = msg.extract() else {
+        return Err(CoreError::InvalidWelcome("not a welcome".into()));
+    };
+    let staged = StagedWelcome::new_from_welcome(provider, &join_config(), w, None)
+        .map_err(|e| CoreError::InvalidWelcome(e.to_string()))?;
+    let mut group = staged
+        .into_group(provider)
+        .map_err(|e| CoreError::InvalidWelcome(e.to_string()))?;
+    let members: Option<Vec<CredentialIdentity>> = group
+        .members()
+        .map(|m| leaf_identity(&m.credential, &m.signature_key))
+        .collect();
+    let Some(members) = members else {
+        group.delete(provider.storage()).map_err(storage)?;
+        return Err(CoreError::ForgedCredential);
+    };
+    let gid: [u8; 32] = group
+        .group_id()
+        .as_slice()
+        .try_into()
+        .map_err(|_| CoreError::InvalidWelcome("group id is not 32 bytes".into()))?;
+    Ok(Joined {
+        group_id: sotto_proto::GroupId(gid),
+        members,
+    })
+}
+
+/// What processing a message did.
+#[derive(Debug)]
+pub enum Processed {
+    /// An application message from `sender`.
+    Application {
+        /// The authenticated sender.
+        sender: CredentialIdentity,
+        /// The decrypted bytes.
+        plaintext: Vec<u8>,
+    },
+    /// A commit was applied; the group is at `epoch`.
+    Commit {
+        /// The new epoch.
+        epoch: u64,
+    },
+    /// A proposal or other message that changes nothing visible.
+    Other,
+}
+
+/// Decrypts or applies one MLS message of a group.
+pub fn process<P: OpenMlsProvider>(
+    provider: &P,
+    group_id: sotto_proto::GroupId,
+    bytes: &[u8],
+) -> Result<Processed, CoreError> {
+    let mut g = load(provider, group_id)?;
+    let msg = MlsMessageIn::tls_deserialize_exact(bytes).map_err(|e| CoreError::Rejected(e.to_string()))?;
+    let proto = msg
+        .try_into_protocol_message()
+        .map_err(|e| CoreError::Rejected(e.to_string()))?;
+    if proto.group_id().as_slice() != group_id.0.as_slice() {
+        return Err(CoreError::Rejected("message for another group".into()));
+    }
+    let processed = g
+        .process_message(provider, proto)
+        .map_err(|e| CoreError::Rejected(e.to_string()))?;
+    let sender_leaf = match processed.sender() {
+        Sender::Member(i) => Some(*i),
+        _ => None,
+    };
+    match processed.into_content() {
+        ProcessedMessageContent::ApplicationMessage(app) => {
+            let idx = sender_leaf.ok_or_else(|| CoreError::Rejected("application message from a non-member".into()))?;
+            let m = g.member_at(idx).ok_or(CoreError::ForgedCredential)?;
+            let sender = leaf_identity(&m.credential, &m.signature_key).ok_or(CoreError::ForgedCredential)?;
+            Ok(Processed::Application {
+                sender,
+                plaintext: app.into_bytes(),
+            })
+        }
+        ProcessedMessageContent::StagedCommitMessage(staged) => {
+            for add in staged.add_proposals() {
+                let leaf = add.add_proposal().key_package().leaf_node();
+                if leaf_identity(leaf.credential(), leaf.signature_key().as_slice()).is_none() {
+                    return Err(CoreError::ForgedCredential);
+                }
+            }
+            g.merge_staged_commit(provider, *staged).map_err(internal)?;
+            Ok(Processed::Commit {
+                epoch: g.epoch().as_u64(),
+            })
+        }
+        _ => Ok(Processed::Other),
+    }
+}

@@ -1,0 +1,308 @@
+//! The frames of protocol version 1. Each WebSocket binary message carries
+//! exactly one frame: a [`ClientFrame`] from the client or a [`ServerFrame`]
+//! from the server. See docs/PROTOCOL.md for the conversation they make up.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{AccountId, DeviceId, GroupId, Handle, MessageId, ProtoError, Signature};
+
+/// Every frame a client sends: a request and the number the response will carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientFrame {
+    /// Chosen by the client; echoed in the [`ServerFrame::Response`].
+    pub req: u32,
+    /// What the client asks for.
+    pub body: Request,
+}
+
+/// What a client can ask. Before authentication only `Register`, `Login` and
+/// `Ping` are accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Create an account with its first device, and authenticate as it.
+    Register(RegisterRequest),
+    /// Authenticate an existing device by signing the connection's challenge.
+    Login(LoginRequest),
+    /// Store KeyPackages of the authenticated device.
+    UploadKeyPackages(UploadKeyPackages),
+    /// Take one KeyPackage of each device of an account (by handle).
+    ClaimKeyPackages {
+        /// Whose KeyPackages.
+        handle: Handle,
+    },
+    /// Create a group or advance its epoch (compare-and-set on `epoch`).
+    Commit(CommitRequest),
+    /// Send an application message to every other member device of a group.
+    Send(SendRequest),
+    /// Delete delivered messages from the device's mailbox.
+    Ack {
+        /// Sequence numbers of [`ServerFrame::Deliver`] frames.
+        seqs: Vec<u64>,
+    },
+    /// Liveness check; answered with [`Response::Pong`].
+    Ping,
+}
+
+/// Registration of a new account and its first device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    /// The protocol version the client speaks.
+    pub version: u16,
+    /// The handle to claim.
+    pub handle: Handle,
+    /// The account identity key.
+    pub account: AccountId,
+    /// The first device's key.
+    pub device: DeviceId,
+    /// A single-use invite code, where the server requires one.
+    pub invite: Option<String>,
+    /// A proof-of-work nonce for [`crate::pow`], where registration is open.
+    pub pow_nonce: Option<u64>,
+    /// The account key's signature over [`register_transcript`].
+    pub account_signature: Signature,
+    /// The device key's signature over the same transcript.
+    pub device_signature: Signature,
+}
+
+/// Login of a registered device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginRequest {
+    /// The protocol version the client speaks.
+    pub version: u16,
+    /// The device logging in.
+    pub device: DeviceId,
+    /// The device key's signature over [`login_transcript`].
+    pub signature: Signature,
+}
+
+/// KeyPackages for the authenticated device: opaque MLS bytes to the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadKeyPackages {
+    /// One-time KeyPackages, each handed out at most once.
+    pub key_packages: Vec<Blob>,
+    /// A last-resort KeyPackage, handed out when the one-time ones run out;
+    /// replaces the previous one.
+    pub last_resort: Option<Blob>,
+}
+
+/// Opaque bytes, encoded as a length-prefixed byte string.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blob(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+impl std::fmt::Debug for Blob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Blob({} bytes)", self.0.len())
+    }
+}
+
+/// A commit, compare-and-set on the group's epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitRequest {
+    /// The group.
+    pub group: GroupId,
+    /// The epoch the commit was built on. `0` for a group the server does not
+    /// know yet: the commit then creates it.
+    pub epoch: u64,
+    /// Chosen by the sender; a retry with the same id is not applied twice.
+    pub msg_id: MessageId,
+    /// The MLS commit, delivered to every member device that was in the group
+    /// before it, except the sender.
+    pub commit: Option<Blob>,
+    /// The MLS Welcome and the devices it is for.
+    pub welcome: Option<WelcomeOut>,
+    /// Every member device after the commit, the sender included.
+    pub members: Vec<DeviceId>,
+}
+
+/// A Welcome and its recipients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WelcomeOut {
+    /// The MLS Welcome message.
+    pub welcome: Blob,
+    /// The new member devices.
+    pub recipients: Vec<DeviceId>,
+}
+
+/// An application message for a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendRequest {
+    /// The group.
+    pub group: GroupId,
+    /// Chosen by the sender; a retry with the same id is stored once.
+    pub msg_id: MessageId,
+    /// The MLS PrivateMessage.
+    pub payload: Blob,
+}
+
+/// Every frame a server sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerFrame {
+    /// The first frame on every connection.
+    Hello(ServerHello),
+    /// The answer to the request with number `req`.
+    Response {
+        /// The request's number.
+        req: u32,
+        /// What came of it.
+        result: Result<Response, ProtoError>,
+    },
+    /// A message from the device's mailbox; acknowledge it with `Ack`.
+    Deliver(Delivery),
+    /// Everything that was in the mailbox at login has been delivered; what
+    /// follows is pushed as it arrives.
+    Synced,
+    /// A connection-level error; the server closes the connection after it.
+    Fatal(ProtoError),
+}
+
+/// What the server says first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerHello {
+    /// The protocol versions this server speaks.
+    pub versions: Vec<u16>,
+    /// A fresh random challenge for this connection, signed by `Login` and
+    /// `Register`, and the seed of the registration proof of work.
+    pub challenge: [u8; 32],
+    /// How this server accepts registrations.
+    pub registration: RegistrationPolicy,
+}
+
+/// How a server accepts new accounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RegistrationPolicy {
+    /// Only with a single-use invite code.
+    InviteOnly,
+    /// Without an invite, behind a proof of work of this many leading zero bits.
+    Open {
+        /// Required leading zero bits of the proof-of-work hash.
+        pow_bits: u8,
+    },
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Registration and login both end here.
+    LoggedIn(Session),
+    /// KeyPackages stored.
+    KeyPackagesStored {
+        /// How many one-time KeyPackages the device has on the server now.
+        available: u32,
+    },
+    /// One KeyPackage for each device of the account that has one.
+    KeyPackages(ClaimedKeyPackages),
+    /// The commit was applied; the group is at `epoch` now.
+    Committed {
+        /// The new epoch.
+        epoch: u64,
+    },
+    /// The message is stored durably for every recipient.
+    Accepted {
+        /// The same message id was accepted before; it was not stored again.
+        duplicate: bool,
+    },
+    /// The acknowledged messages are deleted.
+    Acked,
+    /// The answer to `Ping`.
+    Pong {
+        /// The server's clock, milliseconds since the Unix epoch.
+        server_time_ms: u64,
+    },
+}
+
+/// Who the connection is authenticated as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// The account.
+    pub account: AccountId,
+    /// The device.
+    pub device: DeviceId,
+    /// The account's handle.
+    pub handle: Handle,
+    /// One-time KeyPackages the device has on the server.
+    pub key_packages: u32,
+    /// Whether the device has a last-resort KeyPackage on the server.
+    pub has_last_resort: bool,
+}
+
+/// The result of a claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimedKeyPackages {
+    /// The account the handle names.
+    pub account: AccountId,
+    /// One entry per device.
+    pub devices: Vec<ClaimedKeyPackage>,
+}
+
+/// One device's KeyPackage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimedKeyPackage {
+    /// The device.
+    pub device: DeviceId,
+    /// The MLS KeyPackage.
+    pub key_package: Blob,
+    /// Whether this is the device's last-resort KeyPackage (which stays on the server).
+    pub last_resort: bool,
+}
+
+/// One message out of a mailbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// The mailbox sequence number; acknowledge with it.
+    pub seq: u64,
+    /// The message.
+    pub envelope: Envelope,
+}
+
+/// What the server knows of a message: routing, never content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The group it belongs to.
+    pub group: GroupId,
+    /// The device that sent it, as authenticated by the server.
+    pub sender: DeviceId,
+    /// The sender's message id.
+    pub msg_id: MessageId,
+    /// What kind of MLS message the payload is.
+    pub kind: EnvelopeKind,
+    /// When the server accepted it, milliseconds since the Unix epoch.
+    pub server_time_ms: u64,
+    /// The MLS message.
+    pub payload: Blob,
+}
+
+/// The kind of MLS message in an envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EnvelopeKind {
+    /// An application message (MLS PrivateMessage).
+    Application,
+    /// A commit.
+    Commit,
+    /// A Welcome into a group.
+    Welcome,
+}
+
+/// The bytes a new account's keys sign at registration.
+pub fn register_transcript(
+    challenge: &[u8; 32],
+    handle: &Handle,
+    account: &AccountId,
+    device: &DeviceId,
+) -> Vec<u8> {
+    let mut t = Vec::with_capacity(160);
+    t.extend_from_slice(b"sotto-register-v1\0");
+    t.extend_from_slice(challenge);
+    t.extend_from_slice(&account.0);
+    t.extend_from_slice(&device.0);
+    t.extend_from_slice(handle.as_str().as_bytes());
+    t
+}
+
+/// The bytes a device signs to log in.
+pub fn login_transcript(challenge: &[u8; 32], device: &DeviceId) -> Vec<u8> {
+    let mut t = Vec::with_capacity(96);
+    t.extend_from_slice(b"sotto-login-v1\0");
+    t.extend_from_slice(challenge);
+    t.extend_from_slice(&device.0);
+    t
+}

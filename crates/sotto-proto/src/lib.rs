@@ -1,0 +1,40 @@
+//! Sotto's wire protocol: every type that crosses the network between a client
+//! and a server, and the one codec that turns them into bytes and back.
+//!
+//! Architecture invariant: this crate does no IO and has no async code. It is
+//! the only crate that defines what goes over the wire; the server and the
+//! client both speak through these types. Decoding never panics and never
+//! allocates more than the bytes it was given (see [`codec`]).
+
+pub mod codec;
+pub mod error;
+pub mod frame;
+pub mod ids;
+pub mod pow;
+
+pub use codec::{DecodeError, decode_client, decode_server, encode_client, encode_server};
+pub use error::{ErrorCode, ProtoError};
+pub use frame::*;
+pub use ids::*;
+
+/// The version of the wire protocol this crate speaks. Sent in `Register` and
+/// `Login`; a server answers an unknown version with [`ErrorCode::UnsupportedVersion`].
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The largest encoded frame either side accepts, in bytes.
+pub const MAX_FRAME_BYTES: usize = 256 * 1024;
+
+/// The largest MLS payload (ciphertext, commit or welcome) in one frame.
+pub const MAX_PAYLOAD_BYTES: usize = 200 * 1024;
+
+/// How many KeyPackages one upload may carry.
+pub const MAX_KEY_PACKAGES_PER_UPLOAD: usize = 100;
+
+/// How many deliveries or acks one frame may carry.
+pub const MAX_ACKS_PER_FRAME: usize = 512;
+
+/// How many member devices a group may have on the server.
+pub const MAX_GROUP_DEVICES: usize = 10_000;
+
+/// The WebSocket path of protocol version 1.
+pub const WS_PATH: &str = "/v1/ws";

@@ -1,0 +1,123 @@
+//! The [`Bus`]: how the part of the server that stored a message tells the
+//! connection of a recipient device that its mailbox has something new. The
+//! message itself is always read from the [`crate::store::Store`]; a lost
+//! notification only delays delivery until the next one or the next login.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use sotto_proto::DeviceId;
+use tokio::sync::Notify;
+
+/// Routes "new mail" notifications to the connections of devices.
+pub trait Bus: Send + Sync + 'static {
+    /// Starts listening for `device`; notifications stop when the
+    /// [`Subscription`] is dropped.
+    fn subscribe(&self, device: DeviceId) -> Subscription;
+    /// Tells every connection of these devices to look at its mailbox.
+    fn publish(&self, devices: &[DeviceId]);
+}
+
+/// A live subscription: wait on [`Subscription::notified`].
+pub struct Subscription {
+    notify: Arc<Notify>,
+    on_drop: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Subscription")
+    }
+}
+
+impl Subscription {
+    /// Completes when the mailbox may have changed since the last call. A
+    /// notification sent while nobody waits is kept, so none is missed.
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(f) = self.on_drop.take() {
+            f();
+        }
+    }
+}
+
+type Subscribers = HashMap<DeviceId, Vec<(u64, Arc<Notify>)>>;
+
+/// The bus of a single server node: an in-process map.
+#[derive(Debug, Default, Clone)]
+pub struct LocalBus {
+    inner: Arc<Mutex<(u64, Subscribers)>>,
+}
+
+impl LocalBus {
+    /// An empty bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, Subscribers)> {
+        // A poisoned lock only means another thread panicked while holding
+        // it; the map itself is always consistent.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Bus for LocalBus {
+    fn subscribe(&self, device: DeviceId) -> Subscription {
+        let notify = Arc::new(Notify::new());
+        let id = {
+            let mut g = self.lock();
+            g.0 += 1;
+            let id = g.0;
+            g.1.entry(device).or_default().push((id, notify.clone()));
+            id
+        };
+        let me = self.clone();
+        Subscription {
+            notify,
+            on_drop: Some(Box::new(move || {
+                let mut g = me.lock();
+                if let Some(v) = g.1.get_mut(&device) {
+                    v.retain(|(i, _)| *i != id);
+                    if v.is_empty() {
+                        g.1.remove(&device);
+                    }
+                }
+            })),
+        }
+    }
+
+    fn publish(&self, devices: &[DeviceId]) {
+        let g = self.lock();
+        for d in devices {
+            if let Some(v) = g.1.get(d) {
+                for (_, n) in v {
+                    n.notify_one();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn notification_before_wait_is_kept_and_drop_unsubscribes() {
+        let bus = LocalBus::new();
+        let d = DeviceId([1; 32]);
+        let sub = bus.subscribe(d);
+        bus.publish(&[d]);
+        tokio::time::timeout(std::time::Duration::from_secs(1), sub.notified())
+            .await
+            .expect("kept notification");
+        drop(sub);
+        assert!(bus.lock().1.is_empty());
+    }
+}

@@ -1,0 +1,97 @@
+//! Server configuration: a plain struct built once by the binary (or a test)
+//! and handed to [`crate::run`]. No globals.
+
+use std::time::Duration;
+
+use sotto_proto::RegistrationPolicy;
+
+/// How new accounts are admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistrationMode {
+    /// Only with a single-use invite code from `sotto-server invite`.
+    InviteOnly,
+    /// Anyone who solves a proof of work of `pow_bits` leading zero bits.
+    Open {
+        /// Difficulty of the proof of work.
+        pow_bits: u8,
+    },
+}
+
+impl RegistrationMode {
+    /// How the mode is announced to clients.
+    pub fn policy(&self) -> RegistrationPolicy {
+        match *self {
+            Self::InviteOnly => RegistrationPolicy::InviteOnly,
+            Self::Open { pow_bits } => RegistrationPolicy::Open { pow_bits },
+        }
+    }
+}
+
+/// Deadlines and caps that keep one client from exhausting the server.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most simultaneous connections.
+    pub max_connections: usize,
+    /// Time allowed for the TLS handshake and the WebSocket upgrade, each.
+    pub handshake_timeout: Duration,
+    /// Time allowed between the upgrade and a successful login.
+    pub auth_timeout: Duration,
+    /// How often the server pings an idle connection.
+    pub ping_interval: Duration,
+    /// A connection that sends nothing (not even a pong) for this long is closed.
+    pub idle_timeout: Duration,
+    /// Time allowed for one frame to be written to a client.
+    pub write_timeout: Duration,
+    /// Most messages waiting in one device's mailbox.
+    pub mailbox_max_messages: u64,
+    /// Most one-time KeyPackages a device may keep on the server.
+    pub max_key_packages: u32,
+    /// Largest KeyPackage accepted, in bytes.
+    pub max_key_package_bytes: usize,
+    /// Protocol errors tolerated on one connection before it is closed.
+    pub max_protocol_errors: u32,
+    /// Requests per second allowed on one connection (token bucket rate).
+    pub requests_per_second: f64,
+    /// Token bucket burst.
+    pub request_burst: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            handshake_timeout: Duration::from_secs(10),
+            auth_timeout: Duration::from_secs(30),
+            ping_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
+            write_timeout: Duration::from_secs(30),
+            mailbox_max_messages: 50_000,
+            max_key_packages: 200,
+            max_key_package_bytes: 16 * 1024,
+            max_protocol_errors: 3,
+            requests_per_second: 50.0,
+            request_burst: 200.0,
+        }
+    }
+}
+
+/// Everything [`crate::run`] needs besides the listener, TLS and storage.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Registration mode.
+    pub registration: RegistrationMode,
+    /// How long an undelivered message is kept.
+    pub mailbox_ttl: Duration,
+    /// Deadlines and caps.
+    pub limits: Limits,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            registration: RegistrationMode::InviteOnly,
+            mailbox_ttl: Duration::from_secs(30 * 24 * 3600),
+            limits: Limits::default(),
+        }
+    }
+}

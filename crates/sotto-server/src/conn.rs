@@ -1,0 +1,570 @@
+//! One client connection: TLS, the WebSocket upgrade, authentication, then
+//! requests and mailbox delivery over the same socket. Every phase has a
+//! deadline; a decoding error or too many protocol errors close the
+//! connection. The connection task owns its socket and writes directly
+//! (with a write deadline), so a client that stops reading is dropped
+//! instead of buffered for.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::{Signature as EdSignature, VerifyingKey};
+use futures_util::{SinkExt, StreamExt};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use sotto_proto::{
+    ClaimedKeyPackage, ClaimedKeyPackages, ClientFrame, CommitRequest, Delivery, DeviceId,
+    EnvelopeKind, ErrorCode, LoginRequest, MAX_ACKS_PER_FRAME, MAX_GROUP_DEVICES,
+    MAX_KEY_PACKAGES_PER_UPLOAD, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtoError, RegisterRequest,
+    Request, Response, SendRequest, ServerFrame, ServerHello, Session, Signature,
+    UploadKeyPackages,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{Instant, timeout};
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request as HttpRequest, Response as HttpResponse};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::bus::Bus;
+use crate::config::RegistrationMode;
+use crate::datadir::invite_hash;
+use crate::server::{Shared, now_ms};
+use crate::store::{
+    CommitError, CommitWrite, NewAccount, Outgoing, RegisterError, SendError, Store, StoreError,
+    StoredKeyPackage,
+};
+
+/// How many mailbox entries are read per store call.
+const FETCH_BATCH: u32 = 64;
+
+fn ws_config() -> WebSocketConfig {
+    // Small buffers per connection; messages capped near twice the
+    // application maximum (tungstenite's defaults are 64 MiB / 16 MiB).
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(2 * sotto_proto::MAX_FRAME_BYTES)
+        .max_message_size(Some(2 * sotto_proto::MAX_FRAME_BYTES))
+        .max_frame_size(Some(2 * sotto_proto::MAX_FRAME_BYTES))
+}
+
+/// Serves one TCP connection until it ends or the server stops.
+pub(crate) async fn serve<S: Store, B: Bus>(
+    tcp: TcpStream,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared<S, B>>,
+    stop: watch::Receiver<bool>,
+) {
+    let limits = &shared.config.limits;
+    let Ok(Ok(tls)) = timeout(limits.handshake_timeout, acceptor.accept(tcp)).await else {
+        return;
+    };
+    let check_path = |req: &HttpRequest, resp: HttpResponse| -> Result<HttpResponse, ErrorResponse> {
+        if req.uri().path() == sotto_proto::WS_PATH {
+            Ok(resp)
+        } else {
+            let mut e = ErrorResponse::new(Some("not found".into()));
+            *e.status_mut() = StatusCode::NOT_FOUND;
+            Err(e)
+        }
+    };
+    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(tls, check_path, Some(ws_config()));
+    let Ok(Ok(ws)) = timeout(limits.handshake_timeout, upgrade).await else {
+        return;
+    };
+    let mut challenge = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut challenge);
+    let mut conn = Conn {
+        ws,
+        shared: shared.clone(),
+        challenge,
+        session: None,
+        errors: 0,
+        last_sent: 0,
+        synced: false,
+        tokens: shared.config.limits.request_burst,
+        refilled: Instant::now(),
+    };
+    if let Err(e) = conn.run(stop).await {
+        tracing::debug!(reason = %e, "connection closed");
+    }
+    let _ = conn.ws.close(None).await;
+}
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+enum End {
+    #[error("peer closed")]
+    Closed,
+    #[error("timeout: {0}")]
+    Timeout(&'static str),
+    #[error("transport: {0}")]
+    Transport(String),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("shutdown")]
+    Shutdown,
+}
+
+struct Conn<S, B, T> {
+    ws: WebSocketStream<T>,
+    shared: Arc<Shared<S, B>>,
+    challenge: [u8; 32],
+    session: Option<Session>,
+    errors: u32,
+    /// Highest mailbox sequence number sent on this connection.
+    last_sent: u64,
+    synced: bool,
+    tokens: f64,
+    refilled: Instant,
+}
+
+enum Incoming {
+    Frame(ClientFrame),
+    Ignore,
+}
+
+fn store_error(e: &StoreError) -> ProtoError {
+    match e {
+        StoreError::Unavailable(_) => ProtoError::new(ErrorCode::Unavailable).retry_after(1000),
+        StoreError::Internal(_) => ProtoError::new(ErrorCode::Internal),
+    }
+}
+
+fn verify(key: &[u8; 32], msg: &[u8], sig: &Signature) -> bool {
+    let Ok(vk) = VerifyingKey::from_bytes(key) else {
+        return false;
+    };
+    vk.verify_strict(msg, &EdSignature::from_bytes(&sig.0)).is_ok()
+}
+
+impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
+    async fn run(&mut self, mut stop: watch::Receiver<bool>) -> Result<(), End> {
+        let hello = ServerFrame::Hello(ServerHello {
+            versions: vec![PROTOCOL_VERSION],
+            challenge: self.challenge,
+            registration: self.shared.config.registration.policy(),
+        });
+        self.write(&hello).await?;
+
+        // Authentication phase: only Register, Login and Ping, under a deadline.
+        let deadline = Instant::now() + self.shared.config.limits.auth_timeout;
+        while self.session.is_none() {
+            let msg = tokio::select! {
+                m = self.ws.next() => m,
+                () = tokio::time::sleep_until(deadline) => return Err(End::Timeout("authentication")),
+                _ = stop.changed() => return Err(End::Shutdown),
+            };
+            if let Incoming::Frame(f) = self.decode(msg).await? {
+                self.handle(f).await?;
+            }
+        }
+        let Some(device) = self.session.as_ref().map(|s| s.device) else {
+            return Err(End::Protocol("no session".into()));
+        };
+
+        // Subscribe before the first read of the mailbox so no notification is missed.
+        let sub = self.shared.bus.subscribe(device);
+        self.pump(device).await?;
+        let limits = self.shared.config.limits.clone();
+        let mut ping = tokio::time::interval(limits.ping_interval);
+        ping.tick().await;
+        let mut last_heard = Instant::now();
+        loop {
+            tokio::select! {
+                m = self.ws.next() => {
+                    last_heard = Instant::now();
+                    if let Incoming::Frame(f) = self.decode(m).await? {
+                        self.handle(f).await?;
+                    }
+                }
+                () = sub.notified() => self.pump(device).await?,
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > limits.idle_timeout {
+                        return Err(End::Timeout("idle"));
+                    }
+                    self.write_raw(Message::Ping(Vec::new().into())).await?;
+                }
+                _ = stop.changed() => return Err(End::Shutdown),
+            }
+        }
+    }
+
+    async fn decode(
+        &mut self,
+        msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) -> Result<Incoming, End> {
+        let bytes = match msg {
+            None => return Err(End::Closed),
+            Some(Err(e)) => {
+                // Oversized messages and broken framing end up here.
+                let fatal = ProtoError::with_message(ErrorCode::TooLarge, "frame rejected by transport");
+                let _ = self.write(&ServerFrame::Fatal(fatal)).await;
+                return Err(End::Transport(e.to_string()));
+            }
+            Some(Ok(Message::Binary(b))) => b,
+            Some(Ok(Message::Close(_))) => return Err(End::Closed),
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                return Ok(Incoming::Ignore);
+            }
+            Some(Ok(Message::Text(_))) => {
+                let fatal = ProtoError::with_message(ErrorCode::Malformed, "text frames are not part of the protocol");
+                self.write(&ServerFrame::Fatal(fatal)).await?;
+                return Err(End::Protocol("text frame".into()));
+            }
+        };
+        match sotto_proto::decode_client(&bytes) {
+            Ok(f) => Ok(Incoming::Frame(f)),
+            Err(e) => {
+                let code = match e {
+                    sotto_proto::DecodeError::TooLarge(_) => ErrorCode::TooLarge,
+                    _ => ErrorCode::Malformed,
+                };
+                let fatal = ProtoError::with_message(code, e.to_string());
+                self.write(&ServerFrame::Fatal(fatal)).await?;
+                Err(End::Protocol(e.to_string()))
+            }
+        }
+    }
+
+    async fn write_raw(&mut self, m: Message) -> Result<(), End> {
+        match timeout(self.shared.config.limits.write_timeout, self.ws.send(m)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(End::Transport(e.to_string())),
+            Err(_) => Err(End::Timeout("write")),
+        }
+    }
+
+    async fn write(&mut self, f: &ServerFrame) -> Result<(), End> {
+        self.write_raw(Message::Binary(sotto_proto::encode_server(f).into()))
+            .await
+    }
+
+    async fn respond(&mut self, req: u32, result: Result<Response, ProtoError>) -> Result<(), End> {
+        if result.is_err() {
+            self.errors += 1;
+        }
+        self.write(&ServerFrame::Response { req, result }).await?;
+        if self.errors > self.shared.config.limits.max_protocol_errors && self.session.is_none() {
+            return Err(End::Protocol("too many errors before authentication".into()));
+        }
+        Ok(())
+    }
+
+    fn take_token(&mut self) -> bool {
+        let l = &self.shared.config.limits;
+        let now = Instant::now();
+        let dt = now.duration_since(self.refilled).as_secs_f64();
+        self.refilled = now;
+        self.tokens = (self.tokens + dt * l.requests_per_second).min(l.request_burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    async fn handle(&mut self, f: ClientFrame) -> Result<(), End> {
+        if !self.take_token() {
+            let e = ProtoError::new(ErrorCode::RateLimited).retry_after(1000);
+            return self.write(&ServerFrame::Response { req: f.req, result: Err(e) }).await;
+        }
+        let result = match (f.body, self.session.is_some()) {
+            (Request::Ping, _) => Ok(Response::Pong {
+                server_time_ms: now_ms(),
+            }),
+            (Request::Register(r), false) => self.register(r).await,
+            (Request::Login(l), false) => self.login(l).await,
+            (Request::Register(_) | Request::Login(_), true) => Err(ProtoError::with_message(
+                ErrorCode::InvalidRequest,
+                "already authenticated",
+            )),
+            (_, false) => Err(ProtoError::new(ErrorCode::NotAuthenticated)),
+            (Request::UploadKeyPackages(u), true) => self.upload(u).await,
+            (Request::ClaimKeyPackages { handle }, true) => self.claim(handle).await,
+            (Request::Commit(c), true) => self.commit(c).await,
+            (Request::Send(s), true) => self.send(s).await,
+            (Request::Ack { seqs }, true) => self.ack(seqs).await,
+        };
+        let auth_failed = matches!(&result, Err(e) if e.code == ErrorCode::AuthFailed);
+        self.respond(f.req, result).await?;
+        if auth_failed {
+            // The challenge of this connection is spent; a new attempt needs a new connection.
+            return Err(End::Protocol("authentication failed".into()));
+        }
+        Ok(())
+    }
+
+    fn device(&self) -> Result<DeviceId, ProtoError> {
+        self.session
+            .as_ref()
+            .map(|s| s.device)
+            .ok_or_else(|| ProtoError::new(ErrorCode::NotAuthenticated))
+    }
+
+    async fn register(&mut self, r: RegisterRequest) -> Result<Response, ProtoError> {
+        if r.version != PROTOCOL_VERSION {
+            return Err(ProtoError::new(ErrorCode::UnsupportedVersion));
+        }
+        let invite_hash = r.invite.as_deref().map(invite_hash);
+        match self.shared.config.registration {
+            RegistrationMode::InviteOnly if invite_hash.is_none() => {
+                return Err(ProtoError::new(ErrorCode::InviteRequired));
+            }
+            RegistrationMode::Open { pow_bits } if invite_hash.is_none() => {
+                let ok = r.pow_nonce.is_some_and(|n| {
+                    sotto_proto::pow::verify(&self.challenge, r.handle.as_str(), n, pow_bits)
+                });
+                if !ok {
+                    return Err(ProtoError::new(ErrorCode::ProofOfWorkInvalid));
+                }
+            }
+            _ => {}
+        }
+        let t = sotto_proto::register_transcript(&self.challenge, &r.handle, &r.account, &r.device);
+        if !verify(&r.account.0, &t, &r.account_signature) || !verify(&r.device.0, &t, &r.device_signature) {
+            return Err(ProtoError::new(ErrorCode::AuthFailed));
+        }
+        let res = self
+            .shared
+            .store
+            .register(NewAccount {
+                handle: r.handle.clone(),
+                account: r.account,
+                device: r.device,
+                invite_hash,
+                now_ms: now_ms(),
+            })
+            .await;
+        match res {
+            Ok(()) => {}
+            Err(RegisterError::InvalidInvite) => return Err(ProtoError::new(ErrorCode::InvalidInvite)),
+            Err(RegisterError::HandleTaken) => return Err(ProtoError::new(ErrorCode::HandleTaken)),
+            Err(RegisterError::AlreadyRegistered) => {
+                return Err(ProtoError::with_message(ErrorCode::InvalidRequest, "keys already registered"));
+            }
+            Err(RegisterError::Store(e)) => return Err(self.log_store(&e)),
+        }
+        let s = Session {
+            account: r.account,
+            device: r.device,
+            handle: r.handle,
+            key_packages: 0,
+            has_last_resort: false,
+        };
+        self.session = Some(s.clone());
+        Ok(Response::LoggedIn(s))
+    }
+
+    fn log_store(&self, e: &StoreError) -> ProtoError {
+        tracing::error!(error = %e, "store operation failed");
+        store_error(e)
+    }
+
+    async fn login(&mut self, l: LoginRequest) -> Result<Response, ProtoError> {
+        if l.version != PROTOCOL_VERSION {
+            return Err(ProtoError::new(ErrorCode::UnsupportedVersion));
+        }
+        let rec = self.shared.store.device(l.device).await.map_err(|e| self.log_store(&e))?;
+        let t = sotto_proto::login_transcript(&self.challenge, &l.device);
+        // Unknown device, revoked device and bad signature look the same.
+        let sig_ok = verify(&l.device.0, &t, &l.signature);
+        let Some(rec) = rec.filter(|r| !r.revoked && sig_ok) else {
+            return Err(ProtoError::new(ErrorCode::AuthFailed));
+        };
+        let stock = self
+            .shared
+            .store
+            .key_package_stock(l.device)
+            .await
+            .map_err(|e| self.log_store(&e))?;
+        let s = Session {
+            account: rec.account,
+            device: l.device,
+            handle: rec.handle,
+            key_packages: stock.one_time,
+            has_last_resort: stock.last_resort,
+        };
+        self.session = Some(s.clone());
+        Ok(Response::LoggedIn(s))
+    }
+
+    async fn upload(&mut self, u: UploadKeyPackages) -> Result<Response, ProtoError> {
+        let device = self.device()?;
+        let limits = &self.shared.config.limits;
+        if u.key_packages.len() > MAX_KEY_PACKAGES_PER_UPLOAD {
+            return Err(ProtoError::with_message(ErrorCode::TooLarge, "too many key packages"));
+        }
+        let all = u.key_packages.iter().chain(u.last_resort.iter());
+        if all.clone().any(|kp| kp.0.len() > limits.max_key_package_bytes || kp.0.is_empty()) {
+            return Err(ProtoError::with_message(ErrorCode::TooLarge, "key package too large"));
+        }
+        let conv = |b: sotto_proto::Blob| StoredKeyPackage {
+            hash: Sha256::digest(&b.0).into(),
+            data: b.0,
+        };
+        let one_time = u.key_packages.into_iter().map(conv).collect();
+        let last_resort = u.last_resort.map(conv);
+        let stock = self
+            .shared
+            .store
+            .upload_key_packages(device, one_time, last_resort, limits.max_key_packages)
+            .await
+            .map_err(|e| self.log_store(&e))?;
+        Ok(Response::KeyPackagesStored {
+            available: stock.one_time,
+        })
+    }
+
+    async fn claim(&mut self, handle: sotto_proto::Handle) -> Result<Response, ProtoError> {
+        self.device()?;
+        let got = self
+            .shared
+            .store
+            .claim_key_packages(handle)
+            .await
+            .map_err(|e| self.log_store(&e))?;
+        let Some((account, claimed)) = got else {
+            return Err(ProtoError::new(ErrorCode::UnknownHandle));
+        };
+        if claimed.is_empty() {
+            return Err(ProtoError::new(ErrorCode::NoKeyPackages));
+        }
+        Ok(Response::KeyPackages(ClaimedKeyPackages {
+            account,
+            devices: claimed
+                .into_iter()
+                .map(|c| ClaimedKeyPackage {
+                    device: c.device,
+                    key_package: sotto_proto::Blob(c.data),
+                    last_resort: c.last_resort,
+                })
+                .collect(),
+        }))
+    }
+
+    fn outgoing(&self, c: &CommitRequest, kind: EnvelopeKind, payload: Vec<u8>, sender: DeviceId) -> Outgoing {
+        let now = now_ms();
+        Outgoing {
+            group: c.group,
+            sender,
+            msg_id: c.msg_id,
+            kind,
+            payload,
+            now_ms: now,
+            expires_ms: now.saturating_add(ttl_ms(&self.shared.config.mailbox_ttl)),
+        }
+    }
+
+    async fn commit(&mut self, c: CommitRequest) -> Result<Response, ProtoError> {
+        let device = self.device()?;
+        let too_big = c.commit.as_ref().is_some_and(|b| b.0.len() > MAX_PAYLOAD_BYTES)
+            || c.welcome.as_ref().is_some_and(|w| w.welcome.0.len() > MAX_PAYLOAD_BYTES);
+        if too_big || c.members.len() > MAX_GROUP_DEVICES {
+            return Err(ProtoError::new(ErrorCode::TooLarge));
+        }
+        if !c.members.contains(&device) {
+            return Err(ProtoError::with_message(ErrorCode::InvalidRequest, "the committer must stay a member"));
+        }
+        let welcome_recipients = c.welcome.as_ref().map(|w| w.recipients.clone()).unwrap_or_default();
+        if welcome_recipients.iter().any(|r| !c.members.contains(r)) {
+            return Err(ProtoError::with_message(ErrorCode::InvalidRequest, "welcome recipients must be members"));
+        }
+        let w = CommitWrite {
+            commit: c.commit.clone().map(|b| self.outgoing(&c, EnvelopeKind::Commit, b.0, device)),
+            welcome: c.welcome.clone().map(|w| self.outgoing(&c, EnvelopeKind::Welcome, w.welcome.0, device)),
+            welcome_recipients,
+            group: c.group,
+            sender: device,
+            epoch: c.epoch,
+            members: c.members,
+            mailbox_cap: self.shared.config.limits.mailbox_max_messages,
+        };
+        match self.shared.store.commit(w).await {
+            Ok(out) => {
+                self.shared.bus.publish(&out.recipients);
+                Ok(Response::Committed { epoch: out.epoch })
+            }
+            Err(CommitError::StaleEpoch(current)) => Err(ProtoError::new(ErrorCode::StaleEpoch { current })),
+            Err(CommitError::NotMember) => Err(ProtoError::new(ErrorCode::NotMember)),
+            Err(CommitError::MailboxFull) => Err(ProtoError::new(ErrorCode::MailboxFull).retry_after(60_000)),
+            Err(CommitError::Store(e)) => Err(self.log_store(&e)),
+        }
+    }
+
+    async fn send(&mut self, s: SendRequest) -> Result<Response, ProtoError> {
+        let device = self.device()?;
+        if s.payload.0.len() > MAX_PAYLOAD_BYTES {
+            return Err(ProtoError::new(ErrorCode::TooLarge));
+        }
+        let now = now_ms();
+        let m = Outgoing {
+            group: s.group,
+            sender: device,
+            msg_id: s.msg_id,
+            kind: EnvelopeKind::Application,
+            payload: s.payload.0,
+            now_ms: now,
+            expires_ms: now.saturating_add(ttl_ms(&self.shared.config.mailbox_ttl)),
+        };
+        match self.shared.store.send(m, self.shared.config.limits.mailbox_max_messages).await {
+            Ok(out) => {
+                self.shared.bus.publish(&out.recipients);
+                Ok(Response::Accepted { duplicate: out.duplicate })
+            }
+            Err(SendError::NotMember) => Err(ProtoError::new(ErrorCode::NotMember)),
+            Err(SendError::MailboxFull) => Err(ProtoError::new(ErrorCode::MailboxFull).retry_after(60_000)),
+            Err(SendError::Store(e)) => Err(self.log_store(&e)),
+        }
+    }
+
+    async fn ack(&mut self, seqs: Vec<u64>) -> Result<Response, ProtoError> {
+        let device = self.device()?;
+        if seqs.len() > MAX_ACKS_PER_FRAME {
+            return Err(ProtoError::new(ErrorCode::TooLarge));
+        }
+        self.shared.store.ack(device, seqs).await.map_err(|e| self.log_store(&e))?;
+        Ok(Response::Acked)
+    }
+
+    /// Sends every mailbox entry after the last one sent.
+    async fn pump(&mut self, device: DeviceId) -> Result<(), End> {
+        loop {
+            let batch = match self.shared.store.fetch(device, self.last_sent, FETCH_BATCH).await {
+                Ok(b) => b,
+                Err(e) => {
+                    // Delivery retries on the next notification or login.
+                    tracing::warn!(error = %e, "mailbox fetch failed");
+                    return Ok(());
+                }
+            };
+            let n = batch.len();
+            for entry in batch {
+                self.last_sent = entry.seq;
+                self.write(&ServerFrame::Deliver(Delivery {
+                    seq: entry.seq,
+                    envelope: entry.envelope,
+                }))
+                .await?;
+            }
+            if n < FETCH_BATCH as usize {
+                break;
+            }
+        }
+        if !self.synced {
+            self.synced = true;
+            self.write(&ServerFrame::Synced).await?;
+        }
+        Ok(())
+    }
+}
+
+fn ttl_ms(d: &Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,130 @@
+//! The server's data directory: the embedded database, the TLS identity and
+//! the server link. Created on first start; read by `run` and by
+//! `sotto-server invite` (which may run beside a live server).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::store::sqlite::SqliteStore;
+use crate::tls::TlsIdentity;
+
+/// A data directory.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut opts = fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+impl DataDir {
+    /// Opens `root`, creating it (mode 0700) if it does not exist.
+    pub fn open_or_create(root: &Path) -> anyhow::Result<Self> {
+        if !root.exists() {
+            fs::create_dir_all(root)
+                .with_context(|| format!("cannot create data directory {}", root.display()))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(root, fs::Permissions::from_mode(0o700))?;
+            }
+        }
+        Ok(Self {
+            root: root.to_owned(),
+        })
+    }
+
+    /// Opens an existing data directory.
+    pub fn open_existing(root: &Path) -> anyhow::Result<Self> {
+        if !root.join("server.db").exists() {
+            anyhow::bail!(
+                "{} is not a sotto-server data directory (run `sotto-server run --data {}` first)",
+                root.display(),
+                root.display()
+            );
+        }
+        Ok(Self {
+            root: root.to_owned(),
+        })
+    }
+
+    /// The embedded store.
+    pub fn store(&self) -> anyhow::Result<SqliteStore> {
+        let path = self.root.join("server.db");
+        SqliteStore::open(&path).with_context(|| format!("cannot open {}", path.display()))
+    }
+
+    /// The TLS identity, generated on first use.
+    pub fn tls_identity(&self) -> anyhow::Result<TlsIdentity> {
+        let cert = self.root.join("tls-cert.der");
+        let key = self.root.join("tls-key.der");
+        if cert.exists() && key.exists() {
+            return Ok(TlsIdentity {
+                cert_der: fs::read(&cert)?,
+                key_der: fs::read(&key)?,
+            });
+        }
+        let id = TlsIdentity::generate()?;
+        write_private(&key, &id.key_der)?;
+        write_private(&cert, &id.cert_der)?;
+        Ok(id)
+    }
+
+    /// Writes the server link to `server.link`.
+    pub fn write_link(&self, link: &str) -> anyhow::Result<()> {
+        write_private(&self.root.join("server.link"), format!("{link}\n").as_bytes())
+    }
+
+    /// Creates `count` single-use invite codes valid for `valid_for`; only
+    /// their hashes are stored.
+    pub fn create_invites(
+        &self,
+        count: usize,
+        now_ms: u64,
+        valid_for: std::time::Duration,
+    ) -> anyhow::Result<Vec<String>> {
+        let store = self.store()?;
+        let mut codes = Vec::with_capacity(count);
+        let mut hashes = Vec::with_capacity(count);
+        for _ in 0..count {
+            let mut b = [0u8; 16];
+            rand::rngs::OsRng.fill_bytes(&mut b);
+            let code = hex::encode(b);
+            hashes.push(invite_hash(&code));
+            codes.push(code);
+        }
+        let expires = now_ms.saturating_add(u64::try_from(valid_for.as_millis()).unwrap_or(u64::MAX));
+        store.add_invites_blocking(&hashes, expires)?;
+        Ok(codes)
+    }
+}
+
+/// What the store keeps of an invite code.
+pub fn invite_hash(code: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"sotto-invite-v1");
+    h.update(code.trim().as_bytes());
+    h.finalize().into()
+}

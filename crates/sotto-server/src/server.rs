@@ -1,0 +1,100 @@
+//! The accept loop: [`run`] takes a bound listener, a TLS configuration, the
+//! shared state and a shutdown future. Each connection runs in its own task
+//! under a global connection cap; on shutdown the loop stops accepting, tells
+//! every connection to close and waits for them.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::bus::Bus;
+use crate::config::ServerConfig;
+use crate::store::Store;
+
+/// What every connection shares: the store, the bus and the configuration.
+#[derive(Debug)]
+pub struct Shared<S, B> {
+    /// Persistent state.
+    pub store: S,
+    /// Mailbox notifications.
+    pub bus: B,
+    /// Configuration.
+    pub config: ServerConfig,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Serves the protocol on `listener` until `shutdown` completes.
+pub async fn run<S: Store, B: Bus>(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shared: Arc<Shared<S, B>>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let acceptor = TlsAcceptor::from(tls);
+    let permits = Arc::new(Semaphore::new(shared.config.limits.max_connections));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+
+    // Expired messages are purged once a minute (and at start).
+    {
+        let shared = shared.clone();
+        let mut stop = stop_rx.clone();
+        tasks.spawn(async move {
+            loop {
+                if let Err(e) = shared.store.purge_expired(now_ms()).await {
+                    tracing::warn!(error = %e, "purging expired messages failed");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                    _ = stop.changed() => break,
+                }
+            }
+        });
+    }
+
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = &mut shutdown => break,
+        };
+        let (tcp, _peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, don't spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            drop(tcp);
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let shared = shared.clone();
+        let stop = stop_rx.clone();
+        tasks.spawn(async move {
+            crate::conn::serve(tcp, acceptor, shared, stop).await;
+            drop(permit);
+        });
+        // Reap finished connection tasks so the set does not grow.
+        while tasks.try_join_next().is_some() {}
+    }
+
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}

@@ -1,0 +1,271 @@
+//! The [`Store`]: everything the server keeps, behind one trait owned by the
+//! server. Each operation that must be atomic is one method, so a backend can
+//! make it one transaction: registering an account consumes its invite, a
+//! commit moves the epoch and fills the mailboxes, a send records the message
+//! id and fills the mailboxes. A method returns only after its writes are
+//! durable; callers acknowledge to clients only after it returned.
+//!
+//! Getters return `Result<Option<T>, StoreError>`: `Err` is a failure, `None`
+//! is absence.
+
+pub mod sqlite;
+
+use std::future::Future;
+
+use sotto_proto::{AccountId, DeviceId, Envelope, EnvelopeKind, GroupId, Handle, MessageId};
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend cannot take writes now (disk full, database down); retry later.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or corrupt data.
+    #[error("storage error: {0}")]
+    Internal(String),
+}
+
+/// Why a registration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    /// The invite is unknown, used or expired.
+    #[error("invalid invite")]
+    InvalidInvite,
+    /// The handle belongs to someone else.
+    #[error("handle taken")]
+    HandleTaken,
+    /// The account or device key is registered already.
+    #[error("account or device already registered")]
+    AlreadyRegistered,
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a commit was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The group is at another epoch.
+    #[error("stale epoch, group is at {0}")]
+    StaleEpoch(u64),
+    /// The sender is not a member of the group.
+    #[error("not a member")]
+    NotMember,
+    /// A recipient's mailbox is full.
+    #[error("mailbox full")]
+    MailboxFull,
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a send was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The sender is not a member of the group (or the group does not exist).
+    #[error("not a member")]
+    NotMember,
+    /// A recipient's mailbox is full.
+    #[error("mailbox full")]
+    MailboxFull,
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A registered device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// Its account.
+    pub account: AccountId,
+    /// The account's handle.
+    pub handle: Handle,
+    /// Revoked devices cannot log in.
+    pub revoked: bool,
+}
+
+/// A new account and its first device.
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    /// The handle.
+    pub handle: Handle,
+    /// The account identity key.
+    pub account: AccountId,
+    /// The first device.
+    pub device: DeviceId,
+    /// SHA-256 of the invite code, consumed in the same transaction.
+    pub invite_hash: Option<[u8; 32]>,
+    /// Milliseconds since the Unix epoch.
+    pub now_ms: u64,
+}
+
+/// A KeyPackage in storage: its SHA-256 (the upload is idempotent by it) and bytes.
+#[derive(Debug, Clone)]
+pub struct StoredKeyPackage {
+    /// SHA-256 of `data`.
+    pub hash: [u8; 32],
+    /// The MLS KeyPackage.
+    pub data: Vec<u8>,
+}
+
+/// How many KeyPackages a device has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyPackageStock {
+    /// One-time KeyPackages.
+    pub one_time: u32,
+    /// Whether a last-resort KeyPackage is there.
+    pub last_resort: bool,
+}
+
+/// One device's claimed KeyPackage.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// The device.
+    pub device: DeviceId,
+    /// The KeyPackage.
+    pub data: Vec<u8>,
+    /// Whether it is the last-resort one (which stays).
+    pub last_resort: bool,
+}
+
+/// A message to put into mailboxes.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Group.
+    pub group: GroupId,
+    /// Authenticated sender device.
+    pub sender: DeviceId,
+    /// Sender's message id.
+    pub msg_id: MessageId,
+    /// Kind of MLS message.
+    pub kind: EnvelopeKind,
+    /// The MLS bytes.
+    pub payload: Vec<u8>,
+    /// Server receive time, ms since the Unix epoch.
+    pub now_ms: u64,
+    /// Expiry, ms since the Unix epoch.
+    pub expires_ms: u64,
+}
+
+/// A commit to apply.
+#[derive(Debug, Clone)]
+pub struct CommitWrite {
+    /// The commit message (for the members before the commit, except the sender).
+    pub commit: Option<Outgoing>,
+    /// The Welcome (for `welcome_recipients`).
+    pub welcome: Option<Outgoing>,
+    /// Its recipients.
+    pub welcome_recipients: Vec<DeviceId>,
+    /// The group.
+    pub group: GroupId,
+    /// The sender.
+    pub sender: DeviceId,
+    /// The epoch the commit was built on.
+    pub epoch: u64,
+    /// Members after the commit.
+    pub members: Vec<DeviceId>,
+    /// Mailbox cap per device.
+    pub mailbox_cap: u64,
+}
+
+/// The result of a send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendOutcome {
+    /// The message id was seen before; nothing was stored.
+    pub duplicate: bool,
+    /// Devices whose mailboxes got the message.
+    pub recipients: Vec<DeviceId>,
+}
+
+/// The result of a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitOutcome {
+    /// The group's new epoch.
+    pub epoch: u64,
+    /// Devices whose mailboxes got the commit or the Welcome.
+    pub recipients: Vec<DeviceId>,
+}
+
+/// A message in a mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxEntry {
+    /// Mailbox sequence number.
+    pub seq: u64,
+    /// The message.
+    pub envelope: Envelope,
+}
+
+/// Everything the server persists.
+pub trait Store: Send + Sync + 'static {
+    /// Stores SHA-256 hashes of new invite codes.
+    fn add_invites(
+        &self,
+        hashes: Vec<[u8; 32]>,
+        expires_ms: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Creates an account and its first device, consuming the invite if any.
+    fn register(&self, a: NewAccount)
+    -> impl Future<Output = Result<(), RegisterError>> + Send;
+
+    /// Looks up a device.
+    fn device(
+        &self,
+        device: DeviceId,
+    ) -> impl Future<Output = Result<Option<DeviceRecord>, StoreError>> + Send;
+
+    /// Adds one-time KeyPackages (idempotent by hash, at most `cap` kept) and
+    /// replaces the last-resort one if given.
+    fn upload_key_packages(
+        &self,
+        device: DeviceId,
+        one_time: Vec<StoredKeyPackage>,
+        last_resort: Option<StoredKeyPackage>,
+        cap: u32,
+    ) -> impl Future<Output = Result<KeyPackageStock, StoreError>> + Send;
+
+    /// How many KeyPackages a device has.
+    fn key_package_stock(
+        &self,
+        device: DeviceId,
+    ) -> impl Future<Output = Result<KeyPackageStock, StoreError>> + Send;
+
+    /// Takes one KeyPackage of every live device of the account with this
+    /// handle: a one-time one (deleted in the same transaction) or else the
+    /// last-resort one. `None` if no such handle.
+    fn claim_key_packages(
+        &self,
+        handle: Handle,
+    ) -> impl Future<Output = Result<Option<(AccountId, Vec<Claimed>)>, StoreError>> + Send;
+
+    /// Applies a commit if the group is at `epoch` (or does not exist and `epoch` is 0).
+    fn commit(&self, c: CommitWrite)
+    -> impl Future<Output = Result<CommitOutcome, CommitError>> + Send;
+
+    /// Stores an application message for every member device but the sender,
+    /// unless (sender, msg_id) was seen before.
+    fn send(
+        &self,
+        m: Outgoing,
+        mailbox_cap: u64,
+    ) -> impl Future<Output = Result<SendOutcome, SendError>> + Send;
+
+    /// Up to `limit` mailbox entries of `device` after sequence number `after`.
+    fn fetch(
+        &self,
+        device: DeviceId,
+        after: u64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<MailboxEntry>, StoreError>> + Send;
+
+    /// Deletes acknowledged entries of `device`'s mailbox. Idempotent.
+    fn ack(
+        &self,
+        device: DeviceId,
+        seqs: Vec<u64>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Deletes expired messages, invites and dedup records; returns how many messages.
+    fn purge_expired(&self, now_ms: u64)
+    -> impl Future<Output = Result<u64, StoreError>> + Send;
+}

@@ -1,0 +1,677 @@
+//! The embedded [`Store`]: one SQLite database file in WAL mode with
+//! `synchronous=FULL`, so a transaction that returned is on disk, and
+//! `secure_delete=ON`, so deleted ciphertext is overwritten. All access goes
+//! through one connection on blocking threads; SQLite serializes writers
+//! anyway, and one connection keeps every write in a single, simple order.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, ErrorCode as SqlCode, OptionalExtension, TransactionBehavior, params};
+use sha2::{Digest, Sha256};
+use sotto_proto::{
+    AccountId, Blob, DeviceId, Envelope, EnvelopeKind, GroupId, Handle, MessageId,
+};
+
+use super::{
+    Claimed, CommitError, CommitOutcome, CommitWrite, DeviceRecord, KeyPackageStock, MailboxEntry,
+    NewAccount, Outgoing, RegisterError, SendError, SendOutcome, Store, StoreError,
+    StoredKeyPackage,
+};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS accounts (
+    account     BLOB PRIMARY KEY,
+    handle      TEXT NOT NULL UNIQUE,
+    created_ms  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS devices (
+    device      BLOB PRIMARY KEY,
+    account     BLOB NOT NULL REFERENCES accounts(account),
+    created_ms  INTEGER NOT NULL,
+    revoked     INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS devices_by_account ON devices(account);
+CREATE TABLE IF NOT EXISTS invites (
+    hash        BLOB PRIMARY KEY,
+    expires_ms  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS key_packages (
+    hash        BLOB PRIMARY KEY,
+    device      BLOB NOT NULL,
+    data        BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS key_packages_by_device ON key_packages(device);
+CREATE TABLE IF NOT EXISTS last_resort_key_packages (
+    device      BLOB PRIMARY KEY,
+    hash        BLOB NOT NULL,
+    data        BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS groups (
+    group_id    BLOB PRIMARY KEY,
+    epoch       INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS group_members (
+    group_id    BLOB NOT NULL,
+    device      BLOB NOT NULL,
+    PRIMARY KEY (group_id, device)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS messages (
+    id          INTEGER PRIMARY KEY,
+    group_id    BLOB NOT NULL,
+    sender      BLOB NOT NULL,
+    msg_id      BLOB NOT NULL,
+    kind        INTEGER NOT NULL,
+    server_ms   INTEGER NOT NULL,
+    expires_ms  INTEGER NOT NULL,
+    payload     BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages(expires_ms);
+CREATE TABLE IF NOT EXISTS mailbox (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    device      BLOB NOT NULL,
+    message     INTEGER NOT NULL REFERENCES messages(id)
+);
+CREATE INDEX IF NOT EXISTS mailbox_by_device ON mailbox(device, seq);
+CREATE INDEX IF NOT EXISTS mailbox_by_message ON mailbox(message);
+CREATE TABLE IF NOT EXISTS seen_sends (
+    key         BLOB PRIMARY KEY,
+    expires_ms  INTEGER NOT NULL
+) WITHOUT ROWID;
+"#;
+
+/// The SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn map_err(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(SqlCode::DiskFull | SqlCode::DatabaseBusy | SqlCode::DatabaseLocked) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        Some(SqlCode::SystemIoFailure | SqlCode::CannotOpen | SqlCode::ReadOnly) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Internal(e.to_string()),
+    }
+}
+
+fn kind_to_i64(k: EnvelopeKind) -> i64 {
+    match k {
+        EnvelopeKind::Application => 0,
+        EnvelopeKind::Commit => 1,
+        EnvelopeKind::Welcome => 2,
+    }
+}
+
+fn kind_from_i64(k: i64) -> Result<EnvelopeKind, StoreError> {
+    Ok(match k {
+        0 => EnvelopeKind::Application,
+        1 => EnvelopeKind::Commit,
+        2 => EnvelopeKind::Welcome,
+        _ => return Err(StoreError::Internal(format!("unknown envelope kind {k}"))),
+    })
+}
+
+fn arr32(v: Vec<u8>) -> Result<[u8; 32], StoreError> {
+    v.try_into()
+        .map_err(|_| StoreError::Internal("stored id is not 32 bytes".into()))
+}
+
+fn ms(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn seen_key(sender: &DeviceId, msg_id: &MessageId) -> [u8; 32] {
+    // Only a hash of (sender, id) is kept, for the dedup window.
+    let mut h = Sha256::new();
+    h.update(b"sotto-seen-v1");
+    h.update(sender.0);
+    h.update(msg_id.0);
+    h.finalize().into()
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(map_err)?;
+        Self::init(conn)
+    }
+
+    fn init(conn: Connection) -> Result<Self, StoreError> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(map_err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA secure_delete=ON; \
+             PRAGMA foreign_keys=ON;",
+        )
+        .map_err(map_err)?;
+        conn.execute_batch(SCHEMA).map_err(map_err)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn with<T, E>(&self, f: impl FnOnce(&mut Connection) -> Result<T, E> + Send + 'static) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut g = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut g)
+        })
+        .await
+        .map_err(|e| E::from(StoreError::Internal(format!("store task failed: {e}"))))?
+    }
+
+    /// Invites can be added while a server runs on the same file: this is the
+    /// synchronous path used by `sotto-server invite`.
+    pub fn add_invites_blocking(&self, hashes: &[[u8; 32]], expires_ms: u64) -> Result<(), StoreError> {
+        let mut g = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        add_invites(&mut g, hashes, expires_ms)
+    }
+}
+
+fn add_invites(c: &mut Connection, hashes: &[[u8; 32]], expires_ms: u64) -> Result<(), StoreError> {
+    let tx = c
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(map_err)?;
+    for h in hashes {
+        tx.execute(
+            "INSERT OR IGNORE INTO invites (hash, expires_ms) VALUES (?1, ?2)",
+            params![&h[..], ms(expires_ms)],
+        )
+        .map_err(map_err)?;
+    }
+    tx.commit().map_err(map_err)
+}
+
+fn mailbox_count(tx: &rusqlite::Transaction<'_>, device: &DeviceId) -> Result<u64, StoreError> {
+    let n: i64 = tx
+        .query_row(
+            "SELECT count(*) FROM mailbox WHERE device = ?1",
+            [&device.0[..]],
+            |r| r.get(0),
+        )
+        .map_err(map_err)?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Inserts a message and a mailbox row for each recipient. Fails with `None`
+/// if a recipient's mailbox is at the cap.
+fn insert_message(
+    tx: &rusqlite::Transaction<'_>,
+    m: &Outgoing,
+    recipients: &[DeviceId],
+    cap: u64,
+) -> Result<Option<()>, StoreError> {
+    for r in recipients {
+        if mailbox_count(tx, r)? >= cap {
+            return Ok(None);
+        }
+    }
+    tx.execute(
+        "INSERT INTO messages (group_id, sender, msg_id, kind, server_ms, expires_ms, payload) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            &m.group.0[..],
+            &m.sender.0[..],
+            &m.msg_id.0[..],
+            kind_to_i64(m.kind),
+            ms(m.now_ms),
+            ms(m.expires_ms),
+            &m.payload
+        ],
+    )
+    .map_err(map_err)?;
+    let id = tx.last_insert_rowid();
+    let mut stmt = tx
+        .prepare_cached("INSERT INTO mailbox (device, message) VALUES (?1, ?2)")
+        .map_err(map_err)?;
+    for r in recipients {
+        stmt.execute(params![&r.0[..], id]).map_err(map_err)?;
+    }
+    Ok(Some(()))
+}
+
+fn members(tx: &rusqlite::Transaction<'_>, group: &GroupId) -> Result<Vec<DeviceId>, StoreError> {
+    let mut stmt = tx
+        .prepare_cached("SELECT device FROM group_members WHERE group_id = ?1")
+        .map_err(map_err)?;
+    let rows = stmt
+        .query_map([&group.0[..]], |r| r.get::<_, Vec<u8>>(0))
+        .map_err(map_err)?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(DeviceId(arr32(r.map_err(map_err)?)?));
+    }
+    Ok(out)
+}
+
+fn stock(c: &Connection, device: &DeviceId) -> Result<KeyPackageStock, StoreError> {
+    let n: i64 = c
+        .query_row(
+            "SELECT count(*) FROM key_packages WHERE device = ?1",
+            [&device.0[..]],
+            |r| r.get(0),
+        )
+        .map_err(map_err)?;
+    let lr: Option<i64> = c
+        .query_row(
+            "SELECT 1 FROM last_resort_key_packages WHERE device = ?1",
+            [&device.0[..]],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(map_err)?;
+    Ok(KeyPackageStock {
+        one_time: u32::try_from(n).unwrap_or(u32::MAX),
+        last_resort: lr.is_some(),
+    })
+}
+
+impl Store for SqliteStore {
+    async fn add_invites(&self, hashes: Vec<[u8; 32]>, expires_ms: u64) -> Result<(), StoreError> {
+        self.with(move |c| add_invites(c, &hashes, expires_ms)).await
+    }
+
+    async fn register(&self, a: NewAccount) -> Result<(), RegisterError> {
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_err)?;
+            if let Some(h) = a.invite_hash {
+                let n = tx
+                    .execute(
+                        "DELETE FROM invites WHERE hash = ?1 AND expires_ms > ?2",
+                        params![&h[..], ms(a.now_ms)],
+                    )
+                    .map_err(map_err)?;
+                if n != 1 {
+                    return Err(RegisterError::InvalidInvite);
+                }
+            }
+            let taken: Option<i64> = tx
+                .query_row(
+                    "SELECT 1 FROM accounts WHERE handle = ?1",
+                    [a.handle.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(map_err)?;
+            if taken.is_some() {
+                return Err(RegisterError::HandleTaken);
+            }
+            let exists: Option<i64> = tx
+                .query_row(
+                    "SELECT 1 FROM accounts WHERE account = ?1 \
+                     UNION SELECT 1 FROM devices WHERE device = ?2",
+                    params![&a.account.0[..], &a.device.0[..]],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(map_err)?;
+            if exists.is_some() {
+                return Err(RegisterError::AlreadyRegistered);
+            }
+            tx.execute(
+                "INSERT INTO accounts (account, handle, created_ms) VALUES (?1, ?2, ?3)",
+                params![&a.account.0[..], a.handle.as_str(), ms(a.now_ms)],
+            )
+            .map_err(map_err)?;
+            tx.execute(
+                "INSERT INTO devices (device, account, created_ms) VALUES (?1, ?2, ?3)",
+                params![&a.device.0[..], &a.account.0[..], ms(a.now_ms)],
+            )
+            .map_err(map_err)?;
+            tx.commit().map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn device(&self, device: DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+        self.with(move |c| {
+            let row: Option<(Vec<u8>, String, i64)> = c
+                .query_row(
+                    "SELECT d.account, a.handle, d.revoked FROM devices d \
+                     JOIN accounts a ON a.account = d.account WHERE d.device = ?1",
+                    [&device.0[..]],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(map_err)?;
+            let Some((account, handle, revoked)) = row else {
+                return Ok(None);
+            };
+            Ok(Some(DeviceRecord {
+                account: AccountId(arr32(account)?),
+                handle: Handle::new(&handle)
+                    .map_err(|_| StoreError::Internal("stored handle invalid".into()))?,
+                revoked: revoked != 0,
+            }))
+        })
+        .await
+    }
+
+    async fn upload_key_packages(
+        &self,
+        device: DeviceId,
+        one_time: Vec<StoredKeyPackage>,
+        last_resort: Option<StoredKeyPackage>,
+        cap: u32,
+    ) -> Result<KeyPackageStock, StoreError> {
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_err)?;
+            let mut have = stock(&tx, &device)?.one_time;
+            for kp in one_time {
+                if have >= cap {
+                    break;
+                }
+                let n = tx
+                    .execute(
+                        "INSERT OR IGNORE INTO key_packages (hash, device, data) VALUES (?1, ?2, ?3)",
+                        params![&kp.hash[..], &device.0[..], &kp.data],
+                    )
+                    .map_err(map_err)?;
+                have += u32::try_from(n).unwrap_or(0);
+            }
+            if let Some(kp) = last_resort {
+                tx.execute(
+                    "INSERT INTO last_resort_key_packages (device, hash, data) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT(device) DO UPDATE SET hash = excluded.hash, data = excluded.data",
+                    params![&device.0[..], &kp.hash[..], &kp.data],
+                )
+                .map_err(map_err)?;
+            }
+            let s = stock(&tx, &device)?;
+            tx.commit().map_err(map_err)?;
+            Ok(s)
+        })
+        .await
+    }
+
+    async fn key_package_stock(&self, device: DeviceId) -> Result<KeyPackageStock, StoreError> {
+        self.with(move |c| stock(c, &device)).await
+    }
+
+    async fn claim_key_packages(
+        &self,
+        handle: Handle,
+    ) -> Result<Option<(AccountId, Vec<Claimed>)>, StoreError> {
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_err)?;
+            let account: Option<Vec<u8>> = tx
+                .query_row(
+                    "SELECT account FROM accounts WHERE handle = ?1",
+                    [handle.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(map_err)?;
+            let Some(account) = account else {
+                return Ok(None);
+            };
+            let devices: Vec<Vec<u8>> = {
+                let mut stmt = tx
+                    .prepare("SELECT device FROM devices WHERE account = ?1 AND revoked = 0")
+                    .map_err(map_err)?;
+                let rows = stmt
+                    .query_map([&account], |r| r.get(0))
+                    .map_err(map_err)?;
+                rows.collect::<Result<_, _>>().map_err(map_err)?
+            };
+            let mut out = Vec::new();
+            for d in devices {
+                let one: Option<(Vec<u8>, Vec<u8>)> = tx
+                    .query_row(
+                        "DELETE FROM key_packages WHERE hash = \
+                         (SELECT hash FROM key_packages WHERE device = ?1 LIMIT 1) \
+                         RETURNING hash, data",
+                        [&d],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()
+                    .map_err(map_err)?;
+                let device = DeviceId(arr32(d.clone())?);
+                if let Some((_, data)) = one {
+                    out.push(Claimed {
+                        device,
+                        data,
+                        last_resort: false,
+                    });
+                    continue;
+                }
+                let lr: Option<Vec<u8>> = tx
+                    .query_row(
+                        "SELECT data FROM last_resort_key_packages WHERE device = ?1",
+                        [&d],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(map_err)?;
+                if let Some(data) = lr {
+                    out.push(Claimed {
+                        device,
+                        data,
+                        last_resort: true,
+                    });
+                }
+            }
+            tx.commit().map_err(map_err)?;
+            Ok(Some((AccountId(arr32(account)?), out)))
+        })
+        .await
+    }
+
+    async fn commit(&self, w: CommitWrite) -> Result<CommitOutcome, CommitError> {
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_err)?;
+            let current: Option<i64> = tx
+                .query_row(
+                    "SELECT epoch FROM groups WHERE group_id = ?1",
+                    [&w.group.0[..]],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(map_err)?;
+            let before = match current {
+                None if w.epoch == 0 => Vec::new(),
+                None => return Err(CommitError::StaleEpoch(0)),
+                Some(e) => {
+                    let e = u64::try_from(e).unwrap_or(0);
+                    if e != w.epoch {
+                        return Err(CommitError::StaleEpoch(e));
+                    }
+                    let m = members(&tx, &w.group)?;
+                    if !m.contains(&w.sender) {
+                        return Err(CommitError::NotMember);
+                    }
+                    m
+                }
+            };
+            let new_epoch = w.epoch + 1;
+            tx.execute(
+                "INSERT INTO groups (group_id, epoch) VALUES (?1, ?2) \
+                 ON CONFLICT(group_id) DO UPDATE SET epoch = excluded.epoch",
+                params![&w.group.0[..], ms(new_epoch)],
+            )
+            .map_err(map_err)?;
+            tx.execute("DELETE FROM group_members WHERE group_id = ?1", [&w.group.0[..]])
+                .map_err(map_err)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached("INSERT OR IGNORE INTO group_members (group_id, device) VALUES (?1, ?2)")
+                    .map_err(map_err)?;
+                for d in &w.members {
+                    stmt.execute(params![&w.group.0[..], &d.0[..]]).map_err(map_err)?;
+                }
+            }
+            let mut recipients = Vec::new();
+            if let Some(m) = &w.commit {
+                let to: Vec<DeviceId> = before.into_iter().filter(|d| *d != w.sender).collect();
+                if !to.is_empty() {
+                    insert_message(&tx, m, &to, w.mailbox_cap)?.ok_or(CommitError::MailboxFull)?;
+                    recipients.extend(to);
+                }
+            }
+            if let Some(m) = &w.welcome {
+                if !w.welcome_recipients.is_empty() {
+                    insert_message(&tx, m, &w.welcome_recipients, w.mailbox_cap)?
+                        .ok_or(CommitError::MailboxFull)?;
+                    recipients.extend(w.welcome_recipients.iter().copied());
+                }
+            }
+            tx.commit().map_err(map_err)?;
+            Ok(CommitOutcome {
+                epoch: new_epoch,
+                recipients,
+            })
+        })
+        .await
+    }
+
+    async fn send(&self, m: Outgoing, mailbox_cap: u64) -> Result<SendOutcome, SendError> {
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_err)?;
+            let all = members(&tx, &m.group)?;
+            if !all.contains(&m.sender) {
+                return Err(SendError::NotMember);
+            }
+            let key = seen_key(&m.sender, &m.msg_id);
+            let fresh = tx
+                .execute(
+                    "INSERT OR IGNORE INTO seen_sends (key, expires_ms) VALUES (?1, ?2)",
+                    params![&key[..], ms(m.expires_ms)],
+                )
+                .map_err(map_err)?;
+            if fresh == 0 {
+                return Ok(SendOutcome {
+                    duplicate: true,
+                    recipients: Vec::new(),
+                });
+            }
+            let to: Vec<DeviceId> = all.into_iter().filter(|d| *d != m.sender).collect();
+            if !to.is_empty() {
+                insert_message(&tx, &m, &to, mailbox_cap)?.ok_or(SendError::MailboxFull)?;
+            }
+            tx.commit().map_err(map_err)?;
+            Ok(SendOutcome {
+                duplicate: false,
+                recipients: to,
+            })
+        })
+        .await
+    }
+
+    async fn fetch(&self, device: DeviceId, after: u64, limit: u32) -> Result<Vec<MailboxEntry>, StoreError> {
+        self.with(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT b.seq, m.group_id, m.sender, m.msg_id, m.kind, m.server_ms, m.payload \
+                     FROM mailbox b JOIN messages m ON m.id = b.message \
+                     WHERE b.device = ?1 AND b.seq > ?2 ORDER BY b.seq LIMIT ?3",
+                )
+                .map_err(map_err)?;
+            let rows = stmt
+                .query_map(params![&device.0[..], ms(after), i64::from(limit)], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, Vec<u8>>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, i64>(5)?,
+                        r.get::<_, Vec<u8>>(6)?,
+                    ))
+                })
+                .map_err(map_err)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, group, sender, msg_id, kind, server_ms, payload) = row.map_err(map_err)?;
+                let msg_id: [u8; 16] = msg_id
+                    .try_into()
+                    .map_err(|_| StoreError::Internal("stored msg id is not 16 bytes".into()))?;
+                out.push(MailboxEntry {
+                    seq: u64::try_from(seq).unwrap_or(0),
+                    envelope: Envelope {
+                        group: GroupId(arr32(group)?),
+                        sender: DeviceId(arr32(sender)?),
+                        msg_id: MessageId(msg_id),
+                        kind: kind_from_i64(kind)?,
+                        server_time_ms: u64::try_from(server_ms).unwrap_or(0),
+                        payload: Blob(payload),
+                    },
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn ack(&self, device: DeviceId, seqs: Vec<u64>) -> Result<(), StoreError> {
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_err)?;
+            {
+                let mut del = tx
+                    .prepare_cached("DELETE FROM mailbox WHERE seq = ?1 AND device = ?2 RETURNING message")
+                    .map_err(map_err)?;
+                let mut orphan = tx
+                    .prepare_cached(
+                        "DELETE FROM messages WHERE id = ?1 \
+                         AND NOT EXISTS (SELECT 1 FROM mailbox WHERE message = ?1)",
+                    )
+                    .map_err(map_err)?;
+                for s in seqs {
+                    let msg: Option<i64> = del
+                        .query_row(params![ms(s), &device.0[..]], |r| r.get(0))
+                        .optional()
+                        .map_err(map_err)?;
+                    if let Some(id) = msg {
+                        orphan.execute([id]).map_err(map_err)?;
+                    }
+                }
+            }
+            tx.commit().map_err(map_err)
+        })
+        .await
+    }
+
+    async fn purge_expired(&self, now_ms: u64) -> Result<u64, StoreError> {
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_err)?;
+            let now = ms(now_ms);
+            tx.execute(
+                "DELETE FROM mailbox WHERE message IN (SELECT id FROM messages WHERE expires_ms <= ?1)",
+                [now],
+            )
+            .map_err(map_err)?;
+            let n = tx
+                .execute("DELETE FROM messages WHERE expires_ms <= ?1", [now])
+                .map_err(map_err)?;
+            tx.execute("DELETE FROM seen_sends WHERE expires_ms <= ?1", [now])
+                .map_err(map_err)?;
+            tx.execute("DELETE FROM invites WHERE expires_ms <= ?1", [now])
+                .map_err(map_err)?;
+            tx.commit().map_err(map_err)?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+}
