@@ -1,1 +1,189 @@
-fn main() {}
+//! The `sotto` binary: parse the command line, unlock the profile, run one
+//! operation, print the result. Every failure is one line on stderr and a
+//! non-zero exit.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use sotto_client::{Client, RegisterOptions, ServerLink, Suite};
+use sotto_proto::Handle;
+use zeroize::Zeroizing;
+
+#[derive(Parser)]
+#[command(name = "sotto", version, about = "Sotto: end-to-end encrypted messaging over MLS")]
+struct Cli {
+    /// Profile directory (the encrypted local store).
+    #[arg(long, env = "SOTTO_PROFILE", global = true)]
+    profile: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SuiteArg {
+    /// MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519 (post-quantum hybrid).
+    Xwing,
+    /// MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519 (classical).
+    X25519,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create an account on a server.
+    Register {
+        /// The server link (sotto://HOST:PORT#fp=...).
+        link: String,
+        /// The handle to claim.
+        #[arg(long)]
+        name: String,
+        /// Invite code from the server's operator.
+        #[arg(long)]
+        invite: Option<String>,
+        /// Ciphersuite for conversations this device creates.
+        #[arg(long, value_enum, default_value = "xwing")]
+        suite: SuiteArg,
+    },
+    /// Send a message (TEXT `-` reads it from standard input).
+    Send {
+        /// The recipient's handle.
+        to: String,
+        /// The text.
+        text: String,
+    },
+    /// Receive pending messages, then wait for more.
+    Receive {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Seconds to keep listening after the backlog.
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+    },
+    /// List known contacts.
+    Contacts,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SOTTO_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sotto: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sotto: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn passphrase(confirm: bool) -> anyhow::Result<Zeroizing<String>> {
+    if let Ok(p) = std::env::var("SOTTO_PASSPHRASE") {
+        return Ok(Zeroizing::new(p));
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no passphrase: set SOTTO_PASSPHRASE or run on a terminal");
+    }
+    let p = Zeroizing::new(rpassword::prompt_password("passphrase: ")?);
+    if confirm {
+        let again = Zeroizing::new(rpassword::prompt_password("passphrase again: ")?);
+        if *again != *p {
+            bail!("the passphrases differ");
+        }
+    }
+    Ok(p)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let profile = cli
+        .profile
+        .context("no profile: pass --profile DIR or set SOTTO_PROFILE")?;
+    match cli.cmd {
+        Cmd::Register {
+            link,
+            name,
+            invite,
+            suite,
+        } => {
+            let link = ServerLink::parse(&link)?;
+            let handle = Handle::new(&name).with_context(|| format!("{name}"))?;
+            let pass = passphrase(!sotto_client::store::Store::db_path(&profile).exists())?;
+            let opts = RegisterOptions {
+                link,
+                handle,
+                invite,
+                suite: match suite {
+                    SuiteArg::Xwing => Suite::PostQuantum,
+                    SuiteArg::X25519 => Suite::Classical,
+                },
+            };
+            let c = Client::register(&profile, &pass, opts).await?;
+            println!("registered {} (account {})", c.handle(), c.identity().account.short());
+        }
+        Cmd::Send { to, text } => {
+            let text = if text == "-" {
+                let mut s = String::new();
+                std::io::stdin().read_to_string(&mut s)?;
+                s.trim_end_matches('\n').to_owned()
+            } else {
+                text
+            };
+            if text.is_empty() {
+                bail!("empty message");
+            }
+            let pass = passphrase(false)?;
+            let mut c = Client::open(&profile, &pass)?;
+            let id = c.send(&to, &text).await?;
+            println!("sent {}", id.to_hex());
+        }
+        Cmd::Receive { json, wait } => {
+            let pass = passphrase(false)?;
+            let mut c = Client::open(&profile, &pass)?;
+            let mut out = std::io::stdout().lock();
+            let mut failed = None;
+            c.receive(
+                Duration::from_secs(wait),
+                |m| {
+                    let line = if json {
+                        sotto_cli::message_json(m).to_string()
+                    } else if m.conversation == m.sender {
+                        format!("{}: {}", m.sender, m.text)
+                    } else {
+                        format!("[{}] {}: {}", m.conversation, m.sender, m.text)
+                    };
+                    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+                        failed.get_or_insert(e);
+                    }
+                },
+                |why| eprintln!("sotto: dropped a message that could not be processed: {why}"),
+            )
+            .await?;
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
+        }
+        Cmd::Contacts => {
+            let pass = passphrase(false)?;
+            let c = Client::open(&profile, &pass)?;
+            for (handle, account) in c.contacts()? {
+                println!("{handle}\t{}", account.to_hex());
+            }
+        }
+    }
+    Ok(())
+}

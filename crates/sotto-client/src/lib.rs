@@ -1,1 +1,20 @@
-//! placeholder
+//! The Sotto client driver: it owns what `sotto-core` leaves out, the
+//! socket, the files and the clock. [`link`] parses server links,
+//! [`transport`] is the pinned TLS WebSocket connection, [`store`] the
+//! encrypted local store (SQLCipher) that also holds the MLS state, and
+//! [`client`] the operations the CLI offers: register, send, receive.
+//!
+//! Architecture invariant: a delivered message is acknowledged to the
+//! server only after the MLS state change, the decrypted message and the
+//! dedup marker were committed in one local transaction.
+
+pub mod client;
+pub mod error;
+pub mod link;
+pub mod store;
+pub mod transport;
+
+pub use client::{Client, ReceivedMessage, RegisterOptions};
+pub use error::ClientError;
+pub use link::ServerLink;
+pub use sotto_core::Suite;

@@ -8,7 +8,7 @@ use openmls_traits::signatures::{Signer, SignerError};
 use openmls_traits::types::SignatureScheme;
 use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
-use sotto_proto::{AccountId, DeviceId, Signature};
+use sotto_proto::{AccountId, DeviceId, Handle, Signature};
 use zeroize::Zeroizing;
 
 macro_rules! signing_key {
@@ -73,14 +73,17 @@ impl Signer for DeviceKey {
     }
 }
 
-/// What an MLS basic credential carries: the account and the device. A leaf
-/// is only accepted if its signature key is the device key named here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What an MLS basic credential carries: the account, the device and the
+/// account's handle on its server. A leaf is only accepted if its signature
+/// key is the device key named here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CredentialIdentity {
     /// The account.
     pub account: AccountId,
     /// The device; equal to the leaf's signature key.
     pub device: DeviceId,
+    /// The account's handle.
+    pub handle: Handle,
 }
 
 impl CredentialIdentity {
@@ -90,22 +93,25 @@ impl CredentialIdentity {
         v.extend_from_slice(b"sotto1");
         v.extend_from_slice(&self.account.0);
         v.extend_from_slice(&self.device.0);
+        v.extend_from_slice(self.handle.as_str().as_bytes());
         v
     }
 
     /// Parses identity bytes; `None` if they are not a Sotto credential.
     pub fn from_bytes(b: &[u8]) -> Option<Self> {
         let rest = b.strip_prefix(b"sotto1")?;
-        if rest.len() != 64 {
+        if rest.len() < 64 {
             return None;
         }
         let mut a = [0u8; 32];
         let mut d = [0u8; 32];
         a.copy_from_slice(&rest[..32]);
-        d.copy_from_slice(&rest[32..]);
+        d.copy_from_slice(&rest[32..64]);
+        let handle = Handle::new(std::str::from_utf8(&rest[64..]).ok()?).ok()?;
         Some(Self {
             account: AccountId(a),
             device: DeviceId(d),
+            handle,
         })
     }
 }
@@ -128,9 +134,10 @@ mod tests {
         let c = CredentialIdentity {
             account: AccountId([1; 32]),
             device: DeviceId([2; 32]),
+            handle: Handle::new("alice").unwrap(),
         };
-        assert_eq!(CredentialIdentity::from_bytes(&c.to_bytes()), Some(c));
+        assert_eq!(CredentialIdentity::from_bytes(&c.to_bytes()), Some(c.clone()));
         assert_eq!(CredentialIdentity::from_bytes(b"alice"), None);
-        assert_eq!(CredentialIdentity::from_bytes(&c.to_bytes()[..69]), None);
+        assert_eq!(CredentialIdentity::from_bytes(&c.to_bytes()[..66]), None);
     }
 }

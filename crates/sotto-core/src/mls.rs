@@ -113,14 +113,10 @@ fn capabilities() -> Capabilities {
 }
 
 /// The credential of a device of an account.
-pub fn credential(account: AccountId, device: &DeviceKey) -> CredentialWithKey {
-    let id = CredentialIdentity {
-        account,
-        device: device.id(),
-    };
+pub fn credential(id: &CredentialIdentity) -> CredentialWithKey {
     CredentialWithKey {
         credential: BasicCredential::new(id.to_bytes()).into(),
-        signature_key: device.id().0.to_vec().into(),
+        signature_key: id.device.0.to_vec().into(),
     }
 }
 
@@ -136,7 +132,7 @@ pub fn leaf_identity(credential: &Credential, signature_key: &[u8]) -> Option<Cr
 /// provider's storage) and returns them serialized.
 pub fn key_packages<P: OpenMlsProvider>(
     provider: &P,
-    account: AccountId,
+    me: &CredentialIdentity,
     device: &DeviceKey,
     suite: Suite,
     n: usize,
@@ -145,7 +141,7 @@ pub fn key_packages<P: OpenMlsProvider>(
         .map(|_| {
             let b = KeyPackage::builder()
                 .leaf_node_capabilities(capabilities())
-                .build(suite.ciphersuite(), provider, device, credential(account, device))
+                .build(suite.ciphersuite(), provider, device, credential(me))
                 .map_err(internal)?;
             b.key_package().tls_serialize_detached().map_err(internal)
         })
@@ -155,14 +151,14 @@ pub fn key_packages<P: OpenMlsProvider>(
 /// Makes a last-resort KeyPackage.
 pub fn last_resort_key_package<P: OpenMlsProvider>(
     provider: &P,
-    account: AccountId,
+    me: &CredentialIdentity,
     device: &DeviceKey,
     suite: Suite,
 ) -> Result<Vec<u8>, CoreError> {
     let b = KeyPackage::builder()
         .leaf_node_capabilities(capabilities())
         .mark_as_last_resort()
-        .build(suite.ciphersuite(), provider, device, credential(account, device))
+        .build(suite.ciphersuite(), provider, device, credential(me))
         .map_err(internal)?;
     b.key_package().tls_serialize_detached().map_err(internal)
 }
@@ -174,7 +170,7 @@ pub fn verify_key_package<P: OpenMlsProvider>(
     bytes: &[u8],
     account: AccountId,
     device: DeviceId,
-) -> Result<KeyPackage, CoreError> {
+) -> Result<(KeyPackage, CredentialIdentity), CoreError> {
     let kp_in = KeyPackageIn::tls_deserialize_exact(bytes)
         .map_err(|e| CoreError::InvalidKeyPackage(e.to_string()))?;
     let kp = kp_in
@@ -186,7 +182,7 @@ pub fn verify_key_package<P: OpenMlsProvider>(
     if id.account != account || id.device != device {
         return Err(CoreError::KeyPackageMismatch);
     }
-    Ok(kp)
+    Ok((kp, id))
 }
 
 /// A new group with its first members added, waiting for the server to
@@ -204,7 +200,7 @@ pub struct Created {
 /// [`discard`] if it did not.
 pub fn create_group<P: OpenMlsProvider>(
     provider: &P,
-    account: AccountId,
+    me: &CredentialIdentity,
     device: &DeviceKey,
     suite: Suite,
     group_id: sotto_proto::GroupId,
@@ -215,7 +211,7 @@ pub fn create_group<P: OpenMlsProvider>(
         device,
         &create_config(suite),
         GroupId::from_slice(&group_id.0),
-        credential(account, device),
+        credential(me),
     )
     .map_err(internal)?;
     let (_commit, welcome, _info) = group

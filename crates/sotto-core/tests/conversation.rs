@@ -3,20 +3,29 @@
 
 use openmls_libcrux_crypto::Provider;
 use sotto_core::mls::{self, Processed};
-use sotto_core::{AccountKey, AppMessage, Body, CoreError, DeviceKey, Suite};
-use sotto_proto::{GroupId, MessageId};
+use sotto_core::{AccountKey, AppMessage, Body, CoreError, CredentialIdentity, DeviceKey, Suite};
+use sotto_proto::{GroupId, Handle, MessageId};
 
 struct Peer {
     account: AccountKey,
     device: DeviceKey,
+    me: CredentialIdentity,
     provider: Provider,
 }
 
 impl Peer {
-    fn new() -> Self {
+    fn new(handle: &str) -> Self {
+        let account = AccountKey::generate();
+        let device = DeviceKey::generate();
+        let me = CredentialIdentity {
+            account: account.id(),
+            device: device.id(),
+            handle: Handle::new(handle).unwrap(),
+        };
         Self {
-            account: AccountKey::generate(),
-            device: DeviceKey::generate(),
+            account,
+            device,
+            me,
             provider: Provider::new().expect("libcrux provider"),
         }
     }
@@ -32,12 +41,13 @@ fn text(id: u8, t: &str) -> Vec<u8> {
 }
 
 fn setup(suite: Suite) -> (Peer, Peer, GroupId) {
-    let alice = Peer::new();
-    let bob = Peer::new();
-    let kps = mls::key_packages(&bob.provider, bob.account.id(), &bob.device, suite, 2).unwrap();
-    let kp = mls::verify_key_package(&alice.provider, &kps[0], bob.account.id(), bob.device.id()).unwrap();
+    let alice = Peer::new("alice");
+    let bob = Peer::new("bob");
+    let kps = mls::key_packages(&bob.provider, &bob.me, &bob.device, suite, 2).unwrap();
+    let (kp, id) = mls::verify_key_package(&alice.provider, &kps[0], bob.account.id(), bob.device.id()).unwrap();
+    assert_eq!(id.handle.as_str(), "bob");
     let gid = GroupId::direct(&alice.account.id(), &bob.account.id());
-    let created = mls::create_group(&alice.provider, alice.account.id(), &alice.device, suite, gid, &[kp]).unwrap();
+    let created = mls::create_group(&alice.provider, &alice.me, &alice.device, suite, gid, &[kp]).unwrap();
     assert_eq!(created.members, vec![alice.device.id(), bob.device.id()]);
     mls::merge_pending(&alice.provider, gid).unwrap();
     let joined = mls::join(&bob.provider, &created.welcome).unwrap();
@@ -53,6 +63,7 @@ fn exchange(suite: Suite) {
         Processed::Application { sender, plaintext } => {
             assert_eq!(sender.account, alice.account.id());
             assert_eq!(sender.device, alice.device.id());
+            assert_eq!(sender.handle.as_str(), "alice");
             let m = AppMessage::decode(&plaintext).unwrap();
             assert_eq!(m.body, Body::Text("hello bob".into()));
         }
@@ -81,9 +92,9 @@ fn classical_conversation_both_ways() {
 
 #[test]
 fn key_package_of_another_device_is_refused() {
-    let bob = Peer::new();
-    let mallory = Peer::new();
-    let kps = mls::key_packages(&mallory.provider, mallory.account.id(), &mallory.device, Suite::PostQuantum, 1).unwrap();
+    let bob = Peer::new("bob");
+    let mallory = Peer::new("mallory");
+    let kps = mls::key_packages(&mallory.provider, &mallory.me, &mallory.device, Suite::PostQuantum, 1).unwrap();
     // The server claims this KeyPackage is bob's device: the client refuses it.
     let r = mls::verify_key_package(&bob.provider, &kps[0], bob.account.id(), bob.device.id());
     assert!(matches!(r, Err(CoreError::KeyPackageMismatch)));
@@ -103,8 +114,8 @@ fn tampered_ciphertext_and_welcome_are_rejected() {
 
 #[test]
 fn last_resort_key_package_is_marked_and_valid() {
-    let bob = Peer::new();
-    let lr = mls::last_resort_key_package(&bob.provider, bob.account.id(), &bob.device, Suite::PostQuantum).unwrap();
-    let kp = mls::verify_key_package(&bob.provider, &lr, bob.account.id(), bob.device.id()).unwrap();
+    let bob = Peer::new("bob");
+    let lr = mls::last_resort_key_package(&bob.provider, &bob.me, &bob.device, Suite::PostQuantum).unwrap();
+    let (kp, _) = mls::verify_key_package(&bob.provider, &lr, bob.account.id(), bob.device.id()).unwrap();
     assert!(kp.last_resort());
 }

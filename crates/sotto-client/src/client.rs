@@ -1,0 +1,567 @@
+//! The operations of a Sotto client: register, send, receive. Each opens
+//! one connection, authenticates the device by signing the server's
+//! challenge, keeps the device's KeyPackages stocked, and goes through the
+//! encrypted store for every state change.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::RngCore;
+use sotto_core::mls::{self, Processed};
+use sotto_core::{AccountKey, AppMessage, Body, CoreError, CredentialIdentity, DeviceKey, Suite};
+use sotto_proto::{
+    Blob, CommitRequest, Delivery, EnvelopeKind, ErrorCode, GroupId, Handle, LoginRequest, MessageId,
+    PROTOCOL_VERSION, RegisterRequest, RegistrationPolicy, Request, Response, SendRequest,
+    UploadKeyPackages, WelcomeOut,
+};
+use tokio::time::{Instant, timeout_at};
+
+use crate::store::{Identity, NewMessage, Store, StoredMessage, rows};
+use crate::transport::{Connection, Event};
+use crate::{ClientError, ServerLink};
+
+/// A message as `receive` reports it.
+pub type ReceivedMessage = StoredMessage;
+
+/// One-time KeyPackages a device keeps on its server.
+const KEY_PACKAGE_TARGET: u32 = 30;
+/// Refill when fewer than this many are left.
+const KEY_PACKAGE_LOW: u32 = 10;
+/// Acknowledge at least this often while receiving.
+const ACK_BATCH: usize = 64;
+/// How long `send` waits for the Welcome of a conversation the peer created
+/// at the same moment.
+const RACE_WAIT: Duration = Duration::from_secs(10);
+
+/// What `register` needs.
+#[derive(Debug, Clone)]
+pub struct RegisterOptions {
+    /// The server.
+    pub link: ServerLink,
+    /// The handle to claim.
+    pub handle: Handle,
+    /// Invite code, for invite-only servers.
+    pub invite: Option<String>,
+    /// Ciphersuite for new conversations.
+    pub suite: Suite,
+}
+
+/// An unlocked profile.
+#[derive(Debug)]
+pub struct Client {
+    store: Store,
+    id: Identity,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn random_id() -> MessageId {
+    let mut b = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    MessageId(b)
+}
+
+fn unexpected(r: &Response) -> ClientError {
+    ClientError::Malformed(format!("unexpected response {r:?}"))
+}
+
+/// What became of one delivery.
+#[derive(Debug)]
+enum Outcome {
+    Stored,
+    Duplicate,
+    Dropped(String),
+}
+
+impl Client {
+    /// Opens an existing, registered profile.
+    pub fn open(dir: &Path, passphrase: &str) -> Result<Self, ClientError> {
+        if !Store::db_path(dir).exists() {
+            return Err(ClientError::NotRegistered);
+        }
+        let store = Store::open(dir, passphrase)?;
+        let id = store.identity()?.ok_or(ClientError::NotRegistered)?;
+        if !id.registered {
+            return Err(ClientError::NotRegistered);
+        }
+        Ok(Self { store, id })
+    }
+
+    /// Creates the account: keys, registration, handle, KeyPackages.
+    pub async fn register(dir: &Path, passphrase: &str, opts: RegisterOptions) -> Result<Self, ClientError> {
+        let mut store = Store::open(dir, passphrase)?;
+        let id = match store.identity()? {
+            Some(id) if id.registered => return Err(ClientError::AlreadyRegistered(id.handle.to_string())),
+            // A registration that never got its answer: retry with the same keys.
+            Some(id) if id.handle == opts.handle && id.link == opts.link => id,
+            Some(id) => return Err(ClientError::AlreadyRegistered(format!("{} (unconfirmed)", id.handle))),
+            None => {
+                let id = Identity {
+                    account: AccountKey::generate(),
+                    device: DeviceKey::generate(),
+                    handle: opts.handle.clone(),
+                    link: opts.link.clone(),
+                    suite: opts.suite,
+                    registered: false,
+                };
+                // Keys are on disk (encrypted) before the server hears of them.
+                store.save_identity(&id)?;
+                id
+            }
+        };
+        let mut conn = Connection::connect(&id.link).await?;
+        let challenge = conn.hello().challenge;
+        let pow_nonce = match (conn.hello().registration, &opts.invite) {
+            (RegistrationPolicy::Open { pow_bits }, None) => {
+                let handle = id.handle.to_string();
+                let n = tokio::task::spawn_blocking(move || sotto_proto::pow::solve(&challenge, &handle, pow_bits))
+                    .await
+                    .map_err(|e| ClientError::Invalid(e.to_string()))?;
+                Some(n)
+            }
+            (RegistrationPolicy::InviteOnly, None) => {
+                return Err(ClientError::Server(sotto_proto::ProtoError::new(ErrorCode::InviteRequired)));
+            }
+            _ => None,
+        };
+        let t = sotto_proto::register_transcript(&challenge, &id.handle, &id.account.id(), &id.device.id());
+        let req = RegisterRequest {
+            version: PROTOCOL_VERSION,
+            handle: id.handle.clone(),
+            account: id.account.id(),
+            device: id.device.id(),
+            invite: opts.invite.clone(),
+            pow_nonce,
+            account_signature: id.account.sign(&t),
+            device_signature: id.device.sign(&t),
+        };
+        let session = match conn.request(Request::Register(req)).await? {
+            Response::LoggedIn(s) => s,
+            other => return Err(unexpected(&other)),
+        };
+        store.mark_registered()?;
+        let mut client = Self {
+            store,
+            id: Identity { registered: true, ..id },
+        };
+        client
+            .replenish(&mut conn, session.key_packages, session.has_last_resort)
+            .await?;
+        conn.close().await;
+        Ok(client)
+    }
+
+    /// This profile's handle.
+    pub fn handle(&self) -> &Handle {
+        &self.id.handle
+    }
+
+    /// This profile's credential identity.
+    pub fn identity(&self) -> CredentialIdentity {
+        self.id.credential()
+    }
+
+    /// Known contacts.
+    pub fn contacts(&self) -> Result<Vec<(String, sotto_proto::AccountId)>, ClientError> {
+        self.store.contacts()
+    }
+
+    async fn connect(&mut self) -> Result<Connection, ClientError> {
+        let mut conn = Connection::connect(&self.id.link).await?;
+        let device = self.id.device.id();
+        let t = sotto_proto::login_transcript(&conn.hello().challenge, &device);
+        let req = LoginRequest {
+            version: PROTOCOL_VERSION,
+            device,
+            signature: self.id.device.sign(&t),
+        };
+        let s = match conn.request(Request::Login(req)).await? {
+            Response::LoggedIn(s) => s,
+            other => return Err(unexpected(&other)),
+        };
+        self.replenish(&mut conn, s.key_packages, s.has_last_resort).await?;
+        Ok(conn)
+    }
+
+    async fn replenish(&mut self, conn: &mut Connection, have: u32, has_last_resort: bool) -> Result<(), ClientError> {
+        if have >= KEY_PACKAGE_LOW && has_last_resort {
+            return Ok(());
+        }
+        let n = KEY_PACKAGE_TARGET.saturating_sub(have) as usize;
+        let me = self.id.credential();
+        let suite = self.id.suite;
+        let device = &self.id.device;
+        let (kps, lr) = self.store.transaction(|p, _| {
+            let kps = mls::key_packages(p, &me, device, suite, n)?;
+            let lr = if has_last_resort {
+                None
+            } else {
+                Some(mls::last_resort_key_package(p, &me, device, suite)?)
+            };
+            Ok((kps, lr))
+        })?;
+        let req = UploadKeyPackages {
+            key_packages: kps.into_iter().map(Blob).collect(),
+            last_resort: lr.map(Blob),
+        };
+        match conn.request(Request::UploadKeyPackages(req)).await? {
+            Response::KeyPackagesStored { .. } => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Processes one delivery in one local transaction.
+    fn process(&mut self, d: &Delivery) -> Result<Outcome, ClientError> {
+        let me = self.id.credential();
+        let env = &d.envelope;
+        let attempt = self.store.transaction(|p, c| {
+            if rows::is_processed(c, &env.sender, &env.msg_id)? {
+                return Ok(Outcome::Duplicate);
+            }
+            let outcome = match env.kind {
+                EnvelopeKind::Welcome => {
+                    let joined = mls::join(p, &env.payload.0)?;
+                    let peers: Vec<&CredentialIdentity> =
+                        joined.members.iter().filter(|m| m.account != me.account).collect();
+                    if joined.members.iter().all(|m| m.device != env.sender) {
+                        return Err(ClientError::Core(CoreError::ForgedCredential));
+                    }
+                    let mut names: Vec<&str> = peers.iter().map(|m| m.handle.as_str()).collect();
+                    names.sort_unstable();
+                    names.dedup();
+                    for m in &peers {
+                        rows::put_contact(c, &m.handle, &m.account)?;
+                    }
+                    rows::put_conversation(c, &joined.group_id, &names.join(","), now_ms())?;
+                    Outcome::Stored
+                }
+                EnvelopeKind::Commit => match mls::process(p, env.group, &env.payload.0)? {
+                    Processed::Commit { .. } | Processed::Other => Outcome::Stored,
+                    Processed::Application { .. } => Outcome::Dropped("application message sent as commit".into()),
+                },
+                EnvelopeKind::Application => match mls::process(p, env.group, &env.payload.0)? {
+                    Processed::Application { sender, plaintext } => {
+                        if sender.device != env.sender {
+                            // The server claims another device sent it than MLS says.
+                            return Err(ClientError::Core(CoreError::ForgedCredential));
+                        }
+                        match AppMessage::decode(&plaintext) {
+                            Some(AppMessage { id, sent_at_ms, body: Body::Text(text) }) => {
+                                let fresh = rows::put_message(
+                                    c,
+                                    &NewMessage {
+                                        id,
+                                        group: env.group,
+                                        sender: &sender,
+                                        outgoing: sender.account == me.account,
+                                        text: &text,
+                                        sent_at_ms,
+                                        received_at_ms: now_ms(),
+                                        seq: d.seq,
+                                    },
+                                )?;
+                                if fresh { Outcome::Stored } else { Outcome::Duplicate }
+                            }
+                            None => Outcome::Dropped("undecodable application message".into()),
+                        }
+                    }
+                    _ => Outcome::Dropped("commit sent as application message".into()),
+                },
+            };
+            rows::mark_processed(c, &env.sender, &env.msg_id)?;
+            Ok(outcome)
+        });
+        match attempt {
+            Ok(o) => Ok(o),
+            // A message that cannot be processed is set aside (marked, acked)
+            // so that it does not block the mailbox; MLS state is unchanged.
+            Err(ClientError::Core(e)) => {
+                self.store
+                    .transaction(|_, c| rows::mark_processed(c, &env.sender, &env.msg_id).map(|_| ()))?;
+                Ok(Outcome::Dropped(e.to_string()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn ack(conn: &mut Connection, seqs: &mut Vec<u64>) -> Result<(), ClientError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(seqs);
+        match conn.request(Request::Ack { seqs: batch }).await? {
+            Response::Acked => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn handle_event(&mut self, d: &Delivery, dropped: &mut Vec<String>) -> Result<(), ClientError> {
+        match self.process(d)? {
+            Outcome::Stored | Outcome::Duplicate => {}
+            Outcome::Dropped(why) => dropped.push(why),
+        }
+        Ok(())
+    }
+
+    /// Receives until the backlog is drained, then until `wait` has passed,
+    /// calling `on_message` for every new message and `on_dropped` for every
+    /// delivery that was set aside.
+    pub async fn receive(
+        &mut self,
+        wait: Duration,
+        mut on_message: impl FnMut(&ReceivedMessage),
+        mut on_dropped: impl FnMut(&str),
+    ) -> Result<(), ClientError> {
+        let mut conn = self.connect().await?;
+        self.flush_outbox(&mut conn).await?;
+        let mut acks = Vec::new();
+        let mut synced = false;
+        let mut deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ev = match timeout_at(deadline, conn.next_event()).await {
+                Ok(ev) => ev?,
+                Err(_) if synced => break,
+                Err(_) => return Err(ClientError::Timeout),
+            };
+            match ev {
+                Event::Deliver(d) => {
+                    let mut dropped = Vec::new();
+                    self.handle_event(&d, &mut dropped)?;
+                    dropped.iter().for_each(|w| on_dropped(w));
+                    acks.push(d.seq);
+                    if acks.len() >= ACK_BATCH || synced {
+                        Self::ack(&mut conn, &mut acks).await?;
+                    }
+                }
+                Event::Synced => {
+                    synced = true;
+                    deadline = Instant::now() + wait;
+                    Self::ack(&mut conn, &mut acks).await?;
+                }
+            }
+            for m in self.store.take_unshown()? {
+                on_message(&m);
+            }
+            if synced && wait.is_zero() {
+                break;
+            }
+        }
+        Self::ack(&mut conn, &mut acks).await?;
+        for m in self.store.take_unshown()? {
+            on_message(&m);
+        }
+        conn.close().await;
+        Ok(())
+    }
+
+    /// Processes the mailbox backlog (so Welcomes and commits are applied
+    /// before sending); messages stay unshown for the next `receive`.
+    async fn sync(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
+        let mut acks = Vec::new();
+        let mut dropped = Vec::new();
+        loop {
+            match conn.next_event().await? {
+                Event::Deliver(d) => {
+                    self.handle_event(&d, &mut dropped)?;
+                    acks.push(d.seq);
+                    if acks.len() >= ACK_BATCH {
+                        Self::ack(conn, &mut acks).await?;
+                    }
+                }
+                Event::Synced => break,
+            }
+        }
+        Self::ack(conn, &mut acks).await
+    }
+
+    async fn flush_outbox(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
+        for (msg_id, group, payload) in self.store.outbox()? {
+            let req = SendRequest {
+                group,
+                msg_id,
+                payload: Blob(payload),
+            };
+            match conn.request(Request::Send(req)).await {
+                Ok(Response::Accepted { .. }) => self.store.outbox_done(&msg_id)?,
+                Ok(other) => return Err(unexpected(&other)),
+                Err(ClientError::Server(e)) if e.code == ErrorCode::NotMember => {
+                    // The conversation is gone on the server; the message cannot be delivered.
+                    self.store.outbox_done(&msg_id)?;
+                    return Err(ClientError::Server(e));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn has_group(&mut self, g: GroupId) -> Result<bool, ClientError> {
+        self.store.transaction(|p, _| Ok(mls::has_group(p, g)?))
+    }
+
+    /// The one-to-one conversation with `peer`, created if needed.
+    async fn direct(&mut self, conn: &mut Connection, peer: &Handle) -> Result<GroupId, ClientError> {
+        let me = self.id.credential();
+        if let Some(acc) = self.store.contact(peer)? {
+            let g = GroupId::direct(&me.account, &acc);
+            if self.has_group(g)? {
+                return Ok(g);
+            }
+        }
+        let claimed = match conn.request(Request::ClaimKeyPackages { handle: peer.clone() }).await {
+            Ok(Response::KeyPackages(c)) => c,
+            Ok(other) => return Err(unexpected(&other)),
+            Err(ClientError::Server(e)) if e.code == ErrorCode::UnknownHandle => {
+                return Err(ClientError::Invalid(format!("unknown handle: {peer}")));
+            }
+            Err(e) => return Err(e),
+        };
+        if claimed.account == me.account {
+            return Err(ClientError::Invalid("cannot start a conversation with yourself".into()));
+        }
+        let g = GroupId::direct(&me.account, &claimed.account);
+        if self.has_group(g)? {
+            self.store.transaction(|_, c| rows::put_contact(c, peer, &claimed.account))?;
+            return Ok(g);
+        }
+        let mut kps = Vec::new();
+        let mut recipients = Vec::new();
+        self.store.transaction(|p, _| {
+            for c in &claimed.devices {
+                match mls::verify_key_package(p, &c.key_package.0, claimed.account, c.device) {
+                    Ok((kp, id)) if id.handle == *peer => {
+                        kps.push(kp);
+                        recipients.push(c.device);
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        })?;
+        if kps.is_empty() {
+            return Err(ClientError::Invalid(format!("{peer} has no valid key package")));
+        }
+        // The new group persists only if the server accepts its creation.
+        self.store.begin()?;
+        let suite = self.id.suite;
+        let created = self
+            .store
+            .in_open_transaction(|p, _| Ok(mls::create_group(p, &me, &self.id.device, suite, g, &kps)?));
+        let created = match created {
+            Ok(c) => c,
+            Err(e) => {
+                self.store.rollback()?;
+                return Err(e);
+            }
+        };
+        let req = CommitRequest {
+            group: g,
+            epoch: 0,
+            msg_id: random_id(),
+            commit: None,
+            welcome: Some(WelcomeOut {
+                welcome: Blob(created.welcome),
+                recipients,
+            }),
+            members: created.members,
+        };
+        match conn.request(Request::Commit(req)).await {
+            Ok(Response::Committed { .. }) => {
+                let r = self.store.in_open_transaction(|p, c| {
+                    mls::merge_pending(p, g)?;
+                    rows::put_contact(c, peer, &claimed.account)?;
+                    rows::put_conversation(c, &g, peer.as_str(), now_ms())
+                });
+                match r {
+                    Ok(()) => self.store.commit()?,
+                    Err(e) => {
+                        self.store.rollback()?;
+                        return Err(e);
+                    }
+                }
+                Ok(g)
+            }
+            Err(ClientError::Server(e)) if matches!(e.code, ErrorCode::StaleEpoch { .. }) => {
+                // The peer created the conversation first: its Welcome is on the way.
+                self.store.rollback()?;
+                self.wait_for_group(conn, g).await?;
+                Ok(g)
+            }
+            Ok(other) => {
+                self.store.rollback()?;
+                Err(unexpected(&other))
+            }
+            Err(e) => {
+                self.store.rollback()?;
+                Err(e)
+            }
+        }
+    }
+
+    async fn wait_for_group(&mut self, conn: &mut Connection, g: GroupId) -> Result<(), ClientError> {
+        let deadline = Instant::now() + RACE_WAIT;
+        let mut acks = Vec::new();
+        let mut dropped = Vec::new();
+        while !self.has_group(g)? {
+            let ev = timeout_at(deadline, conn.next_event())
+                .await
+                .map_err(|_| ClientError::Invalid("the conversation is being created by the peer; try again".into()))??;
+            if let Event::Deliver(d) = ev {
+                self.handle_event(&d, &mut dropped)?;
+                acks.push(d.seq);
+            }
+        }
+        Self::ack(conn, &mut acks).await
+    }
+
+    /// Sends `text` to the one-to-one conversation with `to`.
+    pub async fn send(&mut self, to: &str, text: &str) -> Result<MessageId, ClientError> {
+        let peer = Handle::new(to).map_err(|e| ClientError::Invalid(format!("{to}: {e}")))?;
+        if peer == self.id.handle {
+            return Err(ClientError::Invalid("cannot send to yourself".into()));
+        }
+        if text.len() > 64 * 1024 {
+            return Err(ClientError::Invalid("message too long (64 KiB at most)".into()));
+        }
+        let mut conn = self.connect().await?;
+        self.sync(&mut conn).await?;
+        self.flush_outbox(&mut conn).await?;
+        let g = self.direct(&mut conn, &peer).await?;
+        let id = random_id();
+        let now = now_ms();
+        let app = AppMessage {
+            id,
+            sent_at_ms: now,
+            body: Body::Text(text.to_owned()),
+        }
+        .encode();
+        let me = self.id.credential();
+        let device = &self.id.device;
+        self.store.transaction(|p, c| {
+            let ct = mls::encrypt(p, device, g, &app)?;
+            rows::put_outbox(c, &id, &g, &ct, now)?;
+            rows::put_message(
+                c,
+                &NewMessage {
+                    id,
+                    group: g,
+                    sender: &me,
+                    outgoing: true,
+                    text,
+                    sent_at_ms: now,
+                    received_at_ms: now,
+                    seq: 0,
+                },
+            )?;
+            Ok(())
+        })?;
+        self.flush_outbox(&mut conn).await?;
+        conn.close().await;
+        Ok(id)
+    }
+}

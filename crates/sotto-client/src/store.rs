@@ -1,0 +1,551 @@
+//! The encrypted local store: one SQLCipher database per profile, keyed with
+//! the user's passphrase (SQLCipher derives the key with PBKDF2-HMAC-SHA512,
+//! 256,000 iterations), holding the identity keys, contacts, conversations,
+//! messages, the outbox and, through `openmls_sqlite_storage`, the MLS state.
+//! Nothing is written to disk unencrypted: pages, WAL and journal are all
+//! encrypted by SQLCipher, and `secure_delete` overwrites freed pages.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use openmls_libcrux_crypto::CryptoProvider;
+use openmls_sqlite_storage::{Codec, SqliteStorageProvider};
+use openmls_traits::OpenMlsProvider;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use sotto_core::{AccountKey, CredentialIdentity, DeviceKey, Suite};
+use sotto_proto::{AccountId, DeviceId, GroupId, Handle, MessageId};
+use zeroize::Zeroizing;
+
+use crate::{ClientError, ServerLink};
+
+/// openmls values are stored as JSON inside the encrypted database.
+#[derive(Debug, Default)]
+pub struct JsonCodec;
+
+impl Codec for JsonCodec {
+    type Error = serde_json::Error;
+
+    fn to_vec<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Self::Error> {
+        serde_json::to_vec(value)
+    }
+
+    fn from_slice<T: serde::de::DeserializeOwned>(slice: &[u8]) -> Result<T, Self::Error> {
+        serde_json::from_slice(slice)
+    }
+}
+
+/// The `openmls` provider over a connection of the store: libcrux crypto,
+/// SQLCipher storage. Built per transaction, so MLS writes join it.
+pub struct Provider<'a> {
+    crypto: &'a CryptoProvider,
+    storage: SqliteStorageProvider<JsonCodec, &'a Connection>,
+}
+
+impl std::fmt::Debug for Provider<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Provider")
+    }
+}
+
+impl<'a> OpenMlsProvider for Provider<'a> {
+    type CryptoProvider = CryptoProvider;
+    type RandProvider = CryptoProvider;
+    type StorageProvider = SqliteStorageProvider<JsonCodec, &'a Connection>;
+
+    fn storage(&self) -> &Self::StorageProvider {
+        &self.storage
+    }
+
+    fn crypto(&self) -> &Self::CryptoProvider {
+        self.crypto
+    }
+
+    fn rand(&self) -> &Self::RandProvider {
+        self.crypto
+    }
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS profile (
+    k TEXT PRIMARY KEY,
+    v BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS contacts (
+    handle      TEXT PRIMARY KEY,
+    account     BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS conversations (
+    group_id    BLOB PRIMARY KEY,
+    peer_handle TEXT NOT NULL,
+    created_ms  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id              BLOB PRIMARY KEY,
+    group_id        BLOB NOT NULL,
+    sender_handle   TEXT NOT NULL,
+    sender_account  BLOB NOT NULL,
+    outgoing        INTEGER NOT NULL,
+    body            TEXT NOT NULL,
+    sent_at_ms      INTEGER NOT NULL,
+    received_at_ms  INTEGER NOT NULL,
+    shown           INTEGER NOT NULL DEFAULT 0,
+    seq             INTEGER
+);
+CREATE INDEX IF NOT EXISTS messages_unshown ON messages(shown, seq);
+CREATE TABLE IF NOT EXISTS processed (
+    sender  BLOB NOT NULL,
+    msg_id  BLOB NOT NULL,
+    PRIMARY KEY (sender, msg_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    msg_id      BLOB PRIMARY KEY,
+    group_id    BLOB NOT NULL,
+    payload     BLOB NOT NULL,
+    created_ms  INTEGER NOT NULL
+);
+"#;
+
+/// The profile's own identity, loaded from the store.
+pub struct Identity {
+    /// The account key.
+    pub account: AccountKey,
+    /// This device's key.
+    pub device: DeviceKey,
+    /// The handle.
+    pub handle: Handle,
+    /// The server.
+    pub link: ServerLink,
+    /// The ciphersuite for new conversations.
+    pub suite: Suite,
+    /// Whether the server confirmed the registration.
+    pub registered: bool,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Identity({}, {:?})", self.handle, self.device.id())
+    }
+}
+
+impl Identity {
+    /// What this device's MLS credential says.
+    pub fn credential(&self) -> CredentialIdentity {
+        CredentialIdentity {
+            account: self.account.id(),
+            device: self.device.id(),
+            handle: self.handle.clone(),
+        }
+    }
+}
+
+/// A message as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// The sender's message id.
+    pub id: MessageId,
+    /// The conversation.
+    pub group: GroupId,
+    /// The conversation's name (the peer's handle for one-to-one).
+    pub conversation: String,
+    /// Who sent it.
+    pub sender: String,
+    /// Whether this device's account sent it.
+    pub outgoing: bool,
+    /// The text.
+    pub text: String,
+    /// The sender's clock.
+    pub sent_at_ms: u64,
+    /// When this device stored it.
+    pub received_at_ms: u64,
+}
+
+/// An incoming message to store.
+#[derive(Debug, Clone)]
+pub struct NewMessage<'a> {
+    /// Id.
+    pub id: MessageId,
+    /// Group.
+    pub group: GroupId,
+    /// Sender.
+    pub sender: &'a CredentialIdentity,
+    /// Whether we sent it.
+    pub outgoing: bool,
+    /// Text.
+    pub text: &'a str,
+    /// Sender's clock.
+    pub sent_at_ms: u64,
+    /// Local receive time.
+    pub received_at_ms: u64,
+    /// Mailbox order, for display order.
+    pub seq: u64,
+}
+
+/// The open store of a profile.
+pub struct Store {
+    conn: Connection,
+    crypto: CryptoProvider,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.dir.display())
+    }
+}
+
+fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn arr<const N: usize>(v: Vec<u8>) -> Result<[u8; N], ClientError> {
+    v.try_into()
+        .map_err(|_| ClientError::Store("stored value has the wrong length".into()))
+}
+
+impl Store {
+    /// The database file of a profile directory.
+    pub fn db_path(dir: &Path) -> PathBuf {
+        dir.join("sotto.db")
+    }
+
+    /// Opens the profile in `dir` with `passphrase`, creating both if needed.
+    pub fn open(dir: &Path, passphrase: &str) -> Result<Self, ClientError> {
+        if passphrase.is_empty() {
+            return Err(ClientError::Invalid("the passphrase must not be empty".into()));
+        }
+        if !dir.exists() {
+            fs::create_dir_all(dir).map_err(|e| ClientError::Store(format!("{}: {e}", dir.display())))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                    .map_err(|e| ClientError::Store(e.to_string()))?;
+            }
+        }
+        let conn = Connection::open(Self::db_path(dir))?;
+        conn.pragma_update(None, "key", passphrase)?;
+        // The first read fails with "file is not a database" if the key is wrong.
+        let check: Result<i64, _> = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0));
+        if let Err(e) = check {
+            if e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) {
+                return Err(ClientError::WrongPassphrase);
+            }
+            return Err(e.into());
+        }
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA secure_delete=ON; \
+             PRAGMA foreign_keys=ON;",
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch(SCHEMA)?;
+        let mut conn = conn;
+        SqliteStorageProvider::<JsonCodec, &mut Connection>::new(&mut conn)
+            .run_migrations()
+            .map_err(|e| ClientError::Store(format!("mls storage migration: {e}")))?;
+        let crypto = CryptoProvider::new().map_err(|e| ClientError::Store(format!("crypto: {e:?}")))?;
+        Ok(Self {
+            conn,
+            crypto,
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Runs `f` in one immediate transaction with an MLS provider over it:
+    /// MLS state changes and the rows `f` writes commit together or not at all.
+    pub fn transaction<T>(
+        &mut self,
+        f: impl FnOnce(&Provider<'_>, &Connection) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = {
+            let p = Provider {
+                crypto: &self.crypto,
+                storage: SqliteStorageProvider::new(&tx),
+            };
+            f(&p, &tx)
+        };
+        match out {
+            Ok(v) => {
+                tx.commit()?;
+                Ok(v)
+            }
+            Err(e) => {
+                // Dropping the transaction rolls it back.
+                drop(tx);
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts a write transaction that stays open across awaits (used when
+    /// a local change must only persist if the server accepts it).
+    pub fn begin(&mut self) -> Result<(), ClientError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(())
+    }
+
+    /// Commits the transaction opened by [`Store::begin`].
+    pub fn commit(&mut self) -> Result<(), ClientError> {
+        self.conn.execute_batch("COMMIT")?;
+        Ok(())
+    }
+
+    /// Rolls back the transaction opened by [`Store::begin`].
+    pub fn rollback(&mut self) -> Result<(), ClientError> {
+        self.conn.execute_batch("ROLLBACK")?;
+        Ok(())
+    }
+
+    /// An MLS provider and the connection, inside a transaction opened by [`Store::begin`].
+    pub fn in_open_transaction<T>(
+        &self,
+        f: impl FnOnce(&Provider<'_>, &Connection) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let p = Provider {
+            crypto: &self.crypto,
+            storage: SqliteStorageProvider::new(&self.conn),
+        };
+        f(&p, &self.conn)
+    }
+
+    /// Saves the identity (before registering, so keys are never lost).
+    pub fn save_identity(&mut self, id: &Identity) -> Result<(), ClientError> {
+        self.transaction(|_, c| {
+            let put = |k: &str, v: &[u8]| -> Result<(), ClientError> {
+                c.execute(
+                    "INSERT INTO profile (k, v) VALUES (?1, ?2) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+                    params![k, v],
+                )?;
+                Ok(())
+            };
+            put("account_secret", &id.account.secret()[..])?;
+            put("device_secret", &id.device.secret()[..])?;
+            put("handle", id.handle.as_str().as_bytes())?;
+            put("link", id.link.to_string().as_bytes())?;
+            put("suite", id.suite.name().as_bytes())?;
+            put("registered", if id.registered { b"1" } else { b"0" })?;
+            Ok(())
+        })
+    }
+
+    /// Marks the registration as confirmed by the server.
+    pub fn mark_registered(&mut self) -> Result<(), ClientError> {
+        self.conn
+            .execute("UPDATE profile SET v = X'31' WHERE k = 'registered'", [])?;
+        Ok(())
+    }
+
+    fn get(&self, k: &str) -> Result<Option<Zeroizing<Vec<u8>>>, ClientError> {
+        Ok(self
+            .conn
+            .query_row("SELECT v FROM profile WHERE k = ?1", [k], |r| r.get::<_, Vec<u8>>(0))
+            .optional()?
+            .map(Zeroizing::new))
+    }
+
+    /// Loads the identity; `None` if the profile has none.
+    pub fn identity(&self) -> Result<Option<Identity>, ClientError> {
+        let Some(acc) = self.get("account_secret")? else {
+            return Ok(None);
+        };
+        let need = |k: &str| -> Result<Zeroizing<Vec<u8>>, ClientError> {
+            self.get(k)?
+                .ok_or_else(|| ClientError::Store(format!("profile is missing {k}")))
+        };
+        let dev = need("device_secret")?;
+        let text = |v: Zeroizing<Vec<u8>>| -> Result<String, ClientError> {
+            String::from_utf8(v.to_vec()).map_err(|_| ClientError::Store("profile text is not UTF-8".into()))
+        };
+        let acc: Zeroizing<[u8; 32]> = Zeroizing::new(arr(acc.to_vec())?);
+        let dev: Zeroizing<[u8; 32]> = Zeroizing::new(arr(dev.to_vec())?);
+        let handle = Handle::new(&text(need("handle")?)?)
+            .map_err(|_| ClientError::Store("stored handle invalid".into()))?;
+        let link = ServerLink::parse(&text(need("link")?)?)?;
+        let suite = Suite::from_name(&text(need("suite")?)?)
+            .ok_or_else(|| ClientError::Store("stored ciphersuite unknown".into()))?;
+        let registered = need("registered")?.as_slice() == b"1";
+        Ok(Some(Identity {
+            account: AccountKey::from_secret(&acc),
+            device: DeviceKey::from_secret(&dev),
+            handle,
+            link,
+            suite,
+            registered,
+        }))
+    }
+
+    /// The account of a known contact.
+    pub fn contact(&self, handle: &Handle) -> Result<Option<AccountId>, ClientError> {
+        let v: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT account FROM contacts WHERE handle = ?1", [handle.as_str()], |r| r.get(0))
+            .optional()?;
+        v.map(|v| arr(v).map(AccountId)).transpose()
+    }
+
+    /// All contacts.
+    pub fn contacts(&self) -> Result<Vec<(String, AccountId)>, ClientError> {
+        let mut stmt = self.conn.prepare("SELECT handle, account FROM contacts ORDER BY handle")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (h, a) = row?;
+            out.push((h, AccountId(arr(a)?)));
+        }
+        Ok(out)
+    }
+
+    /// Messages not yet shown, in arrival order; marks them shown.
+    pub fn take_unshown(&mut self) -> Result<Vec<StoredMessage>, ClientError> {
+        self.transaction(|_, c| {
+            let mut stmt = c.prepare(
+                "SELECT m.id, m.group_id, coalesce(c.peer_handle, ''), m.sender_handle, m.outgoing, m.body, \
+                 m.sent_at_ms, m.received_at_ms FROM messages m \
+                 LEFT JOIN conversations c ON c.group_id = m.group_id \
+                 WHERE m.shown = 0 AND m.outgoing = 0 ORDER BY m.seq, m.received_at_ms",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, i64>(7)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, g, conv, sender, outgoing, text, sent, recv) = row?;
+                out.push(StoredMessage {
+                    id: MessageId(arr(id)?),
+                    group: GroupId(arr(g)?),
+                    conversation: conv,
+                    sender,
+                    outgoing: outgoing != 0,
+                    text,
+                    sent_at_ms: u(sent),
+                    received_at_ms: u(recv),
+                });
+            }
+            c.execute("UPDATE messages SET shown = 1 WHERE shown = 0", [])?;
+            Ok(out)
+        })
+    }
+
+    /// Pending outbox entries (sent, not yet confirmed by the server).
+    pub fn outbox(&self) -> Result<Vec<(MessageId, GroupId, Vec<u8>)>, ClientError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT msg_id, group_id, payload FROM outbox ORDER BY created_ms, rowid")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (m, g, p) = row?;
+            out.push((MessageId(arr(m)?), GroupId(arr(g)?), p));
+        }
+        Ok(out)
+    }
+
+    /// Removes a confirmed outbox entry.
+    pub fn outbox_done(&mut self, id: &MessageId) -> Result<(), ClientError> {
+        self.conn.execute("DELETE FROM outbox WHERE msg_id = ?1", [&id.0[..]])?;
+        Ok(())
+    }
+
+    /// Whether a conversation exists for this group.
+    pub fn conversation_peer(&self, g: &GroupId) -> Result<Option<String>, ClientError> {
+        Ok(self
+            .conn
+            .query_row("SELECT peer_handle FROM conversations WHERE group_id = ?1", [&g.0[..]], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// The profile directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Row writers used inside [`Store::transaction`].
+pub mod rows {
+    use super::*;
+
+    /// Records a contact.
+    pub fn put_contact(c: &Connection, handle: &Handle, account: &AccountId) -> Result<(), ClientError> {
+        c.execute(
+            "INSERT INTO contacts (handle, account) VALUES (?1, ?2) \
+             ON CONFLICT(handle) DO UPDATE SET account = excluded.account",
+            params![handle.as_str(), &account.0[..]],
+        )?;
+        Ok(())
+    }
+
+    /// Records a conversation.
+    pub fn put_conversation(c: &Connection, g: &GroupId, peer: &str, now_ms: u64) -> Result<(), ClientError> {
+        c.execute(
+            "INSERT OR IGNORE INTO conversations (group_id, peer_handle, created_ms) VALUES (?1, ?2, ?3)",
+            params![&g.0[..], peer, i(now_ms)],
+        )?;
+        Ok(())
+    }
+
+    /// Marks an envelope processed; false if it was already.
+    pub fn mark_processed(c: &Connection, sender: &DeviceId, id: &MessageId) -> Result<bool, ClientError> {
+        let n = c.execute(
+            "INSERT OR IGNORE INTO processed (sender, msg_id) VALUES (?1, ?2)",
+            params![&sender.0[..], &id.0[..]],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Whether an envelope was processed.
+    pub fn is_processed(c: &Connection, sender: &DeviceId, id: &MessageId) -> Result<bool, ClientError> {
+        let v: Option<i64> = c
+            .query_row(
+                "SELECT 1 FROM processed WHERE sender = ?1 AND msg_id = ?2",
+                params![&sender.0[..], &id.0[..]],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(v.is_some())
+    }
+
+    /// Stores a message; false if its id is known (a duplicate).
+    pub fn put_message(c: &Connection, m: &NewMessage<'_>) -> Result<bool, ClientError> {
+        let n = c.execute(
+            "INSERT OR IGNORE INTO messages (id, group_id, sender_handle, sender_account, outgoing, body, \
+             sent_at_ms, received_at_ms, shown, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                &m.id.0[..],
+                &m.group.0[..],
+                m.sender.handle.as_str(),
+                &m.sender.account.0[..],
+                i64::from(m.outgoing),
+                m.text,
+                i(m.sent_at_ms),
+                i(m.received_at_ms),
+                i64::from(m.outgoing),
+                i(m.seq),
+            ],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Queues an encrypted message for (re)sending.
+    pub fn put_outbox(c: &Connection, id: &MessageId, g: &GroupId, payload: &[u8], now_ms: u64) -> Result<(), ClientError> {
+        c.execute(
+            "INSERT INTO outbox (msg_id, group_id, payload, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![&id.0[..], &g.0[..], payload, i(now_ms)],
+        )?;
+        Ok(())
+    }
+}

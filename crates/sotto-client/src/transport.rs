@@ -1,0 +1,274 @@
+//! The connection to a server: TCP, TLS 1.3 with the certificate pinned to
+//! the link's fingerprint (no certificate authorities involved), then a
+//! WebSocket carrying one protocol frame per binary message. Requests and
+//! pushed deliveries share the socket; [`Connection::request`] keeps
+//! deliveries that arrive while it waits for its answer.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rustls::DigitallySignedStruct;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use sha2::{Digest, Sha256};
+use sotto_proto::{ClientFrame, Delivery, Request, Response, ServerFrame, ServerHello};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::{ClientError, ServerLink};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Accepts exactly the certificate whose SHA-256 is pinned, and checks the
+/// handshake signatures against its key.
+#[derive(Debug)]
+struct Pinned {
+    fingerprint: [u8; 32],
+    provider: Arc<CryptoProvider>,
+    mismatch: Arc<AtomicBool>,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let got: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
+        if got == self.fingerprint {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            self.mismatch.store(true, Ordering::SeqCst);
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// What a connection yields besides responses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A message from the mailbox.
+    Deliver(Delivery),
+    /// The mailbox backlog has been delivered.
+    Synced,
+}
+
+/// An open connection to a server.
+pub struct Connection {
+    ws: WebSocketStream<TlsStream<TcpStream>>,
+    hello: ServerHello,
+    next_req: u32,
+    events: VecDeque<Event>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Connection")
+    }
+}
+
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .max_message_size(Some(2 * sotto_proto::MAX_FRAME_BYTES))
+        .max_frame_size(Some(2 * sotto_proto::MAX_FRAME_BYTES))
+}
+
+impl Connection {
+    /// Connects, checks the pinned certificate, upgrades to WebSocket and
+    /// reads the server's hello.
+    pub async fn connect(link: &ServerLink) -> Result<Self, ClientError> {
+        let tcp = match timeout(CONNECT_TIMEOUT, TcpStream::connect(link.authority())).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => return Err(ClientError::Unreachable(format!("{}: {e}", link.authority()))),
+            Err(_) => return Err(ClientError::Unreachable(format!("{}: timed out", link.authority()))),
+        };
+        let _ = tcp.set_nodelay(true);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mismatch = Arc::new(AtomicBool::new(false));
+        let verifier = Pinned {
+            fingerprint: link.fingerprint,
+            provider: provider.clone(),
+            mismatch: mismatch.clone(),
+        };
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| ClientError::Transport(e.to_string()))?
+            .dangerous() // not dangerous here: the verifier pins one certificate exactly
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        let name = ServerName::try_from("sotto-server")
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let tls = match timeout(CONNECT_TIMEOUT, TlsConnector::from(Arc::new(cfg)).connect(name, tcp)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                if mismatch.load(Ordering::SeqCst) {
+                    return Err(ClientError::CertificateMismatch);
+                }
+                return Err(ClientError::Transport(format!("tls: {e}")));
+            }
+            Err(_) => return Err(ClientError::Timeout),
+        };
+        let url = format!("wss://{}{}", link.authority(), sotto_proto::WS_PATH);
+        let upgrade = tokio_tungstenite::client_async_with_config(url, tls, Some(ws_config()));
+        let (mut ws, _) = match timeout(CONNECT_TIMEOUT, upgrade).await {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => return Err(ClientError::Transport(format!("websocket: {e}"))),
+            Err(_) => return Err(ClientError::Timeout),
+        };
+        let hello = match timeout(CONNECT_TIMEOUT, read_frame(&mut ws)).await {
+            Ok(Ok(ServerFrame::Hello(h))) => h,
+            Ok(Ok(other)) => return Err(ClientError::Malformed(format!("expected hello, got {other:?}"))),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(ClientError::Timeout),
+        };
+        if !hello.versions.contains(&sotto_proto::PROTOCOL_VERSION) {
+            return Err(ClientError::Invalid(format!(
+                "server speaks protocol versions {:?}, this client {}",
+                hello.versions,
+                sotto_proto::PROTOCOL_VERSION
+            )));
+        }
+        Ok(Self {
+            ws,
+            hello,
+            next_req: 1,
+            events: VecDeque::new(),
+        })
+    }
+
+    /// The server's hello.
+    pub fn hello(&self) -> &ServerHello {
+        &self.hello
+    }
+
+    /// Sends a request and waits for its response; deliveries that arrive
+    /// meanwhile are kept for [`Connection::next_event`].
+    pub async fn request(&mut self, body: Request) -> Result<Response, ClientError> {
+        let req = self.next_req;
+        self.next_req = self.next_req.wrapping_add(1);
+        let bytes = sotto_proto::encode_client(&ClientFrame { req, body });
+        self.send_raw(bytes).await?;
+        let wait = async {
+            loop {
+                match read_frame(&mut self.ws).await? {
+                    ServerFrame::Response { req: r, result } if r == req => {
+                        return result.map_err(ClientError::Server);
+                    }
+                    ServerFrame::Response { .. } => {}
+                    ServerFrame::Deliver(d) => self.events.push_back(Event::Deliver(d)),
+                    ServerFrame::Synced => self.events.push_back(Event::Synced),
+                    ServerFrame::Fatal(e) => return Err(ClientError::Server(e)),
+                    ServerFrame::Hello(_) => {
+                        return Err(ClientError::Malformed("unexpected hello".into()));
+                    }
+                }
+            }
+        };
+        timeout(REQUEST_TIMEOUT, wait)
+            .await
+            .map_err(|_| ClientError::Timeout)?
+    }
+
+    /// The next delivery or sync marker, waiting for the server to push one.
+    pub async fn next_event(&mut self) -> Result<Event, ClientError> {
+        if let Some(e) = self.events.pop_front() {
+            return Ok(e);
+        }
+        loop {
+            match read_frame(&mut self.ws).await? {
+                ServerFrame::Deliver(d) => return Ok(Event::Deliver(d)),
+                ServerFrame::Synced => return Ok(Event::Synced),
+                ServerFrame::Fatal(e) => return Err(ClientError::Server(e)),
+                ServerFrame::Response { .. } => {}
+                ServerFrame::Hello(_) => return Err(ClientError::Malformed("unexpected hello".into())),
+            }
+        }
+    }
+
+    /// Sends raw bytes as one binary message (tests use it to send garbage).
+    pub async fn send_raw(&mut self, bytes: Vec<u8>) -> Result<(), ClientError> {
+        timeout(REQUEST_TIMEOUT, self.ws.send(Message::Binary(bytes.into())))
+            .await
+            .map_err(|_| ClientError::Timeout)?
+            .map_err(|e| ClientError::Transport(e.to_string()))
+    }
+
+    /// Reads the next frame as it comes (tests use it to see `Fatal` frames).
+    pub async fn read_frame(&mut self) -> Result<ServerFrame, ClientError> {
+        read_frame(&mut self.ws).await
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(mut self) {
+        let _ = timeout(Duration::from_secs(2), self.ws.close(None)).await;
+    }
+}
+
+async fn read_frame(ws: &mut WebSocketStream<TlsStream<TcpStream>>) -> Result<ServerFrame, ClientError> {
+    loop {
+        match ws.next().await {
+            None => return Err(ClientError::Closed(String::new())),
+            Some(Err(e)) => return Err(ClientError::Transport(e.to_string())),
+            Some(Ok(Message::Binary(b))) => {
+                return sotto_proto::decode_server(&b).map_err(|e| ClientError::Malformed(e.to_string()));
+            }
+            Some(Ok(Message::Close(c))) => {
+                return Err(ClientError::Closed(
+                    c.map(|c| format!(": {}", c.reason)).unwrap_or_default(),
+                ));
+            }
+            Some(Ok(Message::Text(_))) => return Err(ClientError::Malformed("text frame".into())),
+            Some(Ok(_)) => {}
+        }
+    }
+}
