@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use sotto_client::{Client, RegisterOptions, ServerLink, Suite};
+use sotto_client::{Client, ReceiveEvent, RegisterOptions, ServerLink, Suite};
 use sotto_proto::Handle;
 use zeroize::Zeroizing;
 
@@ -156,9 +156,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut c = Client::open(&profile, &pass)?;
             let mut out = std::io::stdout().lock();
             let mut failed = None;
-            c.receive(
-                Duration::from_secs(wait),
-                |m| {
+            c.receive(Duration::from_secs(wait), |ev| match ev {
+                ReceiveEvent::Message(m) => {
                     let line = if json {
                         sotto_cli::message_json(m).to_string()
                     } else if m.conversation == m.sender {
@@ -169,9 +168,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
                         failed.get_or_insert(e);
                     }
-                },
-                |why| eprintln!("sotto: dropped a message that could not be processed: {why}"),
-            )
+                }
+                ReceiveEvent::Dropped(why) => {
+                    eprintln!("sotto: dropped a message that could not be processed: {why}");
+                }
+                ReceiveEvent::Synced => {}
+            })
             .await?;
             if let Some(e) = failed {
                 return Err(e.into());

@@ -23,6 +23,17 @@ use crate::{ClientError, ServerLink};
 /// A message as `receive` reports it.
 pub type ReceivedMessage = StoredMessage;
 
+/// What `receive` reports as it goes.
+#[derive(Debug)]
+pub enum ReceiveEvent<'a> {
+    /// A new message, stored and acknowledged (or about to be).
+    Message(&'a ReceivedMessage),
+    /// A delivery that could not be processed and was set aside.
+    Dropped(&'a str),
+    /// The backlog is drained; what follows is pushed live.
+    Synced,
+}
+
 /// One-time KeyPackages a device keeps on its server.
 const KEY_PACKAGE_TARGET: u32 = 30;
 /// Refill when fewer than this many are left.
@@ -309,13 +320,12 @@ impl Client {
     }
 
     /// Receives until the backlog is drained, then until `wait` has passed,
-    /// calling `on_message` for every new message and `on_dropped` for every
-    /// delivery that was set aside.
+    /// reporting every new message, every delivery set aside, and the
+    /// moment the backlog is drained.
     pub async fn receive(
         &mut self,
         wait: Duration,
-        mut on_message: impl FnMut(&ReceivedMessage),
-        mut on_dropped: impl FnMut(&str),
+        mut on_event: impl FnMut(ReceiveEvent<'_>),
     ) -> Result<(), ClientError> {
         let mut conn = self.connect().await?;
         self.flush_outbox(&mut conn).await?;
@@ -332,7 +342,7 @@ impl Client {
                 Event::Deliver(d) => {
                     let mut dropped = Vec::new();
                     self.handle_event(&d, &mut dropped)?;
-                    dropped.iter().for_each(|w| on_dropped(w));
+                    dropped.iter().for_each(|w| on_event(ReceiveEvent::Dropped(w)));
                     acks.push(d.seq);
                     if acks.len() >= ACK_BATCH || synced {
                         Self::ack(&mut conn, &mut acks).await?;
@@ -342,10 +352,14 @@ impl Client {
                     synced = true;
                     deadline = Instant::now() + wait;
                     Self::ack(&mut conn, &mut acks).await?;
+                    for m in self.store.take_unshown()? {
+                        on_event(ReceiveEvent::Message(&m));
+                    }
+                    on_event(ReceiveEvent::Synced);
                 }
             }
             for m in self.store.take_unshown()? {
-                on_message(&m);
+                on_event(ReceiveEvent::Message(&m));
             }
             if synced && wait.is_zero() {
                 break;
@@ -353,7 +367,7 @@ impl Client {
         }
         Self::ack(&mut conn, &mut acks).await?;
         for m in self.store.take_unshown()? {
-            on_message(&m);
+            on_event(ReceiveEvent::Message(&m));
         }
         conn.close().await;
         Ok(())
@@ -434,7 +448,12 @@ impl Client {
         self.store.transaction(|p, _| {
             for c in &claimed.devices {
                 match mls::verify_key_package(p, &c.key_package.0, claimed.account, c.device) {
-                    Ok((kp, id)) if id.handle == *peer => {
+                    Ok((kp, id))
+                        if id.handle == *peer
+                            && kps.first().is_none_or(|f: &openmls::prelude::KeyPackage| {
+                                f.ciphersuite() == kp.ciphersuite()
+                            }) =>
+                    {
                         kps.push(kp);
                         recipients.push(c.device);
                     }
@@ -448,10 +467,9 @@ impl Client {
         }
         // The new group persists only if the server accepts its creation.
         self.store.begin()?;
-        let suite = self.id.suite;
         let created = self
             .store
-            .in_open_transaction(|p, _| Ok(mls::create_group(p, &me, &self.id.device, suite, g, &kps)?));
+            .in_open_transaction(|p, _| Ok(mls::create_group(p, &me, &self.id.device, g, &kps)?));
         let created = match created {
             Ok(c) => c,
             Err(e) => {

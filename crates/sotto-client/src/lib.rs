@@ -14,7 +14,7 @@ pub mod link;
 pub mod store;
 pub mod transport;
 
-pub use client::{Client, ReceivedMessage, RegisterOptions};
+pub use client::{Client, ReceiveEvent, ReceivedMessage, RegisterOptions};
 pub use error::ClientError;
 pub use link::ServerLink;
 pub use sotto_core::Suite;

@@ -228,6 +228,8 @@ impl Store {
         }
         let conn = Connection::open(Self::db_path(dir))?;
         conn.pragma_update(None, "key", passphrase)?;
+        // SQLCipher would print decryption failures to stderr itself.
+        let _: String = conn.query_row("PRAGMA cipher_log_level = NONE", [], |r| r.get(0))?;
         // The first read fails with "file is not a database" if the key is wrong.
         let check: Result<i64, _> = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0));
         if let Err(e) = check {

@@ -38,6 +38,13 @@ impl Suite {
         }
     }
 
+    /// The suite of an MLS ciphersuite, if Sotto speaks it.
+    pub fn from_ciphersuite(cs: Ciphersuite) -> Option<Self> {
+        [Self::PostQuantum, Self::Classical]
+            .into_iter()
+            .find(|s| s.ciphersuite() == cs)
+    }
+
     /// Parses a configuration name.
     pub fn from_name(s: &str) -> Option<Self> {
         match s {
@@ -198,14 +205,27 @@ pub struct Created {
 /// Creates the group `group_id` and stages the commit that adds the owners
 /// of `key_packages`. Call [`merge_pending`] once the server accepted it, or
 /// [`discard`] if it did not.
+///
+/// The group takes the ciphersuite of the KeyPackages (which must all agree):
+/// a device publishes KeyPackages only in the suite its owner chose, so the
+/// invitee's choice decides, and the server cannot change it (KeyPackages are
+/// signed by their device).
 pub fn create_group<P: OpenMlsProvider>(
     provider: &P,
     me: &CredentialIdentity,
     device: &DeviceKey,
-    suite: Suite,
     group_id: sotto_proto::GroupId,
     key_packages: &[KeyPackage],
 ) -> Result<Created, CoreError> {
+    let first = key_packages
+        .first()
+        .ok_or_else(|| CoreError::InvalidKeyPackage("no key package".into()))?;
+    let cs = first.ciphersuite();
+    if key_packages.iter().any(|kp| kp.ciphersuite() != cs) {
+        return Err(CoreError::InvalidKeyPackage("key packages of different ciphersuites".into()));
+    }
+    let suite = Suite::from_ciphersuite(cs)
+        .ok_or_else(|| CoreError::InvalidKeyPackage(format!("unsupported ciphersuite {cs:?}")))?;
     let mut group = MlsGroup::new_with_group_id(
         provider,
         device,

@@ -47,7 +47,7 @@ fn setup(suite: Suite) -> (Peer, Peer, GroupId) {
     let (kp, id) = mls::verify_key_package(&alice.provider, &kps[0], bob.account.id(), bob.device.id()).unwrap();
     assert_eq!(id.handle.as_str(), "bob");
     let gid = GroupId::direct(&alice.account.id(), &bob.account.id());
-    let created = mls::create_group(&alice.provider, &alice.me, &alice.device, suite, gid, &[kp]).unwrap();
+    let created = mls::create_group(&alice.provider, &alice.me, &alice.device, gid, &[kp]).unwrap();
     assert_eq!(created.members, vec![alice.device.id(), bob.device.id()]);
     mls::merge_pending(&alice.provider, gid).unwrap();
     let joined = mls::join(&bob.provider, &created.welcome).unwrap();

@@ -1,1 +1,311 @@
-//! placeholder
+//! Helpers for tests that run the real thing on loopback: the
+//! `sotto-server` binary as a child process (so it can be SIGKILLed and
+//! restarted), the `sotto` binary in its own profile directory, and the
+//! server library's `run` in-process on `127.0.0.1:0`. A failing CLI call
+//! panics with a report of the command, its output and the files involved.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+
+use sotto_server::bus::LocalBus;
+use sotto_server::datadir::DataDir;
+use sotto_server::{ServerConfig, Shared};
+
+/// The directory the workspace's binaries are built into, found from the
+/// test executable (`target/<profile>/deps/<test>`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let deps = exe.parent().expect("deps dir");
+    let dir = if deps.ends_with("deps") {
+        deps.parent().expect("profile dir").to_owned()
+    } else {
+        deps.to_owned()
+    };
+    dir
+}
+
+/// The path of a workspace binary; panics with a hint if it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} not built: run the tests with `cargo test --workspace` (or `cargo build --workspace` first)",
+        p.display()
+    );
+    p
+}
+
+/// The result of a command, with everything needed to explain a failure.
+#[derive(Debug)]
+pub struct Run {
+    /// The command line.
+    pub cmd: String,
+    /// Its output.
+    pub out: Output,
+}
+
+impl Run {
+    /// Standard output as text.
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.out.stdout).into_owned()
+    }
+
+    /// Standard error as text.
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.out.stderr).into_owned()
+    }
+
+    fn report(&self) -> String {
+        format!(
+            "command: {}\nstatus: {}\n--- stdout\n{}--- stderr\n{}",
+            self.cmd,
+            self.out.status,
+            self.stdout(),
+            self.stderr()
+        )
+    }
+
+    /// Asserts success; returns stdout.
+    #[track_caller]
+    pub fn ok(&self) -> String {
+        assert!(self.out.status.success(), "command failed\n{}", self.report());
+        self.stdout()
+    }
+
+    /// Asserts failure with a one-line error on stderr containing `needle`.
+    #[track_caller]
+    pub fn fails_with(&self, needle: &str) {
+        assert!(!self.out.status.success(), "command should have failed\n{}", self.report());
+        let err = self.stderr();
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "expected one error line\n{}", self.report());
+        assert!(
+            lines[0].contains(needle),
+            "expected an error containing {needle:?}\n{}",
+            self.report()
+        );
+    }
+}
+
+/// A `sotto` profile in a directory, unlocked with a fixed passphrase.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// The profile directory.
+    pub dir: PathBuf,
+    /// Its passphrase.
+    pub passphrase: String,
+}
+
+impl Profile {
+    /// A profile at `dir` (not created until used).
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            passphrase: "correct horse battery staple".into(),
+        }
+    }
+
+    /// Runs `sotto --profile DIR ARGS...` with the passphrase in the environment.
+    pub fn sotto(&self, args: &[&str]) -> Run {
+        self.sotto_with(args, &self.passphrase)
+    }
+
+    /// Runs `sotto` with another passphrase.
+    pub fn sotto_with(&self, args: &[&str], passphrase: &str) -> Run {
+        let mut c = Command::new(bin("sotto"));
+        c.arg("--profile").arg(&self.dir).args(args);
+        c.env("SOTTO_PASSPHRASE", passphrase).env_remove("SOTTO_PROFILE");
+        run(c)
+    }
+}
+
+/// Runs a command to completion with no stdin.
+pub fn run(mut c: Command) -> Run {
+    let cmd = format!("{c:?}");
+    let out = c
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+    Run { cmd, out }
+}
+
+/// The `sotto-server` binary running as a child process.
+#[derive(Debug)]
+pub struct ServerProcess {
+    child: Option<Child>,
+    /// The data directory.
+    pub data: PathBuf,
+    /// The server link it printed.
+    pub link: String,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    extra: Vec<String>,
+}
+
+impl ServerProcess {
+    /// Starts a server on a free loopback port with a new data directory.
+    pub fn start(data: &Path, extra: &[&str]) -> Self {
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        let (child, link) = Self::spawn(data, "127.0.0.1:0", &extra);
+        let addr = link_addr(&link);
+        Self {
+            child: Some(child),
+            data: data.to_owned(),
+            link,
+            addr,
+            extra,
+        }
+    }
+
+    fn spawn(data: &Path, listen: &str, extra: &[String]) -> (Child, String) {
+        let mut c = Command::new(bin("sotto-server"));
+        c.args(["run", "--listen", listen, "--data"])
+            .arg(data)
+            .args(extra)
+            .env("SOTTO_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = c.spawn().expect("spawn sotto-server");
+        let stdout = child.stdout.take().expect("server stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read server link");
+        assert!(line.starts_with("sotto://"), "server printed {line:?} instead of its link");
+        (child, line.trim().to_owned())
+    }
+
+    /// Kills the server with SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same data directory and port.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let (child, link) = Self::spawn(&self.data, &self.addr.to_string(), &self.extra);
+        assert_eq!(link, self.link, "the server link changed across a restart");
+        self.child = Some(child);
+    }
+
+    /// A fresh single-use invite code (made while the server runs).
+    pub fn invite(&self) -> String {
+        let mut c = Command::new(bin("sotto-server"));
+        c.args(["invite", "--data"]).arg(&self.data);
+        run(c).ok().trim().to_owned()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn link_addr(link: &str) -> SocketAddr {
+    let rest = link.strip_prefix("sotto://").expect("link scheme");
+    let authority = rest.split('#').next().expect("authority");
+    authority.parse().expect("link authority is an address")
+}
+
+/// The server library running in this process on `127.0.0.1:0`.
+#[derive(Debug)]
+pub struct InProcessServer {
+    /// The server link.
+    pub link: String,
+    /// The data directory.
+    pub data: DataDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl InProcessServer {
+    /// Starts `run` with `config` on a new data directory under `dir`.
+    pub async fn start(dir: &Path, config: ServerConfig) -> Self {
+        let data = DataDir::open_or_create(&dir.join("server")).expect("data dir");
+        let store = data.store().expect("store");
+        let tls = data.tls_identity().expect("tls identity");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let link = format!("sotto://{addr}#fp={}", tls.fingerprint());
+        let shared = Arc::new(Shared {
+            store,
+            bus: LocalBus::new(),
+            config,
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let tls_cfg = tls.server_config().expect("tls config");
+        let task = tokio::spawn(sotto_server::run(listener, tls_cfg, shared, async {
+            let _ = rx.await;
+        }));
+        Self {
+            link,
+            data,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// A fresh invite code.
+    pub fn invite(&self) -> String {
+        self.data
+            .create_invites(1, now_ms(), std::time::Duration::from_secs(3600))
+            .expect("invite")
+            .remove(0)
+    }
+
+    /// Stops the server and waits until every connection has closed.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.expect("server task").expect("server run");
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// The files under `dir` whose raw bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(p)
+                .map(|b| b.windows(needle.len()).any(|w| w == needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}

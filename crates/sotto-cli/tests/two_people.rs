@@ -1,0 +1,258 @@
+//! Two people talk through the real `sotto-server` binary with the real
+//! `sotto` binary, each in their own temp directory: registration with
+//! invites, messages both ways, offline delivery, a SIGKILLed server, what
+//! is on disk, and the errors a user sees.
+
+use serde_json::Value;
+use sotto_test_support::{Profile, ServerProcess, files_containing, files_under};
+use tempfile::TempDir;
+
+struct World {
+    _tmp: TempDir,
+    root: std::path::PathBuf,
+    server: ServerProcess,
+}
+
+impl World {
+    fn new(extra: &[&str]) -> Self {
+        let tmp = TempDir::new().unwrap();
+        let root = tmp.path().to_owned();
+        let server = ServerProcess::start(&root.join("server"), extra);
+        Self {
+            _tmp: tmp,
+            root,
+            server,
+        }
+    }
+
+    fn profile(&self, name: &str) -> Profile {
+        Profile::new(self.root.join(name))
+    }
+
+    /// A registered profile.
+    fn person(&self, name: &str) -> Profile {
+        let p = self.profile(name);
+        let invite = self.server.invite();
+        p.sotto(&["register", &self.server.link, "--name", name, "--invite", &invite])
+            .ok();
+        p
+    }
+}
+
+fn receive_json(p: &Profile) -> Vec<Value> {
+    p.sotto(&["receive", "--json"])
+        .ok()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad json line {l:?}: {e}")))
+        .collect()
+}
+
+fn texts(v: &[Value]) -> Vec<&str> {
+    v.iter().map(|m| m["text"].as_str().unwrap()).collect()
+}
+
+#[test]
+fn alice_and_bob_talk_both_ways() {
+    let w = World::new(&[]);
+    let alice = w.person("alice");
+    let bob = w.person("bob");
+
+    alice.sotto(&["send", "bob", "hello bob"]).ok();
+    let got = receive_json(&bob);
+    assert_eq!(got.len(), 1, "{got:?}");
+    let m = &got[0];
+    assert_eq!(m["text"], "hello bob");
+    assert_eq!(m["sender"], "alice");
+    assert_eq!(m["conversation"], "alice");
+    assert_eq!(m["id"].as_str().unwrap().len(), 32);
+    assert!(m["sent_at"].as_u64().unwrap() > 0);
+    assert!(m["received_at"].as_u64().unwrap() >= m["sent_at"].as_u64().unwrap() - 5_000);
+
+    bob.sotto(&["send", "alice", "hi alice"]).ok();
+    let out = alice.sotto(&["receive"]).ok();
+    assert_eq!(out, "bob: hi alice\n");
+
+    // The conversation is reused: one more message each way.
+    alice.sotto(&["send", "bob", "again"]).ok();
+    assert_eq!(texts(&receive_json(&bob)), ["again"]);
+    assert!(alice.sotto(&["contacts"]).ok().starts_with("bob\t"));
+    assert!(bob.sotto(&["contacts"]).ok().starts_with("alice\t"));
+}
+
+#[test]
+fn offline_recipient_gets_every_message_once_in_order() {
+    let w = World::new(&[]);
+    let alice = w.person("alice");
+    let bob = w.person("bob");
+    for t in ["one", "two", "three"] {
+        alice.sotto(&["send", "bob", t]).ok();
+    }
+    assert_eq!(texts(&receive_json(&bob)), ["one", "two", "three"]);
+    assert!(receive_json(&bob).is_empty(), "messages shown twice");
+}
+
+#[test]
+fn message_accepted_before_sigkill_is_delivered_once_after_restart() {
+    let mut w = World::new(&[]);
+    let alice = w.person("alice");
+    let bob = w.person("bob");
+    alice.sotto(&["send", "bob", "survives the crash"]).ok();
+    w.server.kill9();
+    bob.sotto(&["receive"]).fails_with("unreachable");
+    w.server.restart();
+    assert_eq!(texts(&receive_json(&bob)), ["survives the crash"]);
+    assert!(receive_json(&bob).is_empty());
+}
+
+#[test]
+fn no_message_text_or_secret_on_disk() {
+    let w = World::new(&[]);
+    let alice = w.person("alice");
+    let bob = w.person("bob");
+    let secret_a = "the eagle lands at midnight";
+    let secret_b = "bring the blue folder";
+    alice.sotto(&["send", "bob", secret_a]).ok();
+    // Bob is offline: the server holds the ciphertext now.
+    let server_files = files_under(&w.server.data);
+    assert!(!server_files.is_empty());
+    for needle in [secret_a.as_bytes(), secret_b.as_bytes()] {
+        assert!(files_containing(&w.server.data, needle).is_empty());
+    }
+    assert_eq!(texts(&receive_json(&bob)), [secret_a]);
+    bob.sotto(&["send", "alice", secret_b]).ok();
+    assert_eq!(texts(&receive_json(&alice)), [secret_b]);
+    for dir in [&w.server.data, &alice.dir, &bob.dir] {
+        for needle in [secret_a.as_bytes(), secret_b.as_bytes(), alice.passphrase.as_bytes()] {
+            let hits = files_containing(dir, needle);
+            assert!(hits.is_empty(), "plaintext found in {hits:?}");
+        }
+    }
+    // The profile database is encrypted from its first byte: no SQLite header.
+    for p in [&alice, &bob] {
+        let db = std::fs::read(p.dir.join("sotto.db")).unwrap();
+        assert!(!db.starts_with(b"SQLite format 3"), "profile database is not encrypted");
+    }
+}
+
+#[test]
+fn both_write_first_at_the_same_moment_and_end_in_one_conversation() {
+    let w = World::new(&[]);
+    let alice = w.person("alice");
+    let bob = w.person("bob");
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| alice.sotto(&["send", "bob", "from alice"]));
+        let b = s.spawn(|| bob.sotto(&["send", "alice", "from bob"]));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    a.ok();
+    b.ok();
+    assert_eq!(texts(&receive_json(&bob)), ["from alice"]);
+    assert_eq!(texts(&receive_json(&alice)), ["from bob"]);
+    alice.sotto(&["send", "bob", "still one conversation"]).ok();
+    assert_eq!(texts(&receive_json(&bob)), ["still one conversation"]);
+}
+
+#[test]
+fn registration_errors_are_one_clear_line() {
+    let w = World::new(&[]);
+    let link = w.server.link.clone();
+    let invite = w.server.invite();
+    w.profile("alice")
+        .sotto(&["register", &link, "--name", "alice", "--invite", &invite])
+        .ok();
+    // A used invite.
+    w.profile("bob")
+        .sotto(&["register", &link, "--name", "bob", "--invite", &invite])
+        .fails_with("invalid invite code");
+    // A made-up invite.
+    w.profile("carol")
+        .sotto(&["register", &link, "--name", "carol", "--invite", "00112233445566778899aabbccddeeff"])
+        .fails_with("invalid invite code");
+    // No invite on an invite-only server.
+    w.profile("dave")
+        .sotto(&["register", &link, "--name", "dave"])
+        .fails_with("requires an invite code");
+    // A taken handle.
+    let fresh = w.server.invite();
+    w.profile("eve")
+        .sotto(&["register", &link, "--name", "alice", "--invite", &fresh])
+        .fails_with("handle already taken");
+    // Not a handle.
+    w.profile("frank")
+        .sotto(&["register", &link, "--name", "Frank!", "--invite", &fresh])
+        .fails_with("a handle is 3 to 32 characters");
+    // A bad link.
+    w.profile("gina")
+        .sotto(&["register", "http://example.org", "--name", "gina"])
+        .fails_with("bad server link");
+}
+
+#[test]
+fn client_refuses_a_server_whose_certificate_does_not_match_the_link() {
+    let w = World::new(&[]);
+    let (addr, _) = w.server.link.split_once('#').unwrap();
+    let wrong = format!("{addr}#fp={}", "00".repeat(32));
+    let invite = w.server.invite();
+    w.profile("alice")
+        .sotto(&["register", &wrong, "--name", "alice", "--invite", &invite])
+        .fails_with("certificate does not match");
+    // The invite was not spent by the refused attempt.
+    w.profile("alice2")
+        .sotto(&["register", &w.server.link, "--name", "alice", "--invite", &invite])
+        .ok();
+}
+
+#[test]
+fn usage_errors_are_one_clear_line() {
+    let w = World::new(&[]);
+    let alice = w.person("alice");
+    alice.sotto(&["send", "nobody", "hi"]).fails_with("unknown handle: nobody");
+    alice.sotto(&["send", "alice", "hi"]).fails_with("cannot send to yourself");
+    alice
+        .sotto_with(&["receive"], "not the passphrase")
+        .fails_with("wrong passphrase");
+    w.profile("nobody-here")
+        .sotto(&["receive"])
+        .fails_with("run `sotto register` first");
+    // A server that is not there.
+    let (_, fp) = w.server.link.split_once('#').unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let invite = w.server.invite();
+    w.profile("bob")
+        .sotto(&["register", &format!("sotto://127.0.0.1:{port}#{fp}"), "--name", "bob", "--invite", &invite])
+        .fails_with("server unreachable");
+}
+
+#[test]
+fn open_registration_needs_no_invite_but_a_proof_of_work() {
+    let w = World::new(&["--registration", "open", "--pow-bits", "10"]);
+    let alice = w.profile("alice");
+    alice.sotto(&["register", &w.server.link, "--name", "alice"]).ok();
+    let bob = w.person("bob"); // an invite is still accepted
+    alice.sotto(&["send", "bob", "open door"]).ok();
+    assert_eq!(texts(&receive_json(&bob)), ["open door"]);
+}
+
+#[test]
+fn classical_suite_is_selectable_and_mixes_with_post_quantum() {
+    let w = World::new(&[]);
+    let classic = |name: &str| {
+        let p = w.profile(name);
+        let invite = w.server.invite();
+        p.sotto(&["register", &w.server.link, "--name", name, "--invite", &invite, "--suite", "x25519"])
+            .ok();
+        p
+    };
+    let alice = classic("alice");
+    let bob = classic("bob");
+    let carol = w.person("carol"); // post-quantum
+    alice.sotto(&["send", "bob", "classic"]).ok();
+    assert_eq!(texts(&receive_json(&bob)), ["classic"]);
+    // A conversation takes the invitee's suite, whoever starts it.
+    alice.sotto(&["send", "carol", "to pq"]).ok();
+    assert_eq!(texts(&receive_json(&carol)), ["to pq"]);
+    carol.sotto(&["send", "bob", "to classic"]).ok();
+    assert_eq!(texts(&receive_json(&bob)), ["to classic"]);
+}
