@@ -1,0 +1,561 @@
+//! The server's protocol under normal and hostile use, through real TLS
+//! WebSocket connections to `run()` on loopback: registration and login,
+//! KeyPackages, commits, sends, delivery and acks, and every kind of bad
+//! input the hostile checklist names for this stage.
+
+use std::time::Duration;
+
+use sotto_client::transport::{Connection, Event};
+use sotto_client::{ClientError, ServerLink};
+use sotto_core::{AccountKey, DeviceKey};
+use sotto_proto::{
+    Blob, ClientFrame, CommitRequest, DeviceId, EnvelopeKind, ErrorCode, GroupId, Handle,
+    LoginRequest, MessageId, PROTOCOL_VERSION, RegisterRequest, Request, Response, SendRequest,
+    ServerFrame, UploadKeyPackages, WelcomeOut,
+};
+use sotto_server::{Limits, ServerConfig};
+use sotto_test_support::InProcessServer;
+use tempfile::TempDir;
+
+struct Device {
+    account: AccountKey,
+    device: DeviceKey,
+    handle: Handle,
+}
+
+impl Device {
+    fn id(&self) -> DeviceId {
+        self.device.id()
+    }
+}
+
+struct World {
+    _tmp: TempDir,
+    server: InProcessServer,
+    link: ServerLink,
+}
+
+impl World {
+    async fn new() -> Self {
+        Self::with(ServerConfig::default()).await
+    }
+
+    async fn with(config: ServerConfig) -> Self {
+        let tmp = TempDir::new().unwrap();
+        let server = InProcessServer::start(tmp.path(), config).await;
+        let link = ServerLink::parse(&server.link).unwrap();
+        Self {
+            _tmp: tmp,
+            server,
+            link,
+        }
+    }
+
+    async fn connect(&self) -> Connection {
+        Connection::connect(&self.link).await.unwrap()
+    }
+
+    fn register_request(&self, conn: &Connection, d: &Device, invite: Option<String>) -> Request {
+        let t = sotto_proto::register_transcript(&conn.hello().challenge, &d.handle, &d.account.id(), &d.id());
+        Request::Register(RegisterRequest {
+            version: PROTOCOL_VERSION,
+            handle: d.handle.clone(),
+            account: d.account.id(),
+            device: d.id(),
+            invite,
+            pow_nonce: None,
+            account_signature: d.account.sign(&t),
+            device_signature: d.device.sign(&t),
+        })
+    }
+
+    /// Registers a new account; returns its device and a logged-in connection.
+    async fn person(&self, handle: &str) -> (Device, Connection) {
+        let d = Device {
+            account: AccountKey::generate(),
+            device: DeviceKey::generate(),
+            handle: Handle::new(handle).unwrap(),
+        };
+        let mut conn = self.connect().await;
+        let req = self.register_request(&conn, &d, Some(self.server.invite()));
+        assert!(matches!(conn.request(req).await.unwrap(), Response::LoggedIn(_)));
+        (d, conn)
+    }
+
+    async fn login(&self, d: &Device) -> Connection {
+        let mut conn = self.connect().await;
+        let t = sotto_proto::login_transcript(&conn.hello().challenge, &d.id());
+        let r = conn
+            .request(Request::Login(LoginRequest {
+                version: PROTOCOL_VERSION,
+                device: d.id(),
+                signature: d.device.sign(&t),
+            }))
+            .await
+            .unwrap();
+        assert!(matches!(r, Response::LoggedIn(_)), "{r:?}");
+        conn
+    }
+}
+
+fn code(r: Result<Response, ClientError>) -> ErrorCode {
+    match r {
+        Err(ClientError::Server(e)) => e.code,
+        other => panic!("expected a server error, got {other:?}"),
+    }
+}
+
+async fn expect_fatal_then_close(conn: &mut Connection, want: ErrorCode) {
+    match conn.read_frame().await {
+        Ok(ServerFrame::Fatal(e)) => assert_eq!(e.code, want, "{e:?}"),
+        other => panic!("expected a fatal {want:?}, got {other:?}"),
+    }
+    let next = tokio::time::timeout(Duration::from_secs(5), conn.read_frame())
+        .await
+        .expect("server did not close the connection");
+    assert!(matches!(next, Err(ClientError::Closed(_) | ClientError::Transport(_))), "{next:?}");
+}
+
+/// Creates a group of `members` by a commit from `by`, welcoming the others.
+async fn create_group(conn: &mut Connection, g: GroupId, by: &Device, others: &[&Device]) -> u64 {
+    let mut members = vec![by.id()];
+    members.extend(others.iter().map(|d| d.id()));
+    let r = conn
+        .request(Request::Commit(CommitRequest {
+            group: g,
+            epoch: 0,
+            msg_id: MessageId([0xcc; 16]),
+            commit: None,
+            welcome: Some(WelcomeOut {
+                welcome: Blob(b"welcome bytes".to_vec()),
+                recipients: others.iter().map(|d| d.id()).collect(),
+            }),
+            members,
+        }))
+        .await
+        .unwrap();
+    match r {
+        Response::Committed { epoch } => epoch,
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn send(conn: &mut Connection, g: GroupId, id: u8) -> Result<Response, ClientError> {
+    conn.request(Request::Send(SendRequest {
+        group: g,
+        msg_id: MessageId([id; 16]),
+        payload: Blob(vec![id; 100]),
+    }))
+    .await
+}
+
+/// Reads events until `Synced`, returning the deliveries.
+async fn drain(conn: &mut Connection) -> Vec<sotto_proto::Delivery> {
+    let mut out = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), conn.next_event()).await.unwrap().unwrap() {
+            Event::Deliver(d) => out.push(d),
+            Event::Synced => return out,
+        }
+    }
+}
+
+#[tokio::test]
+async fn malformed_frames_get_a_typed_error_and_the_connection_closes() {
+    let w = World::new().await;
+    let valid = sotto_proto::encode_client(&ClientFrame {
+        req: 1,
+        body: Request::ClaimKeyPackages {
+            handle: Handle::new("bob").unwrap(),
+        },
+    });
+    let mut trailing = valid.clone();
+    trailing.push(0);
+    let mut unknown_variant = valid.clone();
+    unknown_variant[1] = 250;
+    let mut bad_utf8 = valid.clone();
+    let n = bad_utf8.len();
+    bad_utf8[n - 1] = 0xff;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated", valid[..valid.len() - 2].to_vec()),
+        ("empty", Vec::new()),
+        ("trailing bytes", trailing),
+        ("unknown enum value", unknown_variant),
+        ("invalid utf-8", bad_utf8),
+        ("huge length prefix", vec![1, 3, 0xff, 0xff, 0xff, 0xff, 0x0f]),
+    ];
+    for (name, bytes) in cases {
+        let mut conn = w.connect().await;
+        conn.send_raw(bytes).await.unwrap();
+        println!("case: {name}");
+        expect_fatal_then_close(&mut conn, ErrorCode::Malformed).await;
+    }
+}
+
+#[tokio::test]
+async fn oversized_frames_are_refused_without_buffering_them() {
+    let w = World::new().await;
+    // Larger than the application cap, smaller than the WebSocket cap.
+    let mut conn = w.connect().await;
+    conn.send_raw(vec![0u8; sotto_proto::MAX_FRAME_BYTES + 1]).await.unwrap();
+    expect_fatal_then_close(&mut conn, ErrorCode::TooLarge).await;
+    // Larger than the WebSocket cap: the transport refuses it.
+    let mut conn = w.connect().await;
+    let _ = conn.send_raw(vec![0u8; 3 * sotto_proto::MAX_FRAME_BYTES]).await;
+    expect_fatal_then_close(&mut conn, ErrorCode::TooLarge).await;
+    // The server is still fine.
+    w.person("alice").await;
+}
+
+#[tokio::test]
+async fn login_with_a_wrong_signature_or_unknown_device_fails() {
+    let w = World::new().await;
+    let (alice, _) = w.person("alice").await;
+    // Signature over another challenge (a replayed login).
+    let mut conn = w.connect().await;
+    let t = sotto_proto::login_transcript(&[7; 32], &alice.id());
+    let r = conn
+        .request(Request::Login(LoginRequest {
+            version: PROTOCOL_VERSION,
+            device: alice.id(),
+            signature: alice.device.sign(&t),
+        }))
+        .await;
+    assert_eq!(code(r), ErrorCode::AuthFailed);
+    // The connection is closed after a failed login.
+    assert!(conn.request(Request::Ping).await.is_err());
+    // A device the server never saw, correctly signed.
+    let stranger = DeviceKey::generate();
+    let mut conn = w.connect().await;
+    let t = sotto_proto::login_transcript(&conn.hello().challenge, &stranger.id());
+    let r = conn
+        .request(Request::Login(LoginRequest {
+            version: PROTOCOL_VERSION,
+            device: stranger.id(),
+            signature: stranger.sign(&t),
+        }))
+        .await;
+    assert_eq!(code(r), ErrorCode::AuthFailed);
+    // Wrong protocol version.
+    let mut conn = w.connect().await;
+    let t = sotto_proto::login_transcript(&conn.hello().challenge, &alice.id());
+    let r = conn
+        .request(Request::Login(LoginRequest {
+            version: 99,
+            device: alice.id(),
+            signature: alice.device.sign(&t),
+        }))
+        .await;
+    assert_eq!(code(r), ErrorCode::UnsupportedVersion);
+}
+
+#[tokio::test]
+async fn registration_checks_invite_and_signatures() {
+    let w = World::new().await;
+    let invite = w.server.invite();
+    let d = |h: &str| Device {
+        account: AccountKey::generate(),
+        device: DeviceKey::generate(),
+        handle: Handle::new(h).unwrap(),
+    };
+    let alice = d("alice");
+    let mut conn = w.connect().await;
+    let req = w.register_request(&conn, &alice, Some(invite.clone()));
+    assert!(matches!(conn.request(req).await.unwrap(), Response::LoggedIn(_)));
+    // The same invite again.
+    let bob = d("bob");
+    let mut conn = w.connect().await;
+    let req = w.register_request(&conn, &bob, Some(invite));
+    assert_eq!(code(conn.request(req).await), ErrorCode::InvalidInvite);
+    // No invite on an invite-only server.
+    let mut conn = w.connect().await;
+    let req = w.register_request(&conn, &bob, None);
+    assert_eq!(code(conn.request(req).await), ErrorCode::InviteRequired);
+    // Device signature by another key: refused, and the invite is not spent.
+    let invite = w.server.invite();
+    let mut conn = w.connect().await;
+    let mut req = w.register_request(&conn, &bob, Some(invite.clone()));
+    if let Request::Register(r) = &mut req {
+        r.device_signature = DeviceKey::generate().sign(b"something else");
+    }
+    assert_eq!(code(conn.request(req).await), ErrorCode::AuthFailed);
+    let mut conn = w.connect().await;
+    let req = w.register_request(&conn, &bob, Some(invite));
+    assert!(matches!(conn.request(req).await.unwrap(), Response::LoggedIn(_)));
+}
+
+#[tokio::test]
+async fn requests_before_login_are_refused() {
+    let w = World::new().await;
+    let mut conn = w.connect().await;
+    let r = send(&mut conn, GroupId([1; 32]), 1).await;
+    assert_eq!(code(r), ErrorCode::NotAuthenticated);
+    let r = conn
+        .request(Request::ClaimKeyPackages {
+            handle: Handle::new("alice").unwrap(),
+        })
+        .await;
+    assert_eq!(code(r), ErrorCode::NotAuthenticated);
+    assert!(matches!(conn.request(Request::Ping).await.unwrap(), Response::Pong { .. }));
+}
+
+#[tokio::test]
+async fn key_packages_are_handed_out_once_then_the_last_resort() {
+    let w = World::new().await;
+    let (_bob, mut bob_conn) = w.person("bob").await;
+    let kps: Vec<Blob> = (0..3u8).map(|i| Blob(vec![i; 64])).collect();
+    let upload = UploadKeyPackages {
+        key_packages: kps.clone(),
+        last_resort: Some(Blob(vec![9; 64])),
+    };
+    let r = bob_conn.request(Request::UploadKeyPackages(upload.clone())).await.unwrap();
+    assert_eq!(r, Response::KeyPackagesStored { available: 3 });
+    // A replayed upload changes nothing.
+    let r = bob_conn.request(Request::UploadKeyPackages(upload)).await.unwrap();
+    assert_eq!(r, Response::KeyPackagesStored { available: 3 });
+
+    let (_alice, mut alice_conn) = w.person("alice").await;
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let r = alice_conn
+            .request(Request::ClaimKeyPackages {
+                handle: Handle::new("bob").unwrap(),
+            })
+            .await
+            .unwrap();
+        let Response::KeyPackages(c) = r else { panic!("{r:?}") };
+        assert_eq!(c.devices.len(), 1);
+        seen.push((c.devices[0].key_package.clone(), c.devices[0].last_resort));
+    }
+    let one_time: Vec<_> = seen.iter().filter(|(_, lr)| !lr).map(|(kp, _)| kp.clone()).collect();
+    assert_eq!(one_time.len(), 3);
+    for kp in &kps {
+        assert_eq!(one_time.iter().filter(|x| *x == kp).count(), 1, "a key package was served twice");
+    }
+    assert!(seen[3..].iter().all(|(kp, lr)| *lr && kp.0 == vec![9; 64]));
+
+    let r = alice_conn
+        .request(Request::ClaimKeyPackages {
+            handle: Handle::new("nobody").unwrap(),
+        })
+        .await;
+    assert_eq!(code(r), ErrorCode::UnknownHandle);
+}
+
+#[tokio::test]
+async fn a_device_without_key_packages_is_reported() {
+    let w = World::new().await;
+    let (_bob, _c) = w.person("bob").await;
+    let (_alice, mut alice_conn) = w.person("alice").await;
+    let r = alice_conn
+        .request(Request::ClaimKeyPackages {
+            handle: Handle::new("bob").unwrap(),
+        })
+        .await;
+    assert_eq!(code(r), ErrorCode::NoKeyPackages);
+}
+
+#[tokio::test]
+async fn commits_are_compare_and_set_on_the_epoch() {
+    let w = World::new().await;
+    let (alice, mut alice_conn) = w.person("alice").await;
+    let (bob, mut bob_conn) = w.person("bob").await;
+    let g = GroupId([5; 32]);
+    assert_eq!(create_group(&mut alice_conn, g, &alice, &[&bob]).await, 1);
+    // Bob races with a creation of his own: the epoch moved.
+    let r = bob_conn
+        .request(Request::Commit(CommitRequest {
+            group: g,
+            epoch: 0,
+            msg_id: MessageId([1; 16]),
+            commit: None,
+            welcome: None,
+            members: vec![bob.id(), alice.id()],
+        }))
+        .await;
+    assert_eq!(code(r), ErrorCode::StaleEpoch { current: 1 });
+    // A commit on the current epoch goes to the other members.
+    let r = bob_conn
+        .request(Request::Commit(CommitRequest {
+            group: g,
+            epoch: 1,
+            msg_id: MessageId([2; 16]),
+            commit: Some(Blob(b"commit".to_vec())),
+            welcome: None,
+            members: vec![bob.id(), alice.id()],
+        }))
+        .await
+        .unwrap();
+    assert_eq!(r, Response::Committed { epoch: 2 });
+    let got = drain(&mut w.login(&alice).await).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].envelope.kind, EnvelopeKind::Commit);
+    assert_eq!(got[0].envelope.sender, bob.id());
+    // Bob got the Welcome of alice's creation, and not his own commit.
+    let got = drain(&mut w.login(&bob).await).await;
+    let kinds: Vec<_> = got.iter().map(|d| d.envelope.kind).collect();
+    assert_eq!(kinds, [EnvelopeKind::Welcome]);
+}
+
+#[tokio::test]
+async fn duplicate_sends_are_stored_once_and_outsiders_refused() {
+    let w = World::new().await;
+    let (alice, mut alice_conn) = w.person("alice").await;
+    let (bob, _bob_conn) = w.person("bob").await;
+    let (_carol, mut carol_conn) = w.person("carol").await;
+    let g = GroupId([6; 32]);
+    create_group(&mut alice_conn, g, &alice, &[&bob]).await;
+    assert_eq!(send(&mut alice_conn, g, 1).await.unwrap(), Response::Accepted { duplicate: false });
+    assert_eq!(send(&mut alice_conn, g, 1).await.unwrap(), Response::Accepted { duplicate: true });
+    assert_eq!(send(&mut alice_conn, g, 2).await.unwrap(), Response::Accepted { duplicate: false });
+    assert_eq!(code(send(&mut carol_conn, g, 3).await), ErrorCode::NotMember);
+
+    let mut bob_conn = w.login(&bob).await;
+    let got = drain(&mut bob_conn).await;
+    let ids: Vec<_> = got.iter().map(|d| (d.envelope.kind, d.envelope.msg_id)).collect();
+    assert_eq!(
+        ids,
+        [
+            (EnvelopeKind::Welcome, MessageId([0xcc; 16])),
+            (EnvelopeKind::Application, MessageId([1; 16])),
+            (EnvelopeKind::Application, MessageId([2; 16])),
+        ]
+    );
+    assert_eq!(got[1].envelope.payload.0, vec![1; 100]);
+    assert_eq!(got[1].envelope.sender, alice.id());
+}
+
+#[tokio::test]
+async fn unacknowledged_messages_come_again_acknowledged_ones_do_not() {
+    let w = World::new().await;
+    let (alice, mut alice_conn) = w.person("alice").await;
+    let (bob, bob_conn) = w.person("bob").await;
+    drop(bob_conn);
+    let g = GroupId([7; 32]);
+    create_group(&mut alice_conn, g, &alice, &[&bob]).await;
+    send(&mut alice_conn, g, 1).await.unwrap();
+    send(&mut alice_conn, g, 2).await.unwrap();
+
+    let mut c = w.login(&bob).await;
+    let first = drain(&mut c).await;
+    assert_eq!(first.len(), 3);
+    c.close().await;
+    let mut c = w.login(&bob).await;
+    let again = drain(&mut c).await;
+    assert_eq!(again, first, "unacknowledged messages must be delivered again");
+    let seqs: Vec<u64> = first.iter().map(|d| d.seq).take(2).collect();
+    assert_eq!(c.request(Request::Ack { seqs: seqs.clone() }).await.unwrap(), Response::Acked);
+    // Acks are idempotent, and an ack of someone else's seq does nothing.
+    assert_eq!(c.request(Request::Ack { seqs }).await.unwrap(), Response::Acked);
+    let mut a = w.login(&alice).await;
+    drain(&mut a).await;
+    assert_eq!(
+        a.request(Request::Ack { seqs: vec![first[2].seq] }).await.unwrap(),
+        Response::Acked
+    );
+    c.close().await;
+    let mut c = w.login(&bob).await;
+    let rest = drain(&mut c).await;
+    assert_eq!(rest, first[2..].to_vec());
+}
+
+#[tokio::test]
+async fn online_devices_get_messages_pushed_on_the_same_connection() {
+    let w = World::new().await;
+    let (alice, mut alice_conn) = w.person("alice").await;
+    let (bob, mut bob_conn) = w.person("bob").await;
+    assert!(drain(&mut bob_conn).await.is_empty());
+    let g = GroupId([8; 32]);
+    create_group(&mut alice_conn, g, &alice, &[&bob]).await;
+    send(&mut alice_conn, g, 1).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        match tokio::time::timeout(Duration::from_secs(5), bob_conn.next_event()).await.unwrap().unwrap() {
+            Event::Deliver(d) => got.push(d.envelope.kind),
+            Event::Synced => panic!("synced twice"),
+        }
+    }
+    assert_eq!(got, [EnvelopeKind::Welcome, EnvelopeKind::Application]);
+    // The same connection still serves requests.
+    assert!(matches!(bob_conn.request(Request::Ping).await.unwrap(), Response::Pong { .. }));
+}
+
+#[tokio::test]
+async fn full_mailboxes_refuse_more_with_a_typed_error() {
+    let w = World::with(ServerConfig {
+        limits: Limits {
+            mailbox_max_messages: 2,
+            ..Limits::default()
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    let (alice, mut alice_conn) = w.person("alice").await;
+    let (bob, _c) = w.person("bob").await;
+    let g = GroupId([9; 32]);
+    create_group(&mut alice_conn, g, &alice, &[&bob]).await; // the Welcome is one
+    send(&mut alice_conn, g, 1).await.unwrap();
+    assert_eq!(code(send(&mut alice_conn, g, 2).await), ErrorCode::MailboxFull);
+}
+
+#[tokio::test]
+async fn request_floods_are_slowed_down() {
+    let w = World::with(ServerConfig {
+        limits: Limits {
+            requests_per_second: 1.0,
+            request_burst: 5.0,
+            ..Limits::default()
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut conn = w.connect().await;
+    let mut limited = 0;
+    for _ in 0..10 {
+        if let Err(ClientError::Server(e)) = conn.request(Request::Ping).await {
+            assert_eq!(e.code, ErrorCode::RateLimited);
+            assert!(e.retry_after_ms.is_some());
+            limited += 1;
+        }
+    }
+    assert!(limited >= 4, "only {limited} of 10 requests were limited");
+}
+
+#[tokio::test]
+async fn idle_and_unauthenticated_connections_are_closed() {
+    let w = World::with(ServerConfig {
+        limits: Limits {
+            handshake_timeout: Duration::from_millis(300),
+            auth_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    // A TCP connection that never starts TLS.
+    let mut tcp = tokio::net::TcpStream::connect(w.link.authority()).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read(&mut tcp, &mut buf))
+        .await
+        .expect("server kept a silent TCP connection open")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    // A WebSocket that never logs in.
+    let mut conn = w.connect().await;
+    let r = tokio::time::timeout(Duration::from_secs(10), conn.read_frame())
+        .await
+        .expect("server kept an unauthenticated connection open");
+    assert!(r.is_err(), "{r:?}");
+}
+
+#[tokio::test]
+async fn server_stops_cleanly_with_connections_open() {
+    let tmp = TempDir::new().unwrap();
+    let server = InProcessServer::start(tmp.path(), ServerConfig::default()).await;
+    let link = ServerLink::parse(&server.link).unwrap();
+    let mut conn = Connection::connect(&link).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server.stop())
+        .await
+        .expect("shutdown hung");
+    assert!(conn.request(Request::Ping).await.is_err());
+}
