@@ -14,7 +14,11 @@ use sotto_proto::Handle;
 use zeroize::Zeroizing;
 
 #[derive(Parser)]
-#[command(name = "sotto", version, about = "Sotto: end-to-end encrypted messaging over MLS")]
+#[command(
+    name = "sotto",
+    version,
+    about = "Sotto: end-to-end encrypted messaging over MLS"
+)]
 struct Cli {
     /// Profile directory (the encrypted local store).
     #[arg(long, env = "SOTTO_PROFILE", global = true)]
@@ -76,7 +80,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sotto: {e}");
@@ -121,7 +128,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             suite,
         } => {
             let link = ServerLink::parse(&link)?;
-            let handle = Handle::new(&name).with_context(|| format!("{name}"))?;
+            let handle = Handle::new(&name).with_context(|| name.clone())?;
             let pass = passphrase(!sotto_client::store::Store::db_path(&profile).exists())?;
             let opts = RegisterOptions {
                 link,
@@ -133,7 +140,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
             };
             let c = Client::register(&profile, &pass, opts).await?;
-            println!("registered {} (account {})", c.handle(), c.identity().account.short());
+            println!(
+                "registered {} (account {})",
+                c.handle(),
+                c.identity().account.short()
+            );
         }
         Cmd::Send { to, text } => {
             let text = if text == "-" {

@@ -33,8 +33,15 @@ impl World {
     fn person(&self, name: &str) -> Profile {
         let p = self.profile(name);
         let invite = self.server.invite();
-        p.sotto(&["register", &self.server.link, "--name", name, "--invite", &invite])
-            .ok();
+        p.sotto(&[
+            "register",
+            &self.server.link,
+            "--name",
+            name,
+            "--invite",
+            &invite,
+        ])
+        .ok();
         p
     }
 }
@@ -122,7 +129,11 @@ fn no_message_text_or_secret_on_disk() {
     bob.sotto(&["send", "alice", secret_b]).ok();
     assert_eq!(texts(&receive_json(&alice)), [secret_b]);
     for dir in [&w.server.data, &alice.dir, &bob.dir] {
-        for needle in [secret_a.as_bytes(), secret_b.as_bytes(), alice.passphrase.as_bytes()] {
+        for needle in [
+            secret_a.as_bytes(),
+            secret_b.as_bytes(),
+            alice.passphrase.as_bytes(),
+        ] {
             let hits = files_containing(dir, needle);
             assert!(hits.is_empty(), "plaintext found in {hits:?}");
         }
@@ -130,7 +141,10 @@ fn no_message_text_or_secret_on_disk() {
     // The profile database is encrypted from its first byte: no SQLite header.
     for p in [&alice, &bob] {
         let db = std::fs::read(p.dir.join("sotto.db")).unwrap();
-        assert!(!db.starts_with(b"SQLite format 3"), "profile database is not encrypted");
+        assert!(
+            !db.starts_with(b"SQLite format 3"),
+            "profile database is not encrypted"
+        );
     }
 }
 
@@ -166,7 +180,14 @@ fn registration_errors_are_one_clear_line() {
         .fails_with("invalid invite code");
     // A made-up invite.
     w.profile("carol")
-        .sotto(&["register", &link, "--name", "carol", "--invite", "00112233445566778899aabbccddeeff"])
+        .sotto(&[
+            "register",
+            &link,
+            "--name",
+            "carol",
+            "--invite",
+            "00112233445566778899aabbccddeeff",
+        ])
         .fails_with("invalid invite code");
     // No invite on an invite-only server.
     w.profile("dave")
@@ -198,7 +219,14 @@ fn client_refuses_a_server_whose_certificate_does_not_match_the_link() {
         .fails_with("certificate does not match");
     // The invite was not spent by the refused attempt.
     w.profile("alice2")
-        .sotto(&["register", &w.server.link, "--name", "alice", "--invite", &invite])
+        .sotto(&[
+            "register",
+            &w.server.link,
+            "--name",
+            "alice",
+            "--invite",
+            &invite,
+        ])
         .ok();
 }
 
@@ -206,8 +234,12 @@ fn client_refuses_a_server_whose_certificate_does_not_match_the_link() {
 fn usage_errors_are_one_clear_line() {
     let w = World::new(&[]);
     let alice = w.person("alice");
-    alice.sotto(&["send", "nobody", "hi"]).fails_with("unknown handle: nobody");
-    alice.sotto(&["send", "alice", "hi"]).fails_with("cannot send to yourself");
+    alice
+        .sotto(&["send", "nobody", "hi"])
+        .fails_with("unknown handle: nobody");
+    alice
+        .sotto(&["send", "alice", "hi"])
+        .fails_with("cannot send to yourself");
     alice
         .sotto_with(&["receive"], "not the passphrase")
         .fails_with("wrong passphrase");
@@ -221,7 +253,14 @@ fn usage_errors_are_one_clear_line() {
     drop(closed);
     let invite = w.server.invite();
     w.profile("bob")
-        .sotto(&["register", &format!("sotto://127.0.0.1:{port}#{fp}"), "--name", "bob", "--invite", &invite])
+        .sotto(&[
+            "register",
+            &format!("sotto://127.0.0.1:{port}#{fp}"),
+            "--name",
+            "bob",
+            "--invite",
+            &invite,
+        ])
         .fails_with("server unreachable");
 }
 
@@ -229,7 +268,9 @@ fn usage_errors_are_one_clear_line() {
 fn open_registration_needs_no_invite_but_a_proof_of_work() {
     let w = World::new(&["--registration", "open", "--pow-bits", "10"]);
     let alice = w.profile("alice");
-    alice.sotto(&["register", &w.server.link, "--name", "alice"]).ok();
+    alice
+        .sotto(&["register", &w.server.link, "--name", "alice"])
+        .ok();
     let bob = w.person("bob"); // an invite is still accepted
     alice.sotto(&["send", "bob", "open door"]).ok();
     assert_eq!(texts(&receive_json(&bob)), ["open door"]);
@@ -241,8 +282,17 @@ fn classical_suite_is_selectable_and_mixes_with_post_quantum() {
     let classic = |name: &str| {
         let p = w.profile(name);
         let invite = w.server.invite();
-        p.sotto(&["register", &w.server.link, "--name", name, "--invite", &invite, "--suite", "x25519"])
-            .ok();
+        p.sotto(&[
+            "register",
+            &w.server.link,
+            "--name",
+            name,
+            "--invite",
+            &invite,
+            "--suite",
+            "x25519",
+        ])
+        .ok();
         p
     };
     let alice = classic("alice");

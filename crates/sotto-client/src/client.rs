@@ -10,9 +10,9 @@ use rand::RngCore;
 use sotto_core::mls::{self, Processed};
 use sotto_core::{AccountKey, AppMessage, Body, CoreError, CredentialIdentity, DeviceKey, Suite};
 use sotto_proto::{
-    Blob, CommitRequest, Delivery, EnvelopeKind, ErrorCode, GroupId, Handle, LoginRequest, MessageId,
-    PROTOCOL_VERSION, RegisterRequest, RegistrationPolicy, Request, Response, SendRequest,
-    UploadKeyPackages, WelcomeOut,
+    Blob, CommitRequest, Delivery, EnvelopeKind, ErrorCode, GroupId, Handle, LoginRequest,
+    MessageId, PROTOCOL_VERSION, RegisterRequest, RegistrationPolicy, Request, Response,
+    SendRequest, UploadKeyPackages, WelcomeOut,
 };
 use tokio::time::{Instant, timeout_at};
 
@@ -104,13 +104,24 @@ impl Client {
     }
 
     /// Creates the account: keys, registration, handle, KeyPackages.
-    pub async fn register(dir: &Path, passphrase: &str, opts: RegisterOptions) -> Result<Self, ClientError> {
+    pub async fn register(
+        dir: &Path,
+        passphrase: &str,
+        opts: RegisterOptions,
+    ) -> Result<Self, ClientError> {
         let mut store = Store::open(dir, passphrase)?;
         let id = match store.identity()? {
-            Some(id) if id.registered => return Err(ClientError::AlreadyRegistered(id.handle.to_string())),
+            Some(id) if id.registered => {
+                return Err(ClientError::AlreadyRegistered(id.handle.to_string()));
+            }
             // A registration that never got its answer: retry with the same keys.
             Some(id) if id.handle == opts.handle && id.link == opts.link => id,
-            Some(id) => return Err(ClientError::AlreadyRegistered(format!("{} (unconfirmed)", id.handle))),
+            Some(id) => {
+                return Err(ClientError::AlreadyRegistered(format!(
+                    "{} (unconfirmed)",
+                    id.handle
+                )));
+            }
             None => {
                 let id = Identity {
                     account: AccountKey::generate(),
@@ -130,17 +141,26 @@ impl Client {
         let pow_nonce = match (conn.hello().registration, &opts.invite) {
             (RegistrationPolicy::Open { pow_bits }, None) => {
                 let handle = id.handle.to_string();
-                let n = tokio::task::spawn_blocking(move || sotto_proto::pow::solve(&challenge, &handle, pow_bits))
-                    .await
-                    .map_err(|e| ClientError::Invalid(e.to_string()))?;
+                let n = tokio::task::spawn_blocking(move || {
+                    sotto_proto::pow::solve(&challenge, &handle, pow_bits)
+                })
+                .await
+                .map_err(|e| ClientError::Invalid(e.to_string()))?;
                 Some(n)
             }
             (RegistrationPolicy::InviteOnly, None) => {
-                return Err(ClientError::Server(sotto_proto::ProtoError::new(ErrorCode::InviteRequired)));
+                return Err(ClientError::Server(sotto_proto::ProtoError::new(
+                    ErrorCode::InviteRequired,
+                )));
             }
             _ => None,
         };
-        let t = sotto_proto::register_transcript(&challenge, &id.handle, &id.account.id(), &id.device.id());
+        let t = sotto_proto::register_transcript(
+            &challenge,
+            &id.handle,
+            &id.account.id(),
+            &id.device.id(),
+        );
         let req = RegisterRequest {
             version: PROTOCOL_VERSION,
             handle: id.handle.clone(),
@@ -158,7 +178,10 @@ impl Client {
         store.mark_registered()?;
         let mut client = Self {
             store,
-            id: Identity { registered: true, ..id },
+            id: Identity {
+                registered: true,
+                ..id
+            },
         };
         client
             .replenish(&mut conn, session.key_packages, session.has_last_resort)
@@ -195,11 +218,17 @@ impl Client {
             Response::LoggedIn(s) => s,
             other => return Err(unexpected(&other)),
         };
-        self.replenish(&mut conn, s.key_packages, s.has_last_resort).await?;
+        self.replenish(&mut conn, s.key_packages, s.has_last_resort)
+            .await?;
         Ok(conn)
     }
 
-    async fn replenish(&mut self, conn: &mut Connection, have: u32, has_last_resort: bool) -> Result<(), ClientError> {
+    async fn replenish(
+        &mut self,
+        conn: &mut Connection,
+        have: u32,
+        has_last_resort: bool,
+    ) -> Result<(), ClientError> {
         if have >= KEY_PACKAGE_LOW && has_last_resort {
             return Ok(());
         }
@@ -237,8 +266,11 @@ impl Client {
             let outcome = match env.kind {
                 EnvelopeKind::Welcome => {
                     let joined = mls::join(p, &env.payload.0)?;
-                    let peers: Vec<&CredentialIdentity> =
-                        joined.members.iter().filter(|m| m.account != me.account).collect();
+                    let peers: Vec<&CredentialIdentity> = joined
+                        .members
+                        .iter()
+                        .filter(|m| m.account != me.account)
+                        .collect();
                     if joined.members.iter().all(|m| m.device != env.sender) {
                         return Err(ClientError::Core(CoreError::ForgedCredential));
                     }
@@ -253,7 +285,9 @@ impl Client {
                 }
                 EnvelopeKind::Commit => match mls::process(p, env.group, &env.payload.0)? {
                     Processed::Commit { .. } | Processed::Other => Outcome::Stored,
-                    Processed::Application { .. } => Outcome::Dropped("application message sent as commit".into()),
+                    Processed::Application { .. } => {
+                        Outcome::Dropped("application message sent as commit".into())
+                    }
                 },
                 EnvelopeKind::Application => match mls::process(p, env.group, &env.payload.0)? {
                     Processed::Application { sender, plaintext } => {
@@ -262,7 +296,11 @@ impl Client {
                             return Err(ClientError::Core(CoreError::ForgedCredential));
                         }
                         match AppMessage::decode(&plaintext) {
-                            Some(AppMessage { id, sent_at_ms, body: Body::Text(text) }) => {
+                            Some(AppMessage {
+                                id,
+                                sent_at_ms,
+                                body: Body::Text(text),
+                            }) => {
                                 let fresh = rows::put_message(
                                     c,
                                     &NewMessage {
@@ -276,7 +314,11 @@ impl Client {
                                         seq: d.seq,
                                     },
                                 )?;
-                                if fresh { Outcome::Stored } else { Outcome::Duplicate }
+                                if fresh {
+                                    Outcome::Stored
+                                } else {
+                                    Outcome::Duplicate
+                                }
                             }
                             None => Outcome::Dropped("undecodable application message".into()),
                         }
@@ -292,8 +334,9 @@ impl Client {
             // A message that cannot be processed is set aside (marked, acked)
             // so that it does not block the mailbox; MLS state is unchanged.
             Err(ClientError::Core(e)) => {
-                self.store
-                    .transaction(|_, c| rows::mark_processed(c, &env.sender, &env.msg_id).map(|_| ()))?;
+                self.store.transaction(|_, c| {
+                    rows::mark_processed(c, &env.sender, &env.msg_id).map(|_| ())
+                })?;
                 Ok(Outcome::Dropped(e.to_string()))
             }
             Err(e) => Err(e),
@@ -342,7 +385,9 @@ impl Client {
                 Event::Deliver(d) => {
                     let mut dropped = Vec::new();
                     self.handle_event(&d, &mut dropped)?;
-                    dropped.iter().for_each(|w| on_event(ReceiveEvent::Dropped(w)));
+                    dropped
+                        .iter()
+                        .for_each(|w| on_event(ReceiveEvent::Dropped(w)));
                     acks.push(d.seq);
                     if acks.len() >= ACK_BATCH || synced {
                         Self::ack(&mut conn, &mut acks).await?;
@@ -378,16 +423,11 @@ impl Client {
     async fn sync(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
         let mut acks = Vec::new();
         let mut dropped = Vec::new();
-        loop {
-            match conn.next_event().await? {
-                Event::Deliver(d) => {
-                    self.handle_event(&d, &mut dropped)?;
-                    acks.push(d.seq);
-                    if acks.len() >= ACK_BATCH {
-                        Self::ack(conn, &mut acks).await?;
-                    }
-                }
-                Event::Synced => break,
+        while let Event::Deliver(d) = conn.next_event().await? {
+            self.handle_event(&d, &mut dropped)?;
+            acks.push(d.seq);
+            if acks.len() >= ACK_BATCH {
+                Self::ack(conn, &mut acks).await?;
             }
         }
         Self::ack(conn, &mut acks).await
@@ -419,7 +459,11 @@ impl Client {
     }
 
     /// The one-to-one conversation with `peer`, created if needed.
-    async fn direct(&mut self, conn: &mut Connection, peer: &Handle) -> Result<GroupId, ClientError> {
+    async fn direct(
+        &mut self,
+        conn: &mut Connection,
+        peer: &Handle,
+    ) -> Result<GroupId, ClientError> {
         let me = self.id.credential();
         if let Some(acc) = self.store.contact(peer)? {
             let g = GroupId::direct(&me.account, &acc);
@@ -427,7 +471,12 @@ impl Client {
                 return Ok(g);
             }
         }
-        let claimed = match conn.request(Request::ClaimKeyPackages { handle: peer.clone() }).await {
+        let claimed = match conn
+            .request(Request::ClaimKeyPackages {
+                handle: peer.clone(),
+            })
+            .await
+        {
             Ok(Response::KeyPackages(c)) => c,
             Ok(other) => return Err(unexpected(&other)),
             Err(ClientError::Server(e)) if e.code == ErrorCode::UnknownHandle => {
@@ -436,11 +485,14 @@ impl Client {
             Err(e) => return Err(e),
         };
         if claimed.account == me.account {
-            return Err(ClientError::Invalid("cannot start a conversation with yourself".into()));
+            return Err(ClientError::Invalid(
+                "cannot start a conversation with yourself".into(),
+            ));
         }
         let g = GroupId::direct(&me.account, &claimed.account);
         if self.has_group(g)? {
-            self.store.transaction(|_, c| rows::put_contact(c, peer, &claimed.account))?;
+            self.store
+                .transaction(|_, c| rows::put_contact(c, peer, &claimed.account))?;
             return Ok(g);
         }
         let mut kps = Vec::new();
@@ -463,7 +515,9 @@ impl Client {
             Ok(())
         })?;
         if kps.is_empty() {
-            return Err(ClientError::Invalid(format!("{peer} has no valid key package")));
+            return Err(ClientError::Invalid(format!(
+                "{peer} has no valid key package"
+            )));
         }
         // The new group persists only if the server accepts its creation.
         self.store.begin()?;
@@ -521,14 +575,22 @@ impl Client {
         }
     }
 
-    async fn wait_for_group(&mut self, conn: &mut Connection, g: GroupId) -> Result<(), ClientError> {
+    async fn wait_for_group(
+        &mut self,
+        conn: &mut Connection,
+        g: GroupId,
+    ) -> Result<(), ClientError> {
         let deadline = Instant::now() + RACE_WAIT;
         let mut acks = Vec::new();
         let mut dropped = Vec::new();
         while !self.has_group(g)? {
             let ev = timeout_at(deadline, conn.next_event())
                 .await
-                .map_err(|_| ClientError::Invalid("the conversation is being created by the peer; try again".into()))??;
+                .map_err(|_| {
+                    ClientError::Invalid(
+                        "the conversation is being created by the peer; try again".into(),
+                    )
+                })??;
             if let Event::Deliver(d) = ev {
                 self.handle_event(&d, &mut dropped)?;
                 acks.push(d.seq);
@@ -544,7 +606,9 @@ impl Client {
             return Err(ClientError::Invalid("cannot send to yourself".into()));
         }
         if text.len() > 64 * 1024 {
-            return Err(ClientError::Invalid("message too long (64 KiB at most)".into()));
+            return Err(ClientError::Invalid(
+                "message too long (64 KiB at most)".into(),
+            ));
         }
         let mut conn = self.connect().await?;
         self.sync(&mut conn).await?;

@@ -34,9 +34,7 @@ impl ServerLink {
         let mut fingerprint = [0u8; 32];
         hex::decode_to_slice(fp_hex, &mut fingerprint)
             .map_err(|_| bad("fingerprint must be 64 hex digits"))?;
-        let (host, port) = addr
-            .rsplit_once(':')
-            .ok_or_else(|| bad("missing :PORT"))?;
+        let (host, port) = addr.rsplit_once(':').ok_or_else(|| bad("missing :PORT"))?;
         let port: u16 = port.parse().map_err(|_| bad("invalid port"))?;
         if host.is_empty() || host.contains('/') {
             return Err(bad("invalid host"));
@@ -99,7 +97,10 @@ mod tests {
             format!("sotto://x:99999#fp={fp}"),
             format!("sotto://:1#fp={fp}"),
         ] {
-            assert!(matches!(ServerLink::parse(&bad), Err(ClientError::BadLink(_))), "{bad}");
+            assert!(
+                matches!(ServerLink::parse(&bad), Err(ClientError::BadLink(_))),
+                "{bad}"
+            );
         }
     }
 }

@@ -215,10 +215,13 @@ impl Store {
     /// Opens the profile in `dir` with `passphrase`, creating both if needed.
     pub fn open(dir: &Path, passphrase: &str) -> Result<Self, ClientError> {
         if passphrase.is_empty() {
-            return Err(ClientError::Invalid("the passphrase must not be empty".into()));
+            return Err(ClientError::Invalid(
+                "the passphrase must not be empty".into(),
+            ));
         }
         if !dir.exists() {
-            fs::create_dir_all(dir).map_err(|e| ClientError::Store(format!("{}: {e}", dir.display())))?;
+            fs::create_dir_all(dir)
+                .map_err(|e| ClientError::Store(format!("{}: {e}", dir.display())))?;
             #[cfg(unix)]
             {
                 use std::os::unix::fs::PermissionsExt;
@@ -231,7 +234,8 @@ impl Store {
         // SQLCipher would print decryption failures to stderr itself.
         let _: String = conn.query_row("PRAGMA cipher_log_level = NONE", [], |r| r.get(0))?;
         // The first read fails with "file is not a database" if the key is wrong.
-        let check: Result<i64, _> = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0));
+        let check: Result<i64, _> =
+            conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0));
         if let Err(e) = check {
             if e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) {
                 return Err(ClientError::WrongPassphrase);
@@ -248,7 +252,8 @@ impl Store {
         SqliteStorageProvider::<JsonCodec, &mut Connection>::new(&mut conn)
             .run_migrations()
             .map_err(|e| ClientError::Store(format!("mls storage migration: {e}")))?;
-        let crypto = CryptoProvider::new().map_err(|e| ClientError::Store(format!("crypto: {e:?}")))?;
+        let crypto =
+            CryptoProvider::new().map_err(|e| ClientError::Store(format!("crypto: {e:?}")))?;
         Ok(Self {
             conn,
             crypto,
@@ -262,7 +267,9 @@ impl Store {
         &mut self,
         f: impl FnOnce(&Provider<'_>, &Connection) -> Result<T, ClientError>,
     ) -> Result<T, ClientError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = {
             let p = Provider {
                 crypto: &self.crypto,
@@ -344,7 +351,9 @@ impl Store {
     fn get(&self, k: &str) -> Result<Option<Zeroizing<Vec<u8>>>, ClientError> {
         Ok(self
             .conn
-            .query_row("SELECT v FROM profile WHERE k = ?1", [k], |r| r.get::<_, Vec<u8>>(0))
+            .query_row("SELECT v FROM profile WHERE k = ?1", [k], |r| {
+                r.get::<_, Vec<u8>>(0)
+            })
             .optional()?
             .map(Zeroizing::new))
     }
@@ -360,7 +369,8 @@ impl Store {
         };
         let dev = need("device_secret")?;
         let text = |v: Zeroizing<Vec<u8>>| -> Result<String, ClientError> {
-            String::from_utf8(v.to_vec()).map_err(|_| ClientError::Store("profile text is not UTF-8".into()))
+            String::from_utf8(v.to_vec())
+                .map_err(|_| ClientError::Store("profile text is not UTF-8".into()))
         };
         let acc: Zeroizing<[u8; 32]> = Zeroizing::new(arr(acc.to_vec())?);
         let dev: Zeroizing<[u8; 32]> = Zeroizing::new(arr(dev.to_vec())?);
@@ -384,15 +394,23 @@ impl Store {
     pub fn contact(&self, handle: &Handle) -> Result<Option<AccountId>, ClientError> {
         let v: Option<Vec<u8>> = self
             .conn
-            .query_row("SELECT account FROM contacts WHERE handle = ?1", [handle.as_str()], |r| r.get(0))
+            .query_row(
+                "SELECT account FROM contacts WHERE handle = ?1",
+                [handle.as_str()],
+                |r| r.get(0),
+            )
             .optional()?;
         v.map(|v| arr(v).map(AccountId)).transpose()
     }
 
     /// All contacts.
     pub fn contacts(&self) -> Result<Vec<(String, AccountId)>, ClientError> {
-        let mut stmt = self.conn.prepare("SELECT handle, account FROM contacts ORDER BY handle")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT handle, account FROM contacts ORDER BY handle")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
         let mut out = Vec::new();
         for row in rows {
             let (h, a) = row?;
@@ -447,7 +465,11 @@ impl Store {
             .conn
             .prepare("SELECT msg_id, group_id, payload FROM outbox ORDER BY created_ms, rowid")?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?))
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
@@ -459,7 +481,8 @@ impl Store {
 
     /// Removes a confirmed outbox entry.
     pub fn outbox_done(&mut self, id: &MessageId) -> Result<(), ClientError> {
-        self.conn.execute("DELETE FROM outbox WHERE msg_id = ?1", [&id.0[..]])?;
+        self.conn
+            .execute("DELETE FROM outbox WHERE msg_id = ?1", [&id.0[..]])?;
         Ok(())
     }
 
@@ -467,7 +490,11 @@ impl Store {
     pub fn conversation_peer(&self, g: &GroupId) -> Result<Option<String>, ClientError> {
         Ok(self
             .conn
-            .query_row("SELECT peer_handle FROM conversations WHERE group_id = ?1", [&g.0[..]], |r| r.get(0))
+            .query_row(
+                "SELECT peer_handle FROM conversations WHERE group_id = ?1",
+                [&g.0[..]],
+                |r| r.get(0),
+            )
             .optional()?)
     }
 
@@ -482,7 +509,11 @@ pub mod rows {
     use super::*;
 
     /// Records a contact.
-    pub fn put_contact(c: &Connection, handle: &Handle, account: &AccountId) -> Result<(), ClientError> {
+    pub fn put_contact(
+        c: &Connection,
+        handle: &Handle,
+        account: &AccountId,
+    ) -> Result<(), ClientError> {
         c.execute(
             "INSERT INTO contacts (handle, account) VALUES (?1, ?2) \
              ON CONFLICT(handle) DO UPDATE SET account = excluded.account",
@@ -492,7 +523,12 @@ pub mod rows {
     }
 
     /// Records a conversation.
-    pub fn put_conversation(c: &Connection, g: &GroupId, peer: &str, now_ms: u64) -> Result<(), ClientError> {
+    pub fn put_conversation(
+        c: &Connection,
+        g: &GroupId,
+        peer: &str,
+        now_ms: u64,
+    ) -> Result<(), ClientError> {
         c.execute(
             "INSERT OR IGNORE INTO conversations (group_id, peer_handle, created_ms) VALUES (?1, ?2, ?3)",
             params![&g.0[..], peer, i(now_ms)],
@@ -501,7 +537,11 @@ pub mod rows {
     }
 
     /// Marks an envelope processed; false if it was already.
-    pub fn mark_processed(c: &Connection, sender: &DeviceId, id: &MessageId) -> Result<bool, ClientError> {
+    pub fn mark_processed(
+        c: &Connection,
+        sender: &DeviceId,
+        id: &MessageId,
+    ) -> Result<bool, ClientError> {
         let n = c.execute(
             "INSERT OR IGNORE INTO processed (sender, msg_id) VALUES (?1, ?2)",
             params![&sender.0[..], &id.0[..]],
@@ -510,7 +550,11 @@ pub mod rows {
     }
 
     /// Whether an envelope was processed.
-    pub fn is_processed(c: &Connection, sender: &DeviceId, id: &MessageId) -> Result<bool, ClientError> {
+    pub fn is_processed(
+        c: &Connection,
+        sender: &DeviceId,
+        id: &MessageId,
+    ) -> Result<bool, ClientError> {
         let v: Option<i64> = c
             .query_row(
                 "SELECT 1 FROM processed WHERE sender = ?1 AND msg_id = ?2",
@@ -543,7 +587,13 @@ pub mod rows {
     }
 
     /// Queues an encrypted message for (re)sending.
-    pub fn put_outbox(c: &Connection, id: &MessageId, g: &GroupId, payload: &[u8], now_ms: u64) -> Result<(), ClientError> {
+    pub fn put_outbox(
+        c: &Connection,
+        id: &MessageId,
+        g: &GroupId,
+        payload: &[u8],
+        now_ms: u64,
+    ) -> Result<(), ClientError> {
         c.execute(
             "INSERT INTO outbox (msg_id, group_id, payload, created_ms) VALUES (?1, ?2, ?3, ?4)",
             params![&id.0[..], &g.0[..], payload, i(now_ms)],

@@ -129,8 +129,18 @@ impl Connection {
     pub async fn connect(link: &ServerLink) -> Result<Self, ClientError> {
         let tcp = match timeout(CONNECT_TIMEOUT, TcpStream::connect(link.authority())).await {
             Ok(Ok(t)) => t,
-            Ok(Err(e)) => return Err(ClientError::Unreachable(format!("{}: {e}", link.authority()))),
-            Err(_) => return Err(ClientError::Unreachable(format!("{}: timed out", link.authority()))),
+            Ok(Err(e)) => {
+                return Err(ClientError::Unreachable(format!(
+                    "{}: {e}",
+                    link.authority()
+                )));
+            }
+            Err(_) => {
+                return Err(ClientError::Unreachable(format!(
+                    "{}: timed out",
+                    link.authority()
+                )));
+            }
         };
         let _ = tcp.set_nodelay(true);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -148,7 +158,12 @@ impl Connection {
             .with_no_client_auth();
         let name = ServerName::try_from("sotto-server")
             .map_err(|e| ClientError::Transport(e.to_string()))?;
-        let tls = match timeout(CONNECT_TIMEOUT, TlsConnector::from(Arc::new(cfg)).connect(name, tcp)).await {
+        let tls = match timeout(
+            CONNECT_TIMEOUT,
+            TlsConnector::from(Arc::new(cfg)).connect(name, tcp),
+        )
+        .await
+        {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => {
                 if mismatch.load(Ordering::SeqCst) {
@@ -167,7 +182,11 @@ impl Connection {
         };
         let hello = match timeout(CONNECT_TIMEOUT, read_frame(&mut ws)).await {
             Ok(Ok(ServerFrame::Hello(h))) => h,
-            Ok(Ok(other)) => return Err(ClientError::Malformed(format!("expected hello, got {other:?}"))),
+            Ok(Ok(other)) => {
+                return Err(ClientError::Malformed(format!(
+                    "expected hello, got {other:?}"
+                )));
+            }
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(ClientError::Timeout),
         };
@@ -230,7 +249,9 @@ impl Connection {
                 ServerFrame::Synced => return Ok(Event::Synced),
                 ServerFrame::Fatal(e) => return Err(ClientError::Server(e)),
                 ServerFrame::Response { .. } => {}
-                ServerFrame::Hello(_) => return Err(ClientError::Malformed("unexpected hello".into())),
+                ServerFrame::Hello(_) => {
+                    return Err(ClientError::Malformed("unexpected hello".into()));
+                }
             }
         }
     }
@@ -254,13 +275,16 @@ impl Connection {
     }
 }
 
-async fn read_frame(ws: &mut WebSocketStream<TlsStream<TcpStream>>) -> Result<ServerFrame, ClientError> {
+async fn read_frame(
+    ws: &mut WebSocketStream<TlsStream<TcpStream>>,
+) -> Result<ServerFrame, ClientError> {
     loop {
         match ws.next().await {
             None => return Err(ClientError::Closed(String::new())),
             Some(Err(e)) => return Err(ClientError::Transport(e.to_string())),
             Some(Ok(Message::Binary(b))) => {
-                return sotto_proto::decode_server(&b).map_err(|e| ClientError::Malformed(e.to_string()));
+                return sotto_proto::decode_server(&b)
+                    .map_err(|e| ClientError::Malformed(e.to_string()));
             }
             Some(Ok(Message::Close(c))) => {
                 return Err(ClientError::Closed(

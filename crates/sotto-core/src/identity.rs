@@ -136,7 +136,10 @@ mod tests {
             device: DeviceId([2; 32]),
             handle: Handle::new("alice").unwrap(),
         };
-        assert_eq!(CredentialIdentity::from_bytes(&c.to_bytes()), Some(c.clone()));
+        assert_eq!(
+            CredentialIdentity::from_bytes(&c.to_bytes()),
+            Some(c.clone())
+        );
         assert_eq!(CredentialIdentity::from_bytes(b"alice"), None);
         assert_eq!(CredentialIdentity::from_bytes(&c.to_bytes()[..66]), None);
     }

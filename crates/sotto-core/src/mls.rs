@@ -222,7 +222,9 @@ pub fn create_group<P: OpenMlsProvider>(
         .ok_or_else(|| CoreError::InvalidKeyPackage("no key package".into()))?;
     let cs = first.ciphersuite();
     if key_packages.iter().any(|kp| kp.ciphersuite() != cs) {
-        return Err(CoreError::InvalidKeyPackage("key packages of different ciphersuites".into()));
+        return Err(CoreError::InvalidKeyPackage(
+            "key packages of different ciphersuites".into(),
+        ));
     }
     let suite = Suite::from_ciphersuite(cs)
         .ok_or_else(|| CoreError::InvalidKeyPackage(format!("unsupported ciphersuite {cs:?}")))?;
@@ -248,33 +250,50 @@ pub fn create_group<P: OpenMlsProvider>(
     })
 }
 
-fn load<P: OpenMlsProvider>(provider: &P, group_id: sotto_proto::GroupId) -> Result<MlsGroup, CoreError> {
+fn load<P: OpenMlsProvider>(
+    provider: &P,
+    group_id: sotto_proto::GroupId,
+) -> Result<MlsGroup, CoreError> {
     MlsGroup::load(provider.storage(), &GroupId::from_slice(&group_id.0))
         .map_err(storage)?
         .ok_or(CoreError::UnknownGroup)
 }
 
 /// Whether the local state has this group.
-pub fn has_group<P: OpenMlsProvider>(provider: &P, group_id: sotto_proto::GroupId) -> Result<bool, CoreError> {
-    Ok(MlsGroup::load(provider.storage(), &GroupId::from_slice(&group_id.0))
-        .map_err(storage)?
-        .is_some())
+pub fn has_group<P: OpenMlsProvider>(
+    provider: &P,
+    group_id: sotto_proto::GroupId,
+) -> Result<bool, CoreError> {
+    Ok(
+        MlsGroup::load(provider.storage(), &GroupId::from_slice(&group_id.0))
+            .map_err(storage)?
+            .is_some(),
+    )
 }
 
 /// Applies the staged commit after the server accepted it.
-pub fn merge_pending<P: OpenMlsProvider>(provider: &P, group_id: sotto_proto::GroupId) -> Result<(), CoreError> {
+pub fn merge_pending<P: OpenMlsProvider>(
+    provider: &P,
+    group_id: sotto_proto::GroupId,
+) -> Result<(), CoreError> {
     let mut g = load(provider, group_id)?;
     g.merge_pending_commit(provider).map_err(internal)
 }
 
 /// Forgets a group entirely (used when the server refused its creation).
-pub fn discard<P: OpenMlsProvider>(provider: &P, group_id: sotto_proto::GroupId) -> Result<(), CoreError> {
+pub fn discard<P: OpenMlsProvider>(
+    provider: &P,
+    group_id: sotto_proto::GroupId,
+) -> Result<(), CoreError> {
     let mut g = load(provider, group_id)?;
     g.delete(provider.storage()).map_err(storage)
 }
 
 /// The group's current epoch.
-pub fn epoch<P: OpenMlsProvider>(provider: &P, group_id: sotto_proto::GroupId) -> Result<u64, CoreError> {
+pub fn epoch<P: OpenMlsProvider>(
+    provider: &P,
+    group_id: sotto_proto::GroupId,
+) -> Result<u64, CoreError> {
     Ok(load(provider, group_id)?.epoch().as_u64())
 }
 
@@ -297,7 +316,9 @@ pub fn encrypt<P: OpenMlsProvider>(
     plaintext: &[u8],
 ) -> Result<Vec<u8>, CoreError> {
     let mut g = load(provider, group_id)?;
-    let out = g.create_message(provider, device, plaintext).map_err(internal)?;
+    let out = g
+        .create_message(provider, device, plaintext)
+        .map_err(internal)?;
     out.tls_serialize_detached().map_err(internal)
 }
 
@@ -368,7 +389,8 @@ pub fn process<P: OpenMlsProvider>(
     bytes: &[u8],
 ) -> Result<Processed, CoreError> {
     let mut g = load(provider, group_id)?;
-    let msg = MlsMessageIn::tls_deserialize_exact(bytes).map_err(|e| CoreError::Rejected(e.to_string()))?;
+    let msg = MlsMessageIn::tls_deserialize_exact(bytes)
+        .map_err(|e| CoreError::Rejected(e.to_string()))?;
     let proto = msg
         .try_into_protocol_message()
         .map_err(|e| CoreError::Rejected(e.to_string()))?;
@@ -384,9 +406,12 @@ pub fn process<P: OpenMlsProvider>(
     };
     match processed.into_content() {
         ProcessedMessageContent::ApplicationMessage(app) => {
-            let idx = sender_leaf.ok_or_else(|| CoreError::Rejected("application message from a non-member".into()))?;
+            let idx = sender_leaf.ok_or_else(|| {
+                CoreError::Rejected("application message from a non-member".into())
+            })?;
             let m = g.member_at(idx).ok_or(CoreError::ForgedCredential)?;
-            let sender = leaf_identity(&m.credential, &m.signature_key).ok_or(CoreError::ForgedCredential)?;
+            let sender = leaf_identity(&m.credential, &m.signature_key)
+                .ok_or(CoreError::ForgedCredential)?;
             Ok(Processed::Application {
                 sender,
                 plaintext: app.into_bytes(),

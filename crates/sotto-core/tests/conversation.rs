@@ -44,7 +44,9 @@ fn setup(suite: Suite) -> (Peer, Peer, GroupId) {
     let alice = Peer::new("alice");
     let bob = Peer::new("bob");
     let kps = mls::key_packages(&bob.provider, &bob.me, &bob.device, suite, 2).unwrap();
-    let (kp, id) = mls::verify_key_package(&alice.provider, &kps[0], bob.account.id(), bob.device.id()).unwrap();
+    let (kp, id) =
+        mls::verify_key_package(&alice.provider, &kps[0], bob.account.id(), bob.device.id())
+            .unwrap();
     assert_eq!(id.handle.as_str(), "bob");
     let gid = GroupId::direct(&alice.account.id(), &bob.account.id());
     let created = mls::create_group(&alice.provider, &alice.me, &alice.device, gid, &[kp]).unwrap();
@@ -70,7 +72,10 @@ fn exchange(suite: Suite) {
         other => panic!("expected application message, got {other:?}"),
     }
     // S4: the same ciphertext a second time is refused, state unchanged.
-    assert!(matches!(mls::process(&bob.provider, gid, &ct), Err(CoreError::Rejected(_))));
+    assert!(matches!(
+        mls::process(&bob.provider, gid, &ct),
+        Err(CoreError::Rejected(_))
+    ));
     let back = mls::encrypt(&bob.provider, &bob.device, gid, &text(2, "hi alice")).unwrap();
     assert!(matches!(
         mls::process(&alice.provider, gid, &back).unwrap(),
@@ -94,11 +99,23 @@ fn classical_conversation_both_ways() {
 fn key_package_of_another_device_is_refused() {
     let bob = Peer::new("bob");
     let mallory = Peer::new("mallory");
-    let kps = mls::key_packages(&mallory.provider, &mallory.me, &mallory.device, Suite::PostQuantum, 1).unwrap();
+    let kps = mls::key_packages(
+        &mallory.provider,
+        &mallory.me,
+        &mallory.device,
+        Suite::PostQuantum,
+        1,
+    )
+    .unwrap();
     // The server claims this KeyPackage is bob's device: the client refuses it.
     let r = mls::verify_key_package(&bob.provider, &kps[0], bob.account.id(), bob.device.id());
     assert!(matches!(r, Err(CoreError::KeyPackageMismatch)));
-    let r = mls::verify_key_package(&bob.provider, &kps[0][..kps[0].len() - 3], mallory.account.id(), mallory.device.id());
+    let r = mls::verify_key_package(
+        &bob.provider,
+        &kps[0][..kps[0].len() - 3],
+        mallory.account.id(),
+        mallory.device.id(),
+    );
     assert!(matches!(r, Err(CoreError::InvalidKeyPackage(_))));
 }
 
@@ -108,14 +125,22 @@ fn tampered_ciphertext_and_welcome_are_rejected() {
     let mut ct = mls::encrypt(&alice.provider, &alice.device, gid, &text(3, "x")).unwrap();
     let n = ct.len();
     ct[n - 5] ^= 1;
-    assert!(matches!(mls::process(&bob.provider, gid, &ct), Err(CoreError::Rejected(_))));
-    assert!(matches!(mls::join(&bob.provider, b"garbage"), Err(CoreError::InvalidWelcome(_))));
+    assert!(matches!(
+        mls::process(&bob.provider, gid, &ct),
+        Err(CoreError::Rejected(_))
+    ));
+    assert!(matches!(
+        mls::join(&bob.provider, b"garbage"),
+        Err(CoreError::InvalidWelcome(_))
+    ));
 }
 
 #[test]
 fn last_resort_key_package_is_marked_and_valid() {
     let bob = Peer::new("bob");
-    let lr = mls::last_resort_key_package(&bob.provider, &bob.me, &bob.device, Suite::PostQuantum).unwrap();
-    let (kp, _) = mls::verify_key_package(&bob.provider, &lr, bob.account.id(), bob.device.id()).unwrap();
+    let lr = mls::last_resort_key_package(&bob.provider, &bob.me, &bob.device, Suite::PostQuantum)
+        .unwrap();
+    let (kp, _) =
+        mls::verify_key_package(&bob.provider, &lr, bob.account.id(), bob.device.id()).unwrap();
     assert!(kp.last_resort());
 }

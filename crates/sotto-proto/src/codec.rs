@@ -87,7 +87,10 @@ mod tests {
     fn every_truncation_is_an_error() {
         let bytes = encode_client(&sample());
         for n in 0..bytes.len() {
-            assert!(decode_client(&bytes[..n]).is_err(), "prefix of {n} bytes decoded");
+            assert!(
+                decode_client(&bytes[..n]).is_err(),
+                "prefix of {n} bytes decoded"
+            );
         }
     }
 
@@ -102,7 +105,10 @@ mod tests {
     fn unknown_enum_value_is_rejected() {
         let mut bytes = encode_client(&sample());
         bytes[1] = 200; // the Request variant tag
-        assert!(matches!(decode_client(&bytes), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            decode_client(&bytes),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -112,7 +118,10 @@ mod tests {
         let payload_len_at = bytes.len() - 6;
         bytes.truncate(payload_len_at);
         bytes.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x7f]);
-        assert!(matches!(decode_client(&bytes), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            decode_client(&bytes),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -135,7 +144,10 @@ mod tests {
         let mut bytes = encode_client(&f);
         let n = bytes.len();
         bytes[n - 1] = 0xff;
-        assert!(matches!(decode_client(&bytes), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            decode_client(&bytes),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 
     #[test]

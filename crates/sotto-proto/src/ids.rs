@@ -127,7 +127,9 @@ pub struct Handle(String);
 
 /// Why a string is not a handle.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("a handle is 3 to 32 characters of a-z, 0-9, '_', '-' or '.', starting with a letter or digit")]
+#[error(
+    "a handle is 3 to 32 characters of a-z, 0-9, '_', '-' or '.', starting with a letter or digit"
+)]
 pub struct InvalidHandle;
 
 impl Handle {
@@ -213,7 +215,15 @@ mod tests {
         for good in ["alice", "bob_2", "a.b-c", "007"] {
             assert!(Handle::new(good).is_ok(), "{good}");
         }
-        for bad in ["", "ab", "Alice", "-bob", "bob smith", "élodie", &"x".repeat(33)] {
+        for bad in [
+            "",
+            "ab",
+            "Alice",
+            "-bob",
+            "bob smith",
+            "élodie",
+            &"x".repeat(33),
+        ] {
             assert_eq!(Handle::new(bad), Err(InvalidHandle), "{bad}");
         }
     }

@@ -25,10 +25,12 @@ use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request as HttpRequest, Response as HttpResponse};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{
+    ErrorResponse, Request as HttpRequest, Response as HttpResponse,
+};
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::bus::Bus;
 use crate::config::RegistrationMode;
@@ -64,16 +66,8 @@ pub(crate) async fn serve<S: Store, B: Bus>(
     let Ok(Ok(tls)) = timeout(limits.handshake_timeout, acceptor.accept(tcp)).await else {
         return;
     };
-    let check_path = |req: &HttpRequest, resp: HttpResponse| -> Result<HttpResponse, ErrorResponse> {
-        if req.uri().path() == sotto_proto::WS_PATH {
-            Ok(resp)
-        } else {
-            let mut e = ErrorResponse::new(Some("not found".into()));
-            *e.status_mut() = StatusCode::NOT_FOUND;
-            Err(e)
-        }
-    };
-    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(tls, check_path, Some(ws_config()));
+    let upgrade =
+        tokio_tungstenite::accept_hdr_async_with_config(tls, check_path, Some(ws_config()));
     let Ok(Ok(ws)) = timeout(limits.handshake_timeout, upgrade).await else {
         return;
     };
@@ -94,6 +88,19 @@ pub(crate) async fn serve<S: Store, B: Bus>(
         tracing::debug!(reason = %e, "connection closed");
     }
     let _ = conn.ws.close(None).await;
+}
+
+/// The upgrade callback: only the protocol's path is served. (Its signature
+/// is tungstenite's.)
+#[allow(clippy::result_large_err)]
+fn check_path(req: &HttpRequest, resp: HttpResponse) -> Result<HttpResponse, ErrorResponse> {
+    if req.uri().path() == sotto_proto::WS_PATH {
+        Ok(resp)
+    } else {
+        let mut e = ErrorResponse::new(Some("not found".into()));
+        *e.status_mut() = StatusCode::NOT_FOUND;
+        Err(e)
+    }
 }
 
 /// Why a connection ended.
@@ -124,11 +131,6 @@ struct Conn<S, B, T> {
     refilled: Instant,
 }
 
-enum Incoming {
-    Frame(ClientFrame),
-    Ignore,
-}
-
 fn store_error(e: &StoreError) -> ProtoError {
     match e {
         StoreError::Unavailable(_) => ProtoError::new(ErrorCode::Unavailable).retry_after(1000),
@@ -140,7 +142,8 @@ fn verify(key: &[u8; 32], msg: &[u8], sig: &Signature) -> bool {
     let Ok(vk) = VerifyingKey::from_bytes(key) else {
         return false;
     };
-    vk.verify_strict(msg, &EdSignature::from_bytes(&sig.0)).is_ok()
+    vk.verify_strict(msg, &EdSignature::from_bytes(&sig.0))
+        .is_ok()
 }
 
 impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
@@ -160,7 +163,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
                 () = tokio::time::sleep_until(deadline) => return Err(End::Timeout("authentication")),
                 _ = stop.changed() => return Err(End::Shutdown),
             };
-            if let Incoming::Frame(f) = self.decode(msg).await? {
+            if let Some(f) = self.decode(msg).await? {
                 self.handle(f).await?;
             }
         }
@@ -179,7 +182,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             tokio::select! {
                 m = self.ws.next() => {
                     last_heard = Instant::now();
-                    if let Incoming::Frame(f) = self.decode(m).await? {
+                    if let Some(f) = self.decode(m).await? {
                         self.handle(f).await?;
                     }
                 }
@@ -195,31 +198,36 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
         }
     }
 
+    /// The frame in a WebSocket message; `None` for control messages.
     async fn decode(
         &mut self,
         msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
-    ) -> Result<Incoming, End> {
+    ) -> Result<Option<ClientFrame>, End> {
         let bytes = match msg {
             None => return Err(End::Closed),
             Some(Err(e)) => {
                 // Oversized messages and broken framing end up here.
-                let fatal = ProtoError::with_message(ErrorCode::TooLarge, "frame rejected by transport");
+                let fatal =
+                    ProtoError::with_message(ErrorCode::TooLarge, "frame rejected by transport");
                 let _ = self.write(&ServerFrame::Fatal(fatal)).await;
                 return Err(End::Transport(e.to_string()));
             }
             Some(Ok(Message::Binary(b))) => b,
             Some(Ok(Message::Close(_))) => return Err(End::Closed),
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
-                return Ok(Incoming::Ignore);
+                return Ok(None);
             }
             Some(Ok(Message::Text(_))) => {
-                let fatal = ProtoError::with_message(ErrorCode::Malformed, "text frames are not part of the protocol");
+                let fatal = ProtoError::with_message(
+                    ErrorCode::Malformed,
+                    "text frames are not part of the protocol",
+                );
                 self.write(&ServerFrame::Fatal(fatal)).await?;
                 return Err(End::Protocol("text frame".into()));
             }
         };
         match sotto_proto::decode_client(&bytes) {
-            Ok(f) => Ok(Incoming::Frame(f)),
+            Ok(f) => Ok(Some(f)),
             Err(e) => {
                 let code = match e {
                     sotto_proto::DecodeError::TooLarge(_) => ErrorCode::TooLarge,
@@ -251,7 +259,9 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
         }
         self.write(&ServerFrame::Response { req, result }).await?;
         if self.errors > self.shared.config.limits.max_protocol_errors && self.session.is_none() {
-            return Err(End::Protocol("too many errors before authentication".into()));
+            return Err(End::Protocol(
+                "too many errors before authentication".into(),
+            ));
         }
         Ok(())
     }
@@ -273,7 +283,12 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
     async fn handle(&mut self, f: ClientFrame) -> Result<(), End> {
         if !self.take_token() {
             let e = ProtoError::new(ErrorCode::RateLimited).retry_after(1000);
-            return self.write(&ServerFrame::Response { req: f.req, result: Err(e) }).await;
+            return self
+                .write(&ServerFrame::Response {
+                    req: f.req,
+                    result: Err(e),
+                })
+                .await;
         }
         let result = match (f.body, self.session.is_some()) {
             (Request::Ping, _) => Ok(Response::Pong {
@@ -328,7 +343,9 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             _ => {}
         }
         let t = sotto_proto::register_transcript(&self.challenge, &r.handle, &r.account, &r.device);
-        if !verify(&r.account.0, &t, &r.account_signature) || !verify(&r.device.0, &t, &r.device_signature) {
+        if !verify(&r.account.0, &t, &r.account_signature)
+            || !verify(&r.device.0, &t, &r.device_signature)
+        {
             return Err(ProtoError::new(ErrorCode::AuthFailed));
         }
         let res = self
@@ -344,10 +361,15 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             .await;
         match res {
             Ok(()) => {}
-            Err(RegisterError::InvalidInvite) => return Err(ProtoError::new(ErrorCode::InvalidInvite)),
+            Err(RegisterError::InvalidInvite) => {
+                return Err(ProtoError::new(ErrorCode::InvalidInvite));
+            }
             Err(RegisterError::HandleTaken) => return Err(ProtoError::new(ErrorCode::HandleTaken)),
             Err(RegisterError::AlreadyRegistered) => {
-                return Err(ProtoError::with_message(ErrorCode::InvalidRequest, "keys already registered"));
+                return Err(ProtoError::with_message(
+                    ErrorCode::InvalidRequest,
+                    "keys already registered",
+                ));
             }
             Err(RegisterError::Store(e)) => return Err(self.log_store(&e)),
         }
@@ -371,7 +393,12 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
         if l.version != PROTOCOL_VERSION {
             return Err(ProtoError::new(ErrorCode::UnsupportedVersion));
         }
-        let rec = self.shared.store.device(l.device).await.map_err(|e| self.log_store(&e))?;
+        let rec = self
+            .shared
+            .store
+            .device(l.device)
+            .await
+            .map_err(|e| self.log_store(&e))?;
         let t = sotto_proto::login_transcript(&self.challenge, &l.device);
         // Unknown device, revoked device and bad signature look the same.
         let sig_ok = verify(&l.device.0, &t, &l.signature);
@@ -399,11 +426,20 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
         let device = self.device()?;
         let limits = &self.shared.config.limits;
         if u.key_packages.len() > MAX_KEY_PACKAGES_PER_UPLOAD {
-            return Err(ProtoError::with_message(ErrorCode::TooLarge, "too many key packages"));
+            return Err(ProtoError::with_message(
+                ErrorCode::TooLarge,
+                "too many key packages",
+            ));
         }
         let all = u.key_packages.iter().chain(u.last_resort.iter());
-        if all.clone().any(|kp| kp.0.len() > limits.max_key_package_bytes || kp.0.is_empty()) {
-            return Err(ProtoError::with_message(ErrorCode::TooLarge, "key package too large"));
+        if all
+            .clone()
+            .any(|kp| kp.0.len() > limits.max_key_package_bytes || kp.0.is_empty())
+        {
+            return Err(ProtoError::with_message(
+                ErrorCode::TooLarge,
+                "key package too large",
+            ));
         }
         let conv = |b: sotto_proto::Blob| StoredKeyPackage {
             hash: Sha256::digest(&b.0).into(),
@@ -449,7 +485,13 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
         }))
     }
 
-    fn outgoing(&self, c: &CommitRequest, kind: EnvelopeKind, payload: Vec<u8>, sender: DeviceId) -> Outgoing {
+    fn outgoing(
+        &self,
+        c: &CommitRequest,
+        kind: EnvelopeKind,
+        payload: Vec<u8>,
+        sender: DeviceId,
+    ) -> Outgoing {
         let now = now_ms();
         Outgoing {
             group: c.group,
@@ -464,21 +506,42 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
 
     async fn commit(&mut self, c: CommitRequest) -> Result<Response, ProtoError> {
         let device = self.device()?;
-        let too_big = c.commit.as_ref().is_some_and(|b| b.0.len() > MAX_PAYLOAD_BYTES)
-            || c.welcome.as_ref().is_some_and(|w| w.welcome.0.len() > MAX_PAYLOAD_BYTES);
+        let too_big = c
+            .commit
+            .as_ref()
+            .is_some_and(|b| b.0.len() > MAX_PAYLOAD_BYTES)
+            || c.welcome
+                .as_ref()
+                .is_some_and(|w| w.welcome.0.len() > MAX_PAYLOAD_BYTES);
         if too_big || c.members.len() > MAX_GROUP_DEVICES {
             return Err(ProtoError::new(ErrorCode::TooLarge));
         }
         if !c.members.contains(&device) {
-            return Err(ProtoError::with_message(ErrorCode::InvalidRequest, "the committer must stay a member"));
+            return Err(ProtoError::with_message(
+                ErrorCode::InvalidRequest,
+                "the committer must stay a member",
+            ));
         }
-        let welcome_recipients = c.welcome.as_ref().map(|w| w.recipients.clone()).unwrap_or_default();
+        let welcome_recipients = c
+            .welcome
+            .as_ref()
+            .map(|w| w.recipients.clone())
+            .unwrap_or_default();
         if welcome_recipients.iter().any(|r| !c.members.contains(r)) {
-            return Err(ProtoError::with_message(ErrorCode::InvalidRequest, "welcome recipients must be members"));
+            return Err(ProtoError::with_message(
+                ErrorCode::InvalidRequest,
+                "welcome recipients must be members",
+            ));
         }
         let w = CommitWrite {
-            commit: c.commit.clone().map(|b| self.outgoing(&c, EnvelopeKind::Commit, b.0, device)),
-            welcome: c.welcome.clone().map(|w| self.outgoing(&c, EnvelopeKind::Welcome, w.welcome.0, device)),
+            commit: c
+                .commit
+                .clone()
+                .map(|b| self.outgoing(&c, EnvelopeKind::Commit, b.0, device)),
+            welcome: c
+                .welcome
+                .clone()
+                .map(|w| self.outgoing(&c, EnvelopeKind::Welcome, w.welcome.0, device)),
             welcome_recipients,
             group: c.group,
             sender: device,
@@ -491,9 +554,13 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
                 self.shared.bus.publish(&out.recipients);
                 Ok(Response::Committed { epoch: out.epoch })
             }
-            Err(CommitError::StaleEpoch(current)) => Err(ProtoError::new(ErrorCode::StaleEpoch { current })),
+            Err(CommitError::StaleEpoch(current)) => {
+                Err(ProtoError::new(ErrorCode::StaleEpoch { current }))
+            }
             Err(CommitError::NotMember) => Err(ProtoError::new(ErrorCode::NotMember)),
-            Err(CommitError::MailboxFull) => Err(ProtoError::new(ErrorCode::MailboxFull).retry_after(60_000)),
+            Err(CommitError::MailboxFull) => {
+                Err(ProtoError::new(ErrorCode::MailboxFull).retry_after(60_000))
+            }
             Err(CommitError::Store(e)) => Err(self.log_store(&e)),
         }
     }
@@ -513,13 +580,22 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             now_ms: now,
             expires_ms: now.saturating_add(ttl_ms(&self.shared.config.mailbox_ttl)),
         };
-        match self.shared.store.send(m, self.shared.config.limits.mailbox_max_messages).await {
+        match self
+            .shared
+            .store
+            .send(m, self.shared.config.limits.mailbox_max_messages)
+            .await
+        {
             Ok(out) => {
                 self.shared.bus.publish(&out.recipients);
-                Ok(Response::Accepted { duplicate: out.duplicate })
+                Ok(Response::Accepted {
+                    duplicate: out.duplicate,
+                })
             }
             Err(SendError::NotMember) => Err(ProtoError::new(ErrorCode::NotMember)),
-            Err(SendError::MailboxFull) => Err(ProtoError::new(ErrorCode::MailboxFull).retry_after(60_000)),
+            Err(SendError::MailboxFull) => {
+                Err(ProtoError::new(ErrorCode::MailboxFull).retry_after(60_000))
+            }
             Err(SendError::Store(e)) => Err(self.log_store(&e)),
         }
     }
@@ -529,14 +605,23 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
         if seqs.len() > MAX_ACKS_PER_FRAME {
             return Err(ProtoError::new(ErrorCode::TooLarge));
         }
-        self.shared.store.ack(device, seqs).await.map_err(|e| self.log_store(&e))?;
+        self.shared
+            .store
+            .ack(device, seqs)
+            .await
+            .map_err(|e| self.log_store(&e))?;
         Ok(Response::Acked)
     }
 
     /// Sends every mailbox entry after the last one sent.
     async fn pump(&mut self, device: DeviceId) -> Result<(), End> {
         loop {
-            let batch = match self.shared.store.fetch(device, self.last_sent, FETCH_BATCH).await {
+            let batch = match self
+                .shared
+                .store
+                .fetch(device, self.last_sent, FETCH_BATCH)
+                .await
+            {
                 Ok(b) => b,
                 Err(e) => {
                     // Delivery retries on the next notification or login.

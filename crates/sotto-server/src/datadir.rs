@@ -94,7 +94,10 @@ impl DataDir {
 
     /// Writes the server link to `server.link`.
     pub fn write_link(&self, link: &str) -> anyhow::Result<()> {
-        write_private(&self.root.join("server.link"), format!("{link}\n").as_bytes())
+        write_private(
+            &self.root.join("server.link"),
+            format!("{link}\n").as_bytes(),
+        )
     }
 
     /// Creates `count` single-use invite codes valid for `valid_for`; only
@@ -115,7 +118,8 @@ impl DataDir {
             hashes.push(invite_hash(&code));
             codes.push(code);
         }
-        let expires = now_ms.saturating_add(u64::try_from(valid_for.as_millis()).unwrap_or(u64::MAX));
+        let expires =
+            now_ms.saturating_add(u64::try_from(valid_for.as_millis()).unwrap_or(u64::MAX));
         store.add_invites_blocking(&hashes, expires)?;
         Ok(codes)
     }

@@ -90,9 +90,15 @@ fn now_ms() -> u64 {
 
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Invite { data, count, valid_days } => {
+        Cmd::Invite {
+            data,
+            count,
+            valid_days,
+        } => {
             let dir = DataDir::open_existing(&data)?;
-            for code in dir.create_invites(count, now_ms(), Duration::from_secs(valid_days * 86_400))? {
+            for code in
+                dir.create_invites(count, now_ms(), Duration::from_secs(valid_days * 86_400))?
+            {
                 println!("{code}");
             }
             Ok(())

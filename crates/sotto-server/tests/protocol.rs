@@ -56,7 +56,12 @@ impl World {
     }
 
     fn register_request(&self, conn: &Connection, d: &Device, invite: Option<String>) -> Request {
-        let t = sotto_proto::register_transcript(&conn.hello().challenge, &d.handle, &d.account.id(), &d.id());
+        let t = sotto_proto::register_transcript(
+            &conn.hello().challenge,
+            &d.handle,
+            &d.account.id(),
+            &d.id(),
+        );
         Request::Register(RegisterRequest {
             version: PROTOCOL_VERSION,
             handle: d.handle.clone(),
@@ -78,7 +83,10 @@ impl World {
         };
         let mut conn = self.connect().await;
         let req = self.register_request(&conn, &d, Some(self.server.invite()));
-        assert!(matches!(conn.request(req).await.unwrap(), Response::LoggedIn(_)));
+        assert!(matches!(
+            conn.request(req).await.unwrap(),
+            Response::LoggedIn(_)
+        ));
         (d, conn)
     }
 
@@ -113,7 +121,13 @@ async fn expect_fatal_then_close(conn: &mut Connection, want: ErrorCode) {
     let next = tokio::time::timeout(Duration::from_secs(5), conn.read_frame())
         .await
         .expect("server did not close the connection");
-    assert!(matches!(next, Err(ClientError::Closed(_) | ClientError::Transport(_))), "{next:?}");
+    assert!(
+        matches!(
+            next,
+            Err(ClientError::Closed(_) | ClientError::Transport(_))
+        ),
+        "{next:?}"
+    );
 }
 
 /// Creates a group of `members` by a commit from `by`, welcoming the others.
@@ -153,7 +167,11 @@ async fn send(conn: &mut Connection, g: GroupId, id: u8) -> Result<Response, Cli
 async fn drain(conn: &mut Connection) -> Vec<sotto_proto::Delivery> {
     let mut out = Vec::new();
     loop {
-        match tokio::time::timeout(Duration::from_secs(5), conn.next_event()).await.unwrap().unwrap() {
+        match tokio::time::timeout(Duration::from_secs(5), conn.next_event())
+            .await
+            .unwrap()
+            .unwrap()
+        {
             Event::Deliver(d) => out.push(d),
             Event::Synced => return out,
         }
@@ -182,7 +200,10 @@ async fn malformed_frames_get_a_typed_error_and_the_connection_closes() {
         ("trailing bytes", trailing),
         ("unknown enum value", unknown_variant),
         ("invalid utf-8", bad_utf8),
-        ("huge length prefix", vec![1, 3, 0xff, 0xff, 0xff, 0xff, 0x0f]),
+        (
+            "huge length prefix",
+            vec![1, 3, 0xff, 0xff, 0xff, 0xff, 0x0f],
+        ),
     ];
     for (name, bytes) in cases {
         let mut conn = w.connect().await;
@@ -197,11 +218,15 @@ async fn oversized_frames_are_refused_without_buffering_them() {
     let w = World::new().await;
     // Larger than the application cap, smaller than the WebSocket cap.
     let mut conn = w.connect().await;
-    conn.send_raw(vec![0u8; sotto_proto::MAX_FRAME_BYTES + 1]).await.unwrap();
+    conn.send_raw(vec![0u8; sotto_proto::MAX_FRAME_BYTES + 1])
+        .await
+        .unwrap();
     expect_fatal_then_close(&mut conn, ErrorCode::TooLarge).await;
     // Larger than the WebSocket cap: the transport refuses it.
     let mut conn = w.connect().await;
-    let _ = conn.send_raw(vec![0u8; 3 * sotto_proto::MAX_FRAME_BYTES]).await;
+    let _ = conn
+        .send_raw(vec![0u8; 3 * sotto_proto::MAX_FRAME_BYTES])
+        .await;
     expect_fatal_then_close(&mut conn, ErrorCode::TooLarge).await;
     // The server is still fine.
     w.person("alice").await;
@@ -261,7 +286,10 @@ async fn registration_checks_invite_and_signatures() {
     let alice = d("alice");
     let mut conn = w.connect().await;
     let req = w.register_request(&conn, &alice, Some(invite.clone()));
-    assert!(matches!(conn.request(req).await.unwrap(), Response::LoggedIn(_)));
+    assert!(matches!(
+        conn.request(req).await.unwrap(),
+        Response::LoggedIn(_)
+    ));
     // The same invite again.
     let bob = d("bob");
     let mut conn = w.connect().await;
@@ -281,7 +309,10 @@ async fn registration_checks_invite_and_signatures() {
     assert_eq!(code(conn.request(req).await), ErrorCode::AuthFailed);
     let mut conn = w.connect().await;
     let req = w.register_request(&conn, &bob, Some(invite));
-    assert!(matches!(conn.request(req).await.unwrap(), Response::LoggedIn(_)));
+    assert!(matches!(
+        conn.request(req).await.unwrap(),
+        Response::LoggedIn(_)
+    ));
 }
 
 #[tokio::test]
@@ -296,7 +327,10 @@ async fn requests_before_login_are_refused() {
         })
         .await;
     assert_eq!(code(r), ErrorCode::NotAuthenticated);
-    assert!(matches!(conn.request(Request::Ping).await.unwrap(), Response::Pong { .. }));
+    assert!(matches!(
+        conn.request(Request::Ping).await.unwrap(),
+        Response::Pong { .. }
+    ));
 }
 
 #[tokio::test]
@@ -308,10 +342,16 @@ async fn key_packages_are_handed_out_once_then_the_last_resort() {
         key_packages: kps.clone(),
         last_resort: Some(Blob(vec![9; 64])),
     };
-    let r = bob_conn.request(Request::UploadKeyPackages(upload.clone())).await.unwrap();
+    let r = bob_conn
+        .request(Request::UploadKeyPackages(upload.clone()))
+        .await
+        .unwrap();
     assert_eq!(r, Response::KeyPackagesStored { available: 3 });
     // A replayed upload changes nothing.
-    let r = bob_conn.request(Request::UploadKeyPackages(upload)).await.unwrap();
+    let r = bob_conn
+        .request(Request::UploadKeyPackages(upload))
+        .await
+        .unwrap();
     assert_eq!(r, Response::KeyPackagesStored { available: 3 });
 
     let (_alice, mut alice_conn) = w.person("alice").await;
@@ -323,14 +363,24 @@ async fn key_packages_are_handed_out_once_then_the_last_resort() {
             })
             .await
             .unwrap();
-        let Response::KeyPackages(c) = r else { panic!("{r:?}") };
+        let Response::KeyPackages(c) = r else {
+            panic!("{r:?}")
+        };
         assert_eq!(c.devices.len(), 1);
         seen.push((c.devices[0].key_package.clone(), c.devices[0].last_resort));
     }
-    let one_time: Vec<_> = seen.iter().filter(|(_, lr)| !lr).map(|(kp, _)| kp.clone()).collect();
+    let one_time: Vec<_> = seen
+        .iter()
+        .filter(|(_, lr)| !lr)
+        .map(|(kp, _)| kp.clone())
+        .collect();
     assert_eq!(one_time.len(), 3);
     for kp in &kps {
-        assert_eq!(one_time.iter().filter(|x| *x == kp).count(), 1, "a key package was served twice");
+        assert_eq!(
+            one_time.iter().filter(|x| *x == kp).count(),
+            1,
+            "a key package was served twice"
+        );
     }
     assert!(seen[3..].iter().all(|(kp, lr)| *lr && kp.0 == vec![9; 64]));
 
@@ -405,14 +455,29 @@ async fn duplicate_sends_are_stored_once_and_outsiders_refused() {
     let (_carol, mut carol_conn) = w.person("carol").await;
     let g = GroupId([6; 32]);
     create_group(&mut alice_conn, g, &alice, &[&bob]).await;
-    assert_eq!(send(&mut alice_conn, g, 1).await.unwrap(), Response::Accepted { duplicate: false });
-    assert_eq!(send(&mut alice_conn, g, 1).await.unwrap(), Response::Accepted { duplicate: true });
-    assert_eq!(send(&mut alice_conn, g, 2).await.unwrap(), Response::Accepted { duplicate: false });
-    assert_eq!(code(send(&mut carol_conn, g, 3).await), ErrorCode::NotMember);
+    assert_eq!(
+        send(&mut alice_conn, g, 1).await.unwrap(),
+        Response::Accepted { duplicate: false }
+    );
+    assert_eq!(
+        send(&mut alice_conn, g, 1).await.unwrap(),
+        Response::Accepted { duplicate: true }
+    );
+    assert_eq!(
+        send(&mut alice_conn, g, 2).await.unwrap(),
+        Response::Accepted { duplicate: false }
+    );
+    assert_eq!(
+        code(send(&mut carol_conn, g, 3).await),
+        ErrorCode::NotMember
+    );
 
     let mut bob_conn = w.login(&bob).await;
     let got = drain(&mut bob_conn).await;
-    let ids: Vec<_> = got.iter().map(|d| (d.envelope.kind, d.envelope.msg_id)).collect();
+    let ids: Vec<_> = got
+        .iter()
+        .map(|d| (d.envelope.kind, d.envelope.msg_id))
+        .collect();
     assert_eq!(
         ids,
         [
@@ -442,15 +507,30 @@ async fn unacknowledged_messages_come_again_acknowledged_ones_do_not() {
     c.close().await;
     let mut c = w.login(&bob).await;
     let again = drain(&mut c).await;
-    assert_eq!(again, first, "unacknowledged messages must be delivered again");
+    assert_eq!(
+        again, first,
+        "unacknowledged messages must be delivered again"
+    );
     let seqs: Vec<u64> = first.iter().map(|d| d.seq).take(2).collect();
-    assert_eq!(c.request(Request::Ack { seqs: seqs.clone() }).await.unwrap(), Response::Acked);
+    assert_eq!(
+        c.request(Request::Ack { seqs: seqs.clone() })
+            .await
+            .unwrap(),
+        Response::Acked
+    );
     // Acks are idempotent, and an ack of someone else's seq does nothing.
-    assert_eq!(c.request(Request::Ack { seqs }).await.unwrap(), Response::Acked);
+    assert_eq!(
+        c.request(Request::Ack { seqs }).await.unwrap(),
+        Response::Acked
+    );
     let mut a = w.login(&alice).await;
     drain(&mut a).await;
     assert_eq!(
-        a.request(Request::Ack { seqs: vec![first[2].seq] }).await.unwrap(),
+        a.request(Request::Ack {
+            seqs: vec![first[2].seq]
+        })
+        .await
+        .unwrap(),
         Response::Acked
     );
     c.close().await;
@@ -470,14 +550,21 @@ async fn online_devices_get_messages_pushed_on_the_same_connection() {
     send(&mut alice_conn, g, 1).await.unwrap();
     let mut got = Vec::new();
     while got.len() < 2 {
-        match tokio::time::timeout(Duration::from_secs(5), bob_conn.next_event()).await.unwrap().unwrap() {
+        match tokio::time::timeout(Duration::from_secs(5), bob_conn.next_event())
+            .await
+            .unwrap()
+            .unwrap()
+        {
             Event::Deliver(d) => got.push(d.envelope.kind),
             Event::Synced => panic!("synced twice"),
         }
     }
     assert_eq!(got, [EnvelopeKind::Welcome, EnvelopeKind::Application]);
     // The same connection still serves requests.
-    assert!(matches!(bob_conn.request(Request::Ping).await.unwrap(), Response::Pong { .. }));
+    assert!(matches!(
+        bob_conn.request(Request::Ping).await.unwrap(),
+        Response::Pong { .. }
+    ));
 }
 
 #[tokio::test]
@@ -495,7 +582,10 @@ async fn full_mailboxes_refuse_more_with_a_typed_error() {
     let g = GroupId([9; 32]);
     create_group(&mut alice_conn, g, &alice, &[&bob]).await; // the Welcome is one
     send(&mut alice_conn, g, 1).await.unwrap();
-    assert_eq!(code(send(&mut alice_conn, g, 2).await), ErrorCode::MailboxFull);
+    assert_eq!(
+        code(send(&mut alice_conn, g, 2).await),
+        ErrorCode::MailboxFull
+    );
 }
 
 #[tokio::test]
@@ -533,12 +623,17 @@ async fn idle_and_unauthenticated_connections_are_closed() {
     })
     .await;
     // A TCP connection that never starts TLS.
-    let mut tcp = tokio::net::TcpStream::connect(w.link.authority()).await.unwrap();
-    let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read(&mut tcp, &mut buf))
+    let mut tcp = tokio::net::TcpStream::connect(w.link.authority())
         .await
-        .expect("server kept a silent TCP connection open")
-        .unwrap_or(0);
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut tcp, &mut buf),
+    )
+    .await
+    .expect("server kept a silent TCP connection open")
+    .unwrap_or(0);
     assert_eq!(n, 0);
     // A WebSocket that never logs in.
     let mut conn = w.connect().await;

@@ -19,12 +19,11 @@ use sotto_server::{ServerConfig, Shared};
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let deps = exe.parent().expect("deps dir");
-    let dir = if deps.ends_with("deps") {
+    if deps.ends_with("deps") {
         deps.parent().expect("profile dir").to_owned()
     } else {
         deps.to_owned()
-    };
-    dir
+    }
 }
 
 /// The path of a workspace binary; panics with a hint if it was not built.
@@ -71,14 +70,22 @@ impl Run {
     /// Asserts success; returns stdout.
     #[track_caller]
     pub fn ok(&self) -> String {
-        assert!(self.out.status.success(), "command failed\n{}", self.report());
+        assert!(
+            self.out.status.success(),
+            "command failed\n{}",
+            self.report()
+        );
         self.stdout()
     }
 
     /// Asserts failure with a one-line error on stderr containing `needle`.
     #[track_caller]
     pub fn fails_with(&self, needle: &str) {
-        assert!(!self.out.status.success(), "command should have failed\n{}", self.report());
+        assert!(
+            !self.out.status.success(),
+            "command should have failed\n{}",
+            self.report()
+        );
         let err = self.stderr();
         let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
         assert_eq!(lines.len(), 1, "expected one error line\n{}", self.report());
@@ -117,7 +124,8 @@ impl Profile {
     pub fn sotto_with(&self, args: &[&str], passphrase: &str) -> Run {
         let mut c = Command::new(bin("sotto"));
         c.arg("--profile").arg(&self.dir).args(args);
-        c.env("SOTTO_PASSPHRASE", passphrase).env_remove("SOTTO_PROFILE");
+        c.env("SOTTO_PASSPHRASE", passphrase)
+            .env_remove("SOTTO_PROFILE");
         run(c)
     }
 }
@@ -175,7 +183,10 @@ impl ServerProcess {
         BufReader::new(stdout)
             .read_line(&mut line)
             .expect("read server link");
-        assert!(line.starts_with("sotto://"), "server printed {line:?} instead of its link");
+        assert!(
+            line.starts_with("sotto://"),
+            "server printed {line:?} instead of its link"
+        );
         (child, line.trim().to_owned())
     }
 
@@ -232,7 +243,9 @@ impl InProcessServer {
         let data = DataDir::open_or_create(&dir.join("server")).expect("data dir");
         let store = data.store().expect("store");
         let tls = data.tls_identity().expect("tls identity");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let link = format!("sotto://{addr}#fp={}", tls.fingerprint());
         let shared = Arc::new(Shared {
@@ -285,7 +298,9 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if p.is_dir() {

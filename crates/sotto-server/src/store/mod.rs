@@ -205,8 +205,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Creates an account and its first device, consuming the invite if any.
-    fn register(&self, a: NewAccount)
-    -> impl Future<Output = Result<(), RegisterError>> + Send;
+    fn register(&self, a: NewAccount) -> impl Future<Output = Result<(), RegisterError>> + Send;
 
     /// Looks up a device.
     fn device(
@@ -239,8 +238,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<(AccountId, Vec<Claimed>)>, StoreError>> + Send;
 
     /// Applies a commit if the group is at `epoch` (or does not exist and `epoch` is 0).
-    fn commit(&self, c: CommitWrite)
-    -> impl Future<Output = Result<CommitOutcome, CommitError>> + Send;
+    fn commit(
+        &self,
+        c: CommitWrite,
+    ) -> impl Future<Output = Result<CommitOutcome, CommitError>> + Send;
 
     /// Stores an application message for every member device but the sender,
     /// unless (sender, msg_id) was seen before.
@@ -266,6 +267,5 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Deletes expired messages, invites and dedup records; returns how many messages.
-    fn purge_expired(&self, now_ms: u64)
-    -> impl Future<Output = Result<u64, StoreError>> + Send;
+    fn purge_expired(&self, now_ms: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }

@@ -9,9 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, ErrorCode as SqlCode, OptionalExtension, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
-use sotto_proto::{
-    AccountId, Blob, DeviceId, Envelope, EnvelopeKind, GroupId, Handle, MessageId,
-};
+use sotto_proto::{AccountId, Blob, DeviceId, Envelope, EnvelopeKind, GroupId, Handle, MessageId};
 
 use super::{
     Claimed, CommitError, CommitOutcome, CommitWrite, DeviceRecord, KeyPackageStock, MailboxEntry,
@@ -154,7 +152,10 @@ impl SqliteStore {
         })
     }
 
-    async fn with<T, E>(&self, f: impl FnOnce(&mut Connection) -> Result<T, E> + Send + 'static) -> Result<T, E>
+    async fn with<T, E>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
@@ -170,7 +171,11 @@ impl SqliteStore {
 
     /// Invites can be added while a server runs on the same file: this is the
     /// synchronous path used by `sotto-server invite`.
-    pub fn add_invites_blocking(&self, hashes: &[[u8; 32]], expires_ms: u64) -> Result<(), StoreError> {
+    pub fn add_invites_blocking(
+        &self,
+        hashes: &[[u8; 32]],
+        expires_ms: u64,
+    ) -> Result<(), StoreError> {
         let mut g = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         add_invites(&mut g, hashes, expires_ms)
     }
@@ -276,7 +281,8 @@ fn stock(c: &Connection, device: &DeviceId) -> Result<KeyPackageStock, StoreErro
 
 impl Store for SqliteStore {
     async fn add_invites(&self, hashes: Vec<[u8; 32]>, expires_ms: u64) -> Result<(), StoreError> {
-        self.with(move |c| add_invites(c, &hashes, expires_ms)).await
+        self.with(move |c| add_invites(c, &hashes, expires_ms))
+            .await
     }
 
     async fn register(&self, a: NewAccount) -> Result<(), RegisterError> {
@@ -424,9 +430,7 @@ impl Store for SqliteStore {
                 let mut stmt = tx
                     .prepare("SELECT device FROM devices WHERE account = ?1 AND revoked = 0")
                     .map_err(map_err)?;
-                let rows = stmt
-                    .query_map([&account], |r| r.get(0))
-                    .map_err(map_err)?;
+                let rows = stmt.query_map([&account], |r| r.get(0)).map_err(map_err)?;
                 rows.collect::<Result<_, _>>().map_err(map_err)?
             };
             let mut out = Vec::new();
@@ -507,14 +511,20 @@ impl Store for SqliteStore {
                 params![&w.group.0[..], ms(new_epoch)],
             )
             .map_err(map_err)?;
-            tx.execute("DELETE FROM group_members WHERE group_id = ?1", [&w.group.0[..]])
-                .map_err(map_err)?;
+            tx.execute(
+                "DELETE FROM group_members WHERE group_id = ?1",
+                [&w.group.0[..]],
+            )
+            .map_err(map_err)?;
             {
                 let mut stmt = tx
-                    .prepare_cached("INSERT OR IGNORE INTO group_members (group_id, device) VALUES (?1, ?2)")
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO group_members (group_id, device) VALUES (?1, ?2)",
+                    )
                     .map_err(map_err)?;
                 for d in &w.members {
-                    stmt.execute(params![&w.group.0[..], &d.0[..]]).map_err(map_err)?;
+                    stmt.execute(params![&w.group.0[..], &d.0[..]])
+                        .map_err(map_err)?;
                 }
             }
             let mut recipients = Vec::new();
@@ -525,12 +535,14 @@ impl Store for SqliteStore {
                     recipients.extend(to);
                 }
             }
-            if let Some(m) = &w.welcome {
-                if !w.welcome_recipients.is_empty() {
-                    insert_message(&tx, m, &w.welcome_recipients, w.mailbox_cap)?
-                        .ok_or(CommitError::MailboxFull)?;
-                    recipients.extend(w.welcome_recipients.iter().copied());
-                }
+            if let Some(m) = w
+                .welcome
+                .as_ref()
+                .filter(|_| !w.welcome_recipients.is_empty())
+            {
+                insert_message(&tx, m, &w.welcome_recipients, w.mailbox_cap)?
+                    .ok_or(CommitError::MailboxFull)?;
+                recipients.extend(w.welcome_recipients.iter().copied());
             }
             tx.commit().map_err(map_err)?;
             Ok(CommitOutcome {
@@ -576,7 +588,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn fetch(&self, device: DeviceId, after: u64, limit: u32) -> Result<Vec<MailboxEntry>, StoreError> {
+    async fn fetch(
+        &self,
+        device: DeviceId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<MailboxEntry>, StoreError> {
         self.with(move |c| {
             let mut stmt = c
                 .prepare_cached(
@@ -600,7 +617,8 @@ impl Store for SqliteStore {
                 .map_err(map_err)?;
             let mut out = Vec::new();
             for row in rows {
-                let (seq, group, sender, msg_id, kind, server_ms, payload) = row.map_err(map_err)?;
+                let (seq, group, sender, msg_id, kind, server_ms, payload) =
+                    row.map_err(map_err)?;
                 let msg_id: [u8; 16] = msg_id
                     .try_into()
                     .map_err(|_| StoreError::Internal("stored msg id is not 16 bytes".into()))?;
@@ -628,7 +646,9 @@ impl Store for SqliteStore {
                 .map_err(map_err)?;
             {
                 let mut del = tx
-                    .prepare_cached("DELETE FROM mailbox WHERE seq = ?1 AND device = ?2 RETURNING message")
+                    .prepare_cached(
+                        "DELETE FROM mailbox WHERE seq = ?1 AND device = ?2 RETURNING message",
+                    )
                     .map_err(map_err)?;
                 let mut orphan = tx
                     .prepare_cached(
