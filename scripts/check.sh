@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, then every test of
+# the workspace against real servers on loopback. Installs what it needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Build tools for the vendored SQLCipher/OpenSSL (normally already present).
+missing=()
+for tool in cc make perl; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing build tools: ${missing[*]}"
+  apt-get update -qq && apt-get install -y -qq build-essential perl >/dev/null
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# The end-to-end tests run the workspace's binaries: build them first.
+cargo build --workspace --bins --locked
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
