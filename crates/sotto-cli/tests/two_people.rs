@@ -111,6 +111,43 @@ fn message_accepted_before_sigkill_is_delivered_once_after_restart() {
     assert!(receive_json(&bob).is_empty());
 }
 
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn a_delivery_repeated_after_a_lost_ack_is_shown_once() {
+    let mut w = World::new(&[]);
+    let alice = w.person("alice");
+    let bob = w.person("bob");
+    alice.sotto(&["send", "bob", "only once"]).ok();
+    // Snapshot the server while the message waits in bob's mailbox.
+    w.server.kill9();
+    let snapshot = w.root.join("snapshot");
+    copy_dir(&w.server.data, &snapshot);
+    w.server.restart();
+    assert_eq!(texts(&receive_json(&bob)), ["only once"]);
+    // Roll the server back to before bob's ack: it delivers the message again.
+    w.server.kill9();
+    std::fs::remove_dir_all(&w.server.data).unwrap();
+    copy_dir(&snapshot, &w.server.data);
+    w.server.restart();
+    let again = bob.sotto(&["receive", "--json"]);
+    assert_eq!(again.ok(), "", "a redelivered message was shown twice");
+    assert_eq!(
+        again.stderr(),
+        "",
+        "a redelivered message was reported as a failure"
+    );
+    // The conversation goes on.
+    alice.sotto(&["send", "bob", "after"]).ok();
+    assert_eq!(texts(&receive_json(&bob)), ["after"]);
+}
+
 #[test]
 fn no_message_text_or_secret_on_disk() {
     let w = World::new(&[]);

@@ -8,6 +8,7 @@
 //! Getters return `Result<Option<T>, StoreError>`: `Err` is a failure, `None`
 //! is absence.
 
+pub mod conformance;
 pub mod sqlite;
 
 use std::future::Future;

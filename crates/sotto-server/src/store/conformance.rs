@@ -1,0 +1,285 @@
+//! The conformance suite every [`Store`] backend passes. Each check takes a
+//! fresh, empty store; [`crate::store_conformance_tests`] turns them into one
+//! `#[tokio::test]` each for a backend.
+
+use sotto_proto::{AccountId, DeviceId, EnvelopeKind, GroupId, Handle, MessageId};
+
+use super::{
+    CommitError, CommitWrite, NewAccount, Outgoing, RegisterError, SendError, Store,
+    StoredKeyPackage,
+};
+
+const NOW: u64 = 1_800_000_000_000;
+const DAY: u64 = 86_400_000;
+
+fn account(n: u8) -> NewAccount {
+    NewAccount {
+        handle: Handle::new(&format!("user{n}")).unwrap(),
+        account: AccountId([n; 32]),
+        device: DeviceId([n | 0x80; 32]),
+        invite_hash: None,
+        now_ms: NOW,
+    }
+}
+
+fn dev(n: u8) -> DeviceId {
+    DeviceId([n | 0x80; 32])
+}
+
+fn out(group: GroupId, sender: DeviceId, id: u8, kind: EnvelopeKind) -> Outgoing {
+    Outgoing {
+        group,
+        sender,
+        msg_id: MessageId([id; 16]),
+        kind,
+        payload: vec![id; 10],
+        now_ms: NOW,
+        expires_ms: NOW + DAY,
+    }
+}
+
+fn create(group: GroupId, by: DeviceId, members: Vec<DeviceId>) -> CommitWrite {
+    CommitWrite {
+        commit: None,
+        welcome: None,
+        welcome_recipients: Vec::new(),
+        group,
+        sender: by,
+        epoch: 0,
+        members,
+        mailbox_cap: 1000,
+    }
+}
+
+/// Invites are single-use, expire, and are not spent by a failed registration.
+pub async fn invites_are_single_use<S: Store>(s: S) {
+    s.add_invites(vec![[1; 32], [2; 32]], NOW + DAY)
+        .await
+        .unwrap();
+    s.add_invites(vec![[3; 32]], NOW - 1).await.unwrap();
+    let with = |n: u8, inv: u8| NewAccount {
+        invite_hash: Some([inv; 32]),
+        ..account(n)
+    };
+    s.register(with(1, 1)).await.unwrap();
+    assert!(matches!(
+        s.register(with(2, 1)).await,
+        Err(RegisterError::InvalidInvite)
+    ));
+    assert!(matches!(
+        s.register(with(2, 3)).await,
+        Err(RegisterError::InvalidInvite)
+    ));
+    assert!(matches!(
+        s.register(with(2, 9)).await,
+        Err(RegisterError::InvalidInvite)
+    ));
+    // Handle taken: refused, and invite 2 is still good afterwards.
+    let mut taken = with(2, 2);
+    taken.handle = Handle::new("user1").unwrap();
+    assert!(matches!(
+        s.register(taken).await,
+        Err(RegisterError::HandleTaken)
+    ));
+    s.register(with(2, 2)).await.unwrap();
+    // The same keys again.
+    let mut again = account(2);
+    again.handle = Handle::new("other").unwrap();
+    assert!(matches!(
+        s.register(again).await,
+        Err(RegisterError::AlreadyRegistered)
+    ));
+    let rec = s.device(dev(1)).await.unwrap().unwrap();
+    assert_eq!(rec.account, AccountId([1; 32]));
+    assert_eq!(rec.handle.as_str(), "user1");
+    assert!(!rec.revoked);
+    assert!(s.device(dev(9)).await.unwrap().is_none());
+}
+
+/// KeyPackages: idempotent upload, a cap, claimed once, then last resort.
+pub async fn key_packages_are_claimed_once<S: Store>(s: S) {
+    s.register(account(1)).await.unwrap();
+    let kp = |n: u8| StoredKeyPackage {
+        hash: [n; 32],
+        data: vec![n; 8],
+    };
+    let st = s
+        .upload_key_packages(dev(1), vec![kp(1), kp(2), kp(2), kp(3)], None, 2)
+        .await
+        .unwrap();
+    assert_eq!((st.one_time, st.last_resort), (2, false));
+    let st = s
+        .upload_key_packages(dev(1), vec![], Some(kp(9)), 2)
+        .await
+        .unwrap();
+    assert_eq!((st.one_time, st.last_resort), (2, true));
+    let h = Handle::new("user1").unwrap();
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let (acc, c) = s.claim_key_packages(h.clone()).await.unwrap().unwrap();
+        assert_eq!(acc, AccountId([1; 32]));
+        assert_eq!(c.len(), 1);
+        got.push((c[0].data.clone(), c[0].last_resort));
+    }
+    assert_ne!(got[0].0, got[1].0);
+    assert!(!got[0].1 && !got[1].1);
+    assert_eq!(got[2], (vec![9; 8], true));
+    assert_eq!(got[3], (vec![9; 8], true));
+    assert_eq!(s.key_package_stock(dev(1)).await.unwrap().one_time, 0);
+    assert!(
+        s.claim_key_packages(Handle::new("nobody").unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// Commits: compare-and-set on the epoch, membership, fan-out.
+pub async fn commits_compare_and_set<S: Store>(s: S) {
+    let g = GroupId([7; 32]);
+    let mut c = create(g, dev(1), vec![dev(1), dev(2)]);
+    c.welcome = Some(out(g, dev(1), 1, EnvelopeKind::Welcome));
+    c.welcome_recipients = vec![dev(2)];
+    let o = s.commit(c.clone()).await.unwrap();
+    assert_eq!(o.epoch, 1);
+    assert_eq!(o.recipients, vec![dev(2)]);
+    assert!(matches!(s.commit(c).await, Err(CommitError::StaleEpoch(1))));
+    // An outsider cannot commit; a member on the right epoch can.
+    let mut outsider = create(g, dev(3), vec![dev(3)]);
+    outsider.epoch = 1;
+    assert!(matches!(
+        s.commit(outsider).await,
+        Err(CommitError::NotMember)
+    ));
+    let mut next = create(g, dev(2), vec![dev(1), dev(2), dev(3)]);
+    next.epoch = 1;
+    next.commit = Some(out(g, dev(2), 2, EnvelopeKind::Commit));
+    let o = s.commit(next).await.unwrap();
+    assert_eq!(o.epoch, 2);
+    assert_eq!(o.recipients, vec![dev(1)]);
+    // A commit on an unknown group at epoch > 0 is stale.
+    let mut ghost = create(GroupId([8; 32]), dev(1), vec![dev(1)]);
+    ghost.epoch = 4;
+    assert!(matches!(
+        s.commit(ghost).await,
+        Err(CommitError::StaleEpoch(0))
+    ));
+}
+
+/// Sends: fan-out to members but the sender, dedup by (sender, id), caps.
+pub async fn sends_fan_out_once<S: Store>(s: S) {
+    let g = GroupId([7; 32]);
+    s.commit(create(g, dev(1), vec![dev(1), dev(2), dev(3)]))
+        .await
+        .unwrap();
+    let r = s
+        .send(out(g, dev(1), 1, EnvelopeKind::Application), 2)
+        .await
+        .unwrap();
+    assert!(!r.duplicate);
+    assert_eq!(r.recipients.len(), 2);
+    let r = s
+        .send(out(g, dev(1), 1, EnvelopeKind::Application), 2)
+        .await
+        .unwrap();
+    assert!(r.duplicate);
+    assert!(r.recipients.is_empty());
+    // Same id from another sender is another message.
+    assert!(
+        !s.send(out(g, dev(2), 1, EnvelopeKind::Application), 2)
+            .await
+            .unwrap()
+            .duplicate
+    );
+    // dev(3) now holds two messages: at the cap.
+    assert!(matches!(
+        s.send(out(g, dev(1), 2, EnvelopeKind::Application), 2)
+            .await,
+        Err(SendError::MailboxFull)
+    ));
+    assert!(matches!(
+        s.send(out(g, dev(9), 3, EnvelopeKind::Application), 2)
+            .await,
+        Err(SendError::NotMember)
+    ));
+    let m = s.fetch(dev(3), 0, 10).await.unwrap();
+    assert_eq!(m.len(), 2);
+    assert_eq!(m[0].envelope.sender, dev(1));
+    assert_eq!(m[1].envelope.sender, dev(2));
+    assert!(m[0].seq < m[1].seq);
+    assert_eq!(m[0].envelope.payload.0, vec![1; 10]);
+    assert_eq!(s.fetch(dev(1), 0, 10).await.unwrap().len(), 1);
+}
+
+/// Fetch pages in order; acks delete only the owner's entries; expiry purges.
+pub async fn fetch_ack_and_expiry<S: Store>(s: S) {
+    let g = GroupId([7; 32]);
+    s.commit(create(g, dev(1), vec![dev(1), dev(2), dev(3)]))
+        .await
+        .unwrap();
+    for i in 1..=5 {
+        s.send(out(g, dev(1), i, EnvelopeKind::Application), 100)
+            .await
+            .unwrap();
+    }
+    let first = s.fetch(dev(2), 0, 3).await.unwrap();
+    assert_eq!(first.len(), 3);
+    let rest = s.fetch(dev(2), first[2].seq, 3).await.unwrap();
+    assert_eq!(rest.len(), 2);
+    let ids: Vec<u8> = first
+        .iter()
+        .chain(&rest)
+        .map(|m| m.envelope.msg_id.0[0])
+        .collect();
+    assert_eq!(ids, [1, 2, 3, 4, 5]);
+    // dev(3) acking dev(2)'s seqs does nothing.
+    s.ack(dev(3), first.iter().map(|m| m.seq).collect())
+        .await
+        .unwrap();
+    assert_eq!(s.fetch(dev(2), 0, 10).await.unwrap().len(), 5);
+    s.ack(dev(2), first.iter().map(|m| m.seq).collect())
+        .await
+        .unwrap();
+    s.ack(dev(2), first.iter().map(|m| m.seq).collect())
+        .await
+        .unwrap();
+    assert_eq!(s.fetch(dev(2), 0, 10).await.unwrap().len(), 2);
+    assert_eq!(s.fetch(dev(3), 0, 10).await.unwrap().len(), 5);
+    // Expired messages leave every mailbox.
+    assert_eq!(s.purge_expired(NOW + DAY - 1).await.unwrap(), 0);
+    assert_eq!(s.purge_expired(NOW + DAY).await.unwrap(), 5);
+    assert!(s.fetch(dev(2), 0, 10).await.unwrap().is_empty());
+    assert!(s.fetch(dev(3), 0, 10).await.unwrap().is_empty());
+    // The dedup window expired with them.
+    assert!(
+        !s.send(out(g, dev(1), 1, EnvelopeKind::Application), 100)
+            .await
+            .unwrap()
+            .duplicate
+    );
+}
+
+/// Generates one test per conformance check for a backend, given an async
+/// expression that makes `(guard, store)`: a fresh store and whatever must
+/// live as long as it (a temp directory, a database).
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($make:expr) => {
+        $crate::store_conformance_tests!(@each $make;
+            invites_are_single_use,
+            key_packages_are_claimed_once,
+            commits_compare_and_set,
+            sends_fan_out_once,
+            fetch_ack_and_expiry,
+        );
+    };
+    (@each $make:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let (_guard, store) = $make.await;
+                $crate::store::conformance::$name(store).await;
+            }
+        )*
+    };
+}
