@@ -79,6 +79,12 @@ fn alice_and_bob_talk_both_ways() {
     let out = alice.sotto(&["receive"]).ok();
     assert_eq!(out, "bob: hi alice\n");
 
+    // Text from standard input.
+    alice
+        .sotto_stdin(&["send", "bob", "-"], "from stdin\n")
+        .ok();
+    assert_eq!(texts(&receive_json(&bob)), ["from stdin"]);
+
     // The conversation is reused: one more message each way.
     alice.sotto(&["send", "bob", "again"]).ok();
     assert_eq!(texts(&receive_json(&bob)), ["again"]);

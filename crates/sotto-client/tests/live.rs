@@ -89,3 +89,156 @@ async fn a_profile_holds_one_account() {
     ));
     server.stop().await;
 }
+
+/// A raw protocol client (no MLS), registered with fresh keys: what an
+/// attacker with an account can do.
+struct Raw {
+    conn: sotto_client::transport::Connection,
+    device: sotto_proto::DeviceId,
+}
+
+async fn raw(server: &InProcessServer, name: &str) -> Raw {
+    use sotto_core::{AccountKey, DeviceKey};
+    use sotto_proto::{PROTOCOL_VERSION, RegisterRequest, Request, Response};
+    let account = AccountKey::generate();
+    let device = DeviceKey::generate();
+    let handle = Handle::new(name).unwrap();
+    let mut conn =
+        sotto_client::transport::Connection::connect(&ServerLink::parse(&server.link).unwrap())
+            .await
+            .unwrap();
+    let t = sotto_proto::register_transcript(
+        &conn.hello().challenge,
+        &handle,
+        &account.id(),
+        &device.id(),
+    );
+    let r = conn
+        .request(Request::Register(RegisterRequest {
+            version: PROTOCOL_VERSION,
+            handle,
+            account: account.id(),
+            device: device.id(),
+            invite: Some(server.invite()),
+            pow_nonce: None,
+            account_signature: account.sign(&t),
+            device_signature: device.sign(&t),
+        }))
+        .await
+        .unwrap();
+    assert!(matches!(r, Response::LoggedIn(_)));
+    Raw {
+        conn,
+        device: device.id(),
+    }
+}
+
+/// Claims one KeyPackage of `handle`; returns whether it was the last-resort one.
+async fn claim(r: &mut Raw, handle: &str) -> bool {
+    use sotto_proto::{Request, Response};
+    let resp = r
+        .conn
+        .request(Request::ClaimKeyPackages {
+            handle: Handle::new(handle).unwrap(),
+        })
+        .await
+        .unwrap();
+    let Response::KeyPackages(c) = resp else {
+        panic!("{resp:?}")
+    };
+    c.devices[0].last_resort
+}
+
+async fn receive_all(c: &mut Client) -> (Vec<String>, Vec<String>) {
+    let mut msgs = Vec::new();
+    let mut dropped = Vec::new();
+    c.receive(Duration::ZERO, |ev| match ev {
+        ReceiveEvent::Message(m) => msgs.push(m.text.clone()),
+        ReceiveEvent::Dropped(why) => dropped.push(why.to_owned()),
+        ReceiveEvent::Synced => {}
+    })
+    .await
+    .unwrap();
+    (msgs, dropped)
+}
+
+#[tokio::test]
+async fn key_packages_are_refilled_and_the_last_resort_keeps_a_device_reachable() {
+    let tmp = TempDir::new().unwrap();
+    let server = InProcessServer::start(tmp.path(), ServerConfig::default()).await;
+    let mut bob = register(&server, tmp.path(), "bob").await;
+    let mut mallory = raw(&server, "mallory").await;
+    // Mallory drains bob's one-time KeyPackages.
+    let mut one_time = 0;
+    while !claim(&mut mallory, "bob").await {
+        one_time += 1;
+        assert!(one_time <= 100, "the stock never ran out");
+    }
+    assert!(
+        one_time >= 10,
+        "only {one_time} one-time key packages were uploaded"
+    );
+    // With only the last resort left, alice can still reach bob.
+    let mut alice = register(&server, tmp.path(), "alice").await;
+    alice.send("bob", "via last resort").await.unwrap();
+    // Bob's next connection refills the stock.
+    assert_eq!(receive_all(&mut bob).await.0, ["via last resort"]);
+    assert!(
+        !claim(&mut mallory, "bob").await,
+        "the stock was not refilled"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn garbage_from_a_peer_is_set_aside_and_the_mailbox_keeps_moving() {
+    use sotto_proto::{Blob, CommitRequest, GroupId, MessageId, Request, SendRequest, WelcomeOut};
+    let tmp = TempDir::new().unwrap();
+    let server = InProcessServer::start(tmp.path(), ServerConfig::default()).await;
+    let mut bob = register(&server, tmp.path(), "bob").await;
+    let mut alice = register(&server, tmp.path(), "alice").await;
+    let mut mallory = raw(&server, "mallory").await;
+    let bob_device = bob.identity().device;
+    // Mallory makes a "group" with bob on the server and sends him junk.
+    let g = GroupId([0x66; 32]);
+    mallory
+        .conn
+        .request(Request::Commit(CommitRequest {
+            group: g,
+            epoch: 0,
+            msg_id: MessageId([1; 16]),
+            commit: None,
+            welcome: Some(WelcomeOut {
+                welcome: Blob(b"not a welcome".to_vec()),
+                recipients: vec![bob_device],
+            }),
+            members: vec![mallory.device, bob_device],
+        }))
+        .await
+        .unwrap();
+    for (i, junk) in [vec![], vec![0xff; 300], b"\x00\x01garbage".to_vec()]
+        .into_iter()
+        .enumerate()
+    {
+        mallory
+            .conn
+            .request(Request::Send(SendRequest {
+                group: g,
+                msg_id: MessageId([i as u8 + 2; 16]),
+                payload: Blob(junk),
+            }))
+            .await
+            .unwrap();
+    }
+    alice.send("bob", "real message").await.unwrap();
+    let (msgs, dropped) = receive_all(&mut bob).await;
+    assert_eq!(msgs, ["real message"]);
+    assert_eq!(dropped.len(), 4, "{dropped:?}");
+    // Set aside means acknowledged: nothing comes again.
+    let (msgs, dropped) = receive_all(&mut bob).await;
+    assert!(
+        msgs.is_empty() && dropped.is_empty(),
+        "{msgs:?} {dropped:?}"
+    );
+    server.stop().await;
+}

@@ -130,6 +130,32 @@ impl Profile {
     }
 }
 
+impl Profile {
+    /// Runs `sotto` with `input` on standard input.
+    pub fn sotto_stdin(&self, args: &[&str], input: &str) -> Run {
+        use std::io::Write;
+        let mut c = Command::new(bin("sotto"));
+        c.arg("--profile").arg(&self.dir).args(args);
+        c.env("SOTTO_PASSPHRASE", &self.passphrase)
+            .env_remove("SOTTO_PROFILE");
+        let cmd = format!("{c:?} < {input:?}");
+        let mut child = c
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+        let out = child.wait_with_output().expect("wait");
+        Run { cmd, out }
+    }
+}
+
 /// Runs a command to completion with no stdin.
 pub fn run(mut c: Command) -> Run {
     let cmd = format!("{c:?}");
