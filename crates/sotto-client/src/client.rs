@@ -521,9 +521,9 @@ impl Client {
         }
         // The new group persists only if the server accepts its creation.
         self.store.begin()?;
-        let created = self
-            .store
-            .in_open_transaction(|p, _| Ok(mls::create_group(p, &me, &self.id.device, g, &kps)?));
+        let created = self.store.in_open_transaction(|p, _| {
+            Ok(mls::create_group(p, &me, &self.id.device, g, &kps, None)?)
+        });
         let created = match created {
             Ok(c) => c,
             Err(e) => {

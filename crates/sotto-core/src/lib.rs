@@ -8,6 +8,7 @@
 //! Every function takes bytes and returns bytes and events, so two or more
 //! in-memory peers can drive a conversation deterministically.
 
+pub mod group;
 pub mod identity;
 pub mod message;
 pub mod mls;

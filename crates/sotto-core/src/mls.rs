@@ -85,23 +85,27 @@ pub enum CoreError {
     Internal(String),
 }
 
-fn internal(e: impl std::fmt::Display) -> CoreError {
+pub(crate) fn internal(e: impl std::fmt::Display) -> CoreError {
     CoreError::Internal(e.to_string())
 }
 
-fn storage(e: impl std::fmt::Debug) -> CoreError {
+pub(crate) fn storage(e: impl std::fmt::Debug) -> CoreError {
     CoreError::Storage(format!("{e:?}"))
 }
 
-fn create_config(suite: Suite) -> MlsGroupCreateConfig {
-    MlsGroupCreateConfig::builder()
+fn create_config(
+    suite: Suite,
+    extensions: Extensions<GroupContext>,
+) -> Result<MlsGroupCreateConfig, CoreError> {
+    Ok(MlsGroupCreateConfig::builder()
+        .with_group_context_extensions(extensions)
         .ciphersuite(suite.ciphersuite())
         .capabilities(capabilities())
         .use_ratchet_tree_extension(true)
         .padding_size(64)
         .sender_ratchet_configuration(SenderRatchetConfiguration::new(20, 1000))
         .max_past_epochs(0)
-        .build()
+        .build())
 }
 
 fn join_config() -> MlsGroupJoinConfig {
@@ -114,9 +118,18 @@ fn join_config() -> MlsGroupJoinConfig {
 }
 
 /// The capabilities every Sotto leaf advertises: the defaults plus the
-/// last-resort KeyPackage extension.
-fn capabilities() -> Capabilities {
-    Capabilities::new(None, None, Some(&[ExtensionType::LastResort]), None, None)
+/// last-resort KeyPackage extension and Sotto's group metadata extension.
+pub(crate) fn capabilities() -> Capabilities {
+    Capabilities::new(
+        None,
+        None,
+        Some(&[
+            ExtensionType::LastResort,
+            ExtensionType::Unknown(crate::group::META_EXTENSION),
+        ]),
+        None,
+        None,
+    )
 }
 
 /// The credential of a device of an account.
@@ -216,6 +229,7 @@ pub fn create_group<P: OpenMlsProvider>(
     device: &DeviceKey,
     group_id: sotto_proto::GroupId,
     key_packages: &[KeyPackage],
+    meta: Option<&crate::group::GroupMeta>,
 ) -> Result<Created, CoreError> {
     let first = key_packages
         .first()
@@ -228,10 +242,14 @@ pub fn create_group<P: OpenMlsProvider>(
     }
     let suite = Suite::from_ciphersuite(cs)
         .ok_or_else(|| CoreError::InvalidKeyPackage(format!("unsupported ciphersuite {cs:?}")))?;
+    let extensions = match meta {
+        Some(m) => m.context_extensions()?,
+        None => Extensions::empty(),
+    };
     let mut group = MlsGroup::new_with_group_id(
         provider,
         device,
-        &create_config(suite),
+        &create_config(suite, extensions)?,
         GroupId::from_slice(&group_id.0),
         credential(me),
     )
@@ -250,7 +268,7 @@ pub fn create_group<P: OpenMlsProvider>(
     })
 }
 
-fn load<P: OpenMlsProvider>(
+pub(crate) fn load<P: OpenMlsProvider>(
     provider: &P,
     group_id: sotto_proto::GroupId,
 ) -> Result<MlsGroup, CoreError> {
@@ -377,6 +395,13 @@ pub enum Processed {
     Commit {
         /// The new epoch.
         epoch: u64,
+        /// This device was removed by it; the group is inactive now.
+        removed_me: bool,
+    },
+    /// A proposal was stored for the next commit.
+    Proposal {
+        /// The member that proposed its own removal (a leave), if that is what it is.
+        leaving: Option<CredentialIdentity>,
     },
     /// A proposal or other message that changes nothing visible.
     Other,
@@ -424,10 +449,30 @@ pub fn process<P: OpenMlsProvider>(
                     return Err(CoreError::ForgedCredential);
                 }
             }
+            let committer = sender_leaf
+                .and_then(|i| g.member_at(i))
+                .and_then(|m| leaf_identity(&m.credential, &m.signature_key))
+                .ok_or(CoreError::ForgedCredential)?;
+            crate::group::check_commit(&g, &committer, &staged)?;
+            let removed_me = staged.self_removed();
             g.merge_staged_commit(provider, *staged).map_err(internal)?;
             Ok(Processed::Commit {
                 epoch: g.epoch().as_u64(),
+                removed_me,
             })
+        }
+        ProcessedMessageContent::ProposalMessage(p) => {
+            let leaving = crate::group::self_removal(&g, &p);
+            // Only leaves are accepted as standalone proposals; everything
+            // else comes inside a commit.
+            if leaving.is_none() {
+                return Err(CoreError::Rejected(
+                    "only a member's own removal may be proposed".into(),
+                ));
+            }
+            g.store_pending_proposal(provider.storage(), *p)
+                .map_err(storage)?;
+            Ok(Processed::Proposal { leaving })
         }
         _ => Ok(Processed::Other),
     }

@@ -49,7 +49,8 @@ fn setup(suite: Suite) -> (Peer, Peer, GroupId) {
             .unwrap();
     assert_eq!(id.handle.as_str(), "bob");
     let gid = GroupId::direct(&alice.account.id(), &bob.account.id());
-    let created = mls::create_group(&alice.provider, &alice.me, &alice.device, gid, &[kp]).unwrap();
+    let created =
+        mls::create_group(&alice.provider, &alice.me, &alice.device, gid, &[kp], None).unwrap();
     assert_eq!(created.members, vec![alice.device.id(), bob.device.id()]);
     mls::merge_pending(&alice.provider, gid).unwrap();
     let joined = mls::join(&bob.provider, &created.welcome).unwrap();

@@ -1,0 +1,321 @@
+//! Group conversations among in-memory peers: admins, adds and removals,
+//! leaving, concurrent commits resolved by rebasing, and what removed and
+//! new members can and cannot read.
+
+use openmls::prelude::KeyPackage;
+use openmls_libcrux_crypto::Provider;
+use sotto_core::group::{self, Change, GroupMeta};
+use sotto_core::mls::{self, Processed};
+use sotto_core::{AccountKey, CoreError, CredentialIdentity, DeviceKey, Suite};
+use sotto_proto::{GroupId, Handle};
+
+struct Peer {
+    device: DeviceKey,
+    me: CredentialIdentity,
+    provider: Provider,
+}
+
+impl Peer {
+    fn new(handle: &str) -> Self {
+        let account = AccountKey::generate();
+        let device = DeviceKey::generate();
+        let me = CredentialIdentity {
+            account: account.id(),
+            device: device.id(),
+            handle: Handle::new(handle).unwrap(),
+        };
+        Self {
+            device,
+            me,
+            provider: Provider::new().unwrap(),
+        }
+    }
+
+    fn key_package(&self) -> KeyPackage {
+        let kp = mls::key_packages(
+            &self.provider,
+            &self.me,
+            &self.device,
+            Suite::PostQuantum,
+            1,
+        )
+        .unwrap();
+        mls::verify_key_package(&self.provider, &kp[0], self.me.account, self.me.device)
+            .unwrap()
+            .0
+    }
+
+    fn send(&self, g: GroupId, text: &str) -> Vec<u8> {
+        mls::encrypt(&self.provider, &self.device, g, text.as_bytes()).unwrap()
+    }
+
+    fn read(&self, g: GroupId, ct: &[u8]) -> Result<String, CoreError> {
+        match mls::process(&self.provider, g, ct)? {
+            Processed::Application { plaintext, .. } => Ok(String::from_utf8(plaintext).unwrap()),
+            other => panic!("expected an application message, got {other:?}"),
+        }
+    }
+
+    fn apply(&self, g: GroupId, commit: &[u8]) -> Result<Processed, CoreError> {
+        mls::process(&self.provider, g, commit)
+    }
+
+    fn commit(&self, g: GroupId, change: Change) -> group::StagedChange {
+        group::stage(&self.provider, &self.device, g, change)
+            .unwrap()
+            .unwrap()
+    }
+}
+
+const G: GroupId = GroupId([0x42; 32]);
+
+fn meta(admins: &[&Peer]) -> GroupMeta {
+    GroupMeta {
+        name: "ops".into(),
+        admins: admins.iter().map(|p| p.me.account).collect(),
+    }
+}
+
+/// alice creates "ops" with bob and carol; `admins` administer it.
+fn ops(alice: &Peer, others: &[&Peer], admins: &[&Peer]) {
+    let kps: Vec<KeyPackage> = others.iter().map(|p| p.key_package()).collect();
+    let created = mls::create_group(
+        &alice.provider,
+        &alice.me,
+        &alice.device,
+        G,
+        &kps,
+        Some(&meta(admins)),
+    )
+    .unwrap();
+    mls::merge_pending(&alice.provider, G).unwrap();
+    for p in others {
+        mls::join(&p.provider, &created.welcome).unwrap();
+    }
+}
+
+fn converged(peers: &[&Peer]) {
+    let auth: Vec<Vec<u8>> = peers
+        .iter()
+        .map(|p| group::epoch_authenticator(&p.provider, G).unwrap())
+        .collect();
+    assert!(
+        auth.windows(2).all(|w| w[0] == w[1]),
+        "members disagree on the epoch"
+    );
+}
+
+#[test]
+fn three_members_talk_and_agree_on_name_and_admins() {
+    let (alice, bob, carol) = (Peer::new("alice"), Peer::new("bob"), Peer::new("carol"));
+    ops(&alice, &[&bob, &carol], &[&alice]);
+    converged(&[&alice, &bob, &carol]);
+    let m = group::meta(&bob.provider, G).unwrap().unwrap();
+    assert_eq!(m.name, "ops");
+    assert!(m.is_admin(&alice.me.account) && !m.is_admin(&bob.me.account));
+    let ct = bob.send(G, "hi all");
+    assert_eq!(alice.read(G, &ct).unwrap(), "hi all");
+    assert_eq!(carol.read(G, &ct).unwrap(), "hi all");
+    assert_eq!(mls::members(&carol.provider, G).unwrap().len(), 3);
+}
+
+#[test]
+fn only_admins_add_or_remove_and_every_client_enforces_it() {
+    let (alice, bob, carol, dave) = (
+        Peer::new("alice"),
+        Peer::new("bob"),
+        Peer::new("carol"),
+        Peer::new("dave"),
+    );
+    ops(&alice, &[&bob, &carol], &[&alice]);
+    // bob (not an admin) commits an add; alice and carol refuse it.
+    let add = bob.commit(
+        G,
+        Change {
+            adds: vec![dave.key_package()],
+            ..Change::default()
+        },
+    );
+    for p in [&alice, &carol] {
+        let err = p.apply(G, &add.commit).unwrap_err();
+        assert!(err.to_string().contains("only admins add members"), "{err}");
+    }
+    // ... and a removal of carol.
+    group::clear_pending(&bob.provider, G).unwrap();
+    let rm = bob.commit(
+        G,
+        Change {
+            removes: vec![carol.me.device],
+            ..Change::default()
+        },
+    );
+    let err = alice.apply(G, &rm.commit).unwrap_err();
+    assert!(
+        err.to_string().contains("only admins remove members"),
+        "{err}"
+    );
+    // ... and a rename.
+    group::clear_pending(&bob.provider, G).unwrap();
+    let mut m = meta(&[&alice, &bob]);
+    m.name = "mine".into();
+    let rename = bob.commit(
+        G,
+        Change {
+            meta: Some(m),
+            ..Change::default()
+        },
+    );
+    assert!(alice.apply(G, &rename.commit).is_err());
+    // A self-update is anyone's right.
+    group::clear_pending(&bob.provider, G).unwrap();
+    let upd = bob.commit(
+        G,
+        Change {
+            self_update: true,
+            ..Change::default()
+        },
+    );
+    mls::merge_pending(&bob.provider, G).unwrap();
+    for p in [&alice, &carol] {
+        assert!(matches!(
+            p.apply(G, &upd.commit).unwrap(),
+            Processed::Commit { .. }
+        ));
+    }
+    converged(&[&alice, &bob, &carol]);
+}
+
+#[test]
+fn removed_member_reads_nothing_after_and_new_member_nothing_before() {
+    let (alice, bob, carol, dave) = (
+        Peer::new("alice"),
+        Peer::new("bob"),
+        Peer::new("carol"),
+        Peer::new("dave"),
+    );
+    ops(&alice, &[&bob, &carol], &[&alice]);
+    let before_dave = alice.send(G, "before dave");
+    assert_eq!(bob.read(G, &before_dave).unwrap(), "before dave");
+    assert_eq!(carol.read(G, &before_dave).unwrap(), "before dave");
+
+    let c = alice.commit(
+        G,
+        Change {
+            adds: vec![dave.key_package()],
+            removes: vec![bob.me.device],
+            ..Change::default()
+        },
+    );
+    assert_eq!(c.welcome_recipients, vec![dave.me.device]);
+    assert!(c.members.contains(&dave.me.device) && !c.members.contains(&bob.me.device));
+    mls::merge_pending(&alice.provider, G).unwrap();
+    mls::join(&dave.provider, c.welcome.as_ref().unwrap()).unwrap();
+    assert!(matches!(
+        carol.apply(G, &c.commit).unwrap(),
+        Processed::Commit {
+            removed_me: false,
+            ..
+        }
+    ));
+    assert!(matches!(
+        bob.apply(G, &c.commit).unwrap(),
+        Processed::Commit {
+            removed_me: true,
+            ..
+        }
+    ));
+    assert!(!group::is_active(&bob.provider, G).unwrap());
+
+    // Forced delivery of a message after bob's removal: he cannot read it.
+    let after = alice.send(G, "after bob");
+    assert!(bob.read(G, &after).is_err());
+    assert_eq!(carol.read(G, &after).unwrap(), "after bob");
+    assert_eq!(dave.read(G, &after).unwrap(), "after bob");
+    // Dave cannot read what was sent before he joined.
+    assert!(dave.read(G, &before_dave).is_err());
+    converged(&[&alice, &carol, &dave]);
+}
+
+#[test]
+fn a_member_leaves_by_proposal_and_an_admin_commits_it() {
+    let (alice, bob, carol) = (Peer::new("alice"), Peer::new("bob"), Peer::new("carol"));
+    ops(&alice, &[&bob, &carol], &[&alice]);
+    let leave = group::propose_leave(&carol.provider, &carol.device, G).unwrap();
+    for p in [&alice, &bob] {
+        match p.apply(G, &leave).unwrap() {
+            Processed::Proposal { leaving: Some(who) } => assert_eq!(who.account, carol.me.account),
+            other => panic!("{other:?}"),
+        }
+    }
+    let c = alice.commit(G, Change::default());
+    assert_eq!(c.members.len(), 2);
+    mls::merge_pending(&alice.provider, G).unwrap();
+    assert!(matches!(
+        bob.apply(G, &c.commit).unwrap(),
+        Processed::Commit { .. }
+    ));
+    assert!(matches!(
+        carol.apply(G, &c.commit).unwrap(),
+        Processed::Commit {
+            removed_me: true,
+            ..
+        }
+    ));
+    converged(&[&alice, &bob]);
+    // Nothing left to commit.
+    assert!(
+        group::stage(&alice.provider, &alice.device, G, Change::default())
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[test]
+fn concurrent_adds_by_two_admins_both_land_after_a_rebase() {
+    let (alice, bob, carol) = (Peer::new("alice"), Peer::new("bob"), Peer::new("carol"));
+    let (dave, erin) = (Peer::new("dave"), Peer::new("erin"));
+    ops(&alice, &[&bob, &carol], &[&alice, &bob]);
+    let dave_kp = dave.key_package();
+    let erin_kp = erin.key_package();
+    let a = alice.commit(
+        G,
+        Change {
+            adds: vec![dave_kp],
+            ..Change::default()
+        },
+    );
+    let b = bob.commit(
+        G,
+        Change {
+            adds: vec![erin_kp.clone()],
+            ..Change::default()
+        },
+    );
+    assert_eq!(a.epoch, b.epoch);
+    // The server takes alice's; bob's is stale: he drops it, applies
+    // alice's, and builds his again on the new epoch.
+    mls::merge_pending(&alice.provider, G).unwrap();
+    mls::join(&dave.provider, a.welcome.as_ref().unwrap()).unwrap();
+    group::clear_pending(&bob.provider, G).unwrap();
+    bob.apply(G, &a.commit).unwrap();
+    carol.apply(G, &a.commit).unwrap();
+    let b2 = bob.commit(
+        G,
+        Change {
+            adds: vec![erin_kp],
+            ..Change::default()
+        },
+    );
+    assert_eq!(b2.epoch, a.epoch + 1);
+    mls::merge_pending(&bob.provider, G).unwrap();
+    mls::join(&erin.provider, b2.welcome.as_ref().unwrap()).unwrap();
+    for p in [&alice, &carol, &dave] {
+        p.apply(G, &b2.commit).unwrap();
+    }
+    converged(&[&alice, &bob, &carol, &dave, &erin]);
+    assert_eq!(mls::members(&erin.provider, G).unwrap().len(), 5);
+    let ct = erin.send(G, "hello from erin");
+    for p in [&alice, &bob, &carol, &dave] {
+        assert_eq!(p.read(G, &ct).unwrap(), "hello from erin");
+    }
+}
