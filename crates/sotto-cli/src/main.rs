@@ -53,7 +53,7 @@ enum Cmd {
     },
     /// Send a message (TEXT `-` reads it from standard input).
     Send {
-        /// The recipient's handle.
+        /// A handle, a group's name, or `#<group id prefix>`.
         to: String,
         /// The text.
         text: String,
@@ -69,6 +69,62 @@ enum Cmd {
     },
     /// List known contacts.
     Contacts,
+    /// Manage groups.
+    #[command(subcommand)]
+    Group(GroupCmd),
+    /// List groups with their members and epoch.
+    Groups {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum GroupCmd {
+    /// Create a group; you become its admin.
+    Create {
+        /// The group's name.
+        name: String,
+        /// Handles of the first members.
+        #[arg(required = true)]
+        members: Vec<String>,
+    },
+    /// Add members (admins only).
+    Add {
+        /// The group's name or `#<id prefix>`.
+        group: String,
+        /// Handles to add.
+        #[arg(required = true)]
+        members: Vec<String>,
+    },
+    /// Remove members with all their devices (admins only).
+    Remove {
+        /// The group's name or `#<id prefix>`.
+        group: String,
+        /// Handles to remove.
+        #[arg(required = true)]
+        members: Vec<String>,
+    },
+    /// Leave a group.
+    Leave {
+        /// The group's name or `#<id prefix>`.
+        group: String,
+    },
+    /// Rename a group (admins only).
+    Rename {
+        /// The group's name or `#<id prefix>`.
+        group: String,
+        /// The new name.
+        name: String,
+    },
+    /// Make a member an admin (admins only).
+    Promote {
+        /// The group's name or `#<id prefix>`.
+        group: String,
+        /// The member's handle.
+        member: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -190,6 +246,55 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 return Err(e.into());
             }
         }
+        Cmd::Group(g) => {
+            let pass = passphrase(false)?;
+            let mut c = Client::open(&profile, &pass)?;
+            match g {
+                GroupCmd::Create { name, members } => {
+                    let id = c.group_create(&name, &strs(&members)).await?;
+                    println!("created {name} #{}", &id.to_hex()[..12]);
+                }
+                GroupCmd::Add { group, members } => {
+                    let epoch = c.group_add(&group, &strs(&members)).await?;
+                    println!("added to {group} (epoch {epoch})");
+                }
+                GroupCmd::Remove { group, members } => {
+                    let epoch = c.group_remove(&group, &strs(&members)).await?;
+                    println!("removed from {group} (epoch {epoch})");
+                }
+                GroupCmd::Leave { group } => {
+                    c.group_leave(&group).await?;
+                    println!("leaving {group}: the other members' devices complete it");
+                }
+                GroupCmd::Rename { group, name } => {
+                    c.group_rename(&group, &name).await?;
+                    println!("renamed {group} to {name}");
+                }
+                GroupCmd::Promote { group, member } => {
+                    c.group_promote(&group, &member).await?;
+                    println!("{member} is an admin of {group}");
+                }
+            }
+        }
+        Cmd::Groups { json } => {
+            let pass = passphrase(false)?;
+            let mut c = Client::open(&profile, &pass)?;
+            for g in c.groups()? {
+                if json {
+                    println!("{}", sotto_cli::group_json(&g));
+                } else {
+                    println!(
+                        "#{} {} [{}] epoch {} members: {} admins: {}",
+                        &g.id.to_hex()[..12],
+                        g.name,
+                        g.state,
+                        g.epoch,
+                        g.members.join(","),
+                        g.admins.join(",")
+                    );
+                }
+            }
+        }
         Cmd::Contacts => {
             let pass = passphrase(false)?;
             let c = Client::open(&profile, &pass)?;
@@ -199,4 +304,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::RngCore;
+use sotto_core::group;
 use sotto_core::mls::{self, Processed};
 use sotto_core::{AccountKey, AppMessage, Body, CoreError, CredentialIdentity, DeviceKey, Suite};
 use sotto_proto::{
@@ -60,24 +61,47 @@ pub struct RegisterOptions {
 /// An unlocked profile.
 #[derive(Debug)]
 pub struct Client {
-    store: Store,
-    id: Identity,
+    pub(crate) store: Store,
+    pub(crate) id: Identity,
+    /// Groups with a pending proposal (a member's leave) to commit.
+    pub(crate) proposals: std::collections::BTreeSet<GroupId>,
+    pub(crate) policy: Policy,
 }
 
-fn now_ms() -> u64 {
+/// When this device commits a self-update in a conversation, for
+/// post-compromise security: after `messages` messages sent, or when the last
+/// update is older than `max_age`.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Messages sent between self-updates.
+    pub messages: u64,
+    /// Longest time between self-updates.
+    pub max_age: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            messages: 100,
+            max_age: Duration::from_secs(7 * 86_400),
+        }
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
-fn random_id() -> MessageId {
+pub(crate) fn random_id() -> MessageId {
     let mut b = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut b);
     MessageId(b)
 }
 
-fn unexpected(r: &Response) -> ClientError {
+pub(crate) fn unexpected(r: &Response) -> ClientError {
     ClientError::Malformed(format!("unexpected response {r:?}"))
 }
 
@@ -87,6 +111,41 @@ enum Outcome {
     Stored,
     Duplicate,
     Dropped(String),
+    /// A proposal (a member's leave) waits for a commit in this group.
+    Proposal(GroupId),
+}
+
+/// Remembers every member's handle as a contact.
+pub(crate) fn record_members(
+    c: &rusqlite::Connection,
+    me: &CredentialIdentity,
+    members: &[CredentialIdentity],
+) -> Result<(), ClientError> {
+    for m in members.iter().filter(|m| m.account != me.account) {
+        rows::put_contact(c, &m.handle, &m.account)?;
+    }
+    Ok(())
+}
+
+/// A group's name from its metadata; a one-to-one conversation is named
+/// after the peer.
+pub(crate) fn conversation_name<P: openmls_traits::OpenMlsProvider>(
+    p: &P,
+    g: GroupId,
+    me: &CredentialIdentity,
+    members: &[CredentialIdentity],
+) -> Result<(bool, String), ClientError> {
+    if let Some(meta) = group::meta(p, g)? {
+        return Ok((true, meta.name));
+    }
+    let mut names: Vec<&str> = members
+        .iter()
+        .filter(|m| m.account != me.account)
+        .map(|m| m.handle.as_str())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    Ok((false, names.join(",")))
 }
 
 impl Client {
@@ -100,7 +159,12 @@ impl Client {
         if !id.registered {
             return Err(ClientError::NotRegistered);
         }
-        Ok(Self { store, id })
+        Ok(Self {
+            store,
+            id,
+            proposals: Default::default(),
+            policy: Policy::default(),
+        })
     }
 
     /// Creates the account: keys, registration, handle, KeyPackages.
@@ -182,6 +246,8 @@ impl Client {
                 registered: true,
                 ..id
             },
+            proposals: Default::default(),
+            policy: Policy::default(),
         };
         client
             .replenish(&mut conn, session.key_packages, session.has_last_resort)
@@ -205,7 +271,7 @@ impl Client {
         self.store.contacts()
     }
 
-    async fn connect(&mut self) -> Result<Connection, ClientError> {
+    pub(crate) async fn connect(&mut self) -> Result<Connection, ClientError> {
         let mut conn = Connection::connect(&self.id.link).await?;
         let device = self.id.device.id();
         let t = sotto_proto::login_transcript(&conn.hello().challenge, &device);
@@ -266,31 +332,17 @@ impl Client {
             let outcome = match env.kind {
                 EnvelopeKind::Welcome => {
                     let joined = mls::join(p, &env.payload.0)?;
-                    let peers: Vec<&CredentialIdentity> = joined
-                        .members
-                        .iter()
-                        .filter(|m| m.account != me.account)
-                        .collect();
                     if joined.members.iter().all(|m| m.device != env.sender) {
                         return Err(ClientError::Core(CoreError::ForgedCredential));
                     }
-                    let mut names: Vec<&str> = peers.iter().map(|m| m.handle.as_str()).collect();
-                    names.sort_unstable();
-                    names.dedup();
-                    for m in &peers {
-                        rows::put_contact(c, &m.handle, &m.account)?;
-                    }
-                    rows::put_conversation(c, &joined.group_id, &names.join(","), now_ms())?;
+                    record_members(c, &me, &joined.members)?;
+                    let (is_group, name) =
+                        conversation_name(p, joined.group_id, &me, &joined.members)?;
+                    rows::put_conversation(c, &joined.group_id, is_group, &name, now_ms())?;
                     Outcome::Stored
                 }
-                EnvelopeKind::Commit => match mls::process(p, env.group, &env.payload.0)? {
-                    Processed::Commit { .. } | Processed::Other => Outcome::Stored,
-                    Processed::Application { .. } => {
-                        Outcome::Dropped("application message sent as commit".into())
-                    }
-                },
-                EnvelopeKind::Application => match mls::process(p, env.group, &env.payload.0)? {
-                    Processed::Application { sender, plaintext } => {
+                kind => match (kind, mls::process(p, env.group, &env.payload.0)?) {
+                    (EnvelopeKind::Application, Processed::Application { sender, plaintext }) => {
                         if sender.device != env.sender {
                             // The server claims another device sent it than MLS says.
                             return Err(ClientError::Core(CoreError::ForgedCredential));
@@ -323,7 +375,27 @@ impl Client {
                             None => Outcome::Dropped("undecodable application message".into()),
                         }
                     }
-                    _ => Outcome::Dropped("commit sent as application message".into()),
+                    (_, Processed::Application { .. }) => {
+                        Outcome::Dropped("application message sent as commit".into())
+                    }
+                    (
+                        _,
+                        Processed::Commit {
+                            removed_me: true, ..
+                        },
+                    ) => {
+                        rows::set_state(c, &env.group, "removed")?;
+                        Outcome::Stored
+                    }
+                    (_, Processed::Commit { .. }) => {
+                        let members = mls::members(p, env.group)?;
+                        record_members(c, &me, &members)?;
+                        let (is_group, name) = conversation_name(p, env.group, &me, &members)?;
+                        rows::put_conversation(c, &env.group, is_group, &name, now_ms())?;
+                        Outcome::Stored
+                    }
+                    (_, Processed::Proposal { .. }) => Outcome::Proposal(env.group),
+                    (_, Processed::Other) => Outcome::Stored,
                 },
             };
             rows::mark_processed(c, &env.sender, &env.msg_id)?;
@@ -343,7 +415,7 @@ impl Client {
         }
     }
 
-    async fn ack(conn: &mut Connection, seqs: &mut Vec<u64>) -> Result<(), ClientError> {
+    pub(crate) async fn ack(conn: &mut Connection, seqs: &mut Vec<u64>) -> Result<(), ClientError> {
         if seqs.is_empty() {
             return Ok(());
         }
@@ -354,10 +426,17 @@ impl Client {
         }
     }
 
-    fn handle_event(&mut self, d: &Delivery, dropped: &mut Vec<String>) -> Result<(), ClientError> {
+    pub(crate) fn handle_event(
+        &mut self,
+        d: &Delivery,
+        dropped: &mut Vec<String>,
+    ) -> Result<(), ClientError> {
         match self.process(d)? {
             Outcome::Stored | Outcome::Duplicate => {}
             Outcome::Dropped(why) => dropped.push(why),
+            Outcome::Proposal(g) => {
+                self.proposals.insert(g);
+            }
         }
         Ok(())
     }
@@ -392,11 +471,15 @@ impl Client {
                     if acks.len() >= ACK_BATCH || synced {
                         Self::ack(&mut conn, &mut acks).await?;
                     }
+                    if synced {
+                        self.commit_proposals(&mut conn).await?;
+                    }
                 }
                 Event::Synced => {
                     synced = true;
                     deadline = Instant::now() + wait;
                     Self::ack(&mut conn, &mut acks).await?;
+                    self.commit_proposals(&mut conn).await?;
                     for m in self.store.take_unshown()? {
                         on_event(ReceiveEvent::Message(&m));
                     }
@@ -420,7 +503,7 @@ impl Client {
 
     /// Processes the mailbox backlog (so Welcomes and commits are applied
     /// before sending); messages stay unshown for the next `receive`.
-    async fn sync(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
+    pub(crate) async fn sync(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
         let mut acks = Vec::new();
         let mut dropped = Vec::new();
         while let Event::Deliver(d) = conn.next_event().await? {
@@ -430,7 +513,8 @@ impl Client {
                 Self::ack(conn, &mut acks).await?;
             }
         }
-        Self::ack(conn, &mut acks).await
+        Self::ack(conn, &mut acks).await?;
+        self.commit_proposals(conn).await
     }
 
     async fn flush_outbox(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
@@ -471,54 +555,21 @@ impl Client {
                 return Ok(g);
             }
         }
-        let claimed = match conn
-            .request(Request::ClaimKeyPackages {
-                handle: peer.clone(),
-            })
-            .await
-        {
-            Ok(Response::KeyPackages(c)) => c,
-            Ok(other) => return Err(unexpected(&other)),
-            Err(ClientError::Server(e)) if e.code == ErrorCode::UnknownHandle => {
-                return Err(ClientError::Invalid(format!("unknown handle: {peer}")));
-            }
-            Err(e) => return Err(e),
-        };
-        if claimed.account == me.account {
+        let (account, kps) = self.claim(conn, peer).await?;
+        if account == me.account {
             return Err(ClientError::Invalid(
                 "cannot start a conversation with yourself".into(),
             ));
         }
-        let g = GroupId::direct(&me.account, &claimed.account);
+        let g = GroupId::direct(&me.account, &account);
         if self.has_group(g)? {
-            self.store
-                .transaction(|_, c| rows::put_contact(c, peer, &claimed.account))?;
             return Ok(g);
         }
-        let mut kps = Vec::new();
-        let mut recipients = Vec::new();
-        self.store.transaction(|p, _| {
-            for c in &claimed.devices {
-                match mls::verify_key_package(p, &c.key_package.0, claimed.account, c.device) {
-                    Ok((kp, id))
-                        if id.handle == *peer
-                            && kps.first().is_none_or(|f: &openmls::prelude::KeyPackage| {
-                                f.ciphersuite() == kp.ciphersuite()
-                            }) =>
-                    {
-                        kps.push(kp);
-                        recipients.push(c.device);
-                    }
-                    _ => {}
-                }
-            }
-            Ok(())
-        })?;
-        if kps.is_empty() {
-            return Err(ClientError::Invalid(format!(
-                "{peer} has no valid key package"
-            )));
-        }
+        let recipients: Vec<sotto_proto::DeviceId> = kps
+            .iter()
+            .filter_map(|kp| kp.leaf_node().signature_key().as_slice().try_into().ok())
+            .map(sotto_proto::DeviceId)
+            .collect();
         // The new group persists only if the server accepts its creation.
         self.store.begin()?;
         let created = self.store.in_open_transaction(|p, _| {
@@ -546,8 +597,7 @@ impl Client {
             Ok(Response::Committed { .. }) => {
                 let r = self.store.in_open_transaction(|p, c| {
                     mls::merge_pending(p, g)?;
-                    rows::put_contact(c, peer, &claimed.account)?;
-                    rows::put_conversation(c, &g, peer.as_str(), now_ms())
+                    rows::put_conversation(c, &g, false, peer.as_str(), now_ms())
                 });
                 match r {
                     Ok(()) => self.store.commit()?,
@@ -599,21 +649,43 @@ impl Client {
         Self::ack(conn, &mut acks).await
     }
 
-    /// Sends `text` to the one-to-one conversation with `to`.
+    /// Sets when this device commits self-updates.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
+    }
+
+    /// Sends `text` to a group (by name or `#id`) or to the one-to-one
+    /// conversation with a handle.
     pub async fn send(&mut self, to: &str, text: &str) -> Result<MessageId, ClientError> {
-        let peer = Handle::new(to).map_err(|e| ClientError::Invalid(format!("{to}: {e}")))?;
-        if peer == self.id.handle {
-            return Err(ClientError::Invalid("cannot send to yourself".into()));
-        }
         if text.len() > 64 * 1024 {
             return Err(ClientError::Invalid(
                 "message too long (64 KiB at most)".into(),
             ));
         }
+        if to == self.id.handle.as_str() {
+            return Err(ClientError::Invalid("cannot send to yourself".into()));
+        }
         let mut conn = self.connect().await?;
+        // Welcomes and commits first: the target may be a group that just arrived.
         self.sync(&mut conn).await?;
         self.flush_outbox(&mut conn).await?;
-        let g = self.direct(&mut conn, &peer).await?;
+        let target = self.resolve(to)?;
+        let g = match target {
+            crate::groups::Target::Handle(peer) => self.direct(&mut conn, &peer).await?,
+            crate::groups::Target::Group(g) => {
+                match self.store.conversation(&g)?.map(|c| c.state) {
+                    Some(s) if s == "active" => g,
+                    Some(s) if s == "leaving" => {
+                        return Err(ClientError::Invalid("you are leaving this group".into()));
+                    }
+                    _ => {
+                        return Err(ClientError::Invalid(
+                            "you are no longer a member of this group".into(),
+                        ));
+                    }
+                }
+            }
+        };
         let id = random_id();
         let now = now_ms();
         let app = AppMessage {
@@ -640,9 +712,10 @@ impl Client {
                     seq: 0,
                 },
             )?;
-            Ok(())
+            rows::count_sent(c, &g)
         })?;
         self.flush_outbox(&mut conn).await?;
+        self.maybe_self_update(&mut conn, g).await?;
         conn.close().await;
         Ok(id)
     }

@@ -10,11 +10,13 @@
 
 pub mod client;
 pub mod error;
+mod groups;
 pub mod link;
 pub mod store;
 pub mod transport;
 
-pub use client::{Client, ReceiveEvent, ReceivedMessage, RegisterOptions};
+pub use client::{Client, Policy, ReceiveEvent, ReceivedMessage, RegisterOptions};
 pub use error::ClientError;
+pub use groups::GroupInfo;
 pub use link::ServerLink;
 pub use sotto_core::Suite;

@@ -76,8 +76,12 @@ CREATE TABLE IF NOT EXISTS contacts (
 );
 CREATE TABLE IF NOT EXISTS conversations (
     group_id    BLOB PRIMARY KEY,
-    peer_handle TEXT NOT NULL,
-    created_ms  INTEGER NOT NULL
+    kind        TEXT NOT NULL,              -- 'direct' or 'group'
+    name        TEXT NOT NULL,              -- peer handle(s), or the group's name
+    state       TEXT NOT NULL DEFAULT 'active',  -- 'active', 'leaving', 'removed'
+    created_ms  INTEGER NOT NULL,
+    sent_since_update INTEGER NOT NULL DEFAULT 0,
+    last_update_ms    INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS messages (
     id              BLOB PRIMARY KEY,
@@ -136,6 +140,23 @@ impl Identity {
             handle: self.handle.clone(),
         }
     }
+}
+
+/// A conversation as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conversation {
+    /// Its MLS group.
+    pub group: GroupId,
+    /// A named group (true) or a one-to-one conversation.
+    pub is_group: bool,
+    /// The group's name, or the peer's handle.
+    pub name: String,
+    /// `active`, `leaving` (asked to leave) or `removed`.
+    pub state: String,
+    /// Messages this device sent since its last self-update.
+    pub sent_since_update: u64,
+    /// When this device last updated its leaf.
+    pub last_update_ms: u64,
 }
 
 /// A message as stored.
@@ -423,7 +444,7 @@ impl Store {
     pub fn take_unshown(&mut self) -> Result<Vec<StoredMessage>, ClientError> {
         self.transaction(|_, c| {
             let mut stmt = c.prepare(
-                "SELECT m.id, m.group_id, coalesce(c.peer_handle, ''), m.sender_handle, m.outgoing, m.body, \
+                "SELECT m.id, m.group_id, coalesce(c.name, ''), m.sender_handle, m.outgoing, m.body, \
                  m.sent_at_ms, m.received_at_ms FROM messages m \
                  LEFT JOIN conversations c ON c.group_id = m.group_id \
                  WHERE m.shown = 0 AND m.outgoing = 0 ORDER BY m.seq, m.received_at_ms",
@@ -486,16 +507,40 @@ impl Store {
         Ok(())
     }
 
-    /// Whether a conversation exists for this group.
-    pub fn conversation_peer(&self, g: &GroupId) -> Result<Option<String>, ClientError> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT peer_handle FROM conversations WHERE group_id = ?1",
-                [&g.0[..]],
-                |r| r.get(0),
-            )
-            .optional()?)
+    /// Every conversation.
+    pub fn conversations(&self) -> Result<Vec<Conversation>, ClientError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT group_id, kind, name, state, sent_since_update, last_update_ms \
+             FROM conversations ORDER BY created_ms, group_id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (g, kind, name, state, sent, last) = row?;
+            out.push(Conversation {
+                group: GroupId(arr(g)?),
+                is_group: kind == "group",
+                name,
+                state,
+                sent_since_update: u(sent),
+                last_update_ms: u(last),
+            });
+        }
+        Ok(out)
+    }
+
+    /// One conversation.
+    pub fn conversation(&self, g: &GroupId) -> Result<Option<Conversation>, ClientError> {
+        Ok(self.conversations()?.into_iter().find(|c| c.group == *g))
     }
 
     /// The profile directory.
@@ -522,16 +567,50 @@ pub mod rows {
         Ok(())
     }
 
-    /// Records a conversation.
+    /// Records a conversation (or renames it).
     pub fn put_conversation(
         c: &Connection,
         g: &GroupId,
-        peer: &str,
+        is_group: bool,
+        name: &str,
         now_ms: u64,
     ) -> Result<(), ClientError> {
         c.execute(
-            "INSERT OR IGNORE INTO conversations (group_id, peer_handle, created_ms) VALUES (?1, ?2, ?3)",
-            params![&g.0[..], peer, i(now_ms)],
+            "INSERT INTO conversations (group_id, kind, name, created_ms, last_update_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT(group_id) DO UPDATE SET name = excluded.name",
+            params![
+                &g.0[..],
+                if is_group { "group" } else { "direct" },
+                name,
+                i(now_ms)
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Sets a conversation's state.
+    pub fn set_state(c: &Connection, g: &GroupId, state: &str) -> Result<(), ClientError> {
+        c.execute(
+            "UPDATE conversations SET state = ?2 WHERE group_id = ?1",
+            params![&g.0[..], state],
+        )?;
+        Ok(())
+    }
+
+    /// Counts a message sent by this device.
+    pub fn count_sent(c: &Connection, g: &GroupId) -> Result<(), ClientError> {
+        c.execute(
+            "UPDATE conversations SET sent_since_update = sent_since_update + 1 WHERE group_id = ?1",
+            [&g.0[..]],
+        )?;
+        Ok(())
+    }
+
+    /// Records a self-update of this device's leaf.
+    pub fn updated(c: &Connection, g: &GroupId, now_ms: u64) -> Result<(), ClientError> {
+        c.execute(
+            "UPDATE conversations SET sent_since_update = 0, last_update_ms = ?2 WHERE group_id = ?1",
+            params![&g.0[..], i(now_ms)],
         )?;
         Ok(())
     }

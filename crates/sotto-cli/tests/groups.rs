@@ -1,0 +1,234 @@
+//! Groups through the real binaries: create, talk, add, remove, rename,
+//! promote, leave, and two admins committing at the same moment.
+
+use serde_json::Value;
+use sotto_test_support::{Profile, ServerProcess};
+use tempfile::TempDir;
+
+struct World {
+    _tmp: TempDir,
+    root: std::path::PathBuf,
+    server: ServerProcess,
+}
+
+impl World {
+    fn new() -> Self {
+        let tmp = TempDir::new().unwrap();
+        let root = tmp.path().to_owned();
+        let server = ServerProcess::start(&root.join("server"), &[]);
+        Self {
+            _tmp: tmp,
+            root,
+            server,
+        }
+    }
+
+    fn person(&self, name: &str) -> Profile {
+        let p = Profile::new(self.root.join(name));
+        let invite = self.server.invite();
+        p.sotto(&[
+            "register",
+            &self.server.link,
+            "--name",
+            name,
+            "--invite",
+            &invite,
+        ])
+        .ok();
+        p
+    }
+}
+
+fn receive(p: &Profile) -> Vec<(String, String, String)> {
+    p.sotto(&["receive", "--json"])
+        .ok()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (
+                v["conversation"].as_str().unwrap().to_owned(),
+                v["sender"].as_str().unwrap().to_owned(),
+                v["text"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn msg(conv: &str, sender: &str, text: &str) -> (String, String, String) {
+    (conv.into(), sender.into(), text.into())
+}
+
+/// The one group `p` knows by `name`, from `sotto groups --json`.
+fn group(p: &Profile, name: &str) -> Value {
+    let out = p.sotto(&["groups", "--json"]).ok();
+    let all: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let hits: Vec<&Value> = all.iter().filter(|g| g["name"] == name).collect();
+    assert_eq!(hits.len(), 1, "{out}");
+    hits[0].clone()
+}
+
+fn members(g: &Value) -> Vec<&str> {
+    g["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn three_people_talk_in_a_group_and_agree_on_it() {
+    let w = World::new();
+    let (alice, bob, carol) = (w.person("alice"), w.person("bob"), w.person("carol"));
+    alice
+        .sotto(&["group", "create", "ops", "bob", "carol"])
+        .ok();
+    alice.sotto(&["send", "ops", "hello ops"]).ok();
+    assert_eq!(receive(&bob), [msg("ops", "alice", "hello ops")]);
+    bob.sotto(&["send", "ops", "bob here"]).ok();
+    assert_eq!(
+        receive(&carol),
+        [
+            msg("ops", "alice", "hello ops"),
+            msg("ops", "bob", "bob here")
+        ]
+    );
+    assert_eq!(receive(&alice), [msg("ops", "bob", "bob here")]);
+    let views: Vec<Value> = [&alice, &bob, &carol]
+        .iter()
+        .map(|p| group(p, "ops"))
+        .collect();
+    for v in &views {
+        assert_eq!(v["epoch"], views[0]["epoch"]);
+        assert_eq!(v["id"], views[0]["id"]);
+        assert_eq!(members(v), ["alice", "bob", "carol"]);
+        assert_eq!(v["admins"], serde_json::json!(["alice"]));
+    }
+    // Text output names the group.
+    carol.sotto(&["send", "ops", "plain"]).ok();
+    assert_eq!(alice.sotto(&["receive"]).ok(), "[ops] carol: plain\n");
+}
+
+#[test]
+fn admins_add_remove_and_rename_and_others_cannot() {
+    let w = World::new();
+    let (alice, bob, carol, dave) = (
+        w.person("alice"),
+        w.person("bob"),
+        w.person("carol"),
+        w.person("dave"),
+    );
+    alice
+        .sotto(&["group", "create", "ops", "bob", "carol"])
+        .ok();
+    alice.sotto(&["send", "ops", "before dave"]).ok();
+    bob.sotto(&["group", "add", "ops", "dave"])
+        .fails_with("only admins add members");
+    bob.sotto(&["group", "remove", "ops", "carol"])
+        .fails_with("only admins remove members");
+    bob.sotto(&["group", "rename", "ops", "bobs"])
+        .fails_with("only admins rename the group");
+
+    alice.sotto(&["group", "add", "ops", "dave"]).ok();
+    alice.sotto(&["send", "ops", "with dave"]).ok();
+    assert_eq!(receive(&dave), [msg("ops", "alice", "with dave")]);
+
+    alice.sotto(&["group", "remove", "ops", "bob"]).ok();
+    alice.sotto(&["send", "ops", "without bob"]).ok();
+    // Bob gets what came before his removal, then nothing.
+    assert_eq!(
+        receive(&bob),
+        [
+            msg("ops", "alice", "before dave"),
+            msg("ops", "alice", "with dave")
+        ]
+    );
+    assert_eq!(group(&bob, "ops")["state"], "removed");
+    bob.sotto(&["send", "ops", "still here?"])
+        .fails_with("no longer a member");
+    assert_eq!(
+        receive(&carol),
+        [
+            msg("ops", "alice", "before dave"),
+            msg("ops", "alice", "with dave"),
+            msg("ops", "alice", "without bob")
+        ]
+    );
+    alice.sotto(&["group", "rename", "ops", "night shift"]).ok();
+    carol.sotto(&["send", "night shift", "new name"]).ok();
+    assert_eq!(
+        receive(&dave),
+        [
+            msg("ops", "alice", "without bob"),
+            msg("night shift", "carol", "new name")
+        ]
+    );
+    for p in [&alice, &carol, &dave] {
+        assert_eq!(
+            members(&group(p, "night shift")),
+            ["alice", "carol", "dave"]
+        );
+    }
+}
+
+#[test]
+fn a_member_leaves_and_the_others_complete_it() {
+    let w = World::new();
+    let (alice, bob, carol) = (w.person("alice"), w.person("bob"), w.person("carol"));
+    alice
+        .sotto(&["group", "create", "ops", "bob", "carol"])
+        .ok();
+    alice
+        .sotto(&["group", "leave", "ops"])
+        .fails_with("only admin");
+    carol.sotto(&["group", "leave", "ops"]).ok();
+    // The next member to receive commits carol's removal.
+    receive(&bob);
+    alice.sotto(&["send", "ops", "after carol"]).ok();
+    assert!(receive(&carol).is_empty());
+    assert_eq!(group(&carol, "ops")["state"], "removed");
+    assert_eq!(receive(&bob), [msg("ops", "alice", "after carol")]);
+    for p in [&alice, &bob] {
+        assert_eq!(members(&group(p, "ops")), ["alice", "bob"]);
+    }
+}
+
+#[test]
+fn two_admins_add_at_the_same_moment_and_both_land() {
+    let w = World::new();
+    let (alice, bob, carol) = (w.person("alice"), w.person("bob"), w.person("carol"));
+    let (dave, erin) = (w.person("dave"), w.person("erin"));
+    alice
+        .sotto(&["group", "create", "ops", "bob", "carol"])
+        .ok();
+    alice.sotto(&["group", "promote", "ops", "bob"]).ok();
+    receive(&bob);
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| alice.sotto(&["group", "add", "ops", "dave"]));
+        let b = s.spawn(|| bob.sotto(&["group", "add", "ops", "erin"]));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    a.ok();
+    b.ok();
+    for p in [&alice, &bob, &carol, &dave, &erin] {
+        receive(p);
+    }
+    let views: Vec<Value> = [&alice, &bob, &carol, &dave, &erin]
+        .iter()
+        .map(|p| group(p, "ops"))
+        .collect();
+    for v in &views {
+        assert_eq!(members(v), ["alice", "bob", "carol", "dave", "erin"]);
+        assert_eq!(
+            v["epoch"], views[0]["epoch"],
+            "members disagree on the epoch"
+        );
+    }
+    erin.sotto(&["send", "ops", "hi from erin"]).ok();
+    for p in [&alice, &bob, &carol, &dave] {
+        assert_eq!(receive(p), [msg("ops", "erin", "hi from erin")]);
+    }
+}

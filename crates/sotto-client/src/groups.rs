@@ -1,0 +1,649 @@
+//! Group conversations on the client: create, add, remove, leave, rename,
+//! promote, list; commits with automatic rebase when another member's commit
+//! won the epoch; committing members' leaves; periodic self-updates.
+
+use std::time::Duration;
+
+use openmls::prelude::KeyPackage;
+use sotto_core::group::{self, Change, GroupMeta};
+use sotto_core::mls;
+use sotto_proto::{
+    AccountId, Blob, CommitRequest, DeviceId, ErrorCode, GroupId, Handle, Request, Response,
+    SendRequest, WelcomeOut,
+};
+use tokio::time::{Instant, timeout_at};
+
+use crate::client::{conversation_name, now_ms, random_id, record_members, unexpected};
+use crate::store::{Provider, rows};
+use crate::transport::{Connection, Event};
+use crate::{Client, ClientError};
+
+/// How often a commit is rebuilt after losing its epoch before giving up.
+const COMMIT_ATTEMPTS: usize = 8;
+/// How long to wait for the commit that won an epoch.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
+
+/// What a `send` or `group` argument names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// A one-to-one conversation with this handle.
+    Handle(Handle),
+    /// A group.
+    Group(GroupId),
+}
+
+/// A group as `groups` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    /// The MLS group id.
+    pub id: GroupId,
+    /// Its name.
+    pub name: String,
+    /// Its MLS epoch.
+    pub epoch: u64,
+    /// Member handles, one per account, sorted.
+    pub members: Vec<String>,
+    /// Admin handles, sorted.
+    pub admins: Vec<String>,
+    /// `active`, `leaving` or `removed`.
+    pub state: String,
+}
+
+impl Client {
+    /// Resolves `#<id prefix>`, a group's name, or a handle.
+    pub(crate) fn resolve(&self, target: &str) -> Result<Target, ClientError> {
+        let groups: Vec<_> = self
+            .store
+            .conversations()?
+            .into_iter()
+            .filter(|c| c.is_group)
+            .collect();
+        if let Some(prefix) = target.strip_prefix('#') {
+            let hits: Vec<_> = groups
+                .iter()
+                .filter(|c| c.group.to_hex().starts_with(prefix))
+                .collect();
+            return match hits.as_slice() {
+                [one] => Ok(Target::Group(one.group)),
+                [] => Err(ClientError::Invalid(format!("no group with id {target}"))),
+                _ => Err(ClientError::Invalid(format!(
+                    "{target} names several groups: give more of the id"
+                ))),
+            };
+        }
+        let mut named: Vec<_> = groups.iter().filter(|c| c.name == target).collect();
+        if named.len() > 1 {
+            // A group this device was removed from does not compete for its name.
+            named.retain(|c| c.state != "removed");
+        }
+        match named.as_slice() {
+            [one] => Ok(Target::Group(one.group)),
+            [] => Handle::new(target)
+                .map(Target::Handle)
+                .map_err(|_| ClientError::Invalid(format!("no group or handle named {target:?}"))),
+            _ => Err(ClientError::Invalid(format!(
+                "several groups are named {target:?}: use #<id> (see `sotto groups`)"
+            ))),
+        }
+    }
+
+    fn group_target(&self, target: &str) -> Result<GroupId, ClientError> {
+        match self.resolve(target)? {
+            Target::Group(g) => Ok(g),
+            Target::Handle(_) => Err(ClientError::Invalid(format!("no group named {target:?}"))),
+        }
+    }
+
+    fn meta(&mut self, g: GroupId) -> Result<GroupMeta, ClientError> {
+        self.store
+            .transaction(|p, _| Ok(group::meta(p, g)?))?
+            .ok_or_else(|| ClientError::Invalid("not a group".into()))
+    }
+
+    fn require_admin(&mut self, g: GroupId, what: &str) -> Result<GroupMeta, ClientError> {
+        let meta = self.meta(g)?;
+        if !meta.is_admin(&self.id.account.id()) {
+            return Err(ClientError::Invalid(format!("only admins {what}")));
+        }
+        Ok(meta)
+    }
+
+    /// Claims and verifies one KeyPackage of every device of `handle`;
+    /// records the handle's account as a contact.
+    pub(crate) async fn claim(
+        &mut self,
+        conn: &mut Connection,
+        handle: &Handle,
+    ) -> Result<(AccountId, Vec<KeyPackage>), ClientError> {
+        let claimed = match conn
+            .request(Request::ClaimKeyPackages {
+                handle: handle.clone(),
+            })
+            .await
+        {
+            Ok(Response::KeyPackages(c)) => c,
+            Ok(other) => return Err(unexpected(&other)),
+            Err(ClientError::Server(e)) if e.code == ErrorCode::UnknownHandle => {
+                return Err(ClientError::Invalid(format!("unknown handle: {handle}")));
+            }
+            Err(ClientError::Server(e)) if e.code == ErrorCode::NoKeyPackages => {
+                return Err(ClientError::Invalid(format!(
+                    "{handle} has no key packages"
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        let mut key_packages: Vec<KeyPackage> = Vec::new();
+        self.store.transaction(|p, c| {
+            for d in &claimed.devices {
+                if let Ok((kp, id)) =
+                    mls::verify_key_package(p, &d.key_package.0, claimed.account, d.device)
+                {
+                    let same_suite = key_packages
+                        .first()
+                        .is_none_or(|f| f.ciphersuite() == kp.ciphersuite());
+                    if id.handle == *handle && same_suite {
+                        key_packages.push(kp);
+                    }
+                }
+            }
+            rows::put_contact(c, handle, &claimed.account)
+        })?;
+        if key_packages.is_empty() {
+            return Err(ClientError::Invalid(format!(
+                "{handle} has no valid key package"
+            )));
+        }
+        Ok((claimed.account, key_packages))
+    }
+
+    /// Processes deliveries until the local group reached `epoch`.
+    async fn catch_up(
+        &mut self,
+        conn: &mut Connection,
+        g: GroupId,
+        epoch: u64,
+    ) -> Result<(), ClientError> {
+        let deadline = Instant::now() + CATCH_UP_WAIT;
+        let mut acks = Vec::new();
+        let mut dropped = Vec::new();
+        loop {
+            let (now, active) = self
+                .store
+                .transaction(|p, _| Ok((mls::epoch(p, g)?, group::is_active(p, g)?)))?;
+            if !active {
+                Self::ack(conn, &mut acks).await?;
+                return Err(ClientError::Invalid(
+                    "this device was removed from the group".into(),
+                ));
+            }
+            if now >= epoch {
+                break;
+            }
+            let ev = timeout_at(deadline, conn.next_event())
+                .await
+                .map_err(|_| {
+                    ClientError::Invalid(
+                        "the group moved on and its new state did not arrive; try again".into(),
+                    )
+                })??;
+            if let Event::Deliver(d) = ev {
+                self.handle_event(&d, &mut dropped)?;
+                acks.push(d.seq);
+            }
+        }
+        Self::ack(conn, &mut acks).await
+    }
+
+    /// Stages the change `make` computes, sends it, and on a lost epoch
+    /// applies the winning commit and tries again. `None` if there was
+    /// nothing to commit.
+    pub(crate) async fn commit_with_retry(
+        &mut self,
+        conn: &mut Connection,
+        g: GroupId,
+        make: impl Fn(&Provider<'_>) -> Result<Change, ClientError>,
+    ) -> Result<Option<u64>, ClientError> {
+        for _ in 0..COMMIT_ATTEMPTS {
+            // The staged commit persists only if the server accepts it.
+            self.store.begin()?;
+            let device = &self.id.device;
+            let staged = self
+                .store
+                .in_open_transaction(|p, _| Ok(group::stage(p, device, g, make(p)?)?));
+            let staged = match staged {
+                Ok(Some(s)) => s,
+                Ok(None) => {
+                    self.store.rollback()?;
+                    return Ok(None);
+                }
+                Err(e) => {
+                    self.store.rollback()?;
+                    return Err(e);
+                }
+            };
+            let req = CommitRequest {
+                group: g,
+                epoch: staged.epoch,
+                msg_id: random_id(),
+                commit: Some(Blob(staged.commit)),
+                welcome: staged.welcome.map(|w| WelcomeOut {
+                    welcome: Blob(w),
+                    recipients: staged.welcome_recipients,
+                }),
+                members: staged.members,
+            };
+            match conn.request(Request::Commit(req)).await {
+                Ok(Response::Committed { epoch }) => {
+                    let me = self.id.credential();
+                    let r = self.store.in_open_transaction(|p, c| {
+                        mls::merge_pending(p, g)?;
+                        let members = mls::members(p, g)?;
+                        record_members(c, &me, &members)?;
+                        let (is_group, name) = conversation_name(p, g, &me, &members)?;
+                        rows::put_conversation(c, &g, is_group, &name, now_ms())
+                    });
+                    match r {
+                        Ok(()) => self.store.commit()?,
+                        Err(e) => {
+                            self.store.rollback()?;
+                            return Err(e);
+                        }
+                    }
+                    return Ok(Some(epoch));
+                }
+                Err(ClientError::Server(e)) if matches!(e.code, ErrorCode::StaleEpoch { .. }) => {
+                    self.store.rollback()?;
+                    let ErrorCode::StaleEpoch { current } = e.code else {
+                        unreachable!("matched above")
+                    };
+                    self.catch_up(conn, g, current).await?;
+                }
+                Ok(other) => {
+                    self.store.rollback()?;
+                    return Err(unexpected(&other));
+                }
+                Err(e) => {
+                    self.store.rollback()?;
+                    return Err(e);
+                }
+            }
+        }
+        Err(ClientError::Invalid(format!(
+            "the group kept moving: gave up after {COMMIT_ATTEMPTS} attempts; try again"
+        )))
+    }
+
+    /// Commits the leaves other members proposed.
+    pub(crate) async fn commit_proposals(
+        &mut self,
+        conn: &mut Connection,
+    ) -> Result<(), ClientError> {
+        while let Some(g) = self.proposals.pop_first() {
+            let active = self.store.transaction(|p, _| Ok(group::is_active(p, g)?))?;
+            if active {
+                self.commit_with_retry(conn, g, |_| Ok(Change::default()))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits a self-update in `g` if the policy says it is time.
+    pub(crate) async fn maybe_self_update(
+        &mut self,
+        conn: &mut Connection,
+        g: GroupId,
+    ) -> Result<(), ClientError> {
+        let Some(c) = self.store.conversation(&g)? else {
+            return Ok(());
+        };
+        let age = now_ms().saturating_sub(c.last_update_ms);
+        let due = c.sent_since_update >= self.policy.messages
+            || u128::from(age) >= self.policy.max_age.as_millis();
+        if !due {
+            return Ok(());
+        }
+        self.commit_with_retry(conn, g, |_| {
+            Ok(Change {
+                self_update: true,
+                ..Change::default()
+            })
+        })
+        .await?;
+        self.store
+            .transaction(|_, c| rows::updated(c, &g, now_ms()))
+    }
+
+    /// Creates a group named `name` with `members` (handles); this account
+    /// is its admin.
+    pub async fn group_create(
+        &mut self,
+        name: &str,
+        members: &[&str],
+    ) -> Result<GroupId, ClientError> {
+        let name = valid_name(name)?;
+        let handles = self.handles(members)?;
+        let mut conn = self.connect().await?;
+        self.sync(&mut conn).await?;
+        let mut kps = Vec::new();
+        for h in &handles {
+            kps.extend(self.claim(&mut conn, h).await?.1);
+        }
+        let mut id = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
+        let g = GroupId(id);
+        let me = self.id.credential();
+        let meta = GroupMeta {
+            name: name.clone(),
+            admins: vec![me.account],
+        };
+        self.store.begin()?;
+        let device = &self.id.device;
+        let created = self.store.in_open_transaction(|p, _| {
+            Ok(mls::create_group(p, &me, device, g, &kps, Some(&meta))?)
+        });
+        let created = match created {
+            Ok(c) => c,
+            Err(e) => {
+                self.store.rollback()?;
+                return Err(e);
+            }
+        };
+        let recipients: Vec<DeviceId> = created.members[1..].to_vec();
+        let req = CommitRequest {
+            group: g,
+            epoch: 0,
+            msg_id: random_id(),
+            commit: None,
+            welcome: Some(WelcomeOut {
+                welcome: Blob(created.welcome),
+                recipients,
+            }),
+            members: created.members,
+        };
+        match conn.request(Request::Commit(req)).await {
+            Ok(Response::Committed { .. }) => {
+                let r = self.store.in_open_transaction(|p, c| {
+                    mls::merge_pending(p, g)?;
+                    rows::put_conversation(c, &g, true, &name, now_ms())
+                });
+                match r {
+                    Ok(()) => self.store.commit()?,
+                    Err(e) => {
+                        self.store.rollback()?;
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(other) => {
+                self.store.rollback()?;
+                return Err(unexpected(&other));
+            }
+            Err(e) => {
+                self.store.rollback()?;
+                return Err(e);
+            }
+        }
+        conn.close().await;
+        Ok(g)
+    }
+
+    fn handles(&self, members: &[&str]) -> Result<Vec<Handle>, ClientError> {
+        let mut out: Vec<Handle> = Vec::new();
+        for m in members {
+            let h = Handle::new(m).map_err(|e| ClientError::Invalid(format!("{m}: {e}")))?;
+            if h == self.id.handle {
+                return Err(ClientError::Invalid(
+                    "you are a member of your own groups already".into(),
+                ));
+            }
+            if !out.contains(&h) {
+                out.push(h);
+            }
+        }
+        if out.is_empty() {
+            return Err(ClientError::Invalid("name at least one member".into()));
+        }
+        Ok(out)
+    }
+
+    /// Adds `members` (handles) to a group; admins only.
+    pub async fn group_add(&mut self, target: &str, members: &[&str]) -> Result<u64, ClientError> {
+        let handles = self.handles(members)?;
+        let mut conn = self.connect().await?;
+        self.sync(&mut conn).await?;
+        let g = self.group_target(target)?;
+        self.require_admin(g, "add members")?;
+        let present = self.member_handles(g)?;
+        let mut kps = Vec::new();
+        for h in &handles {
+            if present.contains(h) {
+                return Err(ClientError::Invalid(format!("{h} is a member already")));
+            }
+            kps.extend(self.claim(&mut conn, h).await?.1);
+        }
+        let epoch = self
+            .commit_with_retry(&mut conn, g, |_| {
+                Ok(Change {
+                    adds: kps.clone(),
+                    ..Change::default()
+                })
+            })
+            .await?;
+        conn.close().await;
+        epoch.ok_or_else(|| ClientError::Invalid("nothing to add".into()))
+    }
+
+    fn member_handles(&mut self, g: GroupId) -> Result<Vec<Handle>, ClientError> {
+        let members = self.store.transaction(|p, _| Ok(mls::members(p, g)?))?;
+        let mut out: Vec<Handle> = members.into_iter().map(|m| m.handle).collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Removes `members` (handles, all their devices) from a group; admins only.
+    pub async fn group_remove(
+        &mut self,
+        target: &str,
+        members: &[&str],
+    ) -> Result<u64, ClientError> {
+        let handles = self.handles(members)?;
+        let mut conn = self.connect().await?;
+        self.sync(&mut conn).await?;
+        let g = self.group_target(target)?;
+        self.require_admin(g, "remove members")?;
+        for h in &handles {
+            if !self.member_handles(g)?.contains(h) {
+                return Err(ClientError::Invalid(format!("{h} is not a member")));
+            }
+        }
+        let epoch = self
+            .commit_with_retry(&mut conn, g, |p| {
+                // Recomputed on every attempt: a rebase may have removed some already.
+                let removes = mls::members(p, g)?
+                    .into_iter()
+                    .filter(|m| handles.contains(&m.handle))
+                    .map(|m| m.device)
+                    .collect();
+                Ok(Change {
+                    removes,
+                    ..Change::default()
+                })
+            })
+            .await?;
+        // The removed member's meta (admins) is cleaned up too.
+        let meta = self.meta(g)?;
+        let gone: Vec<AccountId> = self
+            .store
+            .contacts()?
+            .into_iter()
+            .filter(|(h, _)| handles.iter().any(|x| x.as_str() == h))
+            .map(|(_, a)| a)
+            .collect();
+        if meta.admins.iter().any(|a| gone.contains(a)) {
+            let admins: Vec<AccountId> = meta
+                .admins
+                .iter()
+                .filter(|a| !gone.contains(a))
+                .copied()
+                .collect();
+            self.commit_with_retry(&mut conn, g, |_| {
+                Ok(Change {
+                    meta: Some(GroupMeta {
+                        name: meta.name.clone(),
+                        admins: admins.clone(),
+                    }),
+                    ..Change::default()
+                })
+            })
+            .await?;
+        }
+        conn.close().await;
+        epoch.ok_or_else(|| ClientError::Invalid("nothing to remove".into()))
+    }
+
+    /// Renames a group; admins only.
+    pub async fn group_rename(&mut self, target: &str, name: &str) -> Result<(), ClientError> {
+        let name = valid_name(name)?;
+        let mut conn = self.connect().await?;
+        self.sync(&mut conn).await?;
+        let g = self.group_target(target)?;
+        self.require_admin(g, "rename the group")?;
+        self.commit_with_retry(&mut conn, g, |p| {
+            let meta =
+                group::meta(p, g)?.ok_or_else(|| ClientError::Invalid("not a group".into()))?;
+            Ok(Change {
+                meta: Some(GroupMeta {
+                    name: name.clone(),
+                    ..meta
+                }),
+                ..Change::default()
+            })
+        })
+        .await?;
+        conn.close().await;
+        Ok(())
+    }
+
+    /// Makes `member` an admin of a group; admins only.
+    pub async fn group_promote(&mut self, target: &str, member: &str) -> Result<(), ClientError> {
+        let handle =
+            Handle::new(member).map_err(|e| ClientError::Invalid(format!("{member}: {e}")))?;
+        let mut conn = self.connect().await?;
+        self.sync(&mut conn).await?;
+        let g = self.group_target(target)?;
+        self.require_admin(g, "promote members")?;
+        self.commit_with_retry(&mut conn, g, |p| {
+            let meta =
+                group::meta(p, g)?.ok_or_else(|| ClientError::Invalid("not a group".into()))?;
+            let account = mls::members(p, g)?
+                .into_iter()
+                .find(|m| m.handle == handle)
+                .map(|m| m.account)
+                .ok_or_else(|| ClientError::Invalid(format!("{handle} is not a member")))?;
+            let mut admins = meta.admins.clone();
+            if !admins.contains(&account) {
+                admins.push(account);
+            }
+            Ok(Change {
+                meta: Some(GroupMeta { admins, ..meta }),
+                ..Change::default()
+            })
+        })
+        .await?;
+        conn.close().await;
+        Ok(())
+    }
+
+    /// Leaves a group: proposes this device's removal, which the next
+    /// member to receive it commits.
+    pub async fn group_leave(&mut self, target: &str) -> Result<(), ClientError> {
+        let mut conn = self.connect().await?;
+        self.sync(&mut conn).await?;
+        let g = self.group_target(target)?;
+        let meta = self.meta(g)?;
+        let me = self.id.account.id();
+        let members = self.member_handles(g)?;
+        if meta.admins == [me] && members.len() > 1 {
+            return Err(ClientError::Invalid(
+                "you are the group's only admin: promote another member first".into(),
+            ));
+        }
+        let device = &self.id.device;
+        let proposal = self.store.transaction(|p, c| {
+            let m = group::propose_leave(p, device, g)?;
+            rows::set_state(c, &g, "leaving")?;
+            Ok(m)
+        })?;
+        let req = SendRequest {
+            group: g,
+            msg_id: random_id(),
+            payload: Blob(proposal),
+        };
+        match conn.request(Request::Send(req)).await? {
+            Response::Accepted { .. } => {}
+            other => return Err(unexpected(&other)),
+        }
+        conn.close().await;
+        Ok(())
+    }
+
+    /// Every group this profile knows, with members and epoch.
+    pub fn groups(&mut self) -> Result<Vec<GroupInfo>, ClientError> {
+        let mut out = Vec::new();
+        for c in self
+            .store
+            .conversations()?
+            .into_iter()
+            .filter(|c| c.is_group)
+        {
+            let g = c.group;
+            let (epoch, members, meta) = self.store.transaction(|p, _| {
+                Ok((mls::epoch(p, g)?, mls::members(p, g)?, group::meta(p, g)?))
+            })?;
+            let mut names: Vec<String> = members.iter().map(|m| m.handle.to_string()).collect();
+            names.sort();
+            names.dedup();
+            let mut admins: Vec<String> = meta
+                .map(|m| {
+                    members
+                        .iter()
+                        .filter(|x| m.admins.contains(&x.account))
+                        .map(|x| x.handle.to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            admins.sort();
+            admins.dedup();
+            out.push(GroupInfo {
+                id: g,
+                name: c.name,
+                epoch,
+                members: if c.state == "removed" {
+                    Vec::new()
+                } else {
+                    names
+                },
+                admins,
+                state: c.state,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn valid_name(name: &str) -> Result<String, ClientError> {
+    let name = name.trim();
+    if name.is_empty()
+        || name.len() > 64
+        || name.starts_with('#')
+        || name.chars().any(char::is_control)
+    {
+        return Err(ClientError::Invalid(
+            "a group name is 1 to 64 printable characters, not starting with '#'".into(),
+        ));
+    }
+    Ok(name.to_owned())
+}
