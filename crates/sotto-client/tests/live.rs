@@ -242,3 +242,34 @@ async fn garbage_from_a_peer_is_set_aside_and_the_mailbox_keeps_moving() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn devices_commit_self_updates_by_policy() {
+    let tmp = TempDir::new().unwrap();
+    let server = InProcessServer::start(tmp.path(), ServerConfig::default()).await;
+    let mut alice = register(&server, tmp.path(), "alice").await;
+    let mut bob = register(&server, tmp.path(), "bob").await;
+    alice.group_create("pcs", &["bob"]).await.unwrap();
+    alice.set_policy(sotto_client::Policy {
+        messages: 2,
+        max_age: Duration::from_secs(3600),
+    });
+    let epoch = |c: &mut Client| c.groups().unwrap()[0].epoch;
+    assert_eq!(epoch(&mut alice), 1);
+    alice.send("pcs", "one").await.unwrap();
+    assert_eq!(epoch(&mut alice), 1);
+    alice.send("pcs", "two").await.unwrap();
+    assert_eq!(epoch(&mut alice), 2, "no self-update after two messages");
+    alice.send("pcs", "three").await.unwrap();
+    let mut texts = Vec::new();
+    bob.receive(Duration::ZERO, |ev| {
+        if let ReceiveEvent::Message(m) = ev {
+            texts.push(m.text.clone());
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(texts, ["one", "two", "three"]);
+    assert_eq!(epoch(&mut bob), 2);
+    server.stop().await;
+}

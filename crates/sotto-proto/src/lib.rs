@@ -21,11 +21,16 @@ pub use ids::*;
 /// `Login`; a server answers an unknown version with [`ErrorCode::UnsupportedVersion`].
 pub const PROTOCOL_VERSION: u16 = 1;
 
-/// The largest encoded frame either side accepts, in bytes.
-pub const MAX_FRAME_BYTES: usize = 256 * 1024;
+/// The largest encoded frame either side accepts, in bytes. Sized for the
+/// commits and Welcomes of large post-quantum groups (a Welcome carries the
+/// ratchet tree, about 1.5 KiB per member with X-Wing keys).
+pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 
-/// The largest MLS payload (ciphertext, commit or welcome) in one frame.
-pub const MAX_PAYLOAD_BYTES: usize = 200 * 1024;
+/// The largest MLS application message in one frame.
+pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+
+/// The largest MLS commit or Welcome in one frame.
+pub const MAX_HANDSHAKE_BYTES: usize = MAX_FRAME_BYTES - 64 * 1024;
 
 /// How many KeyPackages one upload may carry.
 pub const MAX_KEY_PACKAGES_PER_UPLOAD: usize = 100;

@@ -15,9 +15,9 @@ use sha2::{Digest, Sha256};
 use sotto_proto::{
     ClaimedKeyPackage, ClaimedKeyPackages, ClientFrame, CommitRequest, Delivery, DeviceId,
     EnvelopeKind, ErrorCode, LoginRequest, MAX_ACKS_PER_FRAME, MAX_GROUP_DEVICES,
-    MAX_KEY_PACKAGES_PER_UPLOAD, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, ProtoError, RegisterRequest,
-    Request, Response, SendRequest, ServerFrame, ServerHello, Session, Signature,
-    UploadKeyPackages,
+    MAX_HANDSHAKE_BYTES, MAX_KEY_PACKAGES_PER_UPLOAD, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION,
+    ProtoError, RegisterRequest, Request, Response, SendRequest, ServerFrame, ServerHello, Session,
+    Signature, UploadKeyPackages,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -509,10 +509,10 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
         let too_big = c
             .commit
             .as_ref()
-            .is_some_and(|b| b.0.len() > MAX_PAYLOAD_BYTES)
+            .is_some_and(|b| b.0.len() > MAX_HANDSHAKE_BYTES)
             || c.welcome
                 .as_ref()
-                .is_some_and(|w| w.welcome.0.len() > MAX_PAYLOAD_BYTES);
+                .is_some_and(|w| w.welcome.0.len() > MAX_HANDSHAKE_BYTES);
         if too_big || c.members.len() > MAX_GROUP_DEVICES {
             return Err(ProtoError::new(ErrorCode::TooLarge));
         }
