@@ -69,6 +69,14 @@ enum Cmd {
     },
     /// List known contacts.
     Contacts,
+    /// Show the safety number with a contact (and a QR code to scan).
+    Verify {
+        /// The contact's handle.
+        handle: String,
+        /// Mark the contact verified: you compared the number with them.
+        #[arg(long)]
+        confirm: bool,
+    },
     /// Manage groups.
     #[command(subcommand)]
     Group(GroupCmd),
@@ -216,6 +224,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let pass = passphrase(false)?;
             let mut c = Client::open(&profile, &pass)?;
             let id = c.send(&to, &text).await?;
+            warn(&mut c);
             println!("sent {}", id.to_hex());
         }
         Cmd::Receive { json, wait } => {
@@ -242,6 +251,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ReceiveEvent::Synced => {}
             })
             .await?;
+            warn(&mut c);
             if let Some(e) = failed {
                 return Err(e.into());
             }
@@ -275,6 +285,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("{member} is an admin of {group}");
                 }
             }
+            warn(&mut c);
         }
         Cmd::Groups { json } => {
             let pass = passphrase(false)?;
@@ -298,8 +309,47 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Contacts => {
             let pass = passphrase(false)?;
             let c = Client::open(&profile, &pass)?;
-            for (handle, account) in c.contacts()? {
-                println!("{handle}\t{}", account.to_hex());
+            for k in c.contacts()? {
+                let status = if k.needs_confirm {
+                    "KEY CHANGED (was verified)"
+                } else if k.verified {
+                    "verified"
+                } else if k.key_changed {
+                    "KEY CHANGED"
+                } else {
+                    "unverified"
+                };
+                println!("{}\t{}\t{status}", k.handle, k.account.to_hex());
+            }
+        }
+        Cmd::Verify { handle, confirm } => {
+            let pass = passphrase(false)?;
+            let mut c = Client::open(&profile, &pass)?;
+            if confirm {
+                c.confirm(&handle)?;
+                println!("{handle} is verified");
+            } else {
+                let v = c.verification(&handle)?;
+                println!("safety number with {handle}:");
+                println!("{}", safety_number_lines(&v.number));
+                let qr = qrcode::QrCode::new(format!("sotto-safety:v0:{}", v.number))?;
+                println!(
+                    "{}",
+                    qr.render::<qrcode::render::unicode::Dense1x2>()
+                        .quiet_zone(true)
+                        .build()
+                );
+                if v.contact.needs_confirm {
+                    println!("WARNING: {handle}'s identity key changed since you verified it.");
+                }
+                println!(
+                    "{handle} is {}. Compare this number with theirs (in person or on a call you trust); if it matches, run `sotto verify {handle} --confirm`.",
+                    if v.contact.verified {
+                        "verified"
+                    } else {
+                        "not verified"
+                    }
+                );
             }
         }
     }
@@ -308,4 +358,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
+}
+
+/// Prints what the client wants the user to know (key changes) to stderr.
+fn warn(c: &mut Client) {
+    for w in c.take_warnings() {
+        eprintln!("sotto: {w}");
+    }
+}
+
+fn safety_number_lines(n: &str) -> String {
+    n.as_bytes()
+        .chunks(30)
+        .map(|half| {
+            half.chunks(5)
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }

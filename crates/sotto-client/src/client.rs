@@ -17,7 +17,7 @@ use sotto_proto::{
 };
 use tokio::time::{Instant, timeout_at};
 
-use crate::store::{Identity, NewMessage, Store, StoredMessage, rows};
+use crate::store::{Contact, ContactChange, Identity, NewMessage, Store, StoredMessage, rows};
 use crate::transport::{Connection, Event};
 use crate::{ClientError, ServerLink};
 
@@ -65,6 +65,8 @@ pub struct Client {
     pub(crate) id: Identity,
     /// Groups with a pending proposal (a member's leave) to commit.
     pub(crate) proposals: std::collections::BTreeSet<GroupId>,
+    /// Things the user must be told (key changes).
+    pub(crate) warnings: Vec<String>,
     pub(crate) policy: Policy,
 }
 
@@ -105,6 +107,15 @@ pub(crate) fn unexpected(r: &Response) -> ClientError {
     ClientError::Malformed(format!("unexpected response {r:?}"))
 }
 
+/// A safety number and the contact it is for.
+#[derive(Debug, Clone)]
+pub struct Verification {
+    /// 60 digits, the same on both sides.
+    pub number: String,
+    /// The contact.
+    pub contact: Contact,
+}
+
 /// What became of one delivery.
 #[derive(Debug)]
 enum Outcome {
@@ -115,16 +126,27 @@ enum Outcome {
     Proposal(GroupId),
 }
 
-/// Remembers every member's handle as a contact.
+/// Remembers every member's handle as a contact; a handle that now stands
+/// for another key adds a warning.
 pub(crate) fn record_members(
     c: &rusqlite::Connection,
     me: &CredentialIdentity,
     members: &[CredentialIdentity],
+    warnings: &mut Vec<String>,
 ) -> Result<(), ClientError> {
     for m in members.iter().filter(|m| m.account != me.account) {
-        rows::put_contact(c, &m.handle, &m.account)?;
+        if let ContactChange::Changed { .. } = rows::put_contact(c, &m.handle, &m.account)? {
+            warnings.push(key_changed_warning(&m.handle));
+        }
     }
     Ok(())
+}
+
+/// The loud line shown when a contact's identity key changed.
+pub(crate) fn key_changed_warning(handle: &Handle) -> String {
+    format!(
+        "WARNING: the identity key of {handle} changed. Compare the new safety number with `sotto verify {handle}` before trusting it"
+    )
 }
 
 /// A group's name from its metadata; a one-to-one conversation is named
@@ -163,6 +185,7 @@ impl Client {
             store,
             id,
             proposals: Default::default(),
+            warnings: Vec::new(),
             policy: Policy::default(),
         })
     }
@@ -247,6 +270,7 @@ impl Client {
                 ..id
             },
             proposals: Default::default(),
+            warnings: Vec::new(),
             policy: Policy::default(),
         };
         client
@@ -267,8 +291,39 @@ impl Client {
     }
 
     /// Known contacts.
-    pub fn contacts(&self) -> Result<Vec<(String, sotto_proto::AccountId)>, ClientError> {
+    pub fn contacts(&self) -> Result<Vec<Contact>, ClientError> {
         self.store.contacts()
+    }
+
+    /// Warnings gathered since the last call (key changes), for the user.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
+    }
+
+    /// The safety number with a contact.
+    pub fn verification(&self, handle: &str) -> Result<Verification, ClientError> {
+        let h = Handle::new(handle).map_err(|e| ClientError::Invalid(format!("{handle}: {e}")))?;
+        let c = self.store.contact_info(&h)?.ok_or_else(|| {
+            ClientError::Invalid(format!(
+                "{h} is not a contact yet: exchange a message first"
+            ))
+        })?;
+        Ok(Verification {
+            number: sotto_core::verify::safety_number(&self.id.account.id(), &c.account),
+            contact: c,
+        })
+    }
+
+    /// Marks a contact's current identity key as verified.
+    pub fn confirm(&mut self, handle: &str) -> Result<(), ClientError> {
+        let v = self.verification(handle)?;
+        let h = Handle::new(handle).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        if !self.store.confirm_contact(&h, &v.contact.account)? {
+            return Err(ClientError::Invalid(
+                "the contact changed meanwhile; run verify again".into(),
+            ));
+        }
+        Ok(())
     }
 
     pub(crate) async fn connect(&mut self) -> Result<Connection, ClientError> {
@@ -325,6 +380,7 @@ impl Client {
     fn process(&mut self, d: &Delivery) -> Result<Outcome, ClientError> {
         let me = self.id.credential();
         let env = &d.envelope;
+        let mut warnings = Vec::new();
         let attempt = self.store.transaction(|p, c| {
             if rows::is_processed(c, &env.sender, &env.msg_id)? {
                 return Ok(Outcome::Duplicate);
@@ -335,7 +391,7 @@ impl Client {
                     if joined.members.iter().all(|m| m.device != env.sender) {
                         return Err(ClientError::Core(CoreError::ForgedCredential));
                     }
-                    record_members(c, &me, &joined.members)?;
+                    record_members(c, &me, &joined.members, &mut warnings)?;
                     let (is_group, name) =
                         conversation_name(p, joined.group_id, &me, &joined.members)?;
                     rows::put_conversation(c, &joined.group_id, is_group, &name, now_ms())?;
@@ -389,7 +445,7 @@ impl Client {
                     }
                     (_, Processed::Commit { .. }) => {
                         let members = mls::members(p, env.group)?;
-                        record_members(c, &me, &members)?;
+                        record_members(c, &me, &members, &mut warnings)?;
                         let (is_group, name) = conversation_name(p, env.group, &me, &members)?;
                         rows::put_conversation(c, &env.group, is_group, &name, now_ms())?;
                         Outcome::Stored
@@ -401,6 +457,7 @@ impl Client {
             rows::mark_processed(c, &env.sender, &env.msg_id)?;
             Ok(outcome)
         });
+        self.warnings.append(&mut warnings);
         match attempt {
             Ok(o) => Ok(o),
             // A message that cannot be processed is set aside (marked, acked)

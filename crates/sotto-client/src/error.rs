@@ -44,6 +44,12 @@ pub enum ClientError {
     /// An MLS step failed.
     #[error(transparent)]
     Core(#[from] sotto_core::CoreError),
+    /// A verified contact's identity key changed; the user must compare and
+    /// confirm the new safety number before sending to it.
+    #[error(
+        "the identity key of {0} changed since you verified it: compare the new safety number (`sotto verify {0}`) and confirm it (`sotto verify {0} --confirm`) before sending"
+    )]
+    KeyChanged(String),
     /// Something else the user asked for that cannot be done.
     #[error("{0}")]
     Invalid(String),

@@ -13,8 +13,10 @@ use sotto_proto::{
 };
 use tokio::time::{Instant, timeout_at};
 
-use crate::client::{conversation_name, now_ms, random_id, record_members, unexpected};
-use crate::store::{Provider, rows};
+use crate::client::{
+    conversation_name, key_changed_warning, now_ms, random_id, record_members, unexpected,
+};
+use crate::store::{ContactChange, Provider, rows};
 use crate::transport::{Connection, Event};
 use crate::{Client, ClientError};
 
@@ -134,7 +136,8 @@ impl Client {
             Err(e) => return Err(e),
         };
         let mut key_packages: Vec<KeyPackage> = Vec::new();
-        self.store.transaction(|p, c| {
+        let mut foreign = 0;
+        let change = self.store.transaction(|p, c| {
             for d in &claimed.devices {
                 if let Ok((kp, id)) =
                     mls::verify_key_package(p, &d.key_package.0, claimed.account, d.device)
@@ -142,13 +145,33 @@ impl Client {
                     let same_suite = key_packages
                         .first()
                         .is_none_or(|f| f.ciphersuite() == kp.ciphersuite());
-                    if id.handle == *handle && same_suite {
+                    if id.handle != *handle {
+                        foreign += 1;
+                    } else if same_suite {
                         key_packages.push(kp);
                     }
                 }
             }
-            rows::put_contact(c, handle, &claimed.account)
+            if foreign > 0 {
+                return Ok(None);
+            }
+            rows::put_contact(c, handle, &claimed.account).map(Some)
         })?;
+        if foreign > 0 {
+            return Err(ClientError::Invalid(format!(
+                "the server answered for {handle} with keys of someone else: refusing"
+            )));
+        }
+        if let Some(ContactChange::Changed { .. }) = change {
+            self.warnings.push(key_changed_warning(handle));
+        }
+        if self
+            .store
+            .contact_info(handle)?
+            .is_some_and(|c| c.needs_confirm)
+        {
+            return Err(ClientError::KeyChanged(handle.to_string()));
+        }
         if key_packages.is_empty() {
             return Err(ClientError::Invalid(format!(
                 "{handle} has no valid key package"
@@ -236,10 +259,11 @@ impl Client {
             match conn.request(Request::Commit(req)).await {
                 Ok(Response::Committed { epoch }) => {
                     let me = self.id.credential();
+                    let mut warnings = Vec::new();
                     let r = self.store.in_open_transaction(|p, c| {
                         mls::merge_pending(p, g)?;
                         let members = mls::members(p, g)?;
-                        record_members(c, &me, &members)?;
+                        record_members(c, &me, &members, &mut warnings)?;
                         let (is_group, name) = conversation_name(p, g, &me, &members)?;
                         rows::put_conversation(c, &g, is_group, &name, now_ms())
                     });
@@ -250,6 +274,7 @@ impl Client {
                             return Err(e);
                         }
                     }
+                    self.warnings.append(&mut warnings);
                     return Ok(Some(epoch));
                 }
                 Err(ClientError::Server(e)) if matches!(e.code, ErrorCode::StaleEpoch { .. }) => {
@@ -479,8 +504,8 @@ impl Client {
             .store
             .contacts()?
             .into_iter()
-            .filter(|(h, _)| handles.iter().any(|x| x.as_str() == h))
-            .map(|(_, a)| a)
+            .filter(|c| handles.iter().any(|x| x.as_str() == c.handle))
+            .map(|c| c.account)
             .collect();
         if meta.admins.iter().any(|a| gone.contains(a)) {
             let admins: Vec<AccountId> = meta

@@ -15,7 +15,7 @@ pub mod link;
 pub mod store;
 pub mod transport;
 
-pub use client::{Client, Policy, ReceiveEvent, ReceivedMessage, RegisterOptions};
+pub use client::{Client, Policy, ReceiveEvent, ReceivedMessage, RegisterOptions, Verification};
 pub use error::ClientError;
 pub use groups::GroupInfo;
 pub use link::ServerLink;

@@ -72,7 +72,10 @@ CREATE TABLE IF NOT EXISTS profile (
 );
 CREATE TABLE IF NOT EXISTS contacts (
     handle      TEXT PRIMARY KEY,
-    account     BLOB NOT NULL
+    account     BLOB NOT NULL,
+    verified    INTEGER NOT NULL DEFAULT 0,   -- the user confirmed the safety number of `account`
+    needs_confirm INTEGER NOT NULL DEFAULT 0, -- a verified contact's key changed
+    previous_account BLOB
 );
 CREATE TABLE IF NOT EXISTS conversations (
     group_id    BLOB PRIMARY KEY,
@@ -140,6 +143,36 @@ impl Identity {
             handle: self.handle.clone(),
         }
     }
+}
+
+/// A contact: a handle and the account (identity key) it stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contact {
+    /// The handle.
+    pub handle: String,
+    /// The account the handle currently stands for.
+    pub account: AccountId,
+    /// The user compared the safety number of this account and confirmed it.
+    pub verified: bool,
+    /// The contact was verified, then its key changed: sending to it needs
+    /// the user to confirm the new key.
+    pub needs_confirm: bool,
+    /// The account differs from the one first seen for this handle.
+    pub key_changed: bool,
+}
+
+/// What recording a contact changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContactChange {
+    /// First seen.
+    New,
+    /// Already known with this key.
+    Same,
+    /// Known with another key; `was_verified` if the old one was verified.
+    Changed {
+        /// Whether the user had verified the old key.
+        was_verified: bool,
+    },
 }
 
 /// A conversation as stored.
@@ -425,19 +458,53 @@ impl Store {
     }
 
     /// All contacts.
-    pub fn contacts(&self) -> Result<Vec<(String, AccountId)>, ClientError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT handle, account FROM contacts ORDER BY handle")?;
+    pub fn contacts(&self) -> Result<Vec<Contact>, ClientError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT handle, account, verified, needs_confirm, previous_account FROM contacts ORDER BY handle",
+        )?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, Option<Vec<u8>>>(4)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (h, a) = row?;
-            out.push((h, AccountId(arr(a)?)));
+            let (h, a, v, n, prev) = row?;
+            out.push(Contact {
+                handle: h,
+                account: AccountId(arr(a)?),
+                verified: v != 0,
+                needs_confirm: n != 0,
+                key_changed: prev.is_some(),
+            });
         }
         Ok(out)
+    }
+
+    /// One contact.
+    pub fn contact_info(&self, handle: &Handle) -> Result<Option<Contact>, ClientError> {
+        Ok(self
+            .contacts()?
+            .into_iter()
+            .find(|c| c.handle == handle.as_str()))
+    }
+
+    /// Marks a contact's current key as verified by the user.
+    pub fn confirm_contact(
+        &mut self,
+        handle: &Handle,
+        account: &AccountId,
+    ) -> Result<bool, ClientError> {
+        let n = self.conn.execute(
+            "UPDATE contacts SET verified = 1, needs_confirm = 0, previous_account = NULL \
+             WHERE handle = ?1 AND account = ?2",
+            params![handle.as_str(), &account.0[..]],
+        )?;
+        Ok(n == 1)
     }
 
     /// Messages not yet shown, in arrival order; marks them shown.
@@ -553,18 +620,40 @@ impl Store {
 pub mod rows {
     use super::*;
 
-    /// Records a contact.
+    /// Records a contact. A handle that now stands for another account is
+    /// a key change: the old account is kept for the warning, and a
+    /// verified contact needs the user's confirmation again.
     pub fn put_contact(
         c: &Connection,
         handle: &Handle,
         account: &AccountId,
-    ) -> Result<(), ClientError> {
-        c.execute(
-            "INSERT INTO contacts (handle, account) VALUES (?1, ?2) \
-             ON CONFLICT(handle) DO UPDATE SET account = excluded.account",
-            params![handle.as_str(), &account.0[..]],
-        )?;
-        Ok(())
+    ) -> Result<ContactChange, ClientError> {
+        let known: Option<(Vec<u8>, i64, i64)> = c
+            .query_row(
+                "SELECT account, verified, needs_confirm FROM contacts WHERE handle = ?1",
+                [handle.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        match known {
+            None => {
+                c.execute(
+                    "INSERT INTO contacts (handle, account) VALUES (?1, ?2)",
+                    params![handle.as_str(), &account.0[..]],
+                )?;
+                Ok(ContactChange::New)
+            }
+            Some((a, _, _)) if a == account.0 => Ok(ContactChange::Same),
+            Some((a, verified, needs)) => {
+                let was_verified = verified != 0 || needs != 0;
+                c.execute(
+                    "UPDATE contacts SET account = ?2, previous_account = ?3, verified = 0, needs_confirm = ?4 \
+                     WHERE handle = ?1",
+                    params![handle.as_str(), &account.0[..], a, i64::from(was_verified)],
+                )?;
+                Ok(ContactChange::Changed { was_verified })
+            }
+        }
     }
 
     /// Records a conversation (or renames it).

@@ -12,6 +12,7 @@ pub mod group;
 pub mod identity;
 pub mod message;
 pub mod mls;
+pub mod verify;
 
 pub use identity::{AccountKey, CredentialIdentity, DeviceKey};
 pub use message::{AppMessage, Body};
