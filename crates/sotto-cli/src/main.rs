@@ -69,6 +69,20 @@ enum Cmd {
     },
     /// List known contacts.
     Contacts,
+    /// Link this new profile to an existing account: shows a code to approve
+    /// on one of the account's devices, then waits for the approval.
+    Link {
+        /// The server link (sotto://HOST:PORT#fp=...).
+        link: String,
+        /// Seconds to wait for the approval.
+        #[arg(long, default_value_t = 600)]
+        wait: u64,
+    },
+    /// List this account's devices, approve a new one, or revoke one.
+    Devices {
+        #[command(subcommand)]
+        cmd: Option<DevicesCmd>,
+    },
     /// Show the safety number with a contact (and a QR code to scan).
     Verify {
         /// The contact's handle.
@@ -85,6 +99,20 @@ enum Cmd {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevicesCmd {
+    /// Approve a new device from the code `sotto link` shows on it.
+    Approve {
+        /// The link code (sotto-link:...).
+        code: String,
+    },
+    /// Revoke a device (by id or id prefix) from the account and every conversation.
+    Revoke {
+        /// The device id, or a prefix of it.
+        id: String,
     },
 }
 
@@ -321,6 +349,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 };
                 println!("{}\t{}\t{status}", k.handle, k.account.to_hex());
             }
+        }
+        Cmd::Link { link, wait } => {
+            let link = ServerLink::parse(&link)?;
+            let pass = passphrase(!sotto_client::store::Store::db_path(&profile).exists())?;
+            let code = sotto_client::devices::link_start(&profile, &pass, &link)?;
+            let text = code.to_text();
+            println!("{text}");
+            let qr = qrcode::QrCode::new(&text)?;
+            eprintln!(
+                "{}",
+                qr.render::<qrcode::render::unicode::Dense1x2>()
+                    .quiet_zone(true)
+                    .build()
+            );
+            eprintln!("approve on one of your devices: sotto devices approve {text}");
+            std::io::stdout().flush()?;
+            let c = sotto_client::devices::link_wait(&profile, &pass, Duration::from_secs(wait))
+                .await?;
+            println!("linked: this device is now {}", c.handle());
+        }
+        Cmd::Devices { cmd } => {
+            let pass = passphrase(false)?;
+            let mut c = Client::open(&profile, &pass)?;
+            match cmd {
+                None => {
+                    for d in c.devices().await? {
+                        let mark = if d.this_device { "\tthis device" } else { "" };
+                        println!("{}{mark}", d.id.to_hex());
+                    }
+                }
+                Some(DevicesCmd::Approve { code }) => {
+                    let n = c.approve(&code).await?;
+                    println!("approved: the new device was added to {n} conversation(s)");
+                }
+                Some(DevicesCmd::Revoke { id }) => {
+                    let d = c.revoke(&id).await?;
+                    println!("revoked {}", d.to_hex());
+                }
+            }
+            warn(&mut c);
         }
         Cmd::Verify { handle, confirm } => {
             let pass = passphrase(false)?;

@@ -64,6 +64,8 @@ fn impersonate(server: &ServerProcess, evil: &ServerProcess, victim: &str) {
          INSERT INTO key_packages SELECT k.* FROM evil.key_packages k
              JOIN evil.devices d ON d.device = k.device JOIN evil.accounts a ON a.account = d.account
              WHERE a.handle = '{victim}';
+         INSERT INTO device_lists SELECT l.* FROM evil.device_lists l JOIN evil.accounts a ON a.account = l.account
+             WHERE a.handle = '{victim}';
          INSERT INTO last_resort_key_packages SELECT k.* FROM evil.last_resort_key_packages k
              JOIN evil.devices d ON d.device = k.device JOIN evil.accounts a ON a.account = d.account
              WHERE a.handle = '{victim}';

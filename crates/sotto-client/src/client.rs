@@ -142,6 +142,29 @@ pub(crate) fn record_members(
     Ok(())
 }
 
+/// Caches a contact's signed device list; a change of devices adds a
+/// warning naming the contact.
+pub(crate) fn note_list(
+    c: &rusqlite::Connection,
+    l: &sotto_proto::SignedDeviceList,
+    warnings: &mut Vec<String>,
+) -> Result<crate::store::ListChange, ClientError> {
+    let change = rows::put_list(c, l)?;
+    if change == crate::store::ListChange::Changed {
+        let who: Option<String> = rusqlite::OptionalExtension::optional(c.query_row(
+            "SELECT handle FROM contacts WHERE account = ?1",
+            [&l.account.0[..]],
+            |r| r.get(0),
+        ))?;
+        warnings.push(format!(
+            "WARNING: the devices of {} changed: {} device(s) now",
+            who.unwrap_or_else(|| l.account.short()),
+            l.devices.len()
+        ));
+    }
+    Ok(change)
+}
+
 /// The loud line shown when a contact's identity key changed.
 pub(crate) fn key_changed_warning(handle: &Handle) -> String {
     format!(
@@ -257,8 +280,9 @@ impl Client {
             pow_nonce,
             account_signature: id.account.sign(&t),
             device_signature: id.device.sign(&t),
+            device_list: id.account.sign_device_list(1, vec![id.device.id()]),
         };
-        let session = match conn.request(Request::Register(req)).await? {
+        let session = match conn.request(Request::Register(Box::new(req))).await? {
             Response::LoggedIn(s) => s,
             other => return Err(unexpected(&other)),
         };
@@ -278,6 +302,16 @@ impl Client {
             .await?;
         conn.close().await;
         Ok(client)
+    }
+
+    pub(crate) fn from_parts(store: Store, id: Identity) -> Self {
+        Self {
+            store,
+            id,
+            proposals: Default::default(),
+            warnings: Vec::new(),
+            policy: Policy::default(),
+        }
     }
 
     /// This profile's handle.
@@ -344,7 +378,7 @@ impl Client {
         Ok(conn)
     }
 
-    async fn replenish(
+    pub(crate) async fn replenish(
         &mut self,
         conn: &mut Connection,
         have: u32,
@@ -416,6 +450,7 @@ impl Client {
                                         group: env.group,
                                         sender: &sender,
                                         outgoing: sender.account == me.account,
+                                        from_this_device: false,
                                         text: &text,
                                         sent_at_ms,
                                         received_at_ms: now_ms(),
@@ -443,7 +478,10 @@ impl Client {
                         rows::set_state(c, &env.group, "removed")?;
                         Outcome::Stored
                     }
-                    (_, Processed::Commit { .. }) => {
+                    (_, Processed::Commit { device_lists, .. }) => {
+                        for l in device_lists.iter().filter(|l| l.account != me.account) {
+                            note_list(c, l, &mut warnings)?;
+                        }
                         let members = mls::members(p, env.group)?;
                         record_members(c, &me, &members, &mut warnings)?;
                         let (is_group, name) = conversation_name(p, env.group, &me, &members)?;
@@ -612,7 +650,7 @@ impl Client {
                 return Ok(g);
             }
         }
-        let (account, kps) = self.claim(conn, peer).await?;
+        let (account, mut kps, _) = self.claim(conn, peer).await?;
         if account == me.account {
             return Err(ClientError::Invalid(
                 "cannot start a conversation with yourself".into(),
@@ -622,6 +660,13 @@ impl Client {
         if self.has_group(g)? {
             return Ok(g);
         }
+        let suite = kps.first().map(|k| k.ciphersuite());
+        kps.extend(
+            self.own_other_devices(conn)
+                .await?
+                .into_iter()
+                .filter(|k| Some(k.ciphersuite()) == suite),
+        );
         let recipients: Vec<sotto_proto::DeviceId> = kps
             .iter()
             .filter_map(|kp| kp.leaf_node().signature_key().as_slice().try_into().ok())
@@ -763,6 +808,7 @@ impl Client {
                     group: g,
                     sender: &me,
                     outgoing: true,
+                    from_this_device: true,
                     text,
                     sent_at_ms: now,
                     received_at_ms: now,

@@ -9,7 +9,7 @@ use sotto_core::group::{self, Change, GroupMeta};
 use sotto_core::mls;
 use sotto_proto::{
     AccountId, Blob, CommitRequest, DeviceId, ErrorCode, GroupId, Handle, Request, Response,
-    SendRequest, WelcomeOut,
+    SendRequest, SignedDeviceList, WelcomeOut,
 };
 use tokio::time::{Instant, timeout_at};
 
@@ -116,7 +116,7 @@ impl Client {
         &mut self,
         conn: &mut Connection,
         handle: &Handle,
-    ) -> Result<(AccountId, Vec<KeyPackage>), ClientError> {
+    ) -> Result<(AccountId, Vec<KeyPackage>, SignedDeviceList), ClientError> {
         let claimed = match conn
             .request(Request::ClaimKeyPackages {
                 handle: handle.clone(),
@@ -135,8 +135,23 @@ impl Client {
             }
             Err(e) => return Err(e),
         };
+        // Every device the server hands out must be on the account's own
+        // signed list: a device the account did not sign for is a ghost.
+        let list = &claimed.device_list;
+        let ghost = !sotto_core::identity::device_list_is_signed(list)
+            || list.account != claimed.account
+            || claimed
+                .devices
+                .iter()
+                .any(|d| !list.devices.contains(&d.device));
+        if ghost {
+            return Err(ClientError::Invalid(format!(
+                "the server listed a device for {handle} that {handle}'s account did not sign for: refusing"
+            )));
+        }
         let mut key_packages: Vec<KeyPackage> = Vec::new();
         let mut foreign = 0;
+        let mut warnings = Vec::new();
         let change = self.store.transaction(|p, c| {
             for d in &claimed.devices {
                 if let Ok((kp, id)) =
@@ -155,8 +170,16 @@ impl Client {
             if foreign > 0 {
                 return Ok(None);
             }
-            rows::put_contact(c, handle, &claimed.account).map(Some)
+            let change = rows::put_contact(c, handle, &claimed.account)?;
+            if crate::client::note_list(c, list, &mut warnings)? == crate::store::ListChange::Older
+            {
+                return Err(ClientError::Invalid(format!(
+                    "the server served an outdated device list for {handle}: refusing"
+                )));
+            }
+            Ok(Some(change))
         })?;
+        self.warnings.append(&mut warnings);
         if foreign > 0 {
             return Err(ClientError::Invalid(format!(
                 "the server answered for {handle} with keys of someone else: refusing"
@@ -177,7 +200,7 @@ impl Client {
                 "{handle} has no valid key package"
             )));
         }
-        Ok((claimed.account, key_packages))
+        Ok((claimed.account, key_packages, claimed.device_list))
     }
 
     /// Processes deliveries until the local group reached `epoch`.
@@ -355,6 +378,13 @@ impl Client {
         for h in &handles {
             kps.extend(self.claim(&mut conn, h).await?.1);
         }
+        let suite = kps.first().map(|k| k.ciphersuite());
+        kps.extend(
+            self.own_other_devices(&mut conn)
+                .await?
+                .into_iter()
+                .filter(|k| Some(k.ciphersuite()) == suite),
+        );
         let mut id = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
         let g = GroupId(id);
@@ -442,16 +472,20 @@ impl Client {
         self.require_admin(g, "add members")?;
         let present = self.member_handles(g)?;
         let mut kps = Vec::new();
+        let mut lists = Vec::new();
         for h in &handles {
             if present.contains(h) {
                 return Err(ClientError::Invalid(format!("{h} is a member already")));
             }
-            kps.extend(self.claim(&mut conn, h).await?.1);
+            let (_, k, l) = self.claim(&mut conn, h).await?;
+            kps.extend(k);
+            lists.push(l);
         }
         let epoch = self
             .commit_with_retry(&mut conn, g, |_| {
                 Ok(Change {
                     adds: kps.clone(),
+                    device_lists: lists.clone(),
                     ..Change::default()
                 })
             })

@@ -9,6 +9,7 @@
 //! dedup marker were committed in one local transaction.
 
 pub mod client;
+pub mod devices;
 pub mod error;
 mod groups;
 pub mod link;

@@ -13,7 +13,7 @@ use openmls_sqlite_storage::{Codec, SqliteStorageProvider};
 use openmls_traits::OpenMlsProvider;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use sotto_core::{AccountKey, CredentialIdentity, DeviceKey, Suite};
-use sotto_proto::{AccountId, DeviceId, GroupId, Handle, MessageId};
+use sotto_proto::{AccountId, DeviceId, GroupId, Handle, MessageId, SignedDeviceList};
 use zeroize::Zeroizing;
 
 use crate::{ClientError, ServerLink};
@@ -104,6 +104,11 @@ CREATE TABLE IF NOT EXISTS processed (
     msg_id  BLOB NOT NULL,
     PRIMARY KEY (sender, msg_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS device_lists (
+    account     BLOB PRIMARY KEY,
+    version     INTEGER NOT NULL,
+    data        BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outbox (
     msg_id      BLOB PRIMARY KEY,
     group_id    BLOB NOT NULL,
@@ -159,6 +164,22 @@ pub struct Contact {
     pub needs_confirm: bool,
     /// The account differs from the one first seen for this handle.
     pub key_changed: bool,
+}
+
+/// A device waiting to be linked: its key, its server, the code's secret.
+pub type PendingLink = (DeviceKey, ServerLink, Zeroizing<[u8; 16]>);
+
+/// What caching a device list changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListChange {
+    /// The first list seen for the account.
+    First,
+    /// No change in devices.
+    Same,
+    /// A newer list with other devices.
+    Changed,
+    /// Older than the cached one (a replay by the server).
+    Older,
 }
 
 /// What recording a contact changed.
@@ -222,8 +243,10 @@ pub struct NewMessage<'a> {
     pub group: GroupId,
     /// Sender.
     pub sender: &'a CredentialIdentity,
-    /// Whether we sent it.
+    /// Whether this account sent it (from any of its devices).
     pub outgoing: bool,
+    /// Whether this very device sent it (so it needs no showing).
+    pub from_this_device: bool,
     /// Text.
     pub text: &'a str,
     /// Sender's clock.
@@ -412,6 +435,64 @@ impl Store {
             .map(Zeroizing::new))
     }
 
+    /// Saves a device waiting to be linked to an account.
+    pub fn save_pending_link(
+        &mut self,
+        device: &DeviceKey,
+        link: &ServerLink,
+        secret: &[u8; 16],
+    ) -> Result<(), ClientError> {
+        self.transaction(|_, c| {
+            let put = |k: &str, v: &[u8]| -> Result<(), ClientError> {
+                c.execute(
+                    "INSERT INTO profile (k, v) VALUES (?1, ?2) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+                    params![k, v],
+                )?;
+                Ok(())
+            };
+            put("device_secret", &device.secret()[..])?;
+            put("link", link.to_string().as_bytes())?;
+            put("link_secret", secret)?;
+            Ok(())
+        })
+    }
+
+    /// The device waiting to be linked, if this profile is one.
+    pub fn pending_link(&self) -> Result<Option<PendingLink>, ClientError> {
+        let (Some(dev), Some(link), Some(secret)) = (
+            self.get("device_secret")?,
+            self.get("link")?,
+            self.get("link_secret")?,
+        ) else {
+            return Ok(None);
+        };
+        let dev: Zeroizing<[u8; 32]> = Zeroizing::new(arr(dev.to_vec())?);
+        let secret: Zeroizing<[u8; 16]> = Zeroizing::new(arr(secret.to_vec())?);
+        let link = String::from_utf8(link.to_vec())
+            .map_err(|_| ClientError::Store("link is not UTF-8".into()))?;
+        Ok(Some((
+            DeviceKey::from_secret(&dev),
+            ServerLink::parse(&link)?,
+            secret,
+        )))
+    }
+
+    /// Turns a linked device into a full profile: the account arrived.
+    pub fn complete_link(&mut self, id: &Identity) -> Result<(), ClientError> {
+        self.save_identity(id)?;
+        self.conn
+            .execute("DELETE FROM profile WHERE k = 'link_secret'", [])?;
+        Ok(())
+    }
+
+    /// The cached signed device list of an account.
+    pub fn device_list(
+        &self,
+        account: &AccountId,
+    ) -> Result<Option<SignedDeviceList>, ClientError> {
+        rows::get_list(&self.conn, account)
+    }
+
     /// Loads the identity; `None` if the profile has none.
     pub fn identity(&self) -> Result<Option<Identity>, ClientError> {
         let Some(acc) = self.get("account_secret")? else {
@@ -514,7 +595,7 @@ impl Store {
                 "SELECT m.id, m.group_id, coalesce(c.name, ''), m.sender_handle, m.outgoing, m.body, \
                  m.sent_at_ms, m.received_at_ms FROM messages m \
                  LEFT JOIN conversations c ON c.group_id = m.group_id \
-                 WHERE m.shown = 0 AND m.outgoing = 0 ORDER BY m.seq, m.received_at_ms",
+                 WHERE m.shown = 0 ORDER BY m.seq, m.received_at_ms",
             )?;
             let rows = stmt.query_map([], |r| {
                 Ok((
@@ -747,11 +828,61 @@ pub mod rows {
                 m.text,
                 i(m.sent_at_ms),
                 i(m.received_at_ms),
-                i64::from(m.outgoing),
+                i64::from(m.from_this_device),
                 i(m.seq),
             ],
         )?;
         Ok(n == 1)
+    }
+
+    /// The cached signed device list of an account.
+    pub fn get_list(
+        c: &Connection,
+        account: &AccountId,
+    ) -> Result<Option<SignedDeviceList>, ClientError> {
+        let d: Option<Vec<u8>> = c
+            .query_row(
+                "SELECT data FROM device_lists WHERE account = ?1",
+                [&account.0[..]],
+                |r| r.get(0),
+            )
+            .optional()?;
+        d.map(|d| postcard::from_bytes(&d).map_err(|e| ClientError::Store(e.to_string())))
+            .transpose()
+    }
+
+    /// Caches a device list if it is newer than the cached one; returns the
+    /// one it replaced (`None` if there was none or this one is not newer).
+    pub fn put_list(c: &Connection, l: &SignedDeviceList) -> Result<ListChange, ClientError> {
+        let old = get_list(c, &l.account)?;
+        if old.as_ref().is_some_and(|o| o.version >= l.version) {
+            let stale = old.as_ref().is_some_and(|o| o.version > l.version);
+            return Ok(if stale {
+                ListChange::Older
+            } else {
+                ListChange::Same
+            });
+        }
+        let data = postcard::to_stdvec(l).map_err(|e| ClientError::Store(e.to_string()))?;
+        c.execute(
+            "INSERT INTO device_lists (account, version, data) VALUES (?1, ?2, ?3) \
+             ON CONFLICT(account) DO UPDATE SET version = excluded.version, data = excluded.data",
+            params![&l.account.0[..], i(l.version), data],
+        )?;
+        Ok(match old {
+            None => ListChange::First,
+            Some(o) => {
+                let mut a = o.devices;
+                let mut b = l.devices.clone();
+                a.sort();
+                b.sort();
+                if a == b {
+                    ListChange::Same
+                } else {
+                    ListChange::Changed
+                }
+            }
+        })
     }
 
     /// Queues an encrypted message for (re)sending.

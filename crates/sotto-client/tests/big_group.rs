@@ -44,7 +44,7 @@ async fn light(server: &InProcessServer, link: &ServerLink, name: &str) -> Light
         &me.device,
     );
     let r = conn
-        .request(Request::Register(RegisterRequest {
+        .request(Request::Register(Box::new(RegisterRequest {
             version: PROTOCOL_VERSION,
             handle: me.handle.clone(),
             account: me.account,
@@ -53,7 +53,8 @@ async fn light(server: &InProcessServer, link: &ServerLink, name: &str) -> Light
             pow_nonce: None,
             account_signature: account.sign(&t),
             device_signature: device.sign(&t),
-        }))
+            device_list: account.sign_device_list(1, vec![device.id()]),
+        })))
         .await
         .unwrap();
     assert!(matches!(r, Response::LoggedIn(_)));

@@ -114,7 +114,7 @@ async fn raw(server: &InProcessServer, name: &str) -> Raw {
         &device.id(),
     );
     let r = conn
-        .request(Request::Register(RegisterRequest {
+        .request(Request::Register(Box::new(RegisterRequest {
             version: PROTOCOL_VERSION,
             handle,
             account: account.id(),
@@ -123,7 +123,8 @@ async fn raw(server: &InProcessServer, name: &str) -> Raw {
             pow_nonce: None,
             account_signature: account.sign(&t),
             device_signature: device.sign(&t),
-        }))
+            device_list: account.sign_device_list(1, vec![device.id()]),
+        })))
         .await
         .unwrap();
     assert!(matches!(r, Response::LoggedIn(_)));

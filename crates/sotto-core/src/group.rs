@@ -146,8 +146,37 @@ pub(crate) fn check_commit(
     Ok(())
 }
 
+/// Every device a commit adds must be on its account's signed device list,
+/// carried in the commit's authenticated data; returns those lists.
+pub(crate) fn check_added_devices(
+    staged: &StagedCommit,
+    aad: &[u8],
+) -> Result<Vec<sotto_proto::SignedDeviceList>, CoreError> {
+    let lists: Vec<sotto_proto::SignedDeviceList> = if aad.is_empty() {
+        Vec::new()
+    } else {
+        postcard::from_bytes(aad)
+            .map_err(|_| CoreError::Rejected("malformed commit data".into()))?
+    };
+    if !lists.iter().all(crate::identity::device_list_is_signed) {
+        return Err(CoreError::GhostDevice);
+    }
+    for add in staged.add_proposals() {
+        let leaf = add.add_proposal().key_package().leaf_node();
+        let id = leaf_identity(leaf.credential(), leaf.signature_key().as_slice())
+            .ok_or(CoreError::ForgedCredential)?;
+        let vouched = lists
+            .iter()
+            .any(|l| l.account == id.account && l.devices.contains(&id.device));
+        if !vouched {
+            return Err(CoreError::GhostDevice);
+        }
+    }
+    Ok(lists)
+}
+
 /// A change to commit.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Change {
     /// New member devices (verified KeyPackages).
     pub adds: Vec<KeyPackage>,
@@ -157,6 +186,9 @@ pub struct Change {
     pub meta: Option<GroupMeta>,
     /// Refresh this device's leaf (post-compromise security).
     pub self_update: bool,
+    /// The signed device lists of every account whose devices are added
+    /// (peers refuse an added device no list vouches for).
+    pub device_lists: Vec<sotto_proto::SignedDeviceList>,
 }
 
 /// A staged commit, waiting for the server.
@@ -219,6 +251,9 @@ pub fn stage<P: OpenMlsProvider>(
                 .map(DeviceId)
         })
         .collect();
+    if !change.device_lists.is_empty() {
+        g.set_aad(postcard::to_stdvec(&change.device_lists).map_err(internal)?);
+    }
     let mut builder = g
         .commit_builder()
         .consume_proposal_store(true)

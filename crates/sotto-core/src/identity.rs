@@ -8,7 +8,7 @@ use openmls_traits::signatures::{Signer, SignerError};
 use openmls_traits::types::SignatureScheme;
 use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
-use sotto_proto::{AccountId, DeviceId, Handle, Signature};
+use sotto_proto::{AccountId, DeviceId, Handle, Signature, SignedDeviceList};
 use zeroize::Zeroizing;
 
 macro_rules! signing_key {
@@ -62,6 +62,29 @@ signing_key!(
     DeviceKey,
     DeviceId
 );
+
+impl AccountKey {
+    /// Signs a device list of this account.
+    pub fn sign_device_list(&self, version: u64, devices: Vec<DeviceId>) -> SignedDeviceList {
+        let t = sotto_proto::device_list_transcript(&self.id(), version, &devices);
+        SignedDeviceList {
+            account: self.id(),
+            version,
+            devices,
+            signature: self.sign(&t),
+        }
+    }
+}
+
+/// Whether a device list carries a valid signature of its account's key.
+pub fn device_list_is_signed(l: &SignedDeviceList) -> bool {
+    let Ok(vk) = ed25519_dalek::VerifyingKey::from_bytes(&l.account.0) else {
+        return false;
+    };
+    let t = sotto_proto::device_list_transcript(&l.account, l.version, &l.devices);
+    vk.verify_strict(&t, &ed25519_dalek::Signature::from_bytes(&l.signature.0))
+        .is_ok()
+}
 
 impl Signer for DeviceKey {
     fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, SignerError> {
@@ -127,6 +150,21 @@ mod tests {
         assert_eq!(k.id(), k2.id());
         let dbg = format!("{k:?}");
         assert!(!dbg.contains(&hex::encode(*k.secret())));
+    }
+
+    #[test]
+    fn device_lists_verify_only_unchanged() {
+        let a = AccountKey::generate();
+        let mut l = a.sign_device_list(2, vec![DeviceId([1; 32]), DeviceId([2; 32])]);
+        assert!(device_list_is_signed(&l));
+        l.devices.push(DeviceId([3; 32]));
+        assert!(!device_list_is_signed(&l));
+        let mut l = a.sign_device_list(2, vec![DeviceId([1; 32])]);
+        l.version = 3;
+        assert!(!device_list_is_signed(&l));
+        let mut l = a.sign_device_list(2, vec![DeviceId([1; 32])]);
+        l.account = AccountKey::generate().id();
+        assert!(!device_list_is_signed(&l));
     }
 
     #[test]

@@ -71,6 +71,9 @@ pub enum CoreError {
     /// account other than the one expected.
     #[error("forged credential in group")]
     ForgedCredential,
+    /// A device was added that its account's signed device list does not name.
+    #[error("a device was added that its account did not sign for")]
+    GhostDevice,
     /// No such group in the local state.
     #[error("unknown conversation")]
     UnknownGroup,
@@ -397,6 +400,8 @@ pub enum Processed {
         epoch: u64,
         /// This device was removed by it; the group is inactive now.
         removed_me: bool,
+        /// The signed device lists that vouched for the devices it added.
+        device_lists: Vec<sotto_proto::SignedDeviceList>,
     },
     /// A proposal was stored for the next commit.
     Proposal {
@@ -429,6 +434,7 @@ pub fn process<P: OpenMlsProvider>(
         Sender::Member(i) => Some(*i),
         _ => None,
     };
+    let aad = processed.aad().to_vec();
     match processed.into_content() {
         ProcessedMessageContent::ApplicationMessage(app) => {
             let idx = sender_leaf.ok_or_else(|| {
@@ -454,11 +460,13 @@ pub fn process<P: OpenMlsProvider>(
                 .and_then(|m| leaf_identity(&m.credential, &m.signature_key))
                 .ok_or(CoreError::ForgedCredential)?;
             crate::group::check_commit(&g, &committer, &staged)?;
+            let device_lists = crate::group::check_added_devices(&staged, &aad)?;
             let removed_me = staged.self_removed();
             g.merge_staged_commit(provider, *staged).map_err(internal)?;
             Ok(Processed::Commit {
                 epoch: g.epoch().as_u64(),
                 removed_me,
+                device_lists,
             })
         }
         ProcessedMessageContent::ProposalMessage(p) => {

@@ -10,6 +10,7 @@ use sotto_core::{AccountKey, CoreError, CredentialIdentity, DeviceKey, Suite};
 use sotto_proto::{GroupId, Handle};
 
 struct Peer {
+    account: AccountKey,
     device: DeviceKey,
     me: CredentialIdentity,
     provider: Provider,
@@ -25,6 +26,7 @@ impl Peer {
             handle: Handle::new(handle).unwrap(),
         };
         Self {
+            account,
             device,
             me,
             provider: Provider::new().unwrap(),
@@ -43,6 +45,10 @@ impl Peer {
         mls::verify_key_package(&self.provider, &kp[0], self.me.account, self.me.device)
             .unwrap()
             .0
+    }
+
+    fn list(&self) -> sotto_proto::SignedDeviceList {
+        self.account.sign_device_list(1, vec![self.me.device])
     }
 
     fn send(&self, g: GroupId, text: &str) -> Vec<u8> {
@@ -203,6 +209,7 @@ fn removed_member_reads_nothing_after_and_new_member_nothing_before() {
         Change {
             adds: vec![dave.key_package()],
             removes: vec![bob.me.device],
+            device_lists: vec![dave.list()],
             ..Change::default()
         },
     );
@@ -281,6 +288,7 @@ fn concurrent_adds_by_two_admins_both_land_after_a_rebase() {
         G,
         Change {
             adds: vec![dave_kp],
+            device_lists: vec![dave.list()],
             ..Change::default()
         },
     );
@@ -288,6 +296,7 @@ fn concurrent_adds_by_two_admins_both_land_after_a_rebase() {
         G,
         Change {
             adds: vec![erin_kp.clone()],
+            device_lists: vec![erin.list()],
             ..Change::default()
         },
     );
@@ -303,6 +312,7 @@ fn concurrent_adds_by_two_admins_both_land_after_a_rebase() {
         G,
         Change {
             adds: vec![erin_kp],
+            device_lists: vec![erin.list()],
             ..Change::default()
         },
     );
@@ -318,4 +328,64 @@ fn concurrent_adds_by_two_admins_both_land_after_a_rebase() {
     for p in [&alice, &bob, &carol, &dave] {
         assert_eq!(p.read(G, &ct).unwrap(), "hello from erin");
     }
+}
+
+#[test]
+fn a_device_no_signed_list_vouches_for_is_refused() {
+    let (alice, bob, dave) = (Peer::new("alice"), Peer::new("bob"), Peer::new("dave"));
+    ops(&alice, &[&bob], &[&alice]);
+    // Without any list.
+    let c = alice.commit(
+        G,
+        Change {
+            adds: vec![dave.key_package()],
+            ..Change::default()
+        },
+    );
+    assert!(matches!(
+        bob.apply(G, &c.commit),
+        Err(CoreError::GhostDevice)
+    ));
+    group::clear_pending(&alice.provider, G).unwrap();
+    // With dave's list, but one that does not name this device (a ghost the
+    // server slipped in under dave's account).
+    let ghost = DeviceKey::generate();
+    let ghost_me = CredentialIdentity {
+        device: ghost.id(),
+        ..dave.me.clone()
+    };
+    let kp = mls::key_packages(&dave.provider, &ghost_me, &ghost, Suite::PostQuantum, 1).unwrap();
+    let (kp, _) =
+        mls::verify_key_package(&alice.provider, &kp[0], dave.me.account, ghost.id()).unwrap();
+    let c = alice.commit(
+        G,
+        Change {
+            adds: vec![kp],
+            device_lists: vec![dave.list()],
+            ..Change::default()
+        },
+    );
+    assert!(matches!(
+        bob.apply(G, &c.commit),
+        Err(CoreError::GhostDevice)
+    ));
+    // A forged list (signed by another key) does not help.
+    group::clear_pending(&alice.provider, G).unwrap();
+    let mut forged = dave.list();
+    forged.devices.push(ghost.id());
+    let kp2 = mls::key_packages(&dave.provider, &ghost_me, &ghost, Suite::PostQuantum, 1).unwrap();
+    let (kp2, _) =
+        mls::verify_key_package(&alice.provider, &kp2[0], dave.me.account, ghost.id()).unwrap();
+    let c = alice.commit(
+        G,
+        Change {
+            adds: vec![kp2],
+            device_lists: vec![forged],
+            ..Change::default()
+        },
+    );
+    assert!(matches!(
+        bob.apply(G, &c.commit),
+        Err(CoreError::GhostDevice)
+    ));
 }

@@ -32,6 +32,8 @@ pub enum ErrorCode {
     InvalidHandle,
     /// No account has this handle.
     UnknownHandle,
+    /// No such account or device.
+    UnknownAccount,
     /// The target has no KeyPackage to hand out (not even a last-resort one).
     NoKeyPackages,
     /// A commit was built on an epoch that is no longer the group's current one.
@@ -106,6 +108,7 @@ impl ErrorCode {
             Self::HandleTaken => "handle already taken",
             Self::InvalidHandle => "invalid handle",
             Self::UnknownHandle => "unknown handle",
+            Self::UnknownAccount => "unknown account or device",
             Self::NoKeyPackages => "the contact has no key packages left",
             Self::StaleEpoch { .. } => "the group moved to a newer epoch",
             Self::NotMember => "not a member of this group",

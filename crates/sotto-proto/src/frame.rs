@@ -20,7 +20,7 @@ pub struct ClientFrame {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Create an account with its first device, and authenticate as it.
-    Register(RegisterRequest),
+    Register(Box<RegisterRequest>),
     /// Authenticate an existing device by signing the connection's challenge.
     Login(LoginRequest),
     /// Store KeyPackages of the authenticated device.
@@ -41,7 +41,62 @@ pub enum Request {
     },
     /// Liveness check; answered with [`Response::Pong`].
     Ping,
+    /// Replace the account's signed device list (a newer version, naming
+    /// the sending device). New devices become devices of the account;
+    /// devices left out are revoked at once.
+    PublishDeviceList(SignedDeviceList),
+    /// The signed device list of an account.
+    GetDeviceList {
+        /// Whose.
+        account: AccountId,
+    },
+    /// Take one KeyPackage of another device of the sender's own account.
+    ClaimDeviceKeyPackage {
+        /// Which device.
+        device: DeviceId,
+    },
+    /// Send an opaque message to another device of the sender's own account
+    /// (the link bundle that hands a new device the account).
+    SendToDevice {
+        /// The recipient device.
+        device: DeviceId,
+        /// Chosen by the sender; a retry is stored once.
+        msg_id: MessageId,
+        /// The encrypted payload.
+        payload: Blob,
+    },
 }
+
+/// An account's devices, signed by the account identity key. Peers accept a
+/// device of an account only if it is on the account's signed list, so the
+/// server cannot add a device unnoticed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedDeviceList {
+    /// The account.
+    pub account: AccountId,
+    /// Increases with every change.
+    pub version: u64,
+    /// The devices.
+    pub devices: Vec<DeviceId>,
+    /// The account key's signature over [`device_list_transcript`].
+    pub signature: Signature,
+}
+
+/// The bytes an account key signs for its device list.
+pub fn device_list_transcript(account: &AccountId, version: u64, devices: &[DeviceId]) -> Vec<u8> {
+    let mut t = Vec::with_capacity(64 + 32 * devices.len());
+    t.extend_from_slice(b"sotto-devices-v1\0");
+    t.extend_from_slice(&account.0);
+    t.extend_from_slice(&version.to_be_bytes());
+    t.extend_from_slice(&(devices.len() as u64).to_be_bytes());
+    for d in devices {
+        t.extend_from_slice(&d.0);
+    }
+    t
+}
+
+/// Most devices one account may have.
+pub const MAX_DEVICES_PER_ACCOUNT: usize = 16;
 
 /// Registration of a new account and its first device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +115,8 @@ pub struct RegisterRequest {
     pub pow_nonce: Option<u64>,
     /// The account key's signature over [`register_transcript`].
     pub account_signature: Signature,
+    /// The account's first device list: version 1, this device only.
+    pub device_list: SignedDeviceList,
     /// The device key's signature over the same transcript.
     pub device_signature: Signature,
 }
@@ -191,6 +248,13 @@ pub enum Response {
     },
     /// One KeyPackage for each device of the account that has one.
     KeyPackages(ClaimedKeyPackages),
+    /// The device list was stored.
+    DeviceListStored {
+        /// Its version.
+        version: u64,
+    },
+    /// An account's signed device list.
+    DeviceList(SignedDeviceList),
     /// The commit was applied; the group is at `epoch` now.
     Committed {
         /// The new epoch.
@@ -232,6 +296,8 @@ pub struct ClaimedKeyPackages {
     pub account: AccountId,
     /// One entry per device.
     pub devices: Vec<ClaimedKeyPackage>,
+    /// The account's signed device list: every device above must be on it.
+    pub device_list: SignedDeviceList,
 }
 
 /// One device's KeyPackage.
@@ -280,6 +346,8 @@ pub enum EnvelopeKind {
     Commit,
     /// A Welcome into a group.
     Welcome,
+    /// A message from another device of the same account (not MLS).
+    Device,
 }
 
 /// The bytes a new account's keys sign at registration.

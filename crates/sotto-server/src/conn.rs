@@ -14,10 +14,10 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use sotto_proto::{
     ClaimedKeyPackage, ClaimedKeyPackages, ClientFrame, CommitRequest, Delivery, DeviceId,
-    EnvelopeKind, ErrorCode, LoginRequest, MAX_ACKS_PER_FRAME, MAX_GROUP_DEVICES,
-    MAX_HANDSHAKE_BYTES, MAX_KEY_PACKAGES_PER_UPLOAD, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION,
-    ProtoError, RegisterRequest, Request, Response, SendRequest, ServerFrame, ServerHello, Session,
-    Signature, UploadKeyPackages,
+    EnvelopeKind, ErrorCode, LoginRequest, MAX_ACKS_PER_FRAME, MAX_DEVICES_PER_ACCOUNT,
+    MAX_GROUP_DEVICES, MAX_HANDSHAKE_BYTES, MAX_KEY_PACKAGES_PER_UPLOAD, MAX_PAYLOAD_BYTES,
+    PROTOCOL_VERSION, ProtoError, RegisterRequest, Request, Response, SendRequest, ServerFrame,
+    ServerHello, Session, Signature, SignedDeviceList, UploadKeyPackages,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -37,8 +37,8 @@ use crate::config::RegistrationMode;
 use crate::datadir::invite_hash;
 use crate::server::{Shared, now_ms};
 use crate::store::{
-    CommitError, CommitWrite, NewAccount, Outgoing, RegisterError, SendError, Store, StoreError,
-    StoredKeyPackage,
+    CommitError, CommitWrite, DeviceListError, NewAccount, Outgoing, RegisterError, SendError,
+    Store, StoreError, StoredKeyPackage,
 };
 
 /// How many mailbox entries are read per store call.
@@ -136,6 +136,12 @@ fn store_error(e: &StoreError) -> ProtoError {
         StoreError::Unavailable(_) => ProtoError::new(ErrorCode::Unavailable).retry_after(1000),
         StoreError::Internal(_) => ProtoError::new(ErrorCode::Internal),
     }
+}
+
+/// Whether a device list carries a valid signature of its account's key.
+fn list_signed(l: &SignedDeviceList) -> bool {
+    let t = sotto_proto::device_list_transcript(&l.account, l.version, &l.devices);
+    verify(&l.account.0, &t, &l.signature)
 }
 
 fn verify(key: &[u8; 32], msg: &[u8], sig: &Signature) -> bool {
@@ -294,7 +300,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             (Request::Ping, _) => Ok(Response::Pong {
                 server_time_ms: now_ms(),
             }),
-            (Request::Register(r), false) => self.register(r).await,
+            (Request::Register(r), false) => self.register(*r).await,
             (Request::Login(l), false) => self.login(l).await,
             (Request::Register(_) | Request::Login(_), true) => Err(ProtoError::with_message(
                 ErrorCode::InvalidRequest,
@@ -306,6 +312,17 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             (Request::Commit(c), true) => self.commit(c).await,
             (Request::Send(s), true) => self.send(s).await,
             (Request::Ack { seqs }, true) => self.ack(seqs).await,
+            (Request::PublishDeviceList(l), true) => self.publish_devices(l).await,
+            (Request::GetDeviceList { account }, true) => self.get_devices(account).await,
+            (Request::ClaimDeviceKeyPackage { device }, true) => self.claim_device(device).await,
+            (
+                Request::SendToDevice {
+                    device,
+                    msg_id,
+                    payload,
+                },
+                true,
+            ) => self.send_to_device(device, msg_id, payload).await,
         };
         let auth_failed = matches!(&result, Err(e) if e.code == ErrorCode::AuthFailed);
         self.respond(f.req, result).await?;
@@ -357,6 +374,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
                 device: r.device,
                 invite_hash,
                 now_ms: now_ms(),
+                device_list: r.device_list.clone(),
             })
             .await;
         match res {
@@ -472,7 +490,15 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
         if claimed.is_empty() {
             return Err(ProtoError::new(ErrorCode::NoKeyPackages));
         }
+        let device_list = self
+            .shared
+            .store
+            .device_list(account)
+            .await
+            .map_err(|e| self.log_store(&e))?
+            .ok_or_else(|| ProtoError::new(ErrorCode::Internal))?;
         Ok(Response::KeyPackages(ClaimedKeyPackages {
+            device_list,
             account,
             devices: claimed
                 .into_iter()
@@ -600,6 +626,140 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
         }
     }
 
+    fn account(&self) -> Result<sotto_proto::AccountId, ProtoError> {
+        self.session
+            .as_ref()
+            .map(|s| s.account)
+            .ok_or_else(|| ProtoError::new(ErrorCode::NotAuthenticated))
+    }
+
+    async fn publish_devices(&mut self, l: SignedDeviceList) -> Result<Response, ProtoError> {
+        let device = self.device()?;
+        let account = self.account()?;
+        let mut unique = l.devices.clone();
+        unique.sort();
+        unique.dedup();
+        let ok = l.account == account
+            && l.devices.contains(&device)
+            && unique.len() == l.devices.len()
+            && l.devices.len() <= MAX_DEVICES_PER_ACCOUNT
+            && list_signed(&l);
+        if !ok {
+            return Err(ProtoError::with_message(
+                ErrorCode::InvalidRequest,
+                "a device list must be signed by the account, name this device, and hold at most 16 distinct devices",
+            ));
+        }
+        let version = l.version;
+        match self.shared.store.publish_device_list(l, now_ms()).await {
+            Ok(change) => {
+                // Revoked devices' connections wake up and find themselves revoked.
+                self.shared.bus.publish(&change.revoked);
+                Ok(Response::DeviceListStored { version })
+            }
+            Err(DeviceListError::Stale(v)) => Err(ProtoError::with_message(
+                ErrorCode::InvalidRequest,
+                format!("device list version {version} is not newer than {v}"),
+            )),
+            Err(DeviceListError::ForeignDevice) => Err(ProtoError::with_message(
+                ErrorCode::InvalidRequest,
+                "a listed device belongs to another account",
+            )),
+            Err(DeviceListError::Store(e)) => Err(self.log_store(&e)),
+        }
+    }
+
+    async fn get_devices(
+        &mut self,
+        account: sotto_proto::AccountId,
+    ) -> Result<Response, ProtoError> {
+        self.device()?;
+        match self.shared.store.device_list(account).await {
+            Ok(Some(l)) => Ok(Response::DeviceList(l)),
+            Ok(None) => Err(ProtoError::new(ErrorCode::UnknownAccount)),
+            Err(e) => Err(self.log_store(&e)),
+        }
+    }
+
+    /// A device of the caller's own account, live.
+    async fn own_device(&self, device: DeviceId) -> Result<(), ProtoError> {
+        let account = self.account()?;
+        match self.shared.store.device(device).await {
+            Ok(Some(r)) if r.account == account && !r.revoked => Ok(()),
+            Ok(_) => Err(ProtoError::new(ErrorCode::UnknownAccount)),
+            Err(e) => Err(self.log_store(&e)),
+        }
+    }
+
+    async fn claim_device(&mut self, device: DeviceId) -> Result<Response, ProtoError> {
+        self.own_device(device).await?;
+        let account = self.account()?;
+        let claimed = self
+            .shared
+            .store
+            .claim_device_key_package(device)
+            .await
+            .map_err(|e| self.log_store(&e))?
+            .ok_or_else(|| ProtoError::new(ErrorCode::NoKeyPackages))?;
+        let device_list = self
+            .shared
+            .store
+            .device_list(account)
+            .await
+            .map_err(|e| self.log_store(&e))?
+            .ok_or_else(|| ProtoError::new(ErrorCode::Internal))?;
+        Ok(Response::KeyPackages(ClaimedKeyPackages {
+            account,
+            devices: vec![ClaimedKeyPackage {
+                device: claimed.device,
+                key_package: sotto_proto::Blob(claimed.data),
+                last_resort: claimed.last_resort,
+            }],
+            device_list,
+        }))
+    }
+
+    async fn send_to_device(
+        &mut self,
+        target: DeviceId,
+        msg_id: sotto_proto::MessageId,
+        payload: sotto_proto::Blob,
+    ) -> Result<Response, ProtoError> {
+        let sender = self.device()?;
+        if payload.0.len() > MAX_PAYLOAD_BYTES {
+            return Err(ProtoError::new(ErrorCode::TooLarge));
+        }
+        self.own_device(target).await?;
+        let now = now_ms();
+        let m = Outgoing {
+            group: sotto_proto::GroupId([0; 32]),
+            sender,
+            msg_id,
+            kind: EnvelopeKind::Device,
+            payload: payload.0,
+            now_ms: now,
+            expires_ms: now.saturating_add(ttl_ms(&self.shared.config.mailbox_ttl)),
+        };
+        match self
+            .shared
+            .store
+            .send_to_device(m, target, self.shared.config.limits.mailbox_max_messages)
+            .await
+        {
+            Ok(out) => {
+                self.shared.bus.publish(&out.recipients);
+                Ok(Response::Accepted {
+                    duplicate: out.duplicate,
+                })
+            }
+            Err(SendError::MailboxFull) => {
+                Err(ProtoError::new(ErrorCode::MailboxFull).retry_after(60_000))
+            }
+            Err(SendError::NotMember) => Err(ProtoError::new(ErrorCode::UnknownAccount)),
+            Err(SendError::Store(e)) => Err(self.log_store(&e)),
+        }
+    }
+
     async fn ack(&mut self, seqs: Vec<u64>) -> Result<Response, ProtoError> {
         let device = self.device()?;
         if seqs.len() > MAX_ACKS_PER_FRAME {
@@ -613,8 +773,18 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
         Ok(Response::Acked)
     }
 
-    /// Sends every mailbox entry after the last one sent.
+    /// Sends every mailbox entry after the last one sent. A device revoked
+    /// meanwhile is told so and disconnected.
     async fn pump(&mut self, device: DeviceId) -> Result<(), End> {
+        if let Ok(rec) = self.shared.store.device(device).await
+            && rec.is_none_or(|r| r.revoked)
+        {
+            {
+                let e = ProtoError::with_message(ErrorCode::AuthFailed, "this device was revoked");
+                let _ = self.write(&ServerFrame::Fatal(e)).await;
+                return Err(End::Protocol("device revoked".into()));
+            }
+        }
         loop {
             let batch = match self
                 .shared

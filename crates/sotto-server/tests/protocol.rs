@@ -62,7 +62,7 @@ impl World {
             &d.account.id(),
             &d.id(),
         );
-        Request::Register(RegisterRequest {
+        Request::Register(Box::new(RegisterRequest {
             version: PROTOCOL_VERSION,
             handle: d.handle.clone(),
             account: d.account.id(),
@@ -71,7 +71,8 @@ impl World {
             pow_nonce: None,
             account_signature: d.account.sign(&t),
             device_signature: d.device.sign(&t),
-        })
+            device_list: d.account.sign_device_list(1, vec![d.id()]),
+        }))
     }
 
     /// Registers a new account; returns its device and a logged-in connection.

@@ -1,7 +1,7 @@
 //! The store conformance suite against the embedded SQLite store, plus what
 //! only a file-backed store can show: data survives reopening.
 
-use sotto_proto::{AccountId, DeviceId, Handle};
+use sotto_proto::{AccountId, DeviceId, Handle, Signature, SignedDeviceList};
 use sotto_server::store::sqlite::SqliteStore;
 use sotto_server::store::{NewAccount, Store};
 
@@ -24,6 +24,12 @@ async fn data_survives_reopening() {
         device: DeviceId([2; 32]),
         invite_hash: None,
         now_ms: 1,
+        device_list: SignedDeviceList {
+            account: AccountId([1; 32]),
+            version: 1,
+            devices: vec![DeviceId([2; 32])],
+            signature: Signature([0; 64]),
+        },
     })
     .await
     .unwrap();

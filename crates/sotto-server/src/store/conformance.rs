@@ -2,11 +2,13 @@
 //! fresh, empty store; [`crate::store_conformance_tests`] turns them into one
 //! `#[tokio::test]` each for a backend.
 
-use sotto_proto::{AccountId, DeviceId, EnvelopeKind, GroupId, Handle, MessageId};
+use sotto_proto::{
+    AccountId, DeviceId, EnvelopeKind, GroupId, Handle, MessageId, Signature, SignedDeviceList,
+};
 
 use super::{
-    CommitError, CommitWrite, NewAccount, Outgoing, RegisterError, SendError, Store,
-    StoredKeyPackage,
+    CommitError, CommitWrite, DeviceListError, NewAccount, Outgoing, RegisterError, SendError,
+    Store, StoredKeyPackage,
 };
 
 const NOW: u64 = 1_800_000_000_000;
@@ -19,6 +21,17 @@ fn account(n: u8) -> NewAccount {
         device: DeviceId([n | 0x80; 32]),
         invite_hash: None,
         now_ms: NOW,
+        device_list: list(n, 1, &[dev(n)]),
+    }
+}
+
+/// A device list (the store does not check signatures; the server does).
+fn list(n: u8, version: u64, devices: &[DeviceId]) -> SignedDeviceList {
+    SignedDeviceList {
+        account: AccountId([n; 32]),
+        version,
+        devices: devices.to_vec(),
+        signature: Signature([0; 64]),
     }
 }
 
@@ -259,6 +272,86 @@ pub async fn fetch_ack_and_expiry<S: Store>(s: S) {
     );
 }
 
+/// Device lists add and revoke devices; stale and foreign lists are refused.
+pub async fn device_lists_add_and_revoke<S: Store>(s: S) {
+    s.register(account(1)).await.unwrap();
+    s.register(account(2)).await.unwrap();
+    assert_eq!(
+        s.device_list(AccountId([1; 32]))
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        1
+    );
+    let second = DeviceId([0x11; 32]);
+    let ch = s
+        .publish_device_list(list(1, 2, &[dev(1), second]), NOW)
+        .await
+        .unwrap();
+    assert_eq!((ch.added, ch.revoked), (vec![second], vec![]));
+    let rec = s.device(second).await.unwrap().unwrap();
+    assert_eq!(rec.account, AccountId([1; 32]));
+    assert!(matches!(
+        s.publish_device_list(list(1, 2, &[dev(1)]), NOW).await,
+        Err(DeviceListError::Stale(2))
+    ));
+    assert!(matches!(
+        s.publish_device_list(list(1, 3, &[dev(1), dev(2)]), NOW)
+            .await,
+        Err(DeviceListError::ForeignDevice)
+    ));
+    // The second device has a KeyPackage, can be claimed by device, then is revoked.
+    let kp = StoredKeyPackage {
+        hash: [5; 32],
+        data: vec![5; 8],
+    };
+    s.upload_key_packages(second, vec![kp], None, 10)
+        .await
+        .unwrap();
+    let g = GroupId([3; 32]);
+    s.commit(create(g, dev(1), vec![dev(1), second]))
+        .await
+        .unwrap();
+    let c = s.claim_device_key_package(second).await.unwrap().unwrap();
+    assert_eq!((c.device, c.data), (second, vec![5; 8]));
+    assert!(s.claim_device_key_package(second).await.unwrap().is_none());
+    let ch = s
+        .publish_device_list(list(1, 3, &[dev(1)]), NOW)
+        .await
+        .unwrap();
+    assert_eq!(ch.revoked, vec![second]);
+    assert!(s.device(second).await.unwrap().unwrap().revoked);
+    // A revoked device gets nothing more.
+    s.send(out(g, dev(1), 9, EnvelopeKind::Application), 10)
+        .await
+        .unwrap();
+    assert!(s.fetch(second, 0, 10).await.unwrap().is_empty());
+    assert_eq!(
+        s.device_list(AccountId([1; 32]))
+            .await
+            .unwrap()
+            .unwrap()
+            .devices,
+        vec![dev(1)]
+    );
+}
+
+/// Device-to-device messages go to one device, once.
+pub async fn device_messages_are_stored_once<S: Store>(s: S) {
+    let m = out(GroupId([0; 32]), dev(1), 4, EnvelopeKind::Device);
+    assert!(
+        !s.send_to_device(m.clone(), dev(2), 10)
+            .await
+            .unwrap()
+            .duplicate
+    );
+    assert!(s.send_to_device(m, dev(2), 10).await.unwrap().duplicate);
+    let got = s.fetch(dev(2), 0, 10).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].envelope.kind, EnvelopeKind::Device);
+}
+
 /// Generates one test per conformance check for a backend, given an async
 /// expression that makes `(guard, store)`: a fresh store and whatever must
 /// live as long as it (a temp directory, a database).
@@ -271,6 +364,8 @@ macro_rules! store_conformance_tests {
             commits_compare_and_set,
             sends_fan_out_once,
             fetch_ack_and_expiry,
+            device_lists_add_and_revoke,
+            device_messages_are_stored_once,
         );
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {

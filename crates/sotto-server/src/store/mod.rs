@@ -13,7 +13,9 @@ pub mod sqlite;
 
 use std::future::Future;
 
-use sotto_proto::{AccountId, DeviceId, Envelope, EnvelopeKind, GroupId, Handle, MessageId};
+use sotto_proto::{
+    AccountId, DeviceId, Envelope, EnvelopeKind, GroupId, Handle, MessageId, SignedDeviceList,
+};
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +76,29 @@ pub enum SendError {
     Store(#[from] StoreError),
 }
 
+/// Why a device list was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceListError {
+    /// Not newer than the stored one.
+    #[error("device list version {0} is not newer than the stored one")]
+    Stale(u64),
+    /// A device on the list belongs to another account.
+    #[error("a listed device belongs to another account")]
+    ForeignDevice,
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a new device list changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceListChange {
+    /// Devices that joined the account.
+    pub added: Vec<DeviceId>,
+    /// Devices that were revoked.
+    pub revoked: Vec<DeviceId>,
+}
+
 /// A registered device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceRecord {
@@ -96,6 +121,8 @@ pub struct NewAccount {
     pub device: DeviceId,
     /// SHA-256 of the invite code, consumed in the same transaction.
     pub invite_hash: Option<[u8; 32]>,
+    /// The account's first signed device list (checked by the caller).
+    pub device_list: SignedDeviceList,
     /// Milliseconds since the Unix epoch.
     pub now_ms: u64,
 }
@@ -237,6 +264,36 @@ pub trait Store: Send + Sync + 'static {
         &self,
         handle: Handle,
     ) -> impl Future<Output = Result<Option<(AccountId, Vec<Claimed>)>, StoreError>> + Send;
+
+    /// Takes one KeyPackage of one live device.
+    fn claim_device_key_package(
+        &self,
+        device: DeviceId,
+    ) -> impl Future<Output = Result<Option<Claimed>, StoreError>> + Send;
+
+    /// The account's signed device list.
+    fn device_list(
+        &self,
+        account: AccountId,
+    ) -> impl Future<Output = Result<Option<SignedDeviceList>, StoreError>> + Send;
+
+    /// Stores a newer device list (signature checked by the caller): adds
+    /// the new devices to the account and revokes the ones left out, in one
+    /// transaction.
+    fn publish_device_list(
+        &self,
+        list: SignedDeviceList,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<DeviceListChange, DeviceListError>> + Send;
+
+    /// Stores a device-to-device message for `recipient`, unless
+    /// (sender, msg_id) was seen before.
+    fn send_to_device(
+        &self,
+        m: Outgoing,
+        recipient: DeviceId,
+        mailbox_cap: u64,
+    ) -> impl Future<Output = Result<SendOutcome, SendError>> + Send;
 
     /// Applies a commit if the group is at `epoch` (or does not exist and `epoch` is 0).
     fn commit(

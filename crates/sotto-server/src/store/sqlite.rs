@@ -9,12 +9,14 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, ErrorCode as SqlCode, OptionalExtension, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
-use sotto_proto::{AccountId, Blob, DeviceId, Envelope, EnvelopeKind, GroupId, Handle, MessageId};
+use sotto_proto::{
+    AccountId, Blob, DeviceId, Envelope, EnvelopeKind, GroupId, Handle, MessageId, SignedDeviceList,
+};
 
 use super::{
-    Claimed, CommitError, CommitOutcome, CommitWrite, DeviceRecord, KeyPackageStock, MailboxEntry,
-    NewAccount, Outgoing, RegisterError, SendError, SendOutcome, Store, StoreError,
-    StoredKeyPackage,
+    Claimed, CommitError, CommitOutcome, CommitWrite, DeviceListChange, DeviceListError,
+    DeviceRecord, KeyPackageStock, MailboxEntry, NewAccount, Outgoing, RegisterError, SendError,
+    SendOutcome, Store, StoreError, StoredKeyPackage,
 };
 
 const SCHEMA: &str = r#"
@@ -72,6 +74,11 @@ CREATE TABLE IF NOT EXISTS mailbox (
 );
 CREATE INDEX IF NOT EXISTS mailbox_by_device ON mailbox(device, seq);
 CREATE INDEX IF NOT EXISTS mailbox_by_message ON mailbox(message);
+CREATE TABLE IF NOT EXISTS device_lists (
+    account     BLOB PRIMARY KEY,
+    version     INTEGER NOT NULL,
+    data        BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS seen_sends (
     key         BLOB PRIMARY KEY,
     expires_ms  INTEGER NOT NULL
@@ -101,6 +108,7 @@ fn kind_to_i64(k: EnvelopeKind) -> i64 {
         EnvelopeKind::Application => 0,
         EnvelopeKind::Commit => 1,
         EnvelopeKind::Welcome => 2,
+        EnvelopeKind::Device => 3,
     }
 }
 
@@ -109,6 +117,7 @@ fn kind_from_i64(k: i64) -> Result<EnvelopeKind, StoreError> {
         0 => EnvelopeKind::Application,
         1 => EnvelopeKind::Commit,
         2 => EnvelopeKind::Welcome,
+        3 => EnvelopeKind::Device,
         _ => return Err(StoreError::Internal(format!("unknown envelope kind {k}"))),
     })
 }
@@ -193,6 +202,68 @@ fn add_invites(c: &mut Connection, hashes: &[[u8; 32]], expires_ms: u64) -> Resu
         .map_err(map_err)?;
     }
     tx.commit().map_err(map_err)
+}
+
+fn put_list(tx: &rusqlite::Transaction<'_>, l: &SignedDeviceList) -> Result<(), StoreError> {
+    let data = postcard::to_stdvec(l).map_err(|e| StoreError::Internal(e.to_string()))?;
+    tx.execute(
+        "INSERT INTO device_lists (account, version, data) VALUES (?1, ?2, ?3) \
+         ON CONFLICT(account) DO UPDATE SET version = excluded.version, data = excluded.data",
+        params![&l.account.0[..], ms(l.version), data],
+    )
+    .map_err(map_err)?;
+    Ok(())
+}
+
+fn get_list(c: &Connection, account: &AccountId) -> Result<Option<SignedDeviceList>, StoreError> {
+    let data: Option<Vec<u8>> = c
+        .query_row(
+            "SELECT data FROM device_lists WHERE account = ?1",
+            [&account.0[..]],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(map_err)?;
+    data.map(|d| postcard::from_bytes(&d).map_err(|e| StoreError::Internal(e.to_string())))
+        .transpose()
+}
+
+/// Takes a one-time KeyPackage of `d` (deleting it) or its last-resort one.
+fn take_key_package(
+    tx: &rusqlite::Transaction<'_>,
+    d: &[u8],
+) -> Result<Option<Claimed>, StoreError> {
+    let device = DeviceId(arr32(d.to_vec())?);
+    let one: Option<(Vec<u8>, Vec<u8>)> = tx
+        .query_row(
+            "DELETE FROM key_packages WHERE hash = \
+             (SELECT hash FROM key_packages WHERE device = ?1 LIMIT 1) \
+             RETURNING hash, data",
+            [d],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(map_err)?;
+    if let Some((_, data)) = one {
+        return Ok(Some(Claimed {
+            device,
+            data,
+            last_resort: false,
+        }));
+    }
+    let lr: Option<Vec<u8>> = tx
+        .query_row(
+            "SELECT data FROM last_resort_key_packages WHERE device = ?1",
+            [d],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(map_err)?;
+    Ok(lr.map(|data| Claimed {
+        device,
+        data,
+        last_resort: true,
+    }))
 }
 
 fn mailbox_count(tx: &rusqlite::Transaction<'_>, device: &DeviceId) -> Result<u64, StoreError> {
@@ -334,6 +405,7 @@ impl Store for SqliteStore {
                 params![&a.device.0[..], &a.account.0[..], ms(a.now_ms)],
             )
             .map_err(map_err)?;
+            put_list(&tx, &a.device_list)?;
             tx.commit().map_err(map_err)?;
             Ok(())
         })
@@ -435,43 +507,150 @@ impl Store for SqliteStore {
             };
             let mut out = Vec::new();
             for d in devices {
-                let one: Option<(Vec<u8>, Vec<u8>)> = tx
+                out.extend(take_key_package(&tx, &d)?);
+            }
+            tx.commit().map_err(map_err)?;
+            Ok(Some((AccountId(arr32(account)?), out)))
+        })
+        .await
+    }
+
+    async fn claim_device_key_package(
+        &self,
+        device: DeviceId,
+    ) -> Result<Option<Claimed>, StoreError> {
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_err)?;
+            let live: Option<i64> = tx
+                .query_row(
+                    "SELECT 1 FROM devices WHERE device = ?1 AND revoked = 0",
+                    [&device.0[..]],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(map_err)?;
+            if live.is_none() {
+                return Ok(None);
+            }
+            let got = take_key_package(&tx, &device.0)?;
+            tx.commit().map_err(map_err)?;
+            Ok(got)
+        })
+        .await
+    }
+
+    async fn device_list(
+        &self,
+        account: AccountId,
+    ) -> Result<Option<SignedDeviceList>, StoreError> {
+        self.with(move |c| get_list(c, &account)).await
+    }
+
+    async fn publish_device_list(
+        &self,
+        list: SignedDeviceList,
+        now_ms: u64,
+    ) -> Result<DeviceListChange, DeviceListError> {
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_err)?;
+            let current = get_list(&tx, &list.account)?;
+            if let Some(cur) = current.as_ref().filter(|c| c.version >= list.version) {
+                return Err(DeviceListError::Stale(cur.version));
+            }
+            let mut added = Vec::new();
+            for d in &list.devices {
+                let owner: Option<Vec<u8>> = tx
                     .query_row(
-                        "DELETE FROM key_packages WHERE hash = \
-                         (SELECT hash FROM key_packages WHERE device = ?1 LIMIT 1) \
-                         RETURNING hash, data",
-                        [&d],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .optional()
-                    .map_err(map_err)?;
-                let device = DeviceId(arr32(d.clone())?);
-                if let Some((_, data)) = one {
-                    out.push(Claimed {
-                        device,
-                        data,
-                        last_resort: false,
-                    });
-                    continue;
-                }
-                let lr: Option<Vec<u8>> = tx
-                    .query_row(
-                        "SELECT data FROM last_resort_key_packages WHERE device = ?1",
-                        [&d],
+                        "SELECT account FROM devices WHERE device = ?1",
+                        [&d.0[..]],
                         |r| r.get(0),
                     )
                     .optional()
                     .map_err(map_err)?;
-                if let Some(data) = lr {
-                    out.push(Claimed {
-                        device,
-                        data,
-                        last_resort: true,
-                    });
+                match owner {
+                    Some(a) if a == list.account.0 => {}
+                    Some(_) => return Err(DeviceListError::ForeignDevice),
+                    None => {
+                        tx.execute(
+                            "INSERT INTO devices (device, account, created_ms) VALUES (?1, ?2, ?3)",
+                            params![&d.0[..], &list.account.0[..], ms(now_ms)],
+                        )
+                        .map_err(map_err)?;
+                        added.push(*d);
+                    }
                 }
             }
+            let mut revoked = Vec::new();
+            {
+                let mut stmt = tx
+                    .prepare("SELECT device FROM devices WHERE account = ?1 AND revoked = 0")
+                    .map_err(map_err)?;
+                let rows = stmt
+                    .query_map([&list.account.0[..]], |r| r.get::<_, Vec<u8>>(0))
+                    .map_err(map_err)?;
+                for r in rows {
+                    let d = DeviceId(arr32(r.map_err(map_err)?)?);
+                    if !list.devices.contains(&d) {
+                        revoked.push(d);
+                    }
+                }
+            }
+            for d in &revoked {
+                tx.execute(
+                    "UPDATE devices SET revoked = 1 WHERE device = ?1",
+                    [&d.0[..]],
+                )
+                .map_err(map_err)?;
+                tx.execute("DELETE FROM key_packages WHERE device = ?1", [&d.0[..]])
+                    .map_err(map_err)?;
+                tx.execute(
+                    "DELETE FROM last_resort_key_packages WHERE device = ?1",
+                    [&d.0[..]],
+                )
+                .map_err(map_err)?;
+                tx.execute("DELETE FROM group_members WHERE device = ?1", [&d.0[..]])
+                    .map_err(map_err)?;
+            }
+            put_list(&tx, &list)?;
             tx.commit().map_err(map_err)?;
-            Ok(Some((AccountId(arr32(account)?), out)))
+            Ok(DeviceListChange { added, revoked })
+        })
+        .await
+    }
+
+    async fn send_to_device(
+        &self,
+        m: Outgoing,
+        recipient: DeviceId,
+        mailbox_cap: u64,
+    ) -> Result<SendOutcome, SendError> {
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_err)?;
+            let key = seen_key(&m.sender, &m.msg_id);
+            let fresh = tx
+                .execute(
+                    "INSERT OR IGNORE INTO seen_sends (key, expires_ms) VALUES (?1, ?2)",
+                    params![&key[..], ms(m.expires_ms)],
+                )
+                .map_err(map_err)?;
+            if fresh == 0 {
+                return Ok(SendOutcome {
+                    duplicate: true,
+                    recipients: Vec::new(),
+                });
+            }
+            insert_message(&tx, &m, &[recipient], mailbox_cap)?.ok_or(SendError::MailboxFull)?;
+            tx.commit().map_err(map_err)?;
+            Ok(SendOutcome {
+                duplicate: false,
+                recipients: vec![recipient],
+            })
         })
         .await
     }

@@ -1,0 +1,203 @@
+//! Several devices per account through the real binaries: linking by code,
+//! messages from any device reaching every other device exactly once,
+//! revocation, and a ghost device slipped in by the server being refused.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+use sotto_test_support::{Profile, ServerProcess, bin};
+use tempfile::TempDir;
+
+struct World {
+    _tmp: TempDir,
+    root: std::path::PathBuf,
+    server: ServerProcess,
+}
+
+impl World {
+    fn new() -> Self {
+        let tmp = TempDir::new().unwrap();
+        let root = tmp.path().to_owned();
+        let server = ServerProcess::start(&root.join("server"), &[]);
+        Self {
+            _tmp: tmp,
+            root,
+            server,
+        }
+    }
+
+    fn person(&self, name: &str) -> Profile {
+        let p = Profile::new(self.root.join(format!("{name}-1")));
+        let invite = self.server.invite();
+        p.sotto(&[
+            "register",
+            &self.server.link,
+            "--name",
+            name,
+            "--invite",
+            &invite,
+        ])
+        .ok();
+        p
+    }
+
+    /// Links a second device of `first`'s account: `sotto link` on the new
+    /// profile, `sotto devices approve` on the first.
+    fn second_device(&self, first: &Profile, name: &str) -> Profile {
+        let second = Profile::new(self.root.join(format!("{name}-2")));
+        let mut child = Command::new(bin("sotto"))
+            .arg("--profile")
+            .arg(&second.dir)
+            .args(["link", &self.server.link, "--wait", "60"])
+            .env("SOTTO_PASSPHRASE", &second.passphrase)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut code = String::new();
+        out.read_line(&mut code).unwrap();
+        assert!(code.starts_with("sotto-link:"), "link printed {code:?}");
+        first.sotto(&["devices", "approve", code.trim()]).ok();
+        let status = child.wait().unwrap();
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(status.success(), "link failed: {rest}\n{err}");
+        assert!(
+            rest.contains(&format!("linked: this device is now {name}")),
+            "{rest}"
+        );
+        second
+    }
+}
+
+fn receive(p: &Profile) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = p
+        .sotto(&["receive", "--json"])
+        .ok()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (
+                v["sender"].as_str().unwrap().to_owned(),
+                v["text"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn three_people_with_two_devices_each() {
+    let w = World::new();
+    let a1 = w.person("alice");
+    let b1 = w.person("bob");
+    let c1 = w.person("carol");
+    a1.sotto(&["group", "create", "ops", "bob", "carol"]).ok();
+    receive(&b1);
+    receive(&c1);
+    let a2 = w.second_device(&a1, "alice");
+    let b2 = w.second_device(&b1, "bob");
+    let c2 = w.second_device(&c1, "carol");
+    for p in [&a1, &a2] {
+        assert_eq!(p.sotto(&["devices"]).ok().lines().count(), 2);
+    }
+    // Everyone catches up on the commits that added the new devices.
+    let all = [
+        (&a1, "alice"),
+        (&a2, "alice"),
+        (&b1, "bob"),
+        (&b2, "bob"),
+        (&c1, "carol"),
+        (&c2, "carol"),
+    ];
+    for (p, _) in &all {
+        assert!(receive(p).is_empty());
+    }
+    for (i, (p, _)) in all.iter().enumerate() {
+        p.sotto(&["send", "ops", &format!("from device {i}")]).ok();
+    }
+    for (i, (p, _)) in all.iter().enumerate() {
+        let mut want: Vec<(String, String)> = all
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(j, (_, who))| ((*who).to_owned(), format!("from device {j}")))
+            .collect();
+        want.sort();
+        assert_eq!(receive(p), want, "device {i}");
+    }
+    // Everyone agrees on the group.
+    let epochs: Vec<Value> = all
+        .iter()
+        .map(|(p, _)| {
+            let out = p.sotto(&["groups", "--json"]).ok();
+            serde_json::from_str::<Value>(out.lines().next().unwrap()).unwrap()["epoch"].clone()
+        })
+        .collect();
+    assert!(epochs.windows(2).all(|e| e[0] == e[1]), "{epochs:?}");
+    // A direct conversation reaches both of the peer's devices, and the
+    // sender's other device.
+    a1.sotto(&["send", "bob", "direct"]).ok();
+    for p in [&b1, &b2, &a2] {
+        assert_eq!(receive(p), [("alice".to_owned(), "direct".to_owned())]);
+    }
+    b2.sotto(&["send", "alice", "direct back"]).ok();
+    for p in [&a1, &a2, &b1] {
+        assert_eq!(receive(p), [("bob".to_owned(), "direct back".to_owned())]);
+    }
+}
+
+#[test]
+fn a_revoked_device_is_cut_off() {
+    let w = World::new();
+    let a1 = w.person("alice");
+    let b1 = w.person("bob");
+    a1.sotto(&["send", "bob", "hi"]).ok();
+    receive(&b1);
+    let a2 = w.second_device(&a1, "alice");
+    let id = a2
+        .sotto(&["devices"])
+        .ok()
+        .lines()
+        .find(|l| l.ends_with("this device"))
+        .unwrap()
+        .split('\t')
+        .next()
+        .unwrap()
+        .to_owned();
+    a2.sotto(&["devices", "revoke", &id])
+        .fails_with("revoke this device from another one");
+    a1.sotto(&["devices", "revoke", &id[..12]]).ok();
+    assert_eq!(a1.sotto(&["devices"]).ok().lines().count(), 1);
+    a2.sotto(&["receive"]).fails_with("authentication failed");
+    b1.sotto(&["send", "alice", "after the revocation"]).ok();
+    assert_eq!(
+        receive(&a1),
+        [("bob".to_owned(), "after the revocation".to_owned())]
+    );
+}
+
+#[test]
+fn a_ghost_device_added_by_the_server_is_refused() {
+    let w = World::new();
+    let a1 = w.person("alice");
+    let _b1 = w.person("bob");
+    let _m = w.person("mallory");
+    // The server files mallory's device (and its KeyPackages) under bob's account.
+    let db = rusqlite::Connection::open(w.server.data.join("server.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    db.execute(
+        "UPDATE devices SET account = (SELECT account FROM accounts WHERE handle = 'bob') \
+         WHERE account = (SELECT account FROM accounts WHERE handle = 'mallory')",
+        [],
+    )
+    .unwrap();
+    a1.sotto(&["send", "bob", "hi"])
+        .fails_with("the server listed a device for bob that bob's account did not sign for");
+}
