@@ -83,6 +83,23 @@ enum Cmd {
         #[command(subcommand)]
         cmd: Option<DevicesCmd>,
     },
+    /// Set the kill code that wipes this account's devices remotely.
+    #[command(subcommand)]
+    KillCode(KillCodeCmd),
+    /// Wipe every device of an account, from any machine (no profile needed).
+    Wipe {
+        /// The server link.
+        link: String,
+        /// The account's handle.
+        #[arg(long)]
+        account: String,
+        /// The kill code (or SOTTO_KILL_CODE, or a prompt).
+        #[arg(long)]
+        kill_code: Option<String>,
+    },
+    /// Set a duress passphrase: unlocking with it silently destroys this profile.
+    #[command(subcommand)]
+    Duress(DuressCmd),
     /// Show the safety number with a contact (and a QR code to scan).
     Verify {
         /// The contact's handle.
@@ -100,6 +117,18 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum KillCodeCmd {
+    /// Choose the kill code (prompted twice, or SOTTO_KILL_CODE).
+    Set,
+}
+
+#[derive(Subcommand)]
+enum DuressCmd {
+    /// Choose the duress passphrase (prompted twice, or SOTTO_DURESS_PASSPHRASE).
+    Set,
 }
 
 #[derive(Subcommand)]
@@ -208,11 +237,64 @@ fn passphrase(confirm: bool) -> anyhow::Result<Zeroizing<String>> {
     Ok(p)
 }
 
+/// A secret from the environment or, on a terminal, a prompt (twice when `confirm`).
+fn secret(var: &str, prompt: &str, confirm: bool) -> anyhow::Result<Zeroizing<String>> {
+    if let Ok(v) = std::env::var(var) {
+        return Ok(Zeroizing::new(v));
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("set {var} or run on a terminal");
+    }
+    let a = Zeroizing::new(rpassword::prompt_password(format!("{prompt}: "))?);
+    if confirm {
+        let b = Zeroizing::new(rpassword::prompt_password(format!("{prompt} again: "))?);
+        if *a != *b {
+            bail!("the two entries differ");
+        }
+    }
+    Ok(a)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Cmd::Wipe {
+        link,
+        account,
+        kill_code,
+    } = &cli.cmd
+    {
+        let link = ServerLink::parse(link)?;
+        let handle = Handle::new(account).with_context(|| account.clone())?;
+        let code = match kill_code {
+            Some(c) => Zeroizing::new(c.clone()),
+            None => secret("SOTTO_KILL_CODE", "kill code", false)?,
+        };
+        let n = sotto_client::killcode::wipe(&link, &handle, &code).await?;
+        println!("wipe ordered for {n} device(s) of {handle}");
+        return Ok(());
+    }
     let profile = cli
         .profile
         .context("no profile: pass --profile DIR or set SOTTO_PROFILE")?;
     match cli.cmd {
+        Cmd::Wipe { .. } => unreachable!("handled above"),
+        Cmd::KillCode(KillCodeCmd::Set) => {
+            let pass = passphrase(false)?;
+            let mut c = Client::open(&profile, &pass)?;
+            let code = secret("SOTTO_KILL_CODE", "kill code", true)?;
+            let n = c.kill_code_set(&code).await?;
+            warn(&mut c);
+            println!("kill code set for {n} device(s); set it again after linking a new device");
+        }
+        Cmd::Duress(DuressCmd::Set) => {
+            let pass = passphrase(false)?;
+            let c = Client::open(&profile, &pass)?;
+            let duress = secret("SOTTO_DURESS_PASSPHRASE", "duress passphrase", true)?;
+            if *duress == *pass {
+                bail!("the duress passphrase must differ from the passphrase");
+            }
+            c.set_duress(&duress)?;
+            println!("duress passphrase set");
+        }
         Cmd::Register {
             link,
             name,

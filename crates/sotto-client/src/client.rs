@@ -124,6 +124,8 @@ enum Outcome {
     Dropped(String),
     /// A proposal (a member's leave) waits for a commit in this group.
     Proposal(GroupId),
+    /// A valid wipe order for this device.
+    Wipe,
 }
 
 /// Remembers every member's handle as a contact; a handle that now stands
@@ -375,6 +377,8 @@ impl Client {
         };
         self.replenish(&mut conn, s.key_packages, s.has_last_resort)
             .await?;
+        self.refresh_kill_record(&mut conn, s.kill_record_version)
+            .await?;
         Ok(conn)
     }
 
@@ -420,6 +424,21 @@ impl Client {
                 return Ok(Outcome::Duplicate);
             }
             let outcome = match env.kind {
+                EnvelopeKind::Wipe => {
+                    let me_dev = me.device;
+                    let valid = postcard::from_bytes::<sotto_proto::WipeOrder>(&env.payload.0)
+                        .ok()
+                        .zip(rows::kill_record(c)?)
+                        .is_some_and(|(o, r)| sotto_core::killcode::order_is_valid(&o, me_dev, &r));
+                    if valid {
+                        Outcome::Wipe
+                    } else {
+                        Outcome::Dropped(
+                            "a wipe order that does not prove the kill code was ignored".into(),
+                        )
+                    }
+                }
+                EnvelopeKind::Device => Outcome::Dropped("unexpected device message".into()),
                 EnvelopeKind::Welcome => {
                     let joined = mls::join(p, &env.payload.0)?;
                     if joined.members.iter().all(|m| m.device != env.sender) {
@@ -521,8 +540,9 @@ impl Client {
         }
     }
 
-    pub(crate) fn handle_event(
+    pub(crate) async fn handle_event(
         &mut self,
+        conn: &mut Connection,
         d: &Delivery,
         dropped: &mut Vec<String>,
     ) -> Result<(), ClientError> {
@@ -532,6 +552,7 @@ impl Client {
             Outcome::Proposal(g) => {
                 self.proposals.insert(g);
             }
+            Outcome::Wipe => return Err(self.wipe_now(conn).await),
         }
         Ok(())
     }
@@ -558,7 +579,7 @@ impl Client {
             match ev {
                 Event::Deliver(d) => {
                     let mut dropped = Vec::new();
-                    self.handle_event(&d, &mut dropped)?;
+                    self.handle_event(&mut conn, &d, &mut dropped).await?;
                     dropped
                         .iter()
                         .for_each(|w| on_event(ReceiveEvent::Dropped(w)));
@@ -602,7 +623,7 @@ impl Client {
         let mut acks = Vec::new();
         let mut dropped = Vec::new();
         while let Event::Deliver(d) = conn.next_event().await? {
-            self.handle_event(&d, &mut dropped)?;
+            self.handle_event(conn, &d, &mut dropped).await?;
             acks.push(d.seq);
             if acks.len() >= ACK_BATCH {
                 Self::ack(conn, &mut acks).await?;
@@ -744,11 +765,16 @@ impl Client {
                     )
                 })??;
             if let Event::Deliver(d) = ev {
-                self.handle_event(&d, &mut dropped)?;
+                self.handle_event(conn, &d, &mut dropped).await?;
                 acks.push(d.seq);
             }
         }
         Self::ack(conn, &mut acks).await
+    }
+
+    /// Sets the duress passphrase of this profile.
+    pub fn set_duress(&self, duress: &str) -> Result<(), ClientError> {
+        self.store.set_duress(duress)
     }
 
     /// Sets when this device commits self-updates.

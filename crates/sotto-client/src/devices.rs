@@ -262,7 +262,7 @@ pub async fn link_wait(
                 ClientError::Invalid(format!("{missing} conversation(s) did not arrive in time"))
             })??;
         if let Event::Deliver(d) = ev {
-            client.handle_event(&d, &mut dropped)?;
+            client.handle_event(&mut conn, &d, &mut dropped).await?;
             acks.push(d.seq);
             Client::ack(&mut conn, &mut acks).await?;
         }

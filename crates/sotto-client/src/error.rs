@@ -50,6 +50,9 @@ pub enum ClientError {
         "the identity key of {0} changed since you verified it: compare the new safety number (`sotto verify {0}`) and confirm it (`sotto verify {0} --confirm`) before sending"
     )]
     KeyChanged(String),
+    /// A wipe order proved the kill code: this device's keys and store are destroyed.
+    #[error("this profile was wiped")]
+    Wiped,
     /// Something else the user asked for that cannot be done.
     #[error("{0}")]
     Invalid(String),

@@ -234,7 +234,7 @@ impl Client {
                     )
                 })??;
             if let Event::Deliver(d) = ev {
-                self.handle_event(&d, &mut dropped)?;
+                self.handle_event(conn, &d, &mut dropped).await?;
                 acks.push(d.seq);
             }
         }

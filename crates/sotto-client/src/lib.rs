@@ -12,6 +12,7 @@ pub mod client;
 pub mod devices;
 pub mod error;
 mod groups;
+pub mod killcode;
 pub mod link;
 pub mod store;
 pub mod transport;

@@ -289,8 +289,94 @@ impl Store {
         dir.join("sotto.db")
     }
 
+    /// The file that holds the duress check: 16 bytes of salt and 32 of
+    /// check value, random when no duress passphrase is set, so that its
+    /// presence says nothing.
+    fn duress_path(dir: &Path) -> PathBuf {
+        dir.join("unlock.check")
+    }
+
+    fn write_duress(dir: &Path, bytes: &[u8; 48]) -> Result<(), ClientError> {
+        let tmp = dir.join("unlock.check.tmp");
+        fs::write(&tmp, bytes).map_err(|e| ClientError::Store(e.to_string()))?;
+        fs::rename(&tmp, Self::duress_path(dir)).map_err(|e| ClientError::Store(e.to_string()))
+    }
+
+    /// Sets the duress passphrase: unlocking with it destroys this store.
+    pub fn set_duress(&self, duress: &str) -> Result<(), ClientError> {
+        let mut salt = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut salt);
+        let check = sotto_core::killcode::check(&*sotto_core::killcode::proof(duress, &salt)?);
+        let mut b = [0u8; 48];
+        b[..16].copy_from_slice(&salt);
+        b[16..].copy_from_slice(&check);
+        Self::write_duress(&self.dir, &b)
+    }
+
+    fn is_duress(dir: &Path, passphrase: &str) -> bool {
+        let Ok(b) = fs::read(Self::duress_path(dir)) else {
+            return false;
+        };
+        let (Ok(salt), Ok(check)) = (
+            <[u8; 16]>::try_from(&b[..16.min(b.len())]),
+            <[u8; 32]>::try_from(b.get(16..48).unwrap_or(&[])),
+        ) else {
+            return false;
+        };
+        sotto_core::killcode::proof(passphrase, &salt)
+            .is_ok_and(|p| sotto_core::killcode::matches(&p, &check))
+    }
+
+    /// Destroys the profile's data: every database file is overwritten with
+    /// random bytes (the SQLCipher salt in its first bytes first, which makes
+    /// the passphrase useless for it), synced, then removed.
+    pub fn shred_dir(dir: &Path) -> Result<(), ClientError> {
+        for name in [
+            "sotto.db",
+            "sotto.db-wal",
+            "sotto.db-shm",
+            "sotto.db-journal",
+        ] {
+            let p = dir.join(name);
+            let Ok(meta) = fs::metadata(&p) else { continue };
+            let len = usize::try_from(meta.len()).unwrap_or(0);
+            let mut noise = vec![0u8; len.max(16)];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut noise);
+            let f = fs::OpenOptions::new().write(true).open(&p);
+            if let Ok(mut f) = f {
+                use std::io::Write;
+                let _ = f.write_all(&noise);
+                let _ = f.sync_all();
+            }
+            fs::remove_file(&p).map_err(|e| ClientError::Store(format!("{}: {e}", p.display())))?;
+        }
+        let mut fresh = [0u8; 48];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut fresh);
+        Self::write_duress(dir, &fresh)
+    }
+
+    /// Closes the store and destroys its data; the store is empty and
+    /// in memory afterwards.
+    pub fn shred(&mut self) -> Result<(), ClientError> {
+        let old = std::mem::replace(&mut self.conn, Connection::open_in_memory()?);
+        drop(old.close());
+        Self::shred_dir(&self.dir)
+    }
+
     /// Opens the profile in `dir` with `passphrase`, creating both if needed.
+    /// The duress passphrase opens it too, after silently destroying it: the
+    /// result is a fresh, empty profile.
     pub fn open(dir: &Path, passphrase: &str) -> Result<Self, ClientError> {
+        match Self::open_inner(dir, passphrase) {
+            Err(ClientError::WrongPassphrase) if Self::is_duress(dir, passphrase) => {
+                Self::shred_dir(dir)?;
+                Self::open_inner(dir, passphrase)
+            }
+            other => other,
+        }
+    }
+
+    fn open_inner(dir: &Path, passphrase: &str) -> Result<Self, ClientError> {
         if passphrase.is_empty() {
             return Err(ClientError::Invalid(
                 "the passphrase must not be empty".into(),
@@ -329,6 +415,11 @@ impl Store {
         SqliteStorageProvider::<JsonCodec, &mut Connection>::new(&mut conn)
             .run_migrations()
             .map_err(|e| ClientError::Store(format!("mls storage migration: {e}")))?;
+        if !Self::duress_path(dir).exists() {
+            let mut fresh = [0u8; 48];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut fresh);
+            Self::write_duress(dir, &fresh)?;
+        }
         let crypto =
             CryptoProvider::new().map_err(|e| ClientError::Store(format!("crypto: {e:?}")))?;
         Ok(Self {
@@ -883,6 +974,32 @@ pub mod rows {
                 }
             }
         })
+    }
+
+    /// This device's copy of the account's kill-code record.
+    pub fn kill_record(
+        c: &Connection,
+    ) -> Result<Option<sotto_proto::SignedKillRecord>, ClientError> {
+        let v: Option<Vec<u8>> = c
+            .query_row("SELECT v FROM profile WHERE k = 'kill_record'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        v.map(|v| postcard::from_bytes(&v).map_err(|e| ClientError::Store(e.to_string())))
+            .transpose()
+    }
+
+    /// Keeps the account's kill-code record (checked by the caller).
+    pub fn put_kill_record(
+        c: &Connection,
+        r: &sotto_proto::SignedKillRecord,
+    ) -> Result<(), ClientError> {
+        let data = postcard::to_stdvec(r).map_err(|e| ClientError::Store(e.to_string()))?;
+        c.execute(
+            "INSERT INTO profile (k, v) VALUES ('kill_record', ?1) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+            [data],
+        )?;
+        Ok(())
     }
 
     /// Queues an encrypted message for (re)sending.

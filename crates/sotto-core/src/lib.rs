@@ -10,6 +10,7 @@
 
 pub mod group;
 pub mod identity;
+pub mod killcode;
 pub mod message;
 pub mod mls;
 pub mod verify;

@@ -34,6 +34,8 @@ pub enum ErrorCode {
     UnknownHandle,
     /// No such account or device.
     UnknownAccount,
+    /// The account and kill code do not match (which of the two is not said).
+    InvalidKillCode,
     /// The target has no KeyPackage to hand out (not even a last-resort one).
     NoKeyPackages,
     /// A commit was built on an epoch that is no longer the group's current one.
@@ -109,6 +111,7 @@ impl ErrorCode {
             Self::InvalidHandle => "invalid handle",
             Self::UnknownHandle => "unknown handle",
             Self::UnknownAccount => "unknown account or device",
+            Self::InvalidKillCode => "wrong account or kill code",
             Self::NoKeyPackages => "the contact has no key packages left",
             Self::StaleEpoch { .. } => "the group moved to a newer epoch",
             Self::NotMember => "not a member of this group",

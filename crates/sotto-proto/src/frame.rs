@@ -55,6 +55,20 @@ pub enum Request {
         /// Which device.
         device: DeviceId,
     },
+    /// Store the account's kill-code record (signed by the account key).
+    SetKillCode(SignedKillRecord),
+    /// The account's kill-code record, for a device to take its verifier.
+    GetKillRecord,
+    /// What a wiping client needs to prove the kill code: the salts.
+    /// Allowed before login.
+    WipeInfo {
+        /// The account to wipe.
+        handle: Handle,
+    },
+    /// Order the wipe of every device of an account. Allowed before login.
+    Wipe(WipeRequest),
+    /// The device destroyed its keys and store: forget it.
+    WipeDone,
     /// Send an opaque message to another device of the sender's own account
     /// (the link bundle that hands a new device the account).
     SendToDevice {
@@ -93,6 +107,74 @@ pub fn device_list_transcript(account: &AccountId, version: u64, devices: &[Devi
         t.extend_from_slice(&d.0);
     }
     t
+}
+
+/// What lets a device and the server check a kill code without knowing it:
+/// for the server and for every device, a salt and the check value of the
+/// code's Argon2id proof under that salt. Signed by the account key, so the
+/// server cannot swap in a check value of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedKillRecord {
+    /// The account.
+    pub account: AccountId,
+    /// Increases with every change.
+    pub version: u64,
+    /// The server's salt.
+    pub server_salt: [u8; 16],
+    /// The server's check value.
+    pub server_check: [u8; 32],
+    /// One entry per device.
+    pub devices: Vec<DeviceKill>,
+    /// The account key's signature over [`kill_record_transcript`].
+    pub signature: Signature,
+}
+
+/// One device's part of a kill-code record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceKill {
+    /// The device.
+    pub device: DeviceId,
+    /// Its salt.
+    pub salt: [u8; 16],
+    /// Its check value.
+    pub check: [u8; 32],
+}
+
+/// The bytes the account key signs for a kill-code record.
+pub fn kill_record_transcript(r: &SignedKillRecord) -> Vec<u8> {
+    let mut t = Vec::with_capacity(128 + 80 * r.devices.len());
+    t.extend_from_slice(b"sotto-kill-record-v1\0");
+    t.extend_from_slice(&r.account.0);
+    t.extend_from_slice(&r.version.to_be_bytes());
+    t.extend_from_slice(&r.server_salt);
+    t.extend_from_slice(&r.server_check);
+    t.extend_from_slice(&(r.devices.len() as u64).to_be_bytes());
+    for d in &r.devices {
+        t.extend_from_slice(&d.device.0);
+        t.extend_from_slice(&d.salt);
+        t.extend_from_slice(&d.check);
+    }
+    t
+}
+
+/// A wipe order from a holder of the kill code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WipeRequest {
+    /// The account.
+    pub handle: Handle,
+    /// The code's proof under the server's salt.
+    pub server_proof: [u8; 32],
+    /// The code's proof under each device's salt.
+    pub proofs: Vec<(DeviceId, [u8; 32])>,
+}
+
+/// What a device receives (envelope kind `Wipe`): its own proof.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WipeOrder {
+    /// The device the order is for; a device obeys only its own.
+    pub device: DeviceId,
+    /// The kill code's proof under the device's salt.
+    pub proof: [u8; 32],
 }
 
 /// Most devices one account may have.
@@ -255,6 +337,24 @@ pub enum Response {
     },
     /// An account's signed device list.
     DeviceList(SignedDeviceList),
+    /// The kill-code record was stored.
+    KillCodeStored,
+    /// The account's kill-code record, if it has one.
+    KillRecord(Option<SignedKillRecord>),
+    /// The salts to prove a kill code with.
+    WipeInfo {
+        /// The server's salt.
+        server_salt: [u8; 16],
+        /// Each device's salt.
+        devices: Vec<(DeviceId, [u8; 16])>,
+    },
+    /// Wipe orders are queued for this many devices.
+    WipeQueued {
+        /// How many.
+        devices: u32,
+    },
+    /// The device is forgotten.
+    Forgotten,
     /// The commit was applied; the group is at `epoch` now.
     Committed {
         /// The new epoch.
@@ -287,6 +387,8 @@ pub struct Session {
     pub key_packages: u32,
     /// Whether the device has a last-resort KeyPackage on the server.
     pub has_last_resort: bool,
+    /// Version of the account's kill-code record (0: none).
+    pub kill_record_version: u64,
 }
 
 /// The result of a claim.
@@ -348,6 +450,8 @@ pub enum EnvelopeKind {
     Welcome,
     /// A message from another device of the same account (not MLS).
     Device,
+    /// A wipe order ([`WipeOrder`]).
+    Wipe,
 }
 
 /// The bytes a new account's keys sign at registration.

@@ -54,6 +54,10 @@ pub struct Limits {
     pub requests_per_second: f64,
     /// Token bucket burst.
     pub request_burst: f64,
+    /// Wrong kill codes allowed per account per `kill_code_window`.
+    pub kill_code_guesses: u32,
+    /// The window for `kill_code_guesses`.
+    pub kill_code_window: Duration,
 }
 
 impl Default for Limits {
@@ -71,6 +75,8 @@ impl Default for Limits {
             max_protocol_errors: 3,
             requests_per_second: 50.0,
             request_burst: 200.0,
+            kill_code_guesses: 5,
+            kill_code_window: Duration::from_secs(15 * 60),
         }
     }
 }

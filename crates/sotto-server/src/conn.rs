@@ -300,6 +300,9 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             (Request::Ping, _) => Ok(Response::Pong {
                 server_time_ms: now_ms(),
             }),
+            // A lost handset's owner wipes it from any machine, without an account.
+            (Request::WipeInfo { handle }, _) => self.wipe_info(handle).await,
+            (Request::Wipe(w), _) => self.wipe(w).await,
             (Request::Register(r), false) => self.register(*r).await,
             (Request::Login(l), false) => self.login(l).await,
             (Request::Register(_) | Request::Login(_), true) => Err(ProtoError::with_message(
@@ -323,6 +326,9 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
                 },
                 true,
             ) => self.send_to_device(device, msg_id, payload).await,
+            (Request::SetKillCode(r), true) => self.set_kill_code(r).await,
+            (Request::GetKillRecord, true) => self.get_kill_record().await,
+            (Request::WipeDone, true) => self.wipe_done().await,
         };
         let auth_failed = matches!(&result, Err(e) if e.code == ErrorCode::AuthFailed);
         self.respond(f.req, result).await?;
@@ -397,6 +403,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             handle: r.handle,
             key_packages: 0,
             has_last_resort: false,
+            kill_record_version: 0,
         };
         self.session = Some(s.clone());
         Ok(Response::LoggedIn(s))
@@ -429,12 +436,19 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             .key_package_stock(l.device)
             .await
             .map_err(|e| self.log_store(&e))?;
+        let kill = self
+            .shared
+            .store
+            .kill_record(rec.account)
+            .await
+            .map_err(|e| self.log_store(&e))?;
         let s = Session {
             account: rec.account,
             device: l.device,
             handle: rec.handle,
             key_packages: stock.one_time,
             has_last_resort: stock.last_resort,
+            kill_record_version: kill.map_or(0, |k| k.version),
         };
         self.session = Some(s.clone());
         Ok(Response::LoggedIn(s))
@@ -758,6 +772,192 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             Err(SendError::NotMember) => Err(ProtoError::new(ErrorCode::UnknownAccount)),
             Err(SendError::Store(e)) => Err(self.log_store(&e)),
         }
+    }
+
+    async fn set_kill_code(
+        &mut self,
+        r: sotto_proto::SignedKillRecord,
+    ) -> Result<Response, ProtoError> {
+        let account = self.account()?;
+        let t = sotto_proto::kill_record_transcript(&r);
+        if r.account != account
+            || !verify(&account.0, &t, &r.signature)
+            || r.devices.len() > MAX_DEVICES_PER_ACCOUNT
+        {
+            return Err(ProtoError::with_message(
+                ErrorCode::InvalidRequest,
+                "a kill-code record must be signed by the account",
+            ));
+        }
+        match self.shared.store.set_kill_record(r).await {
+            Ok(true) => Ok(Response::KillCodeStored),
+            Ok(false) => Err(ProtoError::with_message(
+                ErrorCode::InvalidRequest,
+                "a newer kill code is set",
+            )),
+            Err(e) => Err(self.log_store(&e)),
+        }
+    }
+
+    async fn get_kill_record(&mut self) -> Result<Response, ProtoError> {
+        let account = self.account()?;
+        let r = self
+            .shared
+            .store
+            .kill_record(account)
+            .await
+            .map_err(|e| self.log_store(&e))?;
+        Ok(Response::KillRecord(r))
+    }
+
+    async fn wipe_info(&mut self, handle: sotto_proto::Handle) -> Result<Response, ProtoError> {
+        let target = self
+            .shared
+            .store
+            .wipe_target(handle.clone())
+            .await
+            .map_err(|e| self.log_store(&e))?;
+        let real = target.and_then(|t| t.record.map(|r| (r, t.devices)));
+        Ok(match real {
+            Some((r, live)) => Response::WipeInfo {
+                server_salt: r.server_salt,
+                devices: r
+                    .devices
+                    .iter()
+                    .filter(|d| live.contains(&d.device))
+                    .map(|d| (d.device, d.salt))
+                    .collect(),
+            },
+            // Same shape for an unknown account or one without a kill code:
+            // salts derived from the handle, stable across calls.
+            None => {
+                let h = |tag: &[u8]| -> [u8; 32] {
+                    let mut d = Sha256::new();
+                    d.update(b"sotto-wipe-decoy");
+                    d.update(tag);
+                    d.update(handle.as_str().as_bytes());
+                    d.finalize().into()
+                };
+                let mut salt = [0u8; 16];
+                salt.copy_from_slice(&h(b"server")[..16]);
+                let mut dsalt = [0u8; 16];
+                dsalt.copy_from_slice(&h(b"device")[..16]);
+                Response::WipeInfo {
+                    server_salt: salt,
+                    devices: vec![(DeviceId(h(b"id")), dsalt)],
+                }
+            }
+        })
+    }
+
+    /// Counts a wrong guess; `Err` once the account's window is used up.
+    fn guess_allowed(
+        &self,
+        account: sotto_proto::AccountId,
+        failed: bool,
+    ) -> Result<(), ProtoError> {
+        let limits = &self.shared.config.limits;
+        let mut g = self
+            .shared
+            .kill_guesses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let e = g.entry(account).or_insert(crate::server::Guesses {
+            failures: 0,
+            window_start: now,
+        });
+        if now.duration_since(e.window_start) > limits.kill_code_window {
+            *e = crate::server::Guesses {
+                failures: 0,
+                window_start: now,
+            };
+        }
+        if e.failures >= limits.kill_code_guesses {
+            let left = limits
+                .kill_code_window
+                .saturating_sub(now.duration_since(e.window_start));
+            return Err(ProtoError::with_message(
+                ErrorCode::RateLimited,
+                "too many wrong kill codes",
+            )
+            .retry_after(u64::try_from(left.as_millis()).unwrap_or(u64::MAX)));
+        }
+        if failed {
+            e.failures += 1;
+        }
+        Ok(())
+    }
+
+    async fn wipe(&mut self, w: sotto_proto::WipeRequest) -> Result<Response, ProtoError> {
+        let wrong = || ProtoError::new(ErrorCode::InvalidKillCode);
+        let target = self
+            .shared
+            .store
+            .wipe_target(w.handle.clone())
+            .await
+            .map_err(|e| self.log_store(&e))?;
+        let Some(target) = target else {
+            return Err(wrong());
+        };
+        // Fail closed: once the account's guesses are used up, even the
+        // right code waits for the window to pass.
+        self.guess_allowed(target.account, false)?;
+        let Some(record) = target.record else {
+            self.guess_allowed(target.account, true)?;
+            return Err(wrong());
+        };
+        let check = {
+            let mut h = Sha256::new();
+            h.update(b"sotto-kill-check-v1");
+            h.update(w.server_proof);
+            let c: [u8; 32] = h.finalize().into();
+            c
+        };
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            &check[..],
+            &record.server_check[..],
+        )) {
+            self.guess_allowed(target.account, true)?;
+            return Err(wrong());
+        }
+        let now = now_ms();
+        let mut queued = 0u32;
+        for (device, proof) in w.proofs.iter().filter(|(d, _)| target.devices.contains(d)) {
+            let order = sotto_proto::WipeOrder {
+                device: *device,
+                proof: *proof,
+            };
+            let m = Outgoing {
+                group: sotto_proto::GroupId([0; 32]),
+                sender: *device,
+                msg_id: sotto_proto::MessageId(rand::random()),
+                kind: EnvelopeKind::Wipe,
+                payload: postcard::to_stdvec(&order).unwrap_or_default(),
+                now_ms: now,
+                expires_ms: now.saturating_add(ttl_ms(&self.shared.config.mailbox_ttl)),
+            };
+            match self.shared.store.send_to_device(m, *device, u64::MAX).await {
+                Ok(out) => {
+                    self.shared.bus.publish(&out.recipients);
+                    queued += 1;
+                }
+                Err(SendError::Store(e)) => return Err(self.log_store(&e)),
+                Err(_) => {}
+            }
+        }
+        tracing::warn!(devices = queued, "wipe orders queued for an account");
+        Ok(Response::WipeQueued { devices: queued })
+    }
+
+    async fn wipe_done(&mut self) -> Result<Response, ProtoError> {
+        let device = self.device()?;
+        self.shared
+            .store
+            .forget_device(device)
+            .await
+            .map_err(|e| self.log_store(&e))?;
+        Ok(Response::Forgotten)
     }
 
     async fn ack(&mut self, seqs: Vec<u64>) -> Result<Response, ProtoError> {

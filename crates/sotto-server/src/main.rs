@@ -133,11 +133,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 dir.write_link(&link)?;
                 println!("{link}");
                 tracing::info!(%bound, "sotto-server listening");
-                let shared = Arc::new(Shared {
-                    store,
-                    bus: LocalBus::new(),
-                    config,
-                });
+                let shared = Arc::new(Shared::new(store, LocalBus::new(), config));
                 let shutdown = async {
                     let _ = tokio::signal::ctrl_c().await;
                 };

@@ -16,7 +16,8 @@ use crate::bus::Bus;
 use crate::config::ServerConfig;
 use crate::store::Store;
 
-/// What every connection shares: the store, the bus and the configuration.
+/// What every connection shares: the store, the bus, the configuration and
+/// the guards against guessing.
 #[derive(Debug)]
 pub struct Shared<S, B> {
     /// Persistent state.
@@ -25,6 +26,28 @@ pub struct Shared<S, B> {
     pub bus: B,
     /// Configuration.
     pub config: ServerConfig,
+    /// Failed kill-code guesses per account.
+    pub(crate) kill_guesses:
+        std::sync::Mutex<std::collections::HashMap<sotto_proto::AccountId, Guesses>>,
+}
+
+/// Failed guesses in the current window.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Guesses {
+    pub(crate) failures: u32,
+    pub(crate) window_start: tokio::time::Instant,
+}
+
+impl<S, B> Shared<S, B> {
+    /// Shared state for `run`.
+    pub fn new(store: S, bus: B, config: ServerConfig) -> Self {
+        Self {
+            store,
+            bus,
+            config,
+            kill_guesses: Default::default(),
+        }
+    }
 }
 
 pub(crate) fn now_ms() -> u64 {

@@ -120,6 +120,31 @@ impl Profile {
         self.sotto_with(args, &self.passphrase)
     }
 
+    /// Runs `sotto` with extra environment variables.
+    pub fn sotto_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut c = Command::new(bin("sotto"));
+        c.arg("--profile").arg(&self.dir).args(args);
+        c.env("SOTTO_PASSPHRASE", &self.passphrase)
+            .env_remove("SOTTO_PROFILE");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        run(c)
+    }
+
+    /// Starts `sotto` in the background with piped output.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        let mut c = Command::new(bin("sotto"));
+        c.arg("--profile").arg(&self.dir).args(args);
+        c.env("SOTTO_PASSPHRASE", &self.passphrase)
+            .env_remove("SOTTO_PROFILE");
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sotto")
+    }
+
     /// Runs `sotto` with another passphrase.
     pub fn sotto_with(&self, args: &[&str], passphrase: &str) -> Run {
         let mut c = Command::new(bin("sotto"));
@@ -154,6 +179,18 @@ impl Profile {
         let out = child.wait_with_output().expect("wait");
         Run { cmd, out }
     }
+}
+
+/// Runs `sotto` without a profile (e.g. `sotto wipe`).
+pub fn sotto_anywhere(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut c = Command::new(bin("sotto"));
+    c.args(args)
+        .env_remove("SOTTO_PROFILE")
+        .env_remove("SOTTO_PASSPHRASE");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    run(c)
 }
 
 /// Runs a command to completion with no stdin.
@@ -274,11 +311,7 @@ impl InProcessServer {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let link = format!("sotto://{addr}#fp={}", tls.fingerprint());
-        let shared = Arc::new(Shared {
-            store,
-            bus: LocalBus::new(),
-            config,
-        });
+        let shared = Arc::new(Shared::new(store, LocalBus::new(), config));
         let (tx, rx) = tokio::sync::oneshot::channel();
         let tls_cfg = tls.server_config().expect("tls config");
         let task = tokio::spawn(sotto_server::run(listener, tls_cfg, shared, async {

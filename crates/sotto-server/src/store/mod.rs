@@ -15,6 +15,7 @@ use std::future::Future;
 
 use sotto_proto::{
     AccountId, DeviceId, Envelope, EnvelopeKind, GroupId, Handle, MessageId, SignedDeviceList,
+    SignedKillRecord,
 };
 
 /// A storage failure.
@@ -97,6 +98,17 @@ pub struct DeviceListChange {
     pub added: Vec<DeviceId>,
     /// Devices that were revoked.
     pub revoked: Vec<DeviceId>,
+}
+
+/// What a wipe order needs to know about an account.
+#[derive(Debug, Clone)]
+pub struct WipeTarget {
+    /// The account.
+    pub account: AccountId,
+    /// Its kill-code record, if it set one.
+    pub record: Option<SignedKillRecord>,
+    /// Its live devices.
+    pub devices: Vec<DeviceId>,
 }
 
 /// A registered device.
@@ -285,6 +297,31 @@ pub trait Store: Send + Sync + 'static {
         list: SignedDeviceList,
         now_ms: u64,
     ) -> impl Future<Output = Result<DeviceListChange, DeviceListError>> + Send;
+
+    /// Stores the account's kill-code record if it is newer than the stored one.
+    fn set_kill_record(
+        &self,
+        r: SignedKillRecord,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The account's kill-code record.
+    fn kill_record(
+        &self,
+        account: AccountId,
+    ) -> impl Future<Output = Result<Option<SignedKillRecord>, StoreError>> + Send;
+
+    /// The account with this handle, its kill-code record and its live devices.
+    fn wipe_target(
+        &self,
+        handle: Handle,
+    ) -> impl Future<Output = Result<Option<WipeTarget>, StoreError>> + Send;
+
+    /// Forgets a device that wiped itself: its record, mailbox, KeyPackages
+    /// and group memberships, in one transaction.
+    fn forget_device(
+        &self,
+        device: DeviceId,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Stores a device-to-device message for `recipient`, unless
     /// (sender, msg_id) was seen before.

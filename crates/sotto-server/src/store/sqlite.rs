@@ -10,13 +10,14 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, ErrorCode as SqlCode, OptionalExtension, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
 use sotto_proto::{
-    AccountId, Blob, DeviceId, Envelope, EnvelopeKind, GroupId, Handle, MessageId, SignedDeviceList,
+    AccountId, Blob, DeviceId, Envelope, EnvelopeKind, GroupId, Handle, MessageId,
+    SignedDeviceList, SignedKillRecord,
 };
 
 use super::{
     Claimed, CommitError, CommitOutcome, CommitWrite, DeviceListChange, DeviceListError,
     DeviceRecord, KeyPackageStock, MailboxEntry, NewAccount, Outgoing, RegisterError, SendError,
-    SendOutcome, Store, StoreError, StoredKeyPackage,
+    SendOutcome, Store, StoreError, StoredKeyPackage, WipeTarget,
 };
 
 const SCHEMA: &str = r#"
@@ -79,6 +80,11 @@ CREATE TABLE IF NOT EXISTS device_lists (
     version     INTEGER NOT NULL,
     data        BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS kill_records (
+    account     BLOB PRIMARY KEY,
+    version     INTEGER NOT NULL,
+    data        BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS seen_sends (
     key         BLOB PRIMARY KEY,
     expires_ms  INTEGER NOT NULL
@@ -109,6 +115,7 @@ fn kind_to_i64(k: EnvelopeKind) -> i64 {
         EnvelopeKind::Commit => 1,
         EnvelopeKind::Welcome => 2,
         EnvelopeKind::Device => 3,
+        EnvelopeKind::Wipe => 4,
     }
 }
 
@@ -118,6 +125,7 @@ fn kind_from_i64(k: i64) -> Result<EnvelopeKind, StoreError> {
         1 => EnvelopeKind::Commit,
         2 => EnvelopeKind::Welcome,
         3 => EnvelopeKind::Device,
+        4 => EnvelopeKind::Wipe,
         _ => return Err(StoreError::Internal(format!("unknown envelope kind {k}"))),
     })
 }
@@ -213,6 +221,19 @@ fn put_list(tx: &rusqlite::Transaction<'_>, l: &SignedDeviceList) -> Result<(), 
     )
     .map_err(map_err)?;
     Ok(())
+}
+
+fn get_kill(c: &Connection, account: &AccountId) -> Result<Option<SignedKillRecord>, StoreError> {
+    let data: Option<Vec<u8>> = c
+        .query_row(
+            "SELECT data FROM kill_records WHERE account = ?1",
+            [&account.0[..]],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(map_err)?;
+    data.map(|d| postcard::from_bytes(&d).map_err(|e| StoreError::Internal(e.to_string())))
+        .transpose()
 }
 
 fn get_list(c: &Connection, account: &AccountId) -> Result<Option<SignedDeviceList>, StoreError> {
@@ -618,6 +639,100 @@ impl Store for SqliteStore {
             put_list(&tx, &list)?;
             tx.commit().map_err(map_err)?;
             Ok(DeviceListChange { added, revoked })
+        })
+        .await
+    }
+
+    async fn set_kill_record(&self, r: SignedKillRecord) -> Result<bool, StoreError> {
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_err)?;
+            if get_kill(&tx, &r.account)?.is_some_and(|old| old.version >= r.version) {
+                return Ok(false);
+            }
+            let data = postcard::to_stdvec(&r).map_err(|e| StoreError::Internal(e.to_string()))?;
+            tx.execute(
+                "INSERT INTO kill_records (account, version, data) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(account) DO UPDATE SET version = excluded.version, data = excluded.data",
+                params![&r.account.0[..], ms(r.version), data],
+            )
+            .map_err(map_err)?;
+            tx.commit().map_err(map_err)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn kill_record(
+        &self,
+        account: AccountId,
+    ) -> Result<Option<SignedKillRecord>, StoreError> {
+        self.with(move |c| get_kill(c, &account)).await
+    }
+
+    async fn wipe_target(&self, handle: Handle) -> Result<Option<WipeTarget>, StoreError> {
+        self.with(move |c| {
+            let account: Option<Vec<u8>> = c
+                .query_row(
+                    "SELECT account FROM accounts WHERE handle = ?1",
+                    [handle.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(map_err)?;
+            let Some(account) = account else {
+                return Ok(None);
+            };
+            let account = AccountId(arr32(account)?);
+            let mut stmt = c
+                .prepare("SELECT device FROM devices WHERE account = ?1 AND revoked = 0")
+                .map_err(map_err)?;
+            let rows = stmt
+                .query_map([&account.0[..]], |r| r.get::<_, Vec<u8>>(0))
+                .map_err(map_err)?;
+            let mut devices = Vec::new();
+            for r in rows {
+                devices.push(DeviceId(arr32(r.map_err(map_err)?)?));
+            }
+            Ok(Some(WipeTarget {
+                account,
+                record: get_kill(c, &account)?,
+                devices,
+            }))
+        })
+        .await
+    }
+
+    async fn forget_device(&self, device: DeviceId) -> Result<(), StoreError> {
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_err)?;
+            let d = &device.0[..];
+            let ids: Vec<i64> = {
+                let mut stmt = tx
+                    .prepare("DELETE FROM mailbox WHERE device = ?1 RETURNING message")
+                    .map_err(map_err)?;
+                let rows = stmt.query_map([d], |r| r.get(0)).map_err(map_err)?;
+                rows.collect::<Result<_, _>>().map_err(map_err)?
+            };
+            for id in ids {
+                tx.execute(
+                    "DELETE FROM messages WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM mailbox WHERE message = ?1)",
+                    [id],
+                )
+                .map_err(map_err)?;
+            }
+            for sql in [
+                "DELETE FROM key_packages WHERE device = ?1",
+                "DELETE FROM last_resort_key_packages WHERE device = ?1",
+                "DELETE FROM group_members WHERE device = ?1",
+                "DELETE FROM devices WHERE device = ?1",
+            ] {
+                tx.execute(sql, [d]).map_err(map_err)?;
+            }
+            tx.commit().map_err(map_err)
         })
         .await
     }

@@ -1,0 +1,238 @@
+//! Kill code and duress passphrase through the real binaries: a wipe by
+//! kill code reaches an online and an offline device, each checks the code
+//! itself, destroys its store and leaves its groups, and the server forgets
+//! it; wrong codes, guessing and forged orders change nothing; the duress
+//! passphrase silently destroys the store.
+
+use std::io::Read;
+use std::time::Duration;
+
+use sotto_test_support::{Profile, ServerProcess, sotto_anywhere};
+use tempfile::TempDir;
+
+const CODE: &str = "orange-umbrella-42";
+
+struct World {
+    _tmp: TempDir,
+    root: std::path::PathBuf,
+    server: ServerProcess,
+}
+
+impl World {
+    fn new() -> Self {
+        let tmp = TempDir::new().unwrap();
+        let root = tmp.path().to_owned();
+        let server = ServerProcess::start(&root.join("server"), &[]);
+        Self {
+            _tmp: tmp,
+            root,
+            server,
+        }
+    }
+
+    fn person(&self, name: &str) -> Profile {
+        let p = Profile::new(self.root.join(name));
+        let invite = self.server.invite();
+        p.sotto(&[
+            "register",
+            &self.server.link,
+            "--name",
+            name,
+            "--invite",
+            &invite,
+        ])
+        .ok();
+        p
+    }
+
+    fn db(&self) -> rusqlite::Connection {
+        let db = rusqlite::Connection::open(self.server.data.join("server.db")).unwrap();
+        db.busy_timeout(Duration::from_secs(5)).unwrap();
+        db
+    }
+
+    fn count(&self, sql: &str, handle: &str) -> i64 {
+        self.db().query_row(sql, [handle], |r| r.get(0)).unwrap()
+    }
+
+    fn wipe(&self, handle: &str, code: &str) -> sotto_test_support::Run {
+        sotto_anywhere(
+            &["wipe", &self.server.link, "--account", handle],
+            &[("SOTTO_KILL_CODE", code)],
+        )
+    }
+}
+
+/// Links a second device of `first`'s account.
+fn second_device(w: &World, first: &Profile, name: &str) -> Profile {
+    let second = Profile::new(w.root.join(format!("{name}-2")));
+    let mut child = second.spawn(&["link", &w.server.link, "--wait", "60"]);
+    let mut out = child.stdout.take().unwrap();
+    let mut code = Vec::new();
+    let mut byte = [0u8; 1];
+    while out.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+        code.push(byte[0]);
+    }
+    first
+        .sotto(&["devices", "approve", std::str::from_utf8(&code).unwrap()])
+        .ok();
+    assert!(child.wait().unwrap().success());
+    second
+}
+
+fn members(p: &Profile) -> String {
+    p.sotto(&["groups", "--json"]).ok()
+}
+
+#[test]
+fn a_kill_code_wipes_online_and_offline_devices() {
+    let w = World::new();
+    let alice = w.person("alice");
+    let bob = w.person("bob");
+    alice.sotto(&["group", "create", "ops", "bob"]).ok();
+    alice.sotto(&["send", "ops", "secret plans"]).ok();
+    let alice2 = second_device(&w, &alice, "alice");
+    alice
+        .sotto_env(&["kill-code", "set"], &[("SOTTO_KILL_CODE", CODE)])
+        .ok();
+    // alice2 is online, listening; alice (first device) is offline.
+    let mut online = alice2.spawn(&["receive", "--wait", "30"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    w.wipe("alice", CODE).ok();
+    let status = online.wait().unwrap();
+    let mut err = String::new();
+    online
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        !status.success() && err.contains("this profile was wiped"),
+        "{err}"
+    );
+    // The offline device obeys on its next connection.
+    alice
+        .sotto(&["receive"])
+        .fails_with("this profile was wiped");
+    for p in [&alice, &alice2] {
+        p.sotto(&["receive"]).fails_with("profile has no account");
+        assert!(!p.dir.join("sotto.db").exists());
+        assert!(sotto_test_support::files_containing(&p.dir, b"SQLite format").is_empty());
+    }
+    // The server forgot both devices: no record, mailbox or KeyPackage.
+    let dev = "SELECT count(*) FROM devices d JOIN accounts a ON a.account = d.account WHERE a.handle = ?1";
+    assert_eq!(w.count(dev, "alice"), 0);
+    for table in [
+        "mailbox",
+        "key_packages",
+        "last_resort_key_packages",
+        "group_members",
+    ] {
+        let sql = format!(
+            "SELECT count(*) FROM {table} WHERE device NOT IN (SELECT device FROM devices) AND ?1 = ?1"
+        );
+        assert_eq!(
+            w.count(&sql, "alice"),
+            0,
+            "{table} still holds a wiped device"
+        );
+    }
+    // Bob's client commits the wiped devices' departure.
+    bob.sotto(&["receive"]).ok();
+    let g = members(&bob);
+    assert!(g.contains(r#""members":["bob"]"#), "{g}");
+}
+
+#[test]
+fn wrong_codes_guessing_and_forged_orders_change_nothing() {
+    let w = World::new();
+    let alice = w.person("alice");
+    let _bob = w.person("bob");
+    alice.sotto(&["send", "bob", "hi"]).ok();
+    alice
+        .sotto_env(&["kill-code", "set"], &[("SOTTO_KILL_CODE", CODE)])
+        .ok();
+    alice
+        .sotto_env(&["kill-code", "set"], &[("SOTTO_KILL_CODE", "short")])
+        .fails_with("at least 8 characters");
+    // Wrong code, unknown account, account without a kill code: one answer.
+    w.wipe("alice", "not-the-code")
+        .fails_with("wrong account or kill code");
+    w.wipe("nobody", CODE)
+        .fails_with("wrong account or kill code");
+    w.wipe("bob", CODE).fails_with("wrong account or kill code");
+    // A forged order from a server that lacks the code.
+    let db = w.db();
+    let device: Vec<u8> = db
+        .query_row(
+            "SELECT d.device FROM devices d JOIN accounts a ON a.account = d.account WHERE a.handle = 'alice'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let order = sotto_proto::WipeOrder {
+        device: sotto_proto::DeviceId(device.clone().try_into().unwrap()),
+        proof: [0x42; 32],
+    };
+    db.execute(
+        "INSERT INTO messages (group_id, sender, msg_id, kind, server_ms, expires_ms, payload) \
+         VALUES (zeroblob(32), ?1, randomblob(16), 4, 0, 9000000000000, ?2)",
+        rusqlite::params![device, postcard::to_stdvec(&order).unwrap()],
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO mailbox (device, message) VALUES (?1, last_insert_rowid())",
+        [&device],
+    )
+    .unwrap();
+    drop(db);
+    let r = alice.sotto(&["receive"]);
+    r.ok();
+    assert!(
+        r.stderr().contains("does not prove the kill code"),
+        "{}",
+        r.stderr()
+    );
+    assert!(alice.sotto(&["contacts"]).ok().starts_with("bob\t"));
+    // Guessing is cut off: after five wrong codes even the right one waits.
+    for _ in 0..4 {
+        w.wipe("alice", "still-not-it")
+            .fails_with("wrong account or kill code");
+    }
+    w.wipe("alice", CODE)
+        .fails_with("too many wrong kill codes");
+    alice.sotto(&["send", "bob", "still here"]).ok();
+}
+
+#[test]
+fn the_duress_passphrase_silently_destroys_the_store() {
+    let w = World::new();
+    let alice = w.person("alice");
+    let _bob = w.person("bob");
+    alice.sotto(&["send", "bob", "hi"]).ok();
+    alice
+        .sotto_env(
+            &["duress", "set"],
+            &[("SOTTO_DURESS_PASSPHRASE", &alice.passphrase)],
+        )
+        .fails_with("must differ");
+    alice
+        .sotto_env(
+            &["duress", "set"],
+            &[("SOTTO_DURESS_PASSPHRASE", "under duress")],
+        )
+        .ok();
+    let before = std::fs::read(alice.dir.join("sotto.db")).unwrap();
+    // Unlocking with the duress passphrase shows a fresh, empty profile.
+    alice
+        .sotto_with(&["contacts"], "under duress")
+        .fails_with("profile has no account");
+    let after = std::fs::read(alice.dir.join("sotto.db")).unwrap();
+    assert_ne!(before[..16], after[..16], "the old store is still there");
+    // The real passphrase opens nothing any more.
+    alice.sotto(&["contacts"]).fails_with("wrong passphrase");
+    alice
+        .sotto_with(&["contacts"], "under duress")
+        .fails_with("profile has no account");
+}

@@ -1,0 +1,154 @@
+//! The kill code on the client: setting it (a record signed by the account
+//! key with a check value per device), keeping this device's copy current,
+//! obeying a valid wipe order (leave every conversation, tell the server,
+//! destroy the store), and ordering a wipe from any machine.
+
+use sotto_core::group;
+use sotto_core::killcode;
+use sotto_proto::{Blob, GroupId, Handle, Request, Response, SendRequest};
+
+use crate::client::{random_id, unexpected};
+use crate::store::rows;
+use crate::transport::Connection;
+use crate::{Client, ClientError, ServerLink};
+
+impl Client {
+    /// Takes the account's newer kill-code record from the server, if any.
+    pub(crate) async fn refresh_kill_record(
+        &mut self,
+        conn: &mut Connection,
+        version: u64,
+    ) -> Result<(), ClientError> {
+        let local = self.store.transaction(|_, c| rows::kill_record(c))?;
+        if version == 0 || local.as_ref().is_some_and(|l| l.version >= version) {
+            return Ok(());
+        }
+        let Response::KillRecord(Some(r)) = conn.request(Request::GetKillRecord).await? else {
+            return Ok(());
+        };
+        // Only a record the account key signed counts: the server cannot
+        // plant a check value it knows the preimage of.
+        if r.account == self.id.account.id()
+            && killcode::record_is_signed(&r)
+            && local.is_none_or(|l| l.version < r.version)
+        {
+            self.store
+                .transaction(|_, c| rows::put_kill_record(c, &r))?;
+        } else {
+            self.warnings.push(
+                "WARNING: the server offered a kill-code record the account did not sign; ignored"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Sets the account's kill code for every device the account has now.
+    pub async fn kill_code_set(&mut self, code: &str) -> Result<usize, ClientError> {
+        let mut conn = self.connect().await?;
+        let me = self.id.account.id();
+        let list = match conn.request(Request::GetDeviceList { account: me }).await? {
+            Response::DeviceList(l) => l,
+            other => return Err(unexpected(&other)),
+        };
+        if !sotto_core::identity::device_list_is_signed(&list) || list.account != me {
+            return Err(ClientError::Invalid(
+                "the server's list of this account's devices is not signed by the account: refusing".into(),
+            ));
+        }
+        let previous = match conn.request(Request::GetKillRecord).await? {
+            Response::KillRecord(r) => r.map_or(0, |r| r.version),
+            other => return Err(unexpected(&other)),
+        };
+        let local = self
+            .store
+            .transaction(|_, c| rows::kill_record(c))?
+            .map_or(0, |r| r.version);
+        let account = sotto_core::AccountKey::from_secret(&self.id.account.secret());
+        let code = code.to_owned();
+        let devices = list.devices.clone();
+        let version = previous.max(local) + 1;
+        let record = tokio::task::spawn_blocking(move || {
+            killcode::make_record(&account, version, &code, &devices)
+        })
+        .await
+        .map_err(|e| ClientError::Invalid(e.to_string()))??;
+        match conn.request(Request::SetKillCode(record.clone())).await? {
+            Response::KillCodeStored => {}
+            other => return Err(unexpected(&other)),
+        }
+        self.store
+            .transaction(|_, c| rows::put_kill_record(c, &record))?;
+        conn.close().await;
+        Ok(list.devices.len())
+    }
+
+    /// Obeys a valid wipe order: proposes leaving every conversation, tells
+    /// the server to forget this device, and destroys the store. Network
+    /// failures do not stop the destruction.
+    pub(crate) async fn wipe_now(&mut self, conn: &mut Connection) -> ClientError {
+        let groups: Vec<GroupId> = self
+            .store
+            .conversations()
+            .map(|cs| {
+                cs.into_iter()
+                    .filter(|c| c.state == "active")
+                    .map(|c| c.group)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for g in groups {
+            let device = &self.id.device;
+            let Ok(p) = self
+                .store
+                .transaction(|p, _| Ok(group::propose_leave(p, device, g)?))
+            else {
+                continue;
+            };
+            let _ = conn
+                .request(Request::Send(SendRequest {
+                    group: g,
+                    msg_id: random_id(),
+                    payload: Blob(p),
+                }))
+                .await;
+        }
+        let _ = conn.request(Request::WipeDone).await;
+        match self.store.shred() {
+            Ok(()) => ClientError::Wiped,
+            Err(e) => e,
+        }
+    }
+}
+
+/// Orders the wipe of every device of `handle`'s account, from any machine:
+/// proves the kill code to the server and to each device. Returns how many
+/// devices will be wiped.
+pub async fn wipe(link: &ServerLink, handle: &Handle, code: &str) -> Result<u32, ClientError> {
+    let mut conn = Connection::connect(link).await?;
+    let (server_salt, devices) = match conn
+        .request(Request::WipeInfo {
+            handle: handle.clone(),
+        })
+        .await?
+    {
+        Response::WipeInfo {
+            server_salt,
+            devices,
+        } => (server_salt, devices),
+        other => return Err(unexpected(&other)),
+    };
+    let code = code.to_owned();
+    let handle = handle.clone();
+    let req = tokio::task::spawn_blocking(move || {
+        killcode::wipe_request(&code, handle, &server_salt, &devices)
+    })
+    .await
+    .map_err(|e| ClientError::Invalid(e.to_string()))??;
+    let n = match conn.request(Request::Wipe(req)).await? {
+        Response::WipeQueued { devices } => devices,
+        other => return Err(unexpected(&other)),
+    };
+    conn.close().await;
+    Ok(n)
+}
