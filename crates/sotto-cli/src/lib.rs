@@ -26,5 +26,6 @@ pub fn group_json(g: &GroupInfo) -> serde_json::Value {
         "epoch": g.epoch,
         "members": g.members,
         "admins": g.admins,
+        "disappear_after_s": g.disappear_after_s,
     })
 }

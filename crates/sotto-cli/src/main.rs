@@ -83,6 +83,22 @@ enum Cmd {
         #[command(subcommand)]
         cmd: Option<DevicesCmd>,
     },
+    /// Make a conversation's messages disappear after DURATION (30s, 5m, 2h,
+    /// 7d), or `off`.
+    Disappear {
+        /// A handle, a group's name, or `#<group id prefix>`.
+        conversation: String,
+        /// The duration, or `off`.
+        duration: String,
+    },
+    /// The stored messages of a conversation.
+    History {
+        /// A handle, a group's name, or `#<group id prefix>`.
+        conversation: String,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Set the kill code that wipes this account's devices remotely.
     #[command(subcommand)]
     KillCode(KillCodeCmd),
@@ -277,6 +293,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .context("no profile: pass --profile DIR or set SOTTO_PROFILE")?;
     match cli.cmd {
         Cmd::Wipe { .. } => unreachable!("handled above"),
+        Cmd::Disappear {
+            conversation,
+            duration,
+        } => {
+            let seconds = if duration == "off" {
+                None
+            } else {
+                Some(
+                    sotto_client::client::parse_duration(&duration).with_context(|| {
+                        format!("{duration:?} is not a duration (like 30s, 5m, 2h, 7d) or `off`")
+                    })?,
+                )
+            };
+            let pass = passphrase(false)?;
+            let mut c = Client::open(&profile, &pass)?;
+            c.set_timer(&conversation, seconds).await?;
+            warn(&mut c);
+            match seconds {
+                Some(s) => println!(
+                    "messages in {conversation} now disappear after {}",
+                    sotto_client::client::human(s)
+                ),
+                None => println!("messages in {conversation} no longer disappear"),
+            }
+        }
+        Cmd::History { conversation, json } => {
+            let pass = passphrase(false)?;
+            let mut c = Client::open(&profile, &pass)?;
+            for m in c.history(&conversation)? {
+                if json {
+                    println!("{}", sotto_cli::message_json(&m));
+                } else {
+                    println!("{}: {}", m.sender, m.text);
+                }
+            }
+        }
         Cmd::KillCode(KillCodeCmd::Set) => {
             let pass = passphrase(false)?;
             let mut c = Client::open(&profile, &pass)?;

@@ -167,6 +167,45 @@ pub(crate) fn note_list(
     Ok(change)
 }
 
+/// A conversation's name for notices.
+fn self_name(c: &rusqlite::Connection, g: &GroupId) -> String {
+    c.query_row(
+        "SELECT name FROM conversations WHERE group_id = ?1",
+        [&g.0[..]],
+        |r| r.get(0),
+    )
+    .unwrap_or_else(|_| format!("#{}", &g.to_hex()[..12]))
+}
+
+/// Seconds as a short duration: `90s`, `5m`, `2h`, `7d`.
+pub fn human(s: u64) -> String {
+    match s {
+        s if s % 86_400 == 0 && s > 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 && s > 0 => format!("{}h", s / 3_600),
+        s if s % 60 == 0 && s > 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// Parses `30s`, `5m`, `2h`, `7d` or a number of seconds.
+pub fn parse_duration(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (n, unit) = match s.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => (&s[..i], c),
+        _ => (s, 's'),
+    };
+    let n: u64 = n.parse().ok()?;
+    let mult = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3_600,
+        'd' => 86_400,
+        'w' => 604_800,
+        _ => return None,
+    };
+    n.checked_mul(mult).filter(|v| *v > 0)
+}
+
 /// The loud line shown when a contact's identity key changed.
 pub(crate) fn key_changed_warning(handle: &Handle) -> String {
     format!(
@@ -419,6 +458,7 @@ impl Client {
         let me = self.id.credential();
         let env = &d.envelope;
         let mut warnings = Vec::new();
+        let mut timer_before: Option<u64> = None;
         let attempt = self.store.transaction(|p, c| {
             if rows::is_processed(c, &env.sender, &env.msg_id)? {
                 return Ok(Outcome::Duplicate);
@@ -450,12 +490,23 @@ impl Client {
                     rows::put_conversation(c, &joined.group_id, is_group, &name, now_ms())?;
                     Outcome::Stored
                 }
-                kind => match (kind, mls::process(p, env.group, &env.payload.0)?) {
+                kind => match (kind, {
+                    timer_before = group::timer(p, env.group).ok().flatten();
+                    mls::process(p, env.group, &env.payload.0)?
+                }) {
                     (EnvelopeKind::Application, Processed::Application { sender, plaintext }) => {
                         if sender.device != env.sender {
                             // The server claims another device sent it than MLS says.
                             return Err(ClientError::Core(CoreError::ForgedCredential));
                         }
+                        // A disappearing message's clock starts when the
+                        // server received it (never later than now), not
+                        // at the sender's clock.
+                        let expires_at_ms = group::timer(p, env.group)?.map(|t| {
+                            env.server_time_ms
+                                .min(now_ms())
+                                .saturating_add(t.saturating_mul(1000))
+                        });
                         match AppMessage::decode(&plaintext) {
                             Some(AppMessage {
                                 id,
@@ -474,6 +525,7 @@ impl Client {
                                         sent_at_ms,
                                         received_at_ms: now_ms(),
                                         seq: d.seq,
+                                        expires_at_ms,
                                     },
                                 )?;
                                 if fresh {
@@ -498,6 +550,16 @@ impl Client {
                         Outcome::Stored
                     }
                     (_, Processed::Commit { device_lists, .. }) => {
+                        let timer = group::timer(p, env.group)?;
+                        if timer != timer_before {
+                            let name = self_name(c, &env.group);
+                            warnings.push(match timer {
+                                Some(t) => {
+                                    format!("{name}: messages now disappear after {}", human(t))
+                                }
+                                None => format!("{name}: messages no longer disappear"),
+                            });
+                        }
                         for l in device_lists.iter().filter(|l| l.account != me.account) {
                             note_list(c, l, &mut warnings)?;
                         }
@@ -596,13 +658,13 @@ impl Client {
                     deadline = Instant::now() + wait;
                     Self::ack(&mut conn, &mut acks).await?;
                     self.commit_proposals(&mut conn).await?;
-                    for m in self.store.take_unshown()? {
+                    for m in self.store.take_unshown(now_ms())? {
                         on_event(ReceiveEvent::Message(&m));
                     }
                     on_event(ReceiveEvent::Synced);
                 }
             }
-            for m in self.store.take_unshown()? {
+            for m in self.store.take_unshown(now_ms())? {
                 on_event(ReceiveEvent::Message(&m));
             }
             if synced && wait.is_zero() {
@@ -610,7 +672,7 @@ impl Client {
             }
         }
         Self::ack(&mut conn, &mut acks).await?;
-        for m in self.store.take_unshown()? {
+        for m in self.store.take_unshown(now_ms())? {
             on_event(ReceiveEvent::Message(&m));
         }
         conn.close().await;
@@ -634,11 +696,13 @@ impl Client {
     }
 
     async fn flush_outbox(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
-        for (msg_id, group, payload) in self.store.outbox()? {
+        for e in self.store.outbox()? {
+            let msg_id = e.msg_id;
             let req = SendRequest {
-                group,
+                group: e.group,
                 msg_id,
-                payload: Blob(payload),
+                payload: Blob(e.payload),
+                ttl_ms: e.ttl_ms,
             };
             match conn.request(Request::Send(req)).await {
                 Ok(Response::Accepted { .. }) => self.store.outbox_done(&msg_id)?,
@@ -772,6 +836,53 @@ impl Client {
         Self::ack(conn, &mut acks).await
     }
 
+    /// Sets (or, with `None`, turns off) a conversation's disappearing
+    /// timer, in seconds. In a group only admins may.
+    pub async fn set_timer(
+        &mut self,
+        target: &str,
+        seconds: Option<u64>,
+    ) -> Result<(), ClientError> {
+        let mut conn = self.connect().await?;
+        self.sync(&mut conn).await?;
+        let g = match self.resolve(target)? {
+            crate::groups::Target::Group(g) => {
+                let meta = self.store.transaction(|p, _| Ok(group::meta(p, g)?))?;
+                if meta.is_some_and(|m| !m.is_admin(&self.id.account.id())) {
+                    return Err(ClientError::Invalid(
+                        "only admins change the group's timer".into(),
+                    ));
+                }
+                g
+            }
+            crate::groups::Target::Handle(h) => self.direct(&mut conn, &h).await?,
+        };
+        self.commit_with_retry(&mut conn, g, |_| {
+            Ok(group::Change {
+                timer: Some(seconds),
+                ..group::Change::default()
+            })
+        })
+        .await?;
+        conn.close().await;
+        Ok(())
+    }
+
+    /// The stored messages of a conversation (expired ones are deleted first).
+    pub fn history(&mut self, target: &str) -> Result<Vec<ReceivedMessage>, ClientError> {
+        let g = match self.resolve(target)? {
+            crate::groups::Target::Group(g) => g,
+            crate::groups::Target::Handle(h) => {
+                let acc = self
+                    .store
+                    .contact(&h)?
+                    .ok_or_else(|| ClientError::Invalid(format!("no conversation with {h}")))?;
+                GroupId::direct(&self.id.account.id(), &acc)
+            }
+        };
+        self.store.history(&g, now_ms())
+    }
+
     /// Sets the duress passphrase of this profile.
     pub fn set_duress(&self, duress: &str) -> Result<(), ClientError> {
         self.store.set_duress(duress)
@@ -825,8 +936,9 @@ impl Client {
         let me = self.id.credential();
         let device = &self.id.device;
         self.store.transaction(|p, c| {
+            let timer = group::timer(p, g)?;
             let ct = mls::encrypt(p, device, g, &app)?;
-            rows::put_outbox(c, &id, &g, &ct, now)?;
+            rows::put_outbox(c, &id, &g, &ct, now, timer.map(|t| t.saturating_mul(1000)))?;
             rows::put_message(
                 c,
                 &NewMessage {
@@ -839,6 +951,7 @@ impl Client {
                     sent_at_ms: now,
                     received_at_ms: now,
                     seq: 0,
+                    expires_at_ms: timer.map(|t| now.saturating_add(t.saturating_mul(1000))),
                 },
             )?;
             rows::count_sent(c, &g)

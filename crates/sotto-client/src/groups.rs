@@ -49,6 +49,8 @@ pub struct GroupInfo {
     pub admins: Vec<String>,
     /// `active`, `leaving` or `removed`.
     pub state: String,
+    /// The disappearing-message timer in seconds, if set.
+    pub disappear_after_s: Option<u64>,
 }
 
 impl Client {
@@ -640,6 +642,7 @@ impl Client {
             group: g,
             msg_id: random_id(),
             payload: Blob(proposal),
+            ttl_ms: None,
         };
         match conn.request(Request::Send(req)).await? {
             Response::Accepted { .. } => {}
@@ -659,8 +662,13 @@ impl Client {
             .filter(|c| c.is_group)
         {
             let g = c.group;
-            let (epoch, members, meta) = self.store.transaction(|p, _| {
-                Ok((mls::epoch(p, g)?, mls::members(p, g)?, group::meta(p, g)?))
+            let (epoch, members, meta, timer) = self.store.transaction(|p, _| {
+                Ok((
+                    mls::epoch(p, g)?,
+                    mls::members(p, g)?,
+                    group::meta(p, g)?,
+                    group::timer(p, g)?,
+                ))
             })?;
             let mut names: Vec<String> = members.iter().map(|m| m.handle.to_string()).collect();
             names.sort();
@@ -687,6 +695,7 @@ impl Client {
                 },
                 admins,
                 state: c.state,
+                disappear_after_s: timer,
             });
         }
         Ok(out)

@@ -110,6 +110,7 @@ impl Client {
                     group: g,
                     msg_id: random_id(),
                     payload: Blob(p),
+                    ttl_ms: None,
                 }))
                 .await;
         }

@@ -96,8 +96,10 @@ CREATE TABLE IF NOT EXISTS messages (
     sent_at_ms      INTEGER NOT NULL,
     received_at_ms  INTEGER NOT NULL,
     shown           INTEGER NOT NULL DEFAULT 0,
-    seq             INTEGER
+    seq             INTEGER,
+    expires_at_ms   INTEGER                  -- disappearing: deleted from this time on
 );
+CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages(expires_at_ms);
 CREATE INDEX IF NOT EXISTS messages_unshown ON messages(shown, seq);
 CREATE TABLE IF NOT EXISTS processed (
     sender  BLOB NOT NULL,
@@ -113,7 +115,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     msg_id      BLOB PRIMARY KEY,
     group_id    BLOB NOT NULL,
     payload     BLOB NOT NULL,
-    created_ms  INTEGER NOT NULL
+    created_ms  INTEGER NOT NULL,
+    ttl_ms      INTEGER                      -- a disappearing message's server-side lifetime
 );
 "#;
 
@@ -196,6 +199,19 @@ pub enum ContactChange {
     },
 }
 
+/// An encrypted message waiting for the server's acceptance.
+#[derive(Debug, Clone)]
+pub struct OutboxEntry {
+    /// Its id.
+    pub msg_id: MessageId,
+    /// Its conversation.
+    pub group: GroupId,
+    /// The MLS message.
+    pub payload: Vec<u8>,
+    /// Its server-side lifetime, for a disappearing message.
+    pub ttl_ms: Option<u64>,
+}
+
 /// A conversation as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conversation {
@@ -255,6 +271,8 @@ pub struct NewMessage<'a> {
     pub received_at_ms: u64,
     /// Mailbox order, for display order.
     pub seq: u64,
+    /// When it disappears, if the conversation has a timer.
+    pub expires_at_ms: Option<u64>,
 }
 
 /// The open store of a profile.
@@ -415,6 +433,15 @@ impl Store {
         SqliteStorageProvider::<JsonCodec, &mut Connection>::new(&mut conn)
             .run_migrations()
             .map_err(|e| ClientError::Store(format!("mls storage migration: {e}")))?;
+        // Disappearing messages whose time came while the app was closed.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        conn.execute(
+            "DELETE FROM messages WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= ?1",
+            [now],
+        )?;
         if !Self::duress_path(dir).exists() {
             let mut fresh = [0u8; 48];
             rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut fresh);
@@ -680,7 +707,9 @@ impl Store {
     }
 
     /// Messages not yet shown, in arrival order; marks them shown.
-    pub fn take_unshown(&mut self) -> Result<Vec<StoredMessage>, ClientError> {
+    /// Expired disappearing messages are deleted first, never shown.
+    pub fn take_unshown(&mut self, now_ms: u64) -> Result<Vec<StoredMessage>, ClientError> {
+        self.purge_expired(now_ms)?;
         self.transaction(|_, c| {
             let mut stmt = c.prepare(
                 "SELECT m.id, m.group_id, coalesce(c.name, ''), m.sender_handle, m.outgoing, m.body, \
@@ -720,21 +749,73 @@ impl Store {
     }
 
     /// Pending outbox entries (sent, not yet confirmed by the server).
-    pub fn outbox(&self) -> Result<Vec<(MessageId, GroupId, Vec<u8>)>, ClientError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT msg_id, group_id, payload FROM outbox ORDER BY created_ms, rowid")?;
+    pub fn outbox(&self) -> Result<Vec<OutboxEntry>, ClientError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT msg_id, group_id, payload, ttl_ms FROM outbox ORDER BY created_ms, rowid",
+        )?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, Vec<u8>>(0)?,
                 r.get::<_, Vec<u8>>(1)?,
                 r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, Option<i64>>(3)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (m, g, p) = row?;
-            out.push((MessageId(arr(m)?), GroupId(arr(g)?), p));
+            let (m, g, p, ttl) = row?;
+            out.push(OutboxEntry {
+                msg_id: MessageId(arr(m)?),
+                group: GroupId(arr(g)?),
+                payload: p,
+                ttl_ms: ttl.map(u),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Deletes the messages whose disappearing time has come; returns how many.
+    pub fn purge_expired(&self, now_ms: u64) -> Result<usize, ClientError> {
+        Ok(self.conn.execute(
+            "DELETE FROM messages WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= ?1",
+            [i(now_ms)],
+        )?)
+    }
+
+    /// The stored messages of a conversation, oldest first.
+    pub fn history(&self, g: &GroupId, now_ms: u64) -> Result<Vec<StoredMessage>, ClientError> {
+        self.purge_expired(now_ms)?;
+        let mut stmt = self.conn.prepare(
+            "SELECT m.id, m.group_id, coalesce(c.name, ''), m.sender_handle, m.outgoing, m.body, \
+             m.sent_at_ms, m.received_at_ms FROM messages m \
+             LEFT JOIN conversations c ON c.group_id = m.group_id \
+             WHERE m.group_id = ?1 ORDER BY m.received_at_ms, m.seq",
+        )?;
+        let rows = stmt.query_map([&g.0[..]], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, i64>(6)?,
+                r.get::<_, i64>(7)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, g, conv, sender, outgoing, text, sent, recv) = row?;
+            out.push(StoredMessage {
+                id: MessageId(arr(id)?),
+                group: GroupId(arr(g)?),
+                conversation: conv,
+                sender,
+                outgoing: outgoing != 0,
+                text,
+                sent_at_ms: u(sent),
+                received_at_ms: u(recv),
+            });
         }
         Ok(out)
     }
@@ -909,7 +990,8 @@ pub mod rows {
     pub fn put_message(c: &Connection, m: &NewMessage<'_>) -> Result<bool, ClientError> {
         let n = c.execute(
             "INSERT OR IGNORE INTO messages (id, group_id, sender_handle, sender_account, outgoing, body, \
-             sent_at_ms, received_at_ms, shown, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+             sent_at_ms, received_at_ms, shown, seq, expires_at_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 &m.id.0[..],
                 &m.group.0[..],
@@ -921,6 +1003,7 @@ pub mod rows {
                 i(m.received_at_ms),
                 i64::from(m.from_this_device),
                 i(m.seq),
+                m.expires_at_ms.map(i),
             ],
         )?;
         Ok(n == 1)
@@ -1009,10 +1092,11 @@ pub mod rows {
         g: &GroupId,
         payload: &[u8],
         now_ms: u64,
+        ttl_ms: Option<u64>,
     ) -> Result<(), ClientError> {
         c.execute(
-            "INSERT INTO outbox (msg_id, group_id, payload, created_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![&id.0[..], &g.0[..], payload, i(now_ms)],
+            "INSERT INTO outbox (msg_id, group_id, payload, created_ms, ttl_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![&id.0[..], &g.0[..], payload, i(now_ms), ttl_ms.map(i)],
         )?;
         Ok(())
     }

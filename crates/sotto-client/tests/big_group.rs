@@ -187,6 +187,7 @@ async fn a_group_of_two_hundred_members() {
             group: g,
             msg_id: MessageId([7; 16]),
             payload: Blob(ct),
+            ttl_ms: None,
         }))
         .await
         .unwrap();

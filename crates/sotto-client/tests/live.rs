@@ -227,6 +227,7 @@ async fn garbage_from_a_peer_is_set_aside_and_the_mailbox_keeps_moving() {
                 group: g,
                 msg_id: MessageId([i as u8 + 2; 16]),
                 payload: Blob(junk),
+                ttl_ms: None,
             }))
             .await
             .unwrap();

@@ -19,6 +19,56 @@ use crate::mls::{CoreError, internal, leaf_identity, load, storage};
 /// The extension type of Sotto's group metadata (private-use range).
 pub const META_EXTENSION: u16 = 0xff5a;
 
+/// The extension type of a conversation's disappearing-message timer: a u64
+/// of seconds (absent: messages stay).
+pub const TIMER_EXTENSION: u16 = 0xff5b;
+
+/// The group context extensions of a conversation: its metadata (groups
+/// only), its timer, and the requirement that every member supports both.
+pub(crate) fn context_extensions(
+    meta: Option<&GroupMeta>,
+    timer_s: Option<u64>,
+) -> Result<Extensions<GroupContext>, CoreError> {
+    let required = RequiredCapabilitiesExtension::new(
+        &[
+            ExtensionType::Unknown(META_EXTENSION),
+            ExtensionType::Unknown(TIMER_EXTENSION),
+        ],
+        &[],
+        &[CredentialType::Basic],
+    );
+    let mut v = vec![Extension::RequiredCapabilities(required)];
+    if let Some(m) = meta {
+        v.push(m.to_extension());
+    }
+    if let Some(t) = timer_s {
+        v.push(Extension::Unknown(
+            TIMER_EXTENSION,
+            UnknownExtension(t.to_be_bytes().to_vec()),
+        ));
+    }
+    Extensions::from_vec(v).map_err(internal)
+}
+
+fn timer_of(exts: &Extensions<GroupContext>) -> Option<u64> {
+    exts.iter().find_map(|e| match e {
+        Extension::Unknown(t, UnknownExtension(b)) if *t == TIMER_EXTENSION => {
+            <[u8; 8]>::try_from(b.as_slice())
+                .ok()
+                .map(u64::from_be_bytes)
+        }
+        _ => None,
+    })
+}
+
+/// The conversation's disappearing-message timer in seconds, if set.
+pub fn timer<P: OpenMlsProvider>(
+    provider: &P,
+    group_id: sotto_proto::GroupId,
+) -> Result<Option<u64>, CoreError> {
+    Ok(timer_of(load(provider, group_id)?.extensions()))
+}
+
 /// What a group is called and who administers it. Lives in the MLS group
 /// context, so every member agrees on it and only a commit changes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,21 +80,6 @@ pub struct GroupMeta {
 }
 
 impl GroupMeta {
-    /// The group context extensions that carry this metadata: the metadata
-    /// itself and the requirement that every member supports it.
-    pub(crate) fn context_extensions(&self) -> Result<Extensions<GroupContext>, CoreError> {
-        let required = RequiredCapabilitiesExtension::new(
-            &[ExtensionType::Unknown(META_EXTENSION)],
-            &[],
-            &[CredentialType::Basic],
-        );
-        Extensions::from_vec(vec![
-            Extension::RequiredCapabilities(required),
-            self.to_extension(),
-        ])
-        .map_err(internal)
-    }
-
     fn to_extension(&self) -> Extension {
         Extension::Unknown(
             META_EXTENSION,
@@ -130,13 +165,22 @@ pub(crate) fn check_commit(
                 }
             }
             Proposal::GroupContextExtensions(e) => {
-                if !is_admin {
-                    return Err(refuse("only admins change the group"));
-                }
-                let new = GroupMeta::from_extensions(e.extensions())
-                    .ok_or_else(|| refuse("group metadata removed"))?;
-                if new.admins.is_empty() {
-                    return Err(refuse("a group needs an admin"));
+                let new = GroupMeta::from_extensions(e.extensions());
+                match (&meta, new) {
+                    // A group: only admins change it, and it keeps an admin.
+                    (Some(_), Some(new)) => {
+                        if !is_admin {
+                            return Err(refuse("only admins change the group"));
+                        }
+                        if new.admins.is_empty() {
+                            return Err(refuse("a group needs an admin"));
+                        }
+                    }
+                    (Some(_), None) => return Err(refuse("group metadata removed")),
+                    // A one-to-one conversation: either side sets the timer,
+                    // nobody turns it into a group.
+                    (None, Some(_)) => return Err(refuse("a conversation cannot become a group")),
+                    (None, None) => {}
                 }
             }
             Proposal::Update(_) => {}
@@ -184,6 +228,8 @@ pub struct Change {
     pub removes: Vec<DeviceId>,
     /// New metadata.
     pub meta: Option<GroupMeta>,
+    /// A new disappearing-message timer: `Some(None)` turns it off.
+    pub timer: Option<Option<u64>>,
     /// Refresh this device's leaf (post-compromise security).
     pub self_update: bool,
     /// The signed device lists of every account whose devices are added
@@ -224,12 +270,15 @@ pub fn stage<P: OpenMlsProvider>(
     let nothing = change.adds.is_empty()
         && change.removes.is_empty()
         && change.meta.is_none()
+        && change.timer.is_none()
         && !change.self_update
         && g.pending_proposals().next().is_none();
     if nothing {
         return Ok(None);
     }
     let epoch = g.epoch().as_u64();
+    let current_meta = GroupMeta::from_extensions(g.extensions());
+    let current_timer = timer_of(g.extensions());
     let before: Vec<Member> = g.members().collect();
     let mut removed_leaves = Vec::new();
     for d in &change.removes {
@@ -260,9 +309,11 @@ pub fn stage<P: OpenMlsProvider>(
         .force_self_update(change.self_update)
         .propose_adds(change.adds)
         .propose_removals(removed_leaves);
-    if let Some(meta) = &change.meta {
+    if change.meta.is_some() || change.timer.is_some() {
+        let meta = change.meta.clone().or(current_meta);
+        let timer = change.timer.unwrap_or(current_timer);
         builder = builder
-            .propose_group_context_extensions(meta.context_extensions()?)
+            .propose_group_context_extensions(context_extensions(meta.as_ref(), timer)?)
             .map_err(internal)?;
     }
     let bundle = builder

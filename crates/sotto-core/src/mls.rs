@@ -129,6 +129,7 @@ pub(crate) fn capabilities() -> Capabilities {
         Some(&[
             ExtensionType::LastResort,
             ExtensionType::Unknown(crate::group::META_EXTENSION),
+            ExtensionType::Unknown(crate::group::TIMER_EXTENSION),
         ]),
         None,
         None,
@@ -246,7 +247,7 @@ pub fn create_group<P: OpenMlsProvider>(
     let suite = Suite::from_ciphersuite(cs)
         .ok_or_else(|| CoreError::InvalidKeyPackage(format!("unsupported ciphersuite {cs:?}")))?;
     let extensions = match meta {
-        Some(m) => m.context_extensions()?,
+        Some(m) => crate::group::context_extensions(Some(m), None)?,
         None => Extensions::empty(),
     };
     let mut group = MlsGroup::new_with_group_id(

@@ -389,3 +389,48 @@ fn a_device_no_signed_list_vouches_for_is_refused() {
         Err(CoreError::GhostDevice)
     ));
 }
+
+#[test]
+fn the_disappearing_timer_is_group_state_set_by_admins() {
+    let (alice, bob) = (Peer::new("alice"), Peer::new("bob"));
+    ops(&alice, &[&bob], &[&alice]);
+    assert_eq!(group::timer(&bob.provider, G).unwrap(), None);
+    let c = bob.commit(
+        G,
+        Change {
+            timer: Some(Some(60)),
+            ..Change::default()
+        },
+    );
+    assert!(
+        alice
+            .apply(G, &c.commit)
+            .unwrap_err()
+            .to_string()
+            .contains("only admins")
+    );
+    group::clear_pending(&bob.provider, G).unwrap();
+    let c = alice.commit(
+        G,
+        Change {
+            timer: Some(Some(30)),
+            ..Change::default()
+        },
+    );
+    mls::merge_pending(&alice.provider, G).unwrap();
+    bob.apply(G, &c.commit).unwrap();
+    for p in [&alice, &bob] {
+        assert_eq!(group::timer(&p.provider, G).unwrap(), Some(30));
+        assert_eq!(group::meta(&p.provider, G).unwrap().unwrap().name, "ops");
+    }
+    let c = alice.commit(
+        G,
+        Change {
+            timer: Some(None),
+            ..Change::default()
+        },
+    );
+    mls::merge_pending(&alice.provider, G).unwrap();
+    bob.apply(G, &c.commit).unwrap();
+    assert_eq!(group::timer(&bob.provider, G).unwrap(), None);
+}

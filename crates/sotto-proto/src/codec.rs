@@ -73,6 +73,7 @@ mod tests {
                 group: GroupId([9; 32]),
                 msg_id: MessageId([3; 16]),
                 payload: Blob(vec![1, 2, 3, 4, 5]),
+                ttl_ms: None,
             }),
         }
     }

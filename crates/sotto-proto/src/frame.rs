@@ -271,6 +271,9 @@ pub struct SendRequest {
     pub msg_id: MessageId,
     /// The MLS PrivateMessage.
     pub payload: Blob,
+    /// For a disappearing message: the server deletes it after this many
+    /// milliseconds even if undelivered (capped by the server's own TTL).
+    pub ttl_ms: Option<u64>,
 }
 
 /// Every frame a server sends.

@@ -58,6 +58,8 @@ pub struct Limits {
     pub kill_code_guesses: u32,
     /// The window for `kill_code_guesses`.
     pub kill_code_window: Duration,
+    /// How often expired messages are deleted.
+    pub purge_interval: Duration,
 }
 
 impl Default for Limits {
@@ -77,6 +79,7 @@ impl Default for Limits {
             request_burst: 200.0,
             kill_code_guesses: 5,
             kill_code_window: Duration::from_secs(15 * 60),
+            purge_interval: Duration::from_secs(1),
         }
     }
 }

@@ -611,6 +611,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             return Err(ProtoError::new(ErrorCode::TooLarge));
         }
         let now = now_ms();
+        let ttl = ttl_ms(&self.shared.config.mailbox_ttl).min(s.ttl_ms.unwrap_or(u64::MAX));
         let m = Outgoing {
             group: s.group,
             sender: device,
@@ -618,7 +619,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             kind: EnvelopeKind::Application,
             payload: s.payload.0,
             now_ms: now,
-            expires_ms: now.saturating_add(ttl_ms(&self.shared.config.mailbox_ttl)),
+            expires_ms: now.saturating_add(ttl),
         };
         match self
             .shared
@@ -989,7 +990,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             let batch = match self
                 .shared
                 .store
-                .fetch(device, self.last_sent, FETCH_BATCH)
+                .fetch(device, self.last_sent, FETCH_BATCH, now_ms())
                 .await
             {
                 Ok(b) => b,

@@ -69,17 +69,19 @@ pub async fn run<S: Store, B: Bus>(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
 
-    // Expired messages are purged once a minute (and at start).
+    // Expired messages are purged every `purge_interval` (and at start);
+    // deliveries skip expired ones in between.
     {
         let shared = shared.clone();
         let mut stop = stop_rx.clone();
+        let every = shared.config.limits.purge_interval;
         tasks.spawn(async move {
             loop {
                 if let Err(e) = shared.store.purge_expired(now_ms()).await {
                     tracing::warn!(error = %e, "purging expired messages failed");
                 }
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                    _ = tokio::time::sleep(every) => {}
                     _ = stop.changed() => break,
                 }
             }

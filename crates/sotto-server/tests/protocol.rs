@@ -160,6 +160,7 @@ async fn send(conn: &mut Connection, g: GroupId, id: u8) -> Result<Response, Cli
         group: g,
         msg_id: MessageId([id; 16]),
         payload: Blob(vec![id; 100]),
+        ttl_ms: None,
     }))
     .await
 }

@@ -215,13 +215,13 @@ pub async fn sends_fan_out_once<S: Store>(s: S) {
             .await,
         Err(SendError::NotMember)
     ));
-    let m = s.fetch(dev(3), 0, 10).await.unwrap();
+    let m = s.fetch(dev(3), 0, 10, NOW).await.unwrap();
     assert_eq!(m.len(), 2);
     assert_eq!(m[0].envelope.sender, dev(1));
     assert_eq!(m[1].envelope.sender, dev(2));
     assert!(m[0].seq < m[1].seq);
     assert_eq!(m[0].envelope.payload.0, vec![1; 10]);
-    assert_eq!(s.fetch(dev(1), 0, 10).await.unwrap().len(), 1);
+    assert_eq!(s.fetch(dev(1), 0, 10, NOW).await.unwrap().len(), 1);
 }
 
 /// Fetch pages in order; acks delete only the owner's entries; expiry purges.
@@ -235,9 +235,9 @@ pub async fn fetch_ack_and_expiry<S: Store>(s: S) {
             .await
             .unwrap();
     }
-    let first = s.fetch(dev(2), 0, 3).await.unwrap();
+    let first = s.fetch(dev(2), 0, 3, NOW).await.unwrap();
     assert_eq!(first.len(), 3);
-    let rest = s.fetch(dev(2), first[2].seq, 3).await.unwrap();
+    let rest = s.fetch(dev(2), first[2].seq, 3, NOW).await.unwrap();
     assert_eq!(rest.len(), 2);
     let ids: Vec<u8> = first
         .iter()
@@ -249,20 +249,22 @@ pub async fn fetch_ack_and_expiry<S: Store>(s: S) {
     s.ack(dev(3), first.iter().map(|m| m.seq).collect())
         .await
         .unwrap();
-    assert_eq!(s.fetch(dev(2), 0, 10).await.unwrap().len(), 5);
+    assert_eq!(s.fetch(dev(2), 0, 10, NOW).await.unwrap().len(), 5);
     s.ack(dev(2), first.iter().map(|m| m.seq).collect())
         .await
         .unwrap();
     s.ack(dev(2), first.iter().map(|m| m.seq).collect())
         .await
         .unwrap();
-    assert_eq!(s.fetch(dev(2), 0, 10).await.unwrap().len(), 2);
-    assert_eq!(s.fetch(dev(3), 0, 10).await.unwrap().len(), 5);
-    // Expired messages leave every mailbox.
+    assert_eq!(s.fetch(dev(2), 0, 10, NOW).await.unwrap().len(), 2);
+    assert_eq!(s.fetch(dev(3), 0, 10, NOW).await.unwrap().len(), 5);
+    // Expired messages are not delivered even before the purge...
+    assert!(s.fetch(dev(3), 0, 10, NOW + DAY).await.unwrap().is_empty());
+    // ... and the purge removes them from every mailbox.
     assert_eq!(s.purge_expired(NOW + DAY - 1).await.unwrap(), 0);
     assert_eq!(s.purge_expired(NOW + DAY).await.unwrap(), 5);
-    assert!(s.fetch(dev(2), 0, 10).await.unwrap().is_empty());
-    assert!(s.fetch(dev(3), 0, 10).await.unwrap().is_empty());
+    assert!(s.fetch(dev(2), 0, 10, NOW).await.unwrap().is_empty());
+    assert!(s.fetch(dev(3), 0, 10, NOW).await.unwrap().is_empty());
     // The dedup window expired with them.
     assert!(
         !s.send(out(g, dev(1), 1, EnvelopeKind::Application), 100)
@@ -326,7 +328,7 @@ pub async fn device_lists_add_and_revoke<S: Store>(s: S) {
     s.send(out(g, dev(1), 9, EnvelopeKind::Application), 10)
         .await
         .unwrap();
-    assert!(s.fetch(second, 0, 10).await.unwrap().is_empty());
+    assert!(s.fetch(second, 0, 10, NOW).await.unwrap().is_empty());
     assert_eq!(
         s.device_list(AccountId([1; 32]))
             .await
@@ -347,7 +349,7 @@ pub async fn device_messages_are_stored_once<S: Store>(s: S) {
             .duplicate
     );
     assert!(s.send_to_device(m, dev(2), 10).await.unwrap().duplicate);
-    let got = s.fetch(dev(2), 0, 10).await.unwrap();
+    let got = s.fetch(dev(2), 0, 10, NOW).await.unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].envelope.kind, EnvelopeKind::Device);
 }

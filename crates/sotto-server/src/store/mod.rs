@@ -346,12 +346,14 @@ pub trait Store: Send + Sync + 'static {
         mailbox_cap: u64,
     ) -> impl Future<Output = Result<SendOutcome, SendError>> + Send;
 
-    /// Up to `limit` mailbox entries of `device` after sequence number `after`.
+    /// Up to `limit` unexpired mailbox entries of `device` after sequence
+    /// number `after`.
     fn fetch(
         &self,
         device: DeviceId,
         after: u64,
         limit: u32,
+        now_ms: u64,
     ) -> impl Future<Output = Result<Vec<MailboxEntry>, StoreError>> + Send;
 
     /// Deletes acknowledged entries of `device`'s mailbox. Idempotent.

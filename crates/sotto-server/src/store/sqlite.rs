@@ -887,17 +887,18 @@ impl Store for SqliteStore {
         device: DeviceId,
         after: u64,
         limit: u32,
+        now_ms: u64,
     ) -> Result<Vec<MailboxEntry>, StoreError> {
         self.with(move |c| {
             let mut stmt = c
                 .prepare_cached(
                     "SELECT b.seq, m.group_id, m.sender, m.msg_id, m.kind, m.server_ms, m.payload \
                      FROM mailbox b JOIN messages m ON m.id = b.message \
-                     WHERE b.device = ?1 AND b.seq > ?2 ORDER BY b.seq LIMIT ?3",
+                     WHERE b.device = ?1 AND b.seq > ?2 AND m.expires_ms > ?4 ORDER BY b.seq LIMIT ?3",
                 )
                 .map_err(map_err)?;
             let rows = stmt
-                .query_map(params![&device.0[..], ms(after), i64::from(limit)], |r| {
+                .query_map(params![&device.0[..], ms(after), i64::from(limit), ms(now_ms)], |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
                         r.get::<_, Vec<u8>>(1)?,
