@@ -58,6 +58,13 @@ enum Cmd {
         /// The text.
         text: String,
     },
+    /// Send a file: encrypted here, uploaded as an opaque blob.
+    SendFile {
+        /// A handle, a group's name, or `#<group id prefix>`.
+        to: String,
+        /// The file.
+        path: PathBuf,
+    },
     /// Receive pending messages, then wait for more.
     Receive {
         /// One JSON object per line.
@@ -386,6 +393,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let pass = passphrase(false)?;
             let mut c = Client::open(&profile, &pass)?;
             let id = c.send(&to, &text).await?;
+            warn(&mut c);
+            println!("sent {}", id.to_hex());
+        }
+        Cmd::SendFile { to, path } => {
+            let pass = passphrase(false)?;
+            let mut c = Client::open(&profile, &pass)?;
+            let id = c.send_file(&to, &path).await?;
             warn(&mut c);
             println!("sent {}", id.to_hex());
         }

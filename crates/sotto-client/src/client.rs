@@ -534,6 +534,38 @@ impl Client {
                                     Outcome::Duplicate
                                 }
                             }
+                            Some(AppMessage {
+                                id,
+                                sent_at_ms,
+                                body: Body::File(f),
+                            }) => {
+                                let text = format!(
+                                    "[file] {} ({} bytes)",
+                                    crate::files::safe_name(&f.name),
+                                    f.size
+                                );
+                                let fresh = rows::put_message(
+                                    c,
+                                    &NewMessage {
+                                        id,
+                                        group: env.group,
+                                        sender: &sender,
+                                        outgoing: sender.account == me.account,
+                                        from_this_device: false,
+                                        text: &text,
+                                        sent_at_ms,
+                                        received_at_ms: now_ms(),
+                                        seq: d.seq,
+                                        expires_at_ms,
+                                    },
+                                )?;
+                                if fresh {
+                                    crate::files::queue(c, &id, &sender.handle, &f)?;
+                                    Outcome::Stored
+                                } else {
+                                    Outcome::Duplicate
+                                }
+                            }
                             None => Outcome::Dropped("undecodable application message".into()),
                         }
                     }
@@ -675,6 +707,7 @@ impl Client {
         for m in self.store.take_unshown(now_ms())? {
             on_event(ReceiveEvent::Message(&m));
         }
+        self.download_pending(&mut conn).await?;
         conn.close().await;
         Ok(())
     }
@@ -908,29 +941,55 @@ impl Client {
         // Welcomes and commits first: the target may be a group that just arrived.
         self.sync(&mut conn).await?;
         self.flush_outbox(&mut conn).await?;
-        let target = self.resolve(to)?;
-        let g = match target {
-            crate::groups::Target::Handle(peer) => self.direct(&mut conn, &peer).await?,
+        let g = self.target(&mut conn, to).await?;
+        let id = self
+            .send_body(&mut conn, g, Body::Text(text.to_owned()), text)
+            .await?;
+        conn.close().await;
+        Ok(id)
+    }
+
+    /// Resolves a send target to an active conversation, creating a
+    /// one-to-one conversation if needed.
+    pub(crate) async fn target(
+        &mut self,
+        conn: &mut Connection,
+        to: &str,
+    ) -> Result<GroupId, ClientError> {
+        if to == self.id.handle.as_str() {
+            return Err(ClientError::Invalid("cannot send to yourself".into()));
+        }
+        match self.resolve(to)? {
+            crate::groups::Target::Handle(peer) => self.direct(conn, &peer).await,
             crate::groups::Target::Group(g) => {
                 match self.store.conversation(&g)?.map(|c| c.state) {
-                    Some(s) if s == "active" => g,
+                    Some(s) if s == "active" => Ok(g),
                     Some(s) if s == "leaving" => {
-                        return Err(ClientError::Invalid("you are leaving this group".into()));
+                        Err(ClientError::Invalid("you are leaving this group".into()))
                     }
-                    _ => {
-                        return Err(ClientError::Invalid(
-                            "you are no longer a member of this group".into(),
-                        ));
-                    }
+                    _ => Err(ClientError::Invalid(
+                        "you are no longer a member of this group".into(),
+                    )),
                 }
             }
-        };
+        }
+    }
+
+    /// Encrypts `body` for `g`, keeps it (as `shown` locally), and sends it.
+    pub(crate) async fn send_body(
+        &mut self,
+        conn: &mut Connection,
+        g: GroupId,
+        body: Body,
+        shown: &str,
+    ) -> Result<MessageId, ClientError> {
+        let text = shown;
         let id = random_id();
         let now = now_ms();
         let app = AppMessage {
             id,
             sent_at_ms: now,
-            body: Body::Text(text.to_owned()),
+            body,
         }
         .encode();
         let me = self.id.credential();
@@ -956,9 +1015,8 @@ impl Client {
             )?;
             rows::count_sent(c, &g)
         })?;
-        self.flush_outbox(&mut conn).await?;
-        self.maybe_self_update(&mut conn, g).await?;
-        conn.close().await;
+        self.flush_outbox(conn).await?;
+        self.maybe_self_update(conn, g).await?;
         Ok(id)
     }
 }

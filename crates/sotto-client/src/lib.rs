@@ -11,6 +11,7 @@
 pub mod client;
 pub mod devices;
 pub mod error;
+pub mod files;
 mod groups;
 pub mod killcode;
 pub mod link;

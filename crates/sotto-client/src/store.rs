@@ -106,6 +106,13 @@ CREATE TABLE IF NOT EXISTS processed (
     msg_id  BLOB NOT NULL,
     PRIMARY KEY (sender, msg_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS attachments (
+    msg_id      BLOB PRIMARY KEY,
+    sender      TEXT NOT NULL,
+    ref         BLOB NOT NULL,               -- postcard FileRef: blob id, key, nonce, hash, name, size
+    state       TEXT NOT NULL DEFAULT 'pending',  -- 'pending', 'saved', 'refused', 'gone'
+    path        TEXT
+);
 CREATE TABLE IF NOT EXISTS device_lists (
     account     BLOB PRIMARY KEY,
     version     INTEGER NOT NULL,
@@ -861,6 +868,11 @@ impl Store {
     /// One conversation.
     pub fn conversation(&self, g: &GroupId) -> Result<Option<Conversation>, ClientError> {
         Ok(self.conversations()?.into_iter().find(|c| c.group == *g))
+    }
+
+    /// The raw connection, for modules of this crate that own their tables.
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
     }
 
     /// The profile directory.

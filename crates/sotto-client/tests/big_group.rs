@@ -113,8 +113,10 @@ impl Light {
                     .unwrap()
                 {
                     Processed::Application { plaintext, .. } => {
-                        let Body::Text(t) = AppMessage::decode(&plaintext).unwrap().body;
-                        texts.push(t);
+                        match AppMessage::decode(&plaintext).unwrap().body {
+                            Body::Text(t) => texts.push(t),
+                            other => panic!("{other:?}"),
+                        }
                     }
                     other => panic!("{other:?}"),
                 },

@@ -21,12 +21,46 @@ pub struct AppMessage {
 pub enum Body {
     /// Plain text.
     Text(String),
+    /// An attachment: the server holds its ciphertext as a blob; the key
+    /// travels only here, inside MLS.
+    File(FileRef),
+}
+
+/// Where an attachment is and how to open it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRef {
+    /// The blob on the server.
+    pub blob: sotto_proto::BlobId,
+    /// The ChaCha20-Poly1305 key it is encrypted with (fresh per file).
+    pub key: [u8; 32],
+    /// The nonce.
+    pub nonce: [u8; 12],
+    /// SHA-256 of the ciphertext, checked before decrypting.
+    pub sha256: [u8; 32],
+    /// The file's name (a name only; receivers strip any path).
+    pub name: String,
+    /// The plaintext size in bytes.
+    pub size: u64,
+}
+
+impl std::fmt::Debug for FileRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        write!(f, "FileRef({:?}, {} bytes)", self.blob, self.size)
+    }
+}
+
+impl Drop for FileRef {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
 }
 
 impl std::fmt::Debug for Body {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Text(t) => write!(f, "Text({} bytes)", t.len()),
+            Self::File(r) => write!(f, "File({} bytes)", r.size),
         }
     }
 }

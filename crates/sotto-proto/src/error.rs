@@ -36,6 +36,8 @@ pub enum ErrorCode {
     UnknownAccount,
     /// The account and kill code do not match (which of the two is not said).
     InvalidKillCode,
+    /// No such blob, or not one this device may fetch (or it expired).
+    UnknownBlob,
     /// The target has no KeyPackage to hand out (not even a last-resort one).
     NoKeyPackages,
     /// A commit was built on an epoch that is no longer the group's current one.
@@ -100,7 +102,7 @@ impl ErrorCode {
     pub fn default_message(&self) -> &'static str {
         match self {
             Self::Malformed => "malformed frame",
-            Self::TooLarge => "frame too large",
+            Self::TooLarge => "too large",
             Self::UnsupportedVersion => "unsupported protocol version",
             Self::NotAuthenticated => "not authenticated",
             Self::AuthFailed => "authentication failed",
@@ -112,6 +114,7 @@ impl ErrorCode {
             Self::UnknownHandle => "unknown handle",
             Self::UnknownAccount => "unknown account or device",
             Self::InvalidKillCode => "wrong account or kill code",
+            Self::UnknownBlob => "no such attachment (or it expired)",
             Self::NoKeyPackages => "the contact has no key packages left",
             Self::StaleEpoch { .. } => "the group moved to a newer epoch",
             Self::NotMember => "not a member of this group",

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{AccountId, DeviceId, GroupId, Handle, MessageId, ProtoError, Signature};
+use crate::{AccountId, BlobId, DeviceId, GroupId, Handle, MessageId, ProtoError, Signature};
 
 /// Every frame a client sends: a request and the number the response will carry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +69,21 @@ pub enum Request {
     Wipe(WipeRequest),
     /// The device destroyed its keys and store: forget it.
     WipeDone,
+    /// Upload the next chunk of an encrypted attachment for a group.
+    PutBlob(PutBlob),
+    /// Download a chunk of an attachment, from `offset`.
+    GetBlob {
+        /// The blob.
+        blob: BlobId,
+        /// Where to start.
+        offset: u64,
+    },
+    /// This device has the whole blob; the server may delete it once every
+    /// recipient has said so.
+    BlobFetched {
+        /// The blob.
+        blob: BlobId,
+    },
     /// Send an opaque message to another device of the sender's own account
     /// (the link bundle that hands a new device the account).
     SendToDevice {
@@ -176,6 +191,25 @@ pub struct WipeOrder {
     /// The kill code's proof under the device's salt.
     pub proof: [u8; 32],
 }
+
+/// A chunk of an encrypted attachment. The first chunk (offset 0) names the
+/// group, whose other member devices may then fetch it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutBlob {
+    /// Chosen at random by the uploader.
+    pub blob: BlobId,
+    /// The group whose members may fetch it.
+    pub group: GroupId,
+    /// The offset of this chunk: the number of bytes already received.
+    pub offset: u64,
+    /// The blob's total size.
+    pub total: u64,
+    /// At most [`MAX_BLOB_CHUNK`] bytes.
+    pub data: Blob,
+}
+
+/// The largest chunk of a blob in one frame.
+pub const MAX_BLOB_CHUNK: usize = 1024 * 1024;
 
 /// Most devices one account may have.
 pub const MAX_DEVICES_PER_ACCOUNT: usize = 16;
@@ -358,6 +392,20 @@ pub enum Response {
     },
     /// The device is forgotten.
     Forgotten,
+    /// How much of a blob the server has.
+    BlobProgress {
+        /// Bytes received.
+        received: u64,
+        /// Whether the blob is complete.
+        complete: bool,
+    },
+    /// A chunk of a blob.
+    BlobData {
+        /// The blob's total size.
+        total: u64,
+        /// The bytes from the requested offset (at most [`MAX_BLOB_CHUNK`]).
+        data: Blob,
+    },
     /// The commit was applied; the group is at `epoch` now.
     Committed {
         /// The new epoch.

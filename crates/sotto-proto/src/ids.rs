@@ -82,6 +82,23 @@ impl fmt::Debug for MessageId {
     }
 }
 
+/// An attachment's blob on the server: 16 random bytes chosen by the uploader.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BlobId(pub [u8; 16]);
+
+impl BlobId {
+    /// The id as lowercase hex (also the blob's file name on the server).
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Debug for BlobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BlobId({})", self.to_hex())
+    }
+}
+
 /// An MLS group id as the server sees it: 32 opaque bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct GroupId(pub [u8; 32]);

@@ -60,6 +60,8 @@ pub struct Limits {
     pub kill_code_window: Duration,
     /// How often expired messages are deleted.
     pub purge_interval: Duration,
+    /// Largest attachment (encrypted blob) accepted, in bytes.
+    pub max_attachment_bytes: u64,
 }
 
 impl Default for Limits {
@@ -80,6 +82,7 @@ impl Default for Limits {
             kill_code_guesses: 5,
             kill_code_window: Duration::from_secs(15 * 60),
             purge_interval: Duration::from_secs(1),
+            max_attachment_bytes: 25 * 1024 * 1024,
         }
     }
 }

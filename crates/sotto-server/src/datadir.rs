@@ -76,6 +76,11 @@ impl DataDir {
         SqliteStore::open(&path).with_context(|| format!("cannot open {}", path.display()))
     }
 
+    /// The attachment store: files under `blobs/`.
+    pub fn blob_store(&self) -> anyhow::Result<crate::blobs::FsBlobStore> {
+        Ok(crate::blobs::FsBlobStore::open(self.root.join("blobs"))?)
+    }
+
     /// The TLS identity, generated on first use.
     pub fn tls_identity(&self) -> anyhow::Result<TlsIdentity> {
         let cert = self.root.join("tls-cert.der");

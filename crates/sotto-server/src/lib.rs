@@ -10,6 +10,7 @@
 //! "new mail" notifications behind [`bus::Bus`]; nothing else in the server
 //! touches a database or another node.
 
+pub mod blobs;
 pub mod bus;
 pub mod config;
 mod conn;

@@ -49,6 +49,9 @@ enum Cmd {
         /// Days an undelivered message is kept.
         #[arg(long, env = "SOTTO_MAILBOX_TTL_DAYS", default_value_t = 30)]
         mailbox_ttl_days: u64,
+        /// Largest attachment accepted, in MiB.
+        #[arg(long, env = "SOTTO_MAX_ATTACHMENT_MIB", default_value_t = 25)]
+        max_attachment_mib: u64,
     },
     /// Print single-use invite codes (works while the server runs).
     Invite {
@@ -110,9 +113,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             registration,
             pow_bits,
             mailbox_ttl_days,
+            max_attachment_mib,
         } => {
             let dir = DataDir::open_or_create(&data)?;
             let store = dir.store()?;
+            let blobs = dir.blob_store()?;
             let tls = dir.tls_identity()?;
             let config = ServerConfig {
                 registration: match registration {
@@ -120,7 +125,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     Registration::Open => RegistrationMode::Open { pow_bits },
                 },
                 mailbox_ttl: Duration::from_secs(mailbox_ttl_days * 86_400),
-                ..ServerConfig::default()
+                limits: sotto_server::Limits {
+                    max_attachment_bytes: max_attachment_mib.saturating_mul(1024 * 1024),
+                    ..sotto_server::Limits::default()
+                },
             };
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async move {
@@ -133,7 +141,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 dir.write_link(&link)?;
                 println!("{link}");
                 tracing::info!(%bound, "sotto-server listening");
-                let shared = Arc::new(Shared::new(store, LocalBus::new(), config));
+                let shared = Arc::new(Shared::new(store, LocalBus::new(), Arc::new(blobs), config));
                 let shutdown = async {
                     let _ = tokio::signal::ctrl_c().await;
                 };

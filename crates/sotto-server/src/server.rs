@@ -18,7 +18,6 @@ use crate::store::Store;
 
 /// What every connection shares: the store, the bus, the configuration and
 /// the guards against guessing.
-#[derive(Debug)]
 pub struct Shared<S, B> {
     /// Persistent state.
     pub store: S,
@@ -26,9 +25,21 @@ pub struct Shared<S, B> {
     pub bus: B,
     /// Configuration.
     pub config: ServerConfig,
+    /// Attachment bytes.
+    pub blobs: Arc<dyn crate::blobs::BlobStore>,
     /// Failed kill-code guesses per account.
     pub(crate) kill_guesses:
         std::sync::Mutex<std::collections::HashMap<sotto_proto::AccountId, Guesses>>,
+}
+
+impl<S: std::fmt::Debug, B: std::fmt::Debug> std::fmt::Debug for Shared<S, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("store", &self.store)
+            .field("bus", &self.bus)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Failed guesses in the current window.
@@ -40,10 +51,16 @@ pub(crate) struct Guesses {
 
 impl<S, B> Shared<S, B> {
     /// Shared state for `run`.
-    pub fn new(store: S, bus: B, config: ServerConfig) -> Self {
+    pub fn new(
+        store: S,
+        bus: B,
+        blobs: Arc<dyn crate::blobs::BlobStore>,
+        config: ServerConfig,
+    ) -> Self {
         Self {
             store,
             bus,
+            blobs,
             config,
             kill_guesses: Default::default(),
         }
@@ -79,6 +96,16 @@ pub async fn run<S: Store, B: Bus>(
             loop {
                 if let Err(e) = shared.store.purge_expired(now_ms()).await {
                     tracing::warn!(error = %e, "purging expired messages failed");
+                }
+                match shared.store.purge_blobs(now_ms()).await {
+                    Ok(gone) => {
+                        for b in gone {
+                            if let Err(e) = shared.blobs.delete(b) {
+                                tracing::warn!(error = %e, "deleting an expired blob failed");
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "purging expired blobs failed"),
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}

@@ -311,7 +311,8 @@ impl InProcessServer {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let link = format!("sotto://{addr}#fp={}", tls.fingerprint());
-        let shared = Arc::new(Shared::new(store, LocalBus::new(), config));
+        let blobs = data.blob_store().expect("blob store");
+        let shared = Arc::new(Shared::new(store, LocalBus::new(), Arc::new(blobs), config));
         let (tx, rx) = tokio::sync::oneshot::channel();
         let tls_cfg = tls.server_config().expect("tls config");
         let task = tokio::spawn(sotto_server::run(listener, tls_cfg, shared, async {

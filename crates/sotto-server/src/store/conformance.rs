@@ -354,6 +354,72 @@ pub async fn device_messages_are_stored_once<S: Store>(s: S) {
     assert_eq!(got[0].envelope.kind, EnvelopeKind::Device);
 }
 
+/// Blobs: only members upload, only other members fetch, the record goes
+/// when every recipient fetched it or when it expires.
+pub async fn blobs_are_tracked<S: Store>(s: S) {
+    let g = GroupId([7; 32]);
+    s.commit(create(g, dev(1), vec![dev(1), dev(2), dev(3)]))
+        .await
+        .unwrap();
+    let b = sotto_proto::BlobId([1; 16]);
+    assert!(
+        s.begin_blob(b, dev(9), g, 10, NOW + DAY)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let st = s
+        .begin_blob(b, dev(1), g, 10, NOW + DAY)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((st.total, st.received), (10, 0));
+    // Another sender cannot take over the id.
+    assert!(
+        s.begin_blob(b, dev(2), g, 10, NOW + DAY)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    s.blob_progress(b, 10).await.unwrap();
+    assert_eq!(
+        s.begin_blob(b, dev(1), g, 10, NOW + DAY)
+            .await
+            .unwrap()
+            .unwrap()
+            .received,
+        10
+    );
+    assert!(
+        s.blob_for(b, dev(1), NOW).await.unwrap().is_none(),
+        "the sender is no recipient"
+    );
+    assert!(s.blob_for(b, dev(9), NOW).await.unwrap().is_none());
+    assert_eq!(
+        s.blob_for(b, dev(2), NOW).await.unwrap().unwrap().received,
+        10
+    );
+    assert!(
+        s.blob_for(b, dev(2), NOW + DAY).await.unwrap().is_none(),
+        "expired"
+    );
+    assert!(!s.blob_fetched(b, dev(2)).await.unwrap());
+    assert!(
+        s.blob_for(b, dev(2), NOW).await.unwrap().is_none(),
+        "fetched once"
+    );
+    assert!(s.blob_fetched(b, dev(3)).await.unwrap());
+    // Expiry.
+    let b2 = sotto_proto::BlobId([2; 16]);
+    s.begin_blob(b2, dev(1), g, 5, NOW + DAY)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(s.purge_blobs(NOW).await.unwrap().is_empty());
+    assert_eq!(s.purge_blobs(NOW + DAY).await.unwrap(), vec![b2]);
+    assert!(s.blob_for(b2, dev(2), NOW).await.unwrap().is_none());
+}
+
 /// Generates one test per conformance check for a backend, given an async
 /// expression that makes `(guard, store)`: a fresh store and whatever must
 /// live as long as it (a temp directory, a database).
@@ -368,6 +434,7 @@ macro_rules! store_conformance_tests {
             fetch_ack_and_expiry,
             device_lists_add_and_revoke,
             device_messages_are_stored_once,
+            blobs_are_tracked,
         );
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {

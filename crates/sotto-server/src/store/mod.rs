@@ -14,8 +14,8 @@ pub mod sqlite;
 use std::future::Future;
 
 use sotto_proto::{
-    AccountId, DeviceId, Envelope, EnvelopeKind, GroupId, Handle, MessageId, SignedDeviceList,
-    SignedKillRecord,
+    AccountId, BlobId, DeviceId, Envelope, EnvelopeKind, GroupId, Handle, MessageId,
+    SignedDeviceList, SignedKillRecord,
 };
 
 /// A storage failure.
@@ -98,6 +98,15 @@ pub struct DeviceListChange {
     pub added: Vec<DeviceId>,
     /// Devices that were revoked.
     pub revoked: Vec<DeviceId>,
+}
+
+/// How much of a blob has arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobState {
+    /// Its announced size.
+    pub total: u64,
+    /// Bytes stored so far.
+    pub received: u64,
 }
 
 /// What a wipe order needs to know about an account.
@@ -322,6 +331,49 @@ pub trait Store: Send + Sync + 'static {
         &self,
         device: DeviceId,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Registers a new blob for `group` (sender must be a member; the other
+    /// members may fetch it), or returns the existing one's state if the
+    /// same sender registered it. `None`: the sender is not a member, or
+    /// another sender owns the id.
+    fn begin_blob(
+        &self,
+        blob: BlobId,
+        sender: DeviceId,
+        group: GroupId,
+        total: u64,
+        expires_ms: u64,
+    ) -> impl Future<Output = Result<Option<BlobState>, StoreError>> + Send;
+
+    /// Records that `received` bytes of the blob are stored.
+    fn blob_progress(
+        &self,
+        blob: BlobId,
+        received: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The blob's state, if `device` may fetch it (a recipient that has not
+    /// fetched it yet) and it has not expired.
+    fn blob_for(
+        &self,
+        blob: BlobId,
+        device: DeviceId,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<Option<BlobState>, StoreError>> + Send;
+
+    /// `device` has the whole blob; `true` if no recipient is left (the
+    /// blob's record is then deleted and its bytes should be).
+    fn blob_fetched(
+        &self,
+        blob: BlobId,
+        device: DeviceId,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Deletes expired blobs' records; returns their ids.
+    fn purge_blobs(
+        &self,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<Vec<BlobId>, StoreError>> + Send;
 
     /// Stores a device-to-device message for `recipient`, unless
     /// (sender, msg_id) was seen before.

@@ -10,12 +10,12 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, ErrorCode as SqlCode, OptionalExtension, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
 use sotto_proto::{
-    AccountId, Blob, DeviceId, Envelope, EnvelopeKind, GroupId, Handle, MessageId,
+    AccountId, Blob, BlobId, DeviceId, Envelope, EnvelopeKind, GroupId, Handle, MessageId,
     SignedDeviceList, SignedKillRecord,
 };
 
 use super::{
-    Claimed, CommitError, CommitOutcome, CommitWrite, DeviceListChange, DeviceListError,
+    BlobState, Claimed, CommitError, CommitOutcome, CommitWrite, DeviceListChange, DeviceListError,
     DeviceRecord, KeyPackageStock, MailboxEntry, NewAccount, Outgoing, RegisterError, SendError,
     SendOutcome, Store, StoreError, StoredKeyPackage, WipeTarget,
 };
@@ -85,6 +85,18 @@ CREATE TABLE IF NOT EXISTS kill_records (
     version     INTEGER NOT NULL,
     data        BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS blobs (
+    blob        BLOB PRIMARY KEY,
+    sender      BLOB NOT NULL,
+    total       INTEGER NOT NULL,
+    received    INTEGER NOT NULL,
+    expires_ms  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blob_recipients (
+    blob        BLOB NOT NULL,
+    device      BLOB NOT NULL,
+    PRIMARY KEY (blob, device)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS seen_sends (
     key         BLOB PRIMARY KEY,
     expires_ms  INTEGER NOT NULL
@@ -733,6 +745,146 @@ impl Store for SqliteStore {
                 tx.execute(sql, [d]).map_err(map_err)?;
             }
             tx.commit().map_err(map_err)
+        })
+        .await
+    }
+
+    async fn begin_blob(
+        &self,
+        blob: BlobId,
+        sender: DeviceId,
+        group: GroupId,
+        total: u64,
+        expires_ms: u64,
+    ) -> Result<Option<BlobState>, StoreError> {
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_err)?;
+            let row: Option<(Vec<u8>, i64, i64)> = tx
+                .query_row(
+                    "SELECT sender, total, received FROM blobs WHERE blob = ?1",
+                    [&blob.0[..]],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(map_err)?;
+            if let Some((owner, t, r)) = row {
+                return Ok((owner == sender.0).then_some(BlobState {
+                    total: u64::try_from(t).unwrap_or(0),
+                    received: u64::try_from(r).unwrap_or(0),
+                }));
+            }
+            let all = members(&tx, &group)?;
+            if !all.contains(&sender) {
+                return Ok(None);
+            }
+            tx.execute(
+                "INSERT INTO blobs (blob, sender, total, received, expires_ms) VALUES (?1, ?2, ?3, 0, ?4)",
+                params![&blob.0[..], &sender.0[..], ms(total), ms(expires_ms)],
+            )
+            .map_err(map_err)?;
+            for d in all.iter().filter(|d| **d != sender) {
+                tx.execute(
+                    "INSERT INTO blob_recipients (blob, device) VALUES (?1, ?2)",
+                    params![&blob.0[..], &d.0[..]],
+                )
+                .map_err(map_err)?;
+            }
+            tx.commit().map_err(map_err)?;
+            Ok(Some(BlobState { total, received: 0 }))
+        })
+        .await
+    }
+
+    async fn blob_progress(&self, blob: BlobId, received: u64) -> Result<(), StoreError> {
+        self.with(move |c| {
+            c.execute(
+                "UPDATE blobs SET received = ?2 WHERE blob = ?1",
+                params![&blob.0[..], ms(received)],
+            )
+            .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn blob_for(
+        &self,
+        blob: BlobId,
+        device: DeviceId,
+        now_ms: u64,
+    ) -> Result<Option<BlobState>, StoreError> {
+        self.with(move |c| {
+            let row: Option<(i64, i64)> = c
+                .query_row(
+                    "SELECT b.total, b.received FROM blobs b JOIN blob_recipients r ON r.blob = b.blob \
+                     WHERE b.blob = ?1 AND r.device = ?2 AND b.expires_ms > ?3",
+                    params![&blob.0[..], &device.0[..], ms(now_ms)],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(map_err)?;
+            Ok(row.map(|(t, r)| BlobState {
+                total: u64::try_from(t).unwrap_or(0),
+                received: u64::try_from(r).unwrap_or(0),
+            }))
+        })
+        .await
+    }
+
+    async fn blob_fetched(&self, blob: BlobId, device: DeviceId) -> Result<bool, StoreError> {
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_err)?;
+            tx.execute(
+                "DELETE FROM blob_recipients WHERE blob = ?1 AND device = ?2",
+                params![&blob.0[..], &device.0[..]],
+            )
+            .map_err(map_err)?;
+            let left: i64 = tx
+                .query_row(
+                    "SELECT count(*) FROM blob_recipients WHERE blob = ?1",
+                    [&blob.0[..]],
+                    |r| r.get(0),
+                )
+                .map_err(map_err)?;
+            let done = left == 0;
+            if done {
+                tx.execute("DELETE FROM blobs WHERE blob = ?1", [&blob.0[..]])
+                    .map_err(map_err)?;
+            }
+            tx.commit().map_err(map_err)?;
+            Ok(done)
+        })
+        .await
+    }
+
+    async fn purge_blobs(&self, now_ms: u64) -> Result<Vec<BlobId>, StoreError> {
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_err)?;
+            let ids: Vec<Vec<u8>> = {
+                let mut st = tx
+                    .prepare("DELETE FROM blobs WHERE expires_ms <= ?1 RETURNING blob")
+                    .map_err(map_err)?;
+                let rows = st.query_map([ms(now_ms)], |r| r.get(0)).map_err(map_err)?;
+                rows.collect::<Result<_, _>>().map_err(map_err)?
+            };
+            for id in &ids {
+                tx.execute("DELETE FROM blob_recipients WHERE blob = ?1", [id])
+                    .map_err(map_err)?;
+            }
+            tx.commit().map_err(map_err)?;
+            ids.into_iter()
+                .map(|v| {
+                    <[u8; 16]>::try_from(v)
+                        .map(BlobId)
+                        .map_err(|_| StoreError::Internal("stored blob id is not 16 bytes".into()))
+                })
+                .collect()
         })
         .await
     }

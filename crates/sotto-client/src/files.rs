@@ -1,0 +1,274 @@
+//! Attachments: a file is encrypted on the client with a fresh key
+//! (ChaCha20-Poly1305), uploaded in chunks as an opaque blob, and announced
+//! inside an MLS message that carries the blob id, key, nonce and the
+//! SHA-256 of the ciphertext. Receivers download, check the hash, decrypt
+//! (which authenticates again) and save into the profile's `downloads/`.
+
+use std::path::{Path, PathBuf};
+
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use rand::RngCore;
+use rusqlite::{Connection, params};
+use sha2::{Digest, Sha256};
+use sotto_core::Body;
+use sotto_core::message::FileRef;
+use sotto_proto::{Blob, BlobId, ErrorCode, Handle, MessageId, PutBlob, Request, Response};
+use zeroize::Zeroizing;
+
+use crate::client::unexpected;
+use crate::transport::Connection as Conn;
+use crate::{Client, ClientError};
+
+/// The largest file a client will try to send (servers may accept less).
+pub const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// A file name with any path, control characters and leading dots removed.
+pub fn safe_name(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or("");
+    let clean: String = base
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect::<String>()
+        .trim_start_matches('.')
+        .trim()
+        .chars()
+        .take(128)
+        .collect();
+    if clean.is_empty() {
+        "file".into()
+    } else {
+        clean
+    }
+}
+
+/// Remembers an announced attachment for download.
+pub(crate) fn queue(
+    c: &Connection,
+    msg: &MessageId,
+    sender: &Handle,
+    f: &FileRef,
+) -> Result<(), ClientError> {
+    let r = Zeroizing::new(postcard::to_stdvec(f).map_err(|e| ClientError::Store(e.to_string()))?);
+    c.execute(
+        "INSERT OR IGNORE INTO attachments (msg_id, sender, ref) VALUES (?1, ?2, ?3)",
+        params![&msg.0[..], sender.as_str(), &r[..]],
+    )?;
+    Ok(())
+}
+
+fn unique_path(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    if !p.exists() {
+        return p;
+    }
+    let (stem, ext) = match name.rsplit_once('.') {
+        Some((s, e)) if !s.is_empty() => (s.to_owned(), format!(".{e}")),
+        _ => (name.to_owned(), String::new()),
+    };
+    (1..)
+        .map(|i| dir.join(format!("{stem} ({i}){ext}")))
+        .find(|p| !p.exists())
+        .unwrap_or(p)
+}
+
+impl Client {
+    /// Encrypts and uploads a file, then sends its reference to `to`.
+    pub async fn send_file(&mut self, to: &str, path: &Path) -> Result<MessageId, ClientError> {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| ClientError::Invalid(format!("{}: {e}", path.display())))?;
+        if !meta.is_file() {
+            return Err(ClientError::Invalid(format!(
+                "{} is not a file",
+                path.display()
+            )));
+        }
+        if meta.len() > MAX_FILE_BYTES {
+            return Err(ClientError::Invalid("file too large".into()));
+        }
+        let plain = Zeroizing::new(
+            std::fs::read(path)
+                .map_err(|e| ClientError::Invalid(format!("{}: {e}", path.display())))?,
+        );
+        let mut key = Zeroizing::new([0u8; 32]);
+        let mut nonce = [0u8; 12];
+        rand::rngs::OsRng.fill_bytes(&mut key[..]);
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let cipher = ChaCha20Poly1305::new(Key::from_slice(&key[..]));
+        let sealed = cipher
+            .encrypt(Nonce::from_slice(&nonce), plain.as_slice())
+            .map_err(|_| ClientError::Invalid("encrypting the file failed".into()))?;
+        let sha256: [u8; 32] = Sha256::digest(&sealed).into();
+        let mut id = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut id);
+        let blob = BlobId(id);
+
+        let mut conn = self.connect().await?;
+        self.sync(&mut conn).await?;
+        let g = self.target(&mut conn, to).await?;
+        let total = sealed.len() as u64;
+        let mut offset = 0u64;
+        loop {
+            let start = usize::try_from(offset).unwrap_or(usize::MAX);
+            let end = (start + sotto_proto::MAX_BLOB_CHUNK).min(sealed.len());
+            let req = PutBlob {
+                blob,
+                group: g,
+                offset,
+                total,
+                data: Blob(sealed[start..end].to_vec()),
+            };
+            match conn.request(Request::PutBlob(req)).await? {
+                Response::BlobProgress { received, complete } => {
+                    offset = received;
+                    if complete {
+                        break;
+                    }
+                }
+                other => return Err(unexpected(&other)),
+            }
+        }
+        let name = safe_name(
+            &path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
+        let shown = format!("[file] {name} ({} bytes)", plain.len());
+        let body = Body::File(FileRef {
+            blob,
+            key: *key,
+            nonce,
+            sha256,
+            name,
+            size: plain.len() as u64,
+        });
+        let id = self.send_body(&mut conn, g, body, &shown).await?;
+        conn.close().await;
+        Ok(id)
+    }
+
+    /// Downloads, checks and saves every pending attachment.
+    pub(crate) async fn download_pending(&mut self, conn: &mut Conn) -> Result<(), ClientError> {
+        let pending: Vec<(Vec<u8>, String, Zeroizing<Vec<u8>>)> = {
+            let c = self.store.conn();
+            let mut st =
+                c.prepare("SELECT msg_id, sender, ref FROM attachments WHERE state = 'pending'")?;
+            let rows = st.query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    Zeroizing::new(r.get::<_, Vec<u8>>(2)?),
+                ))
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let dir = self.store.dir().join("downloads");
+        std::fs::create_dir_all(&dir).map_err(|e| ClientError::Store(e.to_string()))?;
+        for (msg, sender, r) in pending {
+            let f: FileRef =
+                postcard::from_bytes(&r).map_err(|e| ClientError::Store(e.to_string()))?;
+            let name = safe_name(&f.name);
+            let (state, path) = match self.fetch_blob(conn, &f).await? {
+                Fetched::Gone => {
+                    self.warnings.push(format!(
+                        "the file {name} from {sender} is no longer on the server"
+                    ));
+                    ("gone", None)
+                }
+                Fetched::Tampered => {
+                    self.warnings.push(format!(
+                        "the file {name} from {sender} does not match what was sent (hash mismatch): refused"
+                    ));
+                    ("refused", None)
+                }
+                Fetched::Ok(plain) => {
+                    let p = unique_path(&dir, &name);
+                    std::fs::write(&p, &*plain)
+                        .map_err(|e| ClientError::Store(format!("{}: {e}", p.display())))?;
+                    self.warnings
+                        .push(format!("saved {name} from {sender} to {}", p.display()));
+                    ("saved", Some(p.display().to_string()))
+                }
+            };
+            self.store.conn().execute(
+                "UPDATE attachments SET state = ?2, path = ?3 WHERE msg_id = ?1",
+                params![msg, state, path],
+            )?;
+            if state != "gone" {
+                match conn.request(Request::BlobFetched { blob: f.blob }).await? {
+                    Response::Acked => {}
+                    other => return Err(unexpected(&other)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn fetch_blob(&mut self, conn: &mut Conn, f: &FileRef) -> Result<Fetched, ClientError> {
+        let mut data = Vec::new();
+        loop {
+            let req = Request::GetBlob {
+                blob: f.blob,
+                offset: data.len() as u64,
+            };
+            match conn.request(req).await {
+                Ok(Response::BlobData {
+                    total,
+                    data: Blob(chunk),
+                }) => {
+                    if total > MAX_FILE_BYTES + 16 {
+                        return Ok(Fetched::Tampered);
+                    }
+                    let empty = chunk.is_empty();
+                    data.extend_from_slice(&chunk);
+                    if data.len() as u64 >= total {
+                        break;
+                    }
+                    if empty {
+                        return Ok(Fetched::Tampered);
+                    }
+                }
+                Ok(other) => return Err(unexpected(&other)),
+                Err(ClientError::Server(e)) if e.code == ErrorCode::UnknownBlob => {
+                    return Ok(Fetched::Gone);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let hash: [u8; 32] = Sha256::digest(&data).into();
+        if hash != f.sha256 {
+            return Ok(Fetched::Tampered);
+        }
+        let cipher = ChaCha20Poly1305::new(Key::from_slice(&f.key));
+        match cipher.decrypt(Nonce::from_slice(&f.nonce), data.as_slice()) {
+            Ok(p) if p.len() as u64 == f.size => Ok(Fetched::Ok(Zeroizing::new(p))),
+            _ => Ok(Fetched::Tampered),
+        }
+    }
+}
+
+enum Fetched {
+    Ok(Zeroizing<Vec<u8>>),
+    Tampered,
+    Gone,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_lose_their_paths_and_tricks() {
+        assert_eq!(safe_name("report.pdf"), "report.pdf");
+        assert_eq!(safe_name("../../etc/passwd"), "passwd");
+        assert_eq!(safe_name("C:\\Users\\x\\evil.exe"), "evil.exe");
+        assert_eq!(safe_name(".bashrc"), "bashrc");
+        assert_eq!(safe_name("a\nb"), "ab");
+        assert_eq!(safe_name(""), "file");
+        assert_eq!(safe_name("/"), "file");
+    }
+}
