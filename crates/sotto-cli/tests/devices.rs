@@ -2,78 +2,8 @@
 //! messages from any device reaching every other device exactly once,
 //! revocation, and a ghost device slipped in by the server being refused.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-
 use serde_json::Value;
-use sotto_test_support::{Profile, ServerProcess, bin};
-use tempfile::TempDir;
-
-struct World {
-    _tmp: TempDir,
-    root: std::path::PathBuf,
-    server: ServerProcess,
-}
-
-impl World {
-    fn new() -> Self {
-        let tmp = TempDir::new().unwrap();
-        let root = tmp.path().to_owned();
-        let server = ServerProcess::start(&root.join("server"), &[]);
-        Self {
-            _tmp: tmp,
-            root,
-            server,
-        }
-    }
-
-    fn person(&self, name: &str) -> Profile {
-        let p = Profile::new(self.root.join(format!("{name}-1")));
-        let invite = self.server.invite();
-        p.sotto(&[
-            "register",
-            &self.server.link,
-            "--name",
-            name,
-            "--invite",
-            &invite,
-        ])
-        .ok();
-        p
-    }
-
-    /// Links a second device of `first`'s account: `sotto link` on the new
-    /// profile, `sotto devices approve` on the first.
-    fn second_device(&self, first: &Profile, name: &str) -> Profile {
-        let second = Profile::new(self.root.join(format!("{name}-2")));
-        let mut child = Command::new(bin("sotto"))
-            .arg("--profile")
-            .arg(&second.dir)
-            .args(["link", &self.server.link, "--wait", "60"])
-            .env("SOTTO_PASSPHRASE", &second.passphrase)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut code = String::new();
-        out.read_line(&mut code).unwrap();
-        assert!(code.starts_with("sotto-link:"), "link printed {code:?}");
-        first.sotto(&["devices", "approve", code.trim()]).ok();
-        let status = child.wait().unwrap();
-        let mut rest = String::new();
-        std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
-        let mut err = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-        assert!(status.success(), "link failed: {rest}\n{err}");
-        assert!(
-            rest.contains(&format!("linked: this device is now {name}")),
-            "{rest}"
-        );
-        second
-    }
-}
+use sotto_test_support::{Profile, World};
 
 fn receive(p: &Profile) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = p
@@ -94,16 +24,16 @@ fn receive(p: &Profile) -> Vec<(String, String)> {
 
 #[test]
 fn three_people_with_two_devices_each() {
-    let w = World::new();
+    let w = World::new(&[]);
     let a1 = w.person("alice");
     let b1 = w.person("bob");
     let c1 = w.person("carol");
     a1.sotto(&["group", "create", "ops", "bob", "carol"]).ok();
     receive(&b1);
     receive(&c1);
-    let a2 = w.second_device(&a1, "alice");
-    let b2 = w.second_device(&b1, "bob");
-    let c2 = w.second_device(&c1, "carol");
+    let a2 = w.link_device(&a1, "alice-2");
+    let b2 = w.link_device(&b1, "bob-2");
+    let c2 = w.link_device(&c1, "carol-2");
     for p in [&a1, &a2] {
         assert_eq!(p.sotto(&["devices"]).ok().lines().count(), 2);
     }
@@ -155,12 +85,12 @@ fn three_people_with_two_devices_each() {
 
 #[test]
 fn a_revoked_device_is_cut_off() {
-    let w = World::new();
+    let w = World::new(&[]);
     let a1 = w.person("alice");
     let b1 = w.person("bob");
     a1.sotto(&["send", "bob", "hi"]).ok();
     receive(&b1);
-    let a2 = w.second_device(&a1, "alice");
+    let a2 = w.link_device(&a1, "alice-2");
     let id = a2
         .sotto(&["devices"])
         .ok()
@@ -185,19 +115,18 @@ fn a_revoked_device_is_cut_off() {
 
 #[test]
 fn a_ghost_device_added_by_the_server_is_refused() {
-    let w = World::new();
+    let w = World::new(&[]);
     let a1 = w.person("alice");
     let _b1 = w.person("bob");
     let _m = w.person("mallory");
     // The server files mallory's device (and its KeyPackages) under bob's account.
-    let db = rusqlite::Connection::open(w.server.data.join("server.db")).unwrap();
-    db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
-    db.execute(
-        "UPDATE devices SET account = (SELECT account FROM accounts WHERE handle = 'bob') \
+    w.server_db()
+        .execute(
+            "UPDATE devices SET account = (SELECT account FROM accounts WHERE handle = 'bob') \
          WHERE account = (SELECT account FROM accounts WHERE handle = 'mallory')",
-        [],
-    )
-    .unwrap();
+            [],
+        )
+        .unwrap();
     a1.sotto(&["send", "bob", "hi"])
         .fails_with("the server listed a device for bob that bob's account did not sign for");
 }

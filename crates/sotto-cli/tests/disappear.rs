@@ -5,23 +5,7 @@
 
 use std::time::Duration;
 
-use sotto_test_support::{Profile, ServerProcess};
-use tempfile::TempDir;
-
-fn person(root: &std::path::Path, server: &ServerProcess, name: &str) -> Profile {
-    let p = Profile::new(root.join(name));
-    let invite = server.invite();
-    p.sotto(&[
-        "register",
-        &server.link,
-        "--name",
-        name,
-        "--invite",
-        &invite,
-    ])
-    .ok();
-    p
-}
+use sotto_test_support::{Profile, ServerProcess, World};
 
 fn history(p: &Profile, conv: &str) -> Vec<String> {
     p.sotto(&["history", conv])
@@ -42,10 +26,9 @@ fn application_messages_on_server(server: &ServerProcess) -> i64 {
 
 #[test]
 fn a_disappearing_message_leaves_every_store() {
-    let tmp = TempDir::new().unwrap();
-    let server = ServerProcess::start(&tmp.path().join("server"), &[]);
-    let alice = person(tmp.path(), &server, "alice");
-    let bob = person(tmp.path(), &server, "bob");
+    let w = World::new(&[]);
+    let alice = w.person("alice");
+    let bob = w.person("bob");
     alice.sotto(&["send", "bob", "this one stays"]).ok();
     alice
         .sotto(&["disappear", "bob", "soon"])
@@ -84,11 +67,11 @@ fn a_disappearing_message_leaves_every_store() {
 
 #[test]
 fn the_server_drops_an_expired_message_an_offline_member_never_fetched() {
-    let tmp = TempDir::new().unwrap();
-    let server = ServerProcess::start(&tmp.path().join("server"), &[]);
-    let alice = person(tmp.path(), &server, "alice");
-    let bob = person(tmp.path(), &server, "bob");
-    let carol = person(tmp.path(), &server, "carol");
+    let w = World::new(&[]);
+    let server = &w.server;
+    let alice = w.person("alice");
+    let bob = w.person("bob");
+    let carol = w.person("carol");
     alice
         .sotto(&["group", "create", "ops", "bob", "carol"])
         .ok();
@@ -97,11 +80,11 @@ fn the_server_drops_an_expired_message_an_offline_member_never_fetched() {
         .fails_with("only admins change the group's timer");
     alice.sotto(&["disappear", "ops", "2s"]).ok();
     alice.sotto(&["send", "ops", "ephemeral"]).ok();
-    assert_eq!(application_messages_on_server(&server), 1);
+    assert_eq!(application_messages_on_server(server), 1);
     // Expiry at 2 s; the server's purge runs every second.
     std::thread::sleep(Duration::from_millis(3300));
     assert_eq!(
-        application_messages_on_server(&server),
+        application_messages_on_server(server),
         0,
         "the server kept an expired message"
     );

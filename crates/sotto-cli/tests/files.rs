@@ -2,23 +2,7 @@
 //! byte-identical and the server deletes the blob once fetched; a blob
 //! altered on the server is refused; the server's size limit is enforced.
 
-use sotto_test_support::{Profile, ServerProcess, files_under};
-use tempfile::TempDir;
-
-fn person(root: &std::path::Path, server: &ServerProcess, name: &str) -> Profile {
-    let p = Profile::new(root.join(name));
-    let invite = server.invite();
-    p.sotto(&[
-        "register",
-        &server.link,
-        "--name",
-        name,
-        "--invite",
-        &invite,
-    ])
-    .ok();
-    p
-}
+use sotto_test_support::{World, files_under};
 
 fn noise(n: usize) -> Vec<u8> {
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
@@ -34,12 +18,12 @@ fn noise(n: usize) -> Vec<u8> {
 
 #[test]
 fn a_file_of_a_few_mib_round_trips_and_leaves_the_server() {
-    let tmp = TempDir::new().unwrap();
-    let server = ServerProcess::start(&tmp.path().join("server"), &[]);
-    let alice = person(tmp.path(), &server, "alice");
-    let bob = person(tmp.path(), &server, "bob");
+    let w = World::new(&[]);
+    let server = &w.server;
+    let alice = w.person("alice");
+    let bob = w.person("bob");
     let data = noise(3 * 1024 * 1024 + 123);
-    let path = tmp.path().join("data.bin");
+    let path = w.root.join("data.bin");
     std::fs::write(&path, &data).unwrap();
     alice
         .sotto(&["send-file", "bob", path.to_str().unwrap()])
@@ -76,11 +60,11 @@ fn a_file_of_a_few_mib_round_trips_and_leaves_the_server() {
 
 #[test]
 fn a_blob_altered_on_the_server_is_refused() {
-    let tmp = TempDir::new().unwrap();
-    let server = ServerProcess::start(&tmp.path().join("server"), &[]);
-    let alice = person(tmp.path(), &server, "alice");
-    let bob = person(tmp.path(), &server, "bob");
-    let path = tmp.path().join("contract.pdf");
+    let w = World::new(&[]);
+    let server = &w.server;
+    let alice = w.person("alice");
+    let bob = w.person("bob");
+    let path = w.root.join("contract.pdf");
     std::fs::write(&path, noise(100_000)).unwrap();
     alice
         .sotto(&["send-file", "bob", path.to_str().unwrap()])
@@ -103,11 +87,10 @@ fn a_blob_altered_on_the_server_is_refused() {
 
 #[test]
 fn the_servers_size_limit_is_enforced() {
-    let tmp = TempDir::new().unwrap();
-    let server = ServerProcess::start(&tmp.path().join("server"), &["--max-attachment-mib", "1"]);
-    let alice = person(tmp.path(), &server, "alice");
-    let _bob = person(tmp.path(), &server, "bob");
-    let path = tmp.path().join("big.bin");
+    let w = World::new(&["--max-attachment-mib", "1"]);
+    let alice = w.person("alice");
+    let _bob = w.person("bob");
+    let path = w.root.join("big.bin");
     std::fs::write(&path, noise(2 * 1024 * 1024)).unwrap();
     alice
         .sotto(&["send-file", "bob", path.to_str().unwrap()])

@@ -2,42 +2,7 @@
 //! promote, leave, and two admins committing at the same moment.
 
 use serde_json::Value;
-use sotto_test_support::{Profile, ServerProcess};
-use tempfile::TempDir;
-
-struct World {
-    _tmp: TempDir,
-    root: std::path::PathBuf,
-    server: ServerProcess,
-}
-
-impl World {
-    fn new() -> Self {
-        let tmp = TempDir::new().unwrap();
-        let root = tmp.path().to_owned();
-        let server = ServerProcess::start(&root.join("server"), &[]);
-        Self {
-            _tmp: tmp,
-            root,
-            server,
-        }
-    }
-
-    fn person(&self, name: &str) -> Profile {
-        let p = Profile::new(self.root.join(name));
-        let invite = self.server.invite();
-        p.sotto(&[
-            "register",
-            &self.server.link,
-            "--name",
-            name,
-            "--invite",
-            &invite,
-        ])
-        .ok();
-        p
-    }
-}
+use sotto_test_support::{Profile, World};
 
 fn receive(p: &Profile) -> Vec<(String, String, String)> {
     p.sotto(&["receive", "--json"])
@@ -81,7 +46,7 @@ fn members(g: &Value) -> Vec<&str> {
 
 #[test]
 fn three_people_talk_in_a_group_and_agree_on_it() {
-    let w = World::new();
+    let w = World::new(&[]);
     let (alice, bob, carol) = (w.person("alice"), w.person("bob"), w.person("carol"));
     alice
         .sotto(&["group", "create", "ops", "bob", "carol"])
@@ -114,7 +79,7 @@ fn three_people_talk_in_a_group_and_agree_on_it() {
 
 #[test]
 fn admins_add_remove_and_rename_and_others_cannot() {
-    let w = World::new();
+    let w = World::new(&[]);
     let (alice, bob, carol, dave) = (
         w.person("alice"),
         w.person("bob"),
@@ -176,7 +141,7 @@ fn admins_add_remove_and_rename_and_others_cannot() {
 
 #[test]
 fn a_member_leaves_and_the_others_complete_it() {
-    let w = World::new();
+    let w = World::new(&[]);
     let (alice, bob, carol) = (w.person("alice"), w.person("bob"), w.person("carol"));
     alice
         .sotto(&["group", "create", "ops", "bob", "carol"])
@@ -198,7 +163,7 @@ fn a_member_leaves_and_the_others_complete_it() {
 
 #[test]
 fn two_admins_add_at_the_same_moment_and_both_land() {
-    let w = World::new();
+    let w = World::new(&[]);
     let (alice, bob, carol) = (w.person("alice"), w.person("bob"), w.person("carol"));
     let (dave, erin) = (w.person("dave"), w.person("erin"));
     alice

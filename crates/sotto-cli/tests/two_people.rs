@@ -4,47 +4,7 @@
 //! is on disk, and the errors a user sees.
 
 use serde_json::Value;
-use sotto_test_support::{Profile, ServerProcess, files_containing, files_under};
-use tempfile::TempDir;
-
-struct World {
-    _tmp: TempDir,
-    root: std::path::PathBuf,
-    server: ServerProcess,
-}
-
-impl World {
-    fn new(extra: &[&str]) -> Self {
-        let tmp = TempDir::new().unwrap();
-        let root = tmp.path().to_owned();
-        let server = ServerProcess::start(&root.join("server"), extra);
-        Self {
-            _tmp: tmp,
-            root,
-            server,
-        }
-    }
-
-    fn profile(&self, name: &str) -> Profile {
-        Profile::new(self.root.join(name))
-    }
-
-    /// A registered profile.
-    fn person(&self, name: &str) -> Profile {
-        let p = self.profile(name);
-        let invite = self.server.invite();
-        p.sotto(&[
-            "register",
-            &self.server.link,
-            "--name",
-            name,
-            "--invite",
-            &invite,
-        ])
-        .ok();
-        p
-    }
-}
+use sotto_test_support::{Profile, World, files_containing, files_under};
 
 fn receive_json(p: &Profile) -> Vec<Value> {
     p.sotto(&["receive", "--json"])

@@ -2,23 +2,7 @@
 //! safety number; a server that rebinds a verified handle to another key is
 //! caught, and sending needs the user's confirmation of the new key.
 
-use sotto_test_support::{Profile, ServerProcess};
-use tempfile::TempDir;
-
-fn person(root: &std::path::Path, server: &ServerProcess, name: &str) -> Profile {
-    let p = Profile::new(root.join(name));
-    let invite = server.invite();
-    p.sotto(&[
-        "register",
-        &server.link,
-        "--name",
-        name,
-        "--invite",
-        &invite,
-    ])
-    .ok();
-    p
-}
+use sotto_test_support::{Profile, ServerProcess, World};
 
 /// The 60 digits of `sotto verify`.
 fn number(out: &str) -> String {
@@ -88,10 +72,9 @@ fn status(p: &Profile, handle: &str) -> String {
 
 #[test]
 fn both_sides_see_the_same_safety_number() {
-    let tmp = TempDir::new().unwrap();
-    let server = ServerProcess::start(&tmp.path().join("server"), &[]);
-    let alice = person(tmp.path(), &server, "alice");
-    let bob = person(tmp.path(), &server, "bob");
+    let w = World::new(&[]);
+    let alice = w.person("alice");
+    let bob = w.person("bob");
     alice
         .sotto(&["verify", "bob"])
         .fails_with("not a contact yet");
@@ -109,12 +92,12 @@ fn both_sides_see_the_same_safety_number() {
 
 #[test]
 fn a_server_answering_with_someone_elses_keys_is_refused() {
-    let tmp = TempDir::new().unwrap();
-    let server = ServerProcess::start(&tmp.path().join("server"), &[]);
-    let alice = person(tmp.path(), &server, "alice");
-    let _bob = person(tmp.path(), &server, "bob");
-    let _mallory = person(tmp.path(), &server, "mallory");
-    rebind(&server, "bob", "mallory");
+    let w = World::new(&[]);
+    let server = &w.server;
+    let alice = w.person("alice");
+    let _bob = w.person("bob");
+    let _mallory = w.person("mallory");
+    rebind(server, "bob", "mallory");
     alice
         .sotto(&["send", "bob", "hi"])
         .fails_with("the server answered for bob with keys of someone else");
@@ -122,21 +105,21 @@ fn a_server_answering_with_someone_elses_keys_is_refused() {
 
 #[test]
 fn a_server_swapping_a_verified_contacts_key_is_caught() {
-    let tmp = TempDir::new().unwrap();
-    let server = ServerProcess::start(&tmp.path().join("server"), &[]);
-    let evil = ServerProcess::start(&tmp.path().join("evil"), &[]);
-    let alice = person(tmp.path(), &server, "alice");
-    let bob = person(tmp.path(), &server, "bob");
-    let _carol = person(tmp.path(), &server, "carol");
-    let _fake_bob = person(&tmp.path().join("evil-side"), &evil, "bob");
-    let _fake_carol = person(&tmp.path().join("evil-side"), &evil, "carol");
+    let w = World::new(&[]);
+    let server = &w.server;
+    let evil = World::new(&[]);
+    let alice = w.person("alice");
+    let bob = w.person("bob");
+    let _carol = w.person("carol");
+    let _fake_bob = evil.person("bob");
+    let _fake_carol = evil.person("carol");
     alice.sotto(&["send", "bob", "hi bob"]).ok();
     alice.sotto(&["send", "carol", "hi carol"]).ok();
     let before = number(&alice.sotto(&["verify", "bob"]).ok());
     alice.sotto(&["verify", "bob", "--confirm"]).ok();
 
-    impersonate(&server, &evil, "bob");
-    impersonate(&server, &evil, "carol");
+    impersonate(server, &evil.server, "bob");
+    impersonate(server, &evil.server, "carol");
 
     // A verified contact: refused until the user confirms the new key.
     alice

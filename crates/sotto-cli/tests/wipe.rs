@@ -7,77 +7,21 @@
 use std::io::Read;
 use std::time::Duration;
 
-use sotto_test_support::{Profile, ServerProcess, sotto_anywhere};
-use tempfile::TempDir;
+use sotto_test_support::{Profile, World, sotto_anywhere};
 
 const CODE: &str = "orange-umbrella-42";
 
-struct World {
-    _tmp: TempDir,
-    root: std::path::PathBuf,
-    server: ServerProcess,
+fn count(w: &World, sql: &str, handle: &str) -> i64 {
+    w.server_db()
+        .query_row(sql, [handle], |r| r.get(0))
+        .unwrap()
 }
 
-impl World {
-    fn new() -> Self {
-        let tmp = TempDir::new().unwrap();
-        let root = tmp.path().to_owned();
-        let server = ServerProcess::start(&root.join("server"), &[]);
-        Self {
-            _tmp: tmp,
-            root,
-            server,
-        }
-    }
-
-    fn person(&self, name: &str) -> Profile {
-        let p = Profile::new(self.root.join(name));
-        let invite = self.server.invite();
-        p.sotto(&[
-            "register",
-            &self.server.link,
-            "--name",
-            name,
-            "--invite",
-            &invite,
-        ])
-        .ok();
-        p
-    }
-
-    fn db(&self) -> rusqlite::Connection {
-        let db = rusqlite::Connection::open(self.server.data.join("server.db")).unwrap();
-        db.busy_timeout(Duration::from_secs(5)).unwrap();
-        db
-    }
-
-    fn count(&self, sql: &str, handle: &str) -> i64 {
-        self.db().query_row(sql, [handle], |r| r.get(0)).unwrap()
-    }
-
-    fn wipe(&self, handle: &str, code: &str) -> sotto_test_support::Run {
-        sotto_anywhere(
-            &["wipe", &self.server.link, "--account", handle],
-            &[("SOTTO_KILL_CODE", code)],
-        )
-    }
-}
-
-/// Links a second device of `first`'s account.
-fn second_device(w: &World, first: &Profile, name: &str) -> Profile {
-    let second = Profile::new(w.root.join(format!("{name}-2")));
-    let mut child = second.spawn(&["link", &w.server.link, "--wait", "60"]);
-    let mut out = child.stdout.take().unwrap();
-    let mut code = Vec::new();
-    let mut byte = [0u8; 1];
-    while out.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
-        code.push(byte[0]);
-    }
-    first
-        .sotto(&["devices", "approve", std::str::from_utf8(&code).unwrap()])
-        .ok();
-    assert!(child.wait().unwrap().success());
-    second
+fn wipe(w: &World, handle: &str, code: &str) -> sotto_test_support::Run {
+    sotto_anywhere(
+        &["wipe", &w.server.link, "--account", handle],
+        &[("SOTTO_KILL_CODE", code)],
+    )
 }
 
 fn members(p: &Profile) -> String {
@@ -86,19 +30,19 @@ fn members(p: &Profile) -> String {
 
 #[test]
 fn a_kill_code_wipes_online_and_offline_devices() {
-    let w = World::new();
+    let w = World::new(&[]);
     let alice = w.person("alice");
     let bob = w.person("bob");
     alice.sotto(&["group", "create", "ops", "bob"]).ok();
     alice.sotto(&["send", "ops", "secret plans"]).ok();
-    let alice2 = second_device(&w, &alice, "alice");
+    let alice2 = w.link_device(&alice, "alice-2");
     alice
         .sotto_env(&["kill-code", "set"], &[("SOTTO_KILL_CODE", CODE)])
         .ok();
     // alice2 is online, listening; alice (first device) is offline.
     let mut online = alice2.spawn(&["receive", "--wait", "30"]);
     std::thread::sleep(Duration::from_millis(1500));
-    w.wipe("alice", CODE).ok();
+    wipe(&w, "alice", CODE).ok();
     let status = online.wait().unwrap();
     let mut err = String::new();
     online
@@ -122,7 +66,7 @@ fn a_kill_code_wipes_online_and_offline_devices() {
     }
     // The server forgot both devices: no record, mailbox or KeyPackage.
     let dev = "SELECT count(*) FROM devices d JOIN accounts a ON a.account = d.account WHERE a.handle = ?1";
-    assert_eq!(w.count(dev, "alice"), 0);
+    assert_eq!(count(&w, dev, "alice"), 0);
     for table in [
         "mailbox",
         "key_packages",
@@ -133,7 +77,7 @@ fn a_kill_code_wipes_online_and_offline_devices() {
             "SELECT count(*) FROM {table} WHERE device NOT IN (SELECT device FROM devices) AND ?1 = ?1"
         );
         assert_eq!(
-            w.count(&sql, "alice"),
+            count(&w, &sql, "alice"),
             0,
             "{table} still holds a wiped device"
         );
@@ -146,7 +90,7 @@ fn a_kill_code_wipes_online_and_offline_devices() {
 
 #[test]
 fn wrong_codes_guessing_and_forged_orders_change_nothing() {
-    let w = World::new();
+    let w = World::new(&[]);
     let alice = w.person("alice");
     let _bob = w.person("bob");
     alice.sotto(&["send", "bob", "hi"]).ok();
@@ -157,13 +101,11 @@ fn wrong_codes_guessing_and_forged_orders_change_nothing() {
         .sotto_env(&["kill-code", "set"], &[("SOTTO_KILL_CODE", "short")])
         .fails_with("at least 8 characters");
     // Wrong code, unknown account, account without a kill code: one answer.
-    w.wipe("alice", "not-the-code")
-        .fails_with("wrong account or kill code");
-    w.wipe("nobody", CODE)
-        .fails_with("wrong account or kill code");
-    w.wipe("bob", CODE).fails_with("wrong account or kill code");
+    wipe(&w, "alice", "not-the-code").fails_with("wrong account or kill code");
+    wipe(&w, "nobody", CODE).fails_with("wrong account or kill code");
+    wipe(&w, "bob", CODE).fails_with("wrong account or kill code");
     // A forged order from a server that lacks the code.
-    let db = w.db();
+    let db = w.server_db();
     let device: Vec<u8> = db
         .query_row(
             "SELECT d.device FROM devices d JOIN accounts a ON a.account = d.account WHERE a.handle = 'alice'",
@@ -197,17 +139,15 @@ fn wrong_codes_guessing_and_forged_orders_change_nothing() {
     assert!(alice.sotto(&["contacts"]).ok().starts_with("bob\t"));
     // Guessing is cut off: after five wrong codes even the right one waits.
     for _ in 0..4 {
-        w.wipe("alice", "still-not-it")
-            .fails_with("wrong account or kill code");
+        wipe(&w, "alice", "still-not-it").fails_with("wrong account or kill code");
     }
-    w.wipe("alice", CODE)
-        .fails_with("too many wrong kill codes");
+    wipe(&w, "alice", CODE).fails_with("too many wrong kill codes");
     alice.sotto(&["send", "bob", "still here"]).ok();
 }
 
 #[test]
 fn the_duress_passphrase_silently_destroys_the_store() {
-    let w = World::new();
+    let w = World::new(&[]);
     let alice = w.person("alice");
     let _bob = w.person("bob");
     alice.sotto(&["send", "bob", "hi"]).ok();

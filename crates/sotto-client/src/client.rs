@@ -11,9 +11,9 @@ use sotto_core::group;
 use sotto_core::mls::{self, Processed};
 use sotto_core::{AccountKey, AppMessage, Body, CoreError, CredentialIdentity, DeviceKey, Suite};
 use sotto_proto::{
-    Blob, CommitRequest, Delivery, EnvelopeKind, ErrorCode, GroupId, Handle, LoginRequest,
-    MessageId, PROTOCOL_VERSION, RegisterRequest, RegistrationPolicy, Request, Response,
-    SendRequest, UploadKeyPackages, WelcomeOut,
+    Blob, Delivery, EnvelopeKind, ErrorCode, GroupId, Handle, LoginRequest, MessageId,
+    PROTOCOL_VERSION, RegisterRequest, RegistrationPolicy, Request, Response, SendRequest,
+    UploadKeyPackages,
 };
 use tokio::time::{Instant, timeout_at};
 
@@ -768,7 +768,7 @@ impl Client {
                 return Ok(g);
             }
         }
-        let (account, mut kps, _) = self.claim(conn, peer).await?;
+        let (account, kps, _) = self.claim(conn, peer).await?;
         if account == me.account {
             return Err(ClientError::Invalid(
                 "cannot start a conversation with yourself".into(),
@@ -778,71 +778,14 @@ impl Client {
         if self.has_group(g)? {
             return Ok(g);
         }
-        let suite = kps.first().map(|k| k.ciphersuite());
-        kps.extend(
-            self.own_other_devices(conn)
-                .await?
-                .into_iter()
-                .filter(|k| Some(k.ciphersuite()) == suite),
-        );
-        let recipients: Vec<sotto_proto::DeviceId> = kps
-            .iter()
-            .filter_map(|kp| kp.leaf_node().signature_key().as_slice().try_into().ok())
-            .map(sotto_proto::DeviceId)
-            .collect();
-        // The new group persists only if the server accepts its creation.
-        self.store.begin()?;
-        let created = self.store.in_open_transaction(|p, _| {
-            Ok(mls::create_group(p, &me, &self.id.device, g, &kps, None)?)
-        });
-        let created = match created {
-            Ok(c) => c,
-            Err(e) => {
-                self.store.rollback()?;
-                return Err(e);
-            }
-        };
-        let req = CommitRequest {
-            group: g,
-            epoch: 0,
-            msg_id: random_id(),
-            commit: None,
-            welcome: Some(WelcomeOut {
-                welcome: Blob(created.welcome),
-                recipients,
-            }),
-            members: created.members,
-        };
-        match conn.request(Request::Commit(req)).await {
-            Ok(Response::Committed { .. }) => {
-                let r = self.store.in_open_transaction(|p, c| {
-                    mls::merge_pending(p, g)?;
-                    rows::put_conversation(c, &g, false, peer.as_str(), now_ms())
-                });
-                match r {
-                    Ok(()) => self.store.commit()?,
-                    Err(e) => {
-                        self.store.rollback()?;
-                        return Err(e);
-                    }
-                }
-                Ok(g)
-            }
-            Err(ClientError::Server(e)) if matches!(e.code, ErrorCode::StaleEpoch { .. }) => {
-                // The peer created the conversation first: its Welcome is on the way.
-                self.store.rollback()?;
-                self.wait_for_group(conn, g).await?;
-                Ok(g)
-            }
-            Ok(other) => {
-                self.store.rollback()?;
-                Err(unexpected(&other))
-            }
-            Err(e) => {
-                self.store.rollback()?;
-                Err(e)
-            }
+        if !self
+            .create_conversation(conn, g, kps, None, peer.as_str())
+            .await?
+        {
+            // The peer created the conversation first: its Welcome is on the way.
+            self.wait_for_group(conn, g).await?;
         }
+        Ok(g)
     }
 
     async fn wait_for_group(

@@ -281,36 +281,14 @@ impl Client {
         let mut conn = self.connect().await?;
         self.sync(&mut conn).await?;
         let me = self.id.account.id();
-        let current = match conn.request(Request::GetDeviceList { account: me }).await? {
-            Response::DeviceList(l) => l,
-            other => return Err(unexpected(&other)),
-        };
-        self.check_own_list(&current)?;
+        let current = self.own_list(&mut conn).await?;
         if current.devices.contains(&code.device) {
             return Err(ClientError::Invalid("that device is linked already".into()));
         }
         let mut devices = current.devices.clone();
         devices.push(code.device);
-        let list = self
-            .id
-            .account
-            .sign_device_list(current.version + 1, devices);
-        match conn
-            .request(Request::PublishDeviceList(list.clone()))
-            .await?
-        {
-            Response::DeviceListStored { .. } => {}
-            other => return Err(unexpected(&other)),
-        }
-        self.store
-            .transaction(|_, c| crate::store::rows::put_list(c, &list).map(|_| ()))?;
-        let groups: Vec<GroupId> = self
-            .store
-            .conversations()?
-            .into_iter()
-            .filter(|c| c.state == "active")
-            .map(|c| c.group)
-            .collect();
+        let list = self.publish_own_list(&mut conn, &current, devices).await?;
+        let groups = self.active_groups()?;
         let bundle = LinkBundle {
             account_secret: *self.id.account.secret(),
             handle: self.id.handle.clone(),
@@ -386,11 +364,7 @@ impl Client {
         conn: &mut Connection,
     ) -> Result<Vec<openmls::prelude::KeyPackage>, ClientError> {
         let me = self.id.account.id();
-        let list = match conn.request(Request::GetDeviceList { account: me }).await? {
-            Response::DeviceList(l) => l,
-            other => return Err(unexpected(&other)),
-        };
-        self.check_own_list(&list)?;
+        let list = self.own_list(conn).await?;
         let mut out = Vec::new();
         for d in list.devices.iter().filter(|d| **d != self.id.device.id()) {
             match conn
@@ -417,6 +391,54 @@ impl Client {
         Ok(out)
     }
 
+    /// The account's device list from the server, checked against the account key.
+    pub(crate) async fn own_list(
+        &mut self,
+        conn: &mut Connection,
+    ) -> Result<SignedDeviceList, ClientError> {
+        let me = self.id.account.id();
+        let l = match conn.request(Request::GetDeviceList { account: me }).await? {
+            Response::DeviceList(l) => l,
+            other => return Err(unexpected(&other)),
+        };
+        self.check_own_list(&l)?;
+        Ok(l)
+    }
+
+    /// Signs and publishes the next version of the account's device list.
+    async fn publish_own_list(
+        &mut self,
+        conn: &mut Connection,
+        current: &SignedDeviceList,
+        devices: Vec<DeviceId>,
+    ) -> Result<SignedDeviceList, ClientError> {
+        let list = self
+            .id
+            .account
+            .sign_device_list(current.version + 1, devices);
+        match conn
+            .request(Request::PublishDeviceList(list.clone()))
+            .await?
+        {
+            Response::DeviceListStored { .. } => {}
+            other => return Err(unexpected(&other)),
+        }
+        self.store
+            .transaction(|_, c| crate::store::rows::put_list(c, &list).map(|_| ()))?;
+        Ok(list)
+    }
+
+    /// The conversations this device is an active member of.
+    pub(crate) fn active_groups(&self) -> Result<Vec<GroupId>, ClientError> {
+        Ok(self
+            .store
+            .conversations()?
+            .into_iter()
+            .filter(|c| c.state == "active")
+            .map(|c| c.group)
+            .collect())
+    }
+
     fn check_own_list(&self, l: &SignedDeviceList) -> Result<(), ClientError> {
         let ok = sotto_core::identity::device_list_is_signed(l)
             && l.account == self.id.account.id()
@@ -433,12 +455,7 @@ impl Client {
     /// The account's devices, from its signed list.
     pub async fn devices(&mut self) -> Result<Vec<DeviceInfo>, ClientError> {
         let mut conn = self.connect().await?;
-        let me = self.id.account.id();
-        let l = match conn.request(Request::GetDeviceList { account: me }).await? {
-            Response::DeviceList(l) => l,
-            other => return Err(unexpected(&other)),
-        };
-        self.check_own_list(&l)?;
+        let l = self.own_list(&mut conn).await?;
         conn.close().await;
         let this = self.id.device.id();
         Ok(l.devices
@@ -455,12 +472,7 @@ impl Client {
     pub async fn revoke(&mut self, prefix: &str) -> Result<DeviceId, ClientError> {
         let mut conn = self.connect().await?;
         self.sync(&mut conn).await?;
-        let me = self.id.account.id();
-        let current = match conn.request(Request::GetDeviceList { account: me }).await? {
-            Response::DeviceList(l) => l,
-            other => return Err(unexpected(&other)),
-        };
-        self.check_own_list(&current)?;
+        let current = self.own_list(&mut conn).await?;
         let hits: Vec<DeviceId> = current
             .devices
             .iter()
@@ -491,27 +503,8 @@ impl Client {
             .filter(|d| **d != target)
             .copied()
             .collect();
-        let list = self
-            .id
-            .account
-            .sign_device_list(current.version + 1, devices);
-        match conn
-            .request(Request::PublishDeviceList(list.clone()))
-            .await?
-        {
-            Response::DeviceListStored { .. } => {}
-            other => return Err(unexpected(&other)),
-        }
-        self.store
-            .transaction(|_, c| crate::store::rows::put_list(c, &list).map(|_| ()))?;
-        let groups: Vec<GroupId> = self
-            .store
-            .conversations()?
-            .into_iter()
-            .filter(|c| c.state == "active")
-            .map(|c| c.group)
-            .collect();
-        for g in groups {
+        self.publish_own_list(&mut conn, &current, devices).await?;
+        for g in self.active_groups()? {
             self.commit_with_retry(&mut conn, g, |p| {
                 let present = mls::members(p, g)?.iter().any(|m| m.device == target);
                 Ok(Change {

@@ -8,8 +8,8 @@ use openmls::prelude::KeyPackage;
 use sotto_core::group::{self, Change, GroupMeta};
 use sotto_core::mls;
 use sotto_proto::{
-    AccountId, Blob, CommitRequest, DeviceId, ErrorCode, GroupId, Handle, Request, Response,
-    SendRequest, SignedDeviceList, WelcomeOut,
+    AccountId, Blob, CommitRequest, ErrorCode, GroupId, Handle, Request, Response, SendRequest,
+    SignedDeviceList, WelcomeOut,
 };
 use tokio::time::{Instant, timeout_at};
 
@@ -380,26 +380,50 @@ impl Client {
         for h in &handles {
             kps.extend(self.claim(&mut conn, h).await?.1);
         }
+        let mut id = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
+        let g = GroupId(id);
+        let meta = GroupMeta {
+            name: name.clone(),
+            admins: vec![self.id.account.id()],
+        };
+        if !self
+            .create_conversation(&mut conn, g, kps, Some(&meta), &name)
+            .await?
+        {
+            return Err(ClientError::Invalid(
+                "the new group's id is taken: try again".into(),
+            ));
+        }
+        conn.close().await;
+        Ok(g)
+    }
+
+    /// Creates the MLS group `g` with `kps` and this account's other devices
+    /// (of the same suite), and asks the server to create it with a
+    /// Welcome for all of them. The local group is kept only if the server
+    /// accepts; `false` if another creation of `g` won.
+    pub(crate) async fn create_conversation(
+        &mut self,
+        conn: &mut Connection,
+        g: GroupId,
+        mut kps: Vec<KeyPackage>,
+        meta: Option<&GroupMeta>,
+        name: &str,
+    ) -> Result<bool, ClientError> {
         let suite = kps.first().map(|k| k.ciphersuite());
         kps.extend(
-            self.own_other_devices(&mut conn)
+            self.own_other_devices(conn)
                 .await?
                 .into_iter()
                 .filter(|k| Some(k.ciphersuite()) == suite),
         );
-        let mut id = [0u8; 32];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
-        let g = GroupId(id);
         let me = self.id.credential();
-        let meta = GroupMeta {
-            name: name.clone(),
-            admins: vec![me.account],
-        };
         self.store.begin()?;
         let device = &self.id.device;
-        let created = self.store.in_open_transaction(|p, _| {
-            Ok(mls::create_group(p, &me, device, g, &kps, Some(&meta))?)
-        });
+        let created = self
+            .store
+            .in_open_transaction(|p, _| Ok(mls::create_group(p, &me, device, g, &kps, meta)?));
         let created = match created {
             Ok(c) => c,
             Err(e) => {
@@ -407,7 +431,6 @@ impl Client {
                 return Err(e);
             }
         };
-        let recipients: Vec<DeviceId> = created.members[1..].to_vec();
         let req = CommitRequest {
             group: g,
             epoch: 0,
@@ -415,35 +438,33 @@ impl Client {
             commit: None,
             welcome: Some(WelcomeOut {
                 welcome: Blob(created.welcome),
-                recipients,
+                recipients: created.members[1..].to_vec(),
             }),
             members: created.members,
         };
-        match conn.request(Request::Commit(req)).await {
-            Ok(Response::Committed { .. }) => {
-                let r = self.store.in_open_transaction(|p, c| {
-                    mls::merge_pending(p, g)?;
-                    rows::put_conversation(c, &g, true, &name, now_ms())
-                });
-                match r {
-                    Ok(()) => self.store.commit()?,
-                    Err(e) => {
-                        self.store.rollback()?;
-                        return Err(e);
-                    }
-                }
-            }
-            Ok(other) => {
+        let answer = conn.request(Request::Commit(req)).await;
+        let outcome = match answer {
+            Ok(Response::Committed { .. }) => self.store.in_open_transaction(|p, c| {
+                mls::merge_pending(p, g)?;
+                rows::put_conversation(c, &g, meta.is_some(), name, now_ms())
+            }),
+            Err(ClientError::Server(e)) if matches!(e.code, ErrorCode::StaleEpoch { .. }) => {
                 self.store.rollback()?;
-                return Err(unexpected(&other));
+                return Ok(false);
+            }
+            Ok(other) => Err(unexpected(&other)),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => {
+                self.store.commit()?;
+                Ok(true)
             }
             Err(e) => {
                 self.store.rollback()?;
-                return Err(e);
+                Err(e)
             }
         }
-        conn.close().await;
-        Ok(g)
     }
 
     fn handles(&self, members: &[&str]) -> Result<Vec<Handle>, ClientError> {

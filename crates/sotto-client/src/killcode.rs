@@ -5,7 +5,7 @@
 
 use sotto_core::group;
 use sotto_core::killcode;
-use sotto_proto::{Blob, GroupId, Handle, Request, Response, SendRequest};
+use sotto_proto::{Blob, Handle, Request, Response, SendRequest};
 
 use crate::client::{random_id, unexpected};
 use crate::store::rows;
@@ -46,16 +46,7 @@ impl Client {
     /// Sets the account's kill code for every device the account has now.
     pub async fn kill_code_set(&mut self, code: &str) -> Result<usize, ClientError> {
         let mut conn = self.connect().await?;
-        let me = self.id.account.id();
-        let list = match conn.request(Request::GetDeviceList { account: me }).await? {
-            Response::DeviceList(l) => l,
-            other => return Err(unexpected(&other)),
-        };
-        if !sotto_core::identity::device_list_is_signed(&list) || list.account != me {
-            return Err(ClientError::Invalid(
-                "the server's list of this account's devices is not signed by the account: refusing".into(),
-            ));
-        }
+        let list = self.own_list(&mut conn).await?;
         let previous = match conn.request(Request::GetKillRecord).await? {
             Response::KillRecord(r) => r.map_or(0, |r| r.version),
             other => return Err(unexpected(&other)),
@@ -87,17 +78,7 @@ impl Client {
     /// the server to forget this device, and destroys the store. Network
     /// failures do not stop the destruction.
     pub(crate) async fn wipe_now(&mut self, conn: &mut Connection) -> ClientError {
-        let groups: Vec<GroupId> = self
-            .store
-            .conversations()
-            .map(|cs| {
-                cs.into_iter()
-                    .filter(|c| c.state == "active")
-                    .map(|c| c.group)
-                    .collect()
-            })
-            .unwrap_or_default();
-        for g in groups {
+        for g in self.active_groups().unwrap_or_default() {
             let device = &self.id.device;
             let Ok(p) = self
                 .store

@@ -282,6 +282,41 @@ pub struct NewMessage<'a> {
     pub expires_at_ms: Option<u64>,
 }
 
+/// Reads messages from a statement selecting id, group, conversation name,
+/// sender, outgoing, body, sent and received times.
+fn stored_messages<P: rusqlite::Params>(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: P,
+) -> Result<Vec<StoredMessage>, ClientError> {
+    let rows = stmt.query_map(params, |r| {
+        Ok((
+            r.get::<_, Vec<u8>>(0)?,
+            r.get::<_, Vec<u8>>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, i64>(4)?,
+            r.get::<_, String>(5)?,
+            r.get::<_, i64>(6)?,
+            r.get::<_, i64>(7)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, g, conv, sender, outgoing, text, sent, recv) = row?;
+        out.push(StoredMessage {
+            id: MessageId(arr(id)?),
+            group: GroupId(arr(g)?),
+            conversation: conv,
+            sender,
+            outgoing: outgoing != 0,
+            text,
+            sent_at_ms: u(sent),
+            received_at_ms: u(recv),
+        });
+    }
+    Ok(out)
+}
+
 /// The open store of a profile.
 pub struct Store {
     conn: Connection,
@@ -724,32 +759,7 @@ impl Store {
                  LEFT JOIN conversations c ON c.group_id = m.group_id \
                  WHERE m.shown = 0 ORDER BY m.seq, m.received_at_ms",
             )?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    r.get::<_, Vec<u8>>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, String>(5)?,
-                    r.get::<_, i64>(6)?,
-                    r.get::<_, i64>(7)?,
-                ))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (id, g, conv, sender, outgoing, text, sent, recv) = row?;
-                out.push(StoredMessage {
-                    id: MessageId(arr(id)?),
-                    group: GroupId(arr(g)?),
-                    conversation: conv,
-                    sender,
-                    outgoing: outgoing != 0,
-                    text,
-                    sent_at_ms: u(sent),
-                    received_at_ms: u(recv),
-                });
-            }
+            let out = stored_messages(&mut stmt, [])?;
             c.execute("UPDATE messages SET shown = 1 WHERE shown = 0", [])?;
             Ok(out)
         })
@@ -798,32 +808,7 @@ impl Store {
              LEFT JOIN conversations c ON c.group_id = m.group_id \
              WHERE m.group_id = ?1 ORDER BY m.received_at_ms, m.seq",
         )?;
-        let rows = stmt.query_map([&g.0[..]], |r| {
-            Ok((
-                r.get::<_, Vec<u8>>(0)?,
-                r.get::<_, Vec<u8>>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, i64>(4)?,
-                r.get::<_, String>(5)?,
-                r.get::<_, i64>(6)?,
-                r.get::<_, i64>(7)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, g, conv, sender, outgoing, text, sent, recv) = row?;
-            out.push(StoredMessage {
-                id: MessageId(arr(id)?),
-                group: GroupId(arr(g)?),
-                conversation: conv,
-                sender,
-                outgoing: outgoing != 0,
-                text,
-                sent_at_ms: u(sent),
-                received_at_ms: u(recv),
-            });
-        }
+        let out = stored_messages(&mut stmt, [&g.0[..]])?;
         Ok(out)
     }
 

@@ -289,6 +289,85 @@ fn link_addr(link: &str) -> SocketAddr {
     authority.parse().expect("link authority is an address")
 }
 
+/// A scenario's world: a temp directory, the real server binary running on
+/// a data directory inside it, and profiles beside it.
+#[derive(Debug)]
+pub struct World {
+    _tmp: tempfile::TempDir,
+    /// The temp directory.
+    pub root: PathBuf,
+    /// The server.
+    pub server: ServerProcess,
+}
+
+impl World {
+    /// A new world; `extra` goes to `sotto-server run`.
+    pub fn new(extra: &[&str]) -> Self {
+        let tmp = tempfile::TempDir::new().expect("temp dir");
+        let root = tmp.path().to_owned();
+        let server = ServerProcess::start(&root.join("server"), extra);
+        Self {
+            _tmp: tmp,
+            root,
+            server,
+        }
+    }
+
+    /// A profile directory in the world (not registered).
+    pub fn profile(&self, name: &str) -> Profile {
+        Profile::new(self.root.join(name))
+    }
+
+    /// A person registered with an invite under handle `name`.
+    #[track_caller]
+    pub fn person(&self, name: &str) -> Profile {
+        let p = self.profile(name);
+        let invite = self.server.invite();
+        p.sotto(&[
+            "register",
+            &self.server.link,
+            "--name",
+            name,
+            "--invite",
+            &invite,
+        ])
+        .ok();
+        p
+    }
+
+    /// Links a new device to `first`'s account (`sotto link` on a new
+    /// profile, `sotto devices approve` on `first`), under profile `dir_name`.
+    #[track_caller]
+    pub fn link_device(&self, first: &Profile, dir_name: &str) -> Profile {
+        use std::io::Read;
+        let second = self.profile(dir_name);
+        let mut child = second.spawn(&["link", &self.server.link, "--wait", "60"]);
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut code = String::new();
+        out.read_line(&mut code).expect("read the link code");
+        assert!(code.starts_with("sotto-link:"), "link printed {code:?}");
+        first.sotto(&["devices", "approve", code.trim()]).ok();
+        let status = child.wait().expect("wait for link");
+        let mut rest = String::new();
+        out.read_to_string(&mut rest).expect("stdout");
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            e.read_to_string(&mut err).expect("stderr");
+        }
+        assert!(status.success(), "link failed: {rest}\n{err}");
+        assert!(rest.contains("linked: this device is now"), "{rest}");
+        second
+    }
+
+    /// The server's database, for checks and for playing a malicious server.
+    pub fn server_db(&self) -> rusqlite::Connection {
+        let db = rusqlite::Connection::open(self.server.data.join("server.db")).expect("server db");
+        db.busy_timeout(std::time::Duration::from_secs(5))
+            .expect("busy timeout");
+        db
+    }
+}
+
 /// The server library running in this process on `127.0.0.1:0`.
 #[derive(Debug)]
 pub struct InProcessServer {
