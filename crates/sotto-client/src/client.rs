@@ -511,8 +511,19 @@ impl Client {
                             Some(AppMessage {
                                 id,
                                 sent_at_ms,
-                                body: Body::Text(text),
+                                body,
                             }) => {
+                                let (text, file) = match body {
+                                    Body::Text(t) => (t, None),
+                                    Body::File(f) => (
+                                        format!(
+                                            "[file] {} ({} bytes)",
+                                            crate::files::safe_name(&f.name),
+                                            f.size
+                                        ),
+                                        Some(f),
+                                    ),
+                                };
                                 let fresh = rows::put_message(
                                     c,
                                     &NewMessage {
@@ -528,42 +539,13 @@ impl Client {
                                         expires_at_ms,
                                     },
                                 )?;
-                                if fresh {
-                                    Outcome::Stored
-                                } else {
+                                if !fresh {
                                     Outcome::Duplicate
-                                }
-                            }
-                            Some(AppMessage {
-                                id,
-                                sent_at_ms,
-                                body: Body::File(f),
-                            }) => {
-                                let text = format!(
-                                    "[file] {} ({} bytes)",
-                                    crate::files::safe_name(&f.name),
-                                    f.size
-                                );
-                                let fresh = rows::put_message(
-                                    c,
-                                    &NewMessage {
-                                        id,
-                                        group: env.group,
-                                        sender: &sender,
-                                        outgoing: sender.account == me.account,
-                                        from_this_device: false,
-                                        text: &text,
-                                        sent_at_ms,
-                                        received_at_ms: now_ms(),
-                                        seq: d.seq,
-                                        expires_at_ms,
-                                    },
-                                )?;
-                                if fresh {
-                                    crate::files::queue(c, &id, &sender.handle, &f)?;
-                                    Outcome::Stored
                                 } else {
-                                    Outcome::Duplicate
+                                    if let Some(f) = file {
+                                        crate::files::queue(c, &id, &sender.handle, &f)?;
+                                    }
+                                    Outcome::Stored
                                 }
                             }
                             None => Outcome::Dropped("undecodable application message".into()),

@@ -507,6 +507,15 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
         if claimed.is_empty() {
             return Err(ProtoError::new(ErrorCode::NoKeyPackages));
         }
+        self.key_packages(account, claimed).await
+    }
+
+    /// Claimed KeyPackages with the account's signed device list.
+    async fn key_packages(
+        &self,
+        account: sotto_proto::AccountId,
+        claimed: Vec<crate::store::Claimed>,
+    ) -> Result<Response, ProtoError> {
         let device_list = self
             .shared
             .store
@@ -719,22 +728,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             .await
             .map_err(|e| self.log_store(&e))?
             .ok_or_else(|| ProtoError::new(ErrorCode::NoKeyPackages))?;
-        let device_list = self
-            .shared
-            .store
-            .device_list(account)
-            .await
-            .map_err(|e| self.log_store(&e))?
-            .ok_or_else(|| ProtoError::new(ErrorCode::Internal))?;
-        Ok(Response::KeyPackages(ClaimedKeyPackages {
-            account,
-            devices: vec![ClaimedKeyPackage {
-                device: claimed.device,
-                key_package: sotto_proto::Blob(claimed.data),
-                last_resort: claimed.last_resort,
-            }],
-            device_list,
-        }))
+        self.key_packages(account, vec![claimed]).await
     }
 
     async fn send_to_device(
