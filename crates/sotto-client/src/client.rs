@@ -940,7 +940,18 @@ impl Client {
             )?;
             rows::count_sent(c, &g)
         })?;
-        self.flush_outbox(conn).await?;
+        // From here the message is safe in the outbox: a lost connection
+        // only delays it until the next command that reaches the server.
+        match self.flush_outbox(conn).await {
+            Ok(()) => {}
+            Err(
+                ClientError::Unreachable(_)
+                | ClientError::Transport(_)
+                | ClientError::Closed(_)
+                | ClientError::Timeout,
+            ) => return Err(ClientError::Queued(id.to_hex())),
+            Err(e) => return Err(e),
+        }
         self.maybe_self_update(conn, g).await?;
         Ok(id)
     }
