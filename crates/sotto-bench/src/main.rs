@@ -203,6 +203,8 @@ async fn store_fanout(n: usize, reps: usize) -> anyhow::Result<Duration> {
             epoch: 0,
             members: members.clone(),
             mailbox_cap: 1_000_000,
+            msg_id: MessageId([0xc0; 16]),
+            expires_ms: u64::MAX / 2,
         })
         .await?;
     let mut times = Vec::new();

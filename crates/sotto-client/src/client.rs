@@ -418,6 +418,7 @@ impl Client {
             .await?;
         self.refresh_kill_record(&mut conn, s.kill_record_version)
             .await?;
+        self.settle_pending_commits(&mut conn).await?;
         Ok(conn)
     }
 

@@ -25,6 +25,15 @@ const COMMIT_ATTEMPTS: usize = 8;
 /// How long to wait for the commit that won an epoch.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
 
+/// How the server settled a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Submitted {
+    /// Applied; the group is at this epoch.
+    Committed(u64),
+    /// Another commit won; the group is at this epoch.
+    Lost(u64),
+}
+
 /// What a `send` or `group` argument names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Target {
@@ -253,75 +262,110 @@ impl Client {
         make: impl Fn(&Provider<'_>) -> Result<Change, ClientError>,
     ) -> Result<Option<u64>, ClientError> {
         for _ in 0..COMMIT_ATTEMPTS {
-            // The staged commit persists only if the server accepts it.
-            self.store.begin()?;
-            let device = &self.id.device;
-            let staged = self
-                .store
-                .in_open_transaction(|p, _| Ok(group::stage(p, device, g, make(p)?)?));
-            let staged = match staged {
-                Ok(Some(s)) => s,
-                Ok(None) => {
-                    self.store.rollback()?;
-                    return Ok(None);
-                }
-                Err(e) => {
-                    self.store.rollback()?;
-                    return Err(e);
-                }
+            let Some(req) = self.stage_and_remember(g, &make)? else {
+                return Ok(None);
             };
-            let req = CommitRequest {
-                group: g,
-                epoch: staged.epoch,
-                msg_id: random_id(),
-                commit: Some(Blob(staged.commit)),
-                welcome: staged.welcome.map(|w| WelcomeOut {
-                    welcome: Blob(w),
-                    recipients: staged.welcome_recipients,
-                }),
-                members: staged.members,
-            };
-            match conn.request(Request::Commit(req)).await {
-                Ok(Response::Committed { epoch }) => {
-                    let me = self.id.credential();
-                    let mut warnings = Vec::new();
-                    let r = self.store.in_open_transaction(|p, c| {
-                        mls::merge_pending(p, g)?;
-                        let members = mls::members(p, g)?;
-                        record_members(c, &me, &members, &mut warnings)?;
-                        let (is_group, name) = conversation_name(p, g, &me, &members)?;
-                        rows::put_conversation(c, &g, is_group, &name, now_ms())
-                    });
-                    match r {
-                        Ok(()) => self.store.commit()?,
-                        Err(e) => {
-                            self.store.rollback()?;
-                            return Err(e);
-                        }
-                    }
-                    self.warnings.append(&mut warnings);
-                    return Ok(Some(epoch));
-                }
-                Err(ClientError::Server(e)) if matches!(e.code, ErrorCode::StaleEpoch { .. }) => {
-                    self.store.rollback()?;
-                    let ErrorCode::StaleEpoch { current } = e.code else {
-                        unreachable!("matched above")
-                    };
-                    self.catch_up(conn, g, current).await?;
-                }
-                Ok(other) => {
-                    self.store.rollback()?;
-                    return Err(unexpected(&other));
-                }
-                Err(e) => {
-                    self.store.rollback()?;
-                    return Err(e);
-                }
+            match self.submit(conn, req, None).await? {
+                Submitted::Committed(epoch) => return Ok(Some(epoch)),
+                Submitted::Lost(current) => self.catch_up(conn, g, current).await?,
             }
         }
         Err(ClientError::Invalid(format!(
             "the group kept moving: gave up after {COMMIT_ATTEMPTS} attempts; try again"
         )))
+    }
+
+    /// Stages the change `make` computes and remembers the commit in the
+    /// same transaction: if its answer is lost, the next connection resends
+    /// the very same commit (the server applies a commit id once).
+    fn stage_and_remember(
+        &mut self,
+        g: GroupId,
+        make: &impl Fn(&Provider<'_>) -> Result<Change, ClientError>,
+    ) -> Result<Option<CommitRequest>, ClientError> {
+        let device = &self.id.device;
+        self.store.transaction(|p, c| {
+            let Some(s) = group::stage(p, device, g, make(p)?)? else {
+                return Ok(None);
+            };
+            let req = CommitRequest {
+                group: g,
+                epoch: s.epoch,
+                msg_id: random_id(),
+                commit: Some(Blob(s.commit)),
+                welcome: s.welcome.map(|w| WelcomeOut {
+                    welcome: Blob(w),
+                    recipients: s.welcome_recipients,
+                }),
+                members: s.members,
+            };
+            rows::put_pending_commit(c, &req, None)?;
+            Ok(Some(req))
+        })
+    }
+
+    /// Sends a remembered commit and settles it: merged if the server
+    /// applied it (now or before a lost answer), dropped if another commit
+    /// won the epoch. A lost connection leaves it remembered for the next
+    /// connection.
+    pub(crate) async fn submit(
+        &mut self,
+        conn: &mut Connection,
+        req: CommitRequest,
+        creation: Option<(&str, bool)>,
+    ) -> Result<Submitted, ClientError> {
+        let g = req.group;
+        match conn.request(Request::Commit(req)).await {
+            Ok(Response::Committed { epoch }) => {
+                let me = self.id.credential();
+                let mut warnings = Vec::new();
+                self.store.transaction(|p, c| {
+                    mls::merge_pending(p, g)?;
+                    match creation {
+                        Some((name, is_group)) => {
+                            rows::put_conversation(c, &g, is_group, name, now_ms())?
+                        }
+                        None => {
+                            let members = mls::members(p, g)?;
+                            record_members(c, &me, &members, &mut warnings)?;
+                            let (is_group, name) = conversation_name(p, g, &me, &members)?;
+                            rows::put_conversation(c, &g, is_group, &name, now_ms())?;
+                        }
+                    }
+                    rows::delete_pending_commit(c, &g)
+                })?;
+                self.warnings.append(&mut warnings);
+                Ok(Submitted::Committed(epoch))
+            }
+            Err(ClientError::Server(e)) if matches!(e.code, ErrorCode::StaleEpoch { .. }) => {
+                let ErrorCode::StaleEpoch { current } = e.code else {
+                    unreachable!("matched above")
+                };
+                self.store.transaction(|p, c| {
+                    if creation.is_some() {
+                        mls::discard(p, g)?;
+                    } else {
+                        group::clear_pending(p, g)?;
+                    }
+                    rows::delete_pending_commit(c, &g)
+                })?;
+                Ok(Submitted::Lost(current))
+            }
+            Ok(other) => Err(unexpected(&other)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Settles the commits whose answers were lost on an earlier connection.
+    pub(crate) async fn settle_pending_commits(
+        &mut self,
+        conn: &mut Connection,
+    ) -> Result<(), ClientError> {
+        for (req, creation) in self.store.transaction(|_, c| rows::pending_commits(c))? {
+            let creation = creation.as_ref().map(|(n, g)| (n.as_str(), *g));
+            self.submit(conn, req, creation).await?;
+        }
+        Ok(())
     }
 
     /// Commits the leaves other members proposed.
@@ -401,8 +445,9 @@ impl Client {
 
     /// Creates the MLS group `g` with `kps` and this account's other devices
     /// (of the same suite), and asks the server to create it with a
-    /// Welcome for all of them. The local group is kept only if the server
-    /// accepts; `false` if another creation of `g` won.
+    /// Welcome for all of them. The local group stays only if the server
+    /// applies the creation; `false` if another creation of `g` won. If the
+    /// answer is lost, the next connection settles it.
     pub(crate) async fn create_conversation(
         &mut self,
         conn: &mut Connection,
@@ -419,51 +464,26 @@ impl Client {
                 .filter(|k| Some(k.ciphersuite()) == suite),
         );
         let me = self.id.credential();
-        self.store.begin()?;
         let device = &self.id.device;
-        let created = self
-            .store
-            .in_open_transaction(|p, _| Ok(mls::create_group(p, &me, device, g, &kps, meta)?));
-        let created = match created {
-            Ok(c) => c,
-            Err(e) => {
-                self.store.rollback()?;
-                return Err(e);
-            }
-        };
-        let req = CommitRequest {
-            group: g,
-            epoch: 0,
-            msg_id: random_id(),
-            commit: None,
-            welcome: Some(WelcomeOut {
-                welcome: Blob(created.welcome),
-                recipients: created.members[1..].to_vec(),
-            }),
-            members: created.members,
-        };
-        let answer = conn.request(Request::Commit(req)).await;
-        let outcome = match answer {
-            Ok(Response::Committed { .. }) => self.store.in_open_transaction(|p, c| {
-                mls::merge_pending(p, g)?;
-                rows::put_conversation(c, &g, meta.is_some(), name, now_ms())
-            }),
-            Err(ClientError::Server(e)) if matches!(e.code, ErrorCode::StaleEpoch { .. }) => {
-                self.store.rollback()?;
-                return Ok(false);
-            }
-            Ok(other) => Err(unexpected(&other)),
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Ok(()) => {
-                self.store.commit()?;
-                Ok(true)
-            }
-            Err(e) => {
-                self.store.rollback()?;
-                Err(e)
-            }
+        let req = self.store.transaction(|p, c| {
+            let created = mls::create_group(p, &me, device, g, &kps, meta)?;
+            let req = CommitRequest {
+                group: g,
+                epoch: 0,
+                msg_id: random_id(),
+                commit: None,
+                welcome: Some(WelcomeOut {
+                    welcome: Blob(created.welcome),
+                    recipients: created.members[1..].to_vec(),
+                }),
+                members: created.members,
+            };
+            rows::put_pending_commit(c, &req, Some((name, meta.is_some())))?;
+            Ok(req)
+        })?;
+        match self.submit(conn, req, Some((name, meta.is_some()))).await? {
+            Submitted::Committed(_) => Ok(true),
+            Submitted::Lost(_) => Ok(false),
         }
     }
 
@@ -735,4 +755,95 @@ fn valid_name(name: &str) -> Result<String, ClientError> {
         ));
     }
     Ok(name.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use sotto_proto::{Handle, Request, Response};
+    use sotto_server::ServerConfig;
+    use sotto_test_support::InProcessServer;
+
+    use super::*;
+    use crate::{ReceiveEvent, RegisterOptions, ServerLink, Suite};
+
+    async fn register(server: &InProcessServer, dir: &std::path::Path, name: &str) -> Client {
+        let opts = RegisterOptions {
+            link: ServerLink::parse(&server.link).unwrap(),
+            handle: Handle::new(name).unwrap(),
+            invite: Some(server.invite()),
+            suite: Suite::PostQuantum,
+        };
+        Client::register(&dir.join(name), "pass", opts)
+            .await
+            .unwrap()
+    }
+
+    async fn texts(c: &mut Client) -> Vec<String> {
+        let mut out = Vec::new();
+        c.receive(Duration::ZERO, |ev| {
+            if let ReceiveEvent::Message(m) = ev {
+                out.push(m.text.clone());
+            }
+        })
+        .await
+        .unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_commit_whose_answer_was_lost_is_settled_on_the_next_connection() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        let server = InProcessServer::start(tmp.path(), ServerConfig::default()).await;
+        let mut alice = register(&server, tmp.path(), "alice").await;
+        let mut bob = register(&server, tmp.path(), "bob").await;
+        let g = alice.group_create("ops", &["bob"]).await.unwrap();
+        texts(&mut bob).await;
+
+        // Alice renames the group; the server applies the commit, and the
+        // answer never reaches her (the connection dies first).
+        let req = alice
+            .stage_and_remember(g, &|p| {
+                let meta = group::meta(p, g)?.unwrap();
+                Ok(Change {
+                    meta: Some(GroupMeta {
+                        name: "renamed".into(),
+                        ..meta
+                    }),
+                    ..Change::default()
+                })
+            })
+            .unwrap()
+            .unwrap();
+        // A bare connection (the client's own would settle the commit).
+        let mut conn = Connection::connect(&alice.id.link).await.unwrap();
+        let device = alice.id.device.id();
+        let t = sotto_proto::login_transcript(&conn.hello().challenge, &device);
+        let login = sotto_proto::LoginRequest {
+            version: sotto_proto::PROTOCOL_VERSION,
+            device,
+            signature: alice.id.device.sign(&t),
+        };
+        assert!(matches!(
+            conn.request(Request::Login(login)).await.unwrap(),
+            Response::LoggedIn(_)
+        ));
+        let r = conn.request(Request::Commit(req.clone())).await.unwrap();
+        assert_eq!(r, Response::Committed { epoch: 2 });
+        drop(conn);
+        assert_eq!(alice.groups().unwrap()[0].epoch, 1, "not merged yet");
+
+        // Her next command settles it: the server answers the same commit
+        // with the epoch it produced, and she merges it.
+        alice
+            .send("renamed", "after the lost answer")
+            .await
+            .unwrap();
+        let info = alice.groups().unwrap();
+        assert_eq!((info[0].epoch, info[0].name.as_str()), (2, "renamed"));
+        assert_eq!(texts(&mut bob).await, ["after the lost answer"]);
+        assert_eq!(bob.groups().unwrap()[0].name, "renamed");
+        server.stop().await;
+    }
 }

@@ -113,6 +113,12 @@ CREATE TABLE IF NOT EXISTS attachments (
     state       TEXT NOT NULL DEFAULT 'pending',  -- 'pending', 'saved', 'refused', 'gone'
     path        TEXT
 );
+CREATE TABLE IF NOT EXISTS pending_commits (
+    group_id    BLOB PRIMARY KEY,
+    request     BLOB NOT NULL,               -- postcard CommitRequest, resent as is
+    name        TEXT,                        -- for a creation: the conversation's name
+    is_group    INTEGER
+);
 CREATE TABLE IF NOT EXISTS device_lists (
     account     BLOB PRIMARY KEY,
     version     INTEGER NOT NULL,
@@ -525,37 +531,6 @@ impl Store {
                 Err(e)
             }
         }
-    }
-
-    /// Starts a write transaction that stays open across awaits (used when
-    /// a local change must only persist if the server accepts it).
-    pub fn begin(&mut self) -> Result<(), ClientError> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        Ok(())
-    }
-
-    /// Commits the transaction opened by [`Store::begin`].
-    pub fn commit(&mut self) -> Result<(), ClientError> {
-        self.conn.execute_batch("COMMIT")?;
-        Ok(())
-    }
-
-    /// Rolls back the transaction opened by [`Store::begin`].
-    pub fn rollback(&mut self) -> Result<(), ClientError> {
-        self.conn.execute_batch("ROLLBACK")?;
-        Ok(())
-    }
-
-    /// An MLS provider and the connection, inside a transaction opened by [`Store::begin`].
-    pub fn in_open_transaction<T>(
-        &self,
-        f: impl FnOnce(&Provider<'_>, &Connection) -> Result<T, ClientError>,
-    ) -> Result<T, ClientError> {
-        let p = Provider {
-            crypto: &self.crypto,
-            storage: SqliteStorageProvider::new(&self.conn),
-        };
-        f(&p, &self.conn)
     }
 
     /// Saves the identity (before registering, so keys are never lost).
@@ -1080,6 +1055,53 @@ pub mod rows {
             [data],
         )?;
         Ok(())
+    }
+
+    /// Remembers a staged commit until the server settles it.
+    pub fn put_pending_commit(
+        c: &Connection,
+        req: &sotto_proto::CommitRequest,
+        creation: Option<(&str, bool)>,
+    ) -> Result<(), ClientError> {
+        let data = postcard::to_stdvec(req).map_err(|e| ClientError::Store(e.to_string()))?;
+        c.execute(
+            "INSERT INTO pending_commits (group_id, request, name, is_group) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT(group_id) DO UPDATE SET request = excluded.request, name = excluded.name, \
+             is_group = excluded.is_group",
+            params![&req.group.0[..], data, creation.map(|c| c.0), creation.map(|c| i64::from(c.1))],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets a settled commit.
+    pub fn delete_pending_commit(c: &Connection, g: &GroupId) -> Result<(), ClientError> {
+        c.execute(
+            "DELETE FROM pending_commits WHERE group_id = ?1",
+            [&g.0[..]],
+        )?;
+        Ok(())
+    }
+
+    /// The commits waiting to be settled, with their creation details.
+    #[allow(clippy::type_complexity)]
+    pub fn pending_commits(
+        c: &Connection,
+    ) -> Result<Vec<(sotto_proto::CommitRequest, Option<(String, bool)>)>, ClientError> {
+        let mut st = c.prepare("SELECT request, name, is_group FROM pending_commits")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (req, name, is_group) = row?;
+            let req = postcard::from_bytes(&req).map_err(|e| ClientError::Store(e.to_string()))?;
+            out.push((req, name.map(|n| (n, is_group.unwrap_or(0) != 0))));
+        }
+        Ok(out)
     }
 
     /// Queues an encrypted message for (re)sending.

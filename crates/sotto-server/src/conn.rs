@@ -600,6 +600,8 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             epoch: c.epoch,
             members: c.members,
             mailbox_cap: self.shared.config.limits.mailbox_max_messages,
+            msg_id: c.msg_id,
+            expires_ms: now_ms().saturating_add(ttl_ms(&self.shared.config.mailbox_ttl)),
         };
         match self.shared.store.commit(w).await {
             Ok(out) => {

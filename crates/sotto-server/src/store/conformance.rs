@@ -61,7 +61,17 @@ fn create(group: GroupId, by: DeviceId, members: Vec<DeviceId>) -> CommitWrite {
         epoch: 0,
         members,
         mailbox_cap: 1000,
+        msg_id: MessageId(rand_id()),
+        expires_ms: NOW + DAY,
     }
+}
+
+fn rand_id() -> [u8; 16] {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(1);
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&N.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+    id
 }
 
 /// Invites are single-use, expire, and are not spent by a failed registration.
@@ -156,7 +166,17 @@ pub async fn commits_compare_and_set<S: Store>(s: S) {
     let o = s.commit(c.clone()).await.unwrap();
     assert_eq!(o.epoch, 1);
     assert_eq!(o.recipients, vec![dev(2)]);
-    assert!(matches!(s.commit(c).await, Err(CommitError::StaleEpoch(1))));
+    // The same commit again (its answer was lost): answered, not reapplied.
+    let again = s.commit(c.clone()).await.unwrap();
+    assert_eq!((again.epoch, again.recipients.len()), (1, 0));
+    assert_eq!(s.fetch(dev(2), 0, 10, NOW).await.unwrap().len(), 1);
+    // Another commit on the same epoch is stale.
+    let mut other = c;
+    other.msg_id = MessageId([0xee; 16]);
+    assert!(matches!(
+        s.commit(other).await,
+        Err(CommitError::StaleEpoch(1))
+    ));
     // An outsider cannot commit; a member on the right epoch can.
     let mut outsider = create(g, dev(3), vec![dev(3)]);
     outsider.epoch = 1;

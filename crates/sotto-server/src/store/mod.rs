@@ -215,6 +215,11 @@ pub struct CommitWrite {
     pub members: Vec<DeviceId>,
     /// Mailbox cap per device.
     pub mailbox_cap: u64,
+    /// The sender's id for this commit: a repeat of an applied commit is
+    /// answered with its epoch and not applied again.
+    pub msg_id: MessageId,
+    /// Until when the commit id is remembered.
+    pub expires_ms: u64,
 }
 
 /// The result of a send.
@@ -384,7 +389,9 @@ pub trait Store: Send + Sync + 'static {
         mailbox_cap: u64,
     ) -> impl Future<Output = Result<SendOutcome, SendError>> + Send;
 
-    /// Applies a commit if the group is at `epoch` (or does not exist and `epoch` is 0).
+    /// Applies a commit if the group is at `epoch` (or does not exist and
+    /// `epoch` is 0). A commit whose (sender, msg_id) was applied before is
+    /// answered with the epoch it produced, and nothing changes.
     fn commit(
         &self,
         c: CommitWrite,

@@ -97,6 +97,11 @@ CREATE TABLE IF NOT EXISTS blob_recipients (
     device      BLOB NOT NULL,
     PRIMARY KEY (blob, device)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS seen_commits (
+    key         BLOB PRIMARY KEY,
+    epoch       INTEGER NOT NULL,
+    expires_ms  INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS seen_sends (
     key         BLOB PRIMARY KEY,
     expires_ms  INTEGER NOT NULL
@@ -927,6 +932,22 @@ impl Store for SqliteStore {
             let tx = c
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(map_err)?;
+            let key = seen_key(&w.sender, &w.msg_id);
+            let applied: Option<i64> = tx
+                .query_row(
+                    "SELECT epoch FROM seen_commits WHERE key = ?1",
+                    [&key[..]],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(map_err)?;
+            if let Some(epoch) = applied {
+                // A retry of a commit whose answer was lost.
+                return Ok(CommitOutcome {
+                    epoch: u64::try_from(epoch).unwrap_or(0),
+                    recipients: Vec::new(),
+                });
+            }
             let current: Option<i64> = tx
                 .query_row(
                     "SELECT epoch FROM groups WHERE group_id = ?1",
@@ -990,6 +1011,11 @@ impl Store for SqliteStore {
                     .ok_or(CommitError::MailboxFull)?;
                 recipients.extend(w.welcome_recipients.iter().copied());
             }
+            tx.execute(
+                "INSERT INTO seen_commits (key, epoch, expires_ms) VALUES (?1, ?2, ?3)",
+                params![&key[..], ms(new_epoch), ms(w.expires_ms)],
+            )
+            .map_err(map_err)?;
             tx.commit().map_err(map_err)?;
             Ok(CommitOutcome {
                 epoch: new_epoch,
@@ -1133,6 +1159,8 @@ impl Store for SqliteStore {
                 .execute("DELETE FROM messages WHERE expires_ms <= ?1", [now])
                 .map_err(map_err)?;
             tx.execute("DELETE FROM seen_sends WHERE expires_ms <= ?1", [now])
+                .map_err(map_err)?;
+            tx.execute("DELETE FROM seen_commits WHERE expires_ms <= ?1", [now])
                 .map_err(map_err)?;
             tx.execute("DELETE FROM invites WHERE expires_ms <= ?1", [now])
                 .map_err(map_err)?;
