@@ -459,7 +459,6 @@ impl Client {
         let me = self.id.credential();
         let env = &d.envelope;
         let mut warnings = Vec::new();
-        let mut timer_before: Option<u64> = None;
         let attempt = self.store.transaction(|p, c| {
             if rows::is_processed(c, &env.sender, &env.msg_id)? {
                 return Ok(Outcome::Duplicate);
@@ -491,11 +490,15 @@ impl Client {
                     rows::put_conversation(c, &joined.group_id, is_group, &name, now_ms())?;
                     Outcome::Stored
                 }
-                kind => match (kind, {
-                    timer_before = group::timer(p, env.group).ok().flatten();
-                    mls::process(p, env.group, &env.payload.0)?
-                }) {
-                    (EnvelopeKind::Application, Processed::Application { sender, plaintext }) => {
+                kind => match (kind, mls::process(p, env.group, &env.payload.0)?) {
+                    (
+                        EnvelopeKind::Application,
+                        Processed::Application {
+                            sender,
+                            plaintext,
+                            timer_s,
+                        },
+                    ) => {
                         if sender.device != env.sender {
                             // The server claims another device sent it than MLS says.
                             return Err(ClientError::Core(CoreError::ForgedCredential));
@@ -503,7 +506,7 @@ impl Client {
                         // A disappearing message's clock starts when the
                         // server received it (never later than now), not
                         // at the sender's clock.
-                        let expires_at_ms = group::timer(p, env.group)?.map(|t| {
+                        let expires_at_ms = timer_s.map(|t| {
                             env.server_time_ms
                                 .min(now_ms())
                                 .saturating_add(t.saturating_mul(1000))
@@ -564,9 +567,15 @@ impl Client {
                         rows::set_state(c, &env.group, "removed")?;
                         Outcome::Stored
                     }
-                    (_, Processed::Commit { device_lists, .. }) => {
-                        let timer = group::timer(p, env.group)?;
-                        if timer != timer_before {
+                    (
+                        _,
+                        Processed::Commit {
+                            device_lists,
+                            timer_change,
+                            ..
+                        },
+                    ) => {
+                        if let Some(timer) = timer_change {
                             let name = self_name(c, &env.group);
                             warnings.push(match timer {
                                 Some(t) => {
@@ -921,8 +930,7 @@ impl Client {
         let me = self.id.credential();
         let device = &self.id.device;
         self.store.transaction(|p, c| {
-            let timer = group::timer(p, g)?;
-            let ct = mls::encrypt(p, device, g, &app)?;
+            let (ct, timer) = mls::encrypt_with_timer(p, device, g, &app)?;
             rows::put_outbox(c, &id, &g, &ct, now, timer.map(|t| t.saturating_mul(1000)))?;
             rows::put_message(
                 c,

@@ -50,7 +50,7 @@ pub(crate) fn context_extensions(
     Extensions::from_vec(v).map_err(internal)
 }
 
-fn timer_of(exts: &Extensions<GroupContext>) -> Option<u64> {
+pub(crate) fn timer_of(exts: &Extensions<GroupContext>) -> Option<u64> {
     exts.iter().find_map(|e| match e {
         Extension::Unknown(t, UnknownExtension(b)) if *t == TIMER_EXTENSION => {
             <[u8; 8]>::try_from(b.as_slice())

@@ -337,11 +337,24 @@ pub fn encrypt<P: OpenMlsProvider>(
     group_id: sotto_proto::GroupId,
     plaintext: &[u8],
 ) -> Result<Vec<u8>, CoreError> {
+    Ok(encrypt_with_timer(provider, device, group_id, plaintext)?.0)
+}
+
+/// Encrypts an application message for the group; also returns the
+/// conversation's disappearing timer (in seconds), read from the same load
+/// of the group state.
+pub fn encrypt_with_timer<P: OpenMlsProvider>(
+    provider: &P,
+    device: &DeviceKey,
+    group_id: sotto_proto::GroupId,
+    plaintext: &[u8],
+) -> Result<(Vec<u8>, Option<u64>), CoreError> {
     let mut g = load(provider, group_id)?;
+    let timer = crate::group::timer_of(g.extensions());
     let out = g
         .create_message(provider, device, plaintext)
         .map_err(internal)?;
-    out.tls_serialize_detached().map_err(internal)
+    Ok((out.tls_serialize_detached().map_err(internal)?, timer))
 }
 
 /// The result of joining by Welcome.
@@ -394,6 +407,8 @@ pub enum Processed {
         sender: CredentialIdentity,
         /// The decrypted bytes.
         plaintext: Vec<u8>,
+        /// The conversation's disappearing timer in seconds, if set.
+        timer_s: Option<u64>,
     },
     /// A commit was applied; the group is at `epoch`.
     Commit {
@@ -403,6 +418,8 @@ pub enum Processed {
         removed_me: bool,
         /// The signed device lists that vouched for the devices it added.
         device_lists: Vec<sotto_proto::SignedDeviceList>,
+        /// The disappearing timer, if the commit changed it: `Some(new)`.
+        timer_change: Option<Option<u64>>,
     },
     /// A proposal was stored for the next commit.
     Proposal {
@@ -447,6 +464,7 @@ pub fn process<P: OpenMlsProvider>(
             Ok(Processed::Application {
                 sender,
                 plaintext: app.into_bytes(),
+                timer_s: crate::group::timer_of(g.extensions()),
             })
         }
         ProcessedMessageContent::StagedCommitMessage(staged) => {
@@ -463,11 +481,14 @@ pub fn process<P: OpenMlsProvider>(
             crate::group::check_commit(&g, &committer, &staged)?;
             let device_lists = crate::group::check_added_devices(&staged, &aad)?;
             let removed_me = staged.self_removed();
+            let timer_before = crate::group::timer_of(g.extensions());
             g.merge_staged_commit(provider, *staged).map_err(internal)?;
+            let timer_after = crate::group::timer_of(g.extensions());
             Ok(Processed::Commit {
                 epoch: g.epoch().as_u64(),
                 removed_me,
                 device_lists,
+                timer_change: (timer_before != timer_after).then_some(timer_after),
             })
         }
         ProcessedMessageContent::ProposalMessage(p) => {

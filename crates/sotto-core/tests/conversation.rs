@@ -63,7 +63,12 @@ fn exchange(suite: Suite) {
     let (alice, bob, gid) = setup(suite);
     let ct = mls::encrypt(&alice.provider, &alice.device, gid, &text(1, "hello bob")).unwrap();
     match mls::process(&bob.provider, gid, &ct).unwrap() {
-        Processed::Application { sender, plaintext } => {
+        Processed::Application {
+            sender,
+            plaintext,
+            timer_s,
+        } => {
+            assert_eq!(timer_s, None);
             assert_eq!(sender.account, alice.account.id());
             assert_eq!(sender.device, alice.device.id());
             assert_eq!(sender.handle.as_str(), "alice");

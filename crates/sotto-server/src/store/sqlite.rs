@@ -240,30 +240,35 @@ fn put_list(tx: &rusqlite::Transaction<'_>, l: &SignedDeviceList) -> Result<(), 
     Ok(())
 }
 
-fn get_kill(c: &Connection, account: &AccountId) -> Result<Option<SignedKillRecord>, StoreError> {
+/// A postcard-encoded record of an account, read by `sql` (which selects
+/// one `data` column by `account = ?1`).
+fn account_record<T: serde::de::DeserializeOwned>(
+    c: &Connection,
+    sql: &str,
+    account: &AccountId,
+) -> Result<Option<T>, StoreError> {
     let data: Option<Vec<u8>> = c
-        .query_row(
-            "SELECT data FROM kill_records WHERE account = ?1",
-            [&account.0[..]],
-            |r| r.get(0),
-        )
+        .query_row(sql, [&account.0[..]], |r| r.get(0))
         .optional()
         .map_err(map_err)?;
     data.map(|d| postcard::from_bytes(&d).map_err(|e| StoreError::Internal(e.to_string())))
         .transpose()
 }
 
+fn get_kill(c: &Connection, account: &AccountId) -> Result<Option<SignedKillRecord>, StoreError> {
+    account_record(
+        c,
+        "SELECT data FROM kill_records WHERE account = ?1",
+        account,
+    )
+}
+
 fn get_list(c: &Connection, account: &AccountId) -> Result<Option<SignedDeviceList>, StoreError> {
-    let data: Option<Vec<u8>> = c
-        .query_row(
-            "SELECT data FROM device_lists WHERE account = ?1",
-            [&account.0[..]],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(map_err)?;
-    data.map(|d| postcard::from_bytes(&d).map_err(|e| StoreError::Internal(e.to_string())))
-        .transpose()
+    account_record(
+        c,
+        "SELECT data FROM device_lists WHERE account = ?1",
+        account,
+    )
 }
 
 /// Takes a one-time KeyPackage of `d` (deleting it) or its last-resort one.
