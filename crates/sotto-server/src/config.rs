@@ -62,6 +62,14 @@ pub struct Limits {
     pub purge_interval: Duration,
     /// Largest attachment (encrypted blob) accepted, in bytes.
     pub max_attachment_bytes: u64,
+    /// Most simultaneous connections from one address.
+    pub max_connections_per_source: usize,
+    /// KeyPackage claims one device may make per `claim_window`.
+    pub claims_per_claimer: u32,
+    /// KeyPackage claims one device may make for one account per `claim_window`.
+    pub claims_per_target: u32,
+    /// The window of the claim limits.
+    pub claim_window: Duration,
 }
 
 impl Default for Limits {
@@ -83,6 +91,10 @@ impl Default for Limits {
             kill_code_window: Duration::from_secs(15 * 60),
             purge_interval: Duration::from_secs(1),
             max_attachment_bytes: 25 * 1024 * 1024,
+            max_connections_per_source: 1024,
+            claims_per_claimer: 1000,
+            claims_per_target: 50,
+            claim_window: Duration::from_secs(3600),
         }
     }
 }

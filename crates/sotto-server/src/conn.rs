@@ -493,8 +493,48 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
         })
     }
 
+    /// Counts a KeyPackage claim; `Err` when the claimer used up its window,
+    /// in total or for this target (fail closed: the claim is refused).
+    fn claim_allowed(
+        &self,
+        claimer: DeviceId,
+        target: &sotto_proto::Handle,
+    ) -> Result<(), ProtoError> {
+        let l = &self.shared.config.limits;
+        let mut c = self.shared.claims.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let start = *c.window_start.get_or_insert(now);
+        if now.duration_since(start) > l.claim_window {
+            *c = crate::server::Claims {
+                window_start: Some(now),
+                ..Default::default()
+            };
+        }
+        let left = l
+            .claim_window
+            .saturating_sub(now.duration_since(c.window_start.unwrap_or(now)));
+        let retry = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+        let total = c.per_claimer.get(&claimer).copied().unwrap_or(0);
+        let pair = c
+            .per_pair
+            .get(&(claimer, target.clone()))
+            .copied()
+            .unwrap_or(0);
+        if total >= l.claims_per_claimer || pair >= l.claims_per_target {
+            return Err(ProtoError::with_message(
+                ErrorCode::RateLimited,
+                "too many key package claims",
+            )
+            .retry_after(retry));
+        }
+        *c.per_claimer.entry(claimer).or_insert(0) += 1;
+        *c.per_pair.entry((claimer, target.clone())).or_insert(0) += 1;
+        Ok(())
+    }
+
     async fn claim(&mut self, handle: sotto_proto::Handle) -> Result<Response, ProtoError> {
-        self.device()?;
+        let claimer = self.device()?;
+        self.claim_allowed(claimer, &handle)?;
         let got = self
             .shared
             .store

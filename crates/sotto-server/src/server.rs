@@ -27,6 +27,11 @@ pub struct Shared<S, B> {
     pub config: ServerConfig,
     /// Attachment bytes.
     pub blobs: Arc<dyn crate::blobs::BlobStore>,
+    /// Open connections per source address.
+    pub(crate) per_source:
+        Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    /// KeyPackage claims per claimer, and per (claimer, target account).
+    pub(crate) claims: std::sync::Mutex<Claims>,
     /// Failed kill-code guesses per account.
     pub(crate) kill_guesses:
         std::sync::Mutex<std::collections::HashMap<sotto_proto::AccountId, Guesses>>,
@@ -40,6 +45,48 @@ impl<S: std::fmt::Debug, B: std::fmt::Debug> std::fmt::Debug for Shared<S, B> {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
+}
+
+/// One connection's place in its source's count; freed on drop.
+struct SourceSlot {
+    map: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    ip: std::net::IpAddr,
+}
+
+impl SourceSlot {
+    fn take<S, B>(shared: &Shared<S, B>, ip: std::net::IpAddr) -> Option<Self> {
+        let mut m = shared.per_source.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= shared.config.limits.max_connections_per_source {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            map: shared.per_source.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// KeyPackage claims in the current window.
+#[derive(Debug, Default)]
+pub(crate) struct Claims {
+    pub(crate) window_start: Option<tokio::time::Instant>,
+    pub(crate) per_claimer: std::collections::HashMap<sotto_proto::DeviceId, u32>,
+    pub(crate) per_pair:
+        std::collections::HashMap<(sotto_proto::DeviceId, sotto_proto::Handle), u32>,
 }
 
 /// Failed guesses in the current window.
@@ -63,6 +110,8 @@ impl<S, B> Shared<S, B> {
             blobs,
             config,
             kill_guesses: Default::default(),
+            per_source: Default::default(),
+            claims: Default::default(),
         }
     }
 }
@@ -121,7 +170,7 @@ pub async fn run<S: Store, B: Bus>(
             a = listener.accept() => a,
             () = &mut shutdown => break,
         };
-        let (tcp, _peer) = match accepted {
+        let (tcp, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 // Out of file descriptors and the like: back off, don't spin.
@@ -134,12 +183,19 @@ pub async fn run<S: Store, B: Bus>(
             drop(tcp);
             continue;
         };
+        // Per-source cap: one address cannot take every connection. The
+        // address is counted, never logged.
+        let Some(source) = SourceSlot::take(&shared, peer.ip()) else {
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let shared = shared.clone();
         let stop = stop_rx.clone();
         tasks.spawn(async move {
             crate::conn::serve(tcp, acceptor, shared, stop).await;
+            drop(source);
             drop(permit);
         });
         // Reap finished connection tasks so the set does not grow.

@@ -656,3 +656,81 @@ async fn server_stops_cleanly_with_connections_open() {
         .expect("shutdown hung");
     assert!(conn.request(Request::Ping).await.is_err());
 }
+
+#[tokio::test]
+async fn key_package_claims_are_limited_per_claimer_and_per_target() {
+    let w = World::with(ServerConfig {
+        limits: Limits {
+            claims_per_target: 2,
+            claims_per_claimer: 3,
+            ..Limits::default()
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    for name in ["bob", "carol"] {
+        let (_d, mut c) = w.person(name).await;
+        let upload = UploadKeyPackages {
+            key_packages: (0..5u8)
+                .map(|i| Blob(vec![i, name.len() as u8, 7]))
+                .collect(),
+            last_resort: None,
+        };
+        c.request(Request::UploadKeyPackages(upload)).await.unwrap();
+    }
+    let (_alice, mut a) = w.person("alice").await;
+    let claim = |h: &str| Request::ClaimKeyPackages {
+        handle: Handle::new(h).unwrap(),
+    };
+    for _ in 0..2 {
+        assert!(matches!(
+            a.request(claim("bob")).await.unwrap(),
+            Response::KeyPackages(_)
+        ));
+    }
+    match a.request(claim("bob")).await {
+        Err(ClientError::Server(e)) => {
+            assert_eq!(e.code, ErrorCode::RateLimited);
+            assert!(e.retry_after_ms.is_some());
+        }
+        other => panic!("{other:?}"),
+    }
+    // Another target is still open, until the claimer's own total runs out.
+    assert!(matches!(
+        a.request(claim("carol")).await.unwrap(),
+        Response::KeyPackages(_)
+    ));
+    assert_eq!(
+        code(a.request(claim("carol")).await),
+        ErrorCode::RateLimited
+    );
+}
+
+#[tokio::test]
+async fn one_source_cannot_take_every_connection() {
+    let w = World::with(ServerConfig {
+        limits: Limits {
+            max_connections_per_source: 2,
+            ..Limits::default()
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    let first = w.connect().await;
+    let _second = w.connect().await;
+    assert!(
+        Connection::connect(&w.link).await.is_err(),
+        "a third connection from the same address was accepted"
+    );
+    // Closing one frees its place.
+    first.close().await;
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(c) = Connection::connect(&w.link).await {
+            again = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(again.is_some(), "the freed place was not given back");
+}
