@@ -1,35 +1,12 @@
 //! Two in-memory peers drive a conversation through the core: KeyPackages,
 //! group creation, Welcome, messages both ways, replays and forgeries.
 
-use openmls_libcrux_crypto::Provider;
 use sotto_core::mls::{self, Processed};
-use sotto_core::{AccountKey, AppMessage, Body, CoreError, CredentialIdentity, DeviceKey, Suite};
-use sotto_proto::{GroupId, Handle, MessageId};
+use sotto_core::{AppMessage, Body, CoreError, Suite};
+use sotto_proto::{GroupId, MessageId};
 
-struct Peer {
-    account: AccountKey,
-    device: DeviceKey,
-    me: CredentialIdentity,
-    provider: Provider,
-}
-
-impl Peer {
-    fn new(handle: &str) -> Self {
-        let account = AccountKey::generate();
-        let device = DeviceKey::generate();
-        let me = CredentialIdentity {
-            account: account.id(),
-            device: device.id(),
-            handle: Handle::new(handle).unwrap(),
-        };
-        Self {
-            account,
-            device,
-            me,
-            provider: Provider::new().expect("libcrux provider"),
-        }
-    }
-}
+mod common;
+use common::Peer;
 
 fn text(id: u8, t: &str) -> Vec<u8> {
     AppMessage {

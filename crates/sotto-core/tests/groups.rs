@@ -3,36 +3,15 @@
 //! new members can and cannot read.
 
 use openmls::prelude::KeyPackage;
-use openmls_libcrux_crypto::Provider;
 use sotto_core::group::{self, Change, GroupMeta};
 use sotto_core::mls::{self, Processed};
-use sotto_core::{AccountKey, CoreError, CredentialIdentity, DeviceKey, Suite};
-use sotto_proto::{GroupId, Handle};
+use sotto_core::{CoreError, CredentialIdentity, DeviceKey, Suite};
+use sotto_proto::GroupId;
 
-struct Peer {
-    account: AccountKey,
-    device: DeviceKey,
-    me: CredentialIdentity,
-    provider: Provider,
-}
+mod common;
+use common::Peer;
 
 impl Peer {
-    fn new(handle: &str) -> Self {
-        let account = AccountKey::generate();
-        let device = DeviceKey::generate();
-        let me = CredentialIdentity {
-            account: account.id(),
-            device: device.id(),
-            handle: Handle::new(handle).unwrap(),
-        };
-        Self {
-            account,
-            device,
-            me,
-            provider: Provider::new().unwrap(),
-        }
-    }
-
     fn key_package(&self) -> KeyPackage {
         let kp = mls::key_packages(
             &self.provider,

@@ -229,15 +229,30 @@ fn add_invites(c: &mut Connection, hashes: &[[u8; 32]], expires_ms: u64) -> Resu
     tx.commit().map_err(map_err)
 }
 
+/// Writes a postcard-encoded, versioned record of an account with `sql`
+/// (an upsert of `account`, `version`, `data` as ?1, ?2, ?3).
+fn put_account_record<T: serde::Serialize>(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &str,
+    account: &AccountId,
+    version: u64,
+    record: &T,
+) -> Result<(), StoreError> {
+    let data = postcard::to_stdvec(record).map_err(|e| StoreError::Internal(e.to_string()))?;
+    tx.execute(sql, params![&account.0[..], ms(version), data])
+        .map_err(map_err)?;
+    Ok(())
+}
+
 fn put_list(tx: &rusqlite::Transaction<'_>, l: &SignedDeviceList) -> Result<(), StoreError> {
-    let data = postcard::to_stdvec(l).map_err(|e| StoreError::Internal(e.to_string()))?;
-    tx.execute(
+    put_account_record(
+        tx,
         "INSERT INTO device_lists (account, version, data) VALUES (?1, ?2, ?3) \
          ON CONFLICT(account) DO UPDATE SET version = excluded.version, data = excluded.data",
-        params![&l.account.0[..], ms(l.version), data],
+        &l.account,
+        l.version,
+        l,
     )
-    .map_err(map_err)?;
-    Ok(())
 }
 
 /// A postcard-encoded record of an account, read by `sql` (which selects
@@ -673,13 +688,14 @@ impl Store for SqliteStore {
             if get_kill(&tx, &r.account)?.is_some_and(|old| old.version >= r.version) {
                 return Ok(false);
             }
-            let data = postcard::to_stdvec(&r).map_err(|e| StoreError::Internal(e.to_string()))?;
-            tx.execute(
+            put_account_record(
+                &tx,
                 "INSERT INTO kill_records (account, version, data) VALUES (?1, ?2, ?3) \
                  ON CONFLICT(account) DO UPDATE SET version = excluded.version, data = excluded.data",
-                params![&r.account.0[..], ms(r.version), data],
-            )
-            .map_err(map_err)?;
+                &r.account,
+                r.version,
+                &r,
+            )?;
             tx.commit().map_err(map_err)?;
             Ok(true)
         })
