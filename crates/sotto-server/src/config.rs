@@ -108,6 +108,8 @@ pub struct ServerConfig {
     pub mailbox_ttl: Duration,
     /// Deadlines and caps.
     pub limits: Limits,
+    /// How long a shutdown waits for connections to close before cutting them.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerConfig {
@@ -116,6 +118,7 @@ impl Default for ServerConfig {
             registration: RegistrationMode::InviteOnly,
             mailbox_ttl: Duration::from_secs(30 * 24 * 3600),
             limits: Limits::default(),
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }

@@ -81,6 +81,7 @@ pub(crate) async fn serve<S: Store, B: Bus>(
         errors: 0,
         last_sent: 0,
         synced: false,
+        pump_failed: false,
         tokens: shared.config.limits.request_burst,
         refilled: Instant::now(),
     };
@@ -127,6 +128,8 @@ struct Conn<S, B, T> {
     /// Highest mailbox sequence number sent on this connection.
     last_sent: u64,
     synced: bool,
+    /// The last mailbox read failed (store unavailable): retry on a timer.
+    pump_failed: bool,
     tokens: f64,
     refilled: Instant,
 }
@@ -178,7 +181,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
         };
 
         // Subscribe before the first read of the mailbox so no notification is missed.
-        let sub = self.shared.bus.subscribe(device);
+        let sub = self.shared.bus.subscribe(device).await;
         self.pump(device).await?;
         let limits = self.shared.config.limits.clone();
         let mut ping = tokio::time::interval(limits.ping_interval);
@@ -193,6 +196,9 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
                     }
                 }
                 () = sub.notified() => self.pump(device).await?,
+                // The store was unavailable at the last delivery attempt:
+                // try again soon, not only at the next notification.
+                () = retry_soon(self.pump_failed) => self.pump(device).await?,
                 _ = ping.tick() => {
                     if last_heard.elapsed() > limits.idle_timeout {
                         return Err(End::Timeout("idle"));
@@ -296,6 +302,8 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
                 })
                 .await;
         }
+        let kind = request_kind(&f.body);
+        let started = Instant::now();
         let result = match (f.body, self.session.is_some()) {
             (Request::Ping, _) => Ok(Response::Pong {
                 server_time_ms: now_ms(),
@@ -333,6 +341,18 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             (Request::GetBlob { blob, offset }, true) => self.get_blob(blob, offset).await,
             (Request::BlobFetched { blob }, true) => self.blob_fetched(blob).await,
         };
+        let m = &self.shared.metrics;
+        m.request_seconds
+            .get_or_create(&vec![("kind", kind.to_owned())])
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(e) = &result {
+            m.errors
+                .get_or_create(&vec![("code", format!("{:?}", e.code))])
+                .inc();
+            if e.code == ErrorCode::Unavailable {
+                m.store_unavailable.inc();
+            }
+        }
         let auth_failed = matches!(&result, Err(e) if e.code == ErrorCode::AuthFailed);
         self.respond(f.req, result).await?;
         if auth_failed {
@@ -646,6 +666,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
         match self.shared.store.commit(w).await {
             Ok(out) => {
                 self.shared.bus.publish(&out.recipients);
+                self.shared.metrics.messages_accepted.inc();
                 Ok(Response::Committed { epoch: out.epoch })
             }
             Err(CommitError::StaleEpoch(current)) => {
@@ -683,6 +704,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
         {
             Ok(out) => {
                 self.shared.bus.publish(&out.recipients);
+                self.shared.metrics.messages_accepted.inc();
                 Ok(Response::Accepted {
                     duplicate: out.duplicate,
                 })
@@ -802,6 +824,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
         {
             Ok(out) => {
                 self.shared.bus.publish(&out.recipients);
+                self.shared.metrics.messages_accepted.inc();
                 Ok(Response::Accepted {
                     duplicate: out.duplicate,
                 })
@@ -980,6 +1003,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             match self.shared.store.send_to_device(m, *device, u64::MAX).await {
                 Ok(out) => {
                     self.shared.bus.publish(&out.recipients);
+                    self.shared.metrics.messages_accepted.inc();
                     queued += 1;
                 }
                 Err(SendError::Store(e)) => return Err(self.log_store(&e)),
@@ -1132,11 +1156,12 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             {
                 Ok(b) => b,
                 Err(e) => {
-                    // Delivery retries on the next notification or login.
-                    tracing::warn!(error = %e, "mailbox fetch failed");
+                    tracing::warn!(error = %e, "mailbox fetch failed; retrying");
+                    self.pump_failed = true;
                     return Ok(());
                 }
             };
+            self.pump_failed = false;
             let n = batch.len();
             for entry in batch {
                 self.last_sent = entry.seq;
@@ -1145,6 +1170,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
                     envelope: entry.envelope,
                 }))
                 .await?;
+                self.shared.metrics.deliveries.inc();
             }
             if n < FETCH_BATCH as usize {
                 break;
@@ -1155,6 +1181,41 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             self.write(&ServerFrame::Synced).await?;
         }
         Ok(())
+    }
+}
+
+/// Completes after a second if `armed`, never otherwise.
+async fn retry_soon(armed: bool) {
+    if armed {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    } else {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// A request's name in metrics.
+fn request_kind(r: &Request) -> &'static str {
+    match r {
+        Request::Register(_) => "register",
+        Request::Login(_) => "login",
+        Request::UploadKeyPackages(_) => "upload_key_packages",
+        Request::ClaimKeyPackages { .. } => "claim_key_packages",
+        Request::Commit(_) => "commit",
+        Request::Send(_) => "send",
+        Request::Ack { .. } => "ack",
+        Request::Ping => "ping",
+        Request::PublishDeviceList(_) => "publish_device_list",
+        Request::GetDeviceList { .. } => "get_device_list",
+        Request::ClaimDeviceKeyPackage { .. } => "claim_device_key_package",
+        Request::SendToDevice { .. } => "send_to_device",
+        Request::SetKillCode(_) => "set_kill_code",
+        Request::GetKillRecord => "get_kill_record",
+        Request::WipeInfo { .. } => "wipe_info",
+        Request::Wipe(_) => "wipe",
+        Request::WipeDone => "wipe_done",
+        Request::PutBlob(_) => "put_blob",
+        Request::GetBlob { .. } => "get_blob",
+        Request::BlobFetched { .. } => "blob_fetched",
     }
 }
 

@@ -114,20 +114,26 @@ impl DataDir {
         valid_for: std::time::Duration,
     ) -> anyhow::Result<Vec<String>> {
         let store = self.store()?;
-        let mut codes = Vec::with_capacity(count);
-        let mut hashes = Vec::with_capacity(count);
-        for _ in 0..count {
-            let mut b = [0u8; 16];
-            rand::rngs::OsRng.fill_bytes(&mut b);
-            let code = hex::encode(b);
-            hashes.push(invite_hash(&code));
-            codes.push(code);
-        }
+        let (codes, hashes) = new_invites(count);
         let expires =
             now_ms.saturating_add(u64::try_from(valid_for.as_millis()).unwrap_or(u64::MAX));
         store.add_invites_blocking(&hashes, expires)?;
         Ok(codes)
     }
+}
+
+/// `count` fresh invite codes and what the store keeps of them.
+pub fn new_invites(count: usize) -> (Vec<String>, Vec<[u8; 32]>) {
+    let mut codes = Vec::with_capacity(count);
+    let mut hashes = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut b = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut b);
+        let code = hex::encode(b);
+        hashes.push(invite_hash(&code));
+        codes.push(code);
+    }
+    (codes, hashes)
 }
 
 /// What the store keeps of an invite code.

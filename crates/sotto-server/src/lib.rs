@@ -10,12 +10,15 @@
 //! "new mail" notifications behind [`bus::Bus`]; nothing else in the server
 //! touches a database or another node.
 
+pub mod admin;
 pub mod blobs;
 pub mod bus;
 pub mod config;
 mod conn;
 pub mod datadir;
+pub mod metrics;
 mod server;
+pub mod settings;
 pub mod store;
 pub mod tls;
 

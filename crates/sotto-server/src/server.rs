@@ -27,6 +27,8 @@ pub struct Shared<S, B> {
     pub config: ServerConfig,
     /// Attachment bytes.
     pub blobs: Arc<dyn crate::blobs::BlobStore>,
+    /// Counters and latencies for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Open connections per source address.
     pub(crate) per_source:
         Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
@@ -109,6 +111,7 @@ impl<S, B> Shared<S, B> {
             bus,
             blobs,
             config,
+            metrics: Arc::default(),
             kill_guesses: Default::default(),
             per_source: Default::default(),
             claims: Default::default(),
@@ -180,21 +183,26 @@ pub async fn run<S: Store, B: Bus>(
             }
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
+            shared.metrics.connections_refused.inc();
             drop(tcp);
             continue;
         };
         // Per-source cap: one address cannot take every connection. The
         // address is counted, never logged.
         let Some(source) = SourceSlot::take(&shared, peer.ip()) else {
+            shared.metrics.connections_refused.inc();
             drop(tcp);
             continue;
         };
+        shared.metrics.connections_accepted.inc();
+        shared.metrics.connections.inc();
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let shared = shared.clone();
         let stop = stop_rx.clone();
         tasks.spawn(async move {
-            crate::conn::serve(tcp, acceptor, shared, stop).await;
+            crate::conn::serve(tcp, acceptor, shared.clone(), stop).await;
+            shared.metrics.connections.dec();
             drop(source);
             drop(permit);
         });
@@ -202,7 +210,22 @@ pub async fn run<S: Store, B: Bus>(
         while tasks.try_join_next().is_some() {}
     }
 
+    // Drain: no new connections (and /readyz says so), every connection
+    // finishes the request it is on and closes; clients reconnect to
+    // another node. Whatever has not closed after the grace period is cut.
+    shared
+        .metrics
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(listener);
     let _ = stop_tx.send(true);
-    while tasks.join_next().await.is_some() {}
+    let drained = tokio::time::timeout(shared.config.shutdown_grace, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(left = tasks.len(), "shutdown grace over; closing the rest");
+        tasks.shutdown().await;
+    }
     Ok(())
 }

@@ -4,6 +4,9 @@
 //! server library's `run` in-process on `127.0.0.1:0`. A failing CLI call
 //! panics with a report of the command, its output and the files involved.
 
+pub mod balancer;
+pub mod services;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -269,11 +272,37 @@ impl ServerProcess {
         self.child = Some(child);
     }
 
-    /// A fresh single-use invite code (made while the server runs).
+    /// A fresh single-use invite code (made while the server runs, in the
+    /// store it runs on).
     pub fn invite(&self) -> String {
         let mut c = Command::new(bin("sotto-server"));
         c.args(["invite", "--data"]).arg(&self.data);
+        c.args(self.store_args());
         run(c).ok().trim().to_owned()
+    }
+
+    /// The `--store`/`--config` flags it was started with.
+    pub fn store_args(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut it = self.extra.iter();
+        while let Some(a) = it.next() {
+            if a == "--store" || a == "--config" {
+                out.push(a.clone());
+                out.extend(it.next().cloned());
+            }
+        }
+        out
+    }
+
+    /// Sends SIGTERM and waits for the process to exit (a graceful stop).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let c = self.child.as_mut().expect("server running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let status = c.wait().expect("wait for server");
+        self.child = None;
+        status
     }
 }
 

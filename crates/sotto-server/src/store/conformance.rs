@@ -265,11 +265,15 @@ pub async fn fetch_ack_and_expiry<S: Store>(s: S) {
         .map(|m| m.envelope.msg_id.0[0])
         .collect();
     assert_eq!(ids, [1, 2, 3, 4, 5]);
-    // dev(3) acking dev(2)'s seqs does nothing.
-    s.ack(dev(3), first.iter().map(|m| m.seq).collect())
+    // Sequence numbers are per mailbox: dev(3) acking its own first two
+    // leaves dev(2)'s mailbox alone.
+    let of3 = s.fetch(dev(3), 0, 2, NOW).await.unwrap();
+    s.ack(dev(3), of3.iter().map(|m| m.seq).collect())
         .await
         .unwrap();
     assert_eq!(s.fetch(dev(2), 0, 10, NOW).await.unwrap().len(), 5);
+    assert_eq!(s.fetch(dev(3), 0, 10, NOW).await.unwrap().len(), 3);
+    // Acks are idempotent.
     s.ack(dev(2), first.iter().map(|m| m.seq).collect())
         .await
         .unwrap();
@@ -277,12 +281,14 @@ pub async fn fetch_ack_and_expiry<S: Store>(s: S) {
         .await
         .unwrap();
     assert_eq!(s.fetch(dev(2), 0, 10, NOW).await.unwrap().len(), 2);
-    assert_eq!(s.fetch(dev(3), 0, 10, NOW).await.unwrap().len(), 5);
+    assert_eq!(s.fetch(dev(3), 0, 10, NOW).await.unwrap().len(), 3);
     // Expired messages are not delivered even before the purge...
     assert!(s.fetch(dev(3), 0, 10, NOW + DAY).await.unwrap().is_empty());
-    // ... and the purge removes them from every mailbox.
+    // ... and the purge removes them from every mailbox. Messages 1 and 2
+    // left with their last acks; 3, 4 and 5 are still held.
     assert_eq!(s.purge_expired(NOW + DAY - 1).await.unwrap(), 0);
-    assert_eq!(s.purge_expired(NOW + DAY).await.unwrap(), 5);
+    assert_eq!(s.purge_expired(NOW + DAY).await.unwrap(), 3);
+    assert_eq!(s.stats().await.unwrap().pending_deliveries, 0);
     assert!(s.fetch(dev(2), 0, 10, NOW).await.unwrap().is_empty());
     assert!(s.fetch(dev(3), 0, 10, NOW).await.unwrap().is_empty());
     // The dedup window expired with them.
@@ -440,6 +446,180 @@ pub async fn blobs_are_tracked<S: Store>(s: S) {
     assert!(s.blob_for(b2, dev(2), NOW).await.unwrap().is_none());
 }
 
+/// Operator stats count what is stored; an operator revoke locks a device
+/// out and deletes what it had.
+pub async fn stats_and_operator_revoke<S: Store>(s: S) {
+    s.ping().await.unwrap();
+    assert_eq!(s.stats().await.unwrap(), super::Stats::default());
+    s.register(account(1)).await.unwrap();
+    s.register(account(2)).await.unwrap();
+    s.upload_key_packages(dev(2), vec![kp(1), kp(2)], Some(kp(3)), 10)
+        .await
+        .unwrap();
+    let g = GroupId([7; 32]);
+    s.commit(create(g, dev(1), vec![dev(1), dev(2)]))
+        .await
+        .unwrap();
+    s.send(out(g, dev(1), 1, EnvelopeKind::Application), 10)
+        .await
+        .unwrap();
+    let st = s.stats().await.unwrap();
+    assert_eq!(
+        (
+            st.accounts,
+            st.live_devices,
+            st.groups,
+            st.pending_deliveries,
+            st.key_packages
+        ),
+        (2, 2, 1, 1, 2)
+    );
+    assert!(s.revoke_device(dev(2)).await.unwrap());
+    assert!(!s.revoke_device(dev(2)).await.unwrap());
+    assert!(!s.revoke_device(DeviceId([0x55; 32])).await.unwrap());
+    assert!(s.device(dev(2)).await.unwrap().unwrap().revoked);
+    assert!(s.fetch(dev(2), 0, 10, NOW).await.unwrap().is_empty());
+    assert!(s.claim_device_key_package(dev(2)).await.unwrap().is_none());
+    let st = s.stats().await.unwrap();
+    assert_eq!(
+        (st.live_devices, st.pending_deliveries, st.key_packages),
+        (1, 0, 0)
+    );
+    // No longer a member: a send reaches nobody.
+    let r = s
+        .send(out(g, dev(1), 2, EnvelopeKind::Application), 10)
+        .await
+        .unwrap();
+    assert!(r.recipients.is_empty());
+}
+
+fn kp(n: u8) -> StoredKeyPackage {
+    StoredKeyPackage {
+        hash: [n; 32],
+        data: vec![n; 8],
+    }
+}
+
+/// Many commits on one epoch at once (as from several server nodes): exactly
+/// one wins, the others learn the new epoch; the same for creating a group.
+pub async fn concurrent_commits_one_wins<S: Store>(s: S) {
+    let s = std::sync::Arc::new(s);
+    let g = GroupId([9; 32]);
+    let all: Vec<DeviceId> = (1..=8).map(dev).collect();
+    let mut tasks = Vec::new();
+    for n in 1..=8u8 {
+        let (s, all) = (s.clone(), all.clone());
+        tasks.push(tokio::spawn(async move {
+            s.commit(create(g, dev(n), all)).await
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(o) => {
+                assert_eq!(o.epoch, 1);
+                won += 1;
+            }
+            Err(CommitError::StaleEpoch(1)) => {}
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    assert_eq!(won, 1, "one creation wins");
+    let mut tasks = Vec::new();
+    for n in 1..=8u8 {
+        let s = s.clone();
+        let mut c = create(g, dev(n), (1..=8).map(dev).collect());
+        c.epoch = 1;
+        c.commit = Some(out(g, dev(n), n, EnvelopeKind::Commit));
+        tasks.push(tokio::spawn(async move { s.commit(c).await }));
+    }
+    let mut won = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(o) => won.push(o.epoch),
+            Err(CommitError::StaleEpoch(2)) => {}
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    assert_eq!(won, vec![2], "one commit per epoch");
+    // Every other member got exactly that one commit.
+    let got = s.fetch(dev(1), 0, 100, NOW).await.unwrap().len()
+        + s.fetch(dev(2), 0, 100, NOW).await.unwrap().len();
+    assert_eq!(got, 1, "the winner's commit went to the other seven only");
+}
+
+/// Senders writing while a reader follows its mailbox with a cursor (as a
+/// connection's delivery loop does): the reader sees every entry exactly
+/// once and each sender's messages in the order they were sent; acks bring
+/// the mailbox back to empty.
+pub async fn concurrent_sends_keep_mailbox_order<S: Store>(s: S) {
+    let s = std::sync::Arc::new(s);
+    let g = GroupId([10; 32]);
+    s.commit(create(g, dev(1), (1..=5).map(dev).collect()))
+        .await
+        .unwrap();
+    const PER_SENDER: u8 = 40;
+    let mut senders = Vec::new();
+    for n in 2..=5u8 {
+        let s = s.clone();
+        senders.push(tokio::spawn(async move {
+            for i in 0..PER_SENDER {
+                let mut m = out(g, dev(n), i, EnvelopeKind::Application);
+                m.msg_id.0[1] = n;
+                s.send(m, 10_000).await.unwrap();
+            }
+        }));
+    }
+    let reader = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let mut cursor = 0;
+            let mut seen: Vec<(u8, u8)> = Vec::new();
+            while seen.len() < 4 * usize::from(PER_SENDER) {
+                let batch = s.fetch(dev(1), cursor, 7, NOW).await.unwrap();
+                if batch.is_empty() {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                for e in &batch {
+                    assert!(e.seq > cursor);
+                    cursor = e.seq;
+                    seen.push((e.envelope.msg_id.0[1], e.envelope.msg_id.0[0]));
+                }
+                s.ack(dev(1), batch.iter().map(|e| e.seq).collect())
+                    .await
+                    .unwrap();
+            }
+            seen
+        })
+    };
+    for t in senders {
+        t.await.unwrap();
+    }
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(60), reader)
+        .await
+        .expect("the reader saw every message (none skipped by its cursor)")
+        .unwrap();
+    for n in 2..=5u8 {
+        let from: Vec<u8> = seen
+            .iter()
+            .filter(|(s, _)| *s == n)
+            .map(|(_, i)| *i)
+            .collect();
+        assert_eq!(
+            from,
+            (0..PER_SENDER).collect::<Vec<_>>(),
+            "sender {n} in order, once"
+        );
+    }
+    assert!(s.fetch(dev(1), 0, 10, NOW).await.unwrap().is_empty());
+    // dev(1) acked everything; the others each hold 3 * PER_SENDER.
+    assert_eq!(
+        s.stats().await.unwrap().pending_deliveries,
+        4 * 3 * u64::from(PER_SENDER)
+    );
+}
+
 /// Generates one test per conformance check for a backend, given an async
 /// expression that makes `(guard, store)`: a fresh store and whatever must
 /// live as long as it (a temp directory, a database).
@@ -455,11 +635,14 @@ macro_rules! store_conformance_tests {
             device_lists_add_and_revoke,
             device_messages_are_stored_once,
             blobs_are_tracked,
+            stats_and_operator_revoke,
+            concurrent_commits_one_wins,
+            concurrent_sends_keep_mailbox_order,
         );
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
-            #[tokio::test]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $name() {
                 let (_guard, store) = $make.await;
                 $crate::store::conformance::$name(store).await;

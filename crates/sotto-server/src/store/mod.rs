@@ -9,6 +9,7 @@
 //! is absence.
 
 pub mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
 use std::future::Future;
@@ -249,8 +250,38 @@ pub struct MailboxEntry {
     pub envelope: Envelope,
 }
 
+/// What the operator sees with `sotto-server stats` and in the metrics: counts
+/// only, never identities.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Registered accounts.
+    pub accounts: u64,
+    /// Devices that may log in.
+    pub live_devices: u64,
+    /// Groups the server routes for.
+    pub groups: u64,
+    /// Mailbox entries waiting for delivery.
+    pub pending_deliveries: u64,
+    /// Stored one-time KeyPackages.
+    pub key_packages: u64,
+}
+
 /// Everything the server persists.
 pub trait Store: Send + Sync + 'static {
+    /// Checks that the backend answers (readiness).
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Counts for the operator.
+    fn stats(&self) -> impl Future<Output = Result<Stats, StoreError>> + Send;
+
+    /// The operator locks a device out: it can no longer log in, its
+    /// KeyPackages, group memberships and waiting mail are deleted. `false`
+    /// if there is no such live device.
+    fn revoke_device(
+        &self,
+        device: DeviceId,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Stores SHA-256 hashes of new invite codes.
     fn add_invites(
         &self,

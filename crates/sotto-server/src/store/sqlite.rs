@@ -17,7 +17,7 @@ use sotto_proto::{
 use super::{
     BlobState, Claimed, CommitError, CommitOutcome, CommitWrite, DeviceListChange, DeviceListError,
     DeviceRecord, KeyPackageStock, MailboxEntry, NewAccount, Outgoing, RegisterError, SendError,
-    SendOutcome, Store, StoreError, StoredKeyPackage, WipeTarget,
+    SendOutcome, Stats, Store, StoreError, StoredKeyPackage, WipeTarget,
 };
 
 const SCHEMA: &str = r#"
@@ -408,7 +408,76 @@ fn stock(c: &Connection, device: &DeviceId) -> Result<KeyPackageStock, StoreErro
     })
 }
 
+/// Deletes `device`'s mailbox and the messages no other mailbox holds.
+fn drop_mailbox(tx: &rusqlite::Transaction<'_>, d: &[u8]) -> Result<(), StoreError> {
+    let ids: Vec<i64> = {
+        let mut stmt = tx
+            .prepare("DELETE FROM mailbox WHERE device = ?1 RETURNING message")
+            .map_err(map_err)?;
+        let rows = stmt.query_map([d], |r| r.get(0)).map_err(map_err)?;
+        rows.collect::<Result<_, _>>().map_err(map_err)?
+    };
+    for id in ids {
+        tx.execute(
+            "DELETE FROM messages WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM mailbox WHERE message = ?1)",
+            [id],
+        )
+        .map_err(map_err)?;
+    }
+    for sql in [
+        "DELETE FROM key_packages WHERE device = ?1",
+        "DELETE FROM last_resort_key_packages WHERE device = ?1",
+        "DELETE FROM group_members WHERE device = ?1",
+    ] {
+        tx.execute(sql, [d]).map_err(map_err)?;
+    }
+    Ok(())
+}
+
+fn count(c: &Connection, sql: &str) -> Result<u64, StoreError> {
+    let n: i64 = c.query_row(sql, [], |r| r.get(0)).map_err(map_err)?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
 impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.with(|c| count(c, "SELECT 1").map(|_| ())).await
+    }
+
+    async fn stats(&self) -> Result<Stats, StoreError> {
+        self.with(|c| {
+            Ok(Stats {
+                accounts: count(c, "SELECT count(*) FROM accounts")?,
+                live_devices: count(c, "SELECT count(*) FROM devices WHERE revoked = 0")?,
+                groups: count(c, "SELECT count(*) FROM groups")?,
+                pending_deliveries: count(c, "SELECT count(*) FROM mailbox")?,
+                key_packages: count(c, "SELECT count(*) FROM key_packages")?,
+            })
+        })
+        .await
+    }
+
+    async fn revoke_device(&self, device: DeviceId) -> Result<bool, StoreError> {
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_err)?;
+            let n = tx
+                .execute(
+                    "UPDATE devices SET revoked = 1 WHERE device = ?1 AND revoked = 0",
+                    [&device.0[..]],
+                )
+                .map_err(map_err)?;
+            if n == 0 {
+                return Ok(false);
+            }
+            drop_mailbox(&tx, &device.0)?;
+            tx.commit().map_err(map_err)?;
+            Ok(true)
+        })
+        .await
+    }
+
     async fn add_invites(&self, hashes: Vec<[u8; 32]>, expires_ms: u64) -> Result<(), StoreError> {
         self.with(move |c| add_invites(c, &hashes, expires_ms))
             .await
@@ -747,29 +816,9 @@ impl Store for SqliteStore {
             let tx = c
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(map_err)?;
-            let d = &device.0[..];
-            let ids: Vec<i64> = {
-                let mut stmt = tx
-                    .prepare("DELETE FROM mailbox WHERE device = ?1 RETURNING message")
-                    .map_err(map_err)?;
-                let rows = stmt.query_map([d], |r| r.get(0)).map_err(map_err)?;
-                rows.collect::<Result<_, _>>().map_err(map_err)?
-            };
-            for id in ids {
-                tx.execute(
-                    "DELETE FROM messages WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM mailbox WHERE message = ?1)",
-                    [id],
-                )
+            drop_mailbox(&tx, &device.0)?;
+            tx.execute("DELETE FROM devices WHERE device = ?1", [&device.0[..]])
                 .map_err(map_err)?;
-            }
-            for sql in [
-                "DELETE FROM key_packages WHERE device = ?1",
-                "DELETE FROM last_resort_key_packages WHERE device = ?1",
-                "DELETE FROM group_members WHERE device = ?1",
-                "DELETE FROM devices WHERE device = ?1",
-            ] {
-                tx.execute(sql, [d]).map_err(map_err)?;
-            }
             tx.commit().map_err(map_err)
         })
         .await

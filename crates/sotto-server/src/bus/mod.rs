@@ -2,8 +2,15 @@
 //! connection of a recipient device that its mailbox has something new. The
 //! message itself is always read from the [`crate::store::Store`]; a lost
 //! notification only delays delivery until the next one or the next login.
+//!
+//! [`LocalBus`] serves one node; [`nats::NatsBus`] carries notifications
+//! between nodes through NATS. Both pass [`conformance`].
+
+pub mod conformance;
+pub mod nats;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use sotto_proto::DeviceId;
@@ -12,9 +19,13 @@ use tokio::sync::Notify;
 /// Routes "new mail" notifications to the connections of devices.
 pub trait Bus: Send + Sync + 'static {
     /// Starts listening for `device`; notifications stop when the
-    /// [`Subscription`] is dropped.
-    fn subscribe(&self, device: DeviceId) -> Subscription;
+    /// [`Subscription`] is dropped. When the future completes, every
+    /// later publish for `device` reaches it (or the bus is down, and it
+    /// will wake every subscription when it is back).
+    fn subscribe(&self, device: DeviceId) -> impl Future<Output = Subscription> + Send;
     /// Tells every connection of these devices to look at its mailbox.
+    /// Never waits on another node: a bus that cannot keep up drops
+    /// notifications (the message stays in the store).
     fn publish(&self, devices: &[DeviceId]);
 }
 
@@ -60,6 +71,17 @@ impl LocalBus {
         Self::default()
     }
 
+    /// Wakes every subscription on this node (after a bus outage, when
+    /// notifications may have been lost).
+    pub fn wake_all(&self) {
+        let g = self.lock();
+        for v in g.1.values() {
+            for (_, n) in v {
+                n.notify_one();
+            }
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, (u64, Subscribers)> {
         // A poisoned lock only means another thread panicked while holding
         // it; the map itself is always consistent.
@@ -68,7 +90,24 @@ impl LocalBus {
 }
 
 impl Bus for LocalBus {
-    fn subscribe(&self, device: DeviceId) -> Subscription {
+    async fn subscribe(&self, device: DeviceId) -> Subscription {
+        self.subscribe_now(device)
+    }
+
+    fn publish(&self, devices: &[DeviceId]) {
+        let g = self.lock();
+        for d in devices {
+            if let Some(v) = g.1.get(d) {
+                for (_, n) in v {
+                    n.notify_one();
+                }
+            }
+        }
+    }
+}
+
+impl LocalBus {
+    fn subscribe_now(&self, device: DeviceId) -> Subscription {
         let notify = Arc::new(Notify::new());
         let id = {
             let mut g = self.lock();
@@ -91,17 +130,6 @@ impl Bus for LocalBus {
             })),
         }
     }
-
-    fn publish(&self, devices: &[DeviceId]) {
-        let g = self.lock();
-        for d in devices {
-            if let Some(v) = g.1.get(d) {
-                for (_, n) in v {
-                    n.notify_one();
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -112,7 +140,7 @@ mod tests {
     async fn notification_before_wait_is_kept_and_drop_unsubscribes() {
         let bus = LocalBus::new();
         let d = DeviceId([1; 32]);
-        let sub = bus.subscribe(d);
+        let sub = bus.subscribe(d).await;
         bus.publish(&[d]);
         tokio::time::timeout(std::time::Duration::from_secs(1), sub.notified())
             .await

@@ -1,0 +1,178 @@
+//! [`NatsBus`]: "new mail" notifications between server nodes through NATS.
+//!
+//! Each node keeps a [`LocalBus`] for its own connections and, for each
+//! connected device, a NATS subscription on `<prefix>.wake.<device hex>`.
+//! Publishing notifies local connections at once and hands the wake-ups to
+//! a background task that publishes them to NATS; a node ignores its own
+//! wake-ups coming back. NATS carries nothing but device ids: the message
+//! is in the [`crate::store::Store`] before anyone is woken, and no answer
+//! to a client waits on NATS. When NATS is unreachable, wake-ups for other
+//! nodes are dropped; when the connection comes back, the node wakes every
+//! local subscription once, so mail stored meanwhile is delivered.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use rand::RngCore;
+use sotto_proto::DeviceId;
+use tokio::sync::mpsc;
+
+use super::{Bus, LocalBus, Subscription};
+
+/// Wake-ups queued for NATS before new ones are dropped.
+const QUEUE: usize = 65_536;
+
+/// How long a subscription waits for NATS to confirm it before going on
+/// (a node whose NATS is down still serves its own clients).
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
+
+/// The bus of a node in a cluster.
+#[derive(Debug, Clone)]
+pub struct NatsBus {
+    local: LocalBus,
+    client: async_nats::Client,
+    prefix: Arc<str>,
+    node: Arc<[u8; 16]>,
+    queue: mpsc::Sender<Vec<DeviceId>>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// Why the bus could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to NATS at {url}: {reason}")]
+pub struct NatsError {
+    url: String,
+    reason: String,
+}
+
+fn subject(prefix: &str, device: &DeviceId) -> String {
+    format!("{prefix}.wake.{}", hex::encode(device.0))
+}
+
+impl NatsBus {
+    /// Connects to the NATS server(s) at `url` (`nats://host:port`, several
+    /// comma-separated). `prefix` namespaces the subjects, so several
+    /// Sotto clusters can share one NATS. Reconnects forever on its own.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, NatsError> {
+        let local = LocalBus::new();
+        let waker = local.clone();
+        let client = async_nats::ConnectOptions::new()
+            .name("sotto-server")
+            .connection_timeout(Duration::from_secs(5))
+            .max_reconnects(None)
+            .event_callback(move |event| {
+                let waker = waker.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            tracing::info!("bus connected; waking local connections");
+                            waker.wake_all();
+                        }
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!("bus disconnected; cross-node wake-ups are paused");
+                        }
+                        other => tracing::debug!(event = %other, "bus event"),
+                    }
+                }
+            })
+            .connect(url)
+            .await
+            .map_err(|e| NatsError {
+                url: url.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let mut node = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut node);
+        let (queue, rx) = mpsc::channel(QUEUE);
+        let bus = Self {
+            local,
+            client,
+            prefix: prefix.into(),
+            node: Arc::new(node),
+            queue,
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        tokio::spawn(bus.clone().publisher(rx));
+        Ok(bus)
+    }
+
+    /// Wake-ups dropped because NATS could not keep up or was down.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Publishes queued wake-ups; ends when every [`NatsBus`] clone is gone.
+    async fn publisher(self, mut rx: mpsc::Receiver<Vec<DeviceId>>) {
+        let client = self.client.clone();
+        let prefix = self.prefix.clone();
+        let node = bytes::Bytes::copy_from_slice(&self.node[..]);
+        let dropped = self.dropped.clone();
+        // Only the receiver keeps the task alive, not a sender of our own.
+        drop(self);
+        while let Some(devices) = rx.recv().await {
+            for d in devices {
+                if client
+                    .publish(subject(&prefix, &d), node.clone())
+                    .await
+                    .is_err()
+                {
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+impl Bus for NatsBus {
+    async fn subscribe(&self, device: DeviceId) -> Subscription {
+        let mut local = self.local.subscribe_now(device);
+        let notify = local.notify.clone();
+        let on_drop = local.on_drop.take();
+        let subject = subject(&self.prefix, &device);
+        let client = self.client.clone();
+        let node = self.node.clone();
+        let waker = notify.clone();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut sub = match client.subscribe(subject).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "bus subscription failed");
+                    return;
+                }
+            };
+            // Confirmed by the server: later publishes from any node reach us.
+            let _ = client.flush().await;
+            let _ = ready_tx.send(());
+            while let Some(m) = sub.next().await {
+                if m.payload[..] != node[..] {
+                    waker.notify_one();
+                }
+            }
+        });
+        let _ = tokio::time::timeout(SUBSCRIBE_WAIT, ready_rx).await;
+        Subscription {
+            notify,
+            on_drop: Some(Box::new(move || {
+                // Dropping the NATS subscriber (with its task) unsubscribes.
+                task.abort();
+                if let Some(f) = on_drop {
+                    f();
+                }
+            })),
+        }
+    }
+
+    fn publish(&self, devices: &[DeviceId]) {
+        if devices.is_empty() {
+            return;
+        }
+        self.local.publish(devices);
+        if self.queue.try_send(devices.to_vec()).is_err() {
+            self.dropped
+                .fetch_add(devices.len() as u64, Ordering::Relaxed);
+        }
+    }
+}
