@@ -14,6 +14,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq build-essential perl >/dev/null
 fi
 
+# PostgreSQL and NATS for the cluster tests: started (or installed) here.
+./scripts/services.sh
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 

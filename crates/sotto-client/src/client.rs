@@ -959,9 +959,20 @@ impl Client {
                 | ClientError::Closed(_)
                 | ClientError::Timeout,
             ) => return Err(ClientError::Queued(id.to_hex())),
+            // The server is busy or its storage is down for a moment: the
+            // message waits in the outbox like after a lost connection.
+            Err(ClientError::Server(e)) if e.retry_after_ms.is_some() => {
+                return Err(ClientError::Queued(id.to_hex()));
+            }
             Err(e) => return Err(e),
         }
-        self.maybe_self_update(conn, g).await?;
+        // The message is accepted; a self-update that cannot happen now
+        // happens after a later message (it is a policy, not a duty).
+        match self.maybe_self_update(conn, g).await {
+            Ok(()) => {}
+            Err(e) if e.is_temporary() => {}
+            Err(e) => return Err(e),
+        }
         Ok(id)
     }
 }

@@ -72,6 +72,17 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// Whether trying again later may succeed: the server was unreachable,
+    /// the connection broke, or the server asked to retry (busy, storage
+    /// unavailable for a moment).
+    pub fn is_temporary(&self) -> bool {
+        match self {
+            Self::Unreachable(_) | Self::Transport(_) | Self::Closed(_) | Self::Timeout => true,
+            Self::Server(e) => e.retry_after_ms.is_some(),
+            _ => false,
+        }
+    }
 }
 
 impl From<rusqlite::Error> for ClientError {

@@ -433,7 +433,12 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
     }
 
     fn log_store(&self, e: &StoreError) -> ProtoError {
-        tracing::error!(error = %e, "store operation failed");
+        match e {
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %e, "store unavailable; client told to retry");
+            }
+            StoreError::Internal(_) => tracing::error!(error = %e, "store operation failed"),
+        }
         store_error(e)
     }
 

@@ -5,6 +5,7 @@
 //! panics with a report of the command, its output and the files involved.
 
 pub mod balancer;
+pub mod cluster;
 pub mod services;
 
 use std::io::{BufRead, BufReader};
@@ -234,6 +235,20 @@ impl ServerProcess {
         }
     }
 
+    /// Starts a server listening on `addr` (its link may name another
+    /// address: `--public-addr` in `extra`).
+    pub fn start_on(data: &Path, addr: SocketAddr, extra: &[&str]) -> Self {
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        let (child, link) = Self::spawn(data, &addr.to_string(), &extra);
+        Self {
+            child: Some(child),
+            data: data.to_owned(),
+            link,
+            addr,
+            extra,
+        }
+    }
+
     fn spawn(data: &Path, listen: &str, extra: &[String]) -> (Child, String) {
         let mut c = Command::new(bin("sotto-server"));
         c.args(["run", "--listen", listen, "--data"])
@@ -292,6 +307,13 @@ impl ServerProcess {
             }
         }
         out
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Sends SIGTERM and waits for the process to exit (a graceful stop).

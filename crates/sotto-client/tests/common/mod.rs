@@ -1,0 +1,198 @@
+//! Traffic under faults, shared by the crash and cluster tests: people send
+//! to each other (one-to-one and in a group) through whatever is being
+//! broken; afterwards every message the server acknowledged must have
+//! reached every other member exactly once, in the order its sender sent it.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sotto_client::{Client, ClientError, ReceiveEvent, RegisterOptions, ServerLink, Suite};
+use sotto_proto::Handle;
+
+pub const PASS: &str = "fault test passphrase";
+
+/// Registers `name` in `dir` through `link` with `invite`.
+pub async fn register(dir: &std::path::Path, link: &str, invite: String, name: &str) -> Client {
+    let opts = RegisterOptions {
+        link: ServerLink::parse(link).unwrap(),
+        handle: Handle::new(name).unwrap(),
+        invite: Some(invite),
+        suite: Suite::PostQuantum,
+    };
+    Client::register(&dir.join(name), PASS, opts).await.unwrap()
+}
+
+/// Retries an operation while its failure is temporary (a server being
+/// killed, a database restarting).
+#[macro_export]
+macro_rules! persist {
+    ($op:expr) => {{
+        let mut tries = 0;
+        loop {
+            match $op.await {
+                Ok(v) => break v,
+                Err(e) if e.is_temporary() => {
+                    tries += 1;
+                    assert!(tries < 600, "the service never came back: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("unexpected error: {e}"),
+            }
+        }
+    }};
+}
+
+/// What a traffic run produced.
+pub struct Traffic {
+    pub clients: Vec<Client>,
+    /// (sender index, conversation, text) of every acknowledged send.
+    pub acked: Vec<(usize, String, String)>,
+    /// (sender handle, text) shown to each client.
+    pub delivered: HashMap<usize, Vec<(String, String)>>,
+}
+
+/// Creates the group `crew` of everyone and a one-to-one conversation of
+/// each person with the next, before any fault.
+pub async fn set_up_conversations(clients: &mut [Client], names: &[&str]) {
+    let others: Vec<&str> = names[1..].to_vec();
+    persist!(clients[0].group_create("crew", &others));
+    for i in 0..names.len() {
+        let peer = names[(i + 1) % names.len()];
+        persist!(clients[i].send(peer, "hello"));
+    }
+    for c in clients.iter_mut() {
+        persist!(c.receive(Duration::ZERO, |_| {}));
+    }
+}
+
+/// Each client sends `per_sender` messages, alternating between `crew` and
+/// a one-to-one conversation with the next person; a send counts as
+/// acknowledged when `send` returned Ok (or the message was queued and a
+/// later command flushed it).
+pub async fn send_traffic(
+    clients: Vec<Client>,
+    names: &[&'static str],
+    per_sender: usize,
+) -> Traffic {
+    let mut tasks = Vec::new();
+    for (i, mut c) in clients.into_iter().enumerate() {
+        let names = names.to_vec();
+        let peer = names[(i + 1) % names.len()];
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut seen: Vec<(String, String)> = Vec::new();
+            for k in 0..per_sender {
+                let (to, text) = if k % 2 == 0 {
+                    ("crew".to_owned(), format!("{} #{k} to crew", names[i]))
+                } else {
+                    (peer.to_owned(), format!("{} #{k} to {peer}", names[i]))
+                };
+                // A send that reached the outbox is never repeated: the
+                // next command that reaches the server sends it (and the
+                // server drops a second copy by its id).
+                loop {
+                    match c.send(&to, &text).await {
+                        Ok(_) => break,
+                        Err(ClientError::Queued(_)) => {
+                            persist!(c.receive(Duration::ZERO, |ev| {
+                                if let ReceiveEvent::Message(m) = ev {
+                                    seen.push((m.sender.clone(), m.text.clone()));
+                                }
+                            }));
+                            break;
+                        }
+                        Err(e) if e.is_temporary() => {
+                            tokio::time::sleep(Duration::from_millis(100)).await
+                        }
+                        Err(e) => panic!("unexpected error: {e}"),
+                    }
+                }
+                acked.push((to, text));
+            }
+            (c, acked, seen)
+        }));
+    }
+    let mut out = Traffic {
+        clients: Vec::new(),
+        acked: Vec::new(),
+        delivered: HashMap::new(),
+    };
+    for (i, t) in tasks.into_iter().enumerate() {
+        let (c, a, seen) = t.await.unwrap();
+        out.clients.push(c);
+        out.acked
+            .extend(a.into_iter().map(|(to, text)| (i, to, text)));
+        out.delivered.insert(i, seen);
+    }
+    out
+}
+
+/// The counts of a check.
+#[derive(Debug)]
+pub struct Counts {
+    pub acknowledged: usize,
+    pub expected: usize,
+    pub delivered: usize,
+    pub duplicates: usize,
+    pub lost: usize,
+}
+
+/// Everyone drains their mailbox (with the service up); then checks that
+/// every acknowledged message arrived exactly once, in order per sender.
+pub async fn drain_and_check(t: &mut Traffic, names: &[&str]) -> Counts {
+    for (i, c) in t.clients.iter_mut().enumerate() {
+        for _ in 0..3 {
+            let mut got = Vec::new();
+            persist!(c.receive(Duration::from_millis(300), |ev| {
+                if let ReceiveEvent::Message(m) = ev {
+                    got.push((m.sender.clone(), m.text.clone()));
+                }
+            }));
+            t.delivered.entry(i).or_default().extend(got);
+        }
+    }
+    let mut expected = 0;
+    let mut lost = 0;
+    let mut duplicates = 0;
+    for (r, got) in &t.delivered {
+        let me = names[*r];
+        for (s, to, text) in &t.acked {
+            if *s == *r || !(to == "crew" || to == me) {
+                continue;
+            }
+            expected += 1;
+            match got.iter().filter(|(_, t)| t == text).count() {
+                0 => lost += 1,
+                1 => {}
+                n => duplicates += n - 1,
+            }
+        }
+        // Per sender, the order of arrival is the order of sending.
+        for (s, name) in names.iter().enumerate() {
+            if s == *r {
+                continue;
+            }
+            let sent: Vec<&String> = t
+                .acked
+                .iter()
+                .filter(|(x, to, _)| *x == s && (to == "crew" || to == me))
+                .map(|(_, _, t)| t)
+                .collect();
+            let arrived: Vec<&String> = got
+                .iter()
+                .filter(|(f, _)| f == name)
+                .map(|(_, t)| t)
+                .collect();
+            assert_eq!(arrived, sent, "{me} got {name}'s messages out of order");
+        }
+    }
+    Counts {
+        acknowledged: t.acked.len(),
+        expected,
+        delivered: t.delivered.values().map(Vec::len).sum(),
+        duplicates,
+        lost,
+    }
+}
