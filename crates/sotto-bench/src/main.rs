@@ -1,6 +1,10 @@
 //! `sotto-bench`: named benchmark scenarios, each run with its comparator in
 //! the same process, printing a Markdown table for BENCHMARKS.md.
 //!
+//! Scenario `cluster` (see `cluster.rs`): one-to-one delivery on one node
+//! with SQLite, one node with PostgreSQL and two nodes with PostgreSQL and
+//! NATS, side by side.
+//!
 //! Scenario `groups`: the cost of group operations for groups of 10, 100 and
 //! 1000 members, on the default post-quantum suite and, side by side, the
 //! classical suite: an add, a removal and a self-update as the committer
@@ -8,6 +12,8 @@
 //! message's encryption and decryption, and one message's fan-out into the
 //! mailboxes of every other member in the embedded store (a durable SQLite
 //! transaction). Times are medians over the repetitions.
+
+mod cluster;
 
 use std::time::{Duration, Instant};
 
@@ -271,9 +277,17 @@ fn main() -> anyhow::Result<()> {
             let reps = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(5);
             groups(&sizes, reps)
         }
+        Some("cluster") => {
+            let pairs = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(20);
+            let secs = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(10);
+            let rt = tokio::runtime::Runtime::new()?;
+            let rows = rt.block_on(cluster::run(pairs, secs))?;
+            cluster::print(&rows, pairs, secs);
+            Ok(())
+        }
         _ => {
             eprintln!(
-                "usage: sotto-bench groups [SIZES (default 10,100,1000)] [REPETITIONS (default 5)]"
+                "usage: sotto-bench groups [SIZES (default 10,100,1000)] [REPETITIONS (default 5)]\n       sotto-bench cluster [PAIRS (default 20)] [SECONDS (default 10)]"
             );
             std::process::exit(2)
         }
@@ -283,6 +297,18 @@ fn main() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cluster scenario runs end to end (tiny load) and delivers every
+    /// acknowledged message; its figures are not checked.
+    #[test]
+    fn cluster_scenario_runs_and_delivers_everything() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let rows = rt.block_on(cluster::run(2, 1)).unwrap();
+        assert_eq!(rows.len(), 3);
+        for r in rows {
+            assert!(r.delivered > 0 && r.p99 >= r.p50, "{r:?}");
+        }
+    }
 
     #[test]
     fn groups_scenario_runs_and_measures_something() {
