@@ -240,7 +240,7 @@ fn conversation_with_messages_delivery_states_notices_and_members() {
             │›#team              ││13:08 alice: coming ✓                                   │
             │  carol             ││13:09 alice: two                                        │
             │                    ││      lines ⧗ queued                                    │
-            │                    ││13:05 alice: on my way …                                │
+            │                    ││13:15 alice: on my way …                                │
             │                    ││13:16 bob: �[2Jgotcha�]0;title�                         │
             │                    ││13:15 — team: dave joined                               │
             │                    ││                                                        │
@@ -383,7 +383,7 @@ fn verification_warning_and_safety_number() {
             ┌Message (Enter sends, Alt+Enter new line, Esc list)───────────────────────────┐
             │                                                                              │
             └──────────────────────────────────────────────────────────────────────────────┘
-            safety number with bob: 12345 12345 12345 12345 12345 12345 67890 67890 67890 67
+            ↑↓/jk select · Enter open · / command · ? help · q quit
         "#]],
     );
 }

@@ -530,10 +530,13 @@ impl Client {
                     notices.push(Notice::new(
                         joined.group_id,
                         match added_by {
-                            Some(m) if m.account != me.account => {
+                            Some(m) if m.account != me.account && is_group => {
                                 format!("{} added you to {name}", m.handle)
                             }
-                            _ => format!("you joined {name}"),
+                            Some(m) if m.account != me.account => {
+                                format!("{} started this conversation", m.handle)
+                            }
+                            _ => format!("this device joined {name}"),
                         },
                     ));
                     Outcome::Stored

@@ -140,8 +140,10 @@ pub struct App {
     pub selected: usize,
     /// The open conversation.
     pub open: Option<GroupId>,
-    /// Lines of the conversations whose history is loaded.
+    /// Lines of the conversations (complete once their history is loaded).
     pub entries: HashMap<GroupId, Vec<Entry>>,
+    /// Conversations whose history is loaded (or being loaded).
+    loaded: HashSet<GroupId>,
     /// Messages not yet seen, per conversation.
     pub unread: HashMap<GroupId, usize>,
     /// The composer's text.
@@ -177,6 +179,7 @@ impl App {
             selected: 0,
             open: None,
             entries: HashMap::new(),
+            loaded: HashSet::new(),
             unread: HashMap::new(),
             composer: String::new(),
             cursor: 0,
@@ -292,7 +295,8 @@ impl App {
         self.scroll = 0;
         self.unread.remove(&g);
         let target = self.open_conversation().map(ConversationInfo::target);
-        if let (false, Some(conversation)) = (self.entries.contains_key(&g), target) {
+        if let (false, Some(conversation)) = (self.loaded.contains(&g), target) {
+            self.loaded.insert(g);
             self.command(Op::History { conversation }, Pending::History(g), out);
         }
     }
@@ -428,14 +432,8 @@ impl App {
             .unwrap_or(0)
             .min(self.conversations.len().saturating_sub(1));
         // A conversation opened before it was listed (a new one) loads now.
-        if let Some(g) = self.open.filter(|g| !self.entries.contains_key(g)) {
-            let waiting = self
-                .pending
-                .values()
-                .any(|p| matches!(p, Pending::History(x) if *x == g));
-            if !waiting {
-                self.open_group(g, out);
-            }
+        if let Some(g) = self.open.filter(|g| !self.loaded.contains(g)) {
+            self.open_group(g, out);
         }
     }
 
@@ -444,7 +442,8 @@ impl App {
             if self.open != Some(m.group) {
                 *self.unread.entry(m.group).or_default() += 1;
             }
-            if let Some(v) = self.entries.get_mut(&m.group) {
+            if self.loaded.contains(&m.group) {
+                let v = self.entries.entry(m.group).or_default();
                 if v.iter()
                     .any(|e| matches!(e, Entry::Message { id: Some(id), .. } if *id == m.id))
                 {
@@ -530,7 +529,10 @@ impl App {
                 v.sort_by_key(Entry::time_ms);
                 self.entries.insert(g, v);
             }
-            (Pending::History(_), Err(e)) => self.status = Some(text::clean(&e)),
+            (Pending::History(g), Err(e)) => {
+                self.loaded.remove(&g);
+                self.status = Some(text::clean(&e));
+            }
             (Pending::History(_), Ok(_)) => {}
             (Pending::Other(_), Err(e)) => self.status = Some(text::clean(&e)),
             (Pending::Other(op), Ok(o)) => {
