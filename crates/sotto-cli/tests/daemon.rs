@@ -291,3 +291,46 @@ fn the_daemon_speaks_on_standard_io_until_input_ends() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn the_example_echo_bot_answers() {
+    let w = World::new(&[]);
+    let bot = w.person("echo");
+    let bob = w.person("bob");
+    let sock = w.root.join("bot.sock");
+    let _d = daemon(&bot, &["--socket", sock.to_str().unwrap()]);
+    Rpc::socket(&sock).wait_online();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/echo_bot.py");
+    let python = Command::new("python3")
+        .arg(&script)
+        .arg(&sock)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs the example bot");
+    let mut python = Daemon(python);
+    // The bot says when it is connected (notifications go to connected clients).
+    let mut ready = String::new();
+    BufReader::new(python.0.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    bob.sotto(&["send", "echo", "ping"]).ok();
+    let start = Instant::now();
+    let mut got = Vec::new();
+    while got.is_empty() {
+        assert!(start.elapsed() < DEADLINE, "the echo bot never answered");
+        got = bob
+            .sotto(&["receive", "--json", "--wait", "1"])
+            .ok()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+    }
+    assert_eq!(got, ["echo: ping"]);
+}

@@ -258,7 +258,7 @@ impl Client {
                 disappear_after_s: timer,
             });
         }
-        out.sort_by(|a, b| b.last_activity_ms.cmp(&a.last_activity_ms));
+        out.sort_by_key(|c| std::cmp::Reverse(c.last_activity_ms));
         Ok(out)
     }
 

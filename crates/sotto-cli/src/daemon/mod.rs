@@ -175,10 +175,10 @@ async fn connection(
         if line.trim().is_empty() {
             continue;
         }
-        if let Some(answer) = call(&me, id, &line).await {
-            if tx.send(answer).await.is_err() {
-                break;
-            }
+        if let Some(answer) = call(&me, id, &line).await
+            && tx.send(answer).await.is_err()
+        {
+            break;
         }
     }
     lock(&me.hub).clients.remove(&id);

@@ -323,10 +323,8 @@ impl App {
                     self.cursor = i;
                 }
             }
-            KeyCode::Delete => {
-                if self.cursor < self.composer.len() {
-                    self.composer.remove(self.cursor);
-                }
+            KeyCode::Delete if self.cursor < self.composer.len() => {
+                self.composer.remove(self.cursor);
             }
             KeyCode::Left => {
                 if let Some((i, _)) = self.composer[..self.cursor].char_indices().next_back() {
