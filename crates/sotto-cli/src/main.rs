@@ -587,9 +587,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn perform(profile: &std::path::Path, op: Op) -> anyhow::Result<()> {
     let pass = passphrase(false)?;
     let mut c = Client::open(profile, &pass)?;
-    let r = sotto_cli::ops::perform(&mut c, &op).await;
+    let outcome = sotto_cli::ops::perform(&mut c, &op).await?;
     warn(&mut c);
-    println!("{}", sotto_cli::ops::summary(&op, &r?));
+    println!("{}", sotto_cli::ops::summary(&op, &outcome));
     Ok(())
 }
 

@@ -235,7 +235,7 @@ fn conversation_with_messages_delivery_states_notices_and_members() {
         &app,
         expect![[r#"
              sotto alice ● online
-            ┌Conversations───────┐┌#team───────────────────────────────────────────────────┐
+            ┌Conversations───────┐┌#team · ✓bob ?carol─────────────────────────────────────┐
             │  bob (2)           ││13:07 carol: standup in 5                               │
             │›#team              ││13:08 alice: coming ✓                                   │
             │  carol             ││13:09 alice: two                                        │
@@ -361,7 +361,7 @@ fn verification_warning_and_safety_number() {
         &app,
         expect![[r#"
              sotto alice ● online
-            ┌Conversations───────┐┌bob─────────────────────────────────────────────────────┐
+            ┌Conversations───────┐┌bob · !bob──────────────────────────────────────────────┐
             │› bob               ││⚠ identity key changed: bob. Compare: /verify bob       │
             │                    ││13:05 bob: it's me, new phone                           │
             │                    ││                                                        │

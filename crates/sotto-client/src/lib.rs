@@ -21,7 +21,8 @@
 //! // Connect, take the backlog, and keep the connection from now on.
 //! let mut updates = client.go_online().await?;
 //! loop {
-//!     for m in &updates.messages {
+//!     // Messages from this account's other devices come too: skip them.
+//!     for m in updates.messages.iter().filter(|m| !m.outgoing) {
 //!         // `conversation` names a one-to-one conversation by the peer's
 //!         // handle; a group by its name (`#<id>` is unambiguous).
 //!         let to = if m.conversation == m.sender {

@@ -101,8 +101,13 @@ async fn terminated() {
 }
 
 fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
-    if path.exists() {
-        // A socket left by a daemon that died is replaced; a live one is not.
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        // A socket left by a daemon that died is replaced; a live one, or
+        // anything that is not a socket, is not.
+        if !meta.file_type().is_socket() {
+            anyhow::bail!("{}: exists and is not a socket", path.display());
+        }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             anyhow::bail!("{}: a daemon is already listening there", path.display());
         }

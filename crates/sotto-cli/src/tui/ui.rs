@@ -75,7 +75,7 @@ pub fn draw(app: &App, f: &mut Frame<'_>) {
     ])
     .areas(middle);
     conversation_list(app, &st, f, list);
-    conversation(app, &st, f, conv);
+    conversation(app, &st, f, conv, show_members);
     if show_members {
         member_list(app, &st, f, members);
     }
@@ -172,7 +172,7 @@ fn delivery_mark(d: Delivery) -> &'static str {
     }
 }
 
-fn conversation(app: &App, st: &Styles, f: &mut Frame<'_>, area: Rect) {
+fn conversation(app: &App, st: &Styles, f: &mut Frame<'_>, area: Rect, members_shown: bool) {
     let Some(c) = app.open_conversation() else {
         let p = Paragraph::new(vec![
             Line::raw("Select a conversation with ↑/↓ (j/k) and Enter."),
@@ -189,6 +189,18 @@ fn conversation(app: &App, st: &Styles, f: &mut Frame<'_>, area: Rect) {
     );
     if let Some(t) = c.disappear_after_s {
         title.push_str(&format!(" ⏱ {}", sotto_client::client::human(t)));
+    }
+    if !members_shown {
+        // No room for the member list: members and their trust in the title.
+        let others: Vec<String> = c
+            .members
+            .iter()
+            .filter(|m| !m.is_me)
+            .map(|m| format!("{}{}", trust_mark(m.trust), text::clean(&m.handle)))
+            .collect();
+        if !others.is_empty() {
+            title.push_str(&format!(" · {}", others.join(" ")));
+        }
     }
     let block = Block::default().borders(Borders::ALL).title(title);
     let inner = block.inner(area);
@@ -283,15 +295,25 @@ fn member_list(app: &App, st: &Styles, f: &mut Frame<'_>, area: Rect) {
             if m.is_me {
                 return Line::raw(format!("  {name} (you)"));
             }
-            let (mark, style) = match m.trust {
-                Trust::Verified => ("✓", st.fg(Color::Green)),
-                Trust::Unverified => ("?", Style::default()),
-                Trust::KeyChanged | Trust::KeyChangedAfterVerify => ("!", st.alert()),
+            let mark = trust_mark(m.trust);
+            let style = match m.trust {
+                Trust::Verified => st.fg(Color::Green),
+                Trust::Unverified => Style::default(),
+                Trust::KeyChanged | Trust::KeyChangedAfterVerify => st.alert(),
             };
             Line::styled(format!("{mark} {name} {}", m.trust.as_str()), style)
         })
         .collect();
     f.render_widget(Paragraph::new(lines).block(block), area);
+}
+
+/// `✓` verified, `?` unverified, `!` key changed.
+fn trust_mark(t: Trust) -> &'static str {
+    match t {
+        Trust::Verified => "✓",
+        Trust::Unverified => "?",
+        Trust::KeyChanged | Trust::KeyChangedAfterVerify => "!",
+    }
 }
 
 fn composer_box(app: &App, f: &mut Frame<'_>, area: Rect) {
