@@ -13,6 +13,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "installing build tools: ${missing[*]}"
   apt-get update -qq && apt-get install -y -qq build-essential perl >/dev/null
 fi
+# The chat app's end-to-end test runs it in tmux; the daemon's runs the
+# Python example bot.
+for tool in tmux python3; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "installing $tool"
+    apt-get update -qq && apt-get install -y -qq "$tool" >/dev/null
+  fi
+done
 
 # PostgreSQL and NATS for the cluster tests: started (or installed) here.
 ./scripts/services.sh

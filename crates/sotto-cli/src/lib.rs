@@ -1,6 +1,18 @@
 //! The `sotto` command-line client. `main.rs` parses the command line with
-//! clap and calls into `sotto-client`; this library only holds what the
-//! binary and its tests share: the JSON shapes of its output.
+//! clap and calls into `sotto-client`. This library holds what the command
+//! line, the terminal UI and the daemon share, and the latter two:
+//!
+//! - [`ops`]: the operations all three front ends offer, one implementation;
+//! - [`worker`]: the task that owns the client in the long-running front
+//!   ends (connection kept, reconnects, pushed messages);
+//! - [`tui`]: `sotto chat` (state in `app`, drawing in `ui`);
+//! - [`daemon`]: `sotto daemon --json-rpc`;
+//! - the JSON shapes of the command line's output.
+
+pub mod daemon;
+pub mod ops;
+pub mod tui;
+pub mod worker;
 
 use sotto_client::{GroupInfo, ReceivedMessage};
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use sotto_cli::ops::Op;
 use sotto_client::{Client, ReceiveEvent, RegisterOptions, ServerLink, Suite};
 use sotto_proto::Handle;
 use zeroize::Zeroizing;
@@ -140,6 +141,18 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The terminal chat app.
+    Chat,
+    /// Serve the client to other programs (bots): JSON-RPC 2.0, one object
+    /// per line, on a Unix socket or on standard input and output.
+    Daemon {
+        /// Speak JSON-RPC 2.0 (the only protocol so far; see docs/JSON-RPC.md).
+        #[arg(long, required = true)]
+        json_rpc: bool,
+        /// The Unix socket to listen on; standard input and output without it.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -216,14 +229,21 @@ enum GroupCmd {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SOTTO_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SOTTO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    if matches!(cli.cmd, Cmd::Chat) {
+        // The screen belongs to the app: no log lines over it.
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::sink)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -300,11 +320,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .context("no profile: pass --profile DIR or set SOTTO_PROFILE")?;
     match cli.cmd {
         Cmd::Wipe { .. } => unreachable!("handled above"),
+        Cmd::Chat => {
+            if !std::io::stdout().is_terminal() {
+                bail!("sotto chat needs a terminal");
+            }
+            let pass = passphrase(false)?;
+            let c = Client::open(&profile, &pass)?;
+            drop(pass);
+            sotto_cli::tui::run(c).await?;
+        }
+        Cmd::Daemon {
+            json_rpc: _,
+            socket,
+        } => {
+            let pass = passphrase(false)?;
+            let c = Client::open(&profile, &pass)?;
+            drop(pass);
+            let listen = match socket {
+                Some(p) => sotto_cli::daemon::Listen::Socket(p),
+                None => sotto_cli::daemon::Listen::Stdio,
+            };
+            sotto_cli::daemon::serve(c, listen).await?;
+        }
         Cmd::Disappear {
             conversation,
             duration,
         } => {
-            let seconds = if duration == "off" {
+            let after_s = if duration == "off" {
                 None
             } else {
                 Some(
@@ -313,17 +355,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     })?,
                 )
             };
-            let pass = passphrase(false)?;
-            let mut c = Client::open(&profile, &pass)?;
-            c.set_timer(&conversation, seconds).await?;
-            warn(&mut c);
-            match seconds {
-                Some(s) => println!(
-                    "messages in {conversation} now disappear after {}",
-                    sotto_client::client::human(s)
-                ),
-                None => println!("messages in {conversation} no longer disappear"),
-            }
+            perform(
+                &profile,
+                Op::Disappear {
+                    conversation,
+                    after_s,
+                },
+            )
+            .await?;
         }
         Cmd::History { conversation, json } => {
             let pass = passphrase(false)?;
@@ -390,18 +429,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if text.is_empty() {
                 bail!("empty message");
             }
-            let pass = passphrase(false)?;
-            let mut c = Client::open(&profile, &pass)?;
-            let id = c.send(&to, &text).await?;
-            warn(&mut c);
-            println!("sent {}", id.to_hex());
+            perform(&profile, Op::Send { to, text }).await?;
         }
         Cmd::SendFile { to, path } => {
-            let pass = passphrase(false)?;
-            let mut c = Client::open(&profile, &pass)?;
-            let id = c.send_file(&to, &path).await?;
-            warn(&mut c);
-            println!("sent {}", id.to_hex());
+            perform(&profile, Op::SendFile { to, path }).await?;
         }
         Cmd::Receive { json, wait } => {
             let pass = passphrase(false)?;
@@ -433,35 +464,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Group(g) => {
-            let pass = passphrase(false)?;
-            let mut c = Client::open(&profile, &pass)?;
-            match g {
-                GroupCmd::Create { name, members } => {
-                    let id = c.group_create(&name, &strs(&members)).await?;
-                    println!("created {name} #{}", &id.to_hex()[..12]);
-                }
-                GroupCmd::Add { group, members } => {
-                    let epoch = c.group_add(&group, &strs(&members)).await?;
-                    println!("added to {group} (epoch {epoch})");
-                }
-                GroupCmd::Remove { group, members } => {
-                    let epoch = c.group_remove(&group, &strs(&members)).await?;
-                    println!("removed from {group} (epoch {epoch})");
-                }
-                GroupCmd::Leave { group } => {
-                    c.group_leave(&group).await?;
-                    println!("leaving {group}: the other members' devices complete it");
-                }
-                GroupCmd::Rename { group, name } => {
-                    c.group_rename(&group, &name).await?;
-                    println!("renamed {group} to {name}");
-                }
-                GroupCmd::Promote { group, member } => {
-                    c.group_promote(&group, &member).await?;
-                    println!("{member} is an admin of {group}");
-                }
-            }
-            warn(&mut c);
+            let op = match g {
+                GroupCmd::Create { name, members } => Op::GroupCreate { name, members },
+                GroupCmd::Add { group, members } => Op::GroupAdd { group, members },
+                GroupCmd::Remove { group, members } => Op::GroupRemove { group, members },
+                GroupCmd::Leave { group } => Op::GroupLeave { group },
+                GroupCmd::Rename { group, name } => Op::GroupRename { group, name },
+                GroupCmd::Promote { group, member } => Op::GroupPromote { group, member },
+            };
+            perform(&profile, op).await?;
         }
         Cmd::Groups { json } => {
             let pass = passphrase(false)?;
@@ -539,12 +550,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             warn(&mut c);
         }
         Cmd::Verify { handle, confirm } => {
-            let pass = passphrase(false)?;
-            let mut c = Client::open(&profile, &pass)?;
             if confirm {
-                c.confirm(&handle)?;
-                println!("{handle} is verified");
+                perform(&profile, Op::VerifyConfirm { handle }).await?;
             } else {
+                let pass = passphrase(false)?;
+                let c = Client::open(&profile, &pass)?;
                 let v = c.verification(&handle)?;
                 println!("safety number with {handle}:");
                 println!("{}", safety_number_lines(&v.number));
@@ -572,8 +582,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
+/// Runs one shared operation on the profile and prints its summary line
+/// (and the client's warnings on stderr).
+async fn perform(profile: &std::path::Path, op: Op) -> anyhow::Result<()> {
+    let pass = passphrase(false)?;
+    let mut c = Client::open(profile, &pass)?;
+    let outcome = sotto_cli::ops::perform(&mut c, &op).await?;
+    warn(&mut c);
+    println!("{}", sotto_cli::ops::summary(&op, &outcome));
+    Ok(())
 }
 
 /// Prints what the client wants the user to know (key changes) to stderr.

@@ -17,6 +17,7 @@ use sotto_proto::{
 };
 use tokio::time::{Instant, timeout_at};
 
+use crate::session::Notice;
 use crate::store::{Contact, ContactChange, Identity, NewMessage, Store, StoredMessage, rows};
 use crate::transport::{Connection, Event};
 use crate::{ClientError, ServerLink};
@@ -67,7 +68,14 @@ pub struct Client {
     pub(crate) proposals: std::collections::BTreeSet<GroupId>,
     /// Things the user must be told (key changes).
     pub(crate) warnings: Vec<String>,
+    /// Things that happened in a conversation (members, timer), for the user.
+    pub(crate) notices: Vec<Notice>,
     pub(crate) policy: Policy,
+    /// The connection kept between operations once [`Client::go_online`]
+    /// was called; `None` while offline.
+    pub(crate) kept: Option<Connection>,
+    /// Whether operations keep their connection for the next one.
+    pub(crate) keep: bool,
 }
 
 /// When this device commits a self-update in a conversation, for
@@ -250,7 +258,10 @@ impl Client {
             id,
             proposals: Default::default(),
             warnings: Vec::new(),
+            notices: Vec::new(),
             policy: Policy::default(),
+            kept: None,
+            keep: false,
         })
     }
 
@@ -336,7 +347,10 @@ impl Client {
             },
             proposals: Default::default(),
             warnings: Vec::new(),
+            notices: Vec::new(),
             policy: Policy::default(),
+            kept: None,
+            keep: false,
         };
         client
             .replenish(&mut conn, session.key_packages, session.has_last_resort)
@@ -351,7 +365,10 @@ impl Client {
             id,
             proposals: Default::default(),
             warnings: Vec::new(),
+            notices: Vec::new(),
             policy: Policy::default(),
+            kept: None,
+            keep: false,
         }
     }
 
@@ -401,7 +418,11 @@ impl Client {
         Ok(())
     }
 
+    /// The kept connection if there is one, else a new, logged-in one.
     pub(crate) async fn connect(&mut self) -> Result<Connection, ClientError> {
+        if let Some(conn) = self.kept.take() {
+            return Ok(conn);
+        }
         let mut conn = Connection::connect(&self.id.link).await?;
         let device = self.id.device.id();
         let t = sotto_proto::login_transcript(&conn.hello().challenge, &device);
@@ -420,6 +441,17 @@ impl Client {
             .await?;
         self.settle_pending_commits(&mut conn).await?;
         Ok(conn)
+    }
+
+    /// Ends an operation's use of `conn`: kept for the next operation in
+    /// a long-running session, closed otherwise. An operation that fails
+    /// drops its connection instead, so the next one starts afresh.
+    pub(crate) async fn done(&mut self, conn: Connection) {
+        if self.keep {
+            self.kept = Some(conn);
+        } else {
+            conn.close().await;
+        }
     }
 
     pub(crate) async fn replenish(
@@ -459,10 +491,16 @@ impl Client {
         let me = self.id.credential();
         let env = &d.envelope;
         let mut warnings = Vec::new();
+        let mut notices = Vec::new();
         let attempt = self.store.transaction(|p, c| {
             if rows::is_processed(c, &env.sender, &env.msg_id)? {
                 return Ok(Outcome::Duplicate);
             }
+            // Who was in the group before a commit, to tell who joined or left.
+            let before = match env.kind {
+                EnvelopeKind::Commit => mls::members(p, env.group).ok(),
+                _ => None,
+            };
             let outcome = match env.kind {
                 EnvelopeKind::Wipe => {
                     let me_dev = me.device;
@@ -488,6 +526,19 @@ impl Client {
                     let (is_group, name) =
                         conversation_name(p, joined.group_id, &me, &joined.members)?;
                     rows::put_conversation(c, &joined.group_id, is_group, &name, now_ms())?;
+                    let added_by = joined.members.iter().find(|m| m.device == env.sender);
+                    notices.push(Notice::new(
+                        joined.group_id,
+                        match added_by {
+                            Some(m) if m.account != me.account && is_group => {
+                                format!("{} added you to {name}", m.handle)
+                            }
+                            Some(m) if m.account != me.account => {
+                                format!("{} started this conversation", m.handle)
+                            }
+                            _ => format!("this device joined {name}"),
+                        },
+                    ));
                     Outcome::Stored
                 }
                 kind => match (kind, mls::process(p, env.group, &env.payload.0)?) {
@@ -565,6 +616,11 @@ impl Client {
                         },
                     ) => {
                         rows::set_state(c, &env.group, "removed")?;
+                        let name = self_name(c, &env.group);
+                        notices.push(Notice::new(
+                            env.group,
+                            format!("you are no longer a member of {name}"),
+                        ));
                         Outcome::Stored
                     }
                     (
@@ -577,12 +633,14 @@ impl Client {
                     ) => {
                         if let Some(timer) = timer_change {
                             let name = self_name(c, &env.group);
-                            warnings.push(match timer {
+                            let text = match timer {
                                 Some(t) => {
                                     format!("{name}: messages now disappear after {}", human(t))
                                 }
                                 None => format!("{name}: messages no longer disappear"),
-                            });
+                            };
+                            notices.push(Notice::new(env.group, text.clone()));
+                            warnings.push(text);
                         }
                         for l in device_lists.iter().filter(|l| l.account != me.account) {
                             note_list(c, l, &mut warnings)?;
@@ -591,6 +649,13 @@ impl Client {
                         record_members(c, &me, &members, &mut warnings)?;
                         let (is_group, name) = conversation_name(p, env.group, &me, &members)?;
                         rows::put_conversation(c, &env.group, is_group, &name, now_ms())?;
+                        if let Some(before) = &before {
+                            notices.extend(
+                                crate::session::membership_notices(before, &members)
+                                    .into_iter()
+                                    .map(|t| Notice::new(env.group, format!("{name}: {t}"))),
+                            );
+                        }
                         Outcome::Stored
                     }
                     (_, Processed::Proposal { .. }) => Outcome::Proposal(env.group),
@@ -601,6 +666,9 @@ impl Client {
             Ok(outcome)
         });
         self.warnings.append(&mut warnings);
+        if attempt.is_ok() {
+            self.notices.append(&mut notices);
+        }
         match attempt {
             Ok(o) => Ok(o),
             // A message that cannot be processed is set aside (marked, acked)
@@ -651,6 +719,10 @@ impl Client {
         wait: Duration,
         mut on_event: impl FnMut(ReceiveEvent<'_>),
     ) -> Result<(), ClientError> {
+        // `receive` waits for the sync marker of a fresh connection.
+        if let Some(kept) = self.kept.take() {
+            kept.close().await;
+        }
         let mut conn = self.connect().await?;
         self.flush_outbox(&mut conn).await?;
         let mut acks = Vec::new();
@@ -700,7 +772,7 @@ impl Client {
             on_event(ReceiveEvent::Message(&m));
         }
         self.download_pending(&mut conn).await?;
-        conn.close().await;
+        self.done(conn).await;
         Ok(())
     }
 
@@ -709,7 +781,23 @@ impl Client {
     pub(crate) async fn sync(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
         let mut acks = Vec::new();
         let mut dropped = Vec::new();
-        while let Event::Deliver(d) = conn.next_event().await? {
+        loop {
+            // A connection past its backlog gets no further sync marker:
+            // then only what already arrived is processed here.
+            let ev = if conn.is_synced() {
+                match conn.queued_event() {
+                    Some(ev) => ev,
+                    None => break,
+                }
+            } else {
+                conn.next_event().await?
+            };
+            let Event::Deliver(d) = ev else {
+                if conn.is_synced() {
+                    continue;
+                }
+                break;
+            };
             self.handle_event(conn, &d, &mut dropped).await?;
             acks.push(d.seq);
             if acks.len() >= ACK_BATCH {
@@ -720,7 +808,7 @@ impl Client {
         self.commit_proposals(conn).await
     }
 
-    async fn flush_outbox(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
+    pub(crate) async fn flush_outbox(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
         for e in self.store.outbox()? {
             let msg_id = e.msg_id;
             let req = SendRequest {
@@ -832,7 +920,7 @@ impl Client {
             })
         })
         .await?;
-        conn.close().await;
+        self.done(conn).await;
         Ok(())
     }
 
@@ -880,7 +968,7 @@ impl Client {
         let id = self
             .send_body(&mut conn, g, Body::Text(text.to_owned()), text)
             .await?;
-        conn.close().await;
+        self.done(conn).await;
         Ok(id)
     }
 

@@ -353,7 +353,7 @@ impl Client {
             })
             .await?;
         }
-        conn.close().await;
+        self.done(conn).await;
         Ok(groups.len())
     }
 
@@ -456,7 +456,7 @@ impl Client {
     pub async fn devices(&mut self) -> Result<Vec<DeviceInfo>, ClientError> {
         let mut conn = self.connect().await?;
         let l = self.own_list(&mut conn).await?;
-        conn.close().await;
+        self.done(conn).await;
         let this = self.id.device.id();
         Ok(l.devices
             .into_iter()
@@ -514,7 +514,7 @@ impl Client {
             })
             .await?;
         }
-        conn.close().await;
+        self.done(conn).await;
         Ok(target)
     }
 }

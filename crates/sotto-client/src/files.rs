@@ -144,7 +144,7 @@ impl Client {
             size: plain.len() as u64,
         });
         let id = self.send_body(&mut conn, g, body, &shown).await?;
-        conn.close().await;
+        self.done(conn).await;
         Ok(id)
     }
 

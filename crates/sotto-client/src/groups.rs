@@ -439,7 +439,7 @@ impl Client {
                 "the new group's id is taken: try again".into(),
             ));
         }
-        conn.close().await;
+        self.done(conn).await;
         Ok(g)
     }
 
@@ -533,7 +533,7 @@ impl Client {
                 })
             })
             .await?;
-        conn.close().await;
+        self.done(conn).await;
         epoch.ok_or_else(|| ClientError::Invalid("nothing to add".into()))
     }
 
@@ -602,7 +602,7 @@ impl Client {
             })
             .await?;
         }
-        conn.close().await;
+        self.done(conn).await;
         epoch.ok_or_else(|| ClientError::Invalid("nothing to remove".into()))
     }
 
@@ -625,7 +625,7 @@ impl Client {
             })
         })
         .await?;
-        conn.close().await;
+        self.done(conn).await;
         Ok(())
     }
 
@@ -655,7 +655,7 @@ impl Client {
             })
         })
         .await?;
-        conn.close().await;
+        self.done(conn).await;
         Ok(())
     }
 
@@ -689,7 +689,7 @@ impl Client {
             Response::Accepted { .. } => {}
             other => return Err(unexpected(&other)),
         }
-        conn.close().await;
+        self.done(conn).await;
         Ok(())
     }
 

@@ -70,7 +70,7 @@ impl Client {
         }
         self.store
             .transaction(|_, c| rows::put_kill_record(c, &record))?;
-        conn.close().await;
+        self.done(conn).await;
         Ok(list.devices.len())
     }
 

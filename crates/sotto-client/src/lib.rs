@@ -1,8 +1,42 @@
-//! The Sotto client driver: it owns what `sotto-core` leaves out, the
-//! socket, the files and the clock. [`link`] parses server links,
-//! [`transport`] is the pinned TLS WebSocket connection, [`store`] the
-//! encrypted local store (SQLCipher) that also holds the MLS state, and
-//! [`client`] the operations the CLI offers: register, send, receive.
+//! The Sotto client library: it owns what `sotto-core` leaves out, the
+//! socket, the files and the clock. The `sotto` command line, its terminal
+//! UI and its JSON-RPC daemon are all built on it, and a Rust bot uses it
+//! the same way, without JSON.
+//!
+//! [`link`] parses server links, [`transport`] is the pinned TLS WebSocket
+//! connection, [`store`] the encrypted local store (SQLCipher) that also
+//! holds the MLS state, [`client`] the operations (register, send,
+//! receive, groups, verification, disappearing messages, files) and
+//! [`session`] the long-running use: one kept connection, pushed
+//! deliveries processed as they arrive.
+//!
+//! # Example: an echo bot
+//!
+//! ```no_run
+//! use sotto_client::{Client, ClientError};
+//!
+//! # async fn bot() -> Result<(), ClientError> {
+//! // A profile made with `sotto register`, unlocked with its passphrase.
+//! let mut client = Client::open("bot-profile".as_ref(), "passphrase")?;
+//! // Connect, take the backlog, and keep the connection from now on.
+//! let mut updates = client.go_online().await?;
+//! loop {
+//!     // Messages from this account's other devices come too: skip them.
+//!     for m in updates.messages.iter().filter(|m| !m.outgoing) {
+//!         // `conversation` names a one-to-one conversation by the peer's
+//!         // handle; a group by its name (`#<id>` is unambiguous).
+//!         let to = if m.conversation == m.sender {
+//!             m.sender.clone()
+//!         } else {
+//!             format!("#{}", m.group.to_hex())
+//!         };
+//!         client.send(&to, &format!("echo: {}", m.text)).await?;
+//!     }
+//!     client.pushed().await?; // waits for the server (cancel-safe)
+//!     updates = client.process_pushed().await?;
+//! }
+//! # }
+//! ```
 //!
 //! Architecture invariant: a delivered message is acknowledged to the
 //! server only after the MLS state change, the decrypted message and the
@@ -15,6 +49,7 @@ pub mod files;
 mod groups;
 pub mod killcode;
 pub mod link;
+pub mod session;
 pub mod store;
 pub mod transport;
 
@@ -22,4 +57,5 @@ pub use client::{Client, Policy, ReceiveEvent, ReceivedMessage, RegisterOptions,
 pub use error::ClientError;
 pub use groups::GroupInfo;
 pub use link::ServerLink;
+pub use session::{ConversationInfo, Member, Notice, Trust, Updates};
 pub use sotto_core::Suite;

@@ -240,6 +240,8 @@ pub struct Conversation {
     pub sent_since_update: u64,
     /// When this device last updated its leaf.
     pub last_update_ms: u64,
+    /// When this device learnt of the conversation.
+    pub created_ms: u64,
 }
 
 /// A message as stored.
@@ -797,7 +799,7 @@ impl Store {
     /// Every conversation.
     pub fn conversations(&self) -> Result<Vec<Conversation>, ClientError> {
         let mut stmt = self.conn.prepare(
-            "SELECT group_id, kind, name, state, sent_since_update, last_update_ms \
+            "SELECT group_id, kind, name, state, sent_since_update, last_update_ms, created_ms \
              FROM conversations ORDER BY created_ms, group_id",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -808,11 +810,12 @@ impl Store {
                 r.get::<_, String>(3)?,
                 r.get::<_, i64>(4)?,
                 r.get::<_, i64>(5)?,
+                r.get::<_, i64>(6)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (g, kind, name, state, sent, last) = row?;
+            let (g, kind, name, state, sent, last, created) = row?;
             out.push(Conversation {
                 group: GroupId(arr(g)?),
                 is_group: kind == "group",
@@ -820,7 +823,22 @@ impl Store {
                 state,
                 sent_since_update: u(sent),
                 last_update_ms: u(last),
+                created_ms: u(created),
             });
+        }
+        Ok(out)
+    }
+
+    /// The newest message's receive time per conversation.
+    pub fn last_activity(&self) -> Result<std::collections::HashMap<GroupId, u64>, ClientError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT group_id, max(received_at_ms) FROM messages GROUP BY group_id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = std::collections::HashMap::new();
+        for row in rows {
+            let (g, t) = row?;
+            out.insert(GroupId(arr(g)?), u(t));
         }
         Ok(out)
     }

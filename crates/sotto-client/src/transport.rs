@@ -108,6 +108,8 @@ pub struct Connection {
     hello: ServerHello,
     next_req: u32,
     events: VecDeque<Event>,
+    /// The server said the backlog is delivered; what follows is pushed live.
+    synced: bool,
 }
 
 impl std::fmt::Debug for Connection {
@@ -202,6 +204,7 @@ impl Connection {
             hello,
             next_req: 1,
             events: VecDeque::new(),
+            synced: false,
         })
     }
 
@@ -225,7 +228,10 @@ impl Connection {
                     }
                     ServerFrame::Response { .. } => {}
                     ServerFrame::Deliver(d) => self.events.push_back(Event::Deliver(d)),
-                    ServerFrame::Synced => self.events.push_back(Event::Synced),
+                    ServerFrame::Synced => {
+                        self.synced = true;
+                        self.events.push_back(Event::Synced);
+                    }
                     ServerFrame::Fatal(e) => return Err(ClientError::Server(e)),
                     ServerFrame::Hello(_) => {
                         return Err(ClientError::Malformed("unexpected hello".into()));
@@ -239,6 +245,7 @@ impl Connection {
     }
 
     /// The next delivery or sync marker, waiting for the server to push one.
+    /// Cancel-safe: dropping the future loses no event.
     pub async fn next_event(&mut self) -> Result<Event, ClientError> {
         if let Some(e) = self.events.pop_front() {
             return Ok(e);
@@ -246,7 +253,10 @@ impl Connection {
         loop {
             match read_frame(&mut self.ws).await? {
                 ServerFrame::Deliver(d) => return Ok(Event::Deliver(d)),
-                ServerFrame::Synced => return Ok(Event::Synced),
+                ServerFrame::Synced => {
+                    self.synced = true;
+                    return Ok(Event::Synced);
+                }
                 ServerFrame::Fatal(e) => return Err(ClientError::Server(e)),
                 ServerFrame::Response { .. } => {}
                 ServerFrame::Hello(_) => {
@@ -254,6 +264,26 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Waits until an event is queued, without taking it. Cancel-safe.
+    pub async fn wait_event(&mut self) -> Result<(), ClientError> {
+        if self.events.is_empty() {
+            let e = self.next_event().await?;
+            self.events.push_front(e);
+        }
+        Ok(())
+    }
+
+    /// An event already received and queued, if any; never waits.
+    pub fn queued_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Whether the server said the backlog is delivered (after which
+    /// deliveries are pushed live and no further sync marker comes).
+    pub fn is_synced(&self) -> bool {
+        self.synced
     }
 
     /// Sends raw bytes as one binary message (tests use it to send garbage).

@@ -1,0 +1,293 @@
+//! The operations the command line, the terminal UI (`/`-commands) and the
+//! JSON-RPC daemon (methods) share: each front end parses its input into an
+//! [`Op`], [`perform`] runs it on the client library, and the [`Outcome`]
+//! is shown as a line ([`summary`]) or as JSON ([`Outcome::to_json`]).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use sotto_client::devices::DeviceInfo;
+use sotto_client::store::Contact;
+use sotto_client::{
+    Client, ClientError, ConversationInfo, GroupInfo, ReceivedMessage, Trust, Verification,
+};
+use sotto_proto::{GroupId, MessageId};
+
+/// One thing a user or a bot asks of the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Send a text to a handle, a group's name or `#<id>`.
+    Send {
+        /// The conversation.
+        to: String,
+        /// The text.
+        text: String,
+    },
+    /// Send a file.
+    SendFile {
+        /// The conversation.
+        to: String,
+        /// The file.
+        path: PathBuf,
+    },
+    /// Create a group with its first members.
+    GroupCreate {
+        /// The group's name.
+        name: String,
+        /// Member handles.
+        members: Vec<String>,
+    },
+    /// Add members to a group.
+    GroupAdd {
+        /// The group.
+        group: String,
+        /// Member handles.
+        members: Vec<String>,
+    },
+    /// Remove members from a group.
+    GroupRemove {
+        /// The group.
+        group: String,
+        /// Member handles.
+        members: Vec<String>,
+    },
+    /// Leave a group.
+    GroupLeave {
+        /// The group.
+        group: String,
+    },
+    /// Rename a group.
+    GroupRename {
+        /// The group.
+        group: String,
+        /// The new name.
+        name: String,
+    },
+    /// Make a member an admin.
+    GroupPromote {
+        /// The group.
+        group: String,
+        /// The member's handle.
+        member: String,
+    },
+    /// Set (or with `None` turn off) a conversation's disappearing timer.
+    Disappear {
+        /// The conversation.
+        conversation: String,
+        /// Seconds, or `None` for off.
+        after_s: Option<u64>,
+    },
+    /// The safety number with a contact.
+    Verify {
+        /// The contact's handle.
+        handle: String,
+    },
+    /// Mark a contact's current key verified.
+    VerifyConfirm {
+        /// The contact's handle.
+        handle: String,
+    },
+    /// The stored messages of a conversation.
+    History {
+        /// The conversation.
+        conversation: String,
+    },
+    /// Every conversation, newest activity first.
+    Conversations,
+    /// Every group with members and epoch.
+    Groups,
+    /// Known contacts.
+    Contacts,
+    /// This account's devices.
+    Devices,
+}
+
+/// What an [`Op`] produced.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A message (or file) was sent: its id.
+    Sent(MessageId),
+    /// A group was created.
+    GroupCreated(GroupId),
+    /// A group changed and is at this epoch.
+    Epoch(u64),
+    /// Done; nothing to report beyond the summary.
+    Done,
+    /// A safety number.
+    Verification(Verification),
+    /// Messages, and which of this device's are still queued.
+    Messages(Vec<ReceivedMessage>, HashSet<MessageId>),
+    /// Conversations.
+    Conversations(Vec<ConversationInfo>),
+    /// Groups.
+    Groups(Vec<GroupInfo>),
+    /// Contacts.
+    Contacts(Vec<Contact>),
+    /// Devices.
+    Devices(Vec<DeviceInfo>),
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Runs one operation.
+pub async fn perform(c: &mut Client, op: &Op) -> Result<Outcome, ClientError> {
+    Ok(match op {
+        Op::Send { to, text } => {
+            if text.is_empty() {
+                return Err(ClientError::Invalid("empty message".into()));
+            }
+            Outcome::Sent(c.send(to, text).await?)
+        }
+        Op::SendFile { to, path } => Outcome::Sent(c.send_file(to, path).await?),
+        Op::GroupCreate { name, members } => {
+            Outcome::GroupCreated(c.group_create(name, &strs(members)).await?)
+        }
+        Op::GroupAdd { group, members } => {
+            Outcome::Epoch(c.group_add(group, &strs(members)).await?)
+        }
+        Op::GroupRemove { group, members } => {
+            Outcome::Epoch(c.group_remove(group, &strs(members)).await?)
+        }
+        Op::GroupLeave { group } => {
+            c.group_leave(group).await?;
+            Outcome::Done
+        }
+        Op::GroupRename { group, name } => {
+            c.group_rename(group, name).await?;
+            Outcome::Done
+        }
+        Op::GroupPromote { group, member } => {
+            c.group_promote(group, member).await?;
+            Outcome::Done
+        }
+        Op::Disappear {
+            conversation,
+            after_s,
+        } => {
+            c.set_timer(conversation, *after_s).await?;
+            Outcome::Done
+        }
+        Op::Verify { handle } => Outcome::Verification(c.verification(handle)?),
+        Op::VerifyConfirm { handle } => {
+            c.confirm(handle)?;
+            Outcome::Done
+        }
+        Op::History { conversation } => Outcome::Messages(c.history(conversation)?, c.queued()?),
+        Op::Conversations => Outcome::Conversations(c.conversations()?),
+        Op::Groups => Outcome::Groups(c.groups()?),
+        Op::Contacts => Outcome::Contacts(c.contacts()?),
+        Op::Devices => Outcome::Devices(c.devices().await?),
+    })
+}
+
+/// The line the command line prints for a finished operation.
+pub fn summary(op: &Op, outcome: &Outcome) -> String {
+    match (op, outcome) {
+        (_, Outcome::Sent(id)) => format!("sent {}", id.to_hex()),
+        (Op::GroupCreate { name, .. }, Outcome::GroupCreated(id)) => {
+            format!("created {name} #{}", &id.to_hex()[..12])
+        }
+        (Op::GroupAdd { group, .. }, Outcome::Epoch(e)) => format!("added to {group} (epoch {e})"),
+        (Op::GroupRemove { group, .. }, Outcome::Epoch(e)) => {
+            format!("removed from {group} (epoch {e})")
+        }
+        (Op::GroupLeave { group }, _) => {
+            format!("leaving {group}: the other members' devices complete it")
+        }
+        (Op::GroupRename { group, name }, _) => format!("renamed {group} to {name}"),
+        (Op::GroupPromote { group, member }, _) => format!("{member} is an admin of {group}"),
+        (
+            Op::Disappear {
+                conversation,
+                after_s: Some(s),
+            },
+            _,
+        ) => format!(
+            "messages in {conversation} now disappear after {}",
+            sotto_client::client::human(*s)
+        ),
+        (Op::Disappear { conversation, .. }, _) => {
+            format!("messages in {conversation} no longer disappear")
+        }
+        (Op::VerifyConfirm { handle }, _) => format!("{handle} is verified"),
+        (Op::Verify { handle }, Outcome::Verification(v)) => format!(
+            "safety number with {handle}: {} ({})",
+            safety_number_groups(&v.number),
+            Trust::of(&v.contact).as_str()
+        ),
+        _ => "done".into(),
+    }
+}
+
+/// A safety number in groups of five digits, as people read it aloud.
+pub fn safety_number_groups(n: &str) -> String {
+    n.as_bytes()
+        .chunks(5)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// One conversation as JSON (`listConversations`).
+pub fn conversation_json(c: &ConversationInfo) -> serde_json::Value {
+    serde_json::json!({
+        "id": c.group.to_hex(),
+        "target": c.target(),
+        "name": c.name,
+        "is_group": c.is_group,
+        "state": c.state,
+        "last_activity": c.last_activity_ms,
+        "disappear_after_s": c.disappear_after_s,
+        "members": c.members.iter().map(|m| serde_json::json!({
+            "handle": m.handle,
+            "me": m.is_me,
+            "trust": m.trust.as_str(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+impl Outcome {
+    /// The outcome as a JSON-RPC result.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        match self {
+            Self::Sent(id) => json!({ "id": id.to_hex() }),
+            Self::GroupCreated(g) => json!({ "id": g.to_hex() }),
+            Self::Epoch(e) => json!({ "epoch": e }),
+            Self::Done => json!({}),
+            Self::Verification(v) => json!({
+                "handle": v.contact.handle,
+                "safety_number": v.number,
+                "trust": Trust::of(&v.contact).as_str(),
+            }),
+            Self::Messages(ms, queued) => serde_json::Value::Array(
+                ms.iter()
+                    .map(|m| {
+                        let mut j = crate::message_json(m);
+                        j["outgoing"] = json!(m.outgoing);
+                        j["queued"] = json!(queued.contains(&m.id));
+                        j
+                    })
+                    .collect(),
+            ),
+            Self::Conversations(cs) => cs.iter().map(conversation_json).collect(),
+            Self::Groups(gs) => gs.iter().map(crate::group_json).collect(),
+            Self::Contacts(cs) => cs
+                .iter()
+                .map(|c| {
+                    json!({
+                        "handle": c.handle,
+                        "account": c.account.to_hex(),
+                        "trust": Trust::of(c).as_str(),
+                    })
+                })
+                .collect(),
+            Self::Devices(ds) => ds
+                .iter()
+                .map(|d| json!({ "id": d.id.to_hex(), "this_device": d.this_device }))
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,550 @@
+//! The chat app's state and how it changes: [`App::handle`] takes a key,
+//! a paste or a worker event and returns the commands for the worker. No
+//! IO, no clock (the caller passes the time), no terminal: the tests drive
+//! it directly and draw it on ratatui's `TestBackend`.
+
+use std::collections::{HashMap, HashSet};
+
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use sotto_client::{ConversationInfo, ReceivedMessage, Trust, Updates};
+use sotto_proto::{GroupId, MessageId};
+
+use super::commands::{self, Action};
+use super::text;
+use crate::ops::{Op, Outcome};
+use crate::worker::{Command, Connection, Event};
+
+/// What the app reacts to.
+#[derive(Debug)]
+pub enum Input {
+    /// A key press.
+    Key(KeyEvent),
+    /// Pasted text (bracketed paste).
+    Paste(String),
+    /// Something from the worker.
+    Worker(Event),
+}
+
+/// Where the keys go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Focus {
+    /// The conversation list.
+    List,
+    /// The composer.
+    Composer,
+}
+
+/// How far one of this device's messages got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Handed to the worker.
+    Sending,
+    /// The server accepted it.
+    Sent,
+    /// Encrypted and kept in the outbox until the server is reachable.
+    Queued,
+    /// Not sent (the status line says why).
+    Failed,
+    /// Someone else's message.
+    Received,
+}
+
+/// A line of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// A message.
+    Message {
+        /// Its id, once known.
+        id: Option<MessageId>,
+        /// For a message typed here: the id of the command sending it.
+        local: Option<u64>,
+        /// Who sent it (cleaned).
+        sender: String,
+        /// Its text, line by line (cleaned).
+        lines: Vec<String>,
+        /// When it was stored here (ms since the epoch).
+        time_ms: u64,
+        /// Sent by this account.
+        outgoing: bool,
+        /// Its delivery state.
+        delivery: Delivery,
+    },
+    /// Something that happened (cleaned).
+    Notice {
+        /// The text.
+        text: String,
+        /// When it was shown.
+        time_ms: u64,
+    },
+}
+
+impl Entry {
+    fn time_ms(&self) -> u64 {
+        match self {
+            Self::Message { time_ms, .. } | Self::Notice { time_ms, .. } => *time_ms,
+        }
+    }
+
+    fn from_message(m: &ReceivedMessage, queued: &HashSet<MessageId>) -> Self {
+        Self::Message {
+            id: Some(m.id),
+            local: None,
+            sender: text::clean(&m.sender),
+            lines: text::clean_lines(&m.text),
+            time_ms: m.received_at_ms,
+            outgoing: m.outgoing,
+            delivery: if !m.outgoing {
+                Delivery::Received
+            } else if queued.contains(&m.id) {
+                Delivery::Queued
+            } else {
+                Delivery::Sent
+            },
+        }
+    }
+}
+
+/// A popup over the screen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Popup {
+    /// A safety number to compare.
+    Verification {
+        /// The contact (cleaned).
+        handle: String,
+        /// 60 digits.
+        number: String,
+        /// The contact's trust.
+        trust: Trust,
+    },
+}
+
+/// What a command sent to the worker was for.
+#[derive(Debug, Clone)]
+enum Pending {
+    /// A message typed here, shown in this conversation.
+    Message(GroupId),
+    /// A conversation's history.
+    History(GroupId),
+    /// Anything else: its outcome goes to the status line.
+    Other(Op),
+}
+
+/// The whole state of the chat app.
+#[derive(Debug)]
+pub struct App {
+    /// This account's handle.
+    pub me: String,
+    /// Conversations, newest activity first.
+    pub conversations: Vec<ConversationInfo>,
+    /// The highlighted conversation in the list.
+    pub selected: usize,
+    /// The open conversation.
+    pub open: Option<GroupId>,
+    /// Lines of the conversations (complete once their history is loaded).
+    pub entries: HashMap<GroupId, Vec<Entry>>,
+    /// Conversations whose history is loaded (or being loaded).
+    loaded: HashSet<GroupId>,
+    /// Messages not yet seen, per conversation.
+    pub unread: HashMap<GroupId, usize>,
+    /// The composer's text.
+    pub composer: String,
+    /// The composer's cursor, a byte index into `composer`.
+    pub cursor: usize,
+    /// Where the keys go.
+    pub focus: Focus,
+    /// The help is shown.
+    pub help: bool,
+    /// A popup, if any.
+    pub popup: Option<Popup>,
+    /// The last result or error, one line.
+    pub status: Option<String>,
+    /// The connection to the server.
+    pub connection: Connection,
+    /// Lines scrolled up from the newest message.
+    pub scroll: usize,
+    /// Colors allowed (not NO_COLOR).
+    pub color: bool,
+    /// The app should end.
+    pub quit: bool,
+    pending: HashMap<u64, Pending>,
+    next_id: u64,
+}
+
+impl App {
+    /// A fresh app for the account `me`.
+    pub fn new(me: &str, color: bool) -> Self {
+        Self {
+            me: text::clean(me),
+            conversations: Vec::new(),
+            selected: 0,
+            open: None,
+            entries: HashMap::new(),
+            loaded: HashSet::new(),
+            unread: HashMap::new(),
+            composer: String::new(),
+            cursor: 0,
+            focus: Focus::List,
+            help: false,
+            popup: None,
+            status: None,
+            connection: Connection::Connecting,
+            scroll: 0,
+            color,
+            quit: false,
+            pending: HashMap::new(),
+            next_id: 1,
+        }
+    }
+
+    /// The open conversation.
+    pub fn open_conversation(&self) -> Option<&ConversationInfo> {
+        let g = self.open?;
+        self.conversations.iter().find(|c| c.group == g)
+    }
+
+    /// Members of the open conversation whose key changed.
+    pub fn changed_keys(&self) -> Vec<&str> {
+        self.open_conversation()
+            .map(|c| {
+                c.members
+                    .iter()
+                    .filter(|m| matches!(m.trust, Trust::KeyChanged | Trust::KeyChangedAfterVerify))
+                    .map(|m| m.handle.as_str())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Reacts to one input at time `now_ms`; returns the commands for the worker.
+    pub fn handle(&mut self, input: Input, now_ms: u64) -> Vec<Command> {
+        let mut out = Vec::new();
+        match input {
+            Input::Key(k) if k.kind != KeyEventKind::Release => self.key(k, now_ms, &mut out),
+            Input::Key(_) => {}
+            Input::Paste(s) => {
+                self.focus = Focus::Composer;
+                self.insert(&text::clean_input(&s));
+            }
+            Input::Worker(e) => self.event(e, now_ms, &mut out),
+        }
+        out
+    }
+
+    fn command(&mut self, op: Op, why: Pending, out: &mut Vec<Command>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.pending.insert(id, why);
+        out.push(Command { id, op });
+    }
+
+    fn key(&mut self, k: KeyEvent, now_ms: u64, out: &mut Vec<Command>) {
+        let ctrl = k.modifiers.contains(KeyModifiers::CONTROL);
+        if ctrl && matches!(k.code, KeyCode::Char('c' | 'q')) {
+            self.quit = true;
+            return;
+        }
+        if self.help || self.popup.is_some() {
+            if matches!(
+                k.code,
+                KeyCode::Esc | KeyCode::Enter | KeyCode::Char('q' | '?')
+            ) {
+                self.help = false;
+                self.popup = None;
+            }
+            return;
+        }
+        match k.code {
+            KeyCode::PageUp => self.scroll = self.scroll.saturating_add(5),
+            KeyCode::PageDown => self.scroll = self.scroll.saturating_sub(5),
+            _ => match self.focus {
+                Focus::List => self.list_key(k, out),
+                Focus::Composer => self.composer_key(k, now_ms, out),
+            },
+        }
+    }
+
+    fn list_key(&mut self, k: KeyEvent, out: &mut Vec<Command>) {
+        let n = self.conversations.len();
+        match k.code {
+            KeyCode::Up | KeyCode::Char('k') => self.selected = self.selected.saturating_sub(1),
+            KeyCode::Down | KeyCode::Char('j') => {
+                self.selected = (self.selected + 1).min(n.saturating_sub(1));
+            }
+            KeyCode::Home | KeyCode::Char('g') => self.selected = 0,
+            KeyCode::End | KeyCode::Char('G') => self.selected = n.saturating_sub(1),
+            KeyCode::Enter | KeyCode::Right | KeyCode::Char('l') => {
+                if let Some(c) = self.conversations.get(self.selected) {
+                    let g = c.group;
+                    self.open_group(g, out);
+                    self.focus = Focus::Composer;
+                }
+            }
+            KeyCode::Tab | KeyCode::Char('i') => self.focus = Focus::Composer,
+            KeyCode::Char('/') => {
+                self.focus = Focus::Composer;
+                self.insert("/");
+            }
+            KeyCode::Char('?') => self.help = true,
+            KeyCode::Char('q') => self.quit = true,
+            _ => {}
+        }
+    }
+
+    fn open_group(&mut self, g: GroupId, out: &mut Vec<Command>) {
+        self.open = Some(g);
+        self.scroll = 0;
+        self.unread.remove(&g);
+        let target = self.open_conversation().map(ConversationInfo::target);
+        if let (false, Some(conversation)) = (self.loaded.contains(&g), target) {
+            self.loaded.insert(g);
+            self.command(Op::History { conversation }, Pending::History(g), out);
+        }
+    }
+
+    fn composer_key(&mut self, k: KeyEvent, now_ms: u64, out: &mut Vec<Command>) {
+        let alt = k.modifiers.contains(KeyModifiers::ALT);
+        let ctrl = k.modifiers.contains(KeyModifiers::CONTROL);
+        match k.code {
+            KeyCode::Esc | KeyCode::Tab => self.focus = Focus::List,
+            KeyCode::Enter if alt || k.modifiers.contains(KeyModifiers::SHIFT) => self.insert("\n"),
+            KeyCode::Enter => self.submit(now_ms, out),
+            KeyCode::Char('u') if ctrl => {
+                self.composer.clear();
+                self.cursor = 0;
+            }
+            KeyCode::Char('?') if self.composer.is_empty() => self.help = true,
+            KeyCode::Char(c) if !ctrl => {
+                let mut b = [0u8; 4];
+                self.insert(c.encode_utf8(&mut b));
+            }
+            KeyCode::Backspace => {
+                if let Some((i, _)) = self.composer[..self.cursor].char_indices().next_back() {
+                    self.composer.remove(i);
+                    self.cursor = i;
+                }
+            }
+            KeyCode::Delete if self.cursor < self.composer.len() => {
+                self.composer.remove(self.cursor);
+            }
+            KeyCode::Left => {
+                if let Some((i, _)) = self.composer[..self.cursor].char_indices().next_back() {
+                    self.cursor = i;
+                }
+            }
+            KeyCode::Right => {
+                if let Some(c) = self.composer[self.cursor..].chars().next() {
+                    self.cursor += c.len_utf8();
+                }
+            }
+            KeyCode::Home => self.cursor = 0,
+            KeyCode::End => self.cursor = self.composer.len(),
+            KeyCode::Up if self.composer.is_empty() => self.scroll = self.scroll.saturating_add(1),
+            KeyCode::Down if self.composer.is_empty() => {
+                self.scroll = self.scroll.saturating_sub(1)
+            }
+            _ => {}
+        }
+    }
+
+    fn insert(&mut self, s: &str) {
+        self.composer.insert_str(self.cursor, s);
+        self.cursor += s.len();
+    }
+
+    fn submit(&mut self, now_ms: u64, out: &mut Vec<Command>) {
+        let line = std::mem::take(&mut self.composer);
+        self.cursor = 0;
+        if line.trim().is_empty() {
+            return;
+        }
+        let open = self.open_conversation().map(ConversationInfo::target);
+        if line.starts_with('/') && !line.starts_with("//") {
+            match commands::parse(&line, open.as_deref()) {
+                Ok(Action::Help) => self.help = true,
+                Ok(Action::Quit) => self.quit = true,
+                Ok(Action::Op(op)) => {
+                    self.status = Some(format!("{}…", line.trim()));
+                    self.command(op.clone(), Pending::Other(op), out);
+                }
+                Err(e) => {
+                    self.status = Some(e);
+                    self.composer = line;
+                    self.cursor = self.composer.len();
+                }
+            }
+            return;
+        }
+        // `//text` sends `/text`.
+        let body = line
+            .strip_prefix('/')
+            .filter(|_| line.starts_with("//"))
+            .unwrap_or(&line);
+        let (Some(g), Some(to)) = (self.open, open) else {
+            self.status = Some("open a conversation first (or /msg HANDLE TEXT)".into());
+            self.composer = line;
+            self.cursor = self.composer.len();
+            return;
+        };
+        let local = self.next_id;
+        self.entries.entry(g).or_default().push(Entry::Message {
+            id: None,
+            local: Some(local),
+            sender: self.me.clone(),
+            lines: text::clean_lines(body),
+            time_ms: now_ms,
+            outgoing: true,
+            delivery: Delivery::Sending,
+        });
+        self.scroll = 0;
+        self.command(
+            Op::Send {
+                to,
+                text: body.to_owned(),
+            },
+            Pending::Message(g),
+            out,
+        );
+    }
+
+    fn event(&mut self, e: Event, now_ms: u64, out: &mut Vec<Command>) {
+        match e {
+            Event::Connection(c) => self.connection = c,
+            Event::Updates(u) => self.updates(u, now_ms),
+            Event::Conversations(list) => self.set_conversations(list, out),
+            Event::Done { id, result } => self.done(id, result),
+            Event::Stopped(why) => {
+                self.status = Some(text::clean(&why));
+                self.connection = Connection::Offline {
+                    reason: text::clean(&why),
+                    retry_in_s: 0,
+                };
+            }
+        }
+    }
+
+    fn set_conversations(&mut self, list: Vec<ConversationInfo>, out: &mut Vec<Command>) {
+        let selected = self.conversations.get(self.selected).map(|c| c.group);
+        self.conversations = list;
+        self.selected = selected
+            .and_then(|g| self.conversations.iter().position(|c| c.group == g))
+            .unwrap_or(0)
+            .min(self.conversations.len().saturating_sub(1));
+        // A conversation opened before it was listed (a new one) loads now.
+        if let Some(g) = self.open.filter(|g| !self.loaded.contains(g)) {
+            self.open_group(g, out);
+        }
+    }
+
+    fn updates(&mut self, u: Updates, now_ms: u64) {
+        for m in &u.messages {
+            if self.open != Some(m.group) {
+                *self.unread.entry(m.group).or_default() += 1;
+            }
+            if self.loaded.contains(&m.group) {
+                let v = self.entries.entry(m.group).or_default();
+                if v.iter()
+                    .any(|e| matches!(e, Entry::Message { id: Some(id), .. } if *id == m.id))
+                {
+                    continue;
+                }
+                v.push(Entry::from_message(m, &HashSet::new()));
+            }
+        }
+        for n in &u.notices {
+            self.entries
+                .entry(n.conversation)
+                .or_default()
+                .push(Entry::Notice {
+                    text: text::clean(&n.text),
+                    time_ms: now_ms,
+                });
+        }
+        for w in &u.warnings {
+            let w = text::clean(w);
+            // A warning naming a member goes into that member's conversations.
+            for c in &self.conversations {
+                let names_member = c.members.iter().filter(|m| !m.is_me).any(|m| {
+                    w.split(|ch: char| {
+                        !(ch.is_alphanumeric() || ch == '_' || ch == '-' || ch == '.')
+                    })
+                    .any(|word| word == m.handle)
+                });
+                if names_member {
+                    self.entries
+                        .entry(c.group)
+                        .or_default()
+                        .push(Entry::Notice {
+                            text: w.clone(),
+                            time_ms: now_ms,
+                        });
+                }
+            }
+            self.status = Some(w);
+        }
+    }
+
+    fn done(&mut self, id: u64, result: Result<Outcome, String>) {
+        let Some(p) = self.pending.remove(&id) else {
+            return;
+        };
+        match (p, result) {
+            (Pending::Message(g), r) => {
+                let delivery = match &r {
+                    Ok(_) => Delivery::Sent,
+                    Err(e) if e.starts_with("not sent yet") => Delivery::Queued,
+                    Err(_) => Delivery::Failed,
+                };
+                if let Err(e) = &r {
+                    self.status = Some(text::clean(e));
+                }
+                let mine = self.entries.get_mut(&g).and_then(|v| {
+                    v.iter_mut()
+                        .find(|e| matches!(e, Entry::Message { local: Some(l), .. } if *l == id))
+                });
+                if let Some(Entry::Message {
+                    id: mid,
+                    delivery: d,
+                    ..
+                }) = mine
+                {
+                    *d = delivery;
+                    if let Ok(Outcome::Sent(sent)) = r {
+                        *mid = Some(sent);
+                    }
+                }
+            }
+            (Pending::History(g), Ok(Outcome::Messages(ms, queued))) => {
+                let mut v: Vec<Entry> =
+                    ms.iter().map(|m| Entry::from_message(m, &queued)).collect();
+                // Notices and messages typed while it loaded stay.
+                let known: HashSet<MessageId> = ms.iter().map(|m| m.id).collect();
+                if let Some(old) = self.entries.remove(&g) {
+                    v.extend(old.into_iter().filter(|e| match e {
+                        Entry::Message { id: Some(id), .. } => !known.contains(id),
+                        _ => true,
+                    }));
+                }
+                v.sort_by_key(Entry::time_ms);
+                self.entries.insert(g, v);
+            }
+            (Pending::History(g), Err(e)) => {
+                self.loaded.remove(&g);
+                self.status = Some(text::clean(&e));
+            }
+            (Pending::History(_), Ok(_)) => {}
+            (Pending::Other(_), Err(e)) => self.status = Some(text::clean(&e)),
+            (Pending::Other(op), Ok(o)) => {
+                if let Outcome::Verification(v) = &o {
+                    self.popup = Some(Popup::Verification {
+                        handle: text::clean(&v.contact.handle),
+                        number: v.number.clone(),
+                        trust: Trust::of(&v.contact),
+                    });
+                    self.status = None;
+                } else {
+                    self.status = Some(text::clean(&crate::ops::summary(&op, &o)));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Text from the network made safe to draw, and small text helpers: no
+//! terminal control characters or bidirectional overrides reach the
+//! screen, times are shown as `HH:MM` (UTC), long lines are wrapped.
+
+use unicode_width::UnicodeWidthChar;
+
+/// Whether a character may be drawn: not a control character (escape
+/// sequences start with one) and not a bidirectional override, which
+/// could make text read differently from what was sent.
+fn drawable(c: char) -> bool {
+    !c.is_control()
+        && !matches!(
+            c,
+            '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// One line of untrusted text: control characters become `�`, tabs and
+/// newlines spaces.
+pub fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '\t' | '\n' | '\r' => ' ',
+            c if drawable(c) => c,
+            _ => '\u{FFFD}',
+        })
+        .collect()
+}
+
+/// Untrusted text that may span lines: each line cleaned.
+pub fn clean_lines(s: &str) -> Vec<String> {
+    s.split('\n').map(clean).collect()
+}
+
+/// Text pasted or typed into the composer: control characters dropped,
+/// newlines kept, tabs as spaces.
+pub fn clean_input(s: &str) -> String {
+    s.replace("\r\n", "\n")
+        .chars()
+        .filter_map(|c| match c {
+            '\n' => Some('\n'),
+            '\t' | '\r' => Some(' '),
+            c if drawable(c) => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `HH:MM` (UTC) of a time in milliseconds since the Unix epoch.
+pub fn clock(ms: u64) -> String {
+    let minutes = ms / 60_000;
+    format!("{:02}:{:02}", (minutes / 60) % 24, minutes % 60)
+}
+
+/// Splits `s` into pieces of at most `width` columns (at least one
+/// character each, so a zero width cannot loop).
+pub fn wrap(s: &str, width: usize) -> Vec<String> {
+    let width = width.max(1);
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut w = 0;
+    for c in s.chars() {
+        let cw = c.width().unwrap_or(0);
+        if w + cw > width && !cur.is_empty() {
+            out.push(std::mem::take(&mut cur));
+            w = 0;
+        }
+        cur.push(c);
+        w += cw;
+    }
+    out.push(cur);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_sequences_and_overrides_never_reach_the_screen() {
+        let hostile = "hi\x1b[2J\x1b]0;pwned\x07 \u{202E}gnp.exe\u{9b}31m";
+        let shown = clean(hostile);
+        assert!(!shown.chars().any(|c| c.is_control()), "{shown:?}");
+        assert!(!shown.contains('\u{202E}'));
+        assert!(shown.starts_with("hi"));
+        assert_eq!(clean_lines("a\nb\x1bc"), ["a", "b\u{FFFD}c"]);
+        assert_eq!(clean_input("x\x1b[A\r\ny\tz"), "x[A\ny z");
+    }
+
+    #[test]
+    fn wrapping_and_clock() {
+        assert_eq!(wrap("abcdef", 4), ["abcd", "ef"]);
+        assert_eq!(wrap("", 4), [""]);
+        assert_eq!(wrap("ab", 0), ["a", "b"]);
+        assert_eq!(clock(0), "00:00");
+        assert_eq!(clock((13 * 60 + 7) * 60_000 + 86_400_000), "13:07");
+    }
+}

@@ -1,0 +1,336 @@
+//! `sotto daemon --json-rpc` spoken to as a bot would: the real daemon
+//! binary on a Unix socket (and on standard input and output), the real
+//! server, and bob on the real command line. Messages go both ways, a
+//! pushed message arrives as a notification, and broken requests get
+//! JSON-RPC errors while the daemon keeps serving.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sotto_test_support::{Profile, World, bin};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The daemon process; killed when dropped.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn daemon(p: &Profile, args: &[&str]) -> Daemon {
+    let child = Command::new(bin("sotto"))
+        .arg("--profile")
+        .arg(&p.dir)
+        .args(["daemon", "--json-rpc"])
+        .args(args)
+        .env("SOTTO_PASSPHRASE", &p.passphrase)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn sotto daemon");
+    Daemon(child)
+}
+
+/// A JSON-RPC client on a line stream; notifications are kept aside.
+struct Rpc {
+    write: Box<dyn Write>,
+    read: BufReader<Box<dyn std::io::Read>>,
+    next_id: u64,
+    notifications: Vec<Value>,
+}
+
+impl Rpc {
+    fn socket(path: &Path) -> Self {
+        let start = Instant::now();
+        let s = loop {
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) if start.elapsed() < DEADLINE => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("the daemon's socket never accepted: {e}"),
+            }
+        };
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        Self {
+            write: Box::new(s.try_clone().unwrap()),
+            read: BufReader::new(Box::new(s)),
+            next_id: 1,
+            notifications: Vec::new(),
+        }
+    }
+
+    fn line(&mut self, raw: &str) {
+        self.write.write_all(raw.as_bytes()).unwrap();
+        self.write.write_all(b"\n").unwrap();
+        self.write.flush().unwrap();
+    }
+
+    fn next(&mut self) -> Value {
+        let mut l = String::new();
+        let n = self.read.read_line(&mut l).expect("read from the daemon");
+        assert!(n > 0, "the daemon closed the connection");
+        serde_json::from_str(&l).unwrap_or_else(|e| panic!("daemon sent {l:?}: {e}"))
+    }
+
+    /// Reads until the response with `id`; notifications are kept.
+    fn response(&mut self, id: &Value) -> Value {
+        loop {
+            let v = self.next();
+            assert_eq!(v["jsonrpc"], "2.0", "{v}");
+            if v.get("id") == Some(id) {
+                return v;
+            }
+            assert!(v.get("method").is_some(), "a response to someone else: {v}");
+            self.notifications.push(v);
+        }
+    }
+
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = json!(self.next_id);
+        self.next_id += 1;
+        self.line(
+            &json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string(),
+        );
+        self.response(&id)
+    }
+
+    fn ok(&mut self, method: &str, params: Value) -> Value {
+        let r = self.call(method, params);
+        assert!(r.get("error").is_none(), "{method}: {r}");
+        r["result"].clone()
+    }
+
+    /// Waits for a notification that `pred` accepts.
+    fn notification(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        if let Some(i) = self.notifications.iter().position(&pred) {
+            return self.notifications.remove(i);
+        }
+        loop {
+            let v = self.next();
+            if v.get("id").is_none() && pred(&v) {
+                return v;
+            }
+            assert!(
+                v.get("id").is_none(),
+                "unexpected response while waiting for {what}: {v}"
+            );
+            self.notifications.push(v);
+        }
+    }
+
+    fn wait_online(&mut self) {
+        let start = Instant::now();
+        while self.ok("status", json!({}))["connection"]["state"] != "online" {
+            assert!(start.elapsed() < DEADLINE, "the daemon never got online");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn received(p: &Profile) -> Vec<String> {
+    p.sotto(&["receive", "--json"])
+        .ok()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn a_bot_talks_over_the_socket_and_survives_bad_requests() {
+    let w = World::new(&[]);
+    let alice = w.person("alice");
+    let bob = w.person("bob");
+    let sock = w.root.join("alice.sock");
+    let _d = daemon(&alice, &["--socket", sock.to_str().unwrap()]);
+    let mut rpc = Rpc::socket(&sock);
+    rpc.wait_online();
+    let status = rpc.ok("status", json!({}));
+    assert_eq!(status["handle"], "alice");
+    assert_eq!(status["api_version"], "1.0");
+
+    // The bot writes first; bob reads it on the command line.
+    let sent = rpc.ok(
+        "send",
+        json!({"to": "bob", "text": "hello bob, I am a bot"}),
+    );
+    assert_eq!(sent["id"].as_str().unwrap().len(), 32, "{sent}");
+    assert_eq!(received(&bob), ["hello bob, I am a bot"]);
+
+    // Bob answers; the daemon pushes it as a notification.
+    bob.sotto(&["send", "alice", "hi bot"]).ok();
+    let n = rpc.notification("bob's message", |v| v["method"] == "message");
+    assert_eq!(n["params"]["text"], "hi bot", "{n}");
+    assert_eq!(n["params"]["sender"], "bob");
+    assert_eq!(n["params"]["conversation"], "bob");
+
+    // The conversation list and the history.
+    let list = rpc.ok("listConversations", json!({}));
+    let bob_conv = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "bob")
+        .unwrap_or_else(|| panic!("no conversation with bob in {list}"));
+    assert_eq!(bob_conv["target"], "bob");
+    let members: Vec<&str> = bob_conv["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["handle"].as_str().unwrap())
+        .collect();
+    assert_eq!(members, ["alice", "bob"]);
+    let history = rpc.ok("history", json!({"conversation": "bob"}));
+    let texts: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["hello bob, I am a bot", "hi bot"]);
+
+    // Broken requests get errors, never a dead daemon.
+    rpc.line("{this is not json");
+    let e = rpc.response(&Value::Null);
+    assert_eq!(e["error"]["code"], -32700, "{e}");
+    rpc.line(r#"{"jsonrpc":"2.0","id":"x","method":"frobnicate"}"#);
+    let e = rpc.response(&json!("x"));
+    assert_eq!(e["error"]["code"], -32601, "{e}");
+    rpc.line(r#"[1, 2, 3]"#);
+    assert_eq!(rpc.response(&Value::Null)["error"]["code"], -32600);
+    rpc.line("\u{0}\u{1b}[2J\u{ff}");
+    assert_eq!(rpc.response(&Value::Null)["error"]["code"], -32700);
+    let e = rpc.call("send", json!({"to": "bob", "text": 42}));
+    assert_eq!(e["error"]["code"], -32602, "{e}");
+    let e = rpc.call("send", json!({"to": "nobody-at-all", "text": "hi"}));
+    assert_eq!(e["error"]["code"], -32000, "{e}");
+    let msg = e["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("nobody-at-all"), "{msg}");
+    assert!(
+        !msg.contains(&alice.passphrase),
+        "a secret in an error: {msg}"
+    );
+    let e = rpc.call("disappear", json!({"conversation": "bob", "after": "soon"}));
+    assert_eq!(e["error"]["code"], -32602, "{e}");
+
+    // Still serving: a second client connects, both get the next message.
+    let mut second = Rpc::socket(&sock);
+    assert_eq!(second.ok("status", json!({}))["handle"], "alice");
+    let sent = rpc.ok("send", json!({"to": "bob", "text": "still here"}));
+    assert!(sent["id"].is_string());
+    assert_eq!(received(&bob), ["still here"]);
+    bob.sotto(&["send", "alice", "to both of you"]).ok();
+    for c in [&mut rpc, &mut second] {
+        let n = c.notification("the second message", |v| {
+            v["method"] == "message" && v["params"]["text"] == "to both of you"
+        });
+        assert_eq!(n["params"]["sender"], "bob");
+    }
+
+    // Group operations and disappearing messages through the same methods.
+    let carol = w.person("carol");
+    let g = rpc.ok(
+        "groupCreate",
+        json!({"name": "ops", "members": ["bob", "carol"]}),
+    );
+    assert_eq!(g["id"].as_str().unwrap().len(), 64, "{g}");
+    rpc.ok("send", json!({"to": "ops", "text": "welcome to ops"}));
+    assert_eq!(received(&carol), ["welcome to ops"]);
+    rpc.ok("disappear", json!({"conversation": "ops", "after": "1h"}));
+    let groups = rpc.ok("listGroups", json!({}));
+    assert_eq!(groups[0]["disappear_after_s"], 3600, "{groups}");
+    let v = rpc.ok("verify", json!({"handle": "bob"}));
+    assert_eq!(v["safety_number"].as_str().unwrap().len(), 60, "{v}");
+}
+
+#[test]
+fn the_daemon_speaks_on_standard_io_until_input_ends() {
+    let w = World::new(&[]);
+    let alice = w.person("alice");
+    let mut d = daemon(&alice, &[]);
+    let stdin = d.0.stdin.take().unwrap();
+    let stdout = d.0.stdout.take().unwrap();
+    let mut rpc = Rpc {
+        write: Box::new(stdin),
+        read: BufReader::new(Box::new(stdout)),
+        next_id: 1,
+        notifications: Vec::new(),
+    };
+    assert_eq!(rpc.ok("status", json!({}))["handle"], "alice");
+    rpc.line("not json either");
+    assert_eq!(rpc.response(&Value::Null)["error"]["code"], -32700);
+    // A call without an id is a notification: no answer.
+    rpc.line(r#"{"jsonrpc":"2.0","method":"listConversations"}"#);
+    assert_eq!(rpc.ok("contacts", json!({})), json!([]));
+    drop(rpc);
+    let start = Instant::now();
+    loop {
+        if let Some(status) = d.0.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the daemon did not end with its input"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_example_echo_bot_answers() {
+    let w = World::new(&[]);
+    let bot = w.person("echo");
+    let bob = w.person("bob");
+    let sock = w.root.join("bot.sock");
+    let _d = daemon(&bot, &["--socket", sock.to_str().unwrap()]);
+    Rpc::socket(&sock).wait_online();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/echo_bot.py");
+    let python = Command::new("python3")
+        .arg(&script)
+        .arg(&sock)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs the example bot");
+    let mut python = Daemon(python);
+    // The bot says when it is connected (notifications go to connected clients).
+    let mut ready = String::new();
+    BufReader::new(python.0.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    bob.sotto(&["send", "echo", "ping"]).ok();
+    let start = Instant::now();
+    let mut got = Vec::new();
+    while got.is_empty() {
+        assert!(start.elapsed() < DEADLINE, "the echo bot never answered");
+        got = bob
+            .sotto(&["receive", "--json", "--wait", "1"])
+            .ok()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+    }
+    assert_eq!(got, ["echo: ping"]);
+}

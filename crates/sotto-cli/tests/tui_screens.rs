@@ -1,0 +1,476 @@
+//! The chat app's screens without a terminal: the app is driven through
+//! `App::handle` with keys and worker events, drawn by `ui::draw` on
+//! ratatui's `TestBackend`, and the frames compared with snapshots
+//! (`UPDATE_EXPECT=1 cargo test` rewrites them after a deliberate change).
+
+use std::collections::HashSet;
+
+use expect_test::{Expect, expect};
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::style::Color;
+use sotto_cli::ops::{Op, Outcome};
+use sotto_cli::tui::app::{App, Focus, Input};
+use sotto_cli::tui::ui;
+use sotto_cli::worker::{Command, Connection, Event};
+use sotto_client::store::Contact;
+use sotto_client::{
+    ConversationInfo, Member, Notice, ReceivedMessage, Trust, Updates, Verification,
+};
+use sotto_proto::{AccountId, GroupId, MessageId};
+
+/// 13:05 UTC on some day.
+const T: u64 = 1_700_000_000_000 - (1_700_000_000_000 % 86_400_000) + (13 * 60 + 5) * 60_000;
+
+fn member(handle: &str, trust: Trust) -> Member {
+    Member {
+        handle: handle.into(),
+        is_me: handle == "alice",
+        trust,
+    }
+}
+
+fn conv(n: u8, name: &str, is_group: bool, members: Vec<Member>) -> ConversationInfo {
+    ConversationInfo {
+        group: GroupId([n; 32]),
+        name: name.into(),
+        is_group,
+        state: "active".into(),
+        last_activity_ms: T,
+        members,
+        disappear_after_s: None,
+    }
+}
+
+fn msg(n: u8, group: u8, sender: &str, text: &str, minute: u64) -> ReceivedMessage {
+    ReceivedMessage {
+        id: MessageId([n; 16]),
+        group: GroupId([group; 32]),
+        conversation: "x".into(),
+        sender: sender.into(),
+        outgoing: sender == "alice",
+        text: text.into(),
+        sent_at_ms: T + minute * 60_000,
+        received_at_ms: T + minute * 60_000,
+    }
+}
+
+fn key(app: &mut App, code: KeyCode) -> Vec<Command> {
+    app.handle(
+        Input::Key(KeyEvent::new(code, KeyModifiers::NONE)),
+        T + 10 * 60_000,
+    )
+}
+
+fn typed(app: &mut App, s: &str) {
+    for c in s.chars() {
+        key(app, KeyCode::Char(c));
+    }
+}
+
+fn worker(app: &mut App, e: Event) -> Vec<Command> {
+    app.handle(Input::Worker(e), T + 10 * 60_000)
+}
+
+fn screen(app: &App, w: u16, h: u16) -> String {
+    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+    t.draw(|f| ui::draw(app, f)).unwrap();
+    let buf = t.backend().buffer().clone();
+    let mut out = String::new();
+    for y in 0..h {
+        let mut line = String::new();
+        for x in 0..w {
+            line.push_str(buf[(x, y)].symbol());
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn check(app: &App, snapshot: Expect) {
+    snapshot.assert_eq(&screen(app, 80, 24));
+}
+
+/// Alice with three conversations: bob wrote twice, the team once, carol not.
+fn alice() -> App {
+    let mut app = App::new("alice", true);
+    worker(&mut app, Event::Connection(Connection::Online));
+    worker(
+        &mut app,
+        Event::Conversations(vec![
+            conv(
+                1,
+                "bob",
+                false,
+                vec![
+                    member("alice", Trust::Verified),
+                    member("bob", Trust::Verified),
+                ],
+            ),
+            conv(
+                2,
+                "team",
+                true,
+                vec![
+                    member("alice", Trust::Verified),
+                    member("bob", Trust::Verified),
+                    member("carol", Trust::Unverified),
+                ],
+            ),
+            conv(
+                3,
+                "carol",
+                false,
+                vec![
+                    member("alice", Trust::Verified),
+                    member("carol", Trust::Unverified),
+                ],
+            ),
+        ]),
+    );
+    worker(
+        &mut app,
+        Event::Updates(Updates {
+            messages: vec![
+                msg(1, 1, "bob", "are you there?", 0),
+                msg(2, 1, "bob", "ping", 1),
+                msg(3, 2, "carol", "standup in 5", 2),
+            ],
+            notices: vec![],
+            warnings: vec![],
+        }),
+    );
+    app
+}
+
+/// Opens the conversation at the cursor and answers its history request.
+fn open(app: &mut App, history: Vec<ReceivedMessage>, queued: HashSet<MessageId>) {
+    let cmds = key(app, KeyCode::Enter);
+    assert_eq!(cmds.len(), 1, "opening asks for the history once");
+    assert!(matches!(cmds[0].op, Op::History { .. }), "{:?}", cmds[0].op);
+    worker(
+        app,
+        Event::Done {
+            id: cmds[0].id,
+            result: Ok(Outcome::Messages(history, queued)),
+        },
+    );
+}
+
+#[test]
+fn conversation_list_with_unread_counts() {
+    let app = alice();
+    check(
+        &app,
+        expect![[r#"
+             sotto alice ● online
+            ┌Conversations───────┐┌────────────────────────────────────────────────────────┐
+            │  bob (2)           ││Select a conversation with ↑/↓ (j/k) and Enter.         │
+            │ #team (1)          ││? shows the keys and commands.                          │
+            │  carol             ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            └────────────────────┘└────────────────────────────────────────────────────────┘
+            ┌Message (i or Tab to write)───────────────────────────────────────────────────┐
+            │                                                                              │
+            └──────────────────────────────────────────────────────────────────────────────┘
+            ↑↓/jk select · Enter open · / command · ? help · q quit
+        "#]],
+    );
+}
+
+#[test]
+fn conversation_with_messages_delivery_states_notices_and_members() {
+    let mut app = alice();
+    key(&mut app, KeyCode::Char('j'));
+    let mut queued = HashSet::new();
+    queued.insert(MessageId([5; 16]));
+    open(
+        &mut app,
+        vec![
+            msg(3, 2, "carol", "standup in 5", 2),
+            msg(4, 2, "alice", "coming", 3),
+            msg(5, 2, "alice", "two\nlines", 4),
+        ],
+        queued,
+    );
+    assert_eq!(app.focus, Focus::Composer);
+    assert_eq!(app.unread.get(&GroupId([2; 32])), None, "opening reads it");
+    typed(&mut app, "on my way");
+    let cmds = key(&mut app, KeyCode::Enter);
+    assert_eq!(
+        cmds.iter().map(|c| &c.op).collect::<Vec<_>>(),
+        [&Op::Send {
+            to: format!("#{}", GroupId([2; 32]).to_hex()),
+            text: "on my way".into()
+        }]
+    );
+    // A notice, and a message from the network carrying escape sequences.
+    worker(
+        &mut app,
+        Event::Updates(Updates {
+            messages: vec![msg(6, 2, "bob", "\x1b[2Jgotcha\x1b]0;title\x07", 11)],
+            notices: vec![Notice {
+                conversation: GroupId([2; 32]),
+                text: "team: dave joined".into(),
+            }],
+            warnings: vec![],
+        }),
+    );
+    check(
+        &app,
+        expect![[r#"
+             sotto alice ● online
+            ┌Conversations───────┐┌#team · ✓bob ?carol─────────────────────────────────────┐
+            │  bob (2)           ││13:07 carol: standup in 5                               │
+            │›#team              ││13:08 alice: coming ✓                                   │
+            │  carol             ││13:09 alice: two                                        │
+            │                    ││      lines ⧗ queued                                    │
+            │                    ││13:15 alice: on my way …                                │
+            │                    ││13:16 bob: �[2Jgotcha�]0;title�                         │
+            │                    ││13:15 — team: dave joined                               │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            └────────────────────┘└────────────────────────────────────────────────────────┘
+            ┌Message (Enter sends, Alt+Enter new line, Esc list)───────────────────────────┐
+            │                                                                              │
+            └──────────────────────────────────────────────────────────────────────────────┘
+            ↑↓/jk select · Enter open · / command · ? help · q quit
+        "#]],
+    );
+    // The send completes: the mark turns into a check.
+    worker(
+        &mut app,
+        Event::Done {
+            id: cmds[0].id,
+            result: Ok(Outcome::Sent(MessageId([7; 16]))),
+        },
+    );
+    assert!(screen(&app, 80, 24).contains("on my way ✓"));
+    // Wide enough, the members and their verification state show.
+    let wide = screen(&app, 110, 24);
+    assert!(wide.contains("  alice (you)"), "{wide}");
+    assert!(wide.contains("✓ bob verified"), "{wide}");
+    assert!(wide.contains("? carol unverified"), "{wide}");
+}
+
+#[test]
+fn help_screen() {
+    let mut app = alice();
+    key(&mut app, KeyCode::Char('?'));
+    check(
+        &app,
+        expect![[r#"
+             ┌Help────────────────────────────────────────────────────────────────────────┐
+            ┌│Keys                                                                        │┐
+            ││↑↓ j k   select a conversation    Enter l   open it                         ││
+            ││i Tab     write                    Esc       back to the list               ││
+            ││Enter     send                     Alt+Enter new line                       ││
+            ││PgUp PgDn scroll                   q Ctrl+C  quit                           ││
+            ││                                                                            ││
+            ││Commands                                                                    ││
+            ││/group create NAME MEMBER...         create a group; you become its admin   ││
+            ││/group add GROUP MEMBER...           add members (admins)                   ││
+            ││/group remove GROUP MEMBER...        remove members (admins)                ││
+            ││/group leave [GROUP]                 leave a group (default: the open one)  ││
+            ││/group rename GROUP NAME             rename a group (admins)                ││
+            ││/group promote GROUP MEMBER          make a member an admin (admins)        ││
+            ││/verify HANDLE                       show the safety number with HANDLE     ││
+            ││/verify HANDLE confirm               mark HANDLE verified after comparing   ││
+            ││/disappear [CONV] 30s|5m|2h|7d|off   disappearing messages                  ││
+            ││/file PATH                           send a file to the open conversation   ││
+            ││/msg HANDLE TEXT                     write to anyone (starts a conversation)││
+            └│/quit                                leave                                  │┘
+            ┌│                                                                            │┐
+            ││Esc closes this help                                                        ││
+            └└────────────────────────────────────────────────────────────────────────────┘┘
+            ↑↓/jk select · Enter open · / command · ? help · q quit
+        "#]],
+    );
+    key(&mut app, KeyCode::Esc);
+    assert!(!app.help);
+}
+
+#[test]
+fn verification_warning_and_safety_number() {
+    let mut app = alice();
+    worker(
+        &mut app,
+        Event::Conversations(vec![conv(
+            1,
+            "bob",
+            false,
+            vec![
+                member("alice", Trust::Verified),
+                member("bob", Trust::KeyChangedAfterVerify),
+            ],
+        )]),
+    );
+    open(
+        &mut app,
+        vec![msg(1, 1, "bob", "it's me, new phone", 0)],
+        HashSet::new(),
+    );
+    typed(&mut app, "/verify bob");
+    let cmds = key(&mut app, KeyCode::Enter);
+    assert_eq!(
+        cmds.iter().map(|c| &c.op).collect::<Vec<_>>(),
+        [&Op::Verify {
+            handle: "bob".into()
+        }]
+    );
+    worker(
+        &mut app,
+        Event::Done {
+            id: cmds[0].id,
+            result: Ok(Outcome::Verification(Verification {
+                number: "123451234512345123451234512345678906789067890678906789067890".into(),
+                contact: Contact {
+                    handle: "bob".into(),
+                    account: AccountId([9; 32]),
+                    verified: false,
+                    needs_confirm: true,
+                    key_changed: true,
+                },
+            })),
+        },
+    );
+    check(
+        &app,
+        expect![[r#"
+             sotto alice ● online
+            ┌Conversations───────┐┌bob · !bob──────────────────────────────────────────────┐
+            │› bob               ││⚠ identity key changed: bob. Compare: /verify bob       │
+            │                    ││13:05 bob: it's me, new phone                           │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │      ┌Verify──────────────────────────────────────────────────────────┐      │
+            │      │Safety number with bob:                                         │      │
+            │      │                                                                │      │
+            │      │12345 12345 12345 12345 12345 12345                             │      │
+            │      │67890 67890 67890 67890 67890 67890                             │      │
+            │      │                                                                │      │
+            │      │WARNING: bob's identity key changed.                            │      │
+            │      │Compare it with theirs in person or on a call you trust;        │      │
+            │      │if it matches: /verify bob confirm                              │      │
+            │      │Esc closes                                                      │      │
+            │      │                                                                │      │
+            │      └────────────────────────────────────────────────────────────────┘      │
+            │                    ││                                                        │
+            └────────────────────┘└────────────────────────────────────────────────────────┘
+            ┌Message (Enter sends, Alt+Enter new line, Esc list)───────────────────────────┐
+            │                                                                              │
+            └──────────────────────────────────────────────────────────────────────────────┘
+            ↑↓/jk select · Enter open · / command · ? help · q quit
+        "#]],
+    );
+}
+
+#[test]
+fn connection_state_is_shown() {
+    let mut app = alice();
+    worker(
+        &mut app,
+        Event::Connection(Connection::Offline {
+            reason: "server unreachable: 127.0.0.1:1: refused".into(),
+            retry_in_s: 4,
+        }),
+    );
+    let s = screen(&app, 80, 24);
+    assert!(
+        s.starts_with(" sotto alice ○ offline, retrying in 4s: server unreachable"),
+        "{s}"
+    );
+    worker(&mut app, Event::Connection(Connection::Online));
+    assert!(screen(&app, 80, 24).starts_with(" sotto alice ● online"));
+}
+
+#[test]
+fn no_color_means_no_colors() {
+    let colored = alice();
+    let mut plain = App::new("alice", false);
+    for e in [
+        Event::Connection(Connection::Online),
+        Event::Conversations(colored.conversations.clone()),
+    ] {
+        worker(&mut plain, e);
+    }
+    let colors = |app: &App| {
+        let mut t = Terminal::new(TestBackend::new(80, 24)).unwrap();
+        t.draw(|f| ui::draw(app, f)).unwrap();
+        t.backend()
+            .buffer()
+            .content()
+            .iter()
+            .filter(|c| c.fg != Color::Reset || c.bg != Color::Reset)
+            .count()
+    };
+    assert!(colors(&colored) > 0, "the colored app uses colors");
+    assert_eq!(colors(&plain), 0, "NO_COLOR: not one colored cell");
+}
+
+#[test]
+fn odd_keys_pastes_and_tiny_terminals_never_panic() {
+    let mut app = alice();
+    let codes = [
+        KeyCode::Up,
+        KeyCode::Down,
+        KeyCode::Enter,
+        KeyCode::Backspace,
+        KeyCode::Left,
+        KeyCode::Right,
+        KeyCode::Delete,
+        KeyCode::Home,
+        KeyCode::End,
+        KeyCode::PageUp,
+        KeyCode::PageDown,
+        KeyCode::Tab,
+        KeyCode::Esc,
+        KeyCode::Char('/'),
+        KeyCode::Char('é'),
+        KeyCode::Char('G'),
+        KeyCode::F(5),
+    ];
+    for (i, c) in codes.iter().cycle().take(400).enumerate() {
+        key(&mut app, *c);
+        if i % 7 == 0 {
+            app.handle(Input::Paste("multi\nline\x1b[31m ünï\r\n".into()), T);
+        }
+        if app.help || app.popup.is_some() {
+            key(&mut app, KeyCode::Esc);
+        }
+        app.quit = false;
+        for (w, h) in [(1, 1), (10, 3), (29, 7), (30, 8), (80, 24), (200, 60)] {
+            screen(&app, w, h);
+        }
+    }
+    // A pasted text keeps its lines and loses its escapes.
+    let mut app = alice();
+    key(&mut app, KeyCode::Char('i'));
+    app.handle(Input::Paste("one\r\ntwo\x1b[2J".into()), T);
+    assert_eq!(app.composer, "one\ntwo[2J");
+    assert!(screen(&app, 80, 24).contains("│two[2J"));
+    assert_eq!(screen(&app, 20, 5).trim(), "terminal too small");
+}

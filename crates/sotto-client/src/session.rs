@@ -1,0 +1,301 @@
+//! Long-running use of a [`Client`]: one connection kept open between
+//! operations, deliveries pushed by the server processed as they come, and
+//! what the user should see (new messages, conversation notices, warnings)
+//! handed out as [`Updates`]. The terminal UI and the JSON-RPC daemon are
+//! built on this; a Rust bot uses it directly.
+//!
+//! The waiting part ([`Client::pushed`]) is cancel-safe, so a driver can
+//! `select!` on it beside its own command channel; the processing part
+//! ([`Client::process_pushed`]) runs to completion.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use sotto_core::CredentialIdentity;
+use sotto_core::mls;
+use sotto_proto::{GroupId, MessageId};
+
+use crate::client::now_ms;
+use crate::store::{Contact, StoredMessage};
+use crate::{Client, ClientError};
+
+/// Something that happened in a conversation: a member joined or left,
+/// the disappearing timer changed, this device joined or was removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// The conversation it happened in.
+    pub conversation: GroupId,
+    /// One line for the user (names come from the network: untrusted).
+    pub text: String,
+}
+
+impl Notice {
+    pub(crate) fn new(conversation: GroupId, text: String) -> Self {
+        Self { conversation, text }
+    }
+}
+
+/// What the server's deliveries brought since the last look.
+#[derive(Debug, Default)]
+pub struct Updates {
+    /// New messages, in arrival order (never the ones this device sent).
+    pub messages: Vec<StoredMessage>,
+    /// Conversation notices.
+    pub notices: Vec<Notice>,
+    /// Warnings for the user: key changes, device changes, saved files.
+    pub warnings: Vec<String>,
+}
+
+impl Updates {
+    /// Whether there is nothing to show.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty() && self.notices.is_empty() && self.warnings.is_empty()
+    }
+}
+
+/// How far a contact's identity key is trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Trust {
+    /// The user compared the safety number and confirmed it.
+    Verified,
+    /// Never verified.
+    Unverified,
+    /// The handle now stands for another key than first seen.
+    KeyChanged,
+    /// Verified, then the key changed: sending needs a new confirmation.
+    KeyChangedAfterVerify,
+}
+
+impl Trust {
+    /// The trust of a stored contact.
+    pub fn of(c: &Contact) -> Self {
+        if c.needs_confirm {
+            Self::KeyChangedAfterVerify
+        } else if c.verified {
+            Self::Verified
+        } else if c.key_changed {
+            Self::KeyChanged
+        } else {
+            Self::Unverified
+        }
+    }
+
+    /// A short word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Verified => "verified",
+            Self::Unverified => "unverified",
+            Self::KeyChanged => "key changed",
+            Self::KeyChangedAfterVerify => "key changed (was verified)",
+        }
+    }
+}
+
+/// A member of a conversation (one per account).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The member's handle.
+    pub handle: String,
+    /// This account.
+    pub is_me: bool,
+    /// How far its key is trusted (`Verified` for this account).
+    pub trust: Trust,
+}
+
+/// A conversation as a chat window lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationInfo {
+    /// Its MLS group.
+    pub group: GroupId,
+    /// The group's name, or the peer's handle.
+    pub name: String,
+    /// A named group (true) or a one-to-one conversation.
+    pub is_group: bool,
+    /// `active`, `leaving` or `removed`.
+    pub state: String,
+    /// The newest stored message's receive time, or the conversation's creation.
+    pub last_activity_ms: u64,
+    /// Members, sorted by handle (empty once removed).
+    pub members: Vec<Member>,
+    /// The disappearing timer in seconds, if set.
+    pub disappear_after_s: Option<u64>,
+}
+
+impl ConversationInfo {
+    /// What names this conversation in [`Client::send`] and the other
+    /// operations: the peer's handle, or `#<group id>` for a group.
+    pub fn target(&self) -> String {
+        if self.is_group {
+            format!("#{}", self.group.to_hex())
+        } else {
+            self.name.clone()
+        }
+    }
+}
+
+/// Who joined and who left between two member lists, as lines.
+pub(crate) fn membership_notices(
+    before: &[CredentialIdentity],
+    after: &[CredentialIdentity],
+) -> Vec<String> {
+    let names = |l: &[CredentialIdentity]| -> BTreeSet<String> {
+        l.iter().map(|m| m.handle.to_string()).collect()
+    };
+    let (b, a) = (names(before), names(after));
+    let mut out: Vec<String> = a.difference(&b).map(|h| format!("{h} joined")).collect();
+    out.extend(b.difference(&a).map(|h| format!("{h} left")));
+    out
+}
+
+impl Client {
+    /// Connects (or reuses the kept connection), processes the mailbox
+    /// backlog, sends the outbox, and from now on keeps the connection
+    /// between operations. Returns what the backlog brought.
+    pub async fn go_online(&mut self) -> Result<Updates, ClientError> {
+        self.keep = true;
+        let mut conn = self.connect().await?;
+        self.sync(&mut conn).await?;
+        self.flush_outbox(&mut conn).await?;
+        self.download_pending(&mut conn).await?;
+        self.kept = Some(conn);
+        self.take_updates()
+    }
+
+    /// Whether a connection is kept (the last operation on it succeeded).
+    pub fn is_online(&self) -> bool {
+        self.kept.is_some()
+    }
+
+    /// Closes the kept connection; operations connect once each again.
+    pub async fn go_offline(&mut self) {
+        self.keep = false;
+        if let Some(conn) = self.kept.take() {
+            conn.close().await;
+        }
+    }
+
+    /// Waits until the server pushes something on the kept connection.
+    /// Cancel-safe: dropping the future loses nothing. Fails at once when
+    /// offline, and drops the connection when it breaks.
+    pub async fn pushed(&mut self) -> Result<(), ClientError> {
+        let Some(conn) = self.kept.as_mut() else {
+            return Err(ClientError::Closed(String::new()));
+        };
+        match conn.wait_event().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.kept = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Processes what the server pushed (acknowledging it) and returns
+    /// what the user should see.
+    pub async fn process_pushed(&mut self) -> Result<Updates, ClientError> {
+        if let Some(mut conn) = self.kept.take() {
+            self.sync(&mut conn).await?;
+            self.download_pending(&mut conn).await?;
+            self.kept = Some(conn);
+        }
+        self.take_updates()
+    }
+
+    /// Messages stored but not shown yet, notices and warnings, each handed
+    /// out once.
+    pub fn take_updates(&mut self) -> Result<Updates, ClientError> {
+        Ok(Updates {
+            messages: self.store.take_unshown(now_ms())?,
+            notices: std::mem::take(&mut self.notices),
+            warnings: std::mem::take(&mut self.warnings),
+        })
+    }
+
+    /// Every conversation with its members and their trust, newest activity first.
+    pub fn conversations(&mut self) -> Result<Vec<ConversationInfo>, ClientError> {
+        let me = self.id.account.id();
+        let trust: HashMap<String, Trust> = self
+            .store
+            .contacts()?
+            .iter()
+            .map(|c| (c.handle.clone(), Trust::of(c)))
+            .collect();
+        let activity = self.store.last_activity()?;
+        let mut out = Vec::new();
+        for c in self.store.conversations()? {
+            let g = c.group;
+            let (members, timer) = if c.state == "removed" {
+                (Vec::new(), None)
+            } else {
+                self.store.transaction(|p, _| {
+                    Ok((mls::members(p, g)?, sotto_core::group::timer(p, g)?))
+                })?
+            };
+            let mut seen = HashSet::new();
+            let mut members: Vec<Member> = members
+                .into_iter()
+                .filter(|m| seen.insert(m.account))
+                .map(|m| {
+                    let handle = m.handle.to_string();
+                    Member {
+                        is_me: m.account == me,
+                        trust: if m.account == me {
+                            Trust::Verified
+                        } else {
+                            trust.get(&handle).copied().unwrap_or(Trust::Unverified)
+                        },
+                        handle,
+                    }
+                })
+                .collect();
+            members.sort_by(|a, b| a.handle.cmp(&b.handle));
+            out.push(ConversationInfo {
+                group: g,
+                last_activity_ms: activity.get(&g).copied().unwrap_or(c.created_ms),
+                name: c.name,
+                is_group: c.is_group,
+                state: c.state,
+                members,
+                disappear_after_s: timer,
+            });
+        }
+        out.sort_by_key(|c| std::cmp::Reverse(c.last_activity_ms));
+        Ok(out)
+    }
+
+    /// The stored messages of one conversation, oldest first (expired ones
+    /// are deleted first).
+    pub fn messages(&mut self, g: GroupId) -> Result<Vec<StoredMessage>, ClientError> {
+        self.store.history(&g, now_ms())
+    }
+
+    /// Ids of this device's messages the server has not accepted yet.
+    pub fn queued(&self) -> Result<HashSet<MessageId>, ClientError> {
+        Ok(self.store.outbox()?.into_iter().map(|e| e.msg_id).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sotto_core::{AccountKey, DeviceKey};
+    use sotto_proto::Handle;
+
+    fn who(handle: &str) -> CredentialIdentity {
+        CredentialIdentity {
+            account: AccountKey::generate().id(),
+            device: DeviceKey::generate().id(),
+            handle: Handle::new(handle).unwrap(),
+        }
+    }
+
+    #[test]
+    fn membership_notices_name_who_joined_and_left() {
+        let (a, b, c) = (who("alice"), who("bob"), who("carol"));
+        let before = [a.clone(), b];
+        let after = [a, c];
+        assert_eq!(
+            membership_notices(&before, &after),
+            ["carol joined", "bob left"]
+        );
+    }
+}
