@@ -391,6 +391,15 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_config_loads() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/sotto-server.toml");
+        let s = Settings::load(Some(&p), &no_env).unwrap();
+        assert!(matches!(s.store_kind().unwrap(), StoreKind::Postgres(_)));
+        assert!(matches!(s.bus_kind().unwrap(), BusKind::Nats(_)));
+        assert_eq!(s.limits.kill_code_guesses, 2);
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let (_f, p) = file("listen = \"0.0.0.0:1\"\nstroe = \"x\"\n[limits]\nmax_conections = 1\n");
         let e = Settings::load(Some(&p), &no_env).unwrap_err();
