@@ -205,3 +205,77 @@ async fn nats_and_postgres_restarts_lose_nothing() {
     assert!(cycles >= 1, "the services were never restarted");
     assert_eq!((c.lost, c.duplicates), (0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_reaching_two_nodes_at_once_keep_one_epoch_order() {
+    let tmp = TempDir::new().unwrap();
+    let db = blocking(PgDatabase::create).await;
+    let nats = blocking(NatsProcess::start).await;
+    let root = tmp.path().to_owned();
+    let (url, bus) = (db.url.clone(), nats.url());
+    let cluster = blocking(move || Cluster::start(&root, 2, &url, &bus)).await;
+    let mut people = Vec::new();
+    for (i, name) in ["alice", "bob", "carol", "dave"].iter().enumerate() {
+        // alice and carol on node 0, bob and dave on node 1.
+        people.push(
+            common::register(
+                tmp.path(),
+                &cluster.node_link(i % 2),
+                cluster.invite(),
+                name,
+            )
+            .await,
+        );
+    }
+    let mut dave = people.pop().unwrap();
+    let mut carol = people.pop().unwrap();
+    let mut bob = people.pop().unwrap();
+    let mut alice = people.pop().unwrap();
+    alice.group_create("crew", &["bob"]).await.unwrap();
+    bob.receive(Duration::ZERO, |_| {}).await.unwrap();
+    alice.group_promote("crew", "bob").await.unwrap();
+    bob.receive(Duration::ZERO, |_| {}).await.unwrap();
+
+    // Two admins on two nodes add someone at the same moment, on the same
+    // epoch: the store lets one commit win, the other client rebases.
+    let (a, b) = tokio::join!(
+        alice.group_add("crew", &["carol"]),
+        bob.group_add("crew", &["dave"])
+    );
+    a.unwrap();
+    b.unwrap();
+    for c in [&mut alice, &mut bob, &mut carol, &mut dave] {
+        persist!(c.receive(Duration::from_millis(300), |_| {}));
+    }
+    let view = |c: &mut Client| {
+        let g = c.groups().unwrap();
+        let crew = g.iter().find(|g| g.name == "crew").expect("in crew");
+        (crew.epoch, crew.members.clone())
+    };
+    let everyone = ["alice", "bob", "carol", "dave"]
+        .map(str::to_owned)
+        .to_vec();
+    let seen: Vec<_> = [&mut alice, &mut bob, &mut carol, &mut dave]
+        .into_iter()
+        .map(view)
+        .collect();
+    for s in &seen {
+        assert_eq!(
+            s, &seen[0],
+            "every member sees the same epoch and members: {seen:?}"
+        );
+    }
+    assert_eq!(seen[0].1, everyone);
+    // And the group still carries messages both ways across nodes.
+    dave.send("crew", "dave here").await.unwrap();
+    let mut got = Vec::new();
+    carol
+        .receive(Duration::from_millis(300), |ev| {
+            if let ReceiveEvent::Message(m) = ev {
+                got.push(m.text.clone());
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(got, vec!["dave here".to_owned()]);
+}
