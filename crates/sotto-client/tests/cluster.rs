@@ -201,7 +201,10 @@ async fn nats_and_postgres_restarts_lose_nothing() {
         );
     }
     let c = common::drain_and_check(&mut traffic, &names).await;
-    println!("NATS and PostgreSQL restart cycles: {cycles}, {c:?}");
+    println!(
+        "NATS and PostgreSQL restart cycles: {cycles}, sends answered with a temporary error: {}, {c:?}",
+        traffic.temporary_errors
+    );
     assert!(cycles >= 1, "the services were never restarted");
     assert_eq!((c.lost, c.duplicates), (0, 0));
 }

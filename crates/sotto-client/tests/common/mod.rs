@@ -51,6 +51,8 @@ pub struct Traffic {
     pub acked: Vec<(usize, String, String)>,
     /// (sender handle, text) shown to each client.
     pub delivered: HashMap<usize, Vec<(String, String)>>,
+    /// Sends answered with a temporary failure (retried, or queued).
+    pub temporary_errors: usize,
 }
 
 /// Creates the group `crew` of everyone and a one-to-one conversation of
@@ -82,6 +84,7 @@ pub async fn send_traffic(
         let peer = names[(i + 1) % names.len()];
         tasks.push(tokio::spawn(async move {
             let mut acked = Vec::new();
+            let mut temporary = 0;
             let mut seen: Vec<(String, String)> = Vec::new();
             for k in 0..per_sender {
                 let (to, text) = if k % 2 == 0 {
@@ -96,6 +99,7 @@ pub async fn send_traffic(
                     match c.send(&to, &text).await {
                         Ok(_) => break,
                         Err(ClientError::Queued(_)) => {
+                            temporary += 1;
                             persist!(c.receive(Duration::ZERO, |ev| {
                                 if let ReceiveEvent::Message(m) = ev {
                                     seen.push((m.sender.clone(), m.text.clone()));
@@ -104,6 +108,7 @@ pub async fn send_traffic(
                             break;
                         }
                         Err(e) if e.is_temporary() => {
+                            temporary += 1;
                             tokio::time::sleep(Duration::from_millis(100)).await
                         }
                         Err(e) => panic!("unexpected error: {e}"),
@@ -111,16 +116,18 @@ pub async fn send_traffic(
                 }
                 acked.push((to, text));
             }
-            (c, acked, seen)
+            (c, acked, seen, temporary)
         }));
     }
     let mut out = Traffic {
         clients: Vec::new(),
         acked: Vec::new(),
         delivered: HashMap::new(),
+        temporary_errors: 0,
     };
     for (i, t) in tasks.into_iter().enumerate() {
-        let (c, a, seen) = t.await.unwrap();
+        let (c, a, seen, temporary) = t.await.unwrap();
+        out.temporary_errors += temporary;
         out.clients.push(c);
         out.acked
             .extend(a.into_iter().map(|(to, text)| (i, to, text)));
