@@ -20,6 +20,18 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.unwrap()
 }
 
+/// A cluster of `n` nodes on a fresh database of the machine's PostgreSQL
+/// and a private NATS, with what must live as long as it.
+async fn start_cluster(n: usize) -> (TempDir, PgDatabase, NatsProcess, Cluster) {
+    let tmp = TempDir::new().unwrap();
+    let db = blocking(PgDatabase::create).await;
+    let nats = blocking(NatsProcess::start).await;
+    let root = tmp.path().to_owned();
+    let (url, bus) = (db.url.clone(), nats.url());
+    let cluster = blocking(move || Cluster::start(&root, n, &url, &bus)).await;
+    (tmp, db, nats, cluster)
+}
+
 /// (sender, text, pushed live) of each message a listener saw.
 type Heard = Vec<(String, String, bool)>;
 
@@ -57,12 +69,7 @@ fn listen(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn people_on_different_nodes_talk_in_real_time() {
-    let tmp = TempDir::new().unwrap();
-    let db = blocking(PgDatabase::create).await;
-    let nats = blocking(NatsProcess::start).await;
-    let root = tmp.path().to_owned();
-    let (url, bus) = (db.url.clone(), nats.url());
-    let cluster = blocking(move || Cluster::start(&root, 3, &url, &bus)).await;
+    let (tmp, _db, _nats, cluster) = start_cluster(3).await;
     let mut people = Vec::new();
     for (i, name) in ["alice", "bob", "carol"].iter().enumerate() {
         // Each person's device talks to a node of their own.
@@ -111,12 +118,7 @@ async fn people_on_different_nodes_talk_in_real_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_under_traffic_loses_nothing() {
-    let tmp = TempDir::new().unwrap();
-    let db = blocking(PgDatabase::create).await;
-    let nats = blocking(NatsProcess::start).await;
-    let root = tmp.path().to_owned();
-    let (url, bus) = (db.url.clone(), nats.url());
-    let cluster = blocking(move || Cluster::start(&root, 3, &url, &bus)).await;
+    let (tmp, _db, _nats, cluster) = start_cluster(3).await;
     let names = ["alice", "bob", "carol", "dave"];
     let mut clients = Vec::new();
     for n in names {
@@ -211,12 +213,7 @@ async fn nats_and_postgres_restarts_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_reaching_two_nodes_at_once_keep_one_epoch_order() {
-    let tmp = TempDir::new().unwrap();
-    let db = blocking(PgDatabase::create).await;
-    let nats = blocking(NatsProcess::start).await;
-    let root = tmp.path().to_owned();
-    let (url, bus) = (db.url.clone(), nats.url());
-    let cluster = blocking(move || Cluster::start(&root, 2, &url, &bus)).await;
+    let (tmp, _db, _nats, cluster) = start_cluster(2).await;
     let mut people = Vec::new();
     for (i, name) in ["alice", "bob", "carol", "dave"].iter().enumerate() {
         // alice and carol on node 0, bob and dave on node 1.

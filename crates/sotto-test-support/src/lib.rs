@@ -223,28 +223,24 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts a server on a free loopback port with a new data directory.
     pub fn start(data: &Path, extra: &[&str]) -> Self {
-        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
-        let (child, link) = Self::spawn(data, "127.0.0.1:0", &extra);
-        let addr = link_addr(&link);
-        Self {
-            child: Some(child),
-            data: data.to_owned(),
-            link,
-            addr,
-            extra,
-        }
+        Self::launch(data, None, extra)
     }
 
     /// Starts a server listening on `addr` (its link may name another
     /// address: `--public-addr` in `extra`).
     pub fn start_on(data: &Path, addr: SocketAddr, extra: &[&str]) -> Self {
+        Self::launch(data, Some(addr), extra)
+    }
+
+    fn launch(data: &Path, addr: Option<SocketAddr>, extra: &[&str]) -> Self {
         let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
-        let (child, link) = Self::spawn(data, &addr.to_string(), &extra);
+        let listen = addr.map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string());
+        let (child, link) = Self::spawn(data, &listen, &extra);
         Self {
             child: Some(child),
             data: data.to_owned(),
+            addr: addr.unwrap_or_else(|| link_addr(&link)),
             link,
-            addr,
             extra,
         }
     }

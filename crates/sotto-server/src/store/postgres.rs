@@ -211,6 +211,20 @@ impl PgStore {
         Ok(Self { pool })
     }
 
+    /// One of an account's versioned records, outside a transaction.
+    async fn read_record<T: serde::de::DeserializeOwned>(
+        &self,
+        record: Record,
+        account: &AccountId,
+    ) -> Result<Option<T>, StoreError> {
+        let mut c = self.pool.acquire().await.map_err(map_err)?;
+        decode(
+            account_record(&mut c, record, account)
+                .await
+                .map_err(map_err)?,
+        )
+    }
+
     /// Closes the pool's connections.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -319,6 +333,23 @@ async fn release_messages(c: &mut PgConnection, mut messages: Vec<i64>) -> Resul
         .execute(&mut *c)
         .await?;
     Ok(())
+}
+
+/// Records a send's dedup key; `false` if it was seen before.
+async fn first_send(
+    c: &mut PgConnection,
+    key: &[u8],
+    expires_ms: u64,
+) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query(
+        "INSERT INTO seen_sends (key, expires_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(key)
+    .bind(ms(expires_ms))
+    .execute(&mut *c)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
 }
 
 /// Deletes a device's whole mailbox, KeyPackages and group memberships.
@@ -724,11 +755,7 @@ impl Store for PgStore {
         &self,
         account: AccountId,
     ) -> Result<Option<SignedDeviceList>, StoreError> {
-        let mut c = self.pool.acquire().await.map_err(map_err)?;
-        let data = account_record(&mut c, Record::DeviceList, &account)
-            .await
-            .map_err(map_err)?;
-        decode(data)
+        self.read_record(Record::DeviceList, &account).await
     }
 
     async fn publish_device_list(
@@ -830,11 +857,7 @@ impl Store for PgStore {
         &self,
         account: AccountId,
     ) -> Result<Option<SignedKillRecord>, StoreError> {
-        let mut c = self.pool.acquire().await.map_err(map_err)?;
-        let data = account_record(&mut c, Record::Kill, &account)
-            .await
-            .map_err(map_err)?;
-        decode(data)
+        self.read_record(Record::Kill, &account).await
     }
 
     async fn wipe_target(&self, handle: Handle) -> Result<Option<WipeTarget>, StoreError> {
@@ -1028,15 +1051,7 @@ impl Store for PgStore {
         let key = seen_key(&m.sender, &m.msg_id);
         transaction!(async {
             let mut tx = self.pool.begin().await?;
-            let fresh = sqlx::query(
-                "INSERT INTO seen_sends (key, expires_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            )
-            .bind(&key)
-            .bind(ms(m.expires_ms))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if fresh == 0 {
+            if !first_send(&mut tx, &key, m.expires_ms).await? {
                 return Ok(SendOutcome {
                     duplicate: true,
                     recipients: Vec::new(),
@@ -1165,15 +1180,7 @@ impl Store for PgStore {
             if !all.contains(&m.sender) {
                 return refuse(SendError::NotMember);
             }
-            let fresh = sqlx::query(
-                "INSERT INTO seen_sends (key, expires_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            )
-            .bind(&key)
-            .bind(ms(m.expires_ms))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if fresh == 0 {
+            if !first_send(&mut tx, &key, m.expires_ms).await? {
                 return Ok(SendOutcome {
                     duplicate: true,
                     recipients: Vec::new(),
