@@ -15,9 +15,10 @@ pub mod bus;
 pub mod config;
 mod conn;
 pub mod datadir;
+mod guard;
 mod server;
 pub mod store;
 pub mod tls;
 
-pub use config::{Limits, RegistrationMode, ServerConfig};
+pub use config::{Limits, Quota, RegistrationMode, ServerConfig};
 pub use server::{Shared, run};
