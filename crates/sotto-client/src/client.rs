@@ -556,7 +556,12 @@ impl Client {
                         }
                     }
                     (_, Processed::Application { .. }) => {
-                        Outcome::Dropped("application message sent as commit".into())
+                        // Relabelled by the server: refuse it and roll the
+                        // decryption back, so the genuine delivery still
+                        // decrypts (a forged envelope moves no state).
+                        return Err(ClientError::Core(CoreError::Rejected(
+                            "application message sent as commit".into(),
+                        )));
                     }
                     (
                         _,
@@ -613,6 +618,26 @@ impl Client {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Decodes `bytes` as a frame from the server and processes it as
+    /// `receive` does, without a socket: a delivery goes through the same
+    /// transaction (a valid wipe order is reported, not carried out). The
+    /// entry point of the fuzz target and of tests that play a hostile
+    /// server. `Ok` says what happened to a delivery, `None` for other frames.
+    pub fn process_server_frame(&mut self, bytes: &[u8]) -> Result<Option<String>, ClientError> {
+        let frame =
+            sotto_proto::decode_server(bytes).map_err(|e| ClientError::Malformed(e.to_string()))?;
+        let sotto_proto::ServerFrame::Deliver(d) = frame else {
+            return Ok(None);
+        };
+        Ok(Some(match self.process(&d)? {
+            Outcome::Stored => "stored".to_owned(),
+            Outcome::Duplicate => "duplicate".to_owned(),
+            Outcome::Dropped(why) => format!("dropped: {why}"),
+            Outcome::Proposal(_) => "proposal".to_owned(),
+            Outcome::Wipe => "wipe order".to_owned(),
+        }))
     }
 
     pub(crate) async fn ack(conn: &mut Connection, seqs: &mut Vec<u64>) -> Result<(), ClientError> {
