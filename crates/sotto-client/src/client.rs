@@ -707,26 +707,34 @@ impl Client {
                     deadline = Instant::now() + wait;
                     Self::ack(&mut conn, &mut acks).await?;
                     self.commit_proposals(&mut conn).await?;
-                    for m in self.store.take_unshown(now_ms())? {
-                        on_event(ReceiveEvent::Message(&m));
-                    }
+                    self.show_unshown(&mut on_event)?;
                     on_event(ReceiveEvent::Synced);
                 }
             }
-            for m in self.store.take_unshown(now_ms())? {
-                on_event(ReceiveEvent::Message(&m));
-            }
+            self.show_unshown(&mut on_event)?;
             if synced && wait.is_zero() {
                 break;
             }
         }
         Self::ack(&mut conn, &mut acks).await?;
-        for m in self.store.take_unshown(now_ms())? {
-            on_event(ReceiveEvent::Message(&m));
-        }
+        self.show_unshown(&mut on_event)?;
         self.download_pending(&mut conn).await?;
         conn.close().await;
         Ok(())
+    }
+
+    /// Reports the stored messages not shown yet, then marks them shown:
+    /// at least once, so a crash between the two shows them again (with
+    /// the same id) rather than never.
+    fn show_unshown(
+        &mut self,
+        on_event: &mut impl FnMut(ReceiveEvent<'_>),
+    ) -> Result<(), ClientError> {
+        let unshown = self.store.unshown(now_ms())?;
+        for m in &unshown {
+            on_event(ReceiveEvent::Message(m));
+        }
+        self.store.mark_shown(&unshown)
     }
 
     /// Processes the mailbox backlog (so Welcomes and commits are applied
