@@ -430,3 +430,39 @@ async fn repeated_errors_before_login_end_the_connection() {
         .expect("the connection stayed open");
     assert!(next.is_err(), "{next:?}");
 }
+
+#[tokio::test]
+async fn a_claimer_who_drains_a_victims_key_packages_is_limited_and_others_still_reach_the_victim()
+{
+    let w = World::with(with_limits(Limits {
+        claims_per_target: 5,
+        ..Limits::default()
+    }))
+    .await;
+    let (_victim, mut v) = w.person("victim").await;
+    let up = sotto_proto::UploadKeyPackages {
+        key_packages: (0..3u8).map(|i| sotto_proto::Blob(vec![i; 8])).collect(),
+        last_resort: Some(sotto_proto::Blob(vec![0xee; 8])),
+    };
+    assert!(matches!(
+        v.request(Request::UploadKeyPackages(up)).await,
+        Ok(Response::KeyPackagesStored { available: 3 })
+    ));
+    let claim = || Request::ClaimKeyPackages {
+        handle: Handle::new("victim").unwrap(),
+    };
+    let last_resort = |r: Result<Response, sotto_client::ClientError>| match r {
+        Ok(Response::KeyPackages(k)) => k.devices.iter().all(|d| d.last_resort),
+        other => panic!("{other:?}"),
+    };
+    let (_mallory, mut m) = w.person("mallory").await;
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(last_resort(m.request(claim()).await));
+    }
+    assert_eq!(got, [false, false, false, true, true]);
+    assert_rate_limited(m.request(claim()).await);
+    // Another person still reaches the victim, through the last resort.
+    let (_carol, mut c) = w.person("carol").await;
+    assert!(last_resort(c.request(claim()).await));
+}
