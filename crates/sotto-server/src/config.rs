@@ -86,7 +86,7 @@ pub struct Limits {
     /// Failed logins one source address may make; then even a valid login
     /// waits for the window to pass.
     pub login_failures_per_source: Quota,
-    /// Lookups by handle or account (KeyPackage claims, device lists, wipe
+    /// Lookups by handle or account (KeyPackage claims, other accounts' device lists, wipe
     /// requests) one source address may make.
     pub lookups_per_source: Quota,
 }
