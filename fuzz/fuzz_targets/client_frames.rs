@@ -75,11 +75,21 @@ fn harness() -> &'static Harness {
             bob.group_create("crew", &["alice", "carol"])
                 .await
                 .expect("group");
-            carol.receive(std::time::Duration::ZERO, |_| {}).await.expect("receive");
+            carol
+                .receive(std::time::Duration::ZERO, |_| {})
+                .await
+                .expect("receive");
             for i in 0..3 {
-                bob.send("alice", &format!("one to one {i}")).await.expect("send");
-                bob.send("crew", &format!("to the group {i}")).await.expect("send");
-                carol.send("crew", &format!("carol {i}")).await.expect("send");
+                bob.send("alice", &format!("one to one {i}"))
+                    .await
+                    .expect("send");
+                bob.send("crew", &format!("to the group {i}"))
+                    .await
+                    .expect("send");
+                carol
+                    .send("crew", &format!("carol {i}"))
+                    .await
+                    .expect("send");
             }
             // Everything in alice's mailbox, as the server would deliver it.
             let store = server.data.store().expect("store");

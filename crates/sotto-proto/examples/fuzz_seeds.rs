@@ -25,7 +25,9 @@ fn main() -> std::io::Result<()> {
             payload: Blob(vec![0xab; 40]),
             ttl_ms: Some(60_000),
         }),
-        Request::Ack { seqs: vec![1, 2, 3] },
+        Request::Ack {
+            seqs: vec![1, 2, 3],
+        },
         Request::ClaimKeyPackages {
             handle: handle("bob"),
         },
