@@ -17,6 +17,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 cargo fmt --all -- --check
+rustfmt --edition 2024 --check fuzz/fuzz_targets/*.rs # fuzz/ is its own workspace
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 # Supply chain: licenses, bans and sources against deny.toml (advisories
