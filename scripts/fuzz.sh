@@ -21,17 +21,21 @@ cargo fuzz build "${flags[@]}"
 for t in $(cargo fuzz list); do
   corpus="$(mktemp -d)"
   log="$(mktemp)"
+  # The harnesses keep a server and profiles for the whole run (the store
+  # syncs every write: a RAM disk when there is one) and never delete them.
+  work="$(mktemp -d -p /dev/shm 2>/dev/null || mktemp -d)"
   seeds=()
   [ -d "fuzz/seeds/$t" ] && seeds=("fuzz/seeds/$t")
-  if ! cargo fuzz run "${flags[@]}" "$t" "$corpus" "${seeds[@]}" -- \
+  if ! TMPDIR="$work" cargo fuzz run "${flags[@]}" "$t" "$corpus" "${seeds[@]}" -- \
       -max_total_time="$seconds" -timeout=60 -rss_limit_mb=4096 -print_final_stats=1 \
       >"$log" 2>&1; then
     tail -n 60 "$log"
+    rm -rf "$work"
     echo "fuzz target $t failed: see fuzz/artifacts/$t/"
     exit 1
   fi
   runs="$(grep -Eo 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -Eo '[0-9]+$' || echo '?')"
   cov="$(grep -Eo 'cov: [0-9]+' "$log" | tail -n 1 || true)"
   echo "fuzz $t: $runs inputs in ${seconds}s, $cov, no crash"
-  rm -rf "$corpus" "$log"
+  rm -rf "$corpus" "$log" "$work"
 done

@@ -46,14 +46,10 @@ fn ignore_sigpipe() -> tokio::signal::unix::Signal {
     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::pipe()).expect("SIGPIPE handler")
 }
 
+/// The harness's data (server and profiles) lives as long as the process,
+/// which never drops it: under `TMPDIR`, which `scripts/fuzz.sh` points at
+/// a RAM disk it removes afterwards.
 fn temp_dir() -> tempfile::TempDir {
-    // A RAM disk when there is one: the store syncs every write.
-    let shm = std::path::Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(t) = tempfile::TempDir::new_in(shm) {
-            return t;
-        }
-    }
     tempfile::TempDir::new().expect("temp dir")
 }
 
