@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: formatting, lints, then every test of
-# the workspace against real servers on loopback. Installs what it needs.
+# The whole test suite, as CI runs it: formatting, lints, the supply chain
+# (cargo-deny), every test of the workspace against real servers on
+# loopback, then each fuzz target for a bounded time (scripts/fuzz.sh).
+# Installs what it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +28,16 @@ done
 ./scripts/services.sh
 
 cargo fmt --all -- --check
+rustfmt --edition 2024 --check fuzz/fuzz_targets/*.rs # fuzz/ is its own workspace
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# Supply chain: licenses, bans and sources against deny.toml (advisories
+# need a database this network cannot fetch).
+if ! cargo deny --version >/dev/null 2>&1; then
+  echo "installing cargo-deny"
+  cargo install --locked cargo-deny
+fi
+cargo deny --locked check licenses bans sources
 
 # The end-to-end tests run the workspace's binaries: build them first.
 cargo build --workspace --bins --locked
@@ -35,3 +46,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+
+# Fuzzing: every target for a bounded time (FUZZ_SECONDS each).
+./scripts/fuzz.sh

@@ -208,7 +208,7 @@ async fn store_fanout(n: usize, reps: usize) -> anyhow::Result<Duration> {
             sender: members[0],
             epoch: 0,
             members: members.clone(),
-            mailbox_cap: 1_000_000,
+            mailbox_cap: sotto_server::store::MailboxCap::UNLIMITED,
             msg_id: MessageId([0xc0; 16]),
             expires_ms: u64::MAX / 2,
         })
@@ -227,7 +227,9 @@ async fn store_fanout(n: usize, reps: usize) -> anyhow::Result<Duration> {
             expires_ms: u64::MAX / 2,
         };
         let t = Instant::now();
-        store.send(m, 1_000_000).await?;
+        store
+            .send(m, sotto_server::store::MailboxCap::UNLIMITED)
+            .await?;
         times.push(t.elapsed());
     }
     Ok(median(times))

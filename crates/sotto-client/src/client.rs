@@ -607,7 +607,12 @@ impl Client {
                         }
                     }
                     (_, Processed::Application { .. }) => {
-                        Outcome::Dropped("application message sent as commit".into())
+                        // Relabelled by the server: refuse it and roll the
+                        // decryption back, so the genuine delivery still
+                        // decrypts (a forged envelope moves no state).
+                        return Err(ClientError::Core(CoreError::Rejected(
+                            "application message sent as commit".into(),
+                        )));
                     }
                     (
                         _,
@@ -683,6 +688,26 @@ impl Client {
         }
     }
 
+    /// Decodes `bytes` as a frame from the server and processes it as
+    /// `receive` does, without a socket: a delivery goes through the same
+    /// transaction (a valid wipe order is reported, not carried out). The
+    /// entry point of the fuzz target and of tests that play a hostile
+    /// server. `Ok` says what happened to a delivery, `None` for other frames.
+    pub fn process_server_frame(&mut self, bytes: &[u8]) -> Result<Option<String>, ClientError> {
+        let frame =
+            sotto_proto::decode_server(bytes).map_err(|e| ClientError::Malformed(e.to_string()))?;
+        let sotto_proto::ServerFrame::Deliver(d) = frame else {
+            return Ok(None);
+        };
+        Ok(Some(match self.process(&d)? {
+            Outcome::Stored => "stored".to_owned(),
+            Outcome::Duplicate => "duplicate".to_owned(),
+            Outcome::Dropped(why) => format!("dropped: {why}"),
+            Outcome::Proposal(_) => "proposal".to_owned(),
+            Outcome::Wipe => "wipe order".to_owned(),
+        }))
+    }
+
     pub(crate) async fn ack(conn: &mut Connection, seqs: &mut Vec<u64>) -> Result<(), ClientError> {
         if seqs.is_empty() {
             return Ok(());
@@ -754,26 +779,34 @@ impl Client {
                     deadline = Instant::now() + wait;
                     Self::ack(&mut conn, &mut acks).await?;
                     self.commit_proposals(&mut conn).await?;
-                    for m in self.store.take_unshown(now_ms())? {
-                        on_event(ReceiveEvent::Message(&m));
-                    }
+                    self.show_unshown(&mut on_event)?;
                     on_event(ReceiveEvent::Synced);
                 }
             }
-            for m in self.store.take_unshown(now_ms())? {
-                on_event(ReceiveEvent::Message(&m));
-            }
+            self.show_unshown(&mut on_event)?;
             if synced && wait.is_zero() {
                 break;
             }
         }
         Self::ack(&mut conn, &mut acks).await?;
-        for m in self.store.take_unshown(now_ms())? {
-            on_event(ReceiveEvent::Message(&m));
-        }
+        self.show_unshown(&mut on_event)?;
         self.download_pending(&mut conn).await?;
         self.done(conn).await;
         Ok(())
+    }
+
+    /// Reports the stored messages not shown yet, then marks them shown:
+    /// at least once, so a crash between the two shows them again (with
+    /// the same id) rather than never.
+    fn show_unshown(
+        &mut self,
+        on_event: &mut impl FnMut(ReceiveEvent<'_>),
+    ) -> Result<(), ClientError> {
+        let unshown = self.store.unshown(now_ms())?;
+        for m in &unshown {
+            on_event(ReceiveEvent::Message(m));
+        }
+        self.store.mark_shown(&unshown)
     }
 
     /// Processes the mailbox backlog (so Welcomes and commits are applied

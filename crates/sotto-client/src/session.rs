@@ -203,8 +203,10 @@ impl Client {
     /// Messages stored but not shown yet, notices and warnings, each handed
     /// out once.
     pub fn take_updates(&mut self) -> Result<Updates, ClientError> {
+        let messages = self.store.unshown(now_ms())?;
+        self.store.mark_shown(&messages)?;
         Ok(Updates {
-            messages: self.store.take_unshown(now_ms())?,
+            messages,
             notices: std::mem::take(&mut self.notices),
             warnings: std::mem::take(&mut self.warnings),
         })

@@ -725,9 +725,10 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Messages not yet shown, in arrival order; marks them shown.
-    /// Expired disappearing messages are deleted first, never shown.
-    pub fn take_unshown(&mut self, now_ms: u64) -> Result<Vec<StoredMessage>, ClientError> {
+    /// Messages not yet shown, in arrival order; they stay unshown until
+    /// [`Store::mark_shown`]. Expired disappearing messages are deleted
+    /// first, never shown.
+    pub fn unshown(&mut self, now_ms: u64) -> Result<Vec<StoredMessage>, ClientError> {
         self.purge_expired(now_ms)?;
         self.transaction(|_, c| {
             let mut stmt = c.prepare(
@@ -736,9 +737,21 @@ impl Store {
                  LEFT JOIN conversations c ON c.group_id = m.group_id \
                  WHERE m.shown = 0 ORDER BY m.seq, m.received_at_ms",
             )?;
-            let out = stored_messages(&mut stmt, [])?;
-            c.execute("UPDATE messages SET shown = 1 WHERE shown = 0", [])?;
-            Ok(out)
+            stored_messages(&mut stmt, [])
+        })
+    }
+
+    /// Marks messages shown (after they were).
+    pub fn mark_shown(&mut self, shown: &[StoredMessage]) -> Result<(), ClientError> {
+        if shown.is_empty() {
+            return Ok(());
+        }
+        self.transaction(|_, c| {
+            let mut stmt = c.prepare("UPDATE messages SET shown = 1 WHERE id = ?1")?;
+            for m in shown {
+                stmt.execute([&m.id.0[..]])?;
+            }
+            Ok(())
         })
     }
 

@@ -125,56 +125,58 @@ fn ws_config() -> WebSocketConfig {
         .max_frame_size(Some(2 * sotto_proto::MAX_FRAME_BYTES))
 }
 
+/// TCP and TLS 1.3 to the server, its certificate checked against the
+/// link's pin; no WebSocket yet. (Tests use it to play slow clients.)
+pub async fn connect_tls(link: &ServerLink) -> Result<TlsStream<TcpStream>, ClientError> {
+    let tcp = match timeout(CONNECT_TIMEOUT, TcpStream::connect(link.authority())).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            return Err(ClientError::Unreachable(format!(
+                "{}: {e}",
+                link.authority()
+            )));
+        }
+        Err(_) => {
+            return Err(ClientError::Unreachable(format!(
+                "{}: timed out",
+                link.authority()
+            )));
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mismatch = Arc::new(AtomicBool::new(false));
+    let verifier = Pinned {
+        fingerprint: link.fingerprint,
+        provider: provider.clone(),
+        mismatch: mismatch.clone(),
+    };
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ClientError::Transport(e.to_string()))?
+        .dangerous() // not dangerous here: the verifier pins one certificate exactly
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    let name =
+        ServerName::try_from("sotto-server").map_err(|e| ClientError::Transport(e.to_string()))?;
+    match timeout(
+        CONNECT_TIMEOUT,
+        TlsConnector::from(Arc::new(cfg)).connect(name, tcp),
+    )
+    .await
+    {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(_)) if mismatch.load(Ordering::SeqCst) => Err(ClientError::CertificateMismatch),
+        Ok(Err(e)) => Err(ClientError::Transport(format!("tls: {e}"))),
+        Err(_) => Err(ClientError::Timeout),
+    }
+}
+
 impl Connection {
     /// Connects, checks the pinned certificate, upgrades to WebSocket and
     /// reads the server's hello.
     pub async fn connect(link: &ServerLink) -> Result<Self, ClientError> {
-        let tcp = match timeout(CONNECT_TIMEOUT, TcpStream::connect(link.authority())).await {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => {
-                return Err(ClientError::Unreachable(format!(
-                    "{}: {e}",
-                    link.authority()
-                )));
-            }
-            Err(_) => {
-                return Err(ClientError::Unreachable(format!(
-                    "{}: timed out",
-                    link.authority()
-                )));
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mismatch = Arc::new(AtomicBool::new(false));
-        let verifier = Pinned {
-            fingerprint: link.fingerprint,
-            provider: provider.clone(),
-            mismatch: mismatch.clone(),
-        };
-        let cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| ClientError::Transport(e.to_string()))?
-            .dangerous() // not dangerous here: the verifier pins one certificate exactly
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth();
-        let name = ServerName::try_from("sotto-server")
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        let tls = match timeout(
-            CONNECT_TIMEOUT,
-            TlsConnector::from(Arc::new(cfg)).connect(name, tcp),
-        )
-        .await
-        {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => {
-                if mismatch.load(Ordering::SeqCst) {
-                    return Err(ClientError::CertificateMismatch);
-                }
-                return Err(ClientError::Transport(format!("tls: {e}")));
-            }
-            Err(_) => return Err(ClientError::Timeout),
-        };
+        let tls = connect_tls(link).await?;
         let url = format!("wss://{}{}", link.authority(), sotto_proto::WS_PATH);
         let upgrade = tokio_tungstenite::client_async_with_config(url, tls, Some(ws_config()));
         let (mut ws, _) = match timeout(CONNECT_TIMEOUT, upgrade).await {

@@ -133,7 +133,19 @@ impl Light {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_of_two_hundred_members() {
     let tmp = TempDir::new().unwrap();
-    let server = InProcessServer::start(tmp.path(), ServerConfig::default()).await;
+    // Two hundred accounts from one address: more than a source may
+    // register by default.
+    let config = ServerConfig {
+        limits: sotto_server::Limits {
+            registrations_per_source: sotto_server::Quota {
+                count: 1000,
+                window: Duration::from_secs(3600),
+            },
+            ..sotto_server::Limits::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = InProcessServer::start(tmp.path(), config).await;
     let link = ServerLink::parse(&server.link).unwrap();
     let mut members = Vec::new();
     for i in 1..MEMBERS {

@@ -27,6 +27,15 @@ impl RegistrationMode {
     }
 }
 
+/// At most `count` events per `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Events allowed per window.
+    pub count: u32,
+    /// The window.
+    pub window: Duration,
+}
+
 /// Deadlines and caps that keep one client from exhausting the server.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -70,6 +79,16 @@ pub struct Limits {
     pub claims_per_target: u32,
     /// The window of the claim limits.
     pub claim_window: Duration,
+    /// Most payload bytes waiting in one device's mailbox.
+    pub mailbox_max_bytes: u64,
+    /// Accounts one source address may register.
+    pub registrations_per_source: Quota,
+    /// Failed logins one source address may make; then even a valid login
+    /// waits for the window to pass.
+    pub login_failures_per_source: Quota,
+    /// Lookups by handle or account (KeyPackage claims, other accounts' device lists, wipe
+    /// requests) one source address may make.
+    pub lookups_per_source: Quota,
 }
 
 impl Default for Limits {
@@ -95,6 +114,19 @@ impl Default for Limits {
             claims_per_claimer: 1000,
             claims_per_target: 50,
             claim_window: Duration::from_secs(3600),
+            mailbox_max_bytes: 256 * 1024 * 1024,
+            registrations_per_source: Quota {
+                count: 20,
+                window: Duration::from_secs(3600),
+            },
+            login_failures_per_source: Quota {
+                count: 100,
+                window: Duration::from_secs(600),
+            },
+            lookups_per_source: Quota {
+                count: 2000,
+                window: Duration::from_secs(3600),
+            },
         }
     }
 }

@@ -37,8 +37,8 @@ use crate::config::RegistrationMode;
 use crate::datadir::invite_hash;
 use crate::server::{Shared, now_ms};
 use crate::store::{
-    CommitError, CommitWrite, DeviceListError, NewAccount, Outgoing, RegisterError, SendError,
-    Store, StoreError, StoredKeyPackage,
+    CommitError, CommitWrite, DeviceListError, MailboxCap, NewAccount, Outgoing, RegisterError,
+    SendError, Store, StoreError, StoredKeyPackage,
 };
 
 /// How many mailbox entries are read per store call.
@@ -63,6 +63,10 @@ pub(crate) async fn serve<S: Store, B: Bus>(
     stop: watch::Receiver<bool>,
 ) {
     let limits = &shared.config.limits;
+    // Counted against per-source quotas, never logged.
+    let source = tcp
+        .peer_addr()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
     let Ok(Ok(tls)) = timeout(limits.handshake_timeout, acceptor.accept(tcp)).await else {
         return;
     };
@@ -77,6 +81,7 @@ pub(crate) async fn serve<S: Store, B: Bus>(
         ws,
         shared: shared.clone(),
         challenge,
+        source,
         session: None,
         errors: 0,
         last_sent: 0,
@@ -123,6 +128,8 @@ struct Conn<S, B, T> {
     ws: WebSocketStream<T>,
     shared: Arc<Shared<S, B>>,
     challenge: [u8; 32],
+    /// The peer's address, for per-source quotas.
+    source: std::net::IpAddr,
     session: Option<Session>,
     errors: u32,
     /// Highest mailbox sequence number sent on this connection.
@@ -394,6 +401,13 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
         {
             return Err(ProtoError::new(ErrorCode::AuthFailed));
         }
+        // Every attempt that reaches the store counts, taken handles too,
+        // so registration is no cheap oracle for which handles exist.
+        self.shared.sources.registrations.check(
+            self.source,
+            &self.shared.config.limits.registrations_per_source,
+            true,
+        )?;
         let res = self
             .shared
             .store
@@ -446,6 +460,11 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
         if l.version != PROTOCOL_VERSION {
             return Err(ProtoError::new(ErrorCode::UnsupportedVersion));
         }
+        // Fail closed: a source that failed too often waits, even with a
+        // valid signature.
+        let quota = self.shared.config.limits.login_failures_per_source;
+        let failures = &self.shared.sources.login_failures;
+        failures.check(self.source, &quota, false)?;
         let rec = self
             .shared
             .store
@@ -456,6 +475,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
         // Unknown device, revoked device and bad signature look the same.
         let sig_ok = verify(&l.device.0, &t, &l.signature);
         let Some(rec) = rec.filter(|r| !r.revoked && sig_ok) else {
+            let _ = failures.check(self.source, &quota, true);
             return Err(ProtoError::new(ErrorCode::AuthFailed));
         };
         let stock = self
@@ -557,8 +577,27 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
         Ok(())
     }
 
+    /// Counts a lookup by handle or account against the source's quota.
+    fn lookup_allowed(&self) -> Result<(), ProtoError> {
+        self.shared.sources.lookups.check(
+            self.source,
+            &self.shared.config.limits.lookups_per_source,
+            true,
+        )
+    }
+
+    /// The cap of every recipient's mailbox.
+    fn mailbox_cap(&self) -> MailboxCap {
+        let l = &self.shared.config.limits;
+        MailboxCap {
+            messages: l.mailbox_max_messages,
+            bytes: l.mailbox_max_bytes,
+        }
+    }
+
     async fn claim(&mut self, handle: sotto_proto::Handle) -> Result<Response, ProtoError> {
         let claimer = self.device()?;
+        self.lookup_allowed()?;
         self.claim_allowed(claimer, &handle)?;
         let got = self
             .shared
@@ -664,7 +703,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             sender: device,
             epoch: c.epoch,
             members: c.members,
-            mailbox_cap: self.shared.config.limits.mailbox_max_messages,
+            mailbox_cap: self.mailbox_cap(),
             msg_id: c.msg_id,
             expires_ms: now_ms().saturating_add(ttl_ms(&self.shared.config.mailbox_ttl)),
         };
@@ -701,12 +740,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             now_ms: now,
             expires_ms: now.saturating_add(ttl),
         };
-        match self
-            .shared
-            .store
-            .send(m, self.shared.config.limits.mailbox_max_messages)
-            .await
-        {
+        match self.shared.store.send(m, self.mailbox_cap()).await {
             Ok(out) => {
                 self.shared.bus.publish(&out.recipients);
                 self.shared.metrics.messages_accepted.inc();
@@ -769,7 +803,10 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
         &mut self,
         account: sotto_proto::AccountId,
     ) -> Result<Response, ProtoError> {
-        self.device()?;
+        // Reading one's own list is no lookup of anyone.
+        if account != self.account()? {
+            self.lookup_allowed()?;
+        }
         match self.shared.store.device_list(account).await {
             Ok(Some(l)) => Ok(Response::DeviceList(l)),
             Ok(None) => Err(ProtoError::new(ErrorCode::UnknownAccount)),
@@ -824,7 +861,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
         match self
             .shared
             .store
-            .send_to_device(m, target, self.shared.config.limits.mailbox_max_messages)
+            .send_to_device(m, target, self.mailbox_cap())
             .await
         {
             Ok(out) => {
@@ -879,6 +916,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
     }
 
     async fn wipe_info(&mut self, handle: sotto_proto::Handle) -> Result<Response, ProtoError> {
+        self.lookup_allowed()?;
         let target = self
             .shared
             .store
@@ -931,6 +969,10 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
+        if g.len() >= 10_000 {
+            // Decoy accounts of unknown handles must not grow it forever.
+            g.retain(|_, e| now.duration_since(e.window_start) <= limits.kill_code_window);
+        }
         let e = g.entry(account).or_insert(crate::server::Guesses {
             failures: 0,
             window_start: now,
@@ -958,6 +1000,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
     }
 
     async fn wipe(&mut self, w: sotto_proto::WipeRequest) -> Result<Response, ProtoError> {
+        self.lookup_allowed()?;
         let wrong = || ProtoError::new(ErrorCode::InvalidKillCode);
         let target = self
             .shared
@@ -966,6 +1009,16 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             .await
             .map_err(|e| self.log_store(&e))?;
         let Some(target) = target else {
+            // An unknown handle runs out of guesses like an account does,
+            // so the answers do not tell which handles exist.
+            let decoy = sotto_proto::AccountId(
+                Sha256::new()
+                    .chain_update(b"sotto-wipe-decoy-account")
+                    .chain_update(w.handle.as_str().as_bytes())
+                    .finalize()
+                    .into(),
+            );
+            self.guess_allowed(decoy, true)?;
             return Err(wrong());
         };
         // Fail closed: once the account's guesses are used up, even the
@@ -1005,7 +1058,12 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
                 now_ms: now,
                 expires_ms: now.saturating_add(ttl_ms(&self.shared.config.mailbox_ttl)),
             };
-            match self.shared.store.send_to_device(m, *device, u64::MAX).await {
+            match self
+                .shared
+                .store
+                .send_to_device(m, *device, MailboxCap::UNLIMITED)
+                .await
+            {
                 Ok(out) => {
                     self.shared.bus.publish(&out.recipients);
                     self.shared.metrics.messages_accepted.inc();

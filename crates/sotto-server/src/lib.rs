@@ -16,11 +16,12 @@ pub mod bus;
 pub mod config;
 mod conn;
 pub mod datadir;
+mod guard;
 pub mod metrics;
 mod server;
 pub mod settings;
 pub mod store;
 pub mod tls;
 
-pub use config::{Limits, RegistrationMode, ServerConfig};
+pub use config::{Limits, Quota, RegistrationMode, ServerConfig};
 pub use server::{Shared, run};

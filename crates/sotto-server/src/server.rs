@@ -37,6 +37,8 @@ pub struct Shared<S, B> {
     /// Failed kill-code guesses per account.
     pub(crate) kill_guesses:
         std::sync::Mutex<std::collections::HashMap<sotto_proto::AccountId, Guesses>>,
+    /// Registrations, failed logins and lookups per source address.
+    pub(crate) sources: crate::guard::SourceGuards,
 }
 
 impl<S: std::fmt::Debug, B: std::fmt::Debug> std::fmt::Debug for Shared<S, B> {
@@ -115,6 +117,7 @@ impl<S, B> Shared<S, B> {
             kill_guesses: Default::default(),
             per_source: Default::default(),
             claims: Default::default(),
+            sources: Default::default(),
         }
     }
 }

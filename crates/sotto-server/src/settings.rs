@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Limits, RegistrationMode, ServerConfig};
+use crate::config::{Limits, Quota, RegistrationMode, ServerConfig};
 
 /// Every setting, as in the config file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,6 +81,13 @@ pub struct LimitSettings {
     pub claims_per_target: u32,
     pub claim_window_secs: u64,
     pub purge_interval_secs: u64,
+    pub mailbox_max_bytes: u64,
+    pub registrations_per_source: u32,
+    pub registrations_window_secs: u64,
+    pub login_failures_per_source: u32,
+    pub login_failures_window_secs: u64,
+    pub lookups_per_source: u32,
+    pub lookups_window_secs: u64,
 }
 
 impl Default for LimitSettings {
@@ -106,6 +113,13 @@ impl Default for LimitSettings {
             claims_per_target: l.claims_per_target,
             claim_window_secs: l.claim_window.as_secs(),
             purge_interval_secs: l.purge_interval.as_secs(),
+            mailbox_max_bytes: l.mailbox_max_bytes,
+            registrations_per_source: l.registrations_per_source.count,
+            registrations_window_secs: l.registrations_per_source.window.as_secs(),
+            login_failures_per_source: l.login_failures_per_source.count,
+            login_failures_window_secs: l.login_failures_per_source.window.as_secs(),
+            lookups_per_source: l.lookups_per_source.count,
+            lookups_window_secs: l.lookups_per_source.window.as_secs(),
         }
     }
 }
@@ -332,6 +346,19 @@ impl Settings {
                 claims_per_claimer: l.claims_per_claimer,
                 claims_per_target: l.claims_per_target,
                 claim_window: secs(l.claim_window_secs),
+                mailbox_max_bytes: l.mailbox_max_bytes,
+                registrations_per_source: Quota {
+                    count: l.registrations_per_source,
+                    window: secs(l.registrations_window_secs),
+                },
+                login_failures_per_source: Quota {
+                    count: l.login_failures_per_source,
+                    window: secs(l.login_failures_window_secs),
+                },
+                lookups_per_source: Quota {
+                    count: l.lookups_per_source,
+                    window: secs(l.lookups_window_secs),
+                },
             },
             shutdown_grace: secs(self.shutdown_grace_secs),
         })

@@ -7,9 +7,17 @@ use sotto_proto::{
 };
 
 use super::{
-    CommitError, CommitWrite, DeviceListError, NewAccount, Outgoing, RegisterError, SendError,
-    Store, StoredKeyPackage,
+    CommitError, CommitWrite, DeviceListError, MailboxCap, NewAccount, Outgoing, RegisterError,
+    SendError, Store, StoredKeyPackage,
 };
+
+/// A cap on entries only.
+fn cap(messages: u64) -> MailboxCap {
+    MailboxCap {
+        messages,
+        bytes: u64::MAX,
+    }
+}
 
 const NOW: u64 = 1_800_000_000_000;
 const DAY: u64 = 86_400_000;
@@ -60,7 +68,7 @@ fn create(group: GroupId, by: DeviceId, members: Vec<DeviceId>) -> CommitWrite {
         sender: by,
         epoch: 0,
         members,
-        mailbox_cap: 1000,
+        mailbox_cap: cap(1000),
         msg_id: MessageId(rand_id()),
         expires_ms: NOW + DAY,
     }
@@ -206,32 +214,32 @@ pub async fn sends_fan_out_once<S: Store>(s: S) {
         .await
         .unwrap();
     let r = s
-        .send(out(g, dev(1), 1, EnvelopeKind::Application), 2)
+        .send(out(g, dev(1), 1, EnvelopeKind::Application), cap(2))
         .await
         .unwrap();
     assert!(!r.duplicate);
     assert_eq!(r.recipients.len(), 2);
     let r = s
-        .send(out(g, dev(1), 1, EnvelopeKind::Application), 2)
+        .send(out(g, dev(1), 1, EnvelopeKind::Application), cap(2))
         .await
         .unwrap();
     assert!(r.duplicate);
     assert!(r.recipients.is_empty());
     // Same id from another sender is another message.
     assert!(
-        !s.send(out(g, dev(2), 1, EnvelopeKind::Application), 2)
+        !s.send(out(g, dev(2), 1, EnvelopeKind::Application), cap(2))
             .await
             .unwrap()
             .duplicate
     );
     // dev(3) now holds two messages: at the cap.
     assert!(matches!(
-        s.send(out(g, dev(1), 2, EnvelopeKind::Application), 2)
+        s.send(out(g, dev(1), 2, EnvelopeKind::Application), cap(2))
             .await,
         Err(SendError::MailboxFull)
     ));
     assert!(matches!(
-        s.send(out(g, dev(9), 3, EnvelopeKind::Application), 2)
+        s.send(out(g, dev(9), 3, EnvelopeKind::Application), cap(2))
             .await,
         Err(SendError::NotMember)
     ));
@@ -244,6 +252,41 @@ pub async fn sends_fan_out_once<S: Store>(s: S) {
     assert_eq!(s.fetch(dev(1), 0, 10, NOW).await.unwrap().len(), 1);
 }
 
+/// The byte cap: a write that would take a mailbox past it is refused
+/// whole, what is already there stays, and an ack makes room again.
+pub async fn mailbox_byte_cap<S: Store>(s: S) {
+    let g = GroupId([8; 32]);
+    s.commit(create(g, dev(1), vec![dev(1), dev(2)]))
+        .await
+        .unwrap();
+    let bytes = MailboxCap {
+        messages: 1000,
+        bytes: 25,
+    };
+    // Payloads are 10 bytes: two fit in 25, a third does not.
+    for id in 1..=2 {
+        s.send(out(g, dev(1), id, EnvelopeKind::Application), bytes)
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        s.send(out(g, dev(1), 3, EnvelopeKind::Application), bytes)
+            .await,
+        Err(SendError::MailboxFull)
+    ));
+    let m = s.fetch(dev(2), 0, 10, NOW).await.unwrap();
+    assert_eq!(m.len(), 2, "a refused write touched the mailbox");
+    s.ack(dev(2), vec![m[0].seq]).await.unwrap();
+    // The refused id was not remembered as sent: the retry goes through.
+    assert!(
+        !s.send(out(g, dev(1), 3, EnvelopeKind::Application), bytes)
+            .await
+            .unwrap()
+            .duplicate
+    );
+    assert_eq!(s.fetch(dev(2), 0, 10, NOW).await.unwrap().len(), 2);
+}
+
 /// Fetch pages in order; acks delete only the owner's entries; expiry purges.
 pub async fn fetch_ack_and_expiry<S: Store>(s: S) {
     let g = GroupId([7; 32]);
@@ -251,7 +294,7 @@ pub async fn fetch_ack_and_expiry<S: Store>(s: S) {
         .await
         .unwrap();
     for i in 1..=5 {
-        s.send(out(g, dev(1), i, EnvelopeKind::Application), 100)
+        s.send(out(g, dev(1), i, EnvelopeKind::Application), cap(100))
             .await
             .unwrap();
     }
@@ -293,7 +336,7 @@ pub async fn fetch_ack_and_expiry<S: Store>(s: S) {
     assert!(s.fetch(dev(3), 0, 10, NOW).await.unwrap().is_empty());
     // The dedup window expired with them.
     assert!(
-        !s.send(out(g, dev(1), 1, EnvelopeKind::Application), 100)
+        !s.send(out(g, dev(1), 1, EnvelopeKind::Application), cap(100))
             .await
             .unwrap()
             .duplicate
@@ -351,7 +394,7 @@ pub async fn device_lists_add_and_revoke<S: Store>(s: S) {
     assert_eq!(ch.revoked, vec![second]);
     assert!(s.device(second).await.unwrap().unwrap().revoked);
     // A revoked device gets nothing more.
-    s.send(out(g, dev(1), 9, EnvelopeKind::Application), 10)
+    s.send(out(g, dev(1), 9, EnvelopeKind::Application), cap(10))
         .await
         .unwrap();
     assert!(s.fetch(second, 0, 10, NOW).await.unwrap().is_empty());
@@ -369,12 +412,17 @@ pub async fn device_lists_add_and_revoke<S: Store>(s: S) {
 pub async fn device_messages_are_stored_once<S: Store>(s: S) {
     let m = out(GroupId([0; 32]), dev(1), 4, EnvelopeKind::Device);
     assert!(
-        !s.send_to_device(m.clone(), dev(2), 10)
+        !s.send_to_device(m.clone(), dev(2), cap(10))
             .await
             .unwrap()
             .duplicate
     );
-    assert!(s.send_to_device(m, dev(2), 10).await.unwrap().duplicate);
+    assert!(
+        s.send_to_device(m, dev(2), cap(10))
+            .await
+            .unwrap()
+            .duplicate
+    );
     let got = s.fetch(dev(2), 0, 10, NOW).await.unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].envelope.kind, EnvelopeKind::Device);
@@ -460,7 +508,7 @@ pub async fn stats_and_operator_revoke<S: Store>(s: S) {
     s.commit(create(g, dev(1), vec![dev(1), dev(2)]))
         .await
         .unwrap();
-    s.send(out(g, dev(1), 1, EnvelopeKind::Application), 10)
+    s.send(out(g, dev(1), 1, EnvelopeKind::Application), cap(10))
         .await
         .unwrap();
     let st = s.stats().await.unwrap();
@@ -487,7 +535,7 @@ pub async fn stats_and_operator_revoke<S: Store>(s: S) {
     );
     // No longer a member: a send reaches nobody.
     let r = s
-        .send(out(g, dev(1), 2, EnvelopeKind::Application), 10)
+        .send(out(g, dev(1), 2, EnvelopeKind::Application), cap(10))
         .await
         .unwrap();
     assert!(r.recipients.is_empty());
@@ -569,7 +617,7 @@ pub async fn concurrent_sends_keep_mailbox_order<S: Store>(s: S) {
             for i in 0..PER_SENDER {
                 let mut m = out(g, dev(n), i, EnvelopeKind::Application);
                 m.msg_id.0[1] = n;
-                s.send(m, 10_000).await.unwrap();
+                s.send(m, cap(10_000)).await.unwrap();
             }
         }));
     }
@@ -634,6 +682,7 @@ macro_rules! store_conformance_tests {
             key_packages_are_claimed_once,
             commits_compare_and_set,
             sends_fan_out_once,
+            mailbox_byte_cap,
             fetch_ack_and_expiry,
             device_lists_add_and_revoke,
             device_messages_are_stored_once,

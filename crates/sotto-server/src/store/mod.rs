@@ -198,6 +198,25 @@ pub struct Outgoing {
 }
 
 /// A commit to apply.
+/// The most one device's mailbox may hold. A write that would take any
+/// recipient past either bound is refused whole (`MailboxFull`); nothing
+/// already in the mailbox is touched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MailboxCap {
+    /// Entries waiting.
+    pub messages: u64,
+    /// Payload bytes waiting.
+    pub bytes: u64,
+}
+
+impl MailboxCap {
+    /// No cap (wipe orders must always get through).
+    pub const UNLIMITED: Self = Self {
+        messages: u64::MAX,
+        bytes: u64::MAX,
+    };
+}
+
 #[derive(Debug, Clone)]
 pub struct CommitWrite {
     /// The commit message (for the members before the commit, except the sender).
@@ -215,7 +234,7 @@ pub struct CommitWrite {
     /// Members after the commit.
     pub members: Vec<DeviceId>,
     /// Mailbox cap per device.
-    pub mailbox_cap: u64,
+    pub mailbox_cap: MailboxCap,
     /// The sender's id for this commit: a repeat of an applied commit is
     /// answered with its epoch and not applied again.
     pub msg_id: MessageId,
@@ -417,7 +436,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         m: Outgoing,
         recipient: DeviceId,
-        mailbox_cap: u64,
+        mailbox_cap: MailboxCap,
     ) -> impl Future<Output = Result<SendOutcome, SendError>> + Send;
 
     /// Applies a commit if the group is at `epoch` (or does not exist and
@@ -433,7 +452,7 @@ pub trait Store: Send + Sync + 'static {
     fn send(
         &self,
         m: Outgoing,
-        mailbox_cap: u64,
+        mailbox_cap: MailboxCap,
     ) -> impl Future<Output = Result<SendOutcome, SendError>> + Send;
 
     /// Up to `limit` unexpired mailbox entries of `device` after sequence

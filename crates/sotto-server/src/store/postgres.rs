@@ -28,8 +28,8 @@ use sqlx::{PgConnection, Row};
 
 use super::{
     BlobState, Claimed, CommitError, CommitOutcome, CommitWrite, DeviceListChange, DeviceListError,
-    DeviceRecord, KeyPackageStock, MailboxEntry, NewAccount, Outgoing, RegisterError, SendError,
-    SendOutcome, Stats, Store, StoreError, StoredKeyPackage, WipeTarget,
+    DeviceRecord, KeyPackageStock, MailboxCap, MailboxEntry, NewAccount, Outgoing, RegisterError,
+    SendError, SendOutcome, Stats, Store, StoreError, StoredKeyPackage, WipeTarget,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -253,13 +253,13 @@ async fn live_devices(c: &mut PgConnection, account: &[u8]) -> Result<Vec<Vec<u8
 }
 
 /// Inserts a message and a mailbox entry for each recipient, under each
-/// recipient's head lock. `None` if a mailbox is at `cap` (the caller then
-/// drops the transaction).
+/// recipient's head lock. `None` if a mailbox would go over `cap` (the
+/// caller then drops the transaction, so nothing changes).
 async fn insert_message(
     c: &mut PgConnection,
     m: &Outgoing,
     recipients: &[DeviceId],
-    cap: u64,
+    cap: MailboxCap,
 ) -> Result<Option<()>, sqlx::Error> {
     let mut to = ids(recipients);
     to.sort();
@@ -267,6 +267,7 @@ async fn insert_message(
     if to.is_empty() {
         return Ok(Some(()));
     }
+    let size = i64::try_from(m.payload.len()).unwrap_or(i64::MAX);
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO messages (group_id, sender, msg_id, kind, server_ms, expires_ms, remaining, payload) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
@@ -283,20 +284,22 @@ async fn insert_message(
     .await?;
     // Sorted input: heads are locked in one order by every writer.
     let heads = sqlx::query(
-        "INSERT INTO mailbox_heads (device, last_seq, pending) \
-         SELECT d, 1, 1 FROM UNNEST($1::bytea[]) AS t(d) ORDER BY d \
+        "INSERT INTO mailbox_heads (device, last_seq, pending, pending_bytes) \
+         SELECT d, 1, 1, $2 FROM UNNEST($1::bytea[]) AS t(d) ORDER BY d \
          ON CONFLICT (device) DO UPDATE SET last_seq = mailbox_heads.last_seq + 1, \
-         pending = mailbox_heads.pending + 1 \
-         RETURNING device, last_seq, pending",
+         pending = mailbox_heads.pending + 1, \
+         pending_bytes = mailbox_heads.pending_bytes + excluded.pending_bytes \
+         RETURNING device, last_seq, pending, pending_bytes",
     )
     .bind(&to)
+    .bind(size)
     .fetch_all(&mut *c)
     .await?;
-    let cap = ms(cap);
+    let (max_n, max_bytes) = (ms(cap.messages), ms(cap.bytes));
     let mut devices = Vec::with_capacity(heads.len());
     let mut seqs = Vec::with_capacity(heads.len());
     for h in heads {
-        if h.try_get::<i64, _>(2)? > cap {
+        if h.try_get::<i64, _>(2)? > max_n || h.try_get::<i64, _>(3)? > max_bytes {
             return Ok(None);
         }
         devices.push(h.try_get::<Vec<u8>, _>(0)?);
@@ -1046,7 +1049,7 @@ impl Store for PgStore {
         &self,
         m: Outgoing,
         recipient: DeviceId,
-        mailbox_cap: u64,
+        mailbox_cap: MailboxCap,
     ) -> Result<SendOutcome, SendError> {
         let key = seen_key(&m.sender, &m.msg_id);
         transaction!(async {
@@ -1167,7 +1170,7 @@ impl Store for PgStore {
         })
     }
 
-    async fn send(&self, m: Outgoing, mailbox_cap: u64) -> Result<SendOutcome, SendError> {
+    async fn send(&self, m: Outgoing, mailbox_cap: MailboxCap) -> Result<SendOutcome, SendError> {
         let key = seen_key(&m.sender, &m.msg_id);
         transaction!(async {
             let mut tx = self.pool.begin().await?;
@@ -1264,11 +1267,16 @@ impl Store for PgStore {
             if held.is_empty() {
                 return TxResult::<_, StoreError>::Ok(());
             }
-            sqlx::query("UPDATE mailbox_heads SET pending = pending - $2 WHERE device = $1")
-                .bind(&device.0[..])
-                .bind(i64::try_from(held.len()).unwrap_or(i64::MAX))
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE mailbox_heads SET pending = pending - $2, pending_bytes = pending_bytes - \
+                 (SELECT coalesce(sum(length(payload)), 0)::int8 FROM messages WHERE id = ANY($3)) \
+                 WHERE device = $1",
+            )
+            .bind(&device.0[..])
+            .bind(i64::try_from(held.len()).unwrap_or(i64::MAX))
+            .bind(&held)
+            .execute(&mut *tx)
+            .await?;
             release_messages(&mut tx, held).await?;
             tx.commit().await?;
             Ok(())
@@ -1289,9 +1297,12 @@ impl Store for PgStore {
             }
             sqlx::query(
                 "WITH gone AS (DELETE FROM mailbox b USING messages m \
-                 WHERE b.message = m.id AND m.expires_ms <= $1 RETURNING b.device), \
-                 n AS (SELECT device, count(*) AS k FROM gone GROUP BY device ORDER BY device) \
-                 UPDATE mailbox_heads h SET pending = h.pending - n.k FROM n WHERE h.device = n.device",
+                 WHERE b.message = m.id AND m.expires_ms <= $1 \
+                 RETURNING b.device, length(m.payload) AS size), \
+                 n AS (SELECT device, count(*) AS k, sum(size)::int8 AS bytes FROM gone \
+                 GROUP BY device ORDER BY device) \
+                 UPDATE mailbox_heads h SET pending = h.pending - n.k, \
+                 pending_bytes = h.pending_bytes - n.bytes FROM n WHERE h.device = n.device",
             )
             .bind(now)
             .execute(&mut *tx)

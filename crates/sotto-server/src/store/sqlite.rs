@@ -16,8 +16,8 @@ use sotto_proto::{
 
 use super::{
     BlobState, Claimed, CommitError, CommitOutcome, CommitWrite, DeviceListChange, DeviceListError,
-    DeviceRecord, KeyPackageStock, MailboxEntry, NewAccount, Outgoing, RegisterError, SendError,
-    SendOutcome, Stats, Store, StoreError, StoredKeyPackage, WipeTarget,
+    DeviceRecord, KeyPackageStock, MailboxCap, MailboxEntry, NewAccount, Outgoing, RegisterError,
+    SendError, SendOutcome, Stats, Store, StoreError, StoredKeyPackage, WipeTarget,
 };
 
 const SCHEMA: &str = r#"
@@ -324,27 +324,37 @@ fn take_key_package(
     }))
 }
 
-fn mailbox_count(tx: &rusqlite::Transaction<'_>, device: &DeviceId) -> Result<u64, StoreError> {
-    let n: i64 = tx
+/// Entries and payload bytes waiting in `device`'s mailbox.
+fn mailbox_usage(
+    tx: &rusqlite::Transaction<'_>,
+    device: &DeviceId,
+) -> Result<(u64, u64), StoreError> {
+    let (n, bytes): (i64, i64) = tx
         .query_row(
-            "SELECT count(*) FROM mailbox WHERE device = ?1",
+            "SELECT count(*), coalesce(sum(length(m.payload)), 0) \
+             FROM mailbox b JOIN messages m ON m.id = b.message WHERE b.device = ?1",
             [&device.0[..]],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .map_err(map_err)?;
-    Ok(u64::try_from(n).unwrap_or(0))
+    Ok((
+        u64::try_from(n).unwrap_or(0),
+        u64::try_from(bytes).unwrap_or(0),
+    ))
 }
 
 /// Inserts a message and a mailbox row for each recipient. Fails with `None`
-/// if a recipient's mailbox is at the cap.
+/// if a recipient's mailbox would go past its cap.
 fn insert_message(
     tx: &rusqlite::Transaction<'_>,
     m: &Outgoing,
     recipients: &[DeviceId],
-    cap: u64,
+    cap: MailboxCap,
 ) -> Result<Option<()>, StoreError> {
+    let size = m.payload.len() as u64;
     for r in recipients {
-        if mailbox_count(tx, r)? >= cap {
+        let (n, bytes) = mailbox_usage(tx, r)?;
+        if n >= cap.messages || bytes.saturating_add(size) > cap.bytes {
             return Ok(None);
         }
     }
@@ -968,7 +978,7 @@ impl Store for SqliteStore {
         &self,
         m: Outgoing,
         recipient: DeviceId,
-        mailbox_cap: u64,
+        mailbox_cap: MailboxCap,
     ) -> Result<SendOutcome, SendError> {
         self.with(move |c| {
             let tx = c
@@ -1095,7 +1105,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn send(&self, m: Outgoing, mailbox_cap: u64) -> Result<SendOutcome, SendError> {
+    async fn send(&self, m: Outgoing, mailbox_cap: MailboxCap) -> Result<SendOutcome, SendError> {
         self.with(move |c| {
             let tx = c
                 .transaction_with_behavior(TransactionBehavior::Immediate)

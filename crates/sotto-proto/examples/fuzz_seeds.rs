@@ -1,0 +1,99 @@
+//! Writes the seed inputs of the fuzz targets (`fuzz/seeds/`): one valid
+//! encoding of every request the server takes after login, in the framing
+//! of `server_requests` (a flag byte, then u16 LE length and frame), and
+//! the same frames raw for `wire_decode`. Seeds let libFuzzer start past
+//! the decoder. Run: `cargo run -p sotto-proto --example fuzz_seeds`.
+
+use std::path::Path;
+
+use sotto_proto::{
+    Blob, BlobId, ClientFrame, CommitRequest, DeviceId, GroupId, Handle, MessageId, PutBlob,
+    Request, SendRequest, UploadKeyPackages, WelcomeOut, WipeRequest, encode_client,
+};
+
+fn main() -> std::io::Result<()> {
+    // The group of the fuzz harness's first account ("actor0").
+    let mut g = [0u8; 32];
+    g[..6].copy_from_slice(b"actor0");
+    let group = GroupId(g);
+    let handle = |h: &str| Handle::new(h).expect("handle");
+    let requests = vec![
+        Request::Ping,
+        Request::Send(SendRequest {
+            group,
+            msg_id: MessageId([1; 16]),
+            payload: Blob(vec![0xab; 40]),
+            ttl_ms: Some(60_000),
+        }),
+        Request::Ack {
+            seqs: vec![1, 2, 3],
+        },
+        Request::ClaimKeyPackages {
+            handle: handle("bob"),
+        },
+        Request::Commit(CommitRequest {
+            group,
+            epoch: 1,
+            msg_id: MessageId([2; 16]),
+            commit: Some(Blob(vec![1, 2, 3])),
+            welcome: Some(WelcomeOut {
+                welcome: Blob(vec![4, 5, 6]),
+                recipients: vec![DeviceId([9; 32])],
+            }),
+            members: vec![DeviceId([9; 32])],
+        }),
+        Request::UploadKeyPackages(UploadKeyPackages {
+            key_packages: vec![Blob(vec![7; 20])],
+            last_resort: Some(Blob(vec![8; 20])),
+        }),
+        Request::GetDeviceList {
+            account: sotto_proto::AccountId([3; 32]),
+        },
+        Request::ClaimDeviceKeyPackage {
+            device: DeviceId([4; 32]),
+        },
+        Request::GetKillRecord,
+        Request::WipeInfo {
+            handle: handle("bob"),
+        },
+        Request::Wipe(WipeRequest {
+            handle: handle("bob"),
+            server_proof: [5; 32],
+            proofs: vec![(DeviceId([6; 32]), [7; 32])],
+        }),
+        Request::PutBlob(PutBlob {
+            blob: BlobId([8; 16]),
+            group,
+            offset: 0,
+            total: 10,
+            data: Blob(vec![1; 10]),
+        }),
+        Request::GetBlob {
+            blob: BlobId([8; 16]),
+            offset: 0,
+        },
+        Request::BlobFetched {
+            blob: BlobId([8; 16]),
+        },
+        Request::SendToDevice {
+            device: DeviceId([4; 32]),
+            msg_id: MessageId([9; 16]),
+            payload: Blob(vec![1; 10]),
+        },
+    ];
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds");
+    for t in ["server_requests", "wire_decode"] {
+        std::fs::create_dir_all(root.join(t))?;
+    }
+    for (i, body) in requests.into_iter().enumerate() {
+        let req = u32::try_from(i).unwrap_or(0) + 1;
+        let frame = encode_client(&ClientFrame { req, body });
+        std::fs::write(root.join(format!("wire_decode/{i:02}")), &frame)?;
+        let len = u16::try_from(frame.len()).expect("a small frame");
+        let mut input = vec![1u8]; // logged in
+        input.extend_from_slice(&len.to_le_bytes());
+        input.extend_from_slice(&frame);
+        std::fs::write(root.join(format!("server_requests/{i:02}")), input)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! The client's processing of server frames under arbitrary bytes, on a
+//! real client: registered on a real server, in a one-to-one conversation
+//! and a group, with its encrypted store. The first input byte chooses the
+//! form: even, the rest is a raw frame; odd, a real delivery captured from
+//! the server (chosen by the second byte) with its message id replaced and
+//! its payload, kind and sender mutated by the rest. Processing must return
+//! a result, never panic, and leave the store readable.
+#![no_main]
+
+use std::sync::{Mutex, OnceLock};
+
+use libfuzzer_sys::fuzz_target;
+use sotto_client::{Client, RegisterOptions, ServerLink, Suite};
+use sotto_proto::{Delivery, EnvelopeKind, Handle, MessageId, ServerFrame};
+use sotto_server::ServerConfig;
+use sotto_server::store::Store as _;
+use sotto_test_support::InProcessServer;
+
+const PASS: &str = "fuzz passphrase";
+
+struct Harness {
+    client: Mutex<Client>,
+    templates: Vec<Delivery>,
+    _server: InProcessServer,
+    _rt: tokio::runtime::Runtime,
+    _tmp: tempfile::TempDir,
+    _sigpipe: tokio::signal::unix::Signal,
+}
+
+/// Rust's own `main` ignores SIGPIPE; libFuzzer's `main` does not, so a
+/// write to a socket the peer closed would kill the process. A handler
+/// (never read) replaces the default action.
+fn ignore_sigpipe() -> tokio::signal::unix::Signal {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::pipe()).expect("SIGPIPE handler")
+}
+
+/// The harness's data (server and profiles) lives as long as the process,
+/// which never drops it: under `TMPDIR`, which `scripts/fuzz.sh` points at
+/// a RAM disk it removes afterwards.
+fn temp_dir() -> tempfile::TempDir {
+    tempfile::TempDir::new().expect("temp dir")
+}
+
+async fn person(tmp: &std::path::Path, server: &InProcessServer, name: &str) -> Client {
+    let opts = RegisterOptions {
+        link: ServerLink::parse(&server.link).expect("link"),
+        handle: Handle::new(name).expect("handle"),
+        invite: Some(server.invite()),
+        suite: Suite::PostQuantum,
+    };
+    Client::register(&tmp.join(name), PASS, opts)
+        .await
+        .expect("register")
+}
+
+fn harness() -> &'static Harness {
+    static H: OnceLock<Harness> = OnceLock::new();
+    H.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let sigpipe = rt.block_on(async { ignore_sigpipe() });
+        let tmp = temp_dir();
+        let (server, alice, templates) = rt.block_on(async {
+            let server = InProcessServer::start(tmp.path(), ServerConfig::default()).await;
+            let mut alice = person(tmp.path(), &server, "alice").await;
+            let mut bob = person(tmp.path(), &server, "bob").await;
+            let mut carol = person(tmp.path(), &server, "carol").await;
+            bob.send("alice", "hello alice").await.expect("send");
+            bob.group_create("crew", &["alice", "carol"])
+                .await
+                .expect("group");
+            carol
+                .receive(std::time::Duration::ZERO, |_| {})
+                .await
+                .expect("receive");
+            for i in 0..3 {
+                bob.send("alice", &format!("one to one {i}"))
+                    .await
+                    .expect("send");
+                bob.send("crew", &format!("to the group {i}"))
+                    .await
+                    .expect("send");
+                carol
+                    .send("crew", &format!("carol {i}"))
+                    .await
+                    .expect("send");
+            }
+            // Everything in alice's mailbox, as the server would deliver it.
+            let store = server.data.store().expect("store");
+            let me = alice.identity().device;
+            let entries = store
+                .fetch(me, 0, 1000, sotto_test_support::now_ms())
+                .await
+                .expect("fetch");
+            let templates: Vec<Delivery> = entries
+                .into_iter()
+                .map(|e| Delivery {
+                    seq: e.seq,
+                    envelope: e.envelope,
+                })
+                .collect();
+            assert!(templates.len() >= 10, "{} deliveries", templates.len());
+            // Alice processes the first half for real: she joins both
+            // conversations; the rest stay undelivered, for mutation.
+            for d in &templates[..templates.len() / 2] {
+                let bytes = sotto_proto::encode_server(&ServerFrame::Deliver(d.clone()));
+                alice.process_server_frame(&bytes).expect("a real delivery");
+            }
+            (server, alice, templates)
+        });
+        Harness {
+            client: Mutex::new(alice),
+            templates,
+            _server: server,
+            _rt: rt,
+            _tmp: tmp,
+            _sigpipe: sigpipe,
+        }
+    })
+}
+
+fn mutated(h: &Harness, data: &[u8]) -> Option<Vec<u8>> {
+    let (&pick, rest) = data.split_first()?;
+    let mut d = h.templates[usize::from(pick) % h.templates.len()].clone();
+    let (id, rest) = rest.split_at(rest.len().min(16));
+    let mut msg_id = [0u8; 16];
+    msg_id[..id.len()].copy_from_slice(id);
+    d.envelope.msg_id = MessageId(msg_id);
+    let mut rest = rest;
+    if let Some((&k, r)) = rest.split_first() {
+        // Now and then another kind, or another sender.
+        match k {
+            0 => d.envelope.kind = EnvelopeKind::Commit,
+            1 => d.envelope.kind = EnvelopeKind::Application,
+            2 => d.envelope.kind = EnvelopeKind::Welcome,
+            3 => d.envelope.kind = EnvelopeKind::Wipe,
+            4 => d.envelope.kind = EnvelopeKind::Device,
+            5 => {
+                let other = &h.templates[usize::from(pick / 2) % h.templates.len()];
+                d.envelope.sender = other.envelope.sender;
+            }
+            _ => {}
+        }
+        rest = r;
+    }
+    // (position u16 LE, xor byte) triples, then a truncation.
+    let p = &mut d.envelope.payload.0;
+    let mut chunks = rest.chunks_exact(3);
+    for c in &mut chunks {
+        if p.is_empty() {
+            break;
+        }
+        let at = usize::from(u16::from_le_bytes([c[0], c[1]])) % p.len();
+        p[at] ^= c[2];
+    }
+    if let [cut] = chunks.remainder() {
+        let keep = p.len().saturating_sub(usize::from(*cut));
+        p.truncate(keep);
+    }
+    Some(sotto_proto::encode_server(&ServerFrame::Deliver(d)))
+}
+
+fuzz_target!(|data: &[u8]| {
+    let h = harness();
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let bytes = if mode % 2 == 0 {
+        rest.to_vec()
+    } else {
+        match mutated(h, rest) {
+            Some(b) => b,
+            None => return,
+        }
+    };
+    let mut client = h.client.lock().unwrap_or_else(|p| p.into_inner());
+    let _ = client.process_server_frame(&bytes);
+    client.contacts().expect("the store stays readable");
+});
