@@ -568,8 +568,9 @@ impl Client {
                                 sent_at_ms,
                                 body,
                             }) => {
+                                let reply_to = body.reply_to();
                                 let (text, file) = match body {
-                                    Body::Text(t) => (t, None),
+                                    Body::Text(t) | Body::Reply { text: t, .. } => (t, None),
                                     Body::File(f) => (
                                         format!(
                                             "[file] {} ({} bytes)",
@@ -592,6 +593,7 @@ impl Client {
                                         received_at_ms: now_ms(),
                                         seq: d.seq,
                                         expires_at_ms,
+                                        reply_to,
                                     },
                                 )?;
                                 if !fresh {
@@ -985,6 +987,61 @@ impl Client {
     /// Sends `text` to a group (by name or `#id`) or to the one-to-one
     /// conversation with a handle.
     pub async fn send(&mut self, to: &str, text: &str) -> Result<MessageId, ClientError> {
+        self.send_text(to, None, text).await
+    }
+
+    /// Sends `text` to `to` (as [`Client::send`]) as a reply to the message
+    /// `reply_to` of that conversation. The id is not checked against the
+    /// stored messages: receivers that don't have that message show the
+    /// reply as a reply to a message they don't have. To turn what a user
+    /// typed into an id, see [`Client::find_message`].
+    pub async fn send_reply(
+        &mut self,
+        to: &str,
+        reply_to: MessageId,
+        text: &str,
+    ) -> Result<MessageId, ClientError> {
+        self.send_text(to, Some(reply_to), text).await
+    }
+
+    /// The id of a stored message of the conversation `conversation` (as
+    /// [`Client::history`] names it) from its hex id or a unique prefix of
+    /// it, as `sotto receive --json` and `sotto history` print it. A full
+    /// 32-digit id is taken as it is, stored or not.
+    pub fn find_message(&mut self, conversation: &str, id: &str) -> Result<MessageId, ClientError> {
+        let want = id.trim().to_ascii_lowercase();
+        if let Some(full) = MessageId::from_hex(&want) {
+            return Ok(full);
+        }
+        if want.is_empty() || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ClientError::Invalid(format!(
+                "{id:?} is not a message id or a prefix of one"
+            )));
+        }
+        let found: Vec<MessageId> = self
+            .history(conversation)?
+            .into_iter()
+            .map(|m| m.id)
+            .filter(|m| m.to_hex().starts_with(&want))
+            .collect();
+        match found.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(ClientError::Invalid(format!(
+                "no message {want} in {conversation}"
+            ))),
+            _ => Err(ClientError::Invalid(format!(
+                "{want} matches several messages: give more digits"
+            ))),
+        }
+    }
+
+    /// The text send path of [`Client::send`] and [`Client::send_reply`].
+    async fn send_text(
+        &mut self,
+        to: &str,
+        reply_to: Option<MessageId>,
+        text: &str,
+    ) -> Result<MessageId, ClientError> {
         if text.len() > 64 * 1024 {
             return Err(ClientError::Invalid(
                 "message too long (64 KiB at most)".into(),
@@ -998,9 +1055,14 @@ impl Client {
         self.sync(&mut conn).await?;
         self.flush_outbox(&mut conn).await?;
         let g = self.target(&mut conn, to).await?;
-        let id = self
-            .send_body(&mut conn, g, Body::Text(text.to_owned()), text)
-            .await?;
+        let body = match reply_to {
+            Some(to) => Body::Reply {
+                to,
+                text: text.to_owned(),
+            },
+            None => Body::Text(text.to_owned()),
+        };
+        let id = self.send_body(&mut conn, g, body, text).await?;
         self.done(conn).await;
         Ok(id)
     }
@@ -1040,6 +1102,7 @@ impl Client {
         shown: &str,
     ) -> Result<MessageId, ClientError> {
         let text = shown;
+        let reply_to = body.reply_to();
         let id = random_id();
         let now = now_ms();
         let app = AppMessage {
@@ -1066,6 +1129,7 @@ impl Client {
                     received_at_ms: now,
                     seq: 0,
                     expires_at_ms: timer.map(|t| now.saturating_add(t.saturating_mul(1000))),
+                    reply_to,
                 },
             )?;
             rows::count_sent(c, &g)

@@ -97,7 +97,8 @@ CREATE TABLE IF NOT EXISTS messages (
     received_at_ms  INTEGER NOT NULL,
     shown           INTEGER NOT NULL DEFAULT 0,
     seq             INTEGER,
-    expires_at_ms   INTEGER                  -- disappearing: deleted from this time on
+    expires_at_ms   INTEGER,                 -- disappearing: deleted from this time on
+    reply_to        BLOB                     -- the id of the message this one replies to
 );
 CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages(expires_at_ms);
 CREATE INDEX IF NOT EXISTS messages_unshown ON messages(shown, seq);
@@ -263,6 +264,10 @@ pub struct StoredMessage {
     pub sent_at_ms: u64,
     /// When this device stored it.
     pub received_at_ms: u64,
+    /// The id of the message this one replies to, if it is a reply. That
+    /// message may not be stored here (sent before this device joined, or
+    /// disappeared): show it as a reply to a message you don't have.
+    pub reply_to: Option<MessageId>,
 }
 
 /// An incoming message to store.
@@ -288,10 +293,16 @@ pub struct NewMessage<'a> {
     pub seq: u64,
     /// When it disappears, if the conversation has a timer.
     pub expires_at_ms: Option<u64>,
+    /// The message it replies to, if it is a reply.
+    pub reply_to: Option<MessageId>,
 }
 
-/// Reads messages from a statement selecting id, group, conversation name,
-/// sender, outgoing, body, sent and received times.
+/// The columns [`stored_messages`] reads, from `messages m` joined with
+/// `conversations c`.
+const MESSAGE_COLUMNS: &str = "m.id, m.group_id, coalesce(c.name, ''), m.sender_handle, \
+     m.outgoing, m.body, m.sent_at_ms, m.received_at_ms, m.reply_to";
+
+/// Reads messages from a statement selecting [`MESSAGE_COLUMNS`].
 fn stored_messages<P: rusqlite::Params>(
     stmt: &mut rusqlite::Statement<'_>,
     params: P,
@@ -306,11 +317,12 @@ fn stored_messages<P: rusqlite::Params>(
             r.get::<_, String>(5)?,
             r.get::<_, i64>(6)?,
             r.get::<_, i64>(7)?,
+            r.get::<_, Option<Vec<u8>>>(8)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, g, conv, sender, outgoing, text, sent, recv) = row?;
+        let (id, g, conv, sender, outgoing, text, sent, recv, reply_to) = row?;
         out.push(StoredMessage {
             id: MessageId(arr(id)?),
             group: GroupId(arr(g)?),
@@ -320,9 +332,29 @@ fn stored_messages<P: rusqlite::Params>(
             text,
             sent_at_ms: u(sent),
             received_at_ms: u(recv),
+            reply_to: reply_to.map(arr).transpose()?.map(MessageId),
         });
     }
     Ok(out)
+}
+
+/// Brings the tables of a profile made by an older version up to
+/// [`SCHEMA`] (whose `CREATE TABLE IF NOT EXISTS` leaves existing tables
+/// as they are): columns added since are added when missing. Idempotent.
+fn migrate(conn: &Connection) -> Result<(), ClientError> {
+    let has = |table: &str, column: &str| -> Result<bool, ClientError> {
+        let n: i64 = conn.query_row(
+            "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2",
+            params![table, column],
+            |r| r.get(0),
+        )?;
+        Ok(n > 0)
+    };
+    // Replies (profiles from before them have no such column).
+    if !has("messages", "reply_to")? {
+        conn.execute_batch("ALTER TABLE messages ADD COLUMN reply_to BLOB")?;
+    }
+    Ok(())
 }
 
 /// The open store of a profile.
@@ -479,6 +511,7 @@ impl Store {
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         let mut conn = conn;
         SqliteStorageProvider::<JsonCodec, &mut Connection>::new(&mut conn)
             .run_migrations()
@@ -731,12 +764,11 @@ impl Store {
     pub fn unshown(&mut self, now_ms: u64) -> Result<Vec<StoredMessage>, ClientError> {
         self.purge_expired(now_ms)?;
         self.transaction(|_, c| {
-            let mut stmt = c.prepare(
-                "SELECT m.id, m.group_id, coalesce(c.name, ''), m.sender_handle, m.outgoing, m.body, \
-                 m.sent_at_ms, m.received_at_ms FROM messages m \
+            let mut stmt = c.prepare(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages m \
                  LEFT JOIN conversations c ON c.group_id = m.group_id \
-                 WHERE m.shown = 0 ORDER BY m.seq, m.received_at_ms",
-            )?;
+                 WHERE m.shown = 0 ORDER BY m.seq, m.received_at_ms"
+            ))?;
             stored_messages(&mut stmt, [])
         })
     }
@@ -792,12 +824,11 @@ impl Store {
     /// The stored messages of a conversation, oldest first.
     pub fn history(&self, g: &GroupId, now_ms: u64) -> Result<Vec<StoredMessage>, ClientError> {
         self.purge_expired(now_ms)?;
-        let mut stmt = self.conn.prepare(
-            "SELECT m.id, m.group_id, coalesce(c.name, ''), m.sender_handle, m.outgoing, m.body, \
-             m.sent_at_ms, m.received_at_ms FROM messages m \
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m \
              LEFT JOIN conversations c ON c.group_id = m.group_id \
-             WHERE m.group_id = ?1 ORDER BY m.received_at_ms, m.seq",
-        )?;
+             WHERE m.group_id = ?1 ORDER BY m.received_at_ms, m.seq"
+        ))?;
         let out = stored_messages(&mut stmt, [&g.0[..]])?;
         Ok(out)
     }
@@ -993,8 +1024,8 @@ pub mod rows {
     pub fn put_message(c: &Connection, m: &NewMessage<'_>) -> Result<bool, ClientError> {
         let n = c.execute(
             "INSERT OR IGNORE INTO messages (id, group_id, sender_handle, sender_account, outgoing, body, \
-             sent_at_ms, received_at_ms, shown, seq, expires_at_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+             sent_at_ms, received_at_ms, shown, seq, expires_at_ms, reply_to) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 &m.id.0[..],
                 &m.group.0[..],
@@ -1007,6 +1038,7 @@ pub mod rows {
                 i64::from(m.from_this_device),
                 i(m.seq),
                 m.expires_at_ms.map(i),
+                m.reply_to.as_ref().map(|r| &r.0[..]),
             ],
         )?;
         Ok(n == 1)
@@ -1149,5 +1181,81 @@ pub mod rows {
             params![&id.0[..], &g.0[..], payload, i(now_ms), ttl_ms.map(i)],
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `messages` table as profiles made before replies have it.
+    const OLD_MESSAGES: &str = "CREATE TABLE messages (
+        id              BLOB PRIMARY KEY,
+        group_id        BLOB NOT NULL,
+        sender_handle   TEXT NOT NULL,
+        sender_account  BLOB NOT NULL,
+        outgoing        INTEGER NOT NULL,
+        body            TEXT NOT NULL,
+        sent_at_ms      INTEGER NOT NULL,
+        received_at_ms  INTEGER NOT NULL,
+        shown           INTEGER NOT NULL DEFAULT 0,
+        seq             INTEGER,
+        expires_at_ms   INTEGER
+    );";
+
+    #[test]
+    fn a_profile_from_before_replies_gets_the_column_and_keeps_its_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = GroupId([7; 32]);
+        {
+            // An old profile: encrypted, with one message and no reply_to.
+            let c = Connection::open(Store::db_path(dir.path())).unwrap();
+            c.pragma_update(None, "key", "pass").unwrap();
+            c.execute_batch(OLD_MESSAGES).unwrap();
+            c.execute(
+                "INSERT INTO messages (id, group_id, sender_handle, sender_account, outgoing, \
+                 body, sent_at_ms, received_at_ms, shown, seq) \
+                 VALUES (?1, ?2, 'bob', ?3, 0, 'old message', 1, 2, 1, 1)",
+                params![&[1u8; 16][..], &g.0[..], &[9u8; 32][..]],
+            )
+            .unwrap();
+        }
+        let mut store = Store::open(dir.path(), "pass").unwrap();
+        let old = store.history(&g, 0).unwrap();
+        assert_eq!(old.len(), 1);
+        assert_eq!(old[0].text, "old message");
+        assert_eq!(old[0].reply_to, None);
+        // New replies are stored in the migrated table.
+        let bob = CredentialIdentity {
+            account: AccountId([9; 32]),
+            device: DeviceId([8; 32]),
+            handle: Handle::new("bob").unwrap(),
+        };
+        store
+            .transaction(|_, c| {
+                rows::put_message(
+                    c,
+                    &NewMessage {
+                        id: MessageId([2; 16]),
+                        group: g,
+                        sender: &bob,
+                        outgoing: false,
+                        from_this_device: false,
+                        text: "a reply",
+                        sent_at_ms: 3,
+                        received_at_ms: 4,
+                        seq: 2,
+                        expires_at_ms: None,
+                        reply_to: Some(MessageId([1; 16])),
+                    },
+                )
+            })
+            .unwrap();
+        let all = store.history(&g, 0).unwrap();
+        assert_eq!(all[1].reply_to, Some(MessageId([1; 16])));
+        drop(store);
+        // Opening again (the column exists now) is fine and changes nothing.
+        let store = Store::open(dir.path(), "pass").unwrap();
+        assert_eq!(store.history(&g, 0).unwrap(), all);
     }
 }
