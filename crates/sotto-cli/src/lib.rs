@@ -17,7 +17,8 @@ pub mod worker;
 use sotto_client::{GroupInfo, ReceivedMessage};
 
 /// One received message as one line of JSON (`sotto receive --json`).
-/// Times are milliseconds since the Unix epoch.
+/// Times are milliseconds since the Unix epoch; `reply_to` is the id of the
+/// message it replies to, or `null`.
 pub fn message_json(m: &ReceivedMessage) -> serde_json::Value {
     serde_json::json!({
         "id": m.id.to_hex(),
@@ -26,6 +27,7 @@ pub fn message_json(m: &ReceivedMessage) -> serde_json::Value {
         "text": m.text,
         "sent_at": m.sent_at_ms,
         "received_at": m.received_at_ms,
+        "reply_to": m.reply_to.map(|r| r.to_hex()),
     })
 }
 

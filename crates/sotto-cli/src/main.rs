@@ -58,6 +58,10 @@ enum Cmd {
         to: String,
         /// The text.
         text: String,
+        /// Reply to this message of the conversation: its id, or a unique
+        /// prefix of it, as `receive --json` and `history` print it.
+        #[arg(long, value_name = "ID")]
+        reply_to: Option<String>,
     },
     /// Send a file: encrypted here, uploaded as an opaque blob.
     SendFile {
@@ -370,6 +374,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for m in c.history(&conversation)? {
                 if json {
                     println!("{}", sotto_cli::message_json(&m));
+                } else if let Some(r) = m.reply_to {
+                    println!("{} (reply to {}): {}", m.sender, &r.to_hex()[..8], m.text);
                 } else {
                     println!("{}: {}", m.sender, m.text);
                 }
@@ -418,7 +424,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 c.identity().account.short()
             );
         }
-        Cmd::Send { to, text } => {
+        Cmd::Send { to, text, reply_to } => {
             let text = if text == "-" {
                 let mut s = String::new();
                 std::io::stdin().read_to_string(&mut s)?;
@@ -429,7 +435,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if text.is_empty() {
                 bail!("empty message");
             }
-            perform(&profile, Op::Send { to, text }).await?;
+            perform(&profile, Op::Send { to, text, reply_to }).await?;
         }
         Cmd::SendFile { to, path } => {
             perform(&profile, Op::SendFile { to, path }).await?;

@@ -22,6 +22,9 @@ pub enum Op {
         to: String,
         /// The text.
         text: String,
+        /// The message of that conversation it replies to: its hex id or a
+        /// unique prefix of it (as `receive --json` and `history` print it).
+        reply_to: Option<String>,
     },
     /// Send a file.
     SendFile {
@@ -134,11 +137,17 @@ fn strs(v: &[String]) -> Vec<&str> {
 /// Runs one operation.
 pub async fn perform(c: &mut Client, op: &Op) -> Result<Outcome, ClientError> {
     Ok(match op {
-        Op::Send { to, text } => {
+        Op::Send { to, text, reply_to } => {
             if text.is_empty() {
                 return Err(ClientError::Invalid("empty message".into()));
             }
-            Outcome::Sent(c.send(to, text).await?)
+            match reply_to {
+                Some(r) => {
+                    let r = c.find_message(to, r)?;
+                    Outcome::Sent(c.send_reply(to, r, text).await?)
+                }
+                None => Outcome::Sent(c.send(to, text).await?),
+            }
         }
         Op::SendFile { to, path } => Outcome::Sent(c.send_file(to, path).await?),
         Op::GroupCreate { name, members } => {

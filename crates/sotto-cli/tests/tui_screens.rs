@@ -53,6 +53,7 @@ fn msg(n: u8, group: u8, sender: &str, text: &str, minute: u64) -> ReceivedMessa
         text: text.into(),
         sent_at_ms: T + minute * 60_000,
         received_at_ms: T + minute * 60_000,
+        reply_to: None,
     }
 }
 
@@ -216,7 +217,8 @@ fn conversation_with_messages_delivery_states_notices_and_members() {
         cmds.iter().map(|c| &c.op).collect::<Vec<_>>(),
         [&Op::Send {
             to: format!("#{}", GroupId([2; 32]).to_hex()),
-            text: "on my way".into()
+            text: "on my way".into(),
+            reply_to: None,
         }]
     );
     // A notice, and a message from the network carrying escape sequences.
@@ -283,12 +285,14 @@ fn help_screen() {
     check(
         &app,
         expect![[r#"
-             ┌Help────────────────────────────────────────────────────────────────────────┐
-            ┌│Keys                                                                        │┐
+             sotto alice ● online
+            ┌┌Help (Esc closes)───────────────────────────────────────────────────────────┐┐
+            ││Keys                                                                        ││
             ││↑↓ j k   select a conversation    Enter l   open it                         ││
             ││i Tab     write                    Esc       back to the list               ││
             ││Enter     send                     Alt+Enter new line                       ││
             ││PgUp PgDn scroll                   q Ctrl+C  quit                           ││
+            ││↑ (empty) select a message         r Enter   reply to it (Esc cancels)      ││
             ││                                                                            ││
             ││Commands                                                                    ││
             ││/group create NAME MEMBER...         create a group; you become its admin   ││
@@ -300,11 +304,9 @@ fn help_screen() {
             ││/verify HANDLE                       show the safety number with HANDLE     ││
             ││/verify HANDLE confirm               mark HANDLE verified after comparing   ││
             ││/disappear [CONV] 30s|5m|2h|7d|off   disappearing messages                  ││
-            ││/file PATH                           send a file to the open conversation   ││
-            ││/msg HANDLE TEXT                     write to anyone (starts a conversation)││
-            └│/quit                                leave                                  │┘
-            ┌│                                                                            │┐
-            ││Esc closes this help                                                        ││
+            └│/file PATH                           send a file to the open conversation   │┘
+            ┌│/msg HANDLE TEXT                     write to anyone (starts a conversation)│┐
+            ││/quit                                leave                                  ││
             └└────────────────────────────────────────────────────────────────────────────┘┘
             ↑↓/jk select · Enter open · / command · ? help · q quit
         "#]],
@@ -473,4 +475,105 @@ fn odd_keys_pastes_and_tiny_terminals_never_panic() {
     assert_eq!(app.composer, "one\ntwo[2J");
     assert!(screen(&app, 80, 24).contains("│two[2J"));
     assert_eq!(screen(&app, 20, 5).trim(), "terminal too small");
+}
+
+#[test]
+fn replying_from_the_keyboard_and_replies_with_their_quotes() {
+    let mut app = alice();
+    let mut unknown_reply = msg(8, 1, "bob", "did you get my letter?", 2);
+    unknown_reply.reply_to = Some(MessageId([0xee; 16]));
+    open(
+        &mut app,
+        vec![
+            msg(1, 1, "bob", "are you there?\nit is about lunch", 0),
+            msg(2, 1, "bob", "ping", 1),
+            unknown_reply,
+        ],
+        HashSet::new(),
+    );
+    // ↑ in the empty composer selects the newest message, ↑ again older ones.
+    key(&mut app, KeyCode::Up);
+    assert_eq!(app.focus, Focus::Messages);
+    assert_eq!(app.marked, Some(MessageId([8; 16])));
+    key(&mut app, KeyCode::Up);
+    key(&mut app, KeyCode::Char('k'));
+    key(&mut app, KeyCode::Up);
+    assert_eq!(app.marked, Some(MessageId([1; 16])), "stops at the oldest");
+    // r replies: the composer says to what; Esc cancels, keeping the focus.
+    key(&mut app, KeyCode::Char('r'));
+    assert_eq!(app.focus, Focus::Composer);
+    assert_eq!(app.replying, Some(MessageId([1; 16])));
+    assert!(
+        screen(&app, 80, 24).contains("┌Replying to bob: are you there? (Esc cancels)"),
+        "{}",
+        screen(&app, 80, 24)
+    );
+    key(&mut app, KeyCode::Esc);
+    assert_eq!(app.replying, None);
+    assert_eq!(app.focus, Focus::Composer);
+    // Select again (↓ moves back towards the newest) and reply for real.
+    for c in [KeyCode::Up, KeyCode::Up, KeyCode::Up, KeyCode::Down] {
+        key(&mut app, c);
+    }
+    assert_eq!(app.marked, Some(MessageId([2; 16])));
+    key(&mut app, KeyCode::Up);
+    key(&mut app, KeyCode::Char('r'));
+    typed(&mut app, "yes, here");
+    let cmds = key(&mut app, KeyCode::Enter);
+    assert_eq!(
+        cmds.iter().map(|c| &c.op).collect::<Vec<_>>(),
+        [&Op::Send {
+            to: "bob".into(),
+            text: "yes, here".into(),
+            reply_to: Some(MessageId([1; 16]).to_hex()),
+        }]
+    );
+    assert_eq!(
+        app.replying, None,
+        "the reply is sent: the composer is plain again"
+    );
+    // Bob's reply to a message alice doesn't have, and hers with its quote.
+    check(
+        &app,
+        expect![[r#"
+             sotto alice ● online
+            ┌Conversations───────┐┌bob · ✓bob──────────────────────────────────────────────┐
+            │› bob               ││13:05 bob: are you there?                               │
+            │ #team (1)          ││      it is about lunch                                 │
+            │  carol             ││13:06 bob: ping                                         │
+            │                    ││      ╭ a message you don't have                        │
+            │                    ││13:07 bob: did you get my letter?                       │
+            │                    ││      ╭ bob: are you there?                             │
+            │                    ││13:15 alice: yes, here …                                │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            └────────────────────┘└────────────────────────────────────────────────────────┘
+            ┌Message (Enter sends, Alt+Enter new line, Esc list)───────────────────────────┐
+            │                                                                              │
+            └──────────────────────────────────────────────────────────────────────────────┘
+            ↑↓/jk select · Enter open · / command · ? help · q quit
+        "#]],
+    );
+    // Selecting a message shows it reversed; the hint line tells the keys.
+    key(&mut app, KeyCode::Up);
+    assert_eq!(app.focus, Focus::Messages);
+    key(&mut app, KeyCode::Esc);
+    assert_eq!((app.focus, app.marked), (Focus::Composer, None));
+    // Another conversation forgets a pending reply.
+    key(&mut app, KeyCode::Up);
+    key(&mut app, KeyCode::Char('r'));
+    assert!(app.replying.is_some());
+    key(&mut app, KeyCode::Esc);
+    key(&mut app, KeyCode::Esc);
+    key(&mut app, KeyCode::Char('j'));
+    key(&mut app, KeyCode::Enter);
+    assert_eq!(app.replying, None);
 }

@@ -8,7 +8,7 @@ use crate::ops::Op;
 
 /// The version of the method set (docs/JSON-RPC.md); bumped on any
 /// incompatible change.
-pub const API_VERSION: &str = "1.0";
+pub const API_VERSION: &str = "1.1";
 
 /// Invalid JSON.
 pub const PARSE_ERROR: i64 = -32700;
@@ -107,6 +107,17 @@ fn string(p: &Value, name: &str) -> Result<String, RpcError> {
     }
 }
 
+fn optional_string(p: &Value, name: &str) -> Result<Option<String>, RpcError> {
+    match p.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        _ => Err(RpcError::new(
+            INVALID_PARAMS,
+            format!("param {name:?} must be a string or null"),
+        )),
+    }
+}
+
 fn strings(p: &Value, name: &str) -> Result<Vec<String>, RpcError> {
     let bad = || {
         RpcError::new(
@@ -146,6 +157,11 @@ pub fn method(name: &str, p: &Value) -> Result<Method, RpcError> {
         "send" => Op::Send {
             to: string(p, "to")?,
             text: string(p, "text")?,
+            // `reply_to` like the fields of the results; `replyTo` too.
+            reply_to: match optional_string(p, "reply_to")? {
+                Some(r) => Some(r),
+                None => optional_string(p, "replyTo")?,
+            },
         },
         "sendFile" => Op::SendFile {
             to: string(p, "to")?,
@@ -282,6 +298,27 @@ mod tests {
                 after_s: Some(300)
             })
         );
+        let p = json!({ "to": "bob", "text": "yes", "replyTo": "5f0c" });
+        assert_eq!(
+            method("send", &p).unwrap(),
+            Method::Op(Op::Send {
+                to: "bob".into(),
+                text: "yes".into(),
+                reply_to: Some("5f0c".into())
+            })
+        );
+        let p = json!({ "to": "bob", "text": "yes", "reply_to": "5f0c" });
+        assert!(matches!(
+            method("send", &p).unwrap(),
+            Method::Op(Op::Send { reply_to: Some(r), .. }) if r == "5f0c"
+        ));
+        let p = json!({ "to": "bob", "text": "yes" });
+        assert!(matches!(
+            method("send", &p).unwrap(),
+            Method::Op(Op::Send { reply_to: None, .. })
+        ));
+        let p = json!({ "to": "bob", "text": "yes", "replyTo": 7 });
+        assert_eq!(method("send", &p).unwrap_err().code, INVALID_PARAMS);
         let p = json!({ "group": "g", "members": [] });
         assert_eq!(method("groupAdd", &p).unwrap_err().code, INVALID_PARAMS);
     }

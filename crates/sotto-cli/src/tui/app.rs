@@ -32,6 +32,9 @@ pub enum Focus {
     List,
     /// The composer.
     Composer,
+    /// The open conversation's messages: one is selected ([`App::marked`]),
+    /// to reply to.
+    Messages,
 }
 
 /// How far one of this device's messages got.
@@ -68,6 +71,8 @@ pub enum Entry {
         outgoing: bool,
         /// Its delivery state.
         delivery: Delivery,
+        /// The message it replies to, if it is a reply.
+        reply_to: Option<MessageId>,
     },
     /// Something that happened (cleaned).
     Notice {
@@ -100,8 +105,20 @@ impl Entry {
             } else {
                 Delivery::Sent
             },
+            reply_to: m.reply_to,
         }
     }
+}
+
+/// The message a reply quotes, as shown above the reply and in the
+/// composer: its sender and its first line (both cleaned), or `None` for a
+/// message this device doesn't have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quote<'a> {
+    /// Who sent it.
+    pub sender: &'a str,
+    /// Its first line.
+    pub first_line: &'a str,
 }
 
 /// A popup over the screen.
@@ -162,6 +179,10 @@ pub struct App {
     pub connection: Connection,
     /// Lines scrolled up from the newest message.
     pub scroll: usize,
+    /// The selected message of the open conversation (focus on messages).
+    pub marked: Option<MessageId>,
+    /// The message the composer's text will reply to.
+    pub replying: Option<MessageId>,
     /// Colors allowed (not NO_COLOR).
     pub color: bool,
     /// The app should end.
@@ -189,6 +210,8 @@ impl App {
             status: None,
             connection: Connection::Connecting,
             scroll: 0,
+            marked: None,
+            replying: None,
             color,
             quit: false,
             pending: HashMap::new(),
@@ -200,6 +223,40 @@ impl App {
     pub fn open_conversation(&self) -> Option<&ConversationInfo> {
         let g = self.open?;
         self.conversations.iter().find(|c| c.group == g)
+    }
+
+    /// The sender and first line of the message `id` of the open
+    /// conversation; `None` if this device doesn't have it.
+    pub fn quote(&self, id: MessageId) -> Option<Quote<'_>> {
+        let g = self.open?;
+        self.entries.get(&g)?.iter().find_map(|e| match e {
+            Entry::Message {
+                id: Some(i),
+                sender,
+                lines,
+                ..
+            } if *i == id => Some(Quote {
+                sender,
+                first_line: lines.first().map(String::as_str).unwrap_or_default(),
+            }),
+            _ => None,
+        })
+    }
+
+    /// The ids of the open conversation's messages that can be replied to
+    /// (those with an id), oldest first.
+    fn message_ids(&self) -> Vec<MessageId> {
+        self.open
+            .and_then(|g| self.entries.get(&g))
+            .map(|v| {
+                v.iter()
+                    .filter_map(|e| match e {
+                        Entry::Message { id: Some(id), .. } => Some(*id),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Members of the open conversation whose key changed.
@@ -259,6 +316,7 @@ impl App {
             _ => match self.focus {
                 Focus::List => self.list_key(k, out),
                 Focus::Composer => self.composer_key(k, now_ms, out),
+                Focus::Messages => self.messages_key(k),
             },
         }
     }
@@ -290,7 +348,44 @@ impl App {
         }
     }
 
+    /// Keys while a message is selected: move, reply, back.
+    fn messages_key(&mut self, k: KeyEvent) {
+        let ids = self.message_ids();
+        let at = self.marked.and_then(|m| ids.iter().position(|i| *i == m));
+        match (k.code, at) {
+            (KeyCode::Up | KeyCode::Char('k'), Some(i)) => {
+                self.marked = ids.get(i.saturating_sub(1)).copied()
+            }
+            (KeyCode::Down | KeyCode::Char('j'), Some(i)) if i + 1 < ids.len() => {
+                self.marked = ids.get(i + 1).copied();
+            }
+            (KeyCode::Char('r') | KeyCode::Enter, Some(_)) => {
+                self.replying = self.marked.take();
+                self.focus = Focus::Composer;
+            }
+            (KeyCode::Char('?'), _) => self.help = true,
+            // Past the newest message, Esc, Tab, i: back to writing.
+            (
+                KeyCode::Down
+                | KeyCode::Char('j')
+                | KeyCode::Esc
+                | KeyCode::Tab
+                | KeyCode::Char('i'),
+                _,
+            )
+            | (_, None) => {
+                self.marked = None;
+                self.focus = Focus::Composer;
+            }
+            _ => {}
+        }
+    }
+
     fn open_group(&mut self, g: GroupId, out: &mut Vec<Command>) {
+        if self.open != Some(g) {
+            self.marked = None;
+            self.replying = None;
+        }
         self.open = Some(g);
         self.scroll = 0;
         self.unread.remove(&g);
@@ -305,6 +400,8 @@ impl App {
         let alt = k.modifiers.contains(KeyModifiers::ALT);
         let ctrl = k.modifiers.contains(KeyModifiers::CONTROL);
         match k.code {
+            // Esc first cancels a reply, then goes back to the list.
+            KeyCode::Esc if self.replying.is_some() => self.replying = None,
             KeyCode::Esc | KeyCode::Tab => self.focus = Focus::List,
             KeyCode::Enter if alt || k.modifiers.contains(KeyModifiers::SHIFT) => self.insert("\n"),
             KeyCode::Enter => self.submit(now_ms, out),
@@ -338,9 +435,13 @@ impl App {
             }
             KeyCode::Home => self.cursor = 0,
             KeyCode::End => self.cursor = self.composer.len(),
-            KeyCode::Up if self.composer.is_empty() => self.scroll = self.scroll.saturating_add(1),
-            KeyCode::Down if self.composer.is_empty() => {
-                self.scroll = self.scroll.saturating_sub(1)
+            // ↑ in an empty composer selects the newest message, to reply to.
+            KeyCode::Up if self.composer.is_empty() => {
+                if let Some(newest) = self.message_ids().last() {
+                    self.marked = Some(*newest);
+                    self.focus = Focus::Messages;
+                    self.scroll = 0;
+                }
             }
             _ => {}
         }
@@ -386,6 +487,7 @@ impl App {
             return;
         };
         let local = self.next_id;
+        let reply_to = self.replying.take();
         self.entries.entry(g).or_default().push(Entry::Message {
             id: None,
             local: Some(local),
@@ -394,12 +496,14 @@ impl App {
             time_ms: now_ms,
             outgoing: true,
             delivery: Delivery::Sending,
+            reply_to,
         });
         self.scroll = 0;
         self.command(
             Op::Send {
                 to,
                 text: body.to_owned(),
+                reply_to: reply_to.map(|r| r.to_hex()),
             },
             Pending::Message(g),
             out,

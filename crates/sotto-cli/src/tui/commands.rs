@@ -122,6 +122,7 @@ pub fn parse(line: &str, open: Option<&str>) -> Result<Action, String> {
             Op::Send {
                 to: (*to).to_owned(),
                 text: text.trim().to_owned(),
+                reply_to: None,
             }
         }
         [cmd, ..] => {

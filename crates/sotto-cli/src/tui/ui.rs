@@ -11,7 +11,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, List, ListItem, ListState, Paragraph};
 use sotto_client::Trust;
 
-use super::app::{App, Delivery, Entry, Focus, Popup};
+use super::app::{App, Delivery, Entry, Focus, Popup, Quote};
 use super::commands::HELP;
 use super::text;
 use crate::worker::Connection;
@@ -172,6 +172,34 @@ fn delivery_mark(d: Delivery) -> &'static str {
     }
 }
 
+/// `s` cut to `width` columns, with `…` when cut.
+fn truncate(s: &str, width: usize) -> String {
+    let width = width.max(1);
+    if unicode_width::UnicodeWidthStr::width(s) <= width {
+        return s.to_owned();
+    }
+    let mut out = String::new();
+    let mut w = 0;
+    for c in s.chars() {
+        let cw = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
+        if w + cw + 1 > width {
+            break;
+        }
+        out.push(c);
+        w += cw;
+    }
+    out.push('…');
+    out
+}
+
+/// The one line that says what a reply replies to.
+fn quote_text(q: Option<Quote<'_>>) -> String {
+    match q {
+        Some(q) => format!("{}: {}", q.sender, q.first_line),
+        None => "a message you don't have".to_owned(),
+    }
+}
+
 fn conversation(app: &App, st: &Styles, f: &mut Frame<'_>, area: Rect, members_shown: bool) {
     let Some(c) = app.open_conversation() else {
         let p = Paragraph::new(vec![
@@ -202,7 +230,7 @@ fn conversation(app: &App, st: &Styles, f: &mut Frame<'_>, area: Rect, members_s
             title.push_str(&format!(" · {}", others.join(" ")));
         }
     }
-    let block = Block::default().borders(Borders::ALL).title(title);
+    let block = focused_block(&title, app.focus == Focus::Messages);
     let inner = block.inner(area);
     f.render_widget(block, area);
     let mut body = inner;
@@ -221,6 +249,8 @@ fn conversation(app: &App, st: &Styles, f: &mut Frame<'_>, area: Rect, members_s
     }
     let width = usize::from(body.width.max(1));
     let mut lines: Vec<Line<'_>> = Vec::new();
+    // The lines of the selected message, to keep it in view.
+    let mut marked_lines = None;
     for e in app
         .entries
         .get(&c.group)
@@ -234,15 +264,24 @@ fn conversation(app: &App, st: &Styles, f: &mut Frame<'_>, area: Rect, members_s
                 }
             }
             Entry::Message {
+                id,
                 sender,
                 lines: body_lines,
                 time_ms,
                 outgoing,
                 delivery,
+                reply_to,
                 ..
             } => {
+                let first = lines.len();
+                let marked = id.is_some() && *id == app.marked;
                 let head = format!("{} {sender}: ", text::clock(*time_ms));
                 let indent = " ".repeat(6);
+                if let Some(r) = reply_to {
+                    // One line quoting what it replies to.
+                    let quote = format!("{indent}╭ {}", quote_text(app.quote(*r)));
+                    lines.push(Line::styled(truncate(&quote, width), st.dim()));
+                }
                 let who_style = if *outgoing {
                     st.fg(Color::Blue).add_modifier(Modifier::BOLD)
                 } else {
@@ -269,12 +308,26 @@ fn conversation(app: &App, st: &Styles, f: &mut Frame<'_>, area: Rect, members_s
                         }
                     }
                 }
+                if marked {
+                    for l in &mut lines[first..] {
+                        l.style = l.style.add_modifier(Modifier::REVERSED);
+                    }
+                    marked_lines = Some(first);
+                }
             }
         }
     }
     let height = usize::from(body.height);
     let max_scroll = lines.len().saturating_sub(height);
-    let scroll = app.scroll.min(max_scroll);
+    let mut scroll = app.scroll;
+    if let Some(first) = marked_lines {
+        // The selected message's first line stays in view.
+        let bottom = lines.len().saturating_sub(scroll);
+        if first < bottom.saturating_sub(height) || first >= bottom {
+            scroll = lines.len().saturating_sub(first + height);
+        }
+    }
+    let scroll = scroll.min(max_scroll);
     let start = lines.len().saturating_sub(height + scroll);
     let end = lines.len().saturating_sub(scroll);
     let shown: Vec<Line<'_>> = lines.drain(start..end).collect();
@@ -318,12 +371,15 @@ fn trust_mark(t: Trust) -> &'static str {
 
 fn composer_box(app: &App, f: &mut Frame<'_>, area: Rect) {
     let focused = app.focus == Focus::Composer;
-    let title = if focused {
-        "Message (Enter sends, Alt+Enter new line, Esc list)"
-    } else {
-        "Message (i or Tab to write)"
+    let title = match app.replying {
+        Some(r) => truncate(
+            &format!("Replying to {} (Esc cancels)", quote_text(app.quote(r))),
+            usize::from(area.width.saturating_sub(2)),
+        ),
+        None if focused => "Message (Enter sends, Alt+Enter new line, Esc list)".to_owned(),
+        None => "Message (i or Tab to write)".to_owned(),
     };
-    let block = focused_block(title, focused);
+    let block = focused_block(&title, focused);
     let inner = block.inner(area);
     let all: Vec<&str> = app.composer.split('\n').collect();
     // The cursor's line and column.
@@ -358,6 +414,10 @@ fn composer_box(app: &App, f: &mut Frame<'_>, area: Rect) {
 fn hint_line(app: &App, st: &Styles, f: &mut Frame<'_>, area: Rect) {
     let line = match &app.status {
         Some(s) => Line::styled(text::clean(s), st.fg(Color::Yellow)),
+        None if app.focus == Focus::Messages => Line::styled(
+            "↑↓/jk select a message · r reply · Esc back to writing",
+            st.dim(),
+        ),
         None => Line::styled(
             "↑↓/jk select · Enter open · / command · ? help · q quit",
             st.dim(),
@@ -384,19 +444,22 @@ fn help(f: &mut Frame<'_>, area: Rect) {
         Line::raw("i Tab     write                    Esc       back to the list"),
         Line::raw("Enter     send                     Alt+Enter new line"),
         Line::raw("PgUp PgDn scroll                   q Ctrl+C  quit"),
+        Line::raw("↑ (empty) select a message         r Enter   reply to it (Esc cancels)"),
         Line::raw(""),
         Line::styled("Commands", Style::default().add_modifier(Modifier::BOLD)),
     ];
     lines.extend(HELP.iter().map(|(u, d)| Line::raw(format!("{u:<36} {d}"))));
-    lines.push(Line::raw(""));
-    lines.push(Line::raw("Esc closes this help"));
     let h = u16::try_from(lines.len())
         .unwrap_or(u16::MAX)
         .saturating_add(2);
     let r = centered(area, 78, h);
     f.render_widget(Clear, r);
     f.render_widget(
-        Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title("Help")),
+        Paragraph::new(lines).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title("Help (Esc closes)"),
+        ),
         r,
     );
 }
