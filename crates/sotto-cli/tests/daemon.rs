@@ -152,6 +152,82 @@ fn received(p: &Profile) -> Vec<String> {
 }
 
 #[test]
+fn a_bot_replies_and_sees_which_message_a_reply_answers() {
+    let w = World::new(&[]);
+    let alice = w.person("alice");
+    let bob = w.person("bob");
+    let sock = w.root.join("alice.sock");
+    let _d = daemon(&alice, &["--socket", sock.to_str().unwrap()]);
+    let mut rpc = Rpc::socket(&sock);
+    rpc.wait_online();
+
+    // Bob asks; the notification has no reply_to.
+    bob.sotto(&["send", "alice", "what time is it?"]).ok();
+    let n = rpc.notification("bob's question", |v| v["method"] == "message");
+    assert_eq!(n["params"]["reply_to"], Value::Null, "{n}");
+    let question = n["params"]["id"].as_str().unwrap().to_owned();
+
+    // The bot replies by a prefix of its id (`replyTo` is accepted too).
+    let sent = rpc.ok(
+        "send",
+        json!({"to": "bob", "text": "noon", "replyTo": &question[..10]}),
+    );
+    let answer = sent["id"].as_str().unwrap().to_owned();
+    let got: Vec<Value> = bob
+        .sotto(&["receive", "--json"])
+        .ok()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["text"], "noon");
+    assert_eq!(got[0]["reply_to"], question.as_str(), "{got:?}");
+
+    // Bob replies to the answer; the notification says to which message.
+    bob.sotto(&["send", "alice", "thanks", "--reply-to", &answer])
+        .ok();
+    let n = rpc.notification("bob's thanks", |v| {
+        v["method"] == "message" && v["params"]["text"] == "thanks"
+    });
+    assert_eq!(n["params"]["reply_to"], answer.as_str(), "{n}");
+
+    // The history carries every message's reply_to.
+    let history = rpc.ok("history", json!({"conversation": "bob"}));
+    let rows: Vec<(&str, Value)> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["text"].as_str().unwrap(), m["reply_to"].clone()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("what time is it?", Value::Null),
+            ("noon", json!(question)),
+            ("thanks", json!(answer)),
+        ]
+    );
+
+    // A wrong id is the operation's error, a mistyped one a params error,
+    // and a full id this profile doesn't have is a valid reply.
+    let e = rpc.call(
+        "send",
+        json!({"to": "bob", "text": "x", "reply_to": "0123456789abcdef0"}),
+    );
+    assert_eq!(e["error"]["code"], -32000, "{e}");
+    let e = rpc.call("send", json!({"to": "bob", "text": "x", "reply_to": 5}));
+    assert_eq!(e["error"]["code"], -32602, "{e}");
+    let unknown = "ab".repeat(16);
+    rpc.ok(
+        "send",
+        json!({"to": "bob", "text": "about something else", "reply_to": unknown}),
+    );
+    let got = bob.sotto(&["receive", "--json"]).ok();
+    let m: Value = serde_json::from_str(got.trim()).unwrap();
+    assert_eq!(m["reply_to"], unknown.as_str(), "{m}");
+}
+
+#[test]
 fn a_bot_talks_over_the_socket_and_survives_bad_requests() {
     let w = World::new(&[]);
     let alice = w.person("alice");
