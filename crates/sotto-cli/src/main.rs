@@ -447,12 +447,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut failed = None;
             c.receive(Duration::from_secs(wait), |ev| match ev {
                 ReceiveEvent::Message(m) => {
+                    let who = match m.reply_to {
+                        Some(r) => format!("{} (reply to {})", m.sender, &r.to_hex()[..8]),
+                        None => m.sender.clone(),
+                    };
                     let line = if json {
                         sotto_cli::message_json(m).to_string()
                     } else if m.conversation == m.sender {
-                        format!("{}: {}", m.sender, m.text)
+                        format!("{who}: {}", m.text)
                     } else {
-                        format!("[{}] {}: {}", m.conversation, m.sender, m.text)
+                        format!("[{}] {who}: {}", m.conversation, m.text)
                     };
                     if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
                         failed.get_or_insert(e);

@@ -94,6 +94,14 @@ fn bob_replies_to_alice_by_id_and_she_sees_what_he_answers() {
     assert_eq!(got[0]["text"], "about that other thing");
     assert_eq!(got[0]["reply_to"], unknown.as_str());
 
+    // Without --json the line names the start of the id replied to.
+    bob.sotto(&["send", "alice", "and one more", "--reply-to", &original])
+        .ok();
+    assert_eq!(
+        alice.sotto(&["receive"]).ok(),
+        format!("bob (reply to {}): and one more\n", &original[..8])
+    );
+
     // A prefix that matches nothing, or is no hex, is a clear error.
     bob.sotto(&["send", "alice", "x", "--reply-to", "ffffffffff"])
         .fails_with("no message ffffffffff");

@@ -562,9 +562,31 @@ fn replying_from_the_keyboard_and_replies_with_their_quotes() {
             ↑↓/jk select · Enter open · / command · ? help · q quit
         "#]],
     );
+    // In a narrow window a quote is cut to one line.
+    let narrow = screen(&app, 40, 24);
+    assert!(narrow.contains("│      ╭ bob: ar…│"), "{narrow}");
     // Selecting a message shows it reversed; the hint line tells the keys.
     key(&mut app, KeyCode::Up);
     assert_eq!(app.focus, Focus::Messages);
+    assert_eq!(
+        app.marked,
+        Some(MessageId([8; 16])),
+        "alice's is not sent yet"
+    );
+    let mut t = Terminal::new(TestBackend::new(80, 24)).unwrap();
+    t.draw(|f| ui::draw(&app, f)).unwrap();
+    let reversed_rows: Vec<u16> = (0..24)
+        .filter(|y| {
+            t.backend().buffer()[(30, *y)]
+                .modifier
+                .contains(ratatui::style::Modifier::REVERSED)
+        })
+        .collect();
+    // The quote line and the message line of bob's reply (rows 5 and 6).
+    assert_eq!(reversed_rows, [5, 6]);
+    assert!(
+        screen(&app, 80, 24).ends_with("↑↓/jk select a message · r reply · Esc back to writing\n")
+    );
     key(&mut app, KeyCode::Esc);
     assert_eq!((app.focus, app.marked), (Focus::Composer, None));
     // Another conversation forgets a pending reply.
