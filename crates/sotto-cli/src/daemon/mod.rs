@@ -1,6 +1,6 @@
 //! `sotto daemon --json-rpc`: JSON-RPC 2.0, one JSON object per line, over
 //! a Unix socket (any number of local clients) or over standard input and
-//! output. Calls go to the [`worker`](crate::worker), which owns the client
+//! output. Calls go to the [`crate::worker`], which owns the client
 //! and its connection; answers go back to the caller, notifications
 //! (messages, notices, warnings, connection state) to every client.
 //! [`rpc`] is the protocol without IO; this module is the plumbing.
