@@ -135,19 +135,34 @@ impl Bus for NatsBus {
         let node = self.node.clone();
         let waker = notify.clone();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        // A probe of our own, published after the subscription on the same
+        // connection: when it comes back, the server has the subscription,
+        // so every later publish from any node reaches it. (The client's
+        // `flush` only writes the socket; it does not wait for the server.)
+        let mut probe = b"probe".to_vec();
+        probe.extend_from_slice(&rand::random::<[u8; 16]>());
         let task = tokio::spawn(async move {
-            let mut sub = match client.subscribe(subject).await {
+            let mut sub = match client.subscribe(subject.clone()).await {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(error = %e, "bus subscription failed");
                     return;
                 }
             };
-            // Confirmed by the server: later publishes from any node reach us.
-            let _ = client.flush().await;
-            let _ = ready_tx.send(());
+            let mut ready = Some(ready_tx);
+            if client
+                .publish(subject, bytes::Bytes::from(probe.clone()))
+                .await
+                .is_err()
+            {
+                ready = None;
+            }
             while let Some(m) = sub.next().await {
-                if m.payload[..] != node[..] {
+                if m.payload[..] == probe[..] {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                } else if m.payload[..] != node[..] && !m.payload.starts_with(b"probe") {
                     waker.notify_one();
                 }
             }
