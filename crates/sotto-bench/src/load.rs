@@ -170,9 +170,13 @@ pub(crate) async fn register(
     Ok((d, conn))
 }
 
-/// Logs a registered device in on a new connection.
-pub(crate) async fn login(link: &ServerLink, d: &Device) -> anyhow::Result<Connection> {
-    let mut conn = Connection::connect(link).await?;
+/// Logs a registered device in on a new connection (from `source` when given).
+pub(crate) async fn login(
+    link: &ServerLink,
+    source: Option<IpAddr>,
+    d: &Device,
+) -> anyhow::Result<Connection> {
+    let mut conn = connect(link, source).await?;
     let t = sotto_proto::login_transcript(&conn.hello().challenge, &d.device.id());
     let r = conn
         .request(Request::Login(LoginRequest {
@@ -387,7 +391,7 @@ pub(crate) async fn direct(
     let got = Arc::new(AtomicUsize::new(0));
     let mut listeners = Vec::new();
     for r in &receivers {
-        let conn = login(recv_link, r).await?;
+        let conn = login(recv_link, None, r).await?;
         listeners.push(tokio::spawn(receive(
             conn,
             origin,

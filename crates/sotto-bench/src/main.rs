@@ -157,7 +157,8 @@ async fn run_one(name: &str, ctx: &Ctx, rest: &[String]) -> anyhow::Result<Vec<T
                 .map(|s| s.parse())
                 .transpose()?
                 .unwrap_or(if ctx.quick { 1 } else { 5 });
-            groups::run(&sizes, reps)
+            // It makes its own runtime for the store: off this one.
+            tokio::task::spawn_blocking(move || groups::run(&sizes, reps)).await?
         }
         other => anyhow::bail!("unknown scenario {other:?}"),
     }
