@@ -120,7 +120,7 @@ async fn sotto(ctx: &Ctx, n: usize, idle: Duration) -> anyhow::Result<Held> {
         tasks.push(tokio::spawn(async move {
             let r = load::register(&link, Some(source(i)), inv, &format!("conn{i}")).await;
             drop(permit);
-            r.map(|(d, conn)| (d, conn))
+            r
         }));
     }
     let mut devices = Vec::with_capacity(n);

@@ -9,7 +9,7 @@
 //!
 //! One module per scenario: `floor` (the machine's own limit), `direct`
 //! (1:1 delivery against mosquitto and NATS), `fanout` (one sender to a
-//! group), `connections` (idle authenticated connections held), `cluster`
+//! group), `offline` (queued messages drained on reconnection), `connections` (idle authenticated connections held), `cluster`
 //! (1:1 delivery on SQLite, PostgreSQL and two nodes with NATS) and
 //! `groups` (client-side MLS group operations). Shared parts: `load` (the
 //! Sotto load generator), `brokers` (the comparators and their clients),
@@ -28,6 +28,7 @@ mod fanout;
 mod floor;
 mod groups;
 mod load;
+mod offline;
 mod payload;
 mod report;
 mod sys;
@@ -43,13 +44,14 @@ const SCENARIOS: &[&str] = &[
     "floor",
     "direct",
     "fanout",
+    "offline",
     "connections",
     "cluster",
     "groups",
 ];
 
 /// Scenarios of the benchmark issue that do not exist yet.
-const NOT_YET: &[&str] = &["offline", "commits", "mls"];
+const NOT_YET: &[&str] = &["commits", "mls"];
 
 /// What every scenario gets: the run's options and the floor, measured once.
 pub(crate) struct Ctx {
@@ -83,8 +85,8 @@ struct Args {
 }
 
 const USAGE: &str = "usage: sotto-bench <scenario>|all [--quick] [--out FILE.json|FILE.csv] [scenario arguments]
-scenarios: floor, direct, fanout, connections, cluster [PAIRS] [SECONDS], groups [SIZES] [REPETITIONS]
-not yet implemented: offline, commits, mls";
+scenarios: floor, direct, fanout, offline, connections, cluster [PAIRS] [SECONDS], groups [SIZES] [REPETITIONS]
+not yet implemented: commits, mls";
 
 fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Args> {
     let mut scenario = None;
@@ -135,6 +137,7 @@ async fn run_one(name: &str, ctx: &Ctx, rest: &[String]) -> anyhow::Result<Vec<T
         "floor" => floor::run(ctx).await,
         "direct" => direct::run(ctx).await,
         "fanout" => fanout::run(ctx).await,
+        "offline" => offline::run(ctx).await,
         "connections" => connections::run(ctx).await,
         "cluster" => {
             let (pairs, secs) = if ctx.quick { (2, 1) } else { (20, 10) };
