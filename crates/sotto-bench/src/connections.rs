@@ -109,7 +109,7 @@ where
 }
 
 async fn sotto(ctx: &Ctx, n: usize, idle: Duration) -> anyhow::Result<Held> {
-    let s = Sotto::sqlite(&ctx.pinning)?;
+    let mut s = Sotto::sqlite(&ctx.pinning)?;
     let invites = s.invites(n)?;
     // Setup: register every device (64 at a time); not measured.
     let sem = Arc::new(tokio::sync::Semaphore::new(64));
@@ -129,6 +129,9 @@ async fn sotto(ctx: &Ctx, n: usize, idle: Duration) -> anyhow::Result<Held> {
         conn.close().await;
         devices.push(Arc::new(d));
     }
+    // Measure from a fresh process: the registrations' heap is not the
+    // connections'.
+    s.restart(&ctx.pinning);
     let link = s.link.clone();
     hold(n, s.pid(), idle, move |i| {
         let (link, d) = (link.clone(), devices[i].clone());

@@ -102,6 +102,14 @@ impl Sotto {
         self.process.pid().unwrap_or(0)
     }
 
+    /// Restarts the server on the same data (a clean heap after setup).
+    pub(crate) fn restart(&mut self, pinning: &sys::Pinning) {
+        self.process.restart();
+        if let Some(pid) = self.process.pid() {
+            sys::pin_server(pinning, pid);
+        }
+    }
+
     /// `n` single-use invites from the server's store.
     pub(crate) fn invites(&self, n: usize) -> anyhow::Result<Vec<String>> {
         invites(&self.process, n)

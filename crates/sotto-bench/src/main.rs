@@ -9,7 +9,8 @@
 //!
 //! One module per scenario: `floor` (the machine's own limit), `direct`
 //! (1:1 delivery against mosquitto and NATS), `fanout` (one sender to a
-//! group), `offline` (queued messages drained on reconnection), `connections` (idle authenticated connections held), `cluster`
+//! group), `offline` (queued messages drained on reconnection), `commits`
+//! (concurrent commits, compare-and-set on the epoch), `connections` (idle authenticated connections held), `cluster`
 //! (1:1 delivery on SQLite, PostgreSQL and two nodes with NATS) and
 //! `groups` (client-side MLS group operations). Shared parts: `load` (the
 //! Sotto load generator), `brokers` (the comparators and their clients),
@@ -22,6 +23,7 @@
 
 mod brokers;
 mod cluster;
+mod commits;
 mod connections;
 mod direct;
 mod fanout;
@@ -45,13 +47,14 @@ const SCENARIOS: &[&str] = &[
     "direct",
     "fanout",
     "offline",
+    "commits",
     "connections",
     "cluster",
     "groups",
 ];
 
 /// Scenarios of the benchmark issue that do not exist yet.
-const NOT_YET: &[&str] = &["commits", "mls"];
+const NOT_YET: &[&str] = &["mls"];
 
 /// What every scenario gets: the run's options and the floor, measured once.
 pub(crate) struct Ctx {
@@ -85,8 +88,8 @@ struct Args {
 }
 
 const USAGE: &str = "usage: sotto-bench <scenario>|all [--quick] [--out FILE.json|FILE.csv] [scenario arguments]
-scenarios: floor, direct, fanout, offline, connections, cluster [PAIRS] [SECONDS], groups [SIZES] [REPETITIONS]
-not yet implemented: commits, mls";
+scenarios: floor, direct, fanout, offline, commits, connections, cluster [PAIRS] [SECONDS], groups [SIZES] [REPETITIONS]
+not yet implemented: mls";
 
 fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Args> {
     let mut scenario = None;
@@ -138,6 +141,7 @@ async fn run_one(name: &str, ctx: &Ctx, rest: &[String]) -> anyhow::Result<Vec<T
         "direct" => direct::run(ctx).await,
         "fanout" => fanout::run(ctx).await,
         "offline" => offline::run(ctx).await,
+        "commits" => commits::run(ctx).await,
         "connections" => connections::run(ctx).await,
         "cluster" => {
             let (pairs, secs) = if ctx.quick { (2, 1) } else { (20, 10) };

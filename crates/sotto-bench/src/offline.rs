@@ -28,6 +28,7 @@ struct Size {
 #[derive(Debug, Default)]
 struct Drained {
     drain: Duration,
+    device_p99: Duration,
     messages: usize,
     peak_rss_kib: u64,
 }
@@ -59,8 +60,9 @@ impl RssPeak {
 
 /// Starts `devices` reconnections spread over `spread`, each running
 /// `drain(i)` (which returns when device i has all its messages); returns
-/// the time from the first start to the last finish.
-async fn reconnect_all<F, Fut>(size: &Size, drain: F) -> anyhow::Result<Duration>
+/// the time from the first start to the last finish, and the p99 of one
+/// device's time from its reconnection to its last message.
+async fn reconnect_all<F, Fut>(size: &Size, drain: F) -> anyhow::Result<(Duration, Duration)>
 where
     F: Fn(usize) -> Fut,
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
@@ -70,16 +72,22 @@ where
     let mut tasks = Vec::with_capacity(size.devices);
     for i in 0..size.devices {
         tokio::time::sleep_until((start + step * i as u32).into()).await;
-        tasks.push(tokio::spawn(tokio::time::timeout(
-            Duration::from_secs(120),
-            drain(i),
-        )));
+        let f = drain(i);
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = tokio::time::timeout(Duration::from_secs(120), f).await;
+            (r, t.elapsed())
+        }));
     }
+    let mut each = Vec::with_capacity(tasks.len());
     for t in tasks {
-        t.await?
-            .map_err(|_| anyhow::anyhow!("a device did not drain its queue in 120 s"))??;
+        let (r, d) = t.await?;
+        r.map_err(|_| anyhow::anyhow!("a device did not drain its queue in 120 s"))??;
+        each.push(d);
     }
-    Ok(start.elapsed())
+    let total = start.elapsed();
+    each.sort();
+    Ok((total, crate::report::percentile(&each, 0.99)))
 }
 
 async fn sotto(ctx: &Ctx, size: &Size, payload: &[u8]) -> anyhow::Result<Drained> {
@@ -151,7 +159,7 @@ async fn sotto(ctx: &Ctx, size: &Size, payload: &[u8]) -> anyhow::Result<Drained
     let peak = RssPeak::start(s.pid());
     let link = s.link.clone();
     let per = size.per_device;
-    let drain = reconnect_all(size, move |i| {
+    let (drain, device_p99) = reconnect_all(size, move |i| {
         let (link, d) = (link.clone(), devices[i].clone());
         async move {
             let mut conn = load::login(&link, None, &d).await?;
@@ -174,6 +182,7 @@ async fn sotto(ctx: &Ctx, size: &Size, payload: &[u8]) -> anyhow::Result<Drained
     .await?;
     Ok(Drained {
         drain,
+        device_p99,
         messages: size.devices * per,
         peak_rss_kib: peak.stop(),
     })
@@ -210,7 +219,7 @@ async fn mqtt(ctx: &Ctx, size: &Size, payload: &[u8]) -> anyhow::Result<Drained>
     }
     let peak = RssPeak::start(b.pid());
     let (addr, per) = (b.addr, size.per_device);
-    let drain = reconnect_all(size, move |i| async move {
+    let (drain, device_p99) = reconnect_all(size, move |i| async move {
         let mut m = Mqtt::connect(addr, None, &format!("device{i}"), false).await?;
         for _ in 0..per {
             m.next_publish().await?;
@@ -220,6 +229,7 @@ async fn mqtt(ctx: &Ctx, size: &Size, payload: &[u8]) -> anyhow::Result<Drained>
     .await?;
     Ok(Drained {
         drain,
+        device_p99,
         messages: size.devices * per,
         peak_rss_kib: peak.stop(),
     })
@@ -273,7 +283,7 @@ async fn jetstream(ctx: &Ctx, size: &Size, payload: &[u8]) -> anyhow::Result<Dra
     }
     let peak = RssPeak::start(b.pid());
     let (url, per) = (b.nats_url(), size.per_device);
-    let drain = reconnect_all(size, move |i| {
+    let (drain, device_p99) = reconnect_all(size, move |i| {
         let url = url.clone();
         async move {
             let js = jetstream::new(async_nats::connect(url).await?);
@@ -298,6 +308,7 @@ async fn jetstream(ctx: &Ctx, size: &Size, payload: &[u8]) -> anyhow::Result<Dra
     .await?;
     Ok(Drained {
         drain,
+        device_p99,
         messages: size.devices * per,
         peak_rss_kib: peak.stop(),
     })
@@ -341,6 +352,7 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Table>> {
             "time to drain all (s)",
             "drain msgs/s",
             "ratio to Sotto",
+            "one device: reconnect to last message p99 (ms)",
             "server peak RSS during drain (MiB)",
         ],
     );
@@ -353,6 +365,7 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Table>> {
             format!("{:.2}", d.drain.as_secs_f64()),
             format!("{:.0}", rate(d)),
             ratio(rate(d), base),
+            crate::report::ms(d.device_p99),
             format!("{:.0}", d.peak_rss_kib as f64 / 1024.0),
         ]);
     }
