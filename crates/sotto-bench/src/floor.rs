@@ -34,6 +34,8 @@ pub(crate) struct Floor {
     pub(crate) wss: Transport,
     /// Echo server RSS per idle TLS WebSocket, bytes.
     pub(crate) rss_per_idle: f64,
+    /// The same per idle plain TCP socket (the tokio task and socket alone).
+    pub(crate) rss_per_idle_tcp: f64,
     pub(crate) idle: usize,
 }
 
@@ -263,13 +265,13 @@ async fn transport(kind: Kind, ctx: &Ctx) -> anyhow::Result<Transport> {
     })
 }
 
-async fn idle_rss(ctx: &Ctx) -> anyhow::Result<(f64, usize)> {
-    let echo = Echo::start(Kind::Wss, ctx)?;
+async fn idle_rss(ctx: &Ctx, kind: Kind) -> anyhow::Result<(f64, usize)> {
+    let echo = Echo::start(kind, ctx)?;
     let n = if ctx.quick { 200 } else { 5000 };
     // Warm up the allocator and the runtime with a few connections first.
     let mut held = Vec::new();
     for _ in 0..20 {
-        held.push(Client::connect(echo.target(), Kind::Wss).await?);
+        held.push(Client::connect(echo.target(), kind).await?);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = sys::rss_kib(echo.child.id()).0;
@@ -280,7 +282,7 @@ async fn idle_rss(ctx: &Ctx) -> anyhow::Result<(f64, usize)> {
         let target = echo.target();
         tasks.push(tokio::spawn(async move {
             let _p = p;
-            Client::connect(target, Kind::Wss).await
+            Client::connect(target, kind).await
         }));
     }
     for t in tasks {
@@ -295,11 +297,13 @@ async fn idle_rss(ctx: &Ctx) -> anyhow::Result<(f64, usize)> {
 pub(crate) async fn measure(ctx: &Ctx) -> anyhow::Result<Floor> {
     let tcp = transport(Kind::Tcp, ctx).await?;
     let wss = transport(Kind::Wss, ctx).await?;
-    let (rss_per_idle, idle) = idle_rss(ctx).await?;
+    let (rss_per_idle, idle) = idle_rss(ctx, Kind::Wss).await?;
+    let (rss_per_idle_tcp, _) = idle_rss(ctx, Kind::Tcp).await?;
     Ok(Floor {
         tcp,
         wss,
         rss_per_idle,
+        rss_per_idle_tcp,
         idle,
     })
 }
@@ -321,7 +325,7 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Table>> {
         ],
     );
     for (name, x, rss) in [
-        ("TCP", &f.tcp, "".to_owned()),
+        ("TCP", &f.tcp, format!("{:.0}", f.rss_per_idle_tcp)),
         (
             "TLS 1.3 + WebSocket",
             &f.wss,
