@@ -91,6 +91,7 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Table>> {
         &[
             "system",
             "durable before ack",
+            "delivered / acknowledged",
             "msgs/s",
             "ratio to Sotto",
             "ratio to floor (TLS WebSocket pipelined)",
@@ -110,6 +111,7 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Table>> {
         t.row(vec![
             (*name).into(),
             (*durable).into(),
+            format!("{} / {}", o.seen.len(), o.sent),
             format!("{:.0}", rate(o)),
             ratio(rate(o), base),
             ratio(rate(o), floor),
@@ -160,11 +162,9 @@ async fn finish(
     for r in receivers {
         seen.extend(r.await?);
     }
-    anyhow::ensure!(
-        seen.len() >= sent,
-        "{} of {sent} acknowledged messages were delivered",
-        seen.len()
-    );
+    // A comparator that loses messages is reported (column "delivered"),
+    // not failed: NATS core promises nothing. Sotto's run fails instead
+    // (`load::direct`).
     Ok(Outcome {
         sent,
         seen,
