@@ -73,6 +73,7 @@ struct Row {
     update: Duration,
     update_process: Duration,
     update_bytes: usize,
+    filled_update_bytes: usize,
     welcome_bytes: usize,
     encrypt: Duration,
     decrypt: Duration,
@@ -80,6 +81,60 @@ struct Row {
 }
 
 const G: GroupId = GroupId([0x5b; 32]);
+
+/// Alice's self-update commit in a group of `n` once the ratchet tree is
+/// filled along her copath: after creation, the member at leaf 1, 2, 4, 8,
+/// ... (one in each subtree of her copath) commits a self-update, every one
+/// of them processing the others'. A commit then carries one path secret
+/// per level (about log2(n) HPKE ciphertexts), not one per blank leaf:
+/// what a group costs once its members keep their leaves updated (the
+/// self-update policy), against the fresh tree of `group_row`.
+fn filled_tree_update_bytes(suite: Suite, n: usize) -> anyhow::Result<usize> {
+    let g = GroupId([0x5c; 32]);
+    let alice_p = Provider::new()?;
+    let crowd_p = Provider::new()?;
+    let alice = Member::new(0);
+    let mut joiners: Vec<(Member, Provider)> = Vec::new();
+    let mut kps = Vec::new();
+    for leaf in 1..n {
+        let m = Member::new(leaf);
+        if leaf.is_power_of_two() {
+            let p = Provider::new()?;
+            kps.push(m.key_package(&p, suite));
+            joiners.push((m, p));
+        } else {
+            kps.push(m.key_package(&crowd_p, suite));
+        }
+    }
+    let meta = GroupMeta {
+        name: "filled".into(),
+        admins: vec![alice.me.account],
+    };
+    let created = mls::create_group(&alice_p, &alice.me, &alice.device, g, &kps, Some(&meta))?;
+    mls::merge_pending(&alice_p, g)?;
+    for (_, p) in &joiners {
+        mls::join(p, &created.welcome)?;
+    }
+    let update = || Change {
+        self_update: true,
+        ..Change::default()
+    };
+    for k in 0..joiners.len() {
+        let (m, p) = &joiners[k];
+        let s =
+            group::stage(p, &m.device, g, update())?.ok_or_else(|| anyhow::anyhow!("no commit"))?;
+        mls::merge_pending(p, g)?;
+        mls::process(&alice_p, g, &s.commit)?;
+        for (j, (_, q)) in joiners.iter().enumerate() {
+            if j != k {
+                mls::process(q, g, &s.commit)?;
+            }
+        }
+    }
+    let s = group::stage(&alice_p, &alice.device, g, update())?
+        .ok_or_else(|| anyhow::anyhow!("no commit"))?;
+    Ok(s.commit.len())
+}
 
 fn group_row(
     suite: Suite,
@@ -158,6 +213,7 @@ fn group_row(
         dec.push(t.elapsed());
     }
     let fanout = rt.block_on(store_fanout(n, reps))?;
+    let filled_update_bytes = filled_tree_update_bytes(suite, n)?;
     Ok(Row {
         suite,
         n,
@@ -169,6 +225,7 @@ fn group_row(
         update: median(up),
         update_process: median(up_p),
         update_bytes,
+        filled_update_bytes,
         welcome_bytes,
         encrypt: median(enc),
         decrypt: median(dec),
@@ -238,6 +295,7 @@ pub(crate) fn run(sizes: &[usize], reps: usize) -> anyhow::Result<Vec<Table>> {
             "remove: commit / process (ms)",
             "self-update: commit / process (ms)",
             "self-update commit (bytes)",
+            "self-update commit, tree filled along the copath (bytes)",
             "Welcome at creation (bytes)",
             "1 KiB message: encrypt / decrypt (µs)",
             "fan-out to all mailboxes (ms)",
@@ -254,6 +312,7 @@ pub(crate) fn run(sizes: &[usize], reps: usize) -> anyhow::Result<Vec<Table>> {
                 format!("{} / {}", ms(r.remove), ms(r.remove_process)),
                 format!("{} / {}", ms(r.update), ms(r.update_process)),
                 r.update_bytes.to_string(),
+                r.filled_update_bytes.to_string(),
                 r.welcome_bytes.to_string(),
                 format!("{} / {}", us(r.encrypt), us(r.decrypt)),
                 ms(r.fanout),
@@ -261,6 +320,7 @@ pub(crate) fn run(sizes: &[usize], reps: usize) -> anyhow::Result<Vec<Table>> {
         }
     }
     t.note(format!("{reps} repetitions per operation, medians"));
+    t.note("\"self-update commit\" is on the freshly created tree (inner nodes blank: one ciphertext per leaf of each copath subtree); \"tree filled\" is the same commit after the members at leaves 1, 2, 4, … committed self-updates, as a self-update policy keeps a group");
     Ok(vec![t])
 }
 
@@ -275,6 +335,7 @@ mod tests {
             let r = group_row(suite, 4, 1, &rt).unwrap();
             assert_eq!(r.n, 4);
             assert!(r.update_bytes > 0 && r.welcome_bytes > r.update_bytes / 4);
+            assert!(r.filled_update_bytes > 0);
             assert!(r.add > Duration::ZERO && r.fanout > Duration::ZERO);
         }
     }
