@@ -41,6 +41,16 @@ cargo deny --locked check licenses bans sources
 
 # The end-to-end tests run the workspace's binaries: build them first.
 cargo build --workspace --bins --locked
+
+# The benchmarks must not rot: every scenario once, small (`--quick`, about
+# 30 s), against the real servers and comparators. Checks that each
+# completes and writes its rows, never the figures. Needs mosquitto and
+# nats-server (scripts/services.sh installs them).
+bench=$(realpath "${CARGO_TARGET_DIR:-target}")/debug/sotto-bench
+bench_dir=$(mktemp -d)
+(cd "$bench_dir" && "$bench" all --quick --out quick.json >/dev/null)
+python3 -c 'import json,sys; t=json.load(open(sys.argv[1]))["tables"]; assert t and all(x["rows"] for x in t), t' "$bench_dir/quick.json"
+rm -rf "$bench_dir"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
 else

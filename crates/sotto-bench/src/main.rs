@@ -1,325 +1,265 @@
-//! `sotto-bench`: named benchmark scenarios, each run with its comparator in
-//! the same process, printing a Markdown table for BENCHMARKS.md.
+//! `sotto-bench`: named benchmark scenarios, each run with its comparators
+//! back to back in the same process, with the same load generator, payloads
+//! and durations, printing one Markdown table per scenario (BENCHMARKS.md
+//! is made of them) and, with `--out`, the same tables as JSON or CSV.
 //!
-//! Scenario `cluster` (see `cluster.rs`): one-to-one delivery on one node
-//! with SQLite, one node with PostgreSQL and two nodes with PostgreSQL and
-//! NATS, side by side.
+//! ```text
+//! sotto-bench <scenario>|all [--quick] [--out FILE.json|FILE.csv]
+//! ```
 //!
-//! Scenario `groups`: the cost of group operations for groups of 10, 100 and
-//! 1000 members, on the default post-quantum suite and, side by side, the
-//! classical suite: an add, a removal and a self-update as the committer
-//! pays it (stage + merge) and as another member pays it (process), one
-//! message's encryption and decryption, and one message's fan-out into the
-//! mailboxes of every other member in the embedded store (a durable SQLite
-//! transaction). Times are medians over the repetitions.
+//! One module per scenario: `floor` (the machine's own limit), `direct`
+//! (1:1 delivery against mosquitto and NATS), `fanout` (one sender to a
+//! group), `offline` (queued messages drained on reconnection), `commits`
+//! (concurrent commits, compare-and-set on the epoch), `connections` (idle authenticated connections held), `cluster`
+//! (1:1 delivery on SQLite, PostgreSQL and two nodes with NATS) and
+//! `groups` (client-side MLS group operations) and `mls` (Sotto's client
+//! core against raw openmls). Shared parts: `load` (the
+//! Sotto load generator), `brokers` (the comparators and their clients),
+//! `payload` (a real MLS ciphertext), `sys` (CPU, memory, pinning) and
+//! `report` (tables).
+//!
+//! The load generator pins itself to the last CPU and every server to the
+//! others (`taskset`), measures its own CPU use, and marks a figure taken
+//! while it was saturated as load-generator-bound.
 
+mod brokers;
 mod cluster;
+mod commits;
+mod connections;
+mod direct;
+mod fanout;
+mod floor;
+mod groups;
+mod load;
+mod mls;
+mod offline;
+mod payload;
+mod report;
+mod sys;
 
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Instant;
 
-use openmls::prelude::KeyPackage;
-use openmls_libcrux_crypto::Provider;
-use sotto_core::group::{self, Change, GroupMeta};
-use sotto_core::mls::{self, Processed};
-use sotto_core::{AccountKey, CredentialIdentity, DeviceKey, Suite};
-use sotto_proto::{DeviceId, EnvelopeKind, GroupId, Handle, MessageId, SignedDeviceList};
-use sotto_server::store::sqlite::SqliteStore;
-use sotto_server::store::{CommitWrite, Outgoing, Store};
+use report::Table;
 
-struct Member {
-    account: AccountKey,
-    device: DeviceKey,
-    me: CredentialIdentity,
+/// The scenarios `all` runs, in order (`floor` first: the others are given
+/// as ratios to it).
+const SCENARIOS: &[&str] = &[
+    "floor",
+    "direct",
+    "fanout",
+    "offline",
+    "commits",
+    "connections",
+    "cluster",
+    "groups",
+    "mls",
+];
+
+/// Scenarios of the benchmark issue that do not exist yet.
+const NOT_YET: &[&str] = &[];
+
+/// What every scenario gets: the run's options and the floor, measured once.
+pub(crate) struct Ctx {
+    pub(crate) quick: bool,
+    pub(crate) pinning: sys::Pinning,
+    floor: tokio::sync::OnceCell<floor::Floor>,
 }
 
-impl Member {
-    fn new(i: usize) -> Self {
-        let account = AccountKey::generate();
-        let device = DeviceKey::generate();
-        let me = CredentialIdentity {
-            account: account.id(),
-            device: device.id(),
-            handle: Handle::new(&format!("member{i:05}")).expect("valid handle"),
-        };
-        Self {
-            account,
-            device,
-            me,
+impl Ctx {
+    /// The floor of this run (measured on first use).
+    pub(crate) async fn floor(&self) -> anyhow::Result<&floor::Floor> {
+        self.floor.get_or_try_init(|| floor::measure(self)).await
+    }
+
+    /// " (load-generator-bound)" when the load generator used nearly all of
+    /// the CPU it may use.
+    pub(crate) fn bound(&self, cores: f64) -> &'static str {
+        if cores >= 0.9 * sys::load_cores(&self.pinning) {
+            " (load-generator-bound)"
+        } else {
+            ""
         }
     }
+}
 
-    fn key_package(&self, p: &Provider, suite: Suite) -> KeyPackage {
-        let b = mls::key_packages(p, &self.me, &self.device, suite, 1).expect("key package");
-        mls::verify_key_package(p, &b[0], self.me.account, self.me.device)
-            .expect("valid")
-            .0
+struct Args {
+    scenario: String,
+    quick: bool,
+    out: Option<PathBuf>,
+    rest: Vec<String>,
+}
+
+const USAGE: &str = "usage: sotto-bench <scenario>|all [--quick] [--out FILE.json|FILE.csv] [scenario arguments]
+scenarios: floor, direct, fanout, offline, commits, connections, cluster [PAIRS] [SECONDS], groups [SIZES] [REPETITIONS], mls";
+
+fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Args> {
+    let mut scenario = None;
+    let mut quick = false;
+    let mut out = None;
+    let mut rest = Vec::new();
+    let mut it = args;
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--out" => {
+                out = Some(PathBuf::from(
+                    it.next()
+                        .ok_or_else(|| anyhow::anyhow!("--out needs a file"))?,
+                ))
+            }
+            "-h" | "--help" => anyhow::bail!("{USAGE}"),
+            _ if scenario.is_none() => scenario = Some(a),
+            _ => rest.push(a),
+        }
     }
-
-    fn list(&self) -> SignedDeviceList {
-        self.account.sign_device_list(1, vec![self.me.device])
+    let scenario = scenario.ok_or_else(|| anyhow::anyhow!("{USAGE}"))?;
+    if scenario != "all" && !SCENARIOS.contains(&scenario.as_str()) {
+        if NOT_YET.contains(&scenario.as_str()) {
+            anyhow::bail!(
+                "scenario {scenario} is not implemented yet (BENCHMARKS.md lists what is missing)"
+            );
+        }
+        anyhow::bail!("unknown scenario {scenario:?}\n{USAGE}");
     }
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2}", d.as_secs_f64() * 1e3)
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.0}", d.as_secs_f64() * 1e6)
-}
-
-struct Row {
-    suite: Suite,
-    n: usize,
-    create: Duration,
-    add: Duration,
-    add_process: Duration,
-    remove: Duration,
-    remove_process: Duration,
-    update: Duration,
-    update_process: Duration,
-    update_bytes: usize,
-    welcome_bytes: usize,
-    encrypt: Duration,
-    decrypt: Duration,
-    fanout: Duration,
-}
-
-const G: GroupId = GroupId([0x5b; 32]);
-
-fn group_row(
-    suite: Suite,
-    n: usize,
-    reps: usize,
-    rt: &tokio::runtime::Runtime,
-) -> anyhow::Result<Row> {
-    let alice_p = Provider::new()?;
-    let bob_p = Provider::new()?;
-    let crowd_p = Provider::new()?;
-    let alice = Member::new(0);
-    let bob = Member::new(1);
-    let crowd: Vec<Member> = (2..n + 2 * reps + 2).map(Member::new).collect();
-    let mut kps = vec![bob.key_package(&bob_p, suite)];
-    kps.extend(
-        crowd[..n - 2]
-            .iter()
-            .map(|m| m.key_package(&crowd_p, suite)),
-    );
-    let meta = GroupMeta {
-        name: "bench".into(),
-        admins: vec![alice.me.account],
-    };
-    let t = Instant::now();
-    let created = mls::create_group(&alice_p, &alice.me, &alice.device, G, &kps, Some(&meta))?;
-    mls::merge_pending(&alice_p, G)?;
-    let create = t.elapsed();
-    let welcome_bytes = created.welcome.len();
-    mls::join(&bob_p, &created.welcome)?;
-
-    let commit = |change: Change| -> anyhow::Result<(Duration, Duration, usize)> {
-        let t = Instant::now();
-        let s = group::stage(&alice_p, &alice.device, G, change)?.expect("a change");
-        mls::merge_pending(&alice_p, G)?;
-        let staged = t.elapsed();
-        let t = Instant::now();
-        let p = mls::process(&bob_p, G, &s.commit)?;
-        let processed = t.elapsed();
-        anyhow::ensure!(matches!(p, Processed::Commit { .. }), "not a commit");
-        Ok((staged, processed, s.commit.len()))
-    };
-    let (mut add, mut add_p, mut rm, mut rm_p, mut up, mut up_p) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
-    let mut update_bytes = 0;
-    for r in 0..reps {
-        let newcomer = &crowd[n - 2 + r];
-        let (a, b, _) = commit(Change {
-            adds: vec![newcomer.key_package(&crowd_p, suite)],
-            device_lists: vec![newcomer.list()],
-            ..Change::default()
-        })?;
-        add.push(a);
-        add_p.push(b);
-        let (a, b, _) = commit(Change {
-            removes: vec![crowd[r].me.device],
-            ..Change::default()
-        })?;
-        rm.push(a);
-        rm_p.push(b);
-        let (a, b, bytes) = commit(Change {
-            self_update: true,
-            ..Change::default()
-        })?;
-        up.push(a);
-        up_p.push(b);
-        update_bytes = bytes;
+    if let Some(o) = &out {
+        let ext = o.extension().and_then(|e| e.to_str()).unwrap_or("");
+        anyhow::ensure!(
+            ext == "json" || ext == "csv",
+            "--out: use a .json or .csv file"
+        );
     }
-    let text = vec![b'x'; 1024];
-    let (mut enc, mut dec) = (vec![], vec![]);
-    for _ in 0..reps * 5 {
-        let t = Instant::now();
-        let ct = mls::encrypt(&alice_p, &alice.device, G, &text)?;
-        enc.push(t.elapsed());
-        let t = Instant::now();
-        mls::process(&bob_p, G, &ct)?;
-        dec.push(t.elapsed());
-    }
-    let fanout = rt.block_on(store_fanout(n, reps))?;
-    Ok(Row {
-        suite,
-        n,
-        create,
-        add: median(add),
-        add_process: median(add_p),
-        remove: median(rm),
-        remove_process: median(rm_p),
-        update: median(up),
-        update_process: median(up_p),
-        update_bytes,
-        welcome_bytes,
-        encrypt: median(enc),
-        decrypt: median(dec),
-        fanout,
+    Ok(Args {
+        scenario,
+        quick,
+        out,
+        rest,
     })
 }
 
-/// One message into the mailboxes of the n-1 other members, durably.
-async fn store_fanout(n: usize, reps: usize) -> anyhow::Result<Duration> {
-    // On the working directory's disk, not a RAM-backed /tmp: fsync must cost what it costs.
-    let dir = tempfile::tempdir_in(".")?;
-    let store = SqliteStore::open(&dir.path().join("server.db"))?;
-    let members: Vec<DeviceId> = (0..n)
-        .map(|i| {
-            let mut d = [0u8; 32];
-            d[..8].copy_from_slice(&(i as u64).to_be_bytes());
-            DeviceId(d)
-        })
-        .collect();
-    store
-        .commit(CommitWrite {
-            commit: None,
-            welcome: None,
-            welcome_recipients: Vec::new(),
-            group: G,
-            sender: members[0],
-            epoch: 0,
-            members: members.clone(),
-            mailbox_cap: sotto_server::store::MailboxCap::UNLIMITED,
-            msg_id: MessageId([0xc0; 16]),
-            expires_ms: u64::MAX / 2,
-        })
-        .await?;
-    let mut times = Vec::new();
-    for r in 0..reps * 5 {
-        let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&(r as u64).to_be_bytes());
-        let m = Outgoing {
-            group: G,
-            sender: members[0],
-            msg_id: MessageId(id),
-            kind: EnvelopeKind::Application,
-            payload: vec![0u8; 1200],
-            now_ms: 1,
-            expires_ms: u64::MAX / 2,
-        };
-        let t = Instant::now();
-        store
-            .send(m, sotto_server::store::MailboxCap::UNLIMITED)
-            .await?;
-        times.push(t.elapsed());
-    }
-    Ok(median(times))
-}
-
-fn groups(sizes: &[usize], reps: usize) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Runtime::new()?;
-    println!(
-        "| suite | members | create (ms) | add: commit / process (ms) | remove: commit / process (ms) | \
-         self-update: commit / process (ms) | self-update commit (bytes) | Welcome at creation (bytes) | \
-         1 KiB message: encrypt / decrypt (µs) | fan-out to all mailboxes (ms) |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for &n in sizes {
-        for suite in [Suite::PostQuantum, Suite::Classical] {
-            let r = group_row(suite, n, reps, &rt)?;
-            println!(
-                "| {} | {} | {} | {} / {} | {} / {} | {} / {} | {} | {} | {} / {} | {} |",
-                r.suite.name(),
-                r.n,
-                ms(r.create),
-                ms(r.add),
-                ms(r.add_process),
-                ms(r.remove),
-                ms(r.remove_process),
-                ms(r.update),
-                ms(r.update_process),
-                r.update_bytes,
-                r.welcome_bytes,
-                us(r.encrypt),
-                us(r.decrypt),
-                ms(r.fanout),
-            );
+async fn run_one(name: &str, ctx: &Ctx, rest: &[String]) -> anyhow::Result<Vec<Table>> {
+    match name {
+        "floor" => floor::run(ctx).await,
+        "direct" => direct::run(ctx).await,
+        "fanout" => fanout::run(ctx).await,
+        "offline" => offline::run(ctx).await,
+        "commits" => commits::run(ctx).await,
+        "connections" => connections::run(ctx).await,
+        "cluster" => {
+            let (pairs, secs) = if ctx.quick { (2, 1) } else { (20, 10) };
+            let pairs = rest
+                .first()
+                .map(|s| s.parse())
+                .transpose()?
+                .unwrap_or(pairs);
+            let secs = rest.get(1).map(|s| s.parse()).transpose()?.unwrap_or(secs);
+            cluster::run(ctx, pairs, secs).await
         }
+        "mls" => {
+            let quick = ctx.quick;
+            tokio::task::spawn_blocking(move || mls::run(quick)).await?
+        }
+        "groups" => {
+            let sizes: Vec<usize> = match rest.first() {
+                Some(s) => s.split(',').map(str::parse).collect::<Result<_, _>>()?,
+                None if ctx.quick => vec![4],
+                None => vec![10, 100, 1000],
+            };
+            let reps = rest
+                .get(1)
+                .map(|s| s.parse())
+                .transpose()?
+                .unwrap_or(if ctx.quick { 1 } else { 5 });
+            // It makes its own runtime for the store: off this one.
+            tokio::task::spawn_blocking(move || groups::run(&sizes, reps)).await?
+        }
+        other => anyhow::bail!("unknown scenario {other:?}"),
     }
-    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("groups") => {
-            let sizes: Vec<usize> = match args.get(1) {
-                Some(s) => s.split(',').map(str::parse).collect::<Result<_, _>>()?,
-                None => vec![10, 100, 1000],
-            };
-            let reps = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(5);
-            groups(&sizes, reps)
+    let mut argv = std::env::args().skip(1).peekable();
+    if argv.peek().map(String::as_str) == Some("__echo") {
+        let kind = argv.nth(1).unwrap_or_default();
+        return floor::serve_echo(&kind);
+    }
+    let args = match parse(argv) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
         }
-        Some("cluster") => {
-            let pairs = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(20);
-            let secs = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(10);
-            let rt = tokio::runtime::Runtime::new()?;
-            let rows = rt.block_on(cluster::run(pairs, secs))?;
-            cluster::print(&rows, pairs, secs);
-            Ok(())
-        }
-        _ => {
-            eprintln!(
-                "usage: sotto-bench groups [SIZES (default 10,100,1000)] [REPETITIONS (default 5)]\n       sotto-bench cluster [PAIRS (default 20)] [SECONDS (default 10)]"
-            );
-            std::process::exit(2)
+    };
+    let files = sys::raise_open_files();
+    let pinning = sys::pin_load_generator();
+    let ctx = Ctx {
+        quick: args.quick,
+        pinning,
+        floor: tokio::sync::OnceCell::new(),
+    };
+    let header = serde_json::json!({
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "machine": sys::machine(),
+        "load_generator_cpus": ctx.pinning.load,
+        "server_cpus": ctx.pinning.server,
+        "open_files_limit": files,
+        "quick": args.quick,
+    });
+    println!(
+        "machine: {}; load generator on CPU {}, servers on CPU {}; open files {files}{}\n",
+        sys::machine(),
+        ctx.pinning.load.as_deref().unwrap_or("any (not pinned)"),
+        ctx.pinning.server.as_deref().unwrap_or("any (not pinned)"),
+        if args.quick { "; --quick" } else { "" }
+    );
+    let rt = tokio::runtime::Runtime::new()?;
+    let names: Vec<&str> = if args.scenario == "all" {
+        SCENARIOS.to_vec()
+    } else {
+        vec![args.scenario.as_str()]
+    };
+    let mut tables = Vec::new();
+    let mut failed = Vec::new();
+    for name in names {
+        let t = Instant::now();
+        match rt.block_on(run_one(name, &ctx, &args.rest)) {
+            Ok(ts) => {
+                for table in &ts {
+                    println!("{}", table.markdown());
+                }
+                eprintln!("[{name}: {:.1} s]", t.elapsed().as_secs_f64());
+                tables.extend(ts);
+            }
+            Err(e) => {
+                eprintln!("scenario {name} failed: {e:#}");
+                failed.push(name);
+            }
         }
     }
+    if args.scenario == "all" && !NOT_YET.is_empty() {
+        println!("Not implemented yet: {}.", NOT_YET.join(", "));
+    }
+    if let Some(out) = &args.out {
+        report::write(out, &tables, &header)?;
+    }
+    anyhow::ensure!(failed.is_empty(), "failed: {}", failed.join(", "));
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The cluster scenario runs end to end (tiny load) and delivers every
-    /// acknowledged message; its figures are not checked.
-    #[test]
-    fn cluster_scenario_runs_and_delivers_everything() {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let rows = rt.block_on(cluster::run(2, 1)).unwrap();
-        assert_eq!(rows.len(), 3);
-        for r in rows {
-            assert!(r.delivered > 0 && r.p99 >= r.p50, "{r:?}");
-        }
+    fn args(s: &str) -> anyhow::Result<Args> {
+        parse(s.split_whitespace().map(str::to_owned))
     }
 
     #[test]
-    fn groups_scenario_runs_and_measures_something() {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        for suite in [Suite::PostQuantum, Suite::Classical] {
-            let r = group_row(suite, 4, 1, &rt).unwrap();
-            assert_eq!(r.n, 4);
-            assert!(r.update_bytes > 0 && r.welcome_bytes > r.update_bytes / 4);
-            assert!(r.add > Duration::ZERO && r.fanout > Duration::ZERO);
-        }
+    fn the_command_line_is_parsed_then_checked() {
+        let a = args("direct --quick --out r.json").unwrap();
+        assert_eq!((a.scenario.as_str(), a.quick), ("direct", true));
+        assert!(args("all --out r.txt").is_err());
+        assert!(args("nonsense").is_err());
+        assert!(args("mls --quick").is_ok());
     }
 }

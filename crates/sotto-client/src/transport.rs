@@ -118,6 +118,35 @@ impl std::fmt::Debug for Connection {
     }
 }
 
+/// The TLS client configuration of a connection: TLS 1.3 with `ring`,
+/// accepting exactly the certificate whose SHA-256 is `fingerprint`
+/// (`mismatch` is set when another one was offered).
+fn client_config(
+    fingerprint: [u8; 32],
+    mismatch: Arc<AtomicBool>,
+) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Pinned {
+        fingerprint,
+        provider: provider.clone(),
+        mismatch,
+    };
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ClientError::Transport(e.to_string()))?
+        .dangerous() // not dangerous here: the verifier pins one certificate exactly
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+/// The TLS client configuration [`Connection`] uses, pinned to the
+/// certificate with SHA-256 `fingerprint` (benchmarks use it to measure
+/// bare TLS beside the protocol).
+pub fn pinned_tls_config(fingerprint: [u8; 32]) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    client_config(fingerprint, Arc::new(AtomicBool::new(false)))
+}
+
 fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(16 * 1024)
@@ -128,43 +157,42 @@ fn ws_config() -> WebSocketConfig {
 /// TCP and TLS 1.3 to the server, its certificate checked against the
 /// link's pin; no WebSocket yet. (Tests use it to play slow clients.)
 pub async fn connect_tls(link: &ServerLink) -> Result<TlsStream<TcpStream>, ClientError> {
-    let tcp = match timeout(CONNECT_TIMEOUT, TcpStream::connect(link.authority())).await {
+    connect_tls_from(link, None).await
+}
+
+/// [`connect_tls`] from a given local address, if any.
+async fn connect_tls_from(
+    link: &ServerLink,
+    source: Option<std::net::IpAddr>,
+) -> Result<TlsStream<TcpStream>, ClientError> {
+    let unreachable = |e: String| ClientError::Unreachable(format!("{}: {e}", link.authority()));
+    let dial = async {
+        let Some(ip) = source else {
+            return TcpStream::connect(link.authority()).await;
+        };
+        let addr = tokio::net::lookup_host(link.authority())
+            .await?
+            .next()
+            .ok_or_else(|| std::io::Error::other("no address"))?;
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(std::net::SocketAddr::new(ip, 0))?;
+        socket.connect(addr).await
+    };
+    let tcp = match timeout(CONNECT_TIMEOUT, dial).await {
         Ok(Ok(t)) => t,
-        Ok(Err(e)) => {
-            return Err(ClientError::Unreachable(format!(
-                "{}: {e}",
-                link.authority()
-            )));
-        }
-        Err(_) => {
-            return Err(ClientError::Unreachable(format!(
-                "{}: timed out",
-                link.authority()
-            )));
-        }
+        Ok(Err(e)) => return Err(unreachable(e.to_string())),
+        Err(_) => return Err(unreachable("timed out".into())),
     };
     let _ = tcp.set_nodelay(true);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mismatch = Arc::new(AtomicBool::new(false));
-    let verifier = Pinned {
-        fingerprint: link.fingerprint,
-        provider: provider.clone(),
-        mismatch: mismatch.clone(),
-    };
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| ClientError::Transport(e.to_string()))?
-        .dangerous() // not dangerous here: the verifier pins one certificate exactly
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
+    let cfg = client_config(link.fingerprint, mismatch.clone())?;
     let name =
         ServerName::try_from("sotto-server").map_err(|e| ClientError::Transport(e.to_string()))?;
-    match timeout(
-        CONNECT_TIMEOUT,
-        TlsConnector::from(Arc::new(cfg)).connect(name, tcp),
-    )
-    .await
-    {
+    match timeout(CONNECT_TIMEOUT, TlsConnector::from(cfg).connect(name, tcp)).await {
         Ok(Ok(t)) => Ok(t),
         Ok(Err(_)) if mismatch.load(Ordering::SeqCst) => Err(ClientError::CertificateMismatch),
         Ok(Err(e)) => Err(ClientError::Transport(format!("tls: {e}"))),
@@ -176,7 +204,24 @@ impl Connection {
     /// Connects, checks the pinned certificate, upgrades to WebSocket and
     /// reads the server's hello.
     pub async fn connect(link: &ServerLink) -> Result<Self, ClientError> {
-        let tls = connect_tls(link).await?;
+        Self::connect_via(link, None).await
+    }
+
+    /// [`Connection::connect`] from the given local address (load generators
+    /// spread many connections over several loopback addresses this way, past
+    /// the ephemeral-port limit of one source address).
+    pub async fn connect_from(
+        link: &ServerLink,
+        source: std::net::IpAddr,
+    ) -> Result<Self, ClientError> {
+        Self::connect_via(link, Some(source)).await
+    }
+
+    async fn connect_via(
+        link: &ServerLink,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<Self, ClientError> {
+        let tls = connect_tls_from(link, source).await?;
         let url = format!("wss://{}{}", link.authority(), sotto_proto::WS_PATH);
         let upgrade = tokio_tungstenite::client_async_with_config(url, tls, Some(ws_config()));
         let (mut ws, _) = match timeout(CONNECT_TIMEOUT, upgrade).await {

@@ -305,6 +305,11 @@ impl ServerProcess {
         out
     }
 
+    /// The process id while it runs (benchmarks read its CPU and memory).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child

@@ -1,0 +1,323 @@
+//! The comparators: `mosquitto` and `nats-server` started by the bench on
+//! free loopback ports (never installed by it), and the minimal clients the
+//! load generator speaks to them: MQTT 3.1.1 written out here (CONNECT,
+//! SUBSCRIBE, PUBLISH at QoS 1 with its PUBACK: nothing the broker could do
+//! faster with another client), raw NATS for idle connections, and the
+//! `async-nats` crate for NATS and JetStream traffic.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::sys;
+
+/// A broker process on a loopback port; killed on drop.
+#[derive(Debug)]
+pub(crate) struct Broker {
+    child: Child,
+    pub(crate) addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    /// `mosquitto` with persistence on (QoS 1 messages and persistent
+    /// sessions are kept in its on-disk database).
+    pub(crate) fn mosquitto(pinning: &sys::Pinning) -> anyhow::Result<Self> {
+        let bin = sys::need("mosquitto", "mosquitto")?;
+        let dir = tempfile::tempdir_in(".")?;
+        let port = sotto_test_support::services::free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
+                 max_queued_messages 1000000\nmax_inflight_messages 0\nset_tcp_nodelay true\nlog_type none\n",
+                dir.path().display()
+            ),
+        )?;
+        let mut c = Command::new(bin);
+        c.arg("-c").arg(&conf);
+        Self::spawn(c, port, dir, pinning)
+    }
+
+    /// `nats-server`, with JetStream (file store in a temp directory) when
+    /// `jetstream` says so.
+    pub(crate) fn nats(pinning: &sys::Pinning, jetstream: JetStream) -> anyhow::Result<Self> {
+        let bin = sys::need("nats-server", "nats-server")?;
+        let dir = tempfile::tempdir_in(".")?;
+        let port = sotto_test_support::services::free_port();
+        let mut c = Command::new(bin);
+        c.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+        if jetstream == JetStream::FileStore {
+            c.arg("-js").arg("-sd").arg(dir.path());
+        }
+        Self::spawn(c, port, dir, pinning)
+    }
+
+    fn spawn(
+        mut c: Command,
+        port: u16,
+        dir: tempfile::TempDir,
+        pinning: &sys::Pinning,
+    ) -> anyhow::Result<Self> {
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = c.spawn()?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let b = Self {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let t = std::time::Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(10),
+                "broker did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        sys::pin_server(pinning, b.pid());
+        Ok(b)
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) fn nats_url(&self) -> String {
+        format!("nats://{}", self.addr)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether `nats-server` runs JetStream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JetStream {
+    Off,
+    FileStore,
+}
+
+/// A minimal MQTT 3.1.1 client connection.
+#[derive(Debug)]
+pub(crate) struct Mqtt {
+    rd: BufReader<OwnedReadHalf>,
+    wr: OwnedWriteHalf,
+    next_id: u16,
+}
+
+/// A PUBLISH received.
+#[derive(Debug)]
+pub(crate) struct Publish {
+    pub(crate) payload: Vec<u8>,
+}
+
+fn remaining_length(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+fn mqtt_str(s: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut p = vec![first];
+    remaining_length(body.len(), &mut p);
+    p.extend_from_slice(body);
+    p
+}
+
+impl Mqtt {
+    /// Connects with `client_id`; `clean` false keeps a persistent session.
+    pub(crate) async fn connect(
+        addr: SocketAddr,
+        source: Option<std::net::IpAddr>,
+        client_id: &str,
+        clean: bool,
+    ) -> anyhow::Result<Self> {
+        let tcp = dial(addr, source).await?;
+        tcp.set_nodelay(true)?;
+        let (r, w) = tcp.into_split();
+        let mut m = Self {
+            rd: BufReader::with_capacity(4096, r),
+            wr: w,
+            next_id: 1,
+        };
+        let mut body = Vec::new();
+        mqtt_str("MQTT", &mut body);
+        body.push(4); // protocol level 3.1.1
+        body.push(if clean { 0x02 } else { 0x00 });
+        body.extend_from_slice(&60u16.to_be_bytes()); // keepalive seconds
+        mqtt_str(client_id, &mut body);
+        m.wr.write_all(&packet(0x10, &body)).await?;
+        let (t, b) = m.read_packet().await?;
+        anyhow::ensure!(
+            t >> 4 == 2 && b.get(1) == Some(&0),
+            "mqtt: connack {t:#x} {b:?}"
+        );
+        Ok(m)
+    }
+
+    /// Subscribes to `topic` at QoS 1.
+    pub(crate) async fn subscribe(&mut self, topic: &str) -> anyhow::Result<()> {
+        let mut body = 1u16.to_be_bytes().to_vec();
+        mqtt_str(topic, &mut body);
+        body.push(1);
+        self.wr.write_all(&packet(0x82, &body)).await?;
+        loop {
+            let (t, b) = self.read_packet().await?;
+            if t >> 4 == 9 {
+                anyhow::ensure!(b.get(2) == Some(&1), "mqtt: suback {b:?}");
+                return Ok(());
+            }
+        }
+    }
+
+    /// Publishes at QoS 1 and waits for the broker's PUBACK.
+    pub(crate) async fn publish_qos1(&mut self, topic: &str, payload: &[u8]) -> anyhow::Result<()> {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        let mut body = Vec::with_capacity(payload.len() + topic.len() + 4);
+        mqtt_str(topic, &mut body);
+        body.extend_from_slice(&id.to_be_bytes());
+        body.extend_from_slice(payload);
+        self.wr.write_all(&packet(0x32, &body)).await?;
+        loop {
+            let (t, b) = self.read_packet().await?;
+            if t >> 4 == 4 && b[..2] == id.to_be_bytes() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The next PUBLISH, acknowledged (PUBACK) if it came at QoS 1.
+    pub(crate) async fn next_publish(&mut self) -> anyhow::Result<Publish> {
+        loop {
+            let (t, b) = self.read_packet().await?;
+            if t >> 4 != 3 {
+                continue;
+            }
+            let qos = (t >> 1) & 3;
+            anyhow::ensure!(b.len() >= 2, "mqtt: short publish");
+            let tl = u16::from_be_bytes([b[0], b[1]]) as usize;
+            let mut at = 2 + tl;
+            if qos > 0 {
+                let id = [b[at], b[at + 1]];
+                at += 2;
+                self.wr.write_all(&[0x40, 2, id[0], id[1]]).await?;
+            }
+            return Ok(Publish {
+                payload: b[at..].to_vec(),
+            });
+        }
+    }
+
+    /// Reads until the connection ends (an idle client; answers nothing,
+    /// the broker only expects PINGREQ within the keepalive).
+    pub(crate) async fn idle(mut self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                r = self.read_packet() => if r.is_err() { return },
+                _ = tick.tick() => if self.wr.write_all(&[0xc0, 0]).await.is_err() { return },
+            }
+        }
+    }
+
+    async fn read_packet(&mut self) -> anyhow::Result<(u8, Vec<u8>)> {
+        let t = self.rd.read_u8().await?;
+        let mut len = 0usize;
+        let mut shift = 0;
+        loop {
+            let b = self.rd.read_u8().await?;
+            len |= ((b & 0x7f) as usize) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+            anyhow::ensure!(shift < 28, "mqtt: bad length");
+        }
+        let mut body = vec![0; len];
+        self.rd.read_exact(&mut body).await?;
+        Ok((t, body))
+    }
+}
+
+/// A TCP connection to `addr`, from `source` when given.
+pub(crate) async fn dial(
+    addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
+) -> std::io::Result<TcpStream> {
+    match source {
+        None => TcpStream::connect(addr).await,
+        Some(ip) => {
+            let s = tokio::net::TcpSocket::new_v4()?;
+            s.bind(SocketAddr::new(ip, 0))?;
+            s.connect(addr).await
+        }
+    }
+}
+
+/// An idle NATS client connection (CONNECT, PING/PONG), answering the
+/// server's PINGs until it closes. Returns once connected.
+pub(crate) async fn nats_idle(
+    addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let tcp = dial(addr, source).await?;
+    let (r, mut w) = tcp.into_split();
+    let mut rd = BufReader::with_capacity(1024, r);
+    let mut line = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut rd, &mut line).await?;
+    anyhow::ensure!(line.starts_with("INFO"), "nats: {line}");
+    w.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\n")
+        .await?;
+    loop {
+        line.clear();
+        anyhow::ensure!(
+            tokio::io::AsyncBufReadExt::read_line(&mut rd, &mut line).await? > 0,
+            "nats: closed"
+        );
+        if line.starts_with("PONG") {
+            break;
+        }
+    }
+    Ok(tokio::spawn(async move {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match tokio::io::AsyncBufReadExt::read_line(&mut rd, &mut line).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) if line.starts_with("PING") => {
+                    if w.write_all(b"PONG\r\n").await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+            }
+        }
+    }))
+}

@@ -1,0 +1,249 @@
+//! Scenario `commits`: G groups of M members (100 × 50) where every member
+//! commits concurrently in a closed loop for a fixed time, each commit
+//! built on the epoch the member last knew. The server accepts one commit
+//! per epoch (compare-and-set) and rejects the rest as stale, telling the
+//! current epoch; the loser retries on it. Every accepted commit is stored
+//! for, and pushed to, the group's other members, who acknowledge it.
+//! Reported: accepted commits/s, stale rejections, and forks (two commits
+//! accepted for one epoch of one group, or a gap), which must be zero.
+//! Floor, in the same run: a bare SQLite compare-and-set loop
+//! (`UPDATE … SET epoch = epoch + 1 WHERE epoch = ?`) with the same
+//! durability (WAL, `synchronous=FULL`) on the same disk.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sotto_client::ClientError;
+use sotto_client::transport::{Connection, Event};
+use sotto_proto::{
+    Blob, CommitRequest, DeviceId, ErrorCode, GroupId, MessageId, Request, Response,
+};
+
+use crate::load::{self, Sotto};
+use crate::report::{Table, ratio};
+use crate::{Ctx, sys};
+
+/// Bytes of each commit (opaque to the server): about a self-update commit
+/// in a 50-member post-quantum group whose tree is filled (log2(50) X-Wing
+/// ciphertexts and keys).
+const COMMIT_BYTES: usize = 8 * 1024;
+
+struct Size {
+    groups: usize,
+    members: usize,
+    duration: Duration,
+}
+
+/// What one member saw.
+#[derive(Debug, Default)]
+struct Member {
+    /// Epochs its accepted commits produced.
+    won: Vec<u64>,
+    stale: usize,
+}
+
+async fn member(
+    mut conn: Connection,
+    group: GroupId,
+    members: Arc<Vec<DeviceId>>,
+    start_epoch: u64,
+    until: Instant,
+) -> anyhow::Result<Member> {
+    let mut m = Member::default();
+    let mut epoch = start_epoch;
+    let mut acks = Vec::new();
+    while Instant::now() < until {
+        let r = conn
+            .request(Request::Commit(CommitRequest {
+                group,
+                epoch,
+                msg_id: MessageId(rand::random()),
+                commit: Some(Blob(vec![0xc0; COMMIT_BYTES])),
+                welcome: None,
+                members: members.to_vec(),
+            }))
+            .await;
+        match r {
+            Ok(Response::Committed { epoch: e }) => {
+                m.won.push(e);
+                epoch = e;
+            }
+            Err(ClientError::Server(e)) => match e.code {
+                ErrorCode::StaleEpoch { current } => {
+                    m.stale += 1;
+                    epoch = current;
+                }
+                _ => anyhow::bail!("commit refused: {e:?}"),
+            },
+            other => anyhow::bail!("commit: {other:?}"),
+        }
+        while let Some(ev) = conn.queued_event() {
+            if let Event::Deliver(d) = ev {
+                acks.push(d.seq);
+            }
+        }
+        if acks.len() >= 32 {
+            conn.request(Request::Ack {
+                seqs: std::mem::take(&mut acks),
+            })
+            .await?;
+        }
+    }
+    Ok(m)
+}
+
+async fn sotto(ctx: &Ctx, size: &Size) -> anyhow::Result<(usize, usize, usize, f64)> {
+    let s = Sotto::sqlite(&ctx.pinning)?;
+    let n = size.groups * size.members;
+    let invites = s.invites(n)?;
+    let sem = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = Vec::with_capacity(n);
+    for (i, inv) in invites.into_iter().enumerate() {
+        let permit = sem.clone().acquire_owned().await?;
+        let link = s.link.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = load::register(&link, None, inv, &format!("member{i}")).await;
+            drop(permit);
+            r
+        }));
+    }
+    let mut conns = Vec::with_capacity(n);
+    for t in tasks {
+        let (d, c) = t.await??;
+        conns.push((d.device.id(), c));
+    }
+    // Groups: the first member creates each with every member in it.
+    let mut groups = Vec::new();
+    for g in 0..size.groups {
+        let chunk: Vec<(DeviceId, Connection)> = conns.drain(..size.members).collect();
+        let ids: Arc<Vec<DeviceId>> = Arc::new(chunk.iter().map(|c| c.0).collect());
+        let mut chunk: Vec<Connection> = chunk.into_iter().map(|c| c.1).collect();
+        load::make_group(&mut chunk[0], load::group_id(g), ids.to_vec(), 1024).await?;
+        groups.push((load::group_id(g), ids, chunk));
+    }
+    let cpu = sys::CpuWatch::start(s.pid());
+    let start = Instant::now();
+    let until = start + size.duration;
+    let mut tasks = Vec::new();
+    for (g, ids, conns) in groups {
+        for c in conns {
+            tasks.push((g, tokio::spawn(member(c, g, ids.clone(), 1, until))));
+        }
+    }
+    let mut won: HashMap<GroupId, Vec<u64>> = HashMap::new();
+    let mut stale = 0;
+    for (g, t) in tasks {
+        let m = t.await??;
+        stale += m.stale;
+        won.entry(g).or_default().extend(m.won);
+    }
+    let elapsed = start.elapsed();
+    let _ = cpu;
+    let mut accepted = 0;
+    let mut forks = 0;
+    for (_, mut epochs) in won {
+        epochs.sort_unstable();
+        accepted += epochs.len();
+        // Epochs 2, 3, ... each exactly once (the creation made epoch 1).
+        for (i, e) in epochs.iter().enumerate() {
+            if *e != i as u64 + 2 {
+                forks += 1;
+            }
+        }
+    }
+    Ok((
+        accepted,
+        stale,
+        forks,
+        accepted as f64 / elapsed.as_secs_f64(),
+    ))
+}
+
+/// The bare compare-and-set loop: one connection, random groups, one
+/// durable transaction per increment; returns increments per second.
+fn sqlite_floor(groups: usize, duration: Duration) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir_in(".")?;
+    let db = rusqlite::Connection::open(dir.path().join("cas.db"))?;
+    db.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;
+         CREATE TABLE groups (id INTEGER PRIMARY KEY, epoch INTEGER NOT NULL);",
+    )?;
+    let mut epochs = vec![1u64; groups];
+    for g in 0..groups {
+        db.execute("INSERT INTO groups VALUES (?1, 1)", [g as i64])?;
+    }
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < duration {
+        let g = rand::random::<u32>() as usize % groups;
+        let changed = db.execute(
+            "UPDATE groups SET epoch = epoch + 1 WHERE id = ?1 AND epoch = ?2",
+            [g as i64, epochs[g] as i64],
+        )?;
+        anyhow::ensure!(changed == 1, "compare-and-set lost on one connection");
+        epochs[g] += 1;
+        n += 1;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Scenario `commits`.
+pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Table>> {
+    let size = if ctx.quick {
+        Size {
+            groups: 4,
+            members: 5,
+            duration: Duration::from_secs(1),
+        }
+    } else {
+        Size {
+            groups: 100,
+            members: 50,
+            duration: Duration::from_secs(10),
+        }
+    };
+    let (accepted, stale, forks, rate) = sotto(ctx, &size).await?;
+    let (groups, duration) = (size.groups, size.duration);
+    let floor = tokio::task::spawn_blocking(move || sqlite_floor(groups, duration)).await??;
+    let mut t = Table::new(
+        "commits",
+        "every member of every group committing concurrently",
+        &[
+            "system",
+            "accepted commits",
+            "accepted commits/s",
+            "ratio to floor",
+            "stale-commit rejections",
+            "forks",
+        ],
+    );
+    t.row(vec![
+        "Sotto, 1 node, SQLite".into(),
+        accepted.to_string(),
+        format!("{rate:.0}"),
+        ratio(rate, floor),
+        stale.to_string(),
+        forks.to_string(),
+    ]);
+    t.row(vec![
+        "floor: bare SQLite compare-and-set, one connection".into(),
+        "—".into(),
+        format!("{floor:.0}"),
+        "1.00".into(),
+        "0".into(),
+        "0".into(),
+    ]);
+    t.note(format!(
+        "{} groups × {} members, {} s, commits of {COMMIT_BYTES} bytes (opaque to the server), each accepted commit stored for and pushed to the other {} members",
+        size.groups,
+        size.members,
+        size.duration.as_secs(),
+        size.members - 1
+    ));
+    anyhow::ensure!(
+        forks == 0,
+        "{forks} forks: two commits accepted for one epoch"
+    );
+    Ok(vec![t])
+}

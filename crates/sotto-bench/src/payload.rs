@@ -1,0 +1,38 @@
+//! The payload every delivery scenario sends, to Sotto and to the
+//! comparators alike: a real MLS application message (PrivateMessage) of a
+//! short text in a two-member group on the default post-quantum suite,
+//! encrypted once before timing starts.
+
+use openmls_libcrux_crypto::Provider;
+use sotto_core::message::{AppMessage, Body};
+use sotto_core::{AccountKey, CredentialIdentity, DeviceKey, Suite, mls};
+use sotto_proto::{GroupId, Handle, MessageId};
+
+/// One MLS ciphertext of a ~120-character text message.
+pub(crate) fn ciphertext() -> anyhow::Result<Vec<u8>> {
+    let (ap, bp) = (Provider::new()?, Provider::new()?);
+    let who = |name: &str| -> anyhow::Result<(CredentialIdentity, DeviceKey)> {
+        let account = AccountKey::generate();
+        let device = DeviceKey::generate();
+        let me = CredentialIdentity {
+            account: account.id(),
+            device: device.id(),
+            handle: Handle::new(name)?,
+        };
+        Ok((me, device))
+    };
+    let (alice, alice_dev) = who("alice")?;
+    let (bob, bob_dev) = who("bob")?;
+    let kp = mls::key_packages(&bp, &bob, &bob_dev, Suite::PostQuantum, 1)?;
+    let (kp, _) = mls::verify_key_package(&bp, &kp[0], bob.account, bob.device)?;
+    let g = GroupId([7; 32]);
+    mls::create_group(&ap, &alice, &alice_dev, g, &[kp], None)?;
+    mls::merge_pending(&ap, g)?;
+    let text = "On my way, twenty minutes. The door code changed this morning: ask Sam for the new one before you come up.";
+    let m = AppMessage {
+        id: MessageId(rand::random()),
+        sent_at_ms: 1_764_000_000_000,
+        body: Body::Text(text.into()),
+    };
+    Ok(mls::encrypt(&ap, &alice_dev, g, &m.encode())?)
+}
