@@ -9,109 +9,25 @@ use sotto_client::transport::{Connection, Event};
 use sotto_client::{ClientError, ServerLink};
 use sotto_core::{AccountKey, DeviceKey};
 use sotto_proto::{
-    Blob, ClientFrame, CommitRequest, DeviceId, EnvelopeKind, ErrorCode, GroupId, Handle,
-    LoginRequest, MessageId, PROTOCOL_VERSION, RegisterRequest, Request, Response, SendRequest,
-    ServerFrame, UploadKeyPackages, WelcomeOut,
+    Blob, ClientFrame, CommitRequest, EnvelopeKind, ErrorCode, GroupId, Handle, LoginRequest,
+    MessageId, PROTOCOL_VERSION, Request, Response, ServerFrame, UploadKeyPackages,
 };
 use sotto_server::{Limits, ServerConfig};
+mod common;
+
+use common::{Device, World, create_group, drain, server_error};
 use sotto_test_support::InProcessServer;
 use tempfile::TempDir;
-
-struct Device {
-    account: AccountKey,
-    device: DeviceKey,
-    handle: Handle,
-}
-
-impl Device {
-    fn id(&self) -> DeviceId {
-        self.device.id()
-    }
-}
-
-struct World {
-    _tmp: TempDir,
-    server: InProcessServer,
-    link: ServerLink,
-}
 
 impl World {
     async fn new() -> Self {
         Self::with(ServerConfig::default()).await
     }
-
-    async fn with(config: ServerConfig) -> Self {
-        let tmp = TempDir::new().unwrap();
-        let server = InProcessServer::start(tmp.path(), config).await;
-        let link = ServerLink::parse(&server.link).unwrap();
-        Self {
-            _tmp: tmp,
-            server,
-            link,
-        }
-    }
-
-    async fn connect(&self) -> Connection {
-        Connection::connect(&self.link).await.unwrap()
-    }
-
-    fn register_request(&self, conn: &Connection, d: &Device, invite: Option<String>) -> Request {
-        let t = sotto_proto::register_transcript(
-            &conn.hello().challenge,
-            &d.handle,
-            &d.account.id(),
-            &d.id(),
-        );
-        Request::Register(Box::new(RegisterRequest {
-            version: PROTOCOL_VERSION,
-            handle: d.handle.clone(),
-            account: d.account.id(),
-            device: d.id(),
-            invite,
-            pow_nonce: None,
-            account_signature: d.account.sign(&t),
-            device_signature: d.device.sign(&t),
-            device_list: d.account.sign_device_list(1, vec![d.id()]),
-        }))
-    }
-
-    /// Registers a new account; returns its device and a logged-in connection.
-    async fn person(&self, handle: &str) -> (Device, Connection) {
-        let d = Device {
-            account: AccountKey::generate(),
-            device: DeviceKey::generate(),
-            handle: Handle::new(handle).unwrap(),
-        };
-        let mut conn = self.connect().await;
-        let req = self.register_request(&conn, &d, Some(self.server.invite()));
-        assert!(matches!(
-            conn.request(req).await.unwrap(),
-            Response::LoggedIn(_)
-        ));
-        (d, conn)
-    }
-
-    async fn login(&self, d: &Device) -> Connection {
-        let mut conn = self.connect().await;
-        let t = sotto_proto::login_transcript(&conn.hello().challenge, &d.id());
-        let r = conn
-            .request(Request::Login(LoginRequest {
-                version: PROTOCOL_VERSION,
-                device: d.id(),
-                signature: d.device.sign(&t),
-            }))
-            .await
-            .unwrap();
-        assert!(matches!(r, Response::LoggedIn(_)), "{r:?}");
-        conn
-    }
 }
 
+#[track_caller]
 fn code(r: Result<Response, ClientError>) -> ErrorCode {
-    match r {
-        Err(ClientError::Server(e)) => e.code,
-        other => panic!("expected a server error, got {other:?}"),
-    }
+    server_error(r).code
 }
 
 async fn expect_fatal_then_close(conn: &mut Connection, want: ErrorCode) {
@@ -131,53 +47,9 @@ async fn expect_fatal_then_close(conn: &mut Connection, want: ErrorCode) {
     );
 }
 
-/// Creates a group of `members` by a commit from `by`, welcoming the others.
-async fn create_group(conn: &mut Connection, g: GroupId, by: &Device, others: &[&Device]) -> u64 {
-    let mut members = vec![by.id()];
-    members.extend(others.iter().map(|d| d.id()));
-    let r = conn
-        .request(Request::Commit(CommitRequest {
-            group: g,
-            epoch: 0,
-            msg_id: MessageId([0xcc; 16]),
-            commit: None,
-            welcome: Some(WelcomeOut {
-                welcome: Blob(b"welcome bytes".to_vec()),
-                recipients: others.iter().map(|d| d.id()).collect(),
-            }),
-            members,
-        }))
-        .await
-        .unwrap();
-    match r {
-        Response::Committed { epoch } => epoch,
-        other => panic!("{other:?}"),
-    }
-}
-
+/// A 100-byte message `id` to group `g`.
 async fn send(conn: &mut Connection, g: GroupId, id: u8) -> Result<Response, ClientError> {
-    conn.request(Request::Send(SendRequest {
-        group: g,
-        msg_id: MessageId([id; 16]),
-        payload: Blob(vec![id; 100]),
-        ttl_ms: None,
-    }))
-    .await
-}
-
-/// Reads events until `Synced`, returning the deliveries.
-async fn drain(conn: &mut Connection) -> Vec<sotto_proto::Delivery> {
-    let mut out = Vec::new();
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), conn.next_event())
-            .await
-            .unwrap()
-            .unwrap()
-        {
-            Event::Deliver(d) => out.push(d),
-            Event::Synced => return out,
-        }
-    }
+    common::send(conn, g, id, 100).await
 }
 
 #[tokio::test]
@@ -287,7 +159,7 @@ async fn registration_checks_invite_and_signatures() {
     };
     let alice = d("alice");
     let mut conn = w.connect().await;
-    let req = w.register_request(&conn, &alice, Some(invite.clone()));
+    let req = w.register_request(&conn, &alice, Some(invite.clone()), None);
     assert!(matches!(
         conn.request(req).await.unwrap(),
         Response::LoggedIn(_)
@@ -295,22 +167,22 @@ async fn registration_checks_invite_and_signatures() {
     // The same invite again.
     let bob = d("bob");
     let mut conn = w.connect().await;
-    let req = w.register_request(&conn, &bob, Some(invite));
+    let req = w.register_request(&conn, &bob, Some(invite), None);
     assert_eq!(code(conn.request(req).await), ErrorCode::InvalidInvite);
     // No invite on an invite-only server.
     let mut conn = w.connect().await;
-    let req = w.register_request(&conn, &bob, None);
+    let req = w.register_request(&conn, &bob, None, None);
     assert_eq!(code(conn.request(req).await), ErrorCode::InviteRequired);
     // Device signature by another key: refused, and the invite is not spent.
     let invite = w.server.invite();
     let mut conn = w.connect().await;
-    let mut req = w.register_request(&conn, &bob, Some(invite.clone()));
+    let mut req = w.register_request(&conn, &bob, Some(invite.clone()), None);
     if let Request::Register(r) = &mut req {
         r.device_signature = DeviceKey::generate().sign(b"something else");
     }
     assert_eq!(code(conn.request(req).await), ErrorCode::AuthFailed);
     let mut conn = w.connect().await;
-    let req = w.register_request(&conn, &bob, Some(invite));
+    let req = w.register_request(&conn, &bob, Some(invite), None);
     assert!(matches!(
         conn.request(req).await.unwrap(),
         Response::LoggedIn(_)

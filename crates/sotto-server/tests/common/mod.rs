@@ -148,13 +148,13 @@ pub(crate) fn assert_rate_limited(r: Result<Response, ClientError>) {
     );
 }
 
-/// Creates a group of `by` and `others` by a commit from `by`.
+/// Creates a group of `by` and `others` by a commit from `by`; returns its epoch.
 pub(crate) async fn create_group(
     conn: &mut Connection,
     g: GroupId,
     by: &Device,
     others: &[&Device],
-) {
+) -> u64 {
     let mut members = vec![by.id()];
     members.extend(others.iter().map(|d| d.id()));
     let r = conn
@@ -170,7 +170,10 @@ pub(crate) async fn create_group(
             members,
         }))
         .await;
-    assert!(matches!(r, Ok(Response::Committed { .. })), "{r:?}");
+    match r {
+        Ok(Response::Committed { epoch }) => epoch,
+        other => panic!("expected Committed, got {other:?}"),
+    }
 }
 
 /// Sends `size` bytes of `id` to group `g` with message id `[id; 16]`.
