@@ -3,15 +3,19 @@
 //! load generator speaks to them: MQTT 3.1.1 written out here (CONNECT,
 //! SUBSCRIBE, PUBLISH at QoS 1 with its PUBACK: nothing the broker could do
 //! faster with another client), raw NATS for idle connections, and the
-//! `async-nats` crate for NATS and JetStream traffic.
+//! `async-nats` crate for NATS and JetStream traffic. Both brokers can also
+//! listen with TLS (the same kind of self-signed ECDSA P-256 certificate as
+//! Sotto's, pinned the same way by the load generator), for comparisons
+//! where Sotto's TLS is part of the cost.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use sotto_server::tls::TlsIdentity;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::sys;
 
@@ -27,18 +31,32 @@ impl Broker {
     /// `mosquitto` with persistence on (QoS 1 messages and persistent
     /// sessions are kept in its on-disk database).
     pub(crate) fn mosquitto(pinning: &sys::Pinning) -> anyhow::Result<Self> {
+        Self::mosquitto_with(pinning, None)
+    }
+
+    /// `mosquitto` as above, its listener speaking TLS with `tls` when given.
+    pub(crate) fn mosquitto_with(
+        pinning: &sys::Pinning,
+        tls: Option<&TlsIdentity>,
+    ) -> anyhow::Result<Self> {
         let bin = sys::need("mosquitto", "mosquitto")?;
         let dir = tempfile::tempdir_in(".")?;
         let port = sotto_test_support::services::free_port();
         let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
-                 max_queued_messages 1000000\nmax_inflight_messages 0\nset_tcp_nodelay true\nlog_type none\n",
-                dir.path().display()
-            ),
-        )?;
+        let mut text = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
+             max_queued_messages 1000000\nmax_inflight_messages 0\nset_tcp_nodelay true\nlog_type none\n",
+            dir.path().display()
+        );
+        if let Some(id) = tls {
+            let (cert, key) = write_pem(dir.path(), id)?;
+            text.push_str(&format!(
+                "certfile {}\nkeyfile {}\ntls_version tlsv1.3\n",
+                cert.display(),
+                key.display()
+            ));
+        }
+        std::fs::write(&conf, text)?;
         let mut c = Command::new(bin);
         c.arg("-c").arg(&conf);
         Self::spawn(c, port, dir, pinning)
@@ -47,6 +65,16 @@ impl Broker {
     /// `nats-server`, with JetStream (file store in a temp directory) when
     /// `jetstream` says so.
     pub(crate) fn nats(pinning: &sys::Pinning, jetstream: JetStream) -> anyhow::Result<Self> {
+        Self::nats_with(pinning, jetstream, None)
+    }
+
+    /// `nats-server` as above, requiring TLS with `tls` when given (NATS
+    /// sends its INFO line in clear, then the client starts TLS).
+    pub(crate) fn nats_with(
+        pinning: &sys::Pinning,
+        jetstream: JetStream,
+        tls: Option<&TlsIdentity>,
+    ) -> anyhow::Result<Self> {
         let bin = sys::need("nats-server", "nats-server")?;
         let dir = tempfile::tempdir_in(".")?;
         let port = sotto_test_support::services::free_port();
@@ -54,6 +82,14 @@ impl Broker {
         c.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
         if jetstream == JetStream::FileStore {
             c.arg("-js").arg("-sd").arg(dir.path());
+        }
+        if let Some(id) = tls {
+            let (cert, key) = write_pem(dir.path(), id)?;
+            c.arg("--tls")
+                .arg("--tlscert")
+                .arg(cert)
+                .arg("--tlskey")
+                .arg(key);
         }
         Self::spawn(c, port, dir, pinning)
     }
@@ -109,12 +145,78 @@ pub(crate) enum JetStream {
     FileStore,
 }
 
+/// The broker's certificate and key as PEM files in `dir`.
+fn write_pem(
+    dir: &std::path::Path,
+    id: &TlsIdentity,
+) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(
+        &cert,
+        pem::encode(&pem::Pem::new("CERTIFICATE", id.cert_der.clone())),
+    )?;
+    std::fs::write(
+        &key,
+        pem::encode(&pem::Pem::new("PRIVATE KEY", id.key_der.clone())),
+    )?;
+    Ok((cert, key))
+}
+
+/// A client TLS configuration that accepts exactly `id`'s certificate.
+pub(crate) fn pinned(id: &TlsIdentity) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut fp = [0u8; 32];
+    hex::decode_to_slice(id.fingerprint(), &mut fp)?;
+    Ok(sotto_client::transport::pinned_tls_config(fp)?)
+}
+
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// TCP to `addr` from `source`, then TLS with `tls` when given.
+async fn open(
+    addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> anyhow::Result<(Reader, Writer)> {
+    let tcp = dial(addr, source).await?;
+    tcp.set_nodelay(true)?;
+    Ok(match tls {
+        None => {
+            let (r, w) = tcp.into_split();
+            (Box::new(r), Box::new(w))
+        }
+        Some(cfg) => {
+            let s = start_tls(tcp, cfg).await?;
+            let (r, w) = tokio::io::split(s);
+            (Box::new(r), Box::new(w))
+        }
+    })
+}
+
+async fn start_tls(
+    tcp: TcpStream,
+    cfg: &Arc<rustls::ClientConfig>,
+) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let name = rustls::pki_types::ServerName::try_from("sotto-server")?;
+    Ok(tokio_rustls::TlsConnector::from(cfg.clone())
+        .connect(name, tcp)
+        .await?)
+}
+
 /// A minimal MQTT 3.1.1 client connection.
-#[derive(Debug)]
 pub(crate) struct Mqtt {
-    rd: BufReader<OwnedReadHalf>,
-    wr: OwnedWriteHalf,
+    rd: BufReader<Reader>,
+    wr: Writer,
     next_id: u16,
+}
+
+impl std::fmt::Debug for Mqtt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mqtt")
+            .field("next_id", &self.next_id)
+            .finish()
+    }
 }
 
 /// A PUBLISH received.
@@ -157,9 +259,18 @@ impl Mqtt {
         client_id: &str,
         clean: bool,
     ) -> anyhow::Result<Self> {
-        let tcp = dial(addr, source).await?;
-        tcp.set_nodelay(true)?;
-        let (r, w) = tcp.into_split();
+        Self::connect_with(addr, source, client_id, clean, None).await
+    }
+
+    /// [`Mqtt::connect`], over TLS with `tls` when given.
+    pub(crate) async fn connect_with(
+        addr: SocketAddr,
+        source: Option<std::net::IpAddr>,
+        client_id: &str,
+        clean: bool,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> anyhow::Result<Self> {
+        let (r, w) = open(addr, source, tls).await?;
         let mut m = Self {
             rd: BufReader::with_capacity(4096, r),
             wr: w,
@@ -283,16 +394,37 @@ pub(crate) async fn dial(
 
 /// An idle NATS client connection (CONNECT, PING/PONG), answering the
 /// server's PINGs until it closes. Returns once connected.
+/// With `tls`, the INFO line is read in clear and TLS starts after it, as
+/// nats-server 2.9 expects.
 pub(crate) async fn nats_idle(
     addr: SocketAddr,
     source: Option<std::net::IpAddr>,
+    tls: Option<Arc<rustls::ClientConfig>>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let tcp = dial(addr, source).await?;
-    let (r, mut w) = tcp.into_split();
+    let mut tcp = dial(addr, source).await?;
+    // Byte by byte: nothing after the INFO line may be read before TLS.
+    let mut info = Vec::new();
+    while info.last() != Some(&b'\n') {
+        anyhow::ensure!(info.len() < 64 * 1024, "nats: INFO too long");
+        info.push(tcp.read_u8().await?);
+    }
+    anyhow::ensure!(
+        info.starts_with(b"INFO"),
+        "nats: {:?}",
+        String::from_utf8_lossy(&info)
+    );
+    let (r, mut w): (Reader, Writer) = match &tls {
+        None => {
+            let (r, w) = tcp.into_split();
+            (Box::new(r), Box::new(w))
+        }
+        Some(cfg) => {
+            let (r, w) = tokio::io::split(start_tls(tcp, cfg).await?);
+            (Box::new(r), Box::new(w))
+        }
+    };
     let mut rd = BufReader::with_capacity(1024, r);
     let mut line = String::new();
-    tokio::io::AsyncBufReadExt::read_line(&mut rd, &mut line).await?;
-    anyhow::ensure!(line.starts_with("INFO"), "nats: {line}");
     w.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\n")
         .await?;
     loop {

@@ -6,8 +6,10 @@
 //! connect and authenticate, and the server's CPU while every connection
 //! idles for a keepalive period. Comparators on the same N: mosquitto (MQTT
 //! CONNECT, keepalive 60 s with PINGREQ every 30 s) and nats-server (CONNECT
-//! and PING/PONG). Connections are spread over 16 loopback source addresses
-//! (127.0.0.1-16), past the ~28k ephemeral ports of one address.
+//! and PING/PONG), each once in clear and once with TLS 1.3, since Sotto's
+//! connections always carry TLS. Connections are spread over 16 loopback
+//! source addresses (127.0.0.1-16), past the ~28k ephemeral ports of one
+//! address.
 //!
 //! Every process needs N open files plus a margin; a step that the
 //! machine's open-files limit does not allow is reported as not run, with
@@ -19,11 +21,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sotto_client::transport::Event;
+use sotto_server::tls::TlsIdentity;
 
 use crate::brokers::{self, Broker, JetStream, Mqtt};
 use crate::load::{self, Sotto};
 use crate::report::{Table, ms, percentile, ratio};
 use crate::{Ctx, sys};
+
+/// The systems compared, in the table's order. Sotto always speaks TLS
+/// 1.3 (and WebSocket); each broker is measured in clear and with TLS 1.3
+/// (the same kind of certificate, ECDSA P-256, and the same client side).
+const SYSTEMS: [&str; 5] = [
+    "Sotto, 1 node, SQLite (TLS)",
+    "mosquitto, TCP",
+    "mosquitto, TLS",
+    "nats-server, TCP",
+    "nats-server, TLS",
+];
 
 /// Open files each process needs besides the connections.
 const MARGIN: usize = 1000;
@@ -147,21 +161,40 @@ async fn sotto(ctx: &Ctx, n: usize, idle: Duration) -> anyhow::Result<Held> {
     .await
 }
 
-async fn mosquitto(ctx: &Ctx, n: usize, idle: Duration) -> anyhow::Result<Held> {
-    let b = Broker::mosquitto(&ctx.pinning)?;
+/// A broker's certificate (when it listens with TLS) and the client side's
+/// configuration pinning it.
+fn tls_pair(tls: bool) -> anyhow::Result<Option<(TlsIdentity, Arc<rustls::ClientConfig>)>> {
+    if !tls {
+        return Ok(None);
+    }
+    let id = TlsIdentity::generate()?;
+    let cfg = brokers::pinned(&id)?;
+    Ok(Some((id, cfg)))
+}
+
+async fn mosquitto(ctx: &Ctx, n: usize, idle: Duration, tls: bool) -> anyhow::Result<Held> {
+    let tls = tls_pair(tls)?;
+    let b = Broker::mosquitto_with(&ctx.pinning, tls.as_ref().map(|t| &t.0))?;
     let addr = b.addr;
-    hold(n, b.pid(), idle, move |i| async move {
-        let m = Mqtt::connect(addr, Some(source(i)), &format!("c{i}"), true).await?;
-        Ok(tokio::spawn(m.idle()))
+    let cfg = tls.map(|t| t.1);
+    hold(n, b.pid(), idle, move |i| {
+        let cfg = cfg.clone();
+        async move {
+            let m = Mqtt::connect_with(addr, Some(source(i)), &format!("c{i}"), true, cfg.as_ref())
+                .await?;
+            Ok(tokio::spawn(m.idle()))
+        }
     })
     .await
 }
 
-async fn nats(ctx: &Ctx, n: usize, idle: Duration) -> anyhow::Result<Held> {
-    let b = Broker::nats(&ctx.pinning, JetStream::Off)?;
+async fn nats(ctx: &Ctx, n: usize, idle: Duration, tls: bool) -> anyhow::Result<Held> {
+    let tls = tls_pair(tls)?;
+    let b = Broker::nats_with(&ctx.pinning, JetStream::Off, tls.as_ref().map(|t| &t.0))?;
     let addr = b.addr;
+    let cfg = tls.map(|t| t.1);
     hold(n, b.pid(), idle, move |i| {
-        brokers::nats_idle(addr, Some(source(i)))
+        brokers::nats_idle(addr, Some(source(i)), cfg.clone())
     })
     .await
 }
@@ -190,9 +223,20 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Table>> {
             "server RSS total (MiB)",
         ],
     );
-    for &n in steps {
+    // When the open-files limit stops a step, the largest round N it allows
+    // is measured too (before the steps it stops), so the curve goes as far
+    // as the machine lets it.
+    let most = (files.saturating_sub(MARGIN) / 1000) * 1000;
+    let mut steps = steps.to_vec();
+    if let Some(i) = steps.iter().position(|&n| n + MARGIN > files)
+        && (i == 0 || steps[i - 1] < most)
+        && most > 0
+    {
+        steps.insert(i, most);
+    }
+    for n in steps {
         if n + MARGIN > files {
-            for name in ["Sotto", "mosquitto", "nats-server"] {
+            for name in SYSTEMS {
                 let mut row = vec![
                     n.to_string(),
                     name.into(),
@@ -207,9 +251,11 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Table>> {
             continue;
         }
         let rows = [
-            ("Sotto, 1 node, SQLite", sotto(ctx, n, idle).await?),
-            ("mosquitto", mosquitto(ctx, n, idle).await?),
-            ("nats-server", nats(ctx, n, idle).await?),
+            (SYSTEMS[0], sotto(ctx, n, idle).await?),
+            (SYSTEMS[1], mosquitto(ctx, n, idle, false).await?),
+            (SYSTEMS[2], mosquitto(ctx, n, idle, true).await?),
+            (SYSTEMS[3], nats(ctx, n, idle, false).await?),
+            (SYSTEMS[4], nats(ctx, n, idle, true).await?),
         ];
         for (name, h) in rows {
             t.row(vec![
@@ -225,7 +271,7 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Table>> {
         }
     }
     t.note(format!(
-        "idle period measured: {} s after all were connected; floor idle TLS WebSocket (same run): {floor:.0} bytes; Sotto's connect is TCP + TLS 1.3 + WebSocket + signed login + backlog sync, MQTT's TCP + CONNECT/CONNACK, NATS's TCP + INFO/CONNECT/PING/PONG",
+        "idle period measured: {} s after all were connected; floor idle TLS WebSocket (same run): {floor:.0} bytes; Sotto's connect is TCP + TLS 1.3 + WebSocket + signed login + backlog sync, MQTT's (TLS 1.3 +) CONNECT/CONNACK, NATS's INFO, (TLS 1.3,) CONNECT/PING/PONG",
         idle.as_secs()
     ));
     Ok(vec![t])

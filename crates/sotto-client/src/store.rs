@@ -4,6 +4,13 @@
 //! messages, the outbox and, through `openmls_sqlite_storage`, the MLS state.
 //! Nothing is written to disk unencrypted: pages, WAL and journal are all
 //! encrypted by SQLCipher, and `secure_delete` overwrites freed pages.
+//!
+//! Forward secrecy at rest: when a transaction replaces a group's epoch
+//! secrets or deletes MLS private keys (a new epoch, a self-update, a
+//! Welcome used up, a group left), the store checkpoints and truncates the
+//! WAL right after the commit, so the old secrets are in neither the
+//! database pages (`secure_delete` zeroes them) nor old WAL frames.
+//! Temporary triggers on openmls's tables notice those writes.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -341,6 +348,30 @@ fn stored_messages<P: rusqlite::Params>(
 /// Brings the tables of a profile made by an older version up to
 /// [`SCHEMA`] (whose `CREATE TABLE IF NOT EXISTS` leaves existing tables
 /// as they are): columns added since are added when missing. Idempotent.
+/// Temporary (per connection) triggers that set `temp.secrets_dropped` when
+/// a transaction replaces a group's epoch secrets or deletes MLS private
+/// keys or group state; see [`Store::forget_dropped_secrets`].
+const SECRETS_DROPPED: &str = "
+CREATE TEMP TABLE IF NOT EXISTS secrets_dropped (n INTEGER NOT NULL);
+INSERT INTO secrets_dropped (n) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM secrets_dropped);
+CREATE TEMP TRIGGER IF NOT EXISTS new_epoch_secrets
+    AFTER INSERT ON main.openmls_group_data
+    WHEN new.data_type = 'group_epoch_secrets'
+    BEGIN UPDATE secrets_dropped SET n = 1; END;
+CREATE TEMP TRIGGER IF NOT EXISTS group_data_deleted
+    AFTER DELETE ON main.openmls_group_data
+    BEGIN UPDATE secrets_dropped SET n = 1; END;
+CREATE TEMP TRIGGER IF NOT EXISTS epoch_keys_deleted
+    AFTER DELETE ON main.openmls_epoch_keys_pairs
+    BEGIN UPDATE secrets_dropped SET n = 1; END;
+CREATE TEMP TRIGGER IF NOT EXISTS encryption_keys_deleted
+    AFTER DELETE ON main.openmls_encryption_keys
+    BEGIN UPDATE secrets_dropped SET n = 1; END;
+CREATE TEMP TRIGGER IF NOT EXISTS key_packages_deleted
+    AFTER DELETE ON main.openmls_key_packages
+    BEGIN UPDATE secrets_dropped SET n = 1; END;
+";
+
 fn migrate(conn: &Connection) -> Result<(), ClientError> {
     let has = |table: &str, column: &str| -> Result<bool, ClientError> {
         let n: i64 = conn.query_row(
@@ -362,6 +393,9 @@ pub struct Store {
     conn: Connection,
     crypto: CryptoProvider,
     dir: PathBuf,
+    /// Whether `conn` has the triggers of [`SECRETS_DROPPED`] (not once
+    /// the store is shredded).
+    watches_secrets: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -459,6 +493,7 @@ impl Store {
     /// in memory afterwards.
     pub fn shred(&mut self) -> Result<(), ClientError> {
         let old = std::mem::replace(&mut self.conn, Connection::open_in_memory()?);
+        self.watches_secrets = false;
         drop(old.close());
         Self::shred_dir(&self.dir)
     }
@@ -482,6 +517,17 @@ impl Store {
                 "the passphrase must not be empty".into(),
             ));
         }
+        Self::open_with(dir, Some(passphrase))
+    }
+
+    /// A store without SQLCipher's encryption, for the test that reads the
+    /// files for deleted secrets (encrypted pages would hide them either way).
+    #[cfg(test)]
+    pub(crate) fn open_unencrypted(dir: &Path) -> Result<Self, ClientError> {
+        Self::open_with(dir, None)
+    }
+
+    fn open_with(dir: &Path, passphrase: Option<&str>) -> Result<Self, ClientError> {
         if !dir.exists() {
             fs::create_dir_all(dir)
                 .map_err(|e| ClientError::Store(format!("{}: {e}", dir.display())))?;
@@ -493,7 +539,9 @@ impl Store {
             }
         }
         let conn = Connection::open(Self::db_path(dir))?;
-        conn.pragma_update(None, "key", passphrase)?;
+        if let Some(passphrase) = passphrase {
+            conn.pragma_update(None, "key", passphrase)?;
+        }
         // SQLCipher would print decryption failures to stderr itself.
         let _: String = conn.query_row("PRAGMA cipher_log_level = NONE", [], |r| r.get(0))?;
         // The first read fails with "file is not a database" if the key is wrong.
@@ -516,6 +564,7 @@ impl Store {
         SqliteStorageProvider::<JsonCodec, &mut Connection>::new(&mut conn)
             .run_migrations()
             .map_err(|e| ClientError::Store(format!("mls storage migration: {e}")))?;
+        conn.execute_batch(SECRETS_DROPPED)?;
         // Disappearing messages whose time came while the app was closed.
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -536,6 +585,7 @@ impl Store {
             conn,
             crypto,
             dir: dir.to_owned(),
+            watches_secrets: true,
         })
     }
 
@@ -558,6 +608,7 @@ impl Store {
         match out {
             Ok(v) => {
                 tx.commit()?;
+                self.forget_dropped_secrets()?;
                 Ok(v)
             }
             Err(e) => {
@@ -566,6 +617,31 @@ impl Store {
                 Err(e)
             }
         }
+    }
+
+    /// After a transaction that replaced epoch secrets or deleted private
+    /// keys: copies the WAL into the database (whose freed cells
+    /// `secure_delete` has zeroed) and truncates it, so no old frame keeps
+    /// them. A checkpoint that another connection holds up stays pending
+    /// and is retried after the next such transaction.
+    fn forget_dropped_secrets(&self) -> Result<(), ClientError> {
+        if !self.watches_secrets {
+            return Ok(());
+        }
+        let dropped: i64 = self
+            .conn
+            .query_row("SELECT n FROM temp.secrets_dropped", [], |r| r.get(0))?;
+        if dropped == 0 {
+            return Ok(());
+        }
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        if busy == 0 {
+            self.conn
+                .execute("UPDATE temp.secrets_dropped SET n = 0", [])?;
+        }
+        Ok(())
     }
 
     /// Saves the identity (before registering, so keys are never lost).
@@ -1257,5 +1333,193 @@ mod tests {
         // Opening again (the column exists now) is fine and changes nothing.
         let store = Store::open(dir.path(), "pass").unwrap();
         assert_eq!(store.history(&g, 0).unwrap(), all);
+    }
+
+    /// Every byte array of 32 or more bytes in a JSON value, as openmls's
+    /// JSON codec writes it (`[12,250,...]`): the keys and secrets in it.
+    fn arrays(json: &[u8]) -> Vec<Vec<u8>> {
+        fn walk(v: &serde_json::Value, out: &mut Vec<Vec<u8>>) {
+            match v {
+                serde_json::Value::Array(a)
+                    if a.len() >= 32 && a.iter().all(|x| x.as_u64().is_some_and(|n| n < 256)) =>
+                {
+                    // In pieces of 32 bytes, as text ("12,250,..."): a big
+                    // key's JSON spans several pages, a piece rarely does.
+                    for piece in a.chunks_exact(32) {
+                        let text: Vec<String> = piece.iter().map(|x| x.to_string()).collect();
+                        out.push(text.join(",").into_bytes());
+                    }
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+                serde_json::Value::Object(o) => o.values().for_each(|x| walk(x, out)),
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        walk(&serde_json::from_slice(json).unwrap(), &mut out);
+        out
+    }
+
+    /// The secrets an observer of the files must not find once they are
+    /// gone: the group's epoch secrets, its epoch key pairs and the MLS
+    /// private keys (leaf keys, KeyPackage init keys) of this device.
+    fn secrets(store: &Store) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for sql in [
+            "SELECT group_data FROM openmls_group_data WHERE data_type IN \
+             ('group_epoch_secrets', 'message_secrets')",
+            "SELECT key_pairs FROM openmls_epoch_keys_pairs",
+            "SELECT key_pair FROM openmls_encryption_keys",
+            "SELECT key_package FROM openmls_key_packages",
+        ] {
+            let mut stmt = store.conn.prepare(sql).unwrap();
+            let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).unwrap();
+            for r in rows {
+                out.extend(arrays(&r.unwrap()));
+            }
+        }
+        out
+    }
+
+    /// Every value openmls keeps for the device, live.
+    fn live_values(store: &Store) -> Vec<u8> {
+        let mut all = Vec::new();
+        for sql in [
+            "SELECT group_data FROM openmls_group_data",
+            "SELECT key_pairs FROM openmls_epoch_keys_pairs",
+            "SELECT key_pair FROM openmls_encryption_keys",
+            "SELECT key_package FROM openmls_key_packages",
+            "SELECT signature_key FROM openmls_signature_keys",
+        ] {
+            let mut stmt = store.conn.prepare(sql).unwrap();
+            let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).unwrap();
+            for r in rows {
+                all.extend(r.unwrap());
+                all.push(0);
+            }
+        }
+        all
+    }
+
+    /// The database file and its WAL, as a thief reads them.
+    fn files(dir: &Path) -> Vec<u8> {
+        let db = Store::db_path(dir);
+        let mut bytes = fs::read(&db).unwrap();
+        let mut wal = db.into_os_string();
+        wal.push("-wal");
+        bytes.extend(fs::read(wal).unwrap_or_default());
+        bytes
+    }
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    fn person(handle: &str) -> (CredentialIdentity, DeviceKey) {
+        let account = AccountKey::generate();
+        let device = DeviceKey::generate();
+        let me = CredentialIdentity {
+            account: account.id(),
+            device: device.id(),
+            handle: Handle::new(handle).unwrap(),
+        };
+        (me, device)
+    }
+
+    /// C8: a group moves on two epochs (two self-updates), and the member
+    /// that was invited joins: the secrets of the first epoch, the old leaf
+    /// keys and the used KeyPackage's init key are in neither the database
+    /// file nor the WAL afterwards, while they were there before. Without
+    /// `secure_delete` the old cells stay in freed space; without the WAL
+    /// truncation the old frames keep them.
+    #[test]
+    fn secrets_of_past_epochs_and_used_keys_leave_the_files() {
+        let (adir, bdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut alice = Store::open_unencrypted(adir.path()).unwrap();
+        let mut bob = Store::open_unencrypted(bdir.path()).unwrap();
+        let (a, a_dev) = person("alice");
+        let (b, b_dev) = person("bob");
+        let g = GroupId([3; 32]);
+        let kp = bob
+            .transaction(|p, _| {
+                Ok(sotto_core::mls::key_packages(
+                    p,
+                    &b,
+                    &b_dev,
+                    Suite::PostQuantum,
+                    1,
+                )?)
+            })
+            .unwrap()
+            .remove(0);
+        // The search works: live secrets are found in the files (but for
+        // the few pieces that straddle two pages). Only those count.
+        let found = |dir: &Path, all: Vec<Vec<u8>>| {
+            let bytes = files(dir);
+            let n = all.len();
+            let seen: Vec<_> = all.into_iter().filter(|s| contains(&bytes, s)).collect();
+            assert!(
+                seen.len() * 10 >= n * 9 && !seen.is_empty(),
+                "only {} of {n} live secret pieces are in the files",
+                seen.len()
+            );
+            seen
+        };
+        let bob_before = found(bdir.path(), secrets(&bob));
+        let welcome = alice
+            .transaction(|p, _| {
+                let (kp, _) = sotto_core::mls::verify_key_package(p, &kp, b.account, b.device)?;
+                let created = sotto_core::mls::create_group(p, &a, &a_dev, g, &[kp], None)?;
+                sotto_core::mls::merge_pending(p, g)?;
+                Ok(created.welcome)
+            })
+            .unwrap();
+        bob.transaction(|p, _| Ok(sotto_core::mls::join(p, &welcome).map(|_| ())?))
+            .unwrap();
+
+        let alice_before = found(adir.path(), secrets(&alice));
+        for _ in 0..2 {
+            alice
+                .transaction(|p, _| {
+                    let staged = sotto_core::group::stage(
+                        p,
+                        &a_dev,
+                        g,
+                        sotto_core::group::Change {
+                            self_update: true,
+                            ..Default::default()
+                        },
+                    )?;
+                    assert!(staged.is_some());
+                    sotto_core::mls::merge_pending(p, g)?;
+                    Ok(())
+                })
+                .unwrap();
+        }
+        assert_eq!(
+            alice
+                .transaction(|p, _| Ok(sotto_core::mls::epoch(p, g)?))
+                .unwrap(),
+            3
+        );
+
+        for (who, store, dir, before) in [
+            ("alice", &alice, adir.path(), &alice_before),
+            ("bob", &bob, bdir.path(), &bob_before),
+        ] {
+            // Secrets openmls keeps on purpose (past resumption PSKs) are not
+            // gone, and are not counted.
+            let live = live_values(store);
+            let gone: Vec<_> = before.iter().filter(|s| !contains(&live, s)).collect();
+            assert!(!gone.is_empty(), "{who}: something was deleted");
+            let now = files(dir);
+            let left = gone.iter().filter(|s| contains(&now, s)).count();
+            assert_eq!(
+                left,
+                0,
+                "{who}: {left} of {} deleted secrets are still in the files",
+                gone.len()
+            );
+        }
     }
 }

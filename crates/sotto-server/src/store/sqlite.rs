@@ -798,10 +798,13 @@ impl Store for SqliteStore {
                 )
                 .optional()
                 .map_err(map_err)?;
-            let Some(account) = account else {
-                return Ok(None);
-            };
-            let account = AccountId(arr32(account)?);
+            // An unknown handle runs the same queries, on an account id no
+            // key can have, so its answer takes as long as an account's.
+            let found = account.is_some();
+            let account = AccountId(match account {
+                Some(a) => arr32(a)?,
+                None => [0; 32],
+            });
             let mut stmt = c
                 .prepare("SELECT device FROM devices WHERE account = ?1 AND revoked = 0")
                 .map_err(map_err)?;
@@ -812,9 +815,10 @@ impl Store for SqliteStore {
             for r in rows {
                 devices.push(DeviceId(arr32(r.map_err(map_err)?)?));
             }
-            Ok(Some(WipeTarget {
+            let record = get_kill(c, &account)?;
+            Ok(found.then_some(WipeTarget {
                 account,
-                record: get_kill(c, &account)?,
+                record,
                 devices,
             }))
         })
