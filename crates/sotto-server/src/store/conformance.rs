@@ -671,6 +671,83 @@ pub async fn concurrent_sends_keep_mailbox_order<S: Store>(s: S) {
     );
 }
 
+/// Many sends at the same moment, some refused (a non-member, a full
+/// mailbox) and some repeated: each gets its own answer, a refusal stores
+/// nothing and undoes no other send, a repeated id is stored once. (The
+/// SQLite store writes concurrent sends in one transaction: this is what
+/// its per-send savepoints must keep.)
+pub async fn concurrent_sends_get_their_own_answers<S: Store>(s: S) {
+    let s = std::sync::Arc::new(s);
+    let open = GroupId([11; 32]);
+    let full = GroupId([12; 32]);
+    s.commit(create(open, dev(1), vec![dev(1), dev(2), dev(3)]))
+        .await
+        .unwrap();
+    s.commit(create(full, dev(1), vec![dev(1), dev(4)]))
+        .await
+        .unwrap();
+    // dev(4)'s mailbox holds one message at most.
+    s.send(out(full, dev(1), 200, EnvelopeKind::Application), cap(1))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for round in 0..10u8 {
+        for (kind, group, sender, id) in [
+            ("ok", open, dev(2), round),
+            ("ok", open, dev(3), 100 + round),
+            ("not member", open, dev(9), 50 + round),
+            ("full", full, dev(1), 150 + round),
+            // Both copies of one id from dev(2): one is new, one a duplicate.
+            ("twice", open, dev(2), 30 + round),
+            ("twice", open, dev(2), 30 + round),
+        ] {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                let limit = if group == full { 1 } else { 10_000 };
+                let r = s
+                    .send(
+                        out(group, sender, id, EnvelopeKind::Application),
+                        cap(limit),
+                    )
+                    .await;
+                (kind, id, r)
+            }));
+        }
+    }
+    let mut twice: std::collections::HashMap<u8, Vec<bool>> = Default::default();
+    for t in tasks {
+        let (kind, id, r) = t.await.unwrap();
+        match (kind, r) {
+            ("ok", Ok(o)) => assert!(!o.duplicate && o.recipients.len() == 2, "{id}: {o:?}"),
+            ("not member", Err(SendError::NotMember)) => {}
+            ("full", Err(SendError::MailboxFull)) => {}
+            ("twice", Ok(o)) => twice.entry(id).or_default().push(o.duplicate),
+            (kind, r) => panic!("{kind} {id}: unexpected {r:?}"),
+        }
+    }
+    for (id, mut d) in twice {
+        d.sort();
+        assert_eq!(d, [false, true], "id {id}: one stored, one duplicate");
+    }
+    // dev(1) holds every accepted send once: 10 + 10 from dev(2) and 10
+    // from dev(3); nothing of the refused ones.
+    let got = s.fetch(dev(1), 0, 1000, NOW).await.unwrap();
+    let mut ids: Vec<u8> = got.iter().map(|e| e.envelope.msg_id.0[0]).collect();
+    ids.sort_unstable();
+    let mut want: Vec<u8> = (0..10).chain(30..40).chain(100..110).collect();
+    want.sort_unstable();
+    assert_eq!(ids, want);
+    let held = s.fetch(dev(4), 0, 10, NOW).await.unwrap();
+    assert_eq!(held.len(), 1);
+    // A refused send left no trace: once there is room, its retry is new.
+    s.ack(dev(4), vec![held[0].seq]).await.unwrap();
+    let retry = s
+        .send(out(full, dev(1), 150, EnvelopeKind::Application), cap(1))
+        .await
+        .unwrap();
+    assert!(!retry.duplicate, "the refused send was remembered as sent");
+}
+
 /// Generates one test per conformance check for a backend, given an async
 /// expression that makes `(guard, store)`: a fresh store and whatever must
 /// live as long as it (a temp directory, a database).
@@ -690,6 +767,7 @@ macro_rules! store_conformance_tests {
             stats_and_operator_revoke,
             concurrent_commits_one_wins,
             concurrent_sends_keep_mailbox_order,
+            concurrent_sends_get_their_own_answers,
         );
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {

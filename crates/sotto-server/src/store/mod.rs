@@ -20,7 +20,7 @@ use sotto_proto::{
 };
 
 /// A storage failure.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The backend cannot take writes now (disk full, database down); retry later.
     #[error("storage unavailable: {0}")]

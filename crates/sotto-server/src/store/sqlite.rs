@@ -109,9 +109,25 @@ CREATE TABLE IF NOT EXISTS seen_sends (
 "#;
 
 /// The SQLite store.
+///
+/// One connection, behind a mutex, used from blocking threads. Sends are
+/// written with group commit: each send joins a queue, and whichever task
+/// gets the connection next writes every queued send in one transaction
+/// (a savepoint each, so one refused send does not undo the others), with
+/// one fsync for all of them. No send is answered before the transaction
+/// holding it is durable.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    sends: Arc<Mutex<Vec<SendJob>>>,
+}
+
+/// A send waiting for the next group commit.
+#[derive(Debug)]
+struct SendJob {
+    m: Outgoing,
+    cap: MailboxCap,
+    reply: tokio::sync::oneshot::Sender<Result<SendOutcome, SendError>>,
 }
 
 fn map_err(e: rusqlite::Error) -> StoreError {
@@ -165,6 +181,74 @@ fn seen_key(sender: &DeviceId, msg_id: &MessageId) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// One send inside a group commit's transaction (under its own savepoint).
+fn send_one(
+    tx: &Connection,
+    m: &Outgoing,
+    mailbox_cap: MailboxCap,
+) -> Result<SendOutcome, SendError> {
+    let all = members(tx, &m.group)?;
+    if !all.contains(&m.sender) {
+        return Err(SendError::NotMember);
+    }
+    let key = seen_key(&m.sender, &m.msg_id);
+    let fresh = tx
+        .execute(
+            "INSERT OR IGNORE INTO seen_sends (key, expires_ms) VALUES (?1, ?2)",
+            params![&key[..], ms(m.expires_ms)],
+        )
+        .map_err(map_err)?;
+    if fresh == 0 {
+        return Ok(SendOutcome {
+            duplicate: true,
+            recipients: Vec::new(),
+        });
+    }
+    let to: Vec<DeviceId> = all.into_iter().filter(|d| *d != m.sender).collect();
+    if !to.is_empty() {
+        insert_message(tx, m, &to, mailbox_cap)?.ok_or(SendError::MailboxFull)?;
+    }
+    Ok(SendOutcome {
+        duplicate: false,
+        recipients: to,
+    })
+}
+
+/// Writes `jobs` in one transaction, each under a savepoint, and answers
+/// each once the transaction is durable (or with the error that stopped it).
+fn write_sends(c: &mut Connection, jobs: Vec<SendJob>) {
+    let mut results = Vec::with_capacity(jobs.len());
+    let written = (|| -> Result<(), StoreError> {
+        let mut tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(map_err)?;
+        for job in &jobs {
+            let sp = tx.savepoint().map_err(map_err)?;
+            let r = send_one(&sp, &job.m, job.cap);
+            if r.is_ok() {
+                sp.commit().map_err(map_err)?;
+            } else {
+                // Dropping the savepoint rolls this send back, only it.
+                drop(sp);
+            }
+            results.push(r);
+        }
+        tx.commit().map_err(map_err)
+    })();
+    match written {
+        Ok(()) => {
+            for (job, r) in jobs.into_iter().zip(results) {
+                let _ = job.reply.send(r);
+            }
+        }
+        Err(e) => {
+            for job in jobs {
+                let _ = job.reply.send(Err(SendError::Store(e.clone())));
+            }
+        }
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -183,6 +267,7 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA).map_err(map_err)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            sends: Arc::new(Mutex::new(Vec::new())),
         })
     }
 
@@ -325,10 +410,7 @@ fn take_key_package(
 }
 
 /// Entries and payload bytes waiting in `device`'s mailbox.
-fn mailbox_usage(
-    tx: &rusqlite::Transaction<'_>,
-    device: &DeviceId,
-) -> Result<(u64, u64), StoreError> {
+fn mailbox_usage(tx: &Connection, device: &DeviceId) -> Result<(u64, u64), StoreError> {
     let (n, bytes): (i64, i64) = tx
         .query_row(
             "SELECT count(*), coalesce(sum(length(m.payload)), 0) \
@@ -346,7 +428,7 @@ fn mailbox_usage(
 /// Inserts a message and a mailbox row for each recipient. Fails with `None`
 /// if a recipient's mailbox would go past its cap.
 fn insert_message(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     m: &Outgoing,
     recipients: &[DeviceId],
     cap: MailboxCap,
@@ -382,7 +464,7 @@ fn insert_message(
     Ok(Some(()))
 }
 
-fn members(tx: &rusqlite::Transaction<'_>, group: &GroupId) -> Result<Vec<DeviceId>, StoreError> {
+fn members(tx: &Connection, group: &GroupId) -> Result<Vec<DeviceId>, StoreError> {
     let mut stmt = tx
         .prepare_cached("SELECT device FROM group_members WHERE group_id = ?1")
         .map_err(map_err)?;
@@ -1110,38 +1192,31 @@ impl Store for SqliteStore {
     }
 
     async fn send(&self, m: Outgoing, mailbox_cap: MailboxCap) -> Result<SendOutcome, SendError> {
-        self.with(move |c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(map_err)?;
-            let all = members(&tx, &m.group)?;
-            if !all.contains(&m.sender) {
-                return Err(SendError::NotMember);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.sends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(SendJob {
+                m,
+                cap: mailbox_cap,
+                reply,
+            });
+        // Every send starts a writer after queueing itself, so no send waits
+        // for a writer that will not come; a writer that finds the queue
+        // empty (an earlier one took this send along) returns at once.
+        let (conn, queue) = (self.conn.clone(), self.sends.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
+            let jobs = std::mem::take(&mut *queue.lock().unwrap_or_else(|p| p.into_inner()));
+            if !jobs.is_empty() {
+                write_sends(&mut c, jobs);
             }
-            let key = seen_key(&m.sender, &m.msg_id);
-            let fresh = tx
-                .execute(
-                    "INSERT OR IGNORE INTO seen_sends (key, expires_ms) VALUES (?1, ?2)",
-                    params![&key[..], ms(m.expires_ms)],
-                )
-                .map_err(map_err)?;
-            if fresh == 0 {
-                return Ok(SendOutcome {
-                    duplicate: true,
-                    recipients: Vec::new(),
-                });
-            }
-            let to: Vec<DeviceId> = all.into_iter().filter(|d| *d != m.sender).collect();
-            if !to.is_empty() {
-                insert_message(&tx, &m, &to, mailbox_cap)?.ok_or(SendError::MailboxFull)?;
-            }
-            tx.commit().map_err(map_err)?;
-            Ok(SendOutcome {
-                duplicate: false,
-                recipients: to,
-            })
         })
         .await
+        .map_err(|e| StoreError::Internal(format!("store task failed: {e}")))?;
+        answer.await.unwrap_or_else(|_| {
+            Err(StoreError::Internal("a send was dropped unwritten".into()).into())
+        })
     }
 
     async fn fetch(
