@@ -368,11 +368,17 @@ impl Client {
         Ok(())
     }
 
-    /// Commits the leaves other members proposed.
+    /// Asks to be re-added where this device lost its state, answers other
+    /// devices' requests to be re-added, and commits the leaves other
+    /// members proposed.
     pub(crate) async fn commit_proposals(
         &mut self,
         conn: &mut Connection,
     ) -> Result<(), ClientError> {
+        // Lost conversations first (ask to be re-added), then other
+        // devices' requests to be re-added that are due.
+        self.ask_rejoins(conn).await?;
+        self.answer_rejoins(conn).await?;
         while let Some(g) = self.proposals.pop_first() {
             let active = self.store.transaction(|p, _| Ok(group::is_active(p, g)?))?;
             if active {
