@@ -740,15 +740,23 @@ impl Client {
                 let g = env.group;
                 // Not marked processed: a commit that re-adds this device
                 // shares its id with the Welcome that follows.
+                let missing = matches!(e, CoreError::UnknownGroup);
                 let news = self.store.transaction(|_, c| {
                     let news = rows::note_out_of_sync(c, &g)?;
                     Ok(news.then(|| self_name(c, &g)))
                 })?;
                 if let Some(name) = news {
-                    let text = format!(
-                        "{name}: this device lost its state of this conversation (restored from an older backup?): \
-                         asking the other members to re-add it; until then it cannot read or send there"
-                    );
+                    let text = if missing {
+                        format!(
+                            "{name}: messages arrive for a conversation this device does not have \
+                             (restored from an older backup?): asking its members to add this device"
+                        )
+                    } else {
+                        format!(
+                            "{name}: this device lost its state of this conversation (restored from an older backup?): \
+                             asking the other members to re-add it; until then it cannot read or send there"
+                        )
+                    };
                     self.notices.push(Notice::new(g, text.clone()));
                     self.warnings.push(text);
                 }

@@ -170,6 +170,11 @@ impl Client {
             .transaction(|_, c| rows::readds_due(c, now_ms()))?;
         let mine = self.id.account.id();
         for (g, victim, kp_bytes) in due {
+            if self.out_of_sync(g)? {
+                // This device is behind there itself: it cannot commit
+                // until it is re-added; the request waits.
+                continue;
+            }
             let state = self.store.transaction(|p, _| {
                 if !mls::has_group(p, g)? || !group::is_active(p, g)? {
                     return Ok(None);

@@ -213,3 +213,53 @@ async fn a_device_restored_from_an_old_backup_is_re_added_and_told_what_it_misse
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_device_restored_from_before_it_joined_a_conversation_is_added_back() {
+    let tmp = TempDir::new().unwrap();
+    let server = InProcessServer::start(tmp.path(), ServerConfig::default()).await;
+    let mut alice = register(&server, tmp.path(), "alice").await;
+    let carol = register(&server, tmp.path(), "carol").await;
+
+    // Carol's backup is older than her conversation with alice.
+    let carol_dir = tmp.path().join("carol");
+    let backup = tmp.path().join("carol-backup");
+    drop(carol);
+    copy_dir(&carol_dir, &backup);
+    let mut carol = Client::open(&carol_dir, PASS).unwrap();
+    alice.send("carol", "first").await.unwrap();
+    assert_eq!(texts(&mut carol).await, ["alice: first"]);
+    carol.send("alice", "hello alice").await.unwrap();
+    texts(&mut alice).await;
+
+    drop(carol);
+    std::fs::remove_dir_all(&carol_dir).unwrap();
+    copy_dir(&backup, &carol_dir);
+    let mut carol = Client::open(&carol_dir, PASS).unwrap();
+    alice.send("carol", "while carol is missing").await.unwrap();
+
+    // The restored profile has no such conversation: it says so and asks.
+    assert!(texts(&mut carol).await.is_empty());
+    let warnings = carol.take_warnings();
+    assert!(
+        warnings.iter().any(|w| w.contains("does not have")),
+        "{warnings:?}"
+    );
+    let mut rounds = 0;
+    while carol.epoch_authenticator("alice").ok() != alice.epoch_authenticator("carol").ok() {
+        texts(&mut alice).await;
+        texts(&mut carol).await;
+        rounds += 1;
+        assert!(rounds < 5, "carol was not added back");
+    }
+    let warnings = carol.take_warnings();
+    assert!(
+        warnings.iter().any(|w| w.contains("could not be read")),
+        "{warnings:?}"
+    );
+    alice.send("carol", "you are back").await.unwrap();
+    assert_eq!(texts(&mut carol).await, ["alice: you are back"]);
+    carol.send("alice", "I am").await.unwrap();
+    assert_eq!(texts(&mut alice).await, ["carol: I am"]);
+    server.stop().await;
+}

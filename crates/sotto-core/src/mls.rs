@@ -541,7 +541,8 @@ pub fn process<P: OpenMlsProvider>(
     group_id: sotto_proto::GroupId,
     bytes: &[u8],
 ) -> Result<Processed, CoreError> {
-    let mut g = load(provider, group_id)?;
+    // Garbage is refused before the group is looked up: only a well-formed
+    // message of `group_id` can say the group is missing here.
     let msg = MlsMessageIn::tls_deserialize_exact(bytes)
         .map_err(|e| CoreError::Rejected(e.to_string()))?;
     let proto = msg
@@ -550,6 +551,7 @@ pub fn process<P: OpenMlsProvider>(
     if proto.group_id().as_slice() != group_id.0.as_slice() {
         return Err(CoreError::Rejected("message for another group".into()));
     }
+    let mut g = load(provider, group_id)?;
     if proto.epoch() > g.epoch() {
         return Err(CoreError::Behind {
             local: g.epoch().as_u64(),
