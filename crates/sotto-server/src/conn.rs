@@ -41,9 +41,6 @@ use crate::store::{
     SendError, Store, StoreError, StoredKeyPackage,
 };
 
-/// How often one device may ask to be re-added to one group.
-pub(crate) const REJOIN_INTERVAL: Duration = Duration::from_secs(600);
-
 /// How many mailbox entries are read per store call.
 const FETCH_BATCH: u32 = 64;
 
@@ -770,7 +767,8 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
     /// A member device that lost its state of a group asks the other
     /// member devices to re-add it: its KeyPackage goes into their
     /// mailboxes like a message. Only a member device may ask (the store
-    /// checks, as for `Send`), once per [`REJOIN_INTERVAL`] per group.
+    /// checks, as for `Send`), once per `Limits::rejoin_interval` per
+    /// group (per server node).
     async fn rejoin(
         &mut self,
         group: sotto_proto::GroupId,
@@ -779,6 +777,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
     ) -> Result<Response, ProtoError> {
         let device = self.device()?;
         let limit = self.shared.config.limits.max_key_package_bytes;
+        let interval = self.shared.config.limits.rejoin_interval;
         if key_package.0.is_empty() || key_package.0.len() > limit {
             return Err(ProtoError::new(ErrorCode::TooLarge));
         }
@@ -790,12 +789,12 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
                 .unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
             if r.len() > 100_000 {
-                r.retain(|_, t| now.duration_since(*t) < REJOIN_INTERVAL);
+                r.retain(|_, t| now.duration_since(*t) < interval);
             }
             if let Some(t) = r.get(&(device, group)) {
                 let since = now.duration_since(*t);
-                if since < REJOIN_INTERVAL {
-                    let left = REJOIN_INTERVAL.saturating_sub(since);
+                if since < interval {
+                    let left = interval.saturating_sub(since);
                     return Err(ProtoError::with_message(
                         ErrorCode::RateLimited,
                         "this device asked to be re-added to this group a moment ago",
