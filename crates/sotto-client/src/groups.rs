@@ -261,6 +261,13 @@ impl Client {
         g: GroupId,
         make: impl Fn(&Provider<'_>) -> Result<Change, ClientError>,
     ) -> Result<Option<u64>, ClientError> {
+        if self.out_of_sync(g)? {
+            // Its commits would be of an epoch the group has left.
+            return Err(ClientError::Invalid(
+                "this device lost its state of this conversation and waits for a member to re-add it: try again later"
+                    .into(),
+            ));
+        }
         for _ in 0..COMMIT_ATTEMPTS {
             let Some(req) = self.stage_and_remember(g, &make)? else {
                 return Ok(None);
@@ -381,7 +388,7 @@ impl Client {
         self.answer_rejoins(conn).await?;
         while let Some(g) = self.proposals.pop_first() {
             let active = self.store.transaction(|p, _| Ok(group::is_active(p, g)?))?;
-            if active {
+            if active && !self.out_of_sync(g)? {
                 self.commit_with_retry(conn, g, |_| Ok(Change::default()))
                     .await?;
             }
