@@ -536,19 +536,12 @@ impl Client {
                         conversation_name(p, joined.group_id, &me, &joined.members)?;
                     rows::put_conversation(c, &joined.group_id, is_group, &name, now_ms())?;
                     let added_by = joined.members.iter().find(|m| m.device == env.sender);
-                    if replaced || missed.is_some() {
+                    let text = if replaced || missed.is_some() {
                         rows::set_state(c, &joined.group_id, "active")?;
-                        let by = added_by.map_or_else(|| "a member".to_owned(), |m| m.handle.to_string());
-                        let text = format!(
-                            "{name}: this device was re-added by {by} after losing its state of the conversation; \
-                             messages sent to it while it was out of sync could not be read ({} deliveries set aside)",
-                            missed.unwrap_or(0)
-                        );
-                        notices.push(Notice::new(joined.group_id, text.clone()));
-                        warnings.push(text);
+                        let text = crate::rejoin::readded_text(&name, added_by, missed);
+                        warnings.push(text.clone());
+                        text
                     } else {
-                    notices.push(Notice::new(
-                        joined.group_id,
                         match added_by {
                             Some(m) if m.account != me.account && is_group => {
                                 format!("{} added you to {name}", m.handle)
@@ -557,14 +550,12 @@ impl Client {
                                 format!("{} started this conversation", m.handle)
                             }
                             _ => format!("this device joined {name}"),
-                        },
-                    ));
-                    }
+                        }
+                    };
+                    notices.push(Notice::new(joined.group_id, text));
                     Outcome::Stored
                 }
-                EnvelopeKind::Rejoin => {
-                    crate::rejoin::readd_request(p, c, &me, env, &mut notices)?
-                }
+                EnvelopeKind::Rejoin => crate::rejoin::readd_request(p, c, &me, env, &mut notices)?,
                 kind => match (kind, mls::process(p, env.group, &env.payload.0)?) {
                     (
                         EnvelopeKind::Application,
@@ -684,10 +675,8 @@ impl Client {
                                 .find(|m| m.device == *d)
                                 .map_or_else(|| d.short(), |m| m.handle.to_string());
                             let name = self_name(c, &env.group);
-                            notices.push(Notice::new(
-                                env.group,
-                                format!("{name}: a device of {who} was re-added after losing its state"),
-                            ));
+                            let text = format!("{name}: a device of {who} was re-added");
+                            notices.push(Notice::new(env.group, text));
                         }
                         if let Some(timer) = timer_change {
                             let name = self_name(c, &env.group);
@@ -746,17 +735,7 @@ impl Client {
                     Ok(news.then(|| self_name(c, &g)))
                 })?;
                 if let Some(name) = news {
-                    let text = if missing {
-                        format!(
-                            "{name}: messages arrive for a conversation this device does not have \
-                             (restored from an older backup?): asking its members to add this device"
-                        )
-                    } else {
-                        format!(
-                            "{name}: this device lost its state of this conversation (restored from an older backup?): \
-                             asking the other members to re-add it; until then it cannot read or send there"
-                        )
-                    };
+                    let text = crate::rejoin::lost_text(&name, missing);
                     self.notices.push(Notice::new(g, text.clone()));
                     self.warnings.push(text);
                 }

@@ -96,6 +96,38 @@ pub(crate) fn readd_request(
     Ok(Outcome::Stored)
 }
 
+/// The line that tells a user this device found itself out of sync in
+/// conversation `name` (`missing`: it does not hold the conversation at all).
+pub(crate) fn lost_text(name: &str, missing: bool) -> String {
+    if missing {
+        format!(
+            "{name}: messages arrive for a conversation this device does not have \
+             (restored from an older backup?): asking its members to add this device"
+        )
+    } else {
+        format!(
+            "{name}: this device lost its state of this conversation \
+             (restored from an older backup?): asking the other members to re-add it; \
+             until then it cannot read or send there"
+        )
+    }
+}
+
+/// The line that tells a user this device was re-added to `name` by `by`
+/// after `missed` deliveries it could not read.
+pub(crate) fn readded_text(
+    name: &str,
+    by: Option<&CredentialIdentity>,
+    missed: Option<u64>,
+) -> String {
+    let by = by.map_or_else(|| "a member".to_owned(), |m| m.handle.to_string());
+    format!(
+        "{name}: this device was re-added by {by} after losing its state of the conversation; \
+         messages sent to it while it was out of sync could not be read ({} deliveries set aside)",
+        missed.unwrap_or(0)
+    )
+}
+
 impl Client {
     /// Asks to be re-added to every conversation this device found itself
     /// out of sync with (and not asked about within [`REJOIN_RETRY_MS`]).
