@@ -78,15 +78,19 @@ pub struct Client {
     pub(crate) keep: bool,
 }
 
-/// When this device commits a self-update in a conversation, for
-/// post-compromise security: after `messages` messages sent, or when the last
-/// update is older than `max_age`.
+/// When this device commits on its own: a self-update in a conversation,
+/// for post-compromise security, after `messages` messages sent or when the
+/// last update is older than `max_age`; the re-add of another member device
+/// that lost its state, `readd_step` times its rank after the request.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
     /// Messages sent between self-updates.
     pub messages: u64,
     /// Longest time between self-updates.
     pub max_age: Duration,
+    /// How long a member waits per rank before it answers a request to be
+    /// re-added (rank 0 answers at once); every member uses the same.
+    pub readd_step: Duration,
 }
 
 impl Default for Policy {
@@ -94,6 +98,7 @@ impl Default for Policy {
         Self {
             messages: 100,
             max_age: Duration::from_secs(7 * 86_400),
+            readd_step: Duration::from_millis(crate::rejoin::READD_STEP_MS),
         }
     }
 }
@@ -493,6 +498,7 @@ impl Client {
     fn process(&mut self, d: &Delivery) -> Result<Outcome, ClientError> {
         let me = self.id.credential();
         let env = &d.envelope;
+        let step = self.policy.readd_step;
         let mut warnings = Vec::new();
         let mut notices = Vec::new();
         let attempt = self.store.transaction(|p, c| {
@@ -555,7 +561,9 @@ impl Client {
                     notices.push(Notice::new(joined.group_id, text));
                     Outcome::Stored
                 }
-                EnvelopeKind::Rejoin => crate::rejoin::readd_request(p, c, &me, env, &mut notices)?,
+                EnvelopeKind::Rejoin => {
+                    crate::rejoin::readd_request(p, c, &me, env, step, &mut notices)?
+                }
                 kind => match (kind, mls::process(p, env.group, &env.payload.0)?) {
                     (
                         EnvelopeKind::Application,

@@ -26,7 +26,8 @@ use crate::transport::Connection;
 use crate::{Client, ClientError};
 
 /// How long a member waits per rank before it answers a request to be
-/// re-added (the first in the order answers at once).
+/// re-added (the first in the order answers at once): the default of
+/// [`crate::Policy::readd_step`].
 pub const READD_STEP_MS: u64 = 60_000;
 /// How long a device waits for its re-add before it asks again.
 pub const REJOIN_RETRY_MS: u64 = 3_600_000;
@@ -50,6 +51,7 @@ pub(crate) fn readd_request(
     c: &rusqlite::Connection,
     me: &CredentialIdentity,
     env: &Envelope,
+    step: std::time::Duration,
     notices: &mut Vec<Notice>,
 ) -> Result<Outcome, ClientError> {
     let g = env.group;
@@ -83,7 +85,8 @@ pub(crate) fn readd_request(
         .iter()
         .position(|d| *d == me.device)
         .unwrap_or(order.len());
-    let due = now_ms().saturating_add(READD_STEP_MS.saturating_mul(rank as u64));
+    let step = u64::try_from(step.as_millis()).unwrap_or(u64::MAX);
+    let due = now_ms().saturating_add(step.saturating_mul(rank as u64));
     rows::put_readd(c, &g, &victim.device, &env.payload.0, due)?;
     let name = self_name(c, &g);
     notices.push(Notice::new(

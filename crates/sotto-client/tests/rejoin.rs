@@ -56,6 +56,7 @@ fn often() -> Policy {
     Policy {
         messages: 1,
         max_age: Duration::from_secs(86_400),
+        ..Policy::default()
     }
 }
 
@@ -261,5 +262,65 @@ async fn a_device_restored_from_before_it_joined_a_conversation_is_added_back() 
     assert_eq!(texts(&mut carol).await, ["alice: you are back"]);
     carol.send("alice", "I am").await.unwrap();
     assert_eq!(texts(&mut alice).await, ["carol: I am"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn members_answering_at_the_same_moment_re_add_once() {
+    let tmp = TempDir::new().unwrap();
+    let server = InProcessServer::start(tmp.path(), ServerConfig::default()).await;
+    let mut alice = register(&server, tmp.path(), "alice").await;
+    let mut bob = register(&server, tmp.path(), "bob").await;
+    let mut carol = register(&server, tmp.path(), "carol").await;
+    let mut dave = register(&server, tmp.path(), "dave").await;
+    alice
+        .group_create("crew", &["bob", "carol", "dave"])
+        .await
+        .unwrap();
+    for c in [&mut bob, &mut carol, &mut dave] {
+        texts(c).await;
+    }
+    let carol_dir = tmp.path().join("carol");
+    let backup = tmp.path().join("carol-backup");
+    drop(carol);
+    copy_dir(&carol_dir, &backup);
+    let mut carol = Client::open(&carol_dir, PASS).unwrap();
+    alice.set_policy(often());
+    alice.send("crew", "moving on").await.unwrap();
+    texts(&mut carol).await;
+    drop(carol);
+    std::fs::remove_dir_all(&carol_dir).unwrap();
+    copy_dir(&backup, &carol_dir);
+    let mut carol = Client::open(&carol_dir, PASS).unwrap();
+    alice.send("crew", "while carol is lost").await.unwrap();
+    assert!(texts(&mut carol).await.is_empty());
+
+    // Nobody waits for their rank: all three answer at the same moment.
+    for c in [&mut alice, &mut bob, &mut dave] {
+        c.set_policy(Policy {
+            readd_step: Duration::ZERO,
+            ..Policy::default()
+        });
+    }
+    let (before, _) = alice.epoch_authenticator("crew").unwrap();
+    let (a, b, d) = tokio::join!(texts(&mut alice), texts(&mut bob), texts(&mut dave));
+    drop((a, b, d));
+    // One re-add landed; the others lost the epoch, saw it done and dropped
+    // theirs (and nobody commits another one later).
+    for c in [&mut alice, &mut bob, &mut dave, &mut carol] {
+        texts(c).await;
+    }
+    for c in [&mut alice, &mut bob, &mut dave] {
+        texts(c).await;
+    }
+    let crew = alice.epoch_authenticator("crew").unwrap();
+    assert_eq!(crew.0, before + 1, "exactly one re-add commit");
+    for c in [&mut bob, &mut carol, &mut dave] {
+        assert_eq!(c.epoch_authenticator("crew").unwrap(), crew);
+    }
+    carol.send("crew", "back once").await.unwrap();
+    for c in [&mut alice, &mut bob, &mut dave] {
+        assert_eq!(texts(c).await, ["carol: back once"]);
+    }
     server.stop().await;
 }
