@@ -60,6 +60,9 @@ pub struct GroupInfo {
     pub state: String,
     /// The disappearing-message timer in seconds, if set.
     pub disappear_after_s: Option<u64>,
+    /// The MLS epoch authenticator, hex: the same on every member in the
+    /// same epoch of the same group; members that differ are forked.
+    pub epoch_authenticator: String,
 }
 
 impl Client {
@@ -716,9 +719,10 @@ impl Client {
             .filter(|c| c.is_group)
         {
             let g = c.group;
-            let (epoch, members, meta, timer) = self.store.transaction(|p, _| {
+            let (epoch, authenticator, members, meta, timer) = self.store.transaction(|p, _| {
                 Ok((
                     mls::epoch(p, g)?,
+                    group::epoch_authenticator(p, g)?,
                     mls::members(p, g)?,
                     group::meta(p, g)?,
                     group::timer(p, g)?,
@@ -750,6 +754,7 @@ impl Client {
                 admins,
                 state: c.state,
                 disappear_after_s: timer,
+                epoch_authenticator: authenticator.iter().map(|b| format!("{b:02x}")).collect(),
             });
         }
         Ok(out)
