@@ -41,5 +41,6 @@ pub fn group_json(g: &GroupInfo) -> serde_json::Value {
         "members": g.members,
         "admins": g.admins,
         "disappear_after_s": g.disappear_after_s,
+        "epoch_authenticator": g.epoch_authenticator,
     })
 }

@@ -68,6 +68,7 @@ fn three_people_talk_in_a_group_and_agree_on_it() {
         .collect();
     for v in &views {
         assert_eq!(v["epoch"], views[0]["epoch"]);
+        assert_eq!(v["epoch_authenticator"], views[0]["epoch_authenticator"]);
         assert_eq!(v["id"], views[0]["id"]);
         assert_eq!(members(v), ["alice", "bob", "carol"]);
         assert_eq!(v["admins"], serde_json::json!(["alice"]));

@@ -313,3 +313,35 @@ fn classical_suite_is_selectable_and_mixes_with_post_quantum() {
     carol.sotto(&["send", "bob", "to classic"]).ok();
     assert_eq!(texts(&receive_json(&bob)), ["to classic"]);
 }
+
+#[test]
+fn a_profile_restored_from_an_old_backup_says_so_and_is_re_added() {
+    let w = World::new(&[]);
+    let alice = w.person("alice");
+    let bob = w.person("bob");
+    alice.sotto(&["send", "bob", "before the backup"]).ok();
+    assert_eq!(bob.sotto(&["receive"]).ok(), "alice: before the backup\n");
+    let backup = bob.dir.with_file_name("bob-backup");
+    copy_dir(&bob.dir, &backup);
+    // The conversation moves on (a commit: the timer), then bob's
+    // profile is restored from the copy.
+    alice.sotto(&["disappear", "bob", "1d"]).ok();
+    alice.sotto(&["send", "bob", "after the backup"]).ok();
+    bob.sotto(&["receive"]).ok();
+    std::fs::remove_dir_all(&bob.dir).unwrap();
+    copy_dir(&backup, &bob.dir);
+
+    alice.sotto(&["send", "bob", "while bob is lost"]).ok();
+    let r = bob.sotto(&["receive"]);
+    assert_eq!(r.ok(), "");
+    assert!(r.stderr().contains("lost its state"), "{}", r.stderr());
+    alice.sotto(&["receive"]).ok();
+    let r = bob.sotto(&["receive"]);
+    r.ok();
+    assert!(r.stderr().contains("re-added by alice"), "{}", r.stderr());
+    assert!(r.stderr().contains("could not be read"), "{}", r.stderr());
+    alice.sotto(&["send", "bob", "welcome back"]).ok();
+    assert_eq!(bob.sotto(&["receive"]).ok(), "alice: welcome back\n");
+    bob.sotto(&["send", "alice", "thanks"]).ok();
+    assert_eq!(alice.sotto(&["receive"]).ok(), "bob: thanks\n");
+}

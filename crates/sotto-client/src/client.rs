@@ -78,15 +78,19 @@ pub struct Client {
     pub(crate) keep: bool,
 }
 
-/// When this device commits a self-update in a conversation, for
-/// post-compromise security: after `messages` messages sent, or when the last
-/// update is older than `max_age`.
+/// When this device commits on its own: a self-update in a conversation,
+/// for post-compromise security, after `messages` messages sent or when the
+/// last update is older than `max_age`; the re-add of another member device
+/// that lost its state, `readd_step` times its rank after the request.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
     /// Messages sent between self-updates.
     pub messages: u64,
     /// Longest time between self-updates.
     pub max_age: Duration,
+    /// How long a member waits per rank before it answers a request to be
+    /// re-added (rank 0 answers at once); every member uses the same.
+    pub readd_step: Duration,
 }
 
 impl Default for Policy {
@@ -94,6 +98,7 @@ impl Default for Policy {
         Self {
             messages: 100,
             max_age: Duration::from_secs(7 * 86_400),
+            readd_step: Duration::from_millis(crate::rejoin::READD_STEP_MS),
         }
     }
 }
@@ -126,7 +131,7 @@ pub struct Verification {
 
 /// What became of one delivery.
 #[derive(Debug)]
-enum Outcome {
+pub(crate) enum Outcome {
     Stored,
     Duplicate,
     Dropped(String),
@@ -134,6 +139,9 @@ enum Outcome {
     Proposal(GroupId),
     /// A valid wipe order for this device.
     Wipe,
+    /// Unreadable: this device's state of the conversation is lost or
+    /// behind; it asks to be re-added.
+    OutOfSync(String),
 }
 
 /// Remembers every member's handle as a contact; a handle that now stands
@@ -176,7 +184,7 @@ pub(crate) fn note_list(
 }
 
 /// A conversation's name for notices.
-fn self_name(c: &rusqlite::Connection, g: &GroupId) -> String {
+pub(crate) fn self_name(c: &rusqlite::Connection, g: &GroupId) -> String {
     c.query_row(
         "SELECT name FROM conversations WHERE group_id = ?1",
         [&g.0[..]],
@@ -490,6 +498,7 @@ impl Client {
     fn process(&mut self, d: &Delivery) -> Result<Outcome, ClientError> {
         let me = self.id.credential();
         let env = &d.envelope;
+        let step = self.policy.readd_step;
         let mut warnings = Vec::new();
         let mut notices = Vec::new();
         let attempt = self.store.transaction(|p, c| {
@@ -518,17 +527,27 @@ impl Client {
                 }
                 EnvelopeKind::Device => Outcome::Dropped("unexpected device message".into()),
                 EnvelopeKind::Welcome => {
-                    let joined = mls::join(p, &env.payload.0)?;
+                    // A Welcome into a conversation this device holds is
+                    // refused, unless this device lost its state of it and
+                    // waits to be re-added.
+                    let (joined, replaced) = mls::join_replacing(p, &env.payload.0, |g| {
+                        rows::rejoin_pending(c, &g).unwrap_or(false)
+                    })?;
                     if joined.members.iter().all(|m| m.device != env.sender) {
                         return Err(ClientError::Core(CoreError::ForgedCredential));
                     }
+                    let missed = rows::rejoin_done(c, &joined.group_id)?;
                     record_members(c, &me, &joined.members, &mut warnings)?;
                     let (is_group, name) =
                         conversation_name(p, joined.group_id, &me, &joined.members)?;
                     rows::put_conversation(c, &joined.group_id, is_group, &name, now_ms())?;
                     let added_by = joined.members.iter().find(|m| m.device == env.sender);
-                    notices.push(Notice::new(
-                        joined.group_id,
+                    let text = if replaced || missed.is_some() {
+                        rows::set_state(c, &joined.group_id, "active")?;
+                        let text = crate::rejoin::readded_text(&name, added_by, missed);
+                        warnings.push(text.clone());
+                        text
+                    } else {
                         match added_by {
                             Some(m) if m.account != me.account && is_group => {
                                 format!("{} added you to {name}", m.handle)
@@ -537,9 +556,13 @@ impl Client {
                                 format!("{} started this conversation", m.handle)
                             }
                             _ => format!("this device joined {name}"),
-                        },
-                    ));
+                        }
+                    };
+                    notices.push(Notice::new(joined.group_id, text));
                     Outcome::Stored
+                }
+                EnvelopeKind::Rejoin => {
+                    crate::rejoin::readd_request(p, c, &me, env, step, &mut notices)?
                 }
                 kind => match (kind, mls::process(p, env.group, &env.payload.0)?) {
                     (
@@ -619,6 +642,20 @@ impl Client {
                     (
                         _,
                         Processed::Commit {
+                            removed_me: true,
+                            readded,
+                            ..
+                        },
+                    ) if readded.contains(&me.device) => {
+                        // This device's leaf was replaced by a fresh one
+                        // (it asked, or a member thought it had to): the
+                        // Welcome follows and takes the new state.
+                        rows::expect_readd(c, &env.group, now_ms())?;
+                        Outcome::Stored
+                    }
+                    (
+                        _,
+                        Processed::Commit {
                             removed_me: true, ..
                         },
                     ) => {
@@ -635,9 +672,20 @@ impl Client {
                         Processed::Commit {
                             device_lists,
                             timer_change,
+                            readded,
                             ..
                         },
                     ) => {
+                        for d in &readded {
+                            rows::delete_readd(c, &env.group, d)?;
+                            let who = mls::members(p, env.group)?
+                                .into_iter()
+                                .find(|m| m.device == *d)
+                                .map_or_else(|| d.short(), |m| m.handle.to_string());
+                            let name = self_name(c, &env.group);
+                            let text = format!("{name}: a device of {who} was re-added");
+                            notices.push(Notice::new(env.group, text));
+                        }
                         if let Some(timer) = timer_change {
                             let name = self_name(c, &env.group);
                             let text = match timer {
@@ -678,6 +726,29 @@ impl Client {
         }
         match attempt {
             Ok(o) => Ok(o),
+            // A message or commit of a conversation whose state this device
+            // lost (none at all, or an older epoch than the message's): set
+            // aside like any unreadable delivery, and this device asks the
+            // other members to re-add it. The epoch a message claims is not
+            // authenticated, so a lying server can at worst make it ask.
+            Err(ClientError::Core(e @ (CoreError::Behind { .. } | CoreError::UnknownGroup)))
+                if matches!(env.kind, EnvelopeKind::Application | EnvelopeKind::Commit) =>
+            {
+                let g = env.group;
+                // Not marked processed: a commit that re-adds this device
+                // shares its id with the Welcome that follows.
+                let missing = matches!(e, CoreError::UnknownGroup);
+                let news = self.store.transaction(|_, c| {
+                    let news = rows::note_out_of_sync(c, &g)?;
+                    Ok(news.then(|| self_name(c, &g)))
+                })?;
+                if let Some(name) = news {
+                    let text = crate::rejoin::lost_text(&name, missing);
+                    self.notices.push(Notice::new(g, text.clone()));
+                    self.warnings.push(text);
+                }
+                Ok(Outcome::OutOfSync(e.to_string()))
+            }
             // A message that cannot be processed is set aside (marked, acked)
             // so that it does not block the mailbox; MLS state is unchanged.
             Err(ClientError::Core(e)) => {
@@ -707,6 +778,7 @@ impl Client {
             Outcome::Dropped(why) => format!("dropped: {why}"),
             Outcome::Proposal(_) => "proposal".to_owned(),
             Outcome::Wipe => "wipe order".to_owned(),
+            Outcome::OutOfSync(why) => format!("dropped: {why}"),
         }))
     }
 
@@ -728,7 +800,7 @@ impl Client {
         dropped: &mut Vec<String>,
     ) -> Result<(), ClientError> {
         match self.process(d)? {
-            Outcome::Stored | Outcome::Duplicate => {}
+            Outcome::Stored | Outcome::Duplicate | Outcome::OutOfSync(_) => {}
             Outcome::Dropped(why) => dropped.push(why),
             Outcome::Proposal(g) => {
                 self.proposals.insert(g);
@@ -961,7 +1033,13 @@ impl Client {
 
     /// The stored messages of a conversation (expired ones are deleted first).
     pub fn history(&mut self, target: &str) -> Result<Vec<ReceivedMessage>, ClientError> {
-        let g = match self.resolve(target)? {
+        let g = self.conversation_id(target)?;
+        self.store.history(&g, now_ms())
+    }
+
+    /// The group of a conversation named by group name, `#id` or the peer's handle.
+    pub(crate) fn conversation_id(&mut self, target: &str) -> Result<GroupId, ClientError> {
+        Ok(match self.resolve(target)? {
             crate::groups::Target::Group(g) => g,
             crate::groups::Target::Handle(h) => {
                 let acc = self
@@ -970,8 +1048,7 @@ impl Client {
                     .ok_or_else(|| ClientError::Invalid(format!("no conversation with {h}")))?;
                 GroupId::direct(&self.id.account.id(), &acc)
             }
-        };
-        self.store.history(&g, now_ms())
+        })
     }
 
     /// Sets the duress passphrase of this profile.
@@ -1077,7 +1154,7 @@ impl Client {
         if to == self.id.handle.as_str() {
             return Err(ClientError::Invalid("cannot send to yourself".into()));
         }
-        match self.resolve(to)? {
+        let g = match self.resolve(to)? {
             crate::groups::Target::Handle(peer) => self.direct(conn, &peer).await,
             crate::groups::Target::Group(g) => {
                 match self.store.conversation(&g)?.map(|c| c.state) {
@@ -1090,7 +1167,13 @@ impl Client {
                     )),
                 }
             }
+        }?;
+        if self.out_of_sync(g)? {
+            return Err(ClientError::Invalid(format!(
+                "this device lost its state of {to} and waits for a member to re-add it: try again later"
+            )));
         }
+        Ok(g)
     }
 
     /// Encrypts `body` for `g`, keeps it (as `shown` locally), and sends it.

@@ -60,6 +60,9 @@ pub struct GroupInfo {
     pub state: String,
     /// The disappearing-message timer in seconds, if set.
     pub disappear_after_s: Option<u64>,
+    /// The MLS epoch authenticator, hex: the same on every member in the
+    /// same epoch of the same group; members that differ are forked.
+    pub epoch_authenticator: String,
 }
 
 impl Client {
@@ -261,6 +264,13 @@ impl Client {
         g: GroupId,
         make: impl Fn(&Provider<'_>) -> Result<Change, ClientError>,
     ) -> Result<Option<u64>, ClientError> {
+        if self.out_of_sync(g)? {
+            // Its commits would be of an epoch the group has left.
+            return Err(ClientError::Invalid(
+                "this device lost its state of this conversation and waits for a member to re-add it: try again later"
+                    .into(),
+            ));
+        }
         for _ in 0..COMMIT_ATTEMPTS {
             let Some(req) = self.stage_and_remember(g, &make)? else {
                 return Ok(None);
@@ -368,14 +378,20 @@ impl Client {
         Ok(())
     }
 
-    /// Commits the leaves other members proposed.
+    /// Asks to be re-added where this device lost its state, answers other
+    /// devices' requests to be re-added, and commits the leaves other
+    /// members proposed.
     pub(crate) async fn commit_proposals(
         &mut self,
         conn: &mut Connection,
     ) -> Result<(), ClientError> {
+        // Lost conversations first (ask to be re-added), then other
+        // devices' requests to be re-added that are due.
+        self.ask_rejoins(conn).await?;
+        self.answer_rejoins(conn).await?;
         while let Some(g) = self.proposals.pop_first() {
             let active = self.store.transaction(|p, _| Ok(group::is_active(p, g)?))?;
-            if active {
+            if active && !self.out_of_sync(g)? {
                 self.commit_with_retry(conn, g, |_| Ok(Change::default()))
                     .await?;
             }
@@ -703,9 +719,10 @@ impl Client {
             .filter(|c| c.is_group)
         {
             let g = c.group;
-            let (epoch, members, meta, timer) = self.store.transaction(|p, _| {
+            let (epoch, authenticator, members, meta, timer) = self.store.transaction(|p, _| {
                 Ok((
                     mls::epoch(p, g)?,
+                    group::epoch_authenticator(p, g)?,
                     mls::members(p, g)?,
                     group::meta(p, g)?,
                     group::timer(p, g)?,
@@ -737,6 +754,7 @@ impl Client {
                 admins,
                 state: c.state,
                 disappear_after_s: timer,
+                epoch_authenticator: authenticator.iter().map(|b| format!("{b:02x}")).collect(),
             });
         }
         Ok(out)

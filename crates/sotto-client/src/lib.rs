@@ -49,6 +49,7 @@ pub mod files;
 mod groups;
 pub mod killcode;
 pub mod link;
+pub mod rejoin;
 pub mod session;
 pub mod store;
 pub mod transport;

@@ -132,6 +132,18 @@ CREATE TABLE IF NOT EXISTS device_lists (
     version     INTEGER NOT NULL,
     data        BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS rejoins (          -- conversations whose state this device lost
+    group_id    BLOB PRIMARY KEY,
+    asked_ms    INTEGER NOT NULL DEFAULT 0,  -- when it asked to be re-added; 0: not yet
+    missed      INTEGER NOT NULL DEFAULT 0   -- deliveries it could not read meanwhile
+);
+CREATE TABLE IF NOT EXISTS readds (           -- other member devices asking to be re-added
+    group_id    BLOB NOT NULL,
+    device      BLOB NOT NULL,
+    key_package BLOB NOT NULL,
+    due_ms      INTEGER NOT NULL,            -- when this device answers, if nobody did
+    PRIMARY KEY (group_id, device)
+);
 CREATE TABLE IF NOT EXISTS outbox (
     msg_id      BLOB PRIMARY KEY,
     group_id    BLOB NOT NULL,
@@ -1241,6 +1253,129 @@ pub mod rows {
             out.push((req, name.map(|n| (n, is_group.unwrap_or(0) != 0))));
         }
         Ok(out)
+    }
+
+    /// Notes a delivery of `g` that this device could not read because its
+    /// state of `g` is lost or behind; true if that is news (no re-add was
+    /// pending yet).
+    pub fn note_out_of_sync(c: &Connection, g: &GroupId) -> Result<bool, ClientError> {
+        let n = c.execute(
+            "INSERT OR IGNORE INTO rejoins (group_id) VALUES (?1)",
+            [&g.0[..]],
+        )?;
+        c.execute(
+            "UPDATE rejoins SET missed = missed + 1 WHERE group_id = ?1",
+            [&g.0[..]],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Notes that a commit re-added this device to `g`: its Welcome follows.
+    pub fn expect_readd(c: &Connection, g: &GroupId, now_ms: u64) -> Result<(), ClientError> {
+        c.execute(
+            "INSERT INTO rejoins (group_id, asked_ms) VALUES (?1, ?2)              ON CONFLICT(group_id) DO NOTHING",
+            params![&g.0[..], i(now_ms.max(1))],
+        )?;
+        Ok(())
+    }
+
+    /// Whether this device waits to be re-added to `g`.
+    pub fn rejoin_pending(c: &Connection, g: &GroupId) -> Result<bool, ClientError> {
+        let v: Option<i64> = c
+            .query_row(
+                "SELECT 1 FROM rejoins WHERE group_id = ?1",
+                [&g.0[..]],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(v.is_some())
+    }
+
+    /// The conversations to ask to be re-added to: never asked, or asked
+    /// before `asked_before_ms`.
+    pub fn rejoins_to_ask(
+        c: &Connection,
+        asked_before_ms: u64,
+    ) -> Result<Vec<GroupId>, ClientError> {
+        let mut st = c.prepare("SELECT group_id FROM rejoins WHERE asked_ms < ?1")?;
+        let rows = st.query_map([i(asked_before_ms)], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for g in rows {
+            out.push(GroupId(arr(g?)?));
+        }
+        Ok(out)
+    }
+
+    /// Records when this device asked to be re-added to `g`.
+    pub fn rejoin_asked(c: &Connection, g: &GroupId, now_ms: u64) -> Result<(), ClientError> {
+        c.execute(
+            "UPDATE rejoins SET asked_ms = ?2 WHERE group_id = ?1",
+            params![&g.0[..], i(now_ms.max(1))],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets a pending re-add of this device to `g`; `Some(deliveries
+    /// missed)` if there was one.
+    pub fn rejoin_done(c: &Connection, g: &GroupId) -> Result<Option<u64>, ClientError> {
+        let missed: Option<i64> = c
+            .query_row(
+                "SELECT missed FROM rejoins WHERE group_id = ?1",
+                [&g.0[..]],
+                |r| r.get(0),
+            )
+            .optional()?;
+        c.execute("DELETE FROM rejoins WHERE group_id = ?1", [&g.0[..]])?;
+        Ok(missed.map(u))
+    }
+
+    /// Records another device's request to be re-added to `g`, to answer
+    /// at `due_ms` (a newer request replaces an older one).
+    pub fn put_readd(
+        c: &Connection,
+        g: &GroupId,
+        device: &DeviceId,
+        key_package: &[u8],
+        due_ms: u64,
+    ) -> Result<(), ClientError> {
+        c.execute(
+            "INSERT INTO readds (group_id, device, key_package, due_ms) VALUES (?1, ?2, ?3, ?4)              ON CONFLICT(group_id, device) DO UPDATE SET key_package = excluded.key_package,              due_ms = excluded.due_ms",
+            params![&g.0[..], &device.0[..], key_package, i(due_ms)],
+        )?;
+        Ok(())
+    }
+
+    /// The requests to be re-added that are due: (group, device, KeyPackage).
+    #[allow(clippy::type_complexity)]
+    pub fn readds_due(
+        c: &Connection,
+        now_ms: u64,
+    ) -> Result<Vec<(GroupId, DeviceId, Vec<u8>)>, ClientError> {
+        let mut st = c.prepare(
+            "SELECT group_id, device, key_package FROM readds WHERE due_ms <= ?1 ORDER BY due_ms",
+        )?;
+        let rows = st.query_map([i(now_ms)], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (g, d, kp) = row?;
+            out.push((GroupId(arr(g)?), DeviceId(arr(d)?), kp));
+        }
+        Ok(out)
+    }
+
+    /// Forgets a request to be re-added (answered, by this device or another).
+    pub fn delete_readd(c: &Connection, g: &GroupId, device: &DeviceId) -> Result<(), ClientError> {
+        c.execute(
+            "DELETE FROM readds WHERE group_id = ?1 AND device = ?2",
+            params![&g.0[..], &device.0[..]],
+        )?;
+        Ok(())
     }
 
     /// Queues an encrypted message for (re)sending.

@@ -144,13 +144,18 @@ pub(crate) fn check_commit(
     let is_admin = meta
         .as_ref()
         .is_some_and(|m| m.is_admin(&committer.account));
+    // A re-add (a member device that lost its state gets a fresh leaf):
+    // the same commit removes the device's leaf and adds the same account's
+    // same device back. Any member may do that; nobody new comes in.
+    let readded = readded_devices(g, staged);
     for q in staged.queued_proposals() {
         match q.proposal() {
             Proposal::Add(add) => {
                 let leaf = add.key_package().leaf_node();
                 let id = leaf_identity(leaf.credential(), leaf.signature_key().as_slice())
                     .ok_or(CoreError::ForgedCredential)?;
-                if !is_admin && id.account != committer.account {
+                let readd = readded.contains(&(id.account, id.device));
+                if !is_admin && id.account != committer.account && !readd {
                     return Err(refuse("only admins add members"));
                 }
             }
@@ -160,7 +165,8 @@ pub(crate) fn check_commit(
                     .and_then(|m| leaf_identity(&m.credential, &m.signature_key))
                     .ok_or_else(|| refuse("removal of an unknown leaf"))?;
                 let own_leave = matches!(q.sender(), Sender::Member(i) if *i == r.removed());
-                if !is_admin && !own_leave && removed.account != committer.account {
+                let readd = readded.contains(&(removed.account, removed.device));
+                if !is_admin && !own_leave && removed.account != committer.account && !readd {
                     return Err(refuse("only admins remove members"));
                 }
             }
@@ -188,6 +194,30 @@ pub(crate) fn check_commit(
         }
     }
     Ok(())
+}
+
+/// The devices a commit re-adds: (account, device) of every leaf it
+/// removes whose very device it also adds (a fresh KeyPackage of the same
+/// device key, credential naming the same account).
+pub(crate) fn readded_devices(g: &MlsGroup, staged: &StagedCommit) -> Vec<(AccountId, DeviceId)> {
+    let removed: Vec<CredentialIdentity> = staged
+        .remove_proposals()
+        .filter_map(|r| g.member_at(r.remove_proposal().removed()))
+        .filter_map(|m| leaf_identity(&m.credential, &m.signature_key))
+        .collect();
+    staged
+        .add_proposals()
+        .filter_map(|a| {
+            let leaf = a.add_proposal().key_package().leaf_node();
+            leaf_identity(leaf.credential(), leaf.signature_key().as_slice())
+        })
+        .filter(|a| {
+            removed
+                .iter()
+                .any(|r| r.account == a.account && r.device == a.device)
+        })
+        .map(|a| (a.account, a.device))
+        .collect()
 }
 
 /// Every device a commit adds must be on its account's signed device list,

@@ -77,6 +77,17 @@ pub enum CoreError {
     /// No such group in the local state.
     #[error("unknown conversation")]
     UnknownGroup,
+    /// A message of an epoch this device has not reached: its state of the
+    /// group is behind the other members' (restored from an older backup,
+    /// say). The epoch in the message is not authenticated yet: a server
+    /// can make it up, so this only ever leads to asking to be re-added.
+    #[error("message of epoch {message}, this device is at epoch {local}: out of sync")]
+    Behind {
+        /// This device's epoch of the group.
+        local: u64,
+        /// The epoch the message claims.
+        message: u64,
+    },
     /// A message could not be processed (wrong epoch, replay, forgery, garbage).
     #[error("message rejected: {0}")]
     Rejected(String),
@@ -330,6 +341,29 @@ pub fn members<P: OpenMlsProvider>(
         .collect()
 }
 
+/// The ciphersuite of a group, if Sotto speaks it.
+pub fn suite_of<P: OpenMlsProvider>(
+    provider: &P,
+    group_id: sotto_proto::GroupId,
+) -> Result<Option<Suite>, CoreError> {
+    Ok(Suite::from_ciphersuite(
+        load(provider, group_id)?.ciphersuite(),
+    ))
+}
+
+/// The HPKE encryption key of `device`'s leaf in the group (it changes when
+/// the device updates its leaf or is re-added); `None` if not a member.
+pub fn leaf_key<P: OpenMlsProvider>(
+    provider: &P,
+    group_id: sotto_proto::GroupId,
+    device: DeviceId,
+) -> Result<Option<Vec<u8>>, CoreError> {
+    Ok(load(provider, group_id)?
+        .members()
+        .find(|m| m.signature_key.as_slice() == device.0.as_slice())
+        .map(|m| m.encryption_key))
+}
+
 /// Encrypts an application message for the group.
 pub fn encrypt<P: OpenMlsProvider>(
     provider: &P,
@@ -398,6 +432,74 @@ pub fn join<P: OpenMlsProvider>(provider: &P, welcome: &[u8]) -> Result<Joined, 
     })
 }
 
+/// Joins a group from a Welcome like [`join`], and may replace a group
+/// this device already holds: only if `may_replace` says so for that group
+/// (this device asked to be re-added to it), and only by a later epoch
+/// than the one held or when the held state is inactive (this device's
+/// leaf was removed). The held state is deleted in the same step; the
+/// caller's transaction keeps it if anything fails. Returns the joined
+/// group and whether it replaced a held one.
+pub fn join_replacing<P: OpenMlsProvider>(
+    provider: &P,
+    welcome: &[u8],
+    may_replace: impl FnOnce(sotto_proto::GroupId) -> bool,
+) -> Result<(Joined, bool), CoreError> {
+    let msg = MlsMessageIn::tls_deserialize_exact(welcome)
+        .map_err(|e| CoreError::InvalidWelcome(e.to_string()))?;
+    let MlsMessageBodyIn::Welcome(w) = msg.extract() else {
+        return Err(CoreError::InvalidWelcome("not a welcome".into()));
+    };
+    let processed = ProcessedWelcome::new_from_welcome(provider, &join_config(), w)
+        .map_err(|e| CoreError::InvalidWelcome(e.to_string()))?;
+    let gid: [u8; 32] = processed
+        .unverified_group_info()
+        .group_id()
+        .as_slice()
+        .try_into()
+        .map_err(|_| CoreError::InvalidWelcome("group id is not 32 bytes".into()))?;
+    let gid = sotto_proto::GroupId(gid);
+    let held = MlsGroup::load(provider.storage(), &GroupId::from_slice(&gid.0)).map_err(storage)?;
+    let replaced = held.is_some();
+    let mut floor = None;
+    if let Some(mut old) = held {
+        if !may_replace(gid) {
+            return Err(CoreError::InvalidWelcome(
+                "a Welcome into a conversation this device already has".into(),
+            ));
+        }
+        if old.is_active() {
+            floor = Some(old.epoch().as_u64());
+        }
+        old.delete(provider.storage()).map_err(storage)?;
+    }
+    let staged = processed
+        .into_staged_welcome(provider, None)
+        .map_err(|e| CoreError::InvalidWelcome(e.to_string()))?;
+    let mut group = staged
+        .into_group(provider)
+        .map_err(|e| CoreError::InvalidWelcome(e.to_string()))?;
+    if floor.is_some_and(|f| group.epoch().as_u64() <= f) {
+        return Err(CoreError::InvalidWelcome(
+            "a Welcome to an epoch this device is past".into(),
+        ));
+    }
+    let members: Option<Vec<CredentialIdentity>> = group
+        .members()
+        .map(|m| leaf_identity(&m.credential, &m.signature_key))
+        .collect();
+    let Some(members) = members else {
+        group.delete(provider.storage()).map_err(storage)?;
+        return Err(CoreError::ForgedCredential);
+    };
+    Ok((
+        Joined {
+            group_id: gid,
+            members,
+        },
+        replaced,
+    ))
+}
+
 /// What processing a message did.
 #[derive(Debug)]
 pub enum Processed {
@@ -420,6 +522,9 @@ pub enum Processed {
         device_lists: Vec<sotto_proto::SignedDeviceList>,
         /// The disappearing timer, if the commit changed it: `Some(new)`.
         timer_change: Option<Option<u64>>,
+        /// Devices the commit re-added (removed and added back with a fresh
+        /// leaf, after they lost their state).
+        readded: Vec<DeviceId>,
     },
     /// A proposal was stored for the next commit.
     Proposal {
@@ -436,7 +541,8 @@ pub fn process<P: OpenMlsProvider>(
     group_id: sotto_proto::GroupId,
     bytes: &[u8],
 ) -> Result<Processed, CoreError> {
-    let mut g = load(provider, group_id)?;
+    // Garbage is refused before the group is looked up: only a well-formed
+    // message of `group_id` can say the group is missing here.
     let msg = MlsMessageIn::tls_deserialize_exact(bytes)
         .map_err(|e| CoreError::Rejected(e.to_string()))?;
     let proto = msg
@@ -444,6 +550,13 @@ pub fn process<P: OpenMlsProvider>(
         .map_err(|e| CoreError::Rejected(e.to_string()))?;
     if proto.group_id().as_slice() != group_id.0.as_slice() {
         return Err(CoreError::Rejected("message for another group".into()));
+    }
+    let mut g = load(provider, group_id)?;
+    if proto.epoch() > g.epoch() {
+        return Err(CoreError::Behind {
+            local: g.epoch().as_u64(),
+            message: proto.epoch().as_u64(),
+        });
     }
     let processed = g
         .process_message(provider, proto)
@@ -480,6 +593,10 @@ pub fn process<P: OpenMlsProvider>(
                 .ok_or(CoreError::ForgedCredential)?;
             crate::group::check_commit(&g, &committer, &staged)?;
             let device_lists = crate::group::check_added_devices(&staged, &aad)?;
+            let readded = crate::group::readded_devices(&g, &staged)
+                .into_iter()
+                .map(|(_, d)| d)
+                .collect();
             let removed_me = staged.self_removed();
             let timer_before = crate::group::timer_of(g.extensions());
             g.merge_staged_commit(provider, *staged).map_err(internal)?;
@@ -489,6 +606,7 @@ pub fn process<P: OpenMlsProvider>(
                 removed_me,
                 device_lists,
                 timer_change: (timer_before != timer_after).then_some(timer_after),
+                readded,
             })
         }
         ProcessedMessageContent::ProposalMessage(p) => {

@@ -26,6 +26,21 @@ impl Peer {
             .0
     }
 
+    /// A verified KeyPackage of `owner`, as another peer sees it.
+    fn key_package_of(&self, owner: &Peer) -> KeyPackage {
+        let kp = mls::key_packages(
+            &owner.provider,
+            &owner.me,
+            &owner.device,
+            Suite::PostQuantum,
+            1,
+        )
+        .unwrap();
+        mls::verify_key_package(&self.provider, &kp[0], owner.me.account, owner.me.device)
+            .unwrap()
+            .0
+    }
+
     fn list(&self) -> sotto_proto::SignedDeviceList {
         self.account.sign_device_list(1, vec![self.me.device])
     }
@@ -412,4 +427,95 @@ fn the_disappearing_timer_is_group_state_set_by_admins() {
     mls::merge_pending(&alice.provider, G).unwrap();
     bob.apply(G, &c.commit).unwrap();
     assert_eq!(group::timer(&bob.provider, G).unwrap(), None);
+}
+
+#[test]
+fn any_member_re_adds_a_lost_device_but_cannot_swap_in_someone_else() {
+    let (alice, bob, carol, dave) = (
+        Peer::new("alice"),
+        Peer::new("bob"),
+        Peer::new("carol"),
+        Peer::new("dave"),
+    );
+    ops(&alice, &[&bob, &carol], &[&alice]);
+    // bob (not an admin) replaces carol's leaf by dave: that is an add of a
+    // new member, and refused.
+    let swap = bob.commit(
+        G,
+        Change {
+            removes: vec![carol.me.device],
+            adds: vec![dave.key_package()],
+            device_lists: vec![dave.list()],
+            ..Change::default()
+        },
+    );
+    let err = alice.apply(G, &swap.commit).unwrap_err();
+    assert!(err.to_string().contains("only admins"), "{err}");
+    group::clear_pending(&bob.provider, G).unwrap();
+
+    // dave makes a group of his own under the same id with a fresh
+    // KeyPackage of carol's: a Welcome into a group she holds is refused
+    // when she did not ask to be re-added, and when it would take her back
+    // to an epoch she is past.
+    for asked in [false, true] {
+        let fake = dave.key_package_of(&carol);
+        let _ = mls::discard(&dave.provider, G);
+        let created =
+            mls::create_group(&dave.provider, &dave.me, &dave.device, G, &[fake], None).unwrap();
+        let err = mls::join_replacing(&carol.provider, &created.welcome, |_| asked).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(if asked { "past" } else { "already has" }),
+            "{err}"
+        );
+    }
+
+    // bob re-adds carol (her device lost its state): her leaf goes, a
+    // fresh KeyPackage of the same device comes. Everyone accepts it.
+    let readd = bob.commit(
+        G,
+        Change {
+            removes: vec![carol.me.device],
+            adds: vec![carol.key_package()],
+            device_lists: vec![carol.list()],
+            ..Change::default()
+        },
+    );
+    mls::merge_pending(&bob.provider, G).unwrap();
+    match alice.apply(G, &readd.commit).unwrap() {
+        Processed::Commit { readded, .. } => assert_eq!(readded, [carol.me.device]),
+        other => panic!("expected a commit, got {other:?}"),
+    }
+    let (joined, replaced) =
+        mls::join_replacing(&carol.provider, &readd.welcome.unwrap(), |g| g == G).unwrap();
+    assert!(replaced);
+    assert_eq!(joined.members.len(), 3);
+    converged(&[&alice, &bob, &carol]);
+    let ct = carol.send(G, "back");
+    assert_eq!(alice.read(G, &ct).unwrap(), "back");
+    assert_eq!(bob.read(G, &ct).unwrap(), "back");
+}
+
+#[test]
+fn a_message_of_a_later_epoch_says_the_state_is_behind() {
+    let (alice, bob) = (Peer::new("alice"), Peer::new("bob"));
+    ops(&alice, &[&bob], &[&alice]);
+    let upd = alice.commit(
+        G,
+        Change {
+            self_update: true,
+            ..Change::default()
+        },
+    );
+    mls::merge_pending(&alice.provider, G).unwrap();
+    // bob misses the commit: the next message is of an epoch he has not reached.
+    let _ = upd;
+    let ct = alice.send(G, "later");
+    assert!(matches!(
+        bob.read(G, &ct),
+        Err(CoreError::Behind {
+            local: 1,
+            message: 2
+        })
+    ));
 }

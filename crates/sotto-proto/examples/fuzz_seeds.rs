@@ -80,6 +80,11 @@ fn main() -> std::io::Result<()> {
             msg_id: MessageId([9; 16]),
             payload: Blob(vec![1; 10]),
         },
+        Request::Rejoin {
+            group,
+            msg_id: MessageId([10; 16]),
+            key_package: Blob(vec![2; 20]),
+        },
     ];
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds");
     for t in ["server_requests", "wire_decode"] {

@@ -1,5 +1,5 @@
-//! The frames of protocol version 1. Each WebSocket binary message carries
-//! exactly one frame: a [`ClientFrame`] from the client or a [`ServerFrame`]
+//! The frames of protocol version 2 (version 1 had no `Rejoin`). Each
+//! WebSocket binary message carries exactly one frame: a [`ClientFrame`] from the client or a [`ServerFrame`]
 //! from the server. See docs/PROTOCOL.md for the conversation they make up.
 
 use serde::{Deserialize, Serialize};
@@ -93,6 +93,19 @@ pub enum Request {
         msg_id: MessageId,
         /// The encrypted payload.
         payload: Blob,
+    },
+    /// This device lost its state of a group (a profile restored from a
+    /// backup, say): ask the other member devices to re-add it. The server
+    /// checks that the sender is one of the group's member devices and puts
+    /// an envelope of kind [`EnvelopeKind::Rejoin`] (payload: the
+    /// KeyPackage) into their mailboxes. Answered with `Accepted`.
+    Rejoin {
+        /// The group.
+        group: GroupId,
+        /// Chosen by the sender; a retry is stored once.
+        msg_id: MessageId,
+        /// A fresh KeyPackage of the sending device, for the re-add.
+        key_package: Blob,
     },
 }
 
@@ -503,6 +516,9 @@ pub enum EnvelopeKind {
     Device,
     /// A wipe order ([`WipeOrder`]).
     Wipe,
+    /// A member device asks to be re-added to the group (it lost its
+    /// state); the payload is its fresh KeyPackage.
+    Rejoin,
 }
 
 /// The bytes a new account's keys sign at registration.

@@ -46,6 +46,13 @@ fn request() -> impl Strategy<Value = Request> {
         prop::collection::vec(any::<u64>(), 0..20).prop_map(|seqs| Request::Ack { seqs }),
         handle().prop_map(|handle| Request::ClaimKeyPackages { handle }),
         handle().prop_map(|handle| Request::WipeInfo { handle }),
+        (any::<[u8; 32]>(), any::<[u8; 16]>(), blob()).prop_map(|(g, id, key_package)| {
+            Request::Rejoin {
+                group: GroupId(g),
+                msg_id: MessageId(id),
+                key_package,
+            }
+        }),
         (
             any::<[u8; 32]>(),
             any::<u64>(),
@@ -117,6 +124,7 @@ fn kind() -> impl Strategy<Value = EnvelopeKind> {
         Just(EnvelopeKind::Welcome),
         Just(EnvelopeKind::Device),
         Just(EnvelopeKind::Wipe),
+        Just(EnvelopeKind::Rejoin),
     ]
 }
 

@@ -347,6 +347,14 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             (Request::PutBlob(b), true) => self.put_blob(b).await,
             (Request::GetBlob { blob, offset }, true) => self.get_blob(blob, offset).await,
             (Request::BlobFetched { blob }, true) => self.blob_fetched(blob).await,
+            (
+                Request::Rejoin {
+                    group,
+                    msg_id,
+                    key_package,
+                },
+                true,
+            ) => self.rejoin(group, msg_id, key_package).await,
         };
         let m = &self.shared.metrics;
         m.request_seconds
@@ -749,6 +757,85 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
                 })
             }
             Err(SendError::NotMember) => Err(ProtoError::new(ErrorCode::NotMember)),
+            Err(SendError::MailboxFull) => {
+                Err(ProtoError::new(ErrorCode::MailboxFull).retry_after(60_000))
+            }
+            Err(SendError::Store(e)) => Err(self.log_store(&e)),
+        }
+    }
+
+    /// A member device that lost its state of a group asks the other
+    /// member devices to re-add it: its KeyPackage goes into their
+    /// mailboxes like a message. Only a member device may ask (the store
+    /// checks, as for `Send`), once per `Limits::rejoin_interval` per
+    /// group (per server node).
+    async fn rejoin(
+        &mut self,
+        group: sotto_proto::GroupId,
+        msg_id: sotto_proto::MessageId,
+        key_package: sotto_proto::Blob,
+    ) -> Result<Response, ProtoError> {
+        let device = self.device()?;
+        let limit = self.shared.config.limits.max_key_package_bytes;
+        let interval = self.shared.config.limits.rejoin_interval;
+        if key_package.0.is_empty() || key_package.0.len() > limit {
+            return Err(ProtoError::new(ErrorCode::TooLarge));
+        }
+        {
+            let mut r = self
+                .shared
+                .rejoins
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            if r.len() > 100_000 {
+                r.retain(|_, t| now.duration_since(*t) < interval);
+            }
+            if let Some(t) = r.get(&(device, group)) {
+                let since = now.duration_since(*t);
+                if since < interval {
+                    let left = interval.saturating_sub(since);
+                    return Err(ProtoError::with_message(
+                        ErrorCode::RateLimited,
+                        "this device asked to be re-added to this group a moment ago",
+                    )
+                    .retry_after(u64::try_from(left.as_millis()).unwrap_or(u64::MAX)));
+                }
+            }
+            r.insert((device, group), now);
+        }
+        let now = now_ms();
+        let m = Outgoing {
+            group,
+            sender: device,
+            msg_id,
+            kind: EnvelopeKind::Rejoin,
+            payload: key_package.0,
+            now_ms: now,
+            expires_ms: now.saturating_add(ttl_ms(&self.shared.config.mailbox_ttl)),
+        };
+        let result = self.shared.store.send(m, self.mailbox_cap()).await;
+        if result.is_err() {
+            // A refused request does not count against the device.
+            let mut r = self
+                .shared
+                .rejoins
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            r.remove(&(device, group));
+        }
+        match result {
+            Ok(out) => {
+                self.shared.bus.publish(&out.recipients);
+                self.shared.metrics.messages_accepted.inc();
+                Ok(Response::Accepted {
+                    duplicate: out.duplicate,
+                })
+            }
+            Err(SendError::NotMember) => Err(ProtoError::with_message(
+                ErrorCode::NotMember,
+                "this device is not a member of that group",
+            )),
             Err(SendError::MailboxFull) => {
                 Err(ProtoError::new(ErrorCode::MailboxFull).retry_after(60_000))
             }
@@ -1279,6 +1366,7 @@ fn request_kind(r: &Request) -> &'static str {
         Request::PutBlob(_) => "put_blob",
         Request::GetBlob { .. } => "get_blob",
         Request::BlobFetched { .. } => "blob_fetched",
+        Request::Rejoin { .. } => "rejoin",
     }
 }
 

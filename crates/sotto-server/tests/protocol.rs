@@ -606,3 +606,51 @@ async fn one_source_cannot_take_every_connection() {
     }
     assert!(again.is_some(), "the freed place was not given back");
 }
+
+#[tokio::test]
+async fn a_rejoin_request_reaches_the_other_members_and_only_from_a_member() {
+    let w = World::new().await;
+    let (alice, mut alice_conn) = w.person("alice").await;
+    let (bob, mut bob_conn) = w.person("bob").await;
+    let (carol, mut carol_conn) = w.person("carol").await;
+    let g = GroupId([7; 32]);
+    create_group(&mut alice_conn, g, &alice, &[&bob, &carol]).await;
+    let rejoin = |n: u8| Request::Rejoin {
+        group: g,
+        msg_id: MessageId([n; 16]),
+        key_package: Blob(vec![n; 100]),
+    };
+    // An outsider cannot ask to be re-added: typed refusal, nothing stored.
+    let (_dave, mut dave_conn) = w.person("dave").await;
+    assert_eq!(
+        code(dave_conn.request(rejoin(1)).await),
+        ErrorCode::NotMember
+    );
+    // A member can; the others get its KeyPackage as a Rejoin envelope.
+    let r = carol_conn.request(rejoin(2)).await.unwrap();
+    assert_eq!(r, Response::Accepted { duplicate: false });
+    for who in [&alice, &bob] {
+        let got = drain(&mut w.login(who).await).await;
+        let rejoins: Vec<_> = got
+            .iter()
+            .filter(|d| d.envelope.kind == EnvelopeKind::Rejoin)
+            .collect();
+        assert_eq!(rejoins.len(), 1);
+        assert_eq!(rejoins[0].envelope.sender, carol.id());
+        assert_eq!(rejoins[0].envelope.group, g);
+        assert_eq!(rejoins[0].envelope.payload, Blob(vec![2; 100]));
+    }
+    // Not twice in a row: the request is rate-limited per device and group.
+    let e = server_error(carol_conn.request(rejoin(3)).await);
+    assert_eq!(e.code, ErrorCode::RateLimited);
+    assert!(e.retry_after_ms.is_some());
+    // Nor with an empty or oversized KeyPackage.
+    let r = bob_conn
+        .request(Request::Rejoin {
+            group: g,
+            msg_id: MessageId([4; 16]),
+            key_package: Blob(Vec::new()),
+        })
+        .await;
+    assert_eq!(code(r), ErrorCode::TooLarge);
+}

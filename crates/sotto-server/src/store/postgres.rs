@@ -134,6 +134,7 @@ fn kind_to_i16(k: EnvelopeKind) -> i16 {
         EnvelopeKind::Welcome => 2,
         EnvelopeKind::Device => 3,
         EnvelopeKind::Wipe => 4,
+        EnvelopeKind::Rejoin => 5,
     }
 }
 
@@ -144,6 +145,7 @@ fn kind_from_i16(k: i16) -> Result<EnvelopeKind, StoreError> {
         2 => EnvelopeKind::Welcome,
         3 => EnvelopeKind::Device,
         4 => EnvelopeKind::Wipe,
+        5 => EnvelopeKind::Rejoin,
         _ => return Err(StoreError::Internal(format!("unknown envelope kind {k}"))),
     })
 }

@@ -149,6 +149,7 @@ fn kind_to_i64(k: EnvelopeKind) -> i64 {
         EnvelopeKind::Welcome => 2,
         EnvelopeKind::Device => 3,
         EnvelopeKind::Wipe => 4,
+        EnvelopeKind::Rejoin => 5,
     }
 }
 
@@ -159,6 +160,7 @@ fn kind_from_i64(k: i64) -> Result<EnvelopeKind, StoreError> {
         2 => EnvelopeKind::Welcome,
         3 => EnvelopeKind::Device,
         4 => EnvelopeKind::Wipe,
+        5 => EnvelopeKind::Rejoin,
         _ => return Err(StoreError::Internal(format!("unknown envelope kind {k}"))),
     })
 }
