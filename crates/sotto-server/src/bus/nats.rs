@@ -58,16 +58,26 @@ impl NatsBus {
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, NatsError> {
         let local = LocalBus::new();
         let waker = local.clone();
+        // The first `Connected` event is the initial connection, which may
+        // be reported after connections subscribed: nothing was missed then,
+        // so only later ones (reconnections) wake everyone.
+        let connected_before = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let client = async_nats::ConnectOptions::new()
             .name("sotto-server")
             .connection_timeout(Duration::from_secs(5))
             .max_reconnects(None)
             .event_callback(move |event| {
                 let waker = waker.clone();
+                let connected_before = connected_before.clone();
                 async move {
                     match event {
+                        async_nats::Event::Connected
+                            if !connected_before.swap(true, Ordering::SeqCst) =>
+                        {
+                            tracing::info!("bus connected");
+                        }
                         async_nats::Event::Connected => {
-                            tracing::info!("bus connected; waking local connections");
+                            tracing::info!("bus reconnected; waking local connections");
                             waker.wake_all();
                         }
                         async_nats::Event::Disconnected => {
