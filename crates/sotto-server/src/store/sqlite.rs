@@ -110,24 +110,74 @@ CREATE TABLE IF NOT EXISTS seen_sends (
 
 /// The SQLite store.
 ///
-/// One connection, behind a mutex, used from blocking threads. Sends are
-/// written with group commit: each send joins a queue, and whichever task
-/// gets the connection next writes every queued send in one transaction
-/// (a savepoint each, so one refused send does not undo the others), with
-/// one fsync for all of them. No send is answered before the transaction
-/// holding it is durable.
+/// One connection, behind a mutex, used from blocking threads. Sends and
+/// acknowledgements are written with group commit: each joins a queue, and
+/// one writer task (started by whoever queues first) writes every queued
+/// write in one transaction (a savepoint each, so one refused write does not
+/// undo the others), with one fsync for all of them. No write is answered
+/// before the transaction holding it is durable.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
-    sends: Arc<Mutex<Vec<SendJob>>>,
+    writes: Arc<Batch>,
 }
 
-/// A send waiting for the next group commit.
-#[derive(Debug)]
-struct SendJob {
-    m: Outgoing,
-    cap: MailboxCap,
-    reply: tokio::sync::oneshot::Sender<Result<SendOutcome, SendError>>,
+/// How a batched write is answered once its batch committed (`Ok`) or
+/// failed (the error).
+type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// A write waiting for the next group commit. Run with the batch's
+/// transaction (under a savepoint), it says whether it succeeded and how to
+/// answer; run with `None` (the batch failed before its turn), it only
+/// answers.
+type WriteJob = Box<dyn FnOnce(Option<&Connection>) -> (bool, Finish) + Send>;
+
+/// The queue of writes for the next group commit.
+#[derive(Default)]
+struct Batch {
+    queue: Mutex<Vec<WriteJob>>,
+    /// A writer task is started and has not taken the queue yet.
+    scheduled: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Batch")
+    }
+}
+
+/// Writes `jobs` in one transaction, each under a savepoint, then answers
+/// each with its own result if the transaction committed, or with the error
+/// that stopped it.
+fn write_batch(c: &mut Connection, jobs: Vec<WriteJob>) {
+    let mut finishes = Vec::with_capacity(jobs.len());
+    let mut jobs = jobs.into_iter();
+    let written = (|| -> Result<(), StoreError> {
+        let mut tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(map_err)?;
+        for job in jobs.by_ref() {
+            let sp = tx.savepoint().map_err(map_err)?;
+            let (ok, finish) = job(Some(&sp));
+            finishes.push(finish);
+            if ok {
+                sp.commit().map_err(map_err)?;
+            }
+            // else: dropping the savepoint rolls back this write, only it.
+        }
+        tx.commit().map_err(map_err)
+    })();
+    match written {
+        Ok(()) => finishes.into_iter().for_each(|f| f(Ok(()))),
+        Err(e) => {
+            for f in finishes {
+                f(Err(e.clone()));
+            }
+            for job in jobs {
+                job(None).1(Err(e.clone()));
+            }
+        }
+    }
 }
 
 fn map_err(e: rusqlite::Error) -> StoreError {
@@ -183,7 +233,7 @@ fn seen_key(sender: &DeviceId, msg_id: &MessageId) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// One send inside a group commit's transaction (under its own savepoint).
+/// One send, inside a group commit's transaction (under its own savepoint).
 fn send_one(
     tx: &Connection,
     m: &Outgoing,
@@ -216,41 +266,6 @@ fn send_one(
     })
 }
 
-/// Writes `jobs` in one transaction, each under a savepoint, and answers
-/// each once the transaction is durable (or with the error that stopped it).
-fn write_sends(c: &mut Connection, jobs: Vec<SendJob>) {
-    let mut results = Vec::with_capacity(jobs.len());
-    let written = (|| -> Result<(), StoreError> {
-        let mut tx = c
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(map_err)?;
-        for job in &jobs {
-            let sp = tx.savepoint().map_err(map_err)?;
-            let r = send_one(&sp, &job.m, job.cap);
-            if r.is_ok() {
-                sp.commit().map_err(map_err)?;
-            } else {
-                // Dropping the savepoint rolls this send back, only it.
-                drop(sp);
-            }
-            results.push(r);
-        }
-        tx.commit().map_err(map_err)
-    })();
-    match written {
-        Ok(()) => {
-            for (job, r) in jobs.into_iter().zip(results) {
-                let _ = job.reply.send(r);
-            }
-        }
-        Err(e) => {
-            for job in jobs {
-                let _ = job.reply.send(Err(SendError::Store(e.clone())));
-            }
-        }
-    }
-}
-
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -269,7 +284,7 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA).map_err(map_err)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
-            sends: Arc::new(Mutex::new(Vec::new())),
+            writes: Arc::new(Batch::default()),
         })
     }
 
@@ -288,6 +303,56 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| E::from(StoreError::Internal(format!("store task failed: {e}"))))?
+    }
+
+    /// Runs `f` in the next group commit (see [`SqliteStore`]); answers once
+    /// the transaction holding it is durable. `f` runs under a savepoint and
+    /// must not open a transaction itself.
+    async fn batched<T, E>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (reply, answer) = tokio::sync::oneshot::channel::<Result<T, E>>();
+        let job: WriteJob = Box::new(move |c| {
+            let r = match c {
+                Some(c) => f(c),
+                None => Err(E::from(StoreError::Internal("not written".into()))),
+            };
+            let ok = r.is_ok();
+            let finish: Finish = Box::new(move |committed| {
+                let _ = reply.send(committed.map_err(E::from).and(r));
+            });
+            (ok, finish)
+        });
+        self.writes
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(job);
+        // One writer per batch: a writer clears `scheduled` before it takes
+        // the queue, so a write queued after the take starts the next one.
+        if !self.writes.scheduled.swap(true, SeqCst) {
+            let (conn, writes) = (self.conn.clone(), self.writes.clone());
+            tokio::task::spawn_blocking(move || {
+                let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
+                writes.scheduled.store(false, SeqCst);
+                let jobs =
+                    std::mem::take(&mut *writes.queue.lock().unwrap_or_else(|p| p.into_inner()));
+                if !jobs.is_empty() {
+                    write_batch(&mut c, jobs);
+                }
+            });
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(E::from(StoreError::Internal(
+                "a write was dropped unwritten".into(),
+            )))
+        })
     }
 
     /// Invites can be added while a server runs on the same file: this is the
@@ -1194,31 +1259,7 @@ impl Store for SqliteStore {
     }
 
     async fn send(&self, m: Outgoing, mailbox_cap: MailboxCap) -> Result<SendOutcome, SendError> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.sends
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(SendJob {
-                m,
-                cap: mailbox_cap,
-                reply,
-            });
-        // Every send starts a writer after queueing itself, so no send waits
-        // for a writer that will not come; a writer that finds the queue
-        // empty (an earlier one took this send along) returns at once.
-        let (conn, queue) = (self.conn.clone(), self.sends.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
-            let jobs = std::mem::take(&mut *queue.lock().unwrap_or_else(|p| p.into_inner()));
-            if !jobs.is_empty() {
-                write_sends(&mut c, jobs);
-            }
-        })
-        .await
-        .map_err(|e| StoreError::Internal(format!("store task failed: {e}")))?;
-        answer.await.unwrap_or_else(|_| {
-            Err(StoreError::Internal("a send was dropped unwritten".into()).into())
-        })
+        self.batched(move |c| send_one(c, &m, mailbox_cap)).await
     }
 
     async fn fetch(
@@ -1274,10 +1315,7 @@ impl Store for SqliteStore {
     }
 
     async fn ack(&self, device: DeviceId, seqs: Vec<u64>) -> Result<(), StoreError> {
-        self.with(move |c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(map_err)?;
+        self.batched(move |tx| {
             {
                 let mut del = tx
                     .prepare_cached(
@@ -1300,7 +1338,7 @@ impl Store for SqliteStore {
                     }
                 }
             }
-            tx.commit().map_err(map_err)
+            Ok(())
         })
         .await
     }
