@@ -14,7 +14,8 @@
 //! (1:1 delivery on SQLite, PostgreSQL and two nodes with NATS) and
 //! `groups` (client-side MLS group operations) and `mls` (Sotto's client
 //! core against raw openmls). Shared parts: `load` (the
-//! Sotto load generator), `brokers` (the comparators and their clients),
+//! Sotto load generator), `members` (member devices and their KeyPackages
+//! for `groups` and `mls`), `brokers` (the comparators and their clients),
 //! `payload` (a real MLS ciphertext), `sys` (CPU, memory, pinning) and
 //! `report` (tables).
 //!
@@ -31,6 +32,7 @@ mod fanout;
 mod floor;
 mod groups;
 mod load;
+mod members;
 mod mls;
 mod offline;
 mod payload;
