@@ -93,7 +93,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: sotto-bench <scenario>|all [--quick] [--out FILE.json|FILE.csv] [scenario arguments]
-scenarios: floor, direct, fanout, offline, commits, connections, cluster [PAIRS] [SECONDS], groups [SIZES] [REPETITIONS], mls";
+scenarios: floor, direct, fanout, offline, commits, connections, cluster [PAIRS] [SECONDS], groups [SIZES] [REPETITIONS], mls [SIZES]";
 
 fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Args> {
     let mut scenario = None;
@@ -159,7 +159,11 @@ async fn run_one(name: &str, ctx: &Ctx, rest: &[String]) -> anyhow::Result<Vec<T
         }
         "mls" => {
             let quick = ctx.quick;
-            tokio::task::spawn_blocking(move || mls::run(quick)).await?
+            let sizes: Option<Vec<usize>> = rest
+                .first()
+                .map(|s| s.split(',').map(str::parse).collect::<Result<_, _>>())
+                .transpose()?;
+            tokio::task::spawn_blocking(move || mls::run(quick, sizes)).await?
         }
         "groups" => {
             let sizes: Vec<usize> = match rest.first() {

@@ -437,7 +437,14 @@ impl Bench {
             (&m1, &p1)
         };
         let kp = first.key_package_bytes(first_p, suite);
-        let welcome = sotto_create(&b.ap, &b.alice, b.g, &[kp], &[first.me.clone()], &b.meta)?;
+        let welcome = sotto_create(
+            &b.ap,
+            &b.alice,
+            b.g,
+            &[kp],
+            std::slice::from_ref(&first.me),
+            &b.meta,
+        )?;
         mls::join(first_p, &welcome)?;
         let s = commit(first_p, &first.device, b.g, self_update())?;
         expect_commit(mls::process(&b.ap, b.g, &s.commit)?)?;
@@ -687,12 +694,28 @@ fn costs(
     b.measure(reps, create_reps)
 }
 
+/// Repetitions (operations, creations) for a group of `n`.
+fn reps_for(n: usize) -> (usize, usize) {
+    match n {
+        0..=10 => (21, 21),
+        11..=100 => (11, 11),
+        _ => (5, 3),
+    }
+}
+
 /// Group sizes with their repetitions (operations, creations).
-fn plan(quick: bool) -> Vec<(usize, usize, usize)> {
-    if quick {
-        vec![(2, 2, 1), (10, 2, 1)]
-    } else {
-        vec![(2, 21, 21), (10, 21, 21), (100, 11, 11), (1000, 5, 3)]
+fn plan(quick: bool, sizes: Option<&[usize]>) -> Vec<(usize, usize, usize)> {
+    match (quick, sizes) {
+        (true, None) => vec![(2, 2, 1), (10, 2, 1)],
+        (true, Some(s)) => s.iter().map(|&n| (n, 2, 1)).collect(),
+        (false, s) => s
+            .unwrap_or(&[2, 10, 100, 1000])
+            .iter()
+            .map(|&n| {
+                let (r, c) = reps_for(n);
+                (n, r, c)
+            })
+            .collect(),
     }
 }
 
@@ -704,10 +727,16 @@ fn bytes(x: (usize, usize)) -> String {
     }
 }
 
-/// Scenario `mls`.
-pub(crate) fn run(quick: bool) -> anyhow::Result<Vec<Table>> {
+/// Scenario `mls`, for the group sizes given (default 2, 10, 100, 1000;
+/// with `--quick` 2 and 10).
+pub(crate) fn run(quick: bool, sizes: Option<Vec<usize>>) -> anyhow::Result<Vec<Table>> {
+    let plan = plan(quick, sizes.as_deref());
+    anyhow::ensure!(
+        plan.iter().all(|p| p.0 >= 2),
+        "groups of at least 2 members"
+    );
     let mut rows = Vec::new();
-    for (n, reps, create_reps) in plan(quick) {
+    for &(n, reps, create_reps) in &plan {
         for suite in [Suite::PostQuantum, Suite::Classical] {
             for tree in [Tree::Fresh, Tree::Updated] {
                 let t = Instant::now();
@@ -721,10 +750,10 @@ pub(crate) fn run(quick: bool) -> anyhow::Result<Vec<Table>> {
             }
         }
     }
-    Ok(tables(&rows, quick))
+    Ok(tables(&rows, &plan))
 }
 
-fn tables(rows: &[Costs], quick: bool) -> Vec<Table> {
+fn tables(rows: &[Costs], plan: &[(usize, usize, usize)]) -> Vec<Table> {
     let ops = [
         "create",
         "join",
@@ -825,7 +854,7 @@ fn tables(rows: &[Costs], quick: bool) -> Vec<Table> {
         );
         sizes.row(row);
     }
-    let reps = plan(quick)
+    let reps = plan
         .iter()
         .map(|(n, r, c)| format!("N = {n}: {r} ({c} for create)"))
         .collect::<Vec<_>>()
@@ -870,7 +899,7 @@ mod tests {
                 assert_eq!(z.update_commit.0, z.update_commit.1);
             }
             assert!(fresh.sizes.create_welcome.0 > 0);
-            assert_eq!(tables(&rows, true).len(), 3);
+            assert_eq!(tables(&rows, &[(5, 1, 1)]).len(), 3);
         }
     }
 }
