@@ -8,59 +8,16 @@
 
 use std::time::{Duration, Instant};
 
-use openmls::prelude::KeyPackage;
 use openmls_libcrux_crypto::Provider;
+use sotto_core::Suite;
 use sotto_core::group::{self, Change, GroupMeta};
 use sotto_core::mls::{self, Processed};
-use sotto_core::{AccountKey, CredentialIdentity, DeviceKey, Suite};
-use sotto_proto::{DeviceId, EnvelopeKind, GroupId, Handle, MessageId, SignedDeviceList};
+use sotto_proto::{DeviceId, EnvelopeKind, GroupId, MessageId};
 use sotto_server::store::sqlite::SqliteStore;
 use sotto_server::store::{CommitWrite, MailboxCap, Outgoing, Store};
 
+use crate::members::{Member, median, us};
 use crate::report::{Table, ms};
-
-struct Member {
-    account: AccountKey,
-    device: DeviceKey,
-    me: CredentialIdentity,
-}
-
-impl Member {
-    fn new(i: usize) -> Self {
-        let account = AccountKey::generate();
-        let device = DeviceKey::generate();
-        let me = CredentialIdentity {
-            account: account.id(),
-            device: device.id(),
-            handle: Handle::new(&format!("member{i:05}")).expect("valid handle"),
-        };
-        Self {
-            account,
-            device,
-            me,
-        }
-    }
-
-    fn key_package(&self, p: &Provider, suite: Suite) -> KeyPackage {
-        let b = mls::key_packages(p, &self.me, &self.device, suite, 1).expect("key package");
-        mls::verify_key_package(p, &b[0], self.me.account, self.me.device)
-            .expect("valid")
-            .0
-    }
-
-    fn list(&self) -> SignedDeviceList {
-        self.account.sign_device_list(1, vec![self.me.device])
-    }
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.0}", d.as_secs_f64() * 1e6)
-}
 
 struct Row {
     suite: Suite,

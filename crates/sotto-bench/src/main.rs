@@ -14,7 +14,8 @@
 //! (1:1 delivery on SQLite, PostgreSQL and two nodes with NATS) and
 //! `groups` (client-side MLS group operations) and `mls` (Sotto's client
 //! core against raw openmls). Shared parts: `load` (the
-//! Sotto load generator), `brokers` (the comparators and their clients),
+//! Sotto load generator), `members` (member devices and their KeyPackages
+//! for `groups` and `mls`), `brokers` (the comparators and their clients),
 //! `payload` (a real MLS ciphertext), `sys` (CPU, memory, pinning) and
 //! `report` (tables).
 //!
@@ -31,6 +32,7 @@ mod fanout;
 mod floor;
 mod groups;
 mod load;
+mod members;
 mod mls;
 mod offline;
 mod payload;
@@ -91,7 +93,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: sotto-bench <scenario>|all [--quick] [--out FILE.json|FILE.csv] [scenario arguments]
-scenarios: floor, direct, fanout, offline, commits, connections, cluster [PAIRS] [SECONDS], groups [SIZES] [REPETITIONS], mls";
+scenarios: floor, direct, fanout, offline, commits, connections, cluster [PAIRS] [SECONDS], groups [SIZES] [REPETITIONS], mls [SIZES]";
 
 fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Args> {
     let mut scenario = None;
@@ -157,7 +159,11 @@ async fn run_one(name: &str, ctx: &Ctx, rest: &[String]) -> anyhow::Result<Vec<T
         }
         "mls" => {
             let quick = ctx.quick;
-            tokio::task::spawn_blocking(move || mls::run(quick)).await?
+            let sizes: Option<Vec<usize>> = rest
+                .first()
+                .map(|s| s.split(',').map(str::parse).collect::<Result<_, _>>())
+                .transpose()?;
+            tokio::task::spawn_blocking(move || mls::run(quick, sizes)).await?
         }
         "groups" => {
             let sizes: Vec<usize> = match rest.first() {
