@@ -40,26 +40,31 @@ impl Broker {
         tls: Option<&TlsIdentity>,
     ) -> anyhow::Result<Self> {
         let bin = sys::need("mosquitto", "mosquitto")?;
-        let dir = tempfile::tempdir_in(".")?;
-        let port = sotto_test_support::services::free_port();
-        let conf = dir.path().join("mosquitto.conf");
-        let mut text = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
-             max_queued_messages 1000000\nmax_inflight_messages 0\nset_tcp_nodelay true\nlog_type none\n",
-            dir.path().display()
-        );
-        if let Some(id) = tls {
-            let (cert, key) = write_pem(dir.path(), id)?;
-            text.push_str(&format!(
-                "certfile {}\nkeyfile {}\ntls_version tlsv1.3\n",
-                cert.display(),
-                key.display()
-            ));
-        }
-        std::fs::write(&conf, text)?;
-        let mut c = Command::new(bin);
-        c.arg("-c").arg(&conf);
-        Self::spawn(c, port, dir, pinning)
+        // Started as root, mosquitto would switch to the `mosquitto` user,
+        // which cannot read the bench's private temp directory (its
+        // persistence file, its key): it runs as the bench's user instead.
+        let user = Command::new("id").arg("-un").output()?;
+        let user = String::from_utf8(user.stdout)?.trim().to_owned();
+        Self::start(pinning, |port, dir| {
+            let conf = dir.join("mosquitto.conf");
+            let mut text = format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
+                 max_queued_messages 1000000\nmax_inflight_messages 0\nset_tcp_nodelay true\nlog_type error\nuser {user}\n",
+                dir.display()
+            );
+            if let Some(id) = tls {
+                let (cert, key) = write_pem(dir, id)?;
+                text.push_str(&format!(
+                    "certfile {}\nkeyfile {}\ntls_version tlsv1.3\n",
+                    cert.display(),
+                    key.display()
+                ));
+            }
+            std::fs::write(&conf, text)?;
+            let mut c = Command::new(&bin);
+            c.arg("-c").arg(&conf);
+            Ok(c)
+        })
     }
 
     /// `nats-server`, with JetStream (file store in a temp directory) when
@@ -76,22 +81,43 @@ impl Broker {
         tls: Option<&TlsIdentity>,
     ) -> anyhow::Result<Self> {
         let bin = sys::need("nats-server", "nats-server")?;
-        let dir = tempfile::tempdir_in(".")?;
-        let port = sotto_test_support::services::free_port();
-        let mut c = Command::new(bin);
-        c.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
-        if jetstream == JetStream::FileStore {
-            c.arg("-js").arg("-sd").arg(dir.path());
+        Self::start(pinning, |port, dir| {
+            let mut c = Command::new(&bin);
+            c.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+            if jetstream == JetStream::FileStore {
+                c.arg("-js").arg("-sd").arg(dir);
+            }
+            if let Some(id) = tls {
+                let (cert, key) = write_pem(dir, id)?;
+                c.arg("--tls")
+                    .arg("--tlscert")
+                    .arg(cert)
+                    .arg("--tlskey")
+                    .arg(key);
+            }
+            Ok(c)
+        })
+    }
+
+    /// Starts the broker `command` makes for a free port and a fresh data
+    /// directory. A port can be taken between choosing it and the broker's
+    /// bind (the load generator's own connections use ephemeral ports):
+    /// a broker that exits at once is started again on another port.
+    fn start(
+        pinning: &sys::Pinning,
+        command: impl Fn(u16, &std::path::Path) -> anyhow::Result<Command>,
+    ) -> anyhow::Result<Self> {
+        let mut last = None;
+        for _ in 0..3 {
+            let dir = tempfile::tempdir_in(".")?;
+            let port = sotto_test_support::services::free_port();
+            let c = command(port, dir.path())?;
+            match Self::spawn(c, port, dir, pinning) {
+                Ok(b) => return Ok(b),
+                Err(e) => last = Some(e),
+            }
         }
-        if let Some(id) = tls {
-            let (cert, key) = write_pem(dir.path(), id)?;
-            c.arg("--tls")
-                .arg("--tlscert")
-                .arg(cert)
-                .arg("--tlskey")
-                .arg(key);
-        }
-        Self::spawn(c, port, dir, pinning)
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("broker did not start")))
     }
 
     fn spawn(
@@ -100,21 +126,34 @@ impl Broker {
         dir: tempfile::TempDir,
         pinning: &sys::Pinning,
     ) -> anyhow::Result<Self> {
+        let log = std::fs::File::create(dir.path().join("broker.log"))?;
         c.stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(Stdio::from(log));
         let child = c.spawn()?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        let b = Self {
+        let mut b = Self {
             child,
             addr,
             _dir: dir,
         };
         let t = std::time::Instant::now();
         while std::net::TcpStream::connect(addr).is_err() {
+            let said = || {
+                std::fs::read_to_string(b._dir.path().join("broker.log"))
+                    .unwrap_or_default()
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            if let Some(status) = b.child.try_wait()? {
+                anyhow::bail!("broker exited ({status}) on port {port}: {}", said());
+            }
             anyhow::ensure!(
                 t.elapsed() < Duration::from_secs(10),
-                "broker did not start"
+                "broker did not start on port {port} in 10 s: {}",
+                said()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
