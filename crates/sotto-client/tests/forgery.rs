@@ -5,23 +5,17 @@
 //! forgery is set aside without storing anything or moving her MLS state;
 //! the genuine deliveries afterwards are accepted as if nothing happened.
 
-use sotto_client::{Client, RegisterOptions, ServerLink, Suite};
-use sotto_proto::{Delivery, EnvelopeKind, Handle, MessageId, ServerFrame};
+use sotto_client::Client;
+use sotto_proto::{Delivery, EnvelopeKind, MessageId, ServerFrame};
 use sotto_server::ServerConfig;
 use sotto_server::store::Store as _;
 use sotto_test_support::InProcessServer;
 use tempfile::TempDir;
 
-const PASS: &str = "test passphrase";
+mod common;
 
 async fn register(server: &InProcessServer, dir: &std::path::Path, name: &str) -> Client {
-    let opts = RegisterOptions {
-        link: ServerLink::parse(&server.link).unwrap(),
-        handle: Handle::new(name).unwrap(),
-        invite: Some(server.invite()),
-        suite: Suite::PostQuantum,
-    };
-    Client::register(&dir.join(name), PASS, opts).await.unwrap()
+    common::register(dir, &server.link, server.invite(), name).await
 }
 
 fn frame(d: &Delivery) -> Vec<u8> {

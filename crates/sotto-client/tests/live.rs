@@ -11,16 +11,12 @@ use sotto_server::ServerConfig;
 use sotto_test_support::InProcessServer;
 use tempfile::TempDir;
 
-const PASS: &str = "test passphrase";
+mod common;
+
+use common::PASS;
 
 async fn register(server: &InProcessServer, dir: &std::path::Path, name: &str) -> Client {
-    let opts = RegisterOptions {
-        link: ServerLink::parse(&server.link).unwrap(),
-        handle: Handle::new(name).unwrap(),
-        invite: Some(server.invite()),
-        suite: Suite::PostQuantum,
-    };
-    Client::register(&dir.join(name), PASS, opts).await.unwrap()
+    common::register(dir, &server.link, server.invite(), name).await
 }
 
 #[derive(Debug, PartialEq)]

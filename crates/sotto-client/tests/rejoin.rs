@@ -8,22 +8,17 @@
 use std::path::Path;
 use std::time::Duration;
 
-use sotto_client::{Client, Policy, ReceiveEvent, RegisterOptions, ServerLink, Suite};
-use sotto_proto::Handle;
+use sotto_client::{Client, Policy, ReceiveEvent};
 use sotto_server::ServerConfig;
 use sotto_test_support::InProcessServer;
 use tempfile::TempDir;
 
-const PASS: &str = "test passphrase";
+mod common;
+
+use common::PASS;
 
 async fn register(server: &InProcessServer, dir: &Path, name: &str) -> Client {
-    let opts = RegisterOptions {
-        link: ServerLink::parse(&server.link).unwrap(),
-        handle: Handle::new(name).unwrap(),
-        invite: Some(server.invite()),
-        suite: Suite::PostQuantum,
-    };
-    Client::register(&dir.join(name), PASS, opts).await.unwrap()
+    common::register(dir, &server.link, server.invite(), name).await
 }
 
 /// New messages shown by one `receive`, as "sender: text".

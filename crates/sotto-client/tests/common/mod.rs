@@ -1,7 +1,8 @@
-//! Traffic under faults, shared by the crash and cluster tests: people send
-//! to each other (one-to-one and in a group) through whatever is being
-//! broken; afterwards every message the server acknowledged must have
-//! reached every other member exactly once, in the order its sender sent it.
+//! Shared by the client tests: registration, and traffic under faults (the
+//! crash and cluster tests): people send to each other (one-to-one and in a
+//! group) through whatever is being broken; afterwards every message the
+//! server acknowledged must have reached every other member exactly once,
+//! in the order its sender sent it.
 
 #![allow(dead_code, unreachable_pub)]
 
