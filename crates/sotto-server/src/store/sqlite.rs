@@ -3,6 +3,8 @@
 //! `secure_delete=ON`, so deleted ciphertext is overwritten. All access goes
 //! through one connection on blocking threads; SQLite serializes writers
 //! anyway, and one connection keeps every write in a single, simple order.
+//! Concurrent sends and acknowledgements share a transaction and its fsync
+//! (group commit, see [`SqliteStore`]).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -110,12 +112,13 @@ CREATE TABLE IF NOT EXISTS seen_sends (
 
 /// The SQLite store.
 ///
-/// One connection, behind a mutex, used from blocking threads. Sends and
-/// acknowledgements are written with group commit: each joins a queue, and
-/// one writer task (started by whoever queues first) writes every queued
-/// write in one transaction (a savepoint each, so one refused write does not
-/// undo the others), with one fsync for all of them. No write is answered
-/// before the transaction holding it is durable.
+/// One connection, behind a mutex, used from blocking threads. Sends (to
+/// groups and to devices) and acknowledgements are written with group
+/// commit: each joins a queue, and one writer task (started by whoever
+/// queues first) writes every queued write in one transaction (a savepoint
+/// each, so one refused write does not undo the others), with one fsync for
+/// all of them. No write is answered before the transaction holding it is
+/// durable.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
@@ -233,18 +236,31 @@ fn seen_key(sender: &DeviceId, msg_id: &MessageId) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// One send, inside a group commit's transaction (under its own savepoint).
+/// One send to a group, inside a group commit's transaction (under its own
+/// savepoint): for every member but the sender.
 fn send_one(
-    tx: &Connection,
+    c: &Connection,
     m: &Outgoing,
     mailbox_cap: MailboxCap,
 ) -> Result<SendOutcome, SendError> {
-    let all = members(tx, &m.group)?;
+    let all = members(c, &m.group)?;
     if !all.contains(&m.sender) {
         return Err(SendError::NotMember);
     }
+    let to: Vec<DeviceId> = all.into_iter().filter(|d| *d != m.sender).collect();
+    store_once(c, m, to, mailbox_cap)
+}
+
+/// Stores `m` for `to`, unless the sender's message id was stored before
+/// (then it is a duplicate and nothing is written).
+fn store_once(
+    c: &Connection,
+    m: &Outgoing,
+    to: Vec<DeviceId>,
+    mailbox_cap: MailboxCap,
+) -> Result<SendOutcome, SendError> {
     let key = seen_key(&m.sender, &m.msg_id);
-    let fresh = tx
+    let fresh = c
         .execute(
             "INSERT OR IGNORE INTO seen_sends (key, expires_ms) VALUES (?1, ?2)",
             params![&key[..], ms(m.expires_ms)],
@@ -256,9 +272,8 @@ fn send_one(
             recipients: Vec::new(),
         });
     }
-    let to: Vec<DeviceId> = all.into_iter().filter(|d| *d != m.sender).collect();
     if !to.is_empty() {
-        insert_message(tx, m, &to, mailbox_cap)?.ok_or(SendError::MailboxFull)?;
+        insert_message(c, m, &to, mailbox_cap)?.ok_or(SendError::MailboxFull)?;
     }
     Ok(SendOutcome {
         duplicate: false,
@@ -1133,31 +1148,8 @@ impl Store for SqliteStore {
         recipient: DeviceId,
         mailbox_cap: MailboxCap,
     ) -> Result<SendOutcome, SendError> {
-        self.with(move |c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(map_err)?;
-            let key = seen_key(&m.sender, &m.msg_id);
-            let fresh = tx
-                .execute(
-                    "INSERT OR IGNORE INTO seen_sends (key, expires_ms) VALUES (?1, ?2)",
-                    params![&key[..], ms(m.expires_ms)],
-                )
-                .map_err(map_err)?;
-            if fresh == 0 {
-                return Ok(SendOutcome {
-                    duplicate: true,
-                    recipients: Vec::new(),
-                });
-            }
-            insert_message(&tx, &m, &[recipient], mailbox_cap)?.ok_or(SendError::MailboxFull)?;
-            tx.commit().map_err(map_err)?;
-            Ok(SendOutcome {
-                duplicate: false,
-                recipients: vec![recipient],
-            })
-        })
-        .await
+        self.batched(move |c| store_once(c, &m, vec![recipient], mailbox_cap))
+            .await
     }
 
     async fn commit(&self, w: CommitWrite) -> Result<CommitOutcome, CommitError> {
