@@ -1499,41 +1499,45 @@ mod tests {
     /// gone: the group's epoch secrets, its epoch key pairs and the MLS
     /// private keys (leaf keys, KeyPackage init keys) of this device.
     fn secrets(store: &Store) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        for sql in [
-            "SELECT group_data FROM openmls_group_data WHERE data_type IN \
-             ('group_epoch_secrets', 'message_secrets')",
-            "SELECT key_pairs FROM openmls_epoch_keys_pairs",
-            "SELECT key_pair FROM openmls_encryption_keys",
-            "SELECT key_package FROM openmls_key_packages",
-        ] {
-            let mut stmt = store.conn.prepare(sql).unwrap();
-            let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).unwrap();
-            for r in rows {
-                out.extend(arrays(&r.unwrap()));
-            }
-        }
-        out
+        column_values(
+            store,
+            &[
+                "SELECT group_data FROM openmls_group_data WHERE data_type IN \
+                 ('group_epoch_secrets', 'message_secrets')",
+                "SELECT key_pairs FROM openmls_epoch_keys_pairs",
+                "SELECT key_pair FROM openmls_encryption_keys",
+                "SELECT key_package FROM openmls_key_packages",
+            ],
+        )
+        .iter()
+        .flat_map(|v| arrays(v))
+        .collect()
     }
 
-    /// Every value openmls keeps for the device, live.
+    /// Every value openmls keeps for the device, live, one after another.
     fn live_values(store: &Store) -> Vec<u8> {
-        let mut all = Vec::new();
-        for sql in [
-            "SELECT group_data FROM openmls_group_data",
-            "SELECT key_pairs FROM openmls_epoch_keys_pairs",
-            "SELECT key_pair FROM openmls_encryption_keys",
-            "SELECT key_package FROM openmls_key_packages",
-            "SELECT signature_key FROM openmls_signature_keys",
-        ] {
+        column_values(
+            store,
+            &[
+                "SELECT group_data FROM openmls_group_data",
+                "SELECT key_pairs FROM openmls_epoch_keys_pairs",
+                "SELECT key_pair FROM openmls_encryption_keys",
+                "SELECT key_package FROM openmls_key_packages",
+                "SELECT signature_key FROM openmls_signature_keys",
+            ],
+        )
+        .join(&0)
+    }
+
+    /// The values of the first column of every row of each query.
+    fn column_values(store: &Store, queries: &[&str]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for sql in queries {
             let mut stmt = store.conn.prepare(sql).unwrap();
             let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).unwrap();
-            for r in rows {
-                all.extend(r.unwrap());
-                all.push(0);
-            }
+            out.extend(rows.map(Result::unwrap));
         }
-        all
+        out
     }
 
     /// The database file and its WAL, as a thief reads them.
