@@ -1,11 +1,12 @@
-//! Group conversations: their metadata (name, admins) in a group context
-//! extension that every member's client reads, the policy every client
-//! enforces on commits it receives (only admins add, remove or change the
-//! metadata; anyone may leave or update their own leaf), and the building of
-//! commits.
+//! Group conversations: their metadata (admins, and the name sealed from
+//! the server) in a group context extension, the judgement every client
+//! and the server pass on every commit (only admins add, remove or change
+//! the metadata; anyone may leave or update their own leaf; nobody changes
+//! who their leaf says they are), and the building of commits.
 //!
-//! The server orders commits (one per epoch) but does not judge them: the
-//! members do, here.
+//! The server orders commits (one per epoch) and runs the same judgement
+//! ([`crate::public`]) before it accepts one, so that a commit it accepts
+//! is one every member applies.
 
 use openmls::prelude::tls_codec::Serialize as _;
 use openmls::prelude::*;
@@ -15,6 +16,7 @@ use sotto_proto::{AccountId, DeviceId};
 
 use crate::identity::{CredentialIdentity, DeviceKey};
 use crate::mls::{CoreError, internal, leaf_identity, load, storage};
+use crate::names::{NameKey, SealedKey, SealedName, WelcomeBundle};
 
 /// The extension type of Sotto's group metadata (private-use range).
 pub const META_EXTENSION: u16 = 0xff5a;
@@ -39,7 +41,7 @@ pub(crate) fn context_extensions(
     );
     let mut v = vec![Extension::RequiredCapabilities(required)];
     if let Some(m) = meta {
-        v.push(m.to_extension());
+        v.push(m.to_extension()?);
     }
     if let Some(t) = timer_s {
         v.push(Extension::Unknown(
@@ -69,25 +71,26 @@ pub fn timer<P: OpenMlsProvider>(
     Ok(timer_of(load(provider, group_id)?.extensions()))
 }
 
-/// What a group is called and who administers it. Lives in the MLS group
-/// context, so every member agrees on it and only a commit changes it.
+/// What a group's context says of it: who administers it, and its name
+/// sealed under the current name key (see [`crate::names`]). The server
+/// reads the admins to judge commits; it cannot read the name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupMeta {
-    /// The group's name, chosen by its admins.
-    pub name: String,
     /// Accounts allowed to add and remove others and to change this metadata.
     pub admins: Vec<AccountId>,
+    /// The group's name, chosen by its admins, sealed.
+    pub name: SealedName,
 }
 
 impl GroupMeta {
-    fn to_extension(&self) -> Extension {
-        Extension::Unknown(
+    fn to_extension(&self) -> Result<Extension, CoreError> {
+        Ok(Extension::Unknown(
             META_EXTENSION,
-            UnknownExtension(postcard::to_stdvec(self).unwrap_or_default()),
-        )
+            UnknownExtension(postcard::to_stdvec(self).map_err(internal)?),
+        ))
     }
 
-    fn from_extensions(exts: &Extensions<GroupContext>) -> Option<Self> {
+    pub(crate) fn from_extensions(exts: &Extensions<GroupContext>) -> Option<Self> {
         exts.iter().find_map(|e| match e {
             Extension::Unknown(t, UnknownExtension(b)) if *t == META_EXTENSION => {
                 let (m, rest) = postcard::take_from_bytes::<Self>(b).ok()?;
@@ -113,16 +116,19 @@ pub fn meta<P: OpenMlsProvider>(
     ))
 }
 
+/// The identity of the member at `leaf` in a group's public state.
+pub(crate) fn member_identity(pg: &PublicGroup, leaf: LeafNodeIndex) -> Option<CredentialIdentity> {
+    let l = pg.leaf(leaf)?;
+    leaf_identity(l.credential(), l.signature_key().as_slice())
+}
+
 /// The member whose own removal a proposal is, if it is one.
-pub(crate) fn self_removal(g: &MlsGroup, p: &QueuedProposal) -> Option<CredentialIdentity> {
+pub(crate) fn self_removal(pg: &PublicGroup, p: &QueuedProposal) -> Option<CredentialIdentity> {
     let Proposal::Remove(r) = p.proposal() else {
         return None;
     };
     match p.sender() {
-        Sender::Member(i) if *i == r.removed() => {
-            let m = g.member_at(*i)?;
-            leaf_identity(&m.credential, &m.signature_key)
-        }
+        Sender::Member(i) if *i == r.removed() => member_identity(pg, *i),
         _ => None,
     }
 }
@@ -131,23 +137,125 @@ fn refuse(why: &str) -> CoreError {
     CoreError::Rejected(format!("commit refused: {why}"))
 }
 
+/// What judging a commit found.
+#[derive(Debug)]
+pub(crate) struct Judged {
+    /// Who committed it.
+    pub(crate) committer: CredentialIdentity,
+    /// The signed device lists that vouched for the devices it adds.
+    pub(crate) device_lists: Vec<sotto_proto::SignedDeviceList>,
+    /// Devices it re-adds (their leaf removed and a fresh one added).
+    pub(crate) readded: Vec<(AccountId, DeviceId)>,
+}
+
+/// Judges a commit against the group's state before it. Every member's
+/// client runs this on every commit it processes, and the server on every
+/// commit it accepts (on the same public state), so a commit the server
+/// lets through is one every member takes:
+///
+/// - the committer is a member whose credential names its leaf's key;
+/// - every added leaf has a Sotto credential, and is on its account's
+///   signed device list (carried in the commit's authenticated data);
+/// - a leaf that changes (the committer's path, an update) keeps its
+///   account, device and handle: nobody turns into someone else;
+/// - the group's policy ([`check_commit`]).
+pub(crate) fn judge_commit(
+    pg: &PublicGroup,
+    sender: &Sender,
+    staged: &StagedCommit,
+    aad: &[u8],
+) -> Result<Judged, CoreError> {
+    let committer = match sender {
+        Sender::Member(i) => member_identity(pg, *i).ok_or(CoreError::ForgedCredential)?,
+        Sender::NewMemberCommit => return judge_rejoin(pg, staged),
+        _ => return Err(refuse("not from a member")),
+    };
+    for add in staged.add_proposals() {
+        let leaf = add.add_proposal().key_package().leaf_node();
+        if leaf_identity(leaf.credential(), leaf.signature_key().as_slice()).is_none() {
+            return Err(CoreError::ForgedCredential);
+        }
+    }
+    if let Some(leaf) = staged.update_path_leaf_node() {
+        let id = leaf_identity(leaf.credential(), leaf.signature_key().as_slice());
+        if id.as_ref() != Some(&committer) {
+            return Err(CoreError::ForgedCredential);
+        }
+    }
+    for u in staged.update_proposals() {
+        let leaf = u.update_proposal().leaf_node();
+        let before = match u.sender() {
+            Sender::Member(j) => member_identity(pg, *j),
+            _ => None,
+        };
+        let after = leaf_identity(leaf.credential(), leaf.signature_key().as_slice());
+        if before.is_none() || before != after {
+            return Err(CoreError::ForgedCredential);
+        }
+    }
+    check_commit(pg, &committer, staged)?;
+    let device_lists = check_added_devices(staged, aad)?;
+    let readded = readded_devices(pg, staged);
+    Ok(Judged {
+        committer,
+        device_lists,
+        readded,
+    })
+}
+
+/// Judges an external commit: only a rejoin is one, a member device that
+/// lost its state replacing its own leaf by a fresh one (same account,
+/// device and handle) and changing nothing else. Nobody new comes in by
+/// external commit.
+fn judge_rejoin(pg: &PublicGroup, staged: &StagedCommit) -> Result<Judged, CoreError> {
+    let leaf = staged
+        .update_path_leaf_node()
+        .ok_or_else(|| refuse("an external commit without a path"))?;
+    let id = leaf_identity(leaf.credential(), leaf.signature_key().as_slice())
+        .ok_or(CoreError::ForgedCredential)?;
+    let mut removed = Vec::new();
+    for q in staged.queued_proposals() {
+        match q.proposal() {
+            Proposal::ExternalInit(_) => {}
+            Proposal::Remove(r) => removed.push(member_identity(pg, r.removed())),
+            _ => return Err(refuse("an external commit may only rejoin")),
+        }
+    }
+    if removed != [Some(id.clone())] {
+        return Err(refuse(
+            "only a member device rejoins, in place of its own leaf",
+        ));
+    }
+    Ok(Judged {
+        readded: vec![(id.account, id.device)],
+        committer: id,
+        device_lists: Vec::new(),
+    })
+}
+
 /// The policy on a commit from `committer`, judged against the group
 /// before the commit: adds, removals of other accounts and metadata
 /// changes need an admin; a member's own leave (proposed by itself) and
-/// removals of the committer's own devices do not.
+/// removals of the committer's own devices do not. The commit that
+/// creates a group (from epoch 0) sets its metadata, naming the committer
+/// an admin.
 pub(crate) fn check_commit(
-    g: &MlsGroup,
+    pg: &PublicGroup,
     committer: &CredentialIdentity,
     staged: &StagedCommit,
 ) -> Result<(), CoreError> {
-    let meta = GroupMeta::from_extensions(g.extensions());
+    let meta = GroupMeta::from_extensions(pg.group_context().extensions());
+    let creation = pg.group_context().epoch().as_u64() == 0;
     let is_admin = meta
         .as_ref()
         .is_some_and(|m| m.is_admin(&committer.account));
     // A re-add (a member device that lost its state gets a fresh leaf):
     // the same commit removes the device's leaf and adds the same account's
     // same device back. Any member may do that; nobody new comes in.
-    let readded = readded_devices(g, staged);
+    let readded = readded_devices(pg, staged);
+    // At creation the creator alone is in the group: its adds are the
+    // creation itself.
+    let may_add = is_admin || creation;
     for q in staged.queued_proposals() {
         match q.proposal() {
             Proposal::Add(add) => {
@@ -155,14 +263,12 @@ pub(crate) fn check_commit(
                 let id = leaf_identity(leaf.credential(), leaf.signature_key().as_slice())
                     .ok_or(CoreError::ForgedCredential)?;
                 let readd = readded.contains(&(id.account, id.device));
-                if !is_admin && id.account != committer.account && !readd {
+                if !may_add && id.account != committer.account && !readd {
                     return Err(refuse("only admins add members"));
                 }
             }
             Proposal::Remove(r) => {
-                let removed = g
-                    .member_at(r.removed())
-                    .and_then(|m| leaf_identity(&m.credential, &m.signature_key))
+                let removed = member_identity(pg, r.removed())
                     .ok_or_else(|| refuse("removal of an unknown leaf"))?;
                 let own_leave = matches!(q.sender(), Sender::Member(i) if *i == r.removed());
                 let readd = readded.contains(&(removed.account, removed.device));
@@ -172,6 +278,13 @@ pub(crate) fn check_commit(
             }
             Proposal::GroupContextExtensions(e) => {
                 let new = GroupMeta::from_extensions(e.extensions());
+                let has_meta_bytes = e
+                    .extensions()
+                    .iter()
+                    .any(|x| matches!(x, Extension::Unknown(t, _) if *t == META_EXTENSION));
+                if new.is_none() && has_meta_bytes {
+                    return Err(refuse("malformed group metadata"));
+                }
                 match (&meta, new) {
                     // A group: only admins change it, and it keeps an admin.
                     (Some(_), Some(new)) => {
@@ -183,6 +296,12 @@ pub(crate) fn check_commit(
                         }
                     }
                     (Some(_), None) => return Err(refuse("group metadata removed")),
+                    // Creating a group: its creator is an admin.
+                    (None, Some(new)) if creation => {
+                        if !new.is_admin(&committer.account) {
+                            return Err(refuse("a new group's creator is its admin"));
+                        }
+                    }
                     // A one-to-one conversation: either side sets the timer,
                     // nobody turns it into a group.
                     (None, Some(_)) => return Err(refuse("a conversation cannot become a group")),
@@ -199,11 +318,13 @@ pub(crate) fn check_commit(
 /// The devices a commit re-adds: (account, device) of every leaf it
 /// removes whose very device it also adds (a fresh KeyPackage of the same
 /// device key, credential naming the same account).
-pub(crate) fn readded_devices(g: &MlsGroup, staged: &StagedCommit) -> Vec<(AccountId, DeviceId)> {
+pub(crate) fn readded_devices(
+    pg: &PublicGroup,
+    staged: &StagedCommit,
+) -> Vec<(AccountId, DeviceId)> {
     let removed: Vec<CredentialIdentity> = staged
         .remove_proposals()
-        .filter_map(|r| g.member_at(r.remove_proposal().removed()))
-        .filter_map(|m| leaf_identity(&m.credential, &m.signature_key))
+        .filter_map(|r| member_identity(pg, r.remove_proposal().removed()))
         .collect();
     staged
         .add_proposals()
@@ -249,6 +370,63 @@ pub(crate) fn check_added_devices(
     Ok(lists)
 }
 
+/// A group's name after a commit that set it: the name (`None` if the
+/// sealed name does not open with the key, which a member can make happen
+/// but not hide) and the key it is sealed under now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renamed {
+    /// The new name, if it could be read.
+    pub name: Option<String>,
+    /// The key the name is sealed under now: the client keeps it for the
+    /// Welcomes it makes.
+    pub key: NameKey,
+}
+
+/// The name a staged commit of `g` (at its current epoch) sets, if it sets
+/// one: the new sealed name opens with the key exported from the current
+/// epoch. Called before the commit is merged.
+pub(crate) fn renamed(
+    g: &MlsGroup,
+    crypto: &impl OpenMlsCrypto,
+    staged: &StagedCommit,
+) -> Result<Option<Renamed>, CoreError> {
+    let before = GroupMeta::from_extensions(g.extensions()).map(|m| m.name);
+    let Some(after) = GroupMeta::from_extensions(staged.group_context().extensions()) else {
+        return Ok(None);
+    };
+    if before.as_ref() == Some(&after.name) {
+        return Ok(None);
+    }
+    let key = rename_key(g, crypto)?;
+    let gid = group_id_of(g)?;
+    Ok(Some(Renamed {
+        name: after.name.open(&key, &gid),
+        key,
+    }))
+}
+
+/// The key a rename committed in `g`'s current epoch seals the name under.
+fn rename_key(g: &MlsGroup, crypto: &impl OpenMlsCrypto) -> Result<NameKey, CoreError> {
+    let exported = g
+        .export_secret(
+            crypto,
+            crate::names::RENAME_LABEL,
+            g.group_id().as_slice(),
+            32,
+        )
+        .map_err(internal)?;
+    NameKey::from_exported(exported).ok_or_else(|| internal("exported key of the wrong length"))
+}
+
+fn group_id_of(g: &MlsGroup) -> Result<sotto_proto::GroupId, CoreError> {
+    let id: [u8; 32] = g
+        .group_id()
+        .as_slice()
+        .try_into()
+        .map_err(|_| CoreError::Rejected("group id is not 32 bytes".into()))?;
+    Ok(sotto_proto::GroupId(id))
+}
+
 /// A change to commit.
 #[derive(Debug, Default, Clone)]
 pub struct Change {
@@ -256,15 +434,28 @@ pub struct Change {
     pub adds: Vec<KeyPackage>,
     /// Devices to remove.
     pub removes: Vec<DeviceId>,
-    /// New metadata.
-    pub meta: Option<GroupMeta>,
+    /// A new name (a group's admins only).
+    pub name: Option<String>,
+    /// New admins (a group's admins only).
+    pub admins: Option<Vec<AccountId>>,
     /// A new disappearing-message timer: `Some(None)` turns it off.
     pub timer: Option<Option<u64>>,
     /// Refresh this device's leaf (post-compromise security).
     pub self_update: bool,
     /// The signed device lists of every account whose devices are added
-    /// (peers refuse an added device no list vouches for).
+    /// (peers and the server refuse an added device no list vouches for).
     pub device_lists: Vec<sotto_proto::SignedDeviceList>,
+}
+
+impl Change {
+    fn is_empty(&self) -> bool {
+        self.adds.is_empty()
+            && self.removes.is_empty()
+            && self.name.is_none()
+            && self.admins.is_none()
+            && self.timer.is_none()
+            && !self.self_update
+    }
 }
 
 /// A staged commit, waiting for the server.
@@ -272,49 +463,53 @@ pub struct Change {
 pub struct StagedChange {
     /// The epoch it was built on.
     pub epoch: u64,
-    /// The commit for the current members.
+    /// The commit (an MLS PublicMessage, which the server checks).
     pub commit: Vec<u8>,
-    /// The Welcome for added devices.
+    /// The GroupInfo of the epoch the commit makes (with the external
+    /// public key, without the ratchet tree, which the server has): what a
+    /// member device that lost its state rejoins with.
+    pub group_info: Vec<u8>,
+    /// The Welcome bundle for the added devices.
     pub welcome: Option<Vec<u8>>,
-    /// Who the Welcome is for.
-    pub welcome_recipients: Vec<DeviceId>,
-    /// Every member device after the commit.
-    pub members: Vec<DeviceId>,
-}
-
-fn device_of(m: &Member) -> Option<DeviceId> {
-    m.signature_key.as_slice().try_into().ok().map(DeviceId)
+    /// The devices the commit adds.
+    pub added: Vec<DeviceId>,
 }
 
 /// Builds and stages a commit of `change` plus any pending proposals (a
-/// member's leave). Call `mls::merge_pending` once the server accepted it,
-/// or [`clear_pending`] if it did not. Returns `None` if there is nothing
-/// to commit.
+/// member's leave). `name_key` is the key the group's name is sealed under
+/// now (the Welcome hands it to added devices). Call `mls::merge_pending`
+/// once the server accepted it, or [`clear_pending`] if it did not.
+/// Returns `None` if there is nothing to commit.
 pub fn stage<P: OpenMlsProvider>(
     provider: &P,
     device: &DeviceKey,
     group_id: sotto_proto::GroupId,
     change: Change,
+    name_key: Option<&NameKey>,
 ) -> Result<Option<StagedChange>, CoreError> {
     let mut g = load(provider, group_id)?;
-    let nothing = change.adds.is_empty()
-        && change.removes.is_empty()
-        && change.meta.is_none()
-        && change.timer.is_none()
-        && !change.self_update
-        && g.pending_proposals().next().is_none();
-    if nothing {
+    if change.is_empty() && g.pending_proposals().next().is_none() {
         return Ok(None);
     }
+    stage_on(provider, device, &mut g, change, name_key).map(Some)
+}
+
+pub(crate) fn stage_on<P: OpenMlsProvider>(
+    provider: &P,
+    device: &DeviceKey,
+    g: &mut MlsGroup,
+    change: Change,
+    name_key: Option<&NameKey>,
+) -> Result<StagedChange, CoreError> {
     let epoch = g.epoch().as_u64();
+    let gid = group_id_of(g)?;
     let current_meta = GroupMeta::from_extensions(g.extensions());
     let current_timer = timer_of(g.extensions());
-    let before: Vec<Member> = g.members().collect();
     let mut removed_leaves = Vec::new();
     for d in &change.removes {
-        let m = before
-            .iter()
-            .find(|m| device_of(m) == Some(*d))
+        let m = g
+            .members()
+            .find(|m| m.signature_key.as_slice() == d.0.as_slice())
             .ok_or_else(|| CoreError::Rejected(format!("{} is not in the group", d.short())))?;
         removed_leaves.push(m.index);
     }
@@ -330,6 +525,34 @@ pub fn stage<P: OpenMlsProvider>(
                 .map(DeviceId)
         })
         .collect();
+    // The key the Welcome hands on: the current one, or the one a rename
+    // in this commit seals the new name under.
+    let mut welcome_key = name_key.cloned();
+    let context_change = change.name.is_some() || change.admins.is_some() || change.timer.is_some();
+    let new_meta = if change.name.is_some() || change.admins.is_some() {
+        let admins = match change.admins {
+            Some(a) => a,
+            None => current_meta
+                .as_ref()
+                .map(|m| m.admins.clone())
+                .ok_or_else(|| CoreError::Rejected("not a group".into()))?,
+        };
+        let name = match &change.name {
+            Some(n) => {
+                let key = rename_key(g, provider.crypto())?;
+                let sealed = SealedName::seal(n, &key, &gid);
+                welcome_key = Some(key);
+                sealed
+            }
+            None => current_meta
+                .as_ref()
+                .map(|m| m.name.clone())
+                .ok_or_else(|| CoreError::Rejected("not a group".into()))?,
+        };
+        Some(GroupMeta { admins, name })
+    } else {
+        current_meta
+    };
     if !change.device_lists.is_empty() {
         g.set_aad(postcard::to_stdvec(&change.device_lists).map_err(internal)?);
     }
@@ -339,49 +562,71 @@ pub fn stage<P: OpenMlsProvider>(
         .force_self_update(change.self_update)
         .propose_adds(change.adds)
         .propose_removals(removed_leaves);
-    if change.meta.is_some() || change.timer.is_some() {
-        let meta = change.meta.clone().or(current_meta);
+    if context_change {
         let timer = change.timer.unwrap_or(current_timer);
         builder = builder
-            .propose_group_context_extensions(context_extensions(meta.as_ref(), timer)?)
+            .propose_group_context_extensions(context_extensions(new_meta.as_ref(), timer)?)
             .map_err(internal)?;
     }
     let bundle = builder
         .load_psks(provider.storage())
         .map_err(storage)?
+        .create_group_info(true)
+        .use_ratchet_tree_extension(false)
         .build(provider.rand(), provider.crypto(), device, |_| true)
         .map_err(|e| CoreError::Rejected(e.to_string()))?
         .stage_commit(provider)
         .map_err(internal)?;
-    let welcome = bundle
-        .to_welcome_msg()
-        .map(|w| w.tls_serialize_detached())
-        .transpose()
-        .map_err(internal)?;
-    let (commit, _, _) = bundle.into_contents();
+    let welcome = bundle.to_welcome_msg();
+    let (commit, _, group_info) = bundle.into_contents();
     let commit = commit.tls_serialize_detached().map_err(internal)?;
-    // Members after: the tree minus every removal the commit carries
-    // (ours and pending leaves), plus the adds.
-    let pending = g
-        .pending_commit()
-        .ok_or_else(|| CoreError::Internal("no pending commit after staging".into()))?;
-    let gone: Vec<LeafNodeIndex> = pending
-        .remove_proposals()
-        .map(|r| r.remove_proposal().removed())
-        .collect();
-    let mut members: Vec<DeviceId> = before
-        .iter()
-        .filter(|m| !gone.contains(&m.index))
-        .filter_map(device_of)
-        .collect();
-    members.extend(added.iter().copied());
-    Ok(Some(StagedChange {
+    let group_info = group_info
+        .map(MlsMessageOut::from)
+        .ok_or_else(|| internal("no group info for the new epoch"))?
+        .tls_serialize_detached()
+        .map_err(internal)?;
+    let welcome = match welcome {
+        None => None,
+        Some(w) => {
+            let pending = g
+                .pending_commit()
+                .ok_or_else(|| internal("no pending commit after staging"))?;
+            let tree = pending
+                .export_ratchet_tree(provider.crypto(), g.export_ratchet_tree())
+                .map_err(internal)?
+                .ok_or_else(|| internal("no ratchet tree of the new epoch"))?;
+            let name_key = match (&new_meta, welcome_key) {
+                (Some(_), Some(k)) => {
+                    let epoch_key = NameKey::from_exported(
+                        pending
+                            .export_secret(
+                                provider.crypto(),
+                                crate::names::WELCOME_LABEL,
+                                &gid.0,
+                                32,
+                            )
+                            .map_err(internal)?,
+                    )
+                    .ok_or_else(|| internal("exported key of the wrong length"))?;
+                    Some(SealedKey::seal(&k, &epoch_key, &gid))
+                }
+                _ => None,
+            };
+            let b = WelcomeBundle {
+                welcome: w.tls_serialize_detached().map_err(internal)?,
+                ratchet_tree: tree.tls_serialize_detached().map_err(internal)?,
+                name_key,
+            };
+            Some(postcard::to_stdvec(&b).map_err(internal)?)
+        }
+    };
+    Ok(StagedChange {
         epoch,
         commit,
-        welcome_recipients: if welcome.is_some() { added } else { Vec::new() },
+        group_info,
         welcome,
-        members,
-    }))
+        added,
+    })
 }
 
 /// Drops a staged commit the server refused.

@@ -13,6 +13,8 @@ pub mod identity;
 pub mod killcode;
 pub mod message;
 pub mod mls;
+pub mod names;
+pub mod public;
 pub mod verify;
 
 pub use identity::{AccountKey, CredentialIdentity, DeviceKey};

@@ -107,6 +107,11 @@ pub(crate) fn storage(e: impl std::fmt::Debug) -> CoreError {
     CoreError::Storage(format!("{e:?}"))
 }
 
+// Handshake messages (commits, proposals) are PublicMessages: signed, not
+// encrypted, so the server can check them (crate::public). Application
+// messages are always PrivateMessages. Ratchet trees travel beside the
+// Welcome (names::WelcomeBundle), not inside its GroupInfo, so the GroupInfo
+// a commit hands the server stays small.
 fn create_config(
     suite: Suite,
     extensions: Extensions<GroupContext>,
@@ -115,7 +120,8 @@ fn create_config(
         .with_group_context_extensions(extensions)
         .ciphersuite(suite.ciphersuite())
         .capabilities(capabilities())
-        .use_ratchet_tree_extension(true)
+        .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
+        .use_ratchet_tree_extension(false)
         .padding_size(64)
         .sender_ratchet_configuration(SenderRatchetConfiguration::new(20, 1000))
         .max_past_epochs(0)
@@ -124,7 +130,8 @@ fn create_config(
 
 fn join_config() -> MlsGroupJoinConfig {
     MlsGroupJoinConfig::builder()
-        .use_ratchet_tree_extension(true)
+        .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
+        .use_ratchet_tree_extension(false)
         .padding_size(64)
         .sender_ratchet_configuration(SenderRatchetConfiguration::new(20, 1000))
         .max_past_epochs(0)
@@ -224,15 +231,28 @@ pub fn verify_key_package<P: OpenMlsProvider>(
 /// accept the commit.
 #[derive(Debug)]
 pub struct Created {
-    /// The Welcome for the added devices.
-    pub welcome: Vec<u8>,
-    /// Every member device after the commit.
-    pub members: Vec<DeviceId>,
+    /// The GroupInfo of epoch 0 with its ratchet tree (this device alone),
+    /// from which the server starts tracking the group.
+    pub base: Vec<u8>,
+    /// The commit that adds the first members (and, for a group, sets its
+    /// metadata), with its GroupInfo and Welcome.
+    pub staged: crate::group::StagedChange,
+}
+
+/// What a new conversation is: a group with a name (this account its
+/// admin), or a one-to-one conversation.
+#[derive(Debug, Clone, Copy)]
+pub enum NewConversation<'a> {
+    /// A group named so.
+    Group(&'a str),
+    /// A one-to-one conversation.
+    Direct,
 }
 
 /// Creates the group `group_id` and stages the commit that adds the owners
-/// of `key_packages`. Call [`merge_pending`] once the server accepted it, or
-/// [`discard`] if it did not.
+/// of `key_packages` (each on its account's list in `device_lists`). Call
+/// [`merge_pending`] once the server accepted it, or [`discard`] if it did
+/// not.
 ///
 /// The group takes the ciphersuite of the KeyPackages (which must all agree):
 /// a device publishes KeyPackages only in the suite its owner chose, so the
@@ -243,8 +263,9 @@ pub fn create_group<P: OpenMlsProvider>(
     me: &CredentialIdentity,
     device: &DeviceKey,
     group_id: sotto_proto::GroupId,
-    key_packages: &[KeyPackage],
-    meta: Option<&crate::group::GroupMeta>,
+    key_packages: Vec<KeyPackage>,
+    device_lists: Vec<sotto_proto::SignedDeviceList>,
+    kind: NewConversation<'_>,
 ) -> Result<Created, CoreError> {
     let first = key_packages
         .first()
@@ -257,30 +278,32 @@ pub fn create_group<P: OpenMlsProvider>(
     }
     let suite = Suite::from_ciphersuite(cs)
         .ok_or_else(|| CoreError::InvalidKeyPackage(format!("unsupported ciphersuite {cs:?}")))?;
-    let extensions = match meta {
-        Some(m) => crate::group::context_extensions(Some(m), None)?,
-        None => Extensions::empty(),
-    };
     let mut group = MlsGroup::new_with_group_id(
         provider,
         device,
-        &create_config(suite, extensions)?,
+        &create_config(suite, crate::group::context_extensions(None, None)?)?,
         GroupId::from_slice(&group_id.0),
         credential(me),
     )
     .map_err(internal)?;
-    let (_commit, welcome, _info) = group
-        .add_members(provider, device, key_packages)
+    let base = group
+        .export_group_info(provider.crypto(), device, true)
+        .map_err(internal)?
+        .tls_serialize_detached()
         .map_err(internal)?;
-    let mut members = vec![device.id()];
-    for kp in key_packages {
-        let key = kp.leaf_node().signature_key().as_slice();
-        members.push(DeviceId(key.try_into().map_err(internal)?));
-    }
-    Ok(Created {
-        welcome: welcome.tls_serialize_detached().map_err(internal)?,
-        members,
-    })
+    let (name, admins) = match kind {
+        NewConversation::Group(n) => (Some(n.to_owned()), Some(vec![me.account])),
+        NewConversation::Direct => (None, None),
+    };
+    let change = crate::group::Change {
+        adds: key_packages,
+        device_lists,
+        name,
+        admins,
+        ..crate::group::Change::default()
+    };
+    let staged = crate::group::stage_on(provider, device, &mut group, change, None)?;
+    Ok(Created { base, staged })
 }
 
 pub(crate) fn load<P: OpenMlsProvider>(
@@ -304,13 +327,19 @@ pub fn has_group<P: OpenMlsProvider>(
     )
 }
 
-/// Applies the staged commit after the server accepted it.
+/// Applies the staged commit after the server accepted it; says what the
+/// group is called now if the commit named it.
 pub fn merge_pending<P: OpenMlsProvider>(
     provider: &P,
     group_id: sotto_proto::GroupId,
-) -> Result<(), CoreError> {
+) -> Result<Option<crate::group::Renamed>, CoreError> {
     let mut g = load(provider, group_id)?;
-    g.merge_pending_commit(provider).map_err(internal)
+    let renamed = match g.pending_commit() {
+        Some(staged) => crate::group::renamed(&g, provider.crypto(), staged)?,
+        None => None,
+    };
+    g.merge_pending_commit(provider).map_err(internal)?;
+    Ok(renamed)
 }
 
 /// Forgets a group entirely (used when the server refused its creation).
@@ -398,59 +427,39 @@ pub struct Joined {
     pub group_id: sotto_proto::GroupId,
     /// Its members.
     pub members: Vec<CredentialIdentity>,
+    /// A group's name and name key (`None` for a one-to-one conversation).
+    pub name: Option<crate::group::Renamed>,
 }
 
-/// Joins a group from a Welcome. Every member's credential must match its
-/// leaf key, or the group is dropped again.
+/// Joins a group from a Welcome bundle. Every member's credential must
+/// match its leaf key, or the group is dropped again.
 pub fn join<P: OpenMlsProvider>(provider: &P, welcome: &[u8]) -> Result<Joined, CoreError> {
-    let msg = MlsMessageIn::tls_deserialize_exact(welcome)
-        .map_err(|e| CoreError::InvalidWelcome(e.to_string()))?;
-    let MlsMessageBodyIn::Welcome(w) = msg.extract() else {
-        return Err(CoreError::InvalidWelcome("not a welcome".into()));
-    };
-    let staged = StagedWelcome::new_from_welcome(provider, &join_config(), w, None)
-        .map_err(|e| CoreError::InvalidWelcome(e.to_string()))?;
-    let mut group = staged
-        .into_group(provider)
-        .map_err(|e| CoreError::InvalidWelcome(e.to_string()))?;
-    let members: Option<Vec<CredentialIdentity>> = group
-        .members()
-        .map(|m| leaf_identity(&m.credential, &m.signature_key))
-        .collect();
-    let Some(members) = members else {
-        group.delete(provider.storage()).map_err(storage)?;
-        return Err(CoreError::ForgedCredential);
-    };
-    let gid: [u8; 32] = group
-        .group_id()
-        .as_slice()
-        .try_into()
-        .map_err(|_| CoreError::InvalidWelcome("group id is not 32 bytes".into()))?;
-    Ok(Joined {
-        group_id: sotto_proto::GroupId(gid),
-        members,
-    })
+    join_replacing(provider, welcome, |_| false).map(|(j, _)| j)
 }
 
-/// Joins a group from a Welcome like [`join`], and may replace a group
-/// this device already holds: only if `may_replace` says so for that group
-/// (this device asked to be re-added to it), and only by a later epoch
-/// than the one held or when the held state is inactive (this device's
-/// leaf was removed). The held state is deleted in the same step; the
-/// caller's transaction keeps it if anything fails. Returns the joined
+/// Joins a group from a Welcome bundle like [`join`], and may replace a
+/// group this device already holds: only if `may_replace` says so for that
+/// group (this device asked to be re-added to it), and only by a later
+/// epoch than the one held or when the held state is inactive (this
+/// device's leaf was removed). The held state is deleted in the same step;
+/// the caller's transaction keeps it if anything fails. Returns the joined
 /// group and whether it replaced a held one.
 pub fn join_replacing<P: OpenMlsProvider>(
     provider: &P,
     welcome: &[u8],
     may_replace: impl FnOnce(sotto_proto::GroupId) -> bool,
 ) -> Result<(Joined, bool), CoreError> {
-    let msg = MlsMessageIn::tls_deserialize_exact(welcome)
-        .map_err(|e| CoreError::InvalidWelcome(e.to_string()))?;
+    let invalid = |e: &dyn std::fmt::Display| CoreError::InvalidWelcome(e.to_string());
+    let bundle: crate::names::WelcomeBundle =
+        postcard::from_bytes(welcome).map_err(|e| invalid(&e))?;
+    let msg = MlsMessageIn::tls_deserialize_exact(&bundle.welcome).map_err(|e| invalid(&e))?;
     let MlsMessageBodyIn::Welcome(w) = msg.extract() else {
         return Err(CoreError::InvalidWelcome("not a welcome".into()));
     };
-    let processed = ProcessedWelcome::new_from_welcome(provider, &join_config(), w)
-        .map_err(|e| CoreError::InvalidWelcome(e.to_string()))?;
+    let tree =
+        RatchetTreeIn::tls_deserialize_exact(&bundle.ratchet_tree).map_err(|e| invalid(&e))?;
+    let processed =
+        ProcessedWelcome::new_from_welcome(provider, &join_config(), w).map_err(|e| invalid(&e))?;
     let gid: [u8; 32] = processed
         .unverified_group_info()
         .group_id()
@@ -473,11 +482,9 @@ pub fn join_replacing<P: OpenMlsProvider>(
         old.delete(provider.storage()).map_err(storage)?;
     }
     let staged = processed
-        .into_staged_welcome(provider, None)
-        .map_err(|e| CoreError::InvalidWelcome(e.to_string()))?;
-    let mut group = staged
-        .into_group(provider)
-        .map_err(|e| CoreError::InvalidWelcome(e.to_string()))?;
+        .into_staged_welcome(provider, Some(tree))
+        .map_err(|e| invalid(&e))?;
+    let mut group = staged.into_group(provider).map_err(|e| invalid(&e))?;
     if floor.is_some_and(|f| group.epoch().as_u64() <= f) {
         return Err(CoreError::InvalidWelcome(
             "a Welcome to an epoch this device is past".into(),
@@ -491,13 +498,118 @@ pub fn join_replacing<P: OpenMlsProvider>(
         group.delete(provider.storage()).map_err(storage)?;
         return Err(CoreError::ForgedCredential);
     };
+    let name = crate::group::GroupMeta::from_extensions(group.extensions()).map(|meta| {
+        // The key comes sealed under this epoch's exporter; a Welcome
+        // without one (or with a wrong one) leaves the name unreadable.
+        let key = bundle.name_key.as_ref().and_then(|sealed| {
+            let epoch_key = group
+                .export_secret(provider.crypto(), crate::names::WELCOME_LABEL, &gid.0, 32)
+                .ok()
+                .and_then(crate::names::NameKey::from_exported)?;
+            sealed.open(&epoch_key, &gid)
+        });
+        match key {
+            Some(key) => crate::group::Renamed {
+                name: meta.name.open(&key, &gid),
+                key,
+            },
+            None => crate::group::Renamed {
+                name: None,
+                key: crate::names::NameKey::from_bytes([0; 32]),
+            },
+        }
+    });
     Ok((
         Joined {
             group_id: gid,
             members,
+            name,
         },
         replaced,
     ))
+}
+
+/// A rejoin by external commit, built and applied locally, waiting for
+/// the server: if the server does not take it, [`discard`] the group.
+#[derive(Debug)]
+pub struct Rejoined {
+    /// The epoch the commit was built on (the GroupInfo's).
+    pub epoch: u64,
+    /// The external commit.
+    pub commit: Vec<u8>,
+    /// The GroupInfo of the epoch it makes.
+    pub group_info: Vec<u8>,
+    /// The members now.
+    pub members: Vec<CredentialIdentity>,
+}
+
+/// Rejoins group `group_id` from the server's GroupInfo and ratchet tree,
+/// by an external commit that replaces this device's own leaf: what a
+/// member device does when its state of the group is lost or behind. Any
+/// state held of the group is deleted first (the caller's transaction
+/// keeps it if anything fails). The GroupInfo must be signed by a member
+/// of the tree; every leaf must carry a Sotto credential, and this device
+/// must have a leaf to replace (the server and every member refuse an
+/// external commit that is not a rejoin).
+pub fn rejoin<P: OpenMlsProvider>(
+    provider: &P,
+    me: &CredentialIdentity,
+    device: &DeviceKey,
+    group_id: sotto_proto::GroupId,
+    group_info: &[u8],
+    ratchet_tree: &[u8],
+) -> Result<Rejoined, CoreError> {
+    let bad = |e: &dyn std::fmt::Display| CoreError::Rejected(format!("cannot rejoin: {e}"));
+    let msg = MlsMessageIn::tls_deserialize_exact(group_info).map_err(|e| bad(&e))?;
+    let MlsMessageBodyIn::GroupInfo(info) = msg.extract() else {
+        return Err(bad(&"not a group info"));
+    };
+    if info.group_id().as_slice() != group_id.0.as_slice() {
+        return Err(bad(&"a group info of another group"));
+    }
+    let epoch = info.epoch().as_u64();
+    let tree = RatchetTreeIn::tls_deserialize_exact(ratchet_tree).map_err(|e| bad(&e))?;
+    let gid = GroupId::from_slice(&group_id.0);
+    if let Some(mut old) = MlsGroup::load(provider.storage(), &gid).map_err(storage)? {
+        old.delete(provider.storage()).map_err(storage)?;
+    }
+    let (mut group, bundle) = MlsGroup::external_commit_builder()
+        .with_ratchet_tree(tree)
+        .with_config(join_config())
+        .build_group(provider, info, credential(me))
+        .map_err(|e| bad(&e))?
+        .leaf_node_parameters(
+            LeafNodeParameters::builder()
+                .with_capabilities(capabilities())
+                .build(),
+        )
+        .load_psks(provider.storage())
+        .map_err(storage)?
+        .create_group_info(true)
+        .use_ratchet_tree_extension(false)
+        .build(provider.rand(), provider.crypto(), device, |_| true)
+        .map_err(|e| bad(&e))?
+        .finalize(provider)
+        .map_err(|e| bad(&e))?;
+    let members: Option<Vec<CredentialIdentity>> = group
+        .members()
+        .map(|m| leaf_identity(&m.credential, &m.signature_key))
+        .collect();
+    let Some(members) = members else {
+        group.delete(provider.storage()).map_err(storage)?;
+        return Err(CoreError::ForgedCredential);
+    };
+    let (commit, _, info) = bundle.into_contents();
+    Ok(Rejoined {
+        epoch,
+        commit: commit.tls_serialize_detached().map_err(internal)?,
+        group_info: info
+            .map(MlsMessageOut::from)
+            .ok_or_else(|| internal("no group info for the new epoch"))?
+            .tls_serialize_detached()
+            .map_err(internal)?,
+        members,
+    })
 }
 
 /// What processing a message did.
@@ -525,6 +637,8 @@ pub enum Processed {
         /// Devices the commit re-added (removed and added back with a fresh
         /// leaf, after they lost their state).
         readded: Vec<DeviceId>,
+        /// The group's new name, if the commit named it.
+        renamed: Option<crate::group::Renamed>,
     },
     /// A proposal was stored for the next commit.
     Proposal {
@@ -561,7 +675,8 @@ pub fn process<P: OpenMlsProvider>(
     let processed = g
         .process_message(provider, proto)
         .map_err(|e| CoreError::Rejected(e.to_string()))?;
-    let sender_leaf = match processed.sender() {
+    let sender = processed.sender().clone();
+    let sender_leaf = match &sender {
         Sender::Member(i) => Some(*i),
         _ => None,
     };
@@ -581,22 +696,9 @@ pub fn process<P: OpenMlsProvider>(
             })
         }
         ProcessedMessageContent::StagedCommitMessage(staged) => {
-            for add in staged.add_proposals() {
-                let leaf = add.add_proposal().key_package().leaf_node();
-                if leaf_identity(leaf.credential(), leaf.signature_key().as_slice()).is_none() {
-                    return Err(CoreError::ForgedCredential);
-                }
-            }
-            let committer = sender_leaf
-                .and_then(|i| g.member_at(i))
-                .and_then(|m| leaf_identity(&m.credential, &m.signature_key))
-                .ok_or(CoreError::ForgedCredential)?;
-            crate::group::check_commit(&g, &committer, &staged)?;
-            let device_lists = crate::group::check_added_devices(&staged, &aad)?;
-            let readded = crate::group::readded_devices(&g, &staged)
-                .into_iter()
-                .map(|(_, d)| d)
-                .collect();
+            let judged = crate::group::judge_commit(g.public_group(), &sender, &staged, &aad)?;
+            let readded = judged.readded.into_iter().map(|(_, d)| d).collect();
+            let renamed = crate::group::renamed(&g, provider.crypto(), &staged)?;
             let removed_me = staged.self_removed();
             let timer_before = crate::group::timer_of(g.extensions());
             g.merge_staged_commit(provider, *staged).map_err(internal)?;
@@ -604,13 +706,14 @@ pub fn process<P: OpenMlsProvider>(
             Ok(Processed::Commit {
                 epoch: g.epoch().as_u64(),
                 removed_me,
-                device_lists,
+                device_lists: judged.device_lists,
                 timer_change: (timer_before != timer_after).then_some(timer_after),
                 readded,
+                renamed,
             })
         }
         ProcessedMessageContent::ProposalMessage(p) => {
-            let leaving = crate::group::self_removal(&g, &p);
+            let leaving = crate::group::self_removal(g.public_group(), &p);
             // Only leaves are accepted as standalone proposals; everything
             // else comes inside a commit.
             if leaving.is_none() {

@@ -6,7 +6,7 @@ use sotto_core::{AppMessage, Body, CoreError, Suite};
 use sotto_proto::{GroupId, MessageId};
 
 mod common;
-use common::Peer;
+use common::{Peer, Server};
 
 fn text(id: u8, t: &str) -> Vec<u8> {
     AppMessage {
@@ -26,13 +26,30 @@ fn setup(suite: Suite) -> (Peer, Peer, GroupId) {
             .unwrap();
     assert_eq!(id.handle.as_str(), "bob");
     let gid = GroupId::direct(&alice.account.id(), &bob.account.id());
-    let created =
-        mls::create_group(&alice.provider, &alice.me, &alice.device, gid, &[kp], None).unwrap();
-    assert_eq!(created.members, vec![alice.device.id(), bob.device.id()]);
-    mls::merge_pending(&alice.provider, gid).unwrap();
-    let joined = mls::join(&bob.provider, &created.welcome).unwrap();
+    let created = mls::create_group(
+        &alice.provider,
+        &alice.me,
+        &alice.device,
+        gid,
+        vec![kp],
+        vec![bob.list()],
+        mls::NewConversation::Direct,
+    )
+    .unwrap();
+    assert_eq!(created.staged.added, vec![bob.device.id()]);
+    // The server checks the creation and routes to both devices.
+    let mut server = Server::new(gid);
+    let accepted = server.create(&alice, &created).unwrap();
+    assert_eq!(accepted.members, vec![alice.device.id(), bob.device.id()]);
+    assert_eq!(accepted.added, vec![bob.device.id()]);
+    alice.merge(gid);
+    let joined = bob.join(created.staged.welcome.as_ref().unwrap());
     assert_eq!(joined.group_id, gid);
     assert_eq!(joined.members.len(), 2);
+    assert!(
+        joined.name.is_none(),
+        "a one-to-one conversation has no name"
+    );
     (alice, bob, gid)
 }
 

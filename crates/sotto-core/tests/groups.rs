@@ -1,97 +1,49 @@
-//! Group conversations among in-memory peers: admins, adds and removals,
-//! leaving, concurrent commits resolved by rebasing, and what removed and
-//! new members can and cannot read.
+//! Group conversations among in-memory peers and the server's checks of
+//! them: admins, adds and removals, leaving, concurrent commits resolved by
+//! rebasing, what removed and new members can and cannot read, names the
+//! server cannot read, and commits the server refuses exactly when every
+//! member would.
 
-use openmls::prelude::KeyPackage;
-use sotto_core::group::{self, Change, GroupMeta};
-use sotto_core::mls::{self, Processed};
+use openmls::prelude::tls_codec::Serialize as _;
+use openmls::prelude::{LeafNodeParameters, MlsGroup, OpenMlsProvider as _};
+use sotto_core::group::{self, Change};
+use sotto_core::mls::{self, NewConversation, Processed};
 use sotto_core::{CoreError, CredentialIdentity, DeviceKey, Suite};
 use sotto_proto::GroupId;
 
 mod common;
-use common::Peer;
-
-impl Peer {
-    fn key_package(&self) -> KeyPackage {
-        let kp = mls::key_packages(
-            &self.provider,
-            &self.me,
-            &self.device,
-            Suite::PostQuantum,
-            1,
-        )
-        .unwrap();
-        mls::verify_key_package(&self.provider, &kp[0], self.me.account, self.me.device)
-            .unwrap()
-            .0
-    }
-
-    /// A verified KeyPackage of `owner`, as another peer sees it.
-    fn key_package_of(&self, owner: &Peer) -> KeyPackage {
-        let kp = mls::key_packages(
-            &owner.provider,
-            &owner.me,
-            &owner.device,
-            Suite::PostQuantum,
-            1,
-        )
-        .unwrap();
-        mls::verify_key_package(&self.provider, &kp[0], owner.me.account, owner.me.device)
-            .unwrap()
-            .0
-    }
-
-    fn list(&self) -> sotto_proto::SignedDeviceList {
-        self.account.sign_device_list(1, vec![self.me.device])
-    }
-
-    fn send(&self, g: GroupId, text: &str) -> Vec<u8> {
-        mls::encrypt(&self.provider, &self.device, g, text.as_bytes()).unwrap()
-    }
-
-    fn read(&self, g: GroupId, ct: &[u8]) -> Result<String, CoreError> {
-        match mls::process(&self.provider, g, ct)? {
-            Processed::Application { plaintext, .. } => Ok(String::from_utf8(plaintext).unwrap()),
-            other => panic!("expected an application message, got {other:?}"),
-        }
-    }
-
-    fn apply(&self, g: GroupId, commit: &[u8]) -> Result<Processed, CoreError> {
-        mls::process(&self.provider, g, commit)
-    }
-
-    fn commit(&self, g: GroupId, change: Change) -> group::StagedChange {
-        group::stage(&self.provider, &self.device, g, change)
-            .unwrap()
-            .unwrap()
-    }
-}
+use common::{Peer, Server, create};
 
 const G: GroupId = GroupId([0x42; 32]);
+const NAME: &str = "night-shift ops";
 
-fn meta(admins: &[&Peer]) -> GroupMeta {
-    GroupMeta {
-        name: "ops".into(),
-        admins: admins.iter().map(|p| p.me.account).collect(),
-    }
-}
-
-/// alice creates "ops" with bob and carol; `admins` administer it.
-fn ops(alice: &Peer, others: &[&Peer], admins: &[&Peer]) {
-    let kps: Vec<KeyPackage> = others.iter().map(|p| p.key_package()).collect();
-    let created = mls::create_group(
-        &alice.provider,
-        &alice.me,
-        &alice.device,
+/// alice creates the group with `others`; `admins` administer it (alice
+/// promotes the others among them).
+fn ops(others: &[&Peer], alice: &Peer, admins: &[&Peer]) -> Server {
+    let mut server = Server::new(G);
+    create(
+        &mut server,
         G,
-        &kps,
-        Some(&meta(admins)),
-    )
-    .unwrap();
-    mls::merge_pending(&alice.provider, G).unwrap();
-    for p in others {
-        mls::join(&p.provider, &created.welcome).unwrap();
+        alice,
+        others,
+        NewConversation::Group(NAME),
+        Suite::PostQuantum,
+    );
+    if admins.iter().any(|p| p.me.account != alice.me.account) {
+        let c = alice.commit(
+            G,
+            Change {
+                admins: Some(admins.iter().map(|p| p.me.account).collect()),
+                ..Change::default()
+            },
+        );
+        server.commit(alice, &c).unwrap();
+        alice.merge(G);
+        for p in others {
+            p.apply(G, &c.commit).unwrap();
+        }
     }
+    server
 }
 
 fn converged(peers: &[&Peer]) {
@@ -105,43 +57,155 @@ fn converged(peers: &[&Peer]) {
     );
 }
 
+fn update() -> Change {
+    Change {
+        self_update: true,
+        ..Change::default()
+    }
+}
+
+/// Both the server and every member refuse `c`, saying `why`.
+#[track_caller]
+fn refused_everywhere(
+    server: &mut Server,
+    by: &Peer,
+    c: &group::StagedChange,
+    others: &[&Peer],
+    why: &str,
+) {
+    let err = server.commit(by, c).unwrap_err();
+    assert!(err.to_string().contains(why), "server: {err}");
+    for p in others {
+        let err = p.apply(G, &c.commit).unwrap_err();
+        assert!(err.to_string().contains(why), "{}: {err}", p.me.handle);
+    }
+    group::clear_pending(&by.provider, G).unwrap();
+}
+
 #[test]
 fn three_members_talk_and_agree_on_name_and_admins() {
     let (alice, bob, carol) = (Peer::new("alice"), Peer::new("bob"), Peer::new("carol"));
-    ops(&alice, &[&bob, &carol], &[&alice]);
+    let server = ops(&[&bob, &carol], &alice, &[&alice]);
     converged(&[&alice, &bob, &carol]);
+    for p in [&alice, &bob, &carol] {
+        assert_eq!(p.group_name().as_deref(), Some(NAME), "{}", p.me.handle);
+    }
     let m = group::meta(&bob.provider, G).unwrap().unwrap();
-    assert_eq!(m.name, "ops");
     assert!(m.is_admin(&alice.me.account) && !m.is_admin(&bob.me.account));
     let ct = bob.send(G, "hi all");
     assert_eq!(alice.read(G, &ct).unwrap(), "hi all");
     assert_eq!(carol.read(G, &ct).unwrap(), "hi all");
     assert_eq!(mls::members(&carol.provider, G).unwrap().len(), 3);
+    assert_eq!(
+        server.members(),
+        [alice.me.device, bob.me.device, carol.me.device]
+    );
 }
 
 #[test]
-fn only_admins_add_or_remove_and_every_client_enforces_it() {
+fn the_server_reads_the_admins_but_not_the_name() {
     let (alice, bob, carol, dave) = (
         Peer::new("alice"),
         Peer::new("bob"),
         Peer::new("carol"),
         Peer::new("dave"),
     );
-    ops(&alice, &[&bob, &carol], &[&alice]);
-    // bob (not an admin) commits an add; alice and carol refuse it.
+    let mut server = ops(&[&bob, &carol], &alice, &[&alice]);
+    let old_key = bob.name.borrow().as_ref().unwrap().key.clone();
+
+    // alice removes bob, then renames the group: the new name is sealed
+    // under a key of an epoch bob never saw.
+    let rm = alice.commit(
+        G,
+        Change {
+            removes: vec![bob.me.device],
+            ..Change::default()
+        },
+    );
+    server.commit(&alice, &rm).unwrap();
+    alice.merge(G);
+    carol.apply(G, &rm.commit).unwrap();
+    let rename = alice.commit(
+        G,
+        Change {
+            name: Some("after bob".into()),
+            ..Change::default()
+        },
+    );
+    let accepted = server.commit(&alice, &rename).unwrap();
+    alice.merge(G);
+    carol.apply(G, &rename.commit).unwrap();
+    assert_eq!(carol.group_name().as_deref(), Some("after bob"));
+    assert_eq!(alice.group_name().as_deref(), Some("after bob"));
+    let sealed = group::meta(&carol.provider, G).unwrap().unwrap().name;
+    assert_eq!(
+        sealed.open(&old_key, &G),
+        None,
+        "a removed member reads the new name"
+    );
+
+    // A device added later reads the current name from its Welcome.
+    let add = alice.commit(
+        G,
+        Change {
+            adds: vec![dave.key_package()],
+            device_lists: vec![dave.list()],
+            ..Change::default()
+        },
+    );
+    server.commit(&alice, &add).unwrap();
+    alice.merge(G);
+    carol.apply(G, &add.commit).unwrap();
+    dave.join(add.welcome.as_ref().unwrap());
+    assert_eq!(dave.group_name().as_deref(), Some("after bob"));
+    converged(&[&alice, &carol, &dave]);
+
+    // Everything the server saw and keeps: state, commits, GroupInfos.
+    let seen = [
+        accepted.state.as_slice(),
+        &rename.commit,
+        &rename.group_info,
+        &add.commit,
+        &add.group_info,
+    ];
+    for bytes in seen {
+        for name in ["after bob", NAME] {
+            assert!(
+                !bytes.windows(name.len()).any(|w| w == name.as_bytes()),
+                "{name:?} in what the server sees"
+            );
+        }
+    }
+    let admins = group::meta(&dave.provider, G).unwrap().unwrap().admins;
+    assert_eq!(admins, [alice.me.account]);
+}
+
+#[test]
+fn only_admins_add_or_remove_and_the_server_refuses_what_every_client_refuses() {
+    let (alice, bob, carol, dave) = (
+        Peer::new("alice"),
+        Peer::new("bob"),
+        Peer::new("carol"),
+        Peer::new("dave"),
+    );
+    let mut server = ops(&[&bob, &carol], &alice, &[&alice]);
+    // bob (not an admin) commits an add: the server refuses it, and so
+    // would alice and carol.
     let add = bob.commit(
         G,
         Change {
             adds: vec![dave.key_package()],
+            device_lists: vec![dave.list()],
             ..Change::default()
         },
     );
-    for p in [&alice, &carol] {
-        let err = p.apply(G, &add.commit).unwrap_err();
-        assert!(err.to_string().contains("only admins add members"), "{err}");
-    }
-    // ... and a removal of carol.
-    group::clear_pending(&bob.provider, G).unwrap();
+    refused_everywhere(
+        &mut server,
+        &bob,
+        &add,
+        &[&alice, &carol],
+        "only admins add members",
+    );
     let rm = bob.commit(
         G,
         Change {
@@ -149,33 +213,60 @@ fn only_admins_add_or_remove_and_every_client_enforces_it() {
             ..Change::default()
         },
     );
-    let err = alice.apply(G, &rm.commit).unwrap_err();
-    assert!(
-        err.to_string().contains("only admins remove members"),
-        "{err}"
+    refused_everywhere(
+        &mut server,
+        &bob,
+        &rm,
+        &[&alice],
+        "only admins remove members",
     );
-    // ... and a rename.
-    group::clear_pending(&bob.provider, G).unwrap();
-    let mut m = meta(&[&alice, &bob]);
-    m.name = "mine".into();
     let rename = bob.commit(
         G,
         Change {
-            meta: Some(m),
+            name: Some("mine".into()),
             ..Change::default()
         },
     );
-    assert!(alice.apply(G, &rename.commit).is_err());
-    // A self-update is anyone's right.
-    group::clear_pending(&bob.provider, G).unwrap();
-    let upd = bob.commit(
+    refused_everywhere(
+        &mut server,
+        &bob,
+        &rename,
+        &[&alice],
+        "only admins change the group",
+    );
+    let coup = bob.commit(
         G,
         Change {
-            self_update: true,
+            admins: Some(vec![bob.me.account]),
             ..Change::default()
         },
     );
-    mls::merge_pending(&bob.provider, G).unwrap();
+    refused_everywhere(
+        &mut server,
+        &bob,
+        &coup,
+        &[&alice],
+        "only admins change the group",
+    );
+    let none = alice.commit(
+        G,
+        Change {
+            admins: Some(Vec::new()),
+            ..Change::default()
+        },
+    );
+    refused_everywhere(
+        &mut server,
+        &alice,
+        &none,
+        &[&bob],
+        "a group needs an admin",
+    );
+    // Nothing of that moved the server: a self-update is anyone's right,
+    // and lands on the epoch everyone is at.
+    let upd = bob.commit(G, update());
+    server.commit(&bob, &upd).unwrap();
+    bob.merge(G);
     for p in [&alice, &carol] {
         assert!(matches!(
             p.apply(G, &upd.commit).unwrap(),
@@ -183,6 +274,129 @@ fn only_admins_add_or_remove_and_every_client_enforces_it() {
         ));
     }
     converged(&[&alice, &bob, &carol]);
+    assert_eq!(server.epoch, mls::epoch(&alice.provider, G).unwrap());
+}
+
+#[test]
+fn nobody_turns_into_someone_else_in_a_self_update() {
+    let (alice, bob, carol) = (Peer::new("alice"), Peer::new("bob"), Peer::new("carol"));
+    let mut server = ops(&[&bob, &carol], &alice, &[&alice]);
+    // bob updates his leaf with a credential naming carol's account and
+    // handle (his own device key, as openmls requires).
+    let mut g = MlsGroup::load(
+        bob.provider.storage(),
+        &openmls::prelude::GroupId::from_slice(&G.0),
+    )
+    .unwrap()
+    .unwrap();
+    let claimed = CredentialIdentity {
+        device: bob.me.device,
+        ..carol.me.clone()
+    };
+    let bundle = g
+        .commit_builder()
+        .force_self_update(true)
+        .leaf_node_parameters(
+            LeafNodeParameters::builder()
+                .with_credential_with_key(mls::credential(&claimed))
+                .build(),
+        )
+        .load_psks(bob.provider.storage())
+        .unwrap()
+        .create_group_info(true)
+        .use_ratchet_tree_extension(false)
+        .build(
+            bob.provider.rand(),
+            bob.provider.crypto(),
+            &bob.device,
+            |_| true,
+        )
+        .unwrap()
+        .stage_commit(&bob.provider)
+        .unwrap();
+    let (commit, _, info) = bundle.into_contents();
+    let forged = group::StagedChange {
+        epoch: server.epoch,
+        commit: commit.tls_serialize_detached().unwrap(),
+        group_info: openmls::prelude::MlsMessageOut::from(info.unwrap())
+            .tls_serialize_detached()
+            .unwrap(),
+        welcome: None,
+        added: Vec::new(),
+    };
+    assert!(matches!(
+        server.commit(&bob, &forged),
+        Err(CoreError::ForgedCredential)
+    ));
+    for p in [&alice, &carol] {
+        assert!(matches!(
+            p.apply(G, &forged.commit),
+            Err(CoreError::ForgedCredential)
+        ));
+    }
+}
+
+#[test]
+fn the_server_refuses_garbage_other_devices_commits_and_mismatched_group_infos() {
+    let (alice, bob) = (Peer::new("alice"), Peer::new("bob"));
+    let mut server = ops(&[&bob], &alice, &[&alice]);
+    let upd = bob.commit(G, update());
+    let cases: Vec<(&str, group::StagedChange, &Peer)> = vec![
+        (
+            "malformed",
+            group::StagedChange {
+                commit: b"not mls".to_vec(),
+                ..clone(&upd)
+            },
+            &bob,
+        ),
+        // bob's commit, sent in alice's name.
+        ("signed by another device", clone(&upd), &alice),
+        (
+            "Welcome without devices",
+            group::StagedChange {
+                welcome: Some(b"w".to_vec()),
+                ..clone(&upd)
+            },
+            &bob,
+        ),
+        (
+            "not a group info",
+            group::StagedChange {
+                group_info: upd.commit.clone(),
+                ..clone(&upd)
+            },
+            &bob,
+        ),
+    ];
+    for (why, c, by) in cases {
+        let err = server.commit(by, &c).unwrap_err();
+        assert!(err.to_string().contains(why), "{why}: {err}");
+    }
+    // A GroupInfo of another state: alice's own self-update's, for bob's commit.
+    let other = alice.commit(G, update());
+    let mixed = group::StagedChange {
+        group_info: other.group_info.clone(),
+        ..clone(&upd)
+    };
+    let err = server.commit(&bob, &mixed).unwrap_err();
+    assert!(err.to_string().contains("does not match"), "{err}");
+    group::clear_pending(&alice.provider, G).unwrap();
+    // The genuine commit still goes through after all that.
+    server.commit(&bob, &upd).unwrap();
+    bob.merge(G);
+    alice.apply(G, &upd.commit).unwrap();
+    converged(&[&alice, &bob]);
+}
+
+fn clone(c: &group::StagedChange) -> group::StagedChange {
+    group::StagedChange {
+        epoch: c.epoch,
+        commit: c.commit.clone(),
+        group_info: c.group_info.clone(),
+        welcome: c.welcome.clone(),
+        added: c.added.clone(),
+    }
 }
 
 #[test]
@@ -193,7 +407,7 @@ fn removed_member_reads_nothing_after_and_new_member_nothing_before() {
         Peer::new("carol"),
         Peer::new("dave"),
     );
-    ops(&alice, &[&bob, &carol], &[&alice]);
+    let mut server = ops(&[&bob, &carol], &alice, &[&alice]);
     let before_dave = alice.send(G, "before dave");
     assert_eq!(bob.read(G, &before_dave).unwrap(), "before dave");
     assert_eq!(carol.read(G, &before_dave).unwrap(), "before dave");
@@ -207,10 +421,15 @@ fn removed_member_reads_nothing_after_and_new_member_nothing_before() {
             ..Change::default()
         },
     );
-    assert_eq!(c.welcome_recipients, vec![dave.me.device]);
-    assert!(c.members.contains(&dave.me.device) && !c.members.contains(&bob.me.device));
-    mls::merge_pending(&alice.provider, G).unwrap();
-    mls::join(&dave.provider, c.welcome.as_ref().unwrap()).unwrap();
+    assert_eq!(c.added, vec![dave.me.device]);
+    let accepted = server.commit(&alice, &c).unwrap();
+    assert_eq!(accepted.added, vec![dave.me.device]);
+    assert_eq!(accepted.recipients, vec![bob.me.device, carol.me.device]);
+    assert!(
+        accepted.members.contains(&dave.me.device) && !accepted.members.contains(&bob.me.device)
+    );
+    alice.merge(G);
+    dave.join(c.welcome.as_ref().unwrap());
     assert!(matches!(
         carol.apply(G, &c.commit).unwrap(),
         Processed::Commit {
@@ -240,19 +459,27 @@ fn removed_member_reads_nothing_after_and_new_member_nothing_before() {
 #[test]
 fn a_member_leaves_by_proposal_and_an_admin_commits_it() {
     let (alice, bob, carol) = (Peer::new("alice"), Peer::new("bob"), Peer::new("carol"));
-    ops(&alice, &[&bob, &carol], &[&alice]);
+    let mut server = ops(&[&bob, &carol], &alice, &[&alice]);
     let leave = group::propose_leave(&carol.provider, &carol.device, G).unwrap();
+    // Only carol may propose carol's leave.
+    let err = server.propose(&bob, &leave).unwrap_err();
+    assert!(err.to_string().contains("another device"), "{err}");
+    server.propose(&carol, &leave).unwrap();
     for p in [&alice, &bob] {
         match p.apply(G, &leave).unwrap() {
             Processed::Proposal { leaving: Some(who) } => assert_eq!(who.account, carol.me.account),
             other => panic!("{other:?}"),
         }
     }
-    let c = alice.commit(G, Change::default());
-    assert_eq!(c.members.len(), 2);
-    mls::merge_pending(&alice.provider, G).unwrap();
+    // Any other proposal is refused: bob proposing carol's removal.
+    let err = server.propose(&bob, b"not mls").unwrap_err();
+    assert!(matches!(err, CoreError::Rejected(_)), "{err}");
+    let c = bob.commit(G, Change::default());
+    let accepted = server.commit(&bob, &c).unwrap();
+    assert_eq!(accepted.members.len(), 2);
+    bob.merge(G);
     assert!(matches!(
-        bob.apply(G, &c.commit).unwrap(),
+        alice.apply(G, &c.commit).unwrap(),
         Processed::Commit { .. }
     ));
     assert!(matches!(
@@ -265,7 +492,7 @@ fn a_member_leaves_by_proposal_and_an_admin_commits_it() {
     converged(&[&alice, &bob]);
     // Nothing left to commit.
     assert!(
-        group::stage(&alice.provider, &alice.device, G, Change::default())
+        group::stage(&alice.provider, &alice.device, G, Change::default(), None)
             .unwrap()
             .is_none()
     );
@@ -275,7 +502,7 @@ fn a_member_leaves_by_proposal_and_an_admin_commits_it() {
 fn concurrent_adds_by_two_admins_both_land_after_a_rebase() {
     let (alice, bob, carol) = (Peer::new("alice"), Peer::new("bob"), Peer::new("carol"));
     let (dave, erin) = (Peer::new("dave"), Peer::new("erin"));
-    ops(&alice, &[&bob, &carol], &[&alice, &bob]);
+    let mut server = ops(&[&bob, &carol], &alice, &[&alice, &bob]);
     let dave_kp = dave.key_package();
     let erin_kp = erin.key_package();
     let a = alice.commit(
@@ -297,8 +524,10 @@ fn concurrent_adds_by_two_admins_both_land_after_a_rebase() {
     assert_eq!(a.epoch, b.epoch);
     // The server takes alice's; bob's is stale: he drops it, applies
     // alice's, and builds his again on the new epoch.
-    mls::merge_pending(&alice.provider, G).unwrap();
-    mls::join(&dave.provider, a.welcome.as_ref().unwrap()).unwrap();
+    server.commit(&alice, &a).unwrap();
+    assert!(server.commit(&bob, &b).is_err());
+    alice.merge(G);
+    dave.join(a.welcome.as_ref().unwrap());
     group::clear_pending(&bob.provider, G).unwrap();
     bob.apply(G, &a.commit).unwrap();
     carol.apply(G, &a.commit).unwrap();
@@ -311,8 +540,10 @@ fn concurrent_adds_by_two_admins_both_land_after_a_rebase() {
         },
     );
     assert_eq!(b2.epoch, a.epoch + 1);
-    mls::merge_pending(&bob.provider, G).unwrap();
-    mls::join(&erin.provider, b2.welcome.as_ref().unwrap()).unwrap();
+    server.commit(&bob, &b2).unwrap();
+    bob.merge(G);
+    erin.join(b2.welcome.as_ref().unwrap());
+    assert_eq!(erin.group_name().as_deref(), Some(NAME));
     for p in [&alice, &carol, &dave] {
         p.apply(G, &b2.commit).unwrap();
     }
@@ -327,7 +558,7 @@ fn concurrent_adds_by_two_admins_both_land_after_a_rebase() {
 #[test]
 fn a_device_no_signed_list_vouches_for_is_refused() {
     let (alice, bob, dave) = (Peer::new("alice"), Peer::new("bob"), Peer::new("dave"));
-    ops(&alice, &[&bob], &[&alice]);
+    let mut server = ops(&[&bob], &alice, &[&alice]);
     // Without any list.
     let c = alice.commit(
         G,
@@ -336,6 +567,10 @@ fn a_device_no_signed_list_vouches_for_is_refused() {
             ..Change::default()
         },
     );
+    assert!(matches!(
+        server.commit(&alice, &c),
+        Err(CoreError::GhostDevice)
+    ));
     assert!(matches!(
         bob.apply(G, &c.commit),
         Err(CoreError::GhostDevice)
@@ -360,6 +595,10 @@ fn a_device_no_signed_list_vouches_for_is_refused() {
         },
     );
     assert!(matches!(
+        server.commit(&alice, &c),
+        Err(CoreError::GhostDevice)
+    ));
+    assert!(matches!(
         bob.apply(G, &c.commit),
         Err(CoreError::GhostDevice)
     ));
@@ -379,6 +618,10 @@ fn a_device_no_signed_list_vouches_for_is_refused() {
         },
     );
     assert!(matches!(
+        server.commit(&alice, &c),
+        Err(CoreError::GhostDevice)
+    ));
+    assert!(matches!(
         bob.apply(G, &c.commit),
         Err(CoreError::GhostDevice)
     ));
@@ -387,7 +630,7 @@ fn a_device_no_signed_list_vouches_for_is_refused() {
 #[test]
 fn the_disappearing_timer_is_group_state_set_by_admins() {
     let (alice, bob) = (Peer::new("alice"), Peer::new("bob"));
-    ops(&alice, &[&bob], &[&alice]);
+    let mut server = ops(&[&bob], &alice, &[&alice]);
     assert_eq!(group::timer(&bob.provider, G).unwrap(), None);
     let c = bob.commit(
         G,
@@ -396,14 +639,7 @@ fn the_disappearing_timer_is_group_state_set_by_admins() {
             ..Change::default()
         },
     );
-    assert!(
-        alice
-            .apply(G, &c.commit)
-            .unwrap_err()
-            .to_string()
-            .contains("only admins")
-    );
-    group::clear_pending(&bob.provider, G).unwrap();
+    refused_everywhere(&mut server, &bob, &c, &[&alice], "only admins");
     let c = alice.commit(
         G,
         Change {
@@ -411,11 +647,12 @@ fn the_disappearing_timer_is_group_state_set_by_admins() {
             ..Change::default()
         },
     );
-    mls::merge_pending(&alice.provider, G).unwrap();
+    server.commit(&alice, &c).unwrap();
+    alice.merge(G);
     bob.apply(G, &c.commit).unwrap();
     for p in [&alice, &bob] {
         assert_eq!(group::timer(&p.provider, G).unwrap(), Some(30));
-        assert_eq!(group::meta(&p.provider, G).unwrap().unwrap().name, "ops");
+        assert_eq!(p.group_name().as_deref(), Some(NAME));
     }
     let c = alice.commit(
         G,
@@ -424,7 +661,8 @@ fn the_disappearing_timer_is_group_state_set_by_admins() {
             ..Change::default()
         },
     );
-    mls::merge_pending(&alice.provider, G).unwrap();
+    server.commit(&alice, &c).unwrap();
+    alice.merge(G);
     bob.apply(G, &c.commit).unwrap();
     assert_eq!(group::timer(&bob.provider, G).unwrap(), None);
 }
@@ -437,7 +675,7 @@ fn any_member_re_adds_a_lost_device_but_cannot_swap_in_someone_else() {
         Peer::new("carol"),
         Peer::new("dave"),
     );
-    ops(&alice, &[&bob, &carol], &[&alice]);
+    let mut server = ops(&[&bob, &carol], &alice, &[&alice]);
     // bob (not an admin) replaces carol's leaf by dave: that is an add of a
     // new member, and refused.
     let swap = bob.commit(
@@ -449,20 +687,31 @@ fn any_member_re_adds_a_lost_device_but_cannot_swap_in_someone_else() {
             ..Change::default()
         },
     );
-    let err = alice.apply(G, &swap.commit).unwrap_err();
-    assert!(err.to_string().contains("only admins"), "{err}");
-    group::clear_pending(&bob.provider, G).unwrap();
+    refused_everywhere(&mut server, &bob, &swap, &[&alice], "only admins");
 
     // dave makes a group of his own under the same id with a fresh
     // KeyPackage of carol's: a Welcome into a group she holds is refused
     // when she did not ask to be re-added, and when it would take her back
     // to an epoch she is past.
     for asked in [false, true] {
-        let fake = dave.key_package_of(&carol);
+        let fake = carol.key_package();
         let _ = mls::discard(&dave.provider, G);
-        let created =
-            mls::create_group(&dave.provider, &dave.me, &dave.device, G, &[fake], None).unwrap();
-        let err = mls::join_replacing(&carol.provider, &created.welcome, |_| asked).unwrap_err();
+        let created = mls::create_group(
+            &dave.provider,
+            &dave.me,
+            &dave.device,
+            G,
+            vec![fake],
+            vec![carol.list()],
+            NewConversation::Group("fake"),
+        )
+        .unwrap();
+        let err = mls::join_replacing(
+            &carol.provider,
+            created.staged.welcome.as_ref().unwrap(),
+            |_| asked,
+        )
+        .unwrap_err();
         assert!(
             err.to_string()
                 .contains(if asked { "past" } else { "already has" }),
@@ -481,15 +730,17 @@ fn any_member_re_adds_a_lost_device_but_cannot_swap_in_someone_else() {
             ..Change::default()
         },
     );
-    mls::merge_pending(&bob.provider, G).unwrap();
+    server.commit(&bob, &readd).unwrap();
+    bob.merge(G);
     match alice.apply(G, &readd.commit).unwrap() {
         Processed::Commit { readded, .. } => assert_eq!(readded, [carol.me.device]),
         other => panic!("expected a commit, got {other:?}"),
     }
     let (joined, replaced) =
-        mls::join_replacing(&carol.provider, &readd.welcome.unwrap(), |g| g == G).unwrap();
+        mls::join_replacing(&carol.provider, readd.welcome.as_ref().unwrap(), |g| g == G).unwrap();
     assert!(replaced);
     assert_eq!(joined.members.len(), 3);
+    assert_eq!(joined.name.and_then(|r| r.name).as_deref(), Some(NAME));
     converged(&[&alice, &bob, &carol]);
     let ct = carol.send(G, "back");
     assert_eq!(alice.read(G, &ct).unwrap(), "back");
@@ -499,17 +750,11 @@ fn any_member_re_adds_a_lost_device_but_cannot_swap_in_someone_else() {
 #[test]
 fn a_message_of_a_later_epoch_says_the_state_is_behind() {
     let (alice, bob) = (Peer::new("alice"), Peer::new("bob"));
-    ops(&alice, &[&bob], &[&alice]);
-    let upd = alice.commit(
-        G,
-        Change {
-            self_update: true,
-            ..Change::default()
-        },
-    );
-    mls::merge_pending(&alice.provider, G).unwrap();
+    let mut server = ops(&[&bob], &alice, &[&alice]);
+    let upd = alice.commit(G, update());
+    server.commit(&alice, &upd).unwrap();
+    alice.merge(G);
     // bob misses the commit: the next message is of an epoch he has not reached.
-    let _ = upd;
     let ct = alice.send(G, "later");
     assert!(matches!(
         bob.read(G, &ct),
@@ -518,4 +763,89 @@ fn a_message_of_a_later_epoch_says_the_state_is_behind() {
             message: 2
         })
     ));
+}
+
+#[test]
+fn a_device_that_lost_its_state_rejoins_by_itself() {
+    let (alice, bob, carol) = (Peer::new("alice"), Peer::new("bob"), Peer::new("carol"));
+    let mut server = ops(&[&bob, &carol], &alice, &[&alice]);
+    // bob misses two commits (his profile was restored from a backup).
+    for _ in 0..2 {
+        let upd = alice.commit(G, update());
+        server.commit(&alice, &upd).unwrap();
+        alice.merge(G);
+        carol.apply(G, &upd.commit).unwrap();
+    }
+    let ct = alice.send(G, "while bob was away");
+    assert!(matches!(bob.read(G, &ct), Err(CoreError::Behind { .. })));
+    // He rejoins from the server's GroupInfo and tree: his old leaf goes,
+    // a fresh one comes, and the others see that he rejoined.
+    let (accepted, commit) = server.rejoin(&bob).unwrap();
+    assert_eq!(accepted.recipients, [alice.me.device, carol.me.device]);
+    assert_eq!(accepted.members.len(), 3);
+    for p in [&alice, &carol] {
+        match p.apply(G, &commit).unwrap() {
+            Processed::Commit { readded, .. } => assert_eq!(readded, [bob.me.device]),
+            other => panic!("expected a commit, got {other:?}"),
+        }
+    }
+    converged(&[&alice, &bob, &carol]);
+    let back = bob.send(G, "back");
+    assert_eq!(alice.read(G, &back).unwrap(), "back");
+    assert_eq!(carol.read(G, &back).unwrap(), "back");
+    // What was sent while he was out stays unreadable to him.
+    assert!(bob.read(G, &ct).is_err());
+}
+
+#[test]
+fn a_commit_the_server_accepted_and_every_member_refuses_is_recovered_by_rejoining() {
+    let (alice, bob, carol) = (Peer::new("alice"), Peer::new("bob"), Peer::new("carol"));
+    let mut server = ops(&[&bob, &carol], &alice, &[&alice]);
+    // bob's commit with a broken membership tag: signed and consistent as
+    // far as the server can see, refused by every member (only they hold
+    // the key the tag is checked with). The server moves on; the members
+    // cannot.
+    let mut rogue = bob.commit(G, update());
+    *rogue.commit.last_mut().unwrap() ^= 1;
+    server.commit(&bob, &rogue).unwrap();
+    bob.merge(G);
+    for p in [&alice, &carol] {
+        assert!(p.apply(G, &rogue.commit).is_err(), "{}", p.me.handle);
+    }
+    // Both rejoin, one after the other, from the state the server holds;
+    // bob, who is at that state, follows.
+    let (_, a) = server.rejoin(&alice).unwrap();
+    bob.apply(G, &a).unwrap();
+    let (_, c) = server.rejoin(&carol).unwrap();
+    bob.apply(G, &c).unwrap();
+    alice.apply(G, &c).unwrap();
+    converged(&[&alice, &bob, &carol]);
+    assert_eq!(server.epoch, mls::epoch(&carol.provider, G).unwrap());
+    // And the group works again: an admin's commit lands everywhere.
+    let upd = alice.commit(G, update());
+    server.commit(&alice, &upd).unwrap();
+    alice.merge(G);
+    bob.apply(G, &upd.commit).unwrap();
+    carol.apply(G, &upd.commit).unwrap();
+    converged(&[&alice, &bob, &carol]);
+    let ct = carol.send(G, "all good");
+    assert_eq!(bob.read(G, &ct).unwrap(), "all good");
+}
+
+#[test]
+fn nobody_joins_by_external_commit_who_is_not_a_member() {
+    let (alice, bob, dave) = (Peer::new("alice"), Peer::new("bob"), Peer::new("dave"));
+    let mut server = ops(&[&bob], &alice, &[&alice]);
+    let upd = alice.commit(G, update());
+    server.commit(&alice, &upd).unwrap();
+    alice.merge(G);
+    bob.apply(G, &upd.commit).unwrap();
+    // dave got hold of the GroupInfo and the tree (as the server could
+    // hand them to anyone): his external commit is refused.
+    let err = server.rejoin(&dave).unwrap_err();
+    assert!(
+        err.to_string().contains("only a member device rejoins"),
+        "{err}"
+    );
+    converged(&[&alice, &bob]);
 }

@@ -7,8 +7,8 @@
 use std::path::Path;
 
 use sotto_proto::{
-    Blob, BlobId, ClientFrame, CommitRequest, DeviceId, GroupId, Handle, MessageId, PutBlob,
-    Request, SendRequest, UploadKeyPackages, WelcomeOut, WipeRequest, encode_client,
+    Blob, BlobId, ClientFrame, CommitRequest, DeviceId, GroupId, Handle, MessageId, ProposeRequest,
+    PutBlob, Request, SendRequest, UploadKeyPackages, WipeRequest, encode_client,
 };
 
 fn main() -> std::io::Result<()> {
@@ -35,12 +35,10 @@ fn main() -> std::io::Result<()> {
             group,
             epoch: 1,
             msg_id: MessageId([2; 16]),
-            commit: Some(Blob(vec![1, 2, 3])),
-            welcome: Some(WelcomeOut {
-                welcome: Blob(vec![4, 5, 6]),
-                recipients: vec![DeviceId([9; 32])],
-            }),
-            members: vec![DeviceId([9; 32])],
+            commit: Blob(vec![1, 2, 3]),
+            group_info: Blob(vec![3, 2, 1]),
+            welcome: Some(Blob(vec![4, 5, 6])),
+            base: None,
         }),
         Request::UploadKeyPackages(UploadKeyPackages {
             key_packages: vec![Blob(vec![7; 20])],
@@ -80,11 +78,12 @@ fn main() -> std::io::Result<()> {
             msg_id: MessageId([9; 16]),
             payload: Blob(vec![1; 10]),
         },
-        Request::Rejoin {
+        Request::Propose(ProposeRequest {
             group,
             msg_id: MessageId([10; 16]),
-            key_package: Blob(vec![2; 20]),
-        },
+            proposal: Blob(vec![2; 20]),
+        }),
+        Request::GetGroupInfo { group },
     ];
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds");
     for t in ["server_requests", "wire_decode"] {

@@ -47,6 +47,11 @@ pub enum ErrorCode {
     },
     /// The device is not a member of the group on the server.
     NotMember,
+    /// The server's checks refused a commit or proposal (not valid MLS on
+    /// the group's state, or against the group's policy: a non-admin's
+    /// add, a device no signed list vouches for, ...); the message says
+    /// which. Nothing was stored.
+    InvalidCommit,
     /// The request is not valid in this state (e.g. an empty member list).
     InvalidRequest,
     /// Too many requests; retry after `retry_after_ms`.
@@ -118,6 +123,7 @@ impl ErrorCode {
             Self::NoKeyPackages => "the contact has no key packages left",
             Self::StaleEpoch { .. } => "the group moved to a newer epoch",
             Self::NotMember => "not a member of this group",
+            Self::InvalidCommit => "the server refused this change to the group",
             Self::InvalidRequest => "invalid request",
             Self::RateLimited => "slow down",
             Self::MailboxFull => "a recipient's mailbox is full",

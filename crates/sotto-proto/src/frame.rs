@@ -1,4 +1,5 @@
-//! The frames of protocol version 2 (version 1 had no `Rejoin`). Each
+//! The frames of protocol version 3 (version 2 had unchecked commits and
+//! `Rejoin`; version 1 had neither). Each
 //! WebSocket binary message carries exactly one frame: a [`ClientFrame`] from the client or a [`ServerFrame`]
 //! from the server. See docs/PROTOCOL.md for the conversation they make up.
 
@@ -94,18 +95,17 @@ pub enum Request {
         /// The encrypted payload.
         payload: Blob,
     },
-    /// This device lost its state of a group (a profile restored from a
-    /// backup, say): ask the other member devices to re-add it. The server
-    /// checks that the sender is one of the group's member devices and puts
-    /// an envelope of kind [`EnvelopeKind::Rejoin`] (payload: the
-    /// KeyPackage) into their mailboxes. Answered with `Accepted`.
-    Rejoin {
+    /// Propose a change for the next commit of a group: only a member's own
+    /// removal (leaving) is proposed on its own. The server checks it
+    /// against the group's state and puts it into the other member
+    /// devices' mailboxes (envelope kind [`EnvelopeKind::Proposal`]).
+    /// Answered with `Accepted`.
+    Propose(ProposeRequest),
+    /// The group's current GroupInfo and ratchet tree, for a member device
+    /// that lost its state of the group to rejoin it by external commit.
+    GetGroupInfo {
         /// The group.
         group: GroupId,
-        /// Chosen by the sender; a retry is stored once.
-        msg_id: MessageId,
-        /// A fresh KeyPackage of the sending device, for the re-add.
-        key_package: Blob,
     },
 }
 
@@ -281,7 +281,8 @@ impl std::fmt::Debug for Blob {
     }
 }
 
-/// A commit, compare-and-set on the group's epoch.
+/// A commit, compare-and-set on the group's epoch. The server checks it
+/// against the group's public state before it applies it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitRequest {
     /// The group.
@@ -291,22 +292,32 @@ pub struct CommitRequest {
     pub epoch: u64,
     /// Chosen by the sender; a retry with the same id is not applied twice.
     pub msg_id: MessageId,
-    /// The MLS commit, delivered to every member device that was in the group
-    /// before it, except the sender.
-    pub commit: Option<Blob>,
-    /// The MLS Welcome and the devices it is for.
-    pub welcome: Option<WelcomeOut>,
-    /// Every member device after the commit, the sender included.
-    pub members: Vec<DeviceId>,
+    /// The MLS commit (a PublicMessage), delivered to every member device
+    /// that was in the group before it, except the sender. A member's
+    /// commit, or an external commit by which a member device rejoins.
+    pub commit: Blob,
+    /// The GroupInfo of the epoch the commit makes, signed by the sender,
+    /// with the external public key and without the ratchet tree: what
+    /// [`Request::GetGroupInfo`] hands out until the next commit.
+    pub group_info: Blob,
+    /// The Welcome for the devices the commit adds (a `sotto-core`
+    /// Welcome bundle; opaque to the server). Present exactly when the
+    /// commit adds devices.
+    pub welcome: Option<Blob>,
+    /// Only when creating a group (`epoch` 0): the GroupInfo of epoch 0
+    /// with its ratchet tree, the sender its only member.
+    pub base: Option<Blob>,
 }
 
-/// A Welcome and its recipients.
+/// A proposal for a group's next commit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WelcomeOut {
-    /// The MLS Welcome message.
-    pub welcome: Blob,
-    /// The new member devices.
-    pub recipients: Vec<DeviceId>,
+pub struct ProposeRequest {
+    /// The group.
+    pub group: GroupId,
+    /// Chosen by the sender; a retry with the same id is stored once.
+    pub msg_id: MessageId,
+    /// The MLS proposal (a PublicMessage of the group's current epoch).
+    pub proposal: Blob,
 }
 
 /// An application message for a group.
@@ -419,6 +430,15 @@ pub enum Response {
         /// The bytes from the requested offset (at most [`MAX_BLOB_CHUNK`]).
         data: Blob,
     },
+    /// A group's current GroupInfo and ratchet tree.
+    GroupInfo {
+        /// The group's epoch.
+        epoch: u64,
+        /// The GroupInfo the last commit carried.
+        group_info: Blob,
+        /// The group's ratchet tree (TLS-encoded MLS `RatchetTree`).
+        ratchet_tree: Blob,
+    },
     /// The commit was applied; the group is at `epoch` now.
     Committed {
         /// The new epoch.
@@ -508,7 +528,7 @@ pub struct Envelope {
 pub enum EnvelopeKind {
     /// An application message (MLS PrivateMessage).
     Application,
-    /// A commit.
+    /// A commit (MLS PublicMessage), checked by the server.
     Commit,
     /// A Welcome into a group.
     Welcome,
@@ -516,9 +536,8 @@ pub enum EnvelopeKind {
     Device,
     /// A wipe order ([`WipeOrder`]).
     Wipe,
-    /// A member device asks to be re-added to the group (it lost its
-    /// state); the payload is its fresh KeyPackage.
-    Rejoin,
+    /// A member's proposal (a PublicMessage): its own removal.
+    Proposal,
 }
 
 /// The bytes a new account's keys sign at registration.

@@ -19,7 +19,7 @@ pub use ids::*;
 
 /// The version of the wire protocol this crate speaks. Sent in `Register` and
 /// `Login`; a server answers an unknown version with [`ErrorCode::UnsupportedVersion`].
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The largest encoded frame either side accepts, in bytes. Sized for the
 /// commits and Welcomes of large post-quantum groups (a Welcome carries the

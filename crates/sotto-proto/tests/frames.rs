@@ -8,8 +8,8 @@
 use proptest::prelude::*;
 use sotto_proto::{
     Blob, BlobId, ClientFrame, CommitRequest, Delivery, DeviceId, Envelope, EnvelopeKind,
-    ErrorCode, GroupId, Handle, LoginRequest, MessageId, ProtoError, PutBlob, Request, Response,
-    SendRequest, ServerFrame, Signature, UploadKeyPackages, WelcomeOut, decode_client,
+    ErrorCode, GroupId, Handle, LoginRequest, MessageId, ProposeRequest, ProtoError, PutBlob,
+    Request, Response, SendRequest, ServerFrame, Signature, UploadKeyPackages, decode_client,
     decode_server, encode_client, encode_server,
 };
 
@@ -46,32 +46,32 @@ fn request() -> impl Strategy<Value = Request> {
         prop::collection::vec(any::<u64>(), 0..20).prop_map(|seqs| Request::Ack { seqs }),
         handle().prop_map(|handle| Request::ClaimKeyPackages { handle }),
         handle().prop_map(|handle| Request::WipeInfo { handle }),
-        (any::<[u8; 32]>(), any::<[u8; 16]>(), blob()).prop_map(|(g, id, key_package)| {
-            Request::Rejoin {
+        (any::<[u8; 32]>(), any::<[u8; 16]>(), blob()).prop_map(|(g, id, proposal)| {
+            Request::Propose(ProposeRequest {
                 group: GroupId(g),
                 msg_id: MessageId(id),
-                key_package,
-            }
+                proposal,
+            })
         }),
+        any::<[u8; 32]>().prop_map(|g| Request::GetGroupInfo { group: GroupId(g) }),
         (
             any::<[u8; 32]>(),
             any::<u64>(),
             any::<[u8; 16]>(),
+            blob(),
+            blob(),
             prop::option::of(blob()),
-            prop::option::of((blob(), prop::collection::vec(device(), 0..4))),
-            prop::collection::vec(device(), 0..6),
+            prop::option::of(blob()),
         )
-            .prop_map(|(g, epoch, id, commit, welcome, members)| {
+            .prop_map(|(g, epoch, id, commit, group_info, welcome, base)| {
                 Request::Commit(CommitRequest {
                     group: GroupId(g),
                     epoch,
                     msg_id: MessageId(id),
                     commit,
-                    welcome: welcome.map(|(welcome, recipients)| WelcomeOut {
-                        welcome,
-                        recipients,
-                    }),
-                    members,
+                    group_info,
+                    welcome,
+                    base,
                 })
             }),
         (
@@ -124,7 +124,7 @@ fn kind() -> impl Strategy<Value = EnvelopeKind> {
         Just(EnvelopeKind::Welcome),
         Just(EnvelopeKind::Device),
         Just(EnvelopeKind::Wipe),
-        Just(EnvelopeKind::Rejoin),
+        Just(EnvelopeKind::Proposal),
     ]
 }
 

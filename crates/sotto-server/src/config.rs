@@ -89,8 +89,6 @@ pub struct Limits {
     /// Lookups by handle or account (KeyPackage claims, other accounts' device lists, wipe
     /// requests) one source address may make.
     pub lookups_per_source: Quota,
-    /// How often one device may ask to be re-added to one group (`Rejoin`).
-    pub rejoin_interval: Duration,
 }
 
 impl Default for Limits {
@@ -129,7 +127,6 @@ impl Default for Limits {
                 count: 2000,
                 window: Duration::from_secs(3600),
             },
-            rejoin_interval: Duration::from_secs(600),
         }
     }
 }

@@ -16,8 +16,8 @@ use sotto_proto::{
     ClaimedKeyPackage, ClaimedKeyPackages, ClientFrame, CommitRequest, Delivery, DeviceId,
     EnvelopeKind, ErrorCode, LoginRequest, MAX_ACKS_PER_FRAME, MAX_DEVICES_PER_ACCOUNT,
     MAX_GROUP_DEVICES, MAX_HANDSHAKE_BYTES, MAX_KEY_PACKAGES_PER_UPLOAD, MAX_PAYLOAD_BYTES,
-    PROTOCOL_VERSION, ProtoError, RegisterRequest, Request, Response, SendRequest, ServerFrame,
-    ServerHello, Session, Signature, SignedDeviceList, UploadKeyPackages,
+    PROTOCOL_VERSION, ProposeRequest, ProtoError, RegisterRequest, Request, Response, SendRequest,
+    ServerFrame, ServerHello, Session, Signature, SignedDeviceList, UploadKeyPackages,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -37,8 +37,8 @@ use crate::config::RegistrationMode;
 use crate::datadir::invite_hash;
 use crate::server::{Shared, now_ms};
 use crate::store::{
-    CommitError, CommitWrite, DeviceListError, MailboxCap, NewAccount, Outgoing, RegisterError,
-    SendError, Store, StoreError, StoredKeyPackage,
+    CommitError, CommitWrite, DeviceListError, MailboxCap, NewAccount, Outgoing, ProposalWrite,
+    RegisterError, SendError, Store, StoreError, StoredKeyPackage,
 };
 
 /// How many mailbox entries are read per store call.
@@ -347,14 +347,8 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             (Request::PutBlob(b), true) => self.put_blob(b).await,
             (Request::GetBlob { blob, offset }, true) => self.get_blob(blob, offset).await,
             (Request::BlobFetched { blob }, true) => self.blob_fetched(blob).await,
-            (
-                Request::Rejoin {
-                    group,
-                    msg_id,
-                    key_package,
-                },
-                true,
-            ) => self.rejoin(group, msg_id, key_package).await,
+            (Request::Propose(p), true) => self.propose(p).await,
+            (Request::GetGroupInfo { group }, true) => self.group_info(group).await,
         };
         let m = &self.shared.metrics;
         m.request_seconds
@@ -668,49 +662,86 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
         }
     }
 
+    /// A commit, checked against the group's public state
+    /// (`sotto_core::public`) before the store applies it with a
+    /// compare-and-set on the epoch: the server accepts only commits every
+    /// member will apply, and routes to the members the tree names.
     async fn commit(&mut self, c: CommitRequest) -> Result<Response, ProtoError> {
         let device = self.device()?;
-        let too_big = c
-            .commit
-            .as_ref()
-            .is_some_and(|b| b.0.len() > MAX_HANDSHAKE_BYTES)
-            || c.welcome
-                .as_ref()
-                .is_some_and(|w| w.welcome.0.len() > MAX_HANDSHAKE_BYTES);
-        if too_big || c.members.len() > MAX_GROUP_DEVICES {
+        let too_big = [
+            Some(&c.commit),
+            Some(&c.group_info),
+            c.welcome.as_ref(),
+            c.base.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|b| b.0.len() > MAX_HANDSHAKE_BYTES);
+        if too_big {
             return Err(ProtoError::new(ErrorCode::TooLarge));
         }
-        if !c.members.contains(&device) {
-            return Err(ProtoError::with_message(
-                ErrorCode::InvalidRequest,
-                "the committer must stay a member",
-            ));
+        // A repeat of a commit whose answer was lost: its epoch, nothing else.
+        match self.shared.store.applied_commit(device, c.msg_id).await {
+            Ok(Some(epoch)) => return Ok(Response::Committed { epoch }),
+            Ok(None) => {}
+            Err(e) => return Err(self.log_store(&e)),
         }
-        let welcome_recipients = c
-            .welcome
-            .as_ref()
-            .map(|w| w.recipients.clone())
-            .unwrap_or_default();
-        if welcome_recipients.iter().any(|r| !c.members.contains(r)) {
-            return Err(ProtoError::with_message(
-                ErrorCode::InvalidRequest,
-                "welcome recipients must be members",
-            ));
+        let held = match self.shared.store.group_state(c.group).await {
+            Ok(h) => h,
+            Err(e) => return Err(self.log_store(&e)),
+        };
+        match &held {
+            Some(h) if h.epoch != c.epoch => {
+                return Err(ProtoError::new(ErrorCode::StaleEpoch { current: h.epoch }));
+            }
+            None if c.epoch != 0 => {
+                return Err(ProtoError::with_message(
+                    ErrorCode::NotMember,
+                    "the server holds no such conversation",
+                ));
+            }
+            _ => {}
+        }
+        let (group, welcome) = (c.group, c.welcome.is_some());
+        let (commit, group_info, base) =
+            (c.commit.0.clone(), c.group_info.0.clone(), c.base.clone());
+        let accepted = tokio::task::spawn_blocking(move || {
+            let crypto = openmls_libcrux_crypto::CryptoProvider::new()
+                .map_err(|e| sotto_core::CoreError::Internal(format!("{e:?}")))?;
+            let held = held.as_ref().map(|h| sotto_core::public::Held {
+                state: &h.state,
+                proposals: &h.proposals,
+            });
+            sotto_core::public::check_commit(
+                &crypto,
+                &group,
+                device,
+                held,
+                base.as_ref().map(|b| b.0.as_slice()),
+                &commit,
+                &group_info,
+                welcome,
+            )
+        })
+        .await
+        .map_err(|_| ProtoError::new(ErrorCode::Internal))?
+        .map_err(refused)?;
+        if accepted.members.len() > MAX_GROUP_DEVICES {
+            return Err(ProtoError::new(ErrorCode::TooLarge));
         }
         let w = CommitWrite {
-            commit: c
-                .commit
-                .clone()
-                .map(|b| self.outgoing(&c, EnvelopeKind::Commit, b.0, device)),
+            state: accepted.state,
+            group_info: c.group_info.0.clone(),
+            commit: Some(self.outgoing(&c, EnvelopeKind::Commit, c.commit.0.clone(), device)),
             welcome: c
                 .welcome
                 .clone()
-                .map(|w| self.outgoing(&c, EnvelopeKind::Welcome, w.welcome.0, device)),
-            welcome_recipients,
+                .map(|w| self.outgoing(&c, EnvelopeKind::Welcome, w.0, device)),
+            welcome_recipients: accepted.added,
             group: c.group,
             sender: device,
             epoch: c.epoch,
-            members: c.members,
+            members: accepted.members,
             mailbox_cap: self.mailbox_cap(),
             msg_id: c.msg_id,
             expires_ms: now_ms().saturating_add(ttl_ms(&self.shared.config.mailbox_ttl)),
@@ -730,6 +761,97 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             }
             Err(CommitError::Store(e)) => Err(self.log_store(&e)),
         }
+    }
+
+    /// A member's proposal (its own leave), checked like a commit, queued
+    /// for the epoch's next commit and delivered to the other members.
+    async fn propose(&mut self, p: ProposeRequest) -> Result<Response, ProtoError> {
+        let device = self.device()?;
+        if p.proposal.0.len() > MAX_PAYLOAD_BYTES {
+            return Err(ProtoError::new(ErrorCode::TooLarge));
+        }
+        let held = match self.shared.store.group_state(p.group).await {
+            Ok(Some(h)) => h,
+            Ok(None) => return Err(ProtoError::new(ErrorCode::NotMember)),
+            Err(e) => return Err(self.log_store(&e)),
+        };
+        let epoch = held.epoch;
+        let (group, proposal) = (p.group, p.proposal.0.clone());
+        tokio::task::spawn_blocking(move || {
+            let crypto = openmls_libcrux_crypto::CryptoProvider::new()
+                .map_err(|e| sotto_core::CoreError::Internal(format!("{e:?}")))?;
+            let held = sotto_core::public::Held {
+                state: &held.state,
+                proposals: &held.proposals,
+            };
+            sotto_core::public::check_proposal(&crypto, &group, device, held, &proposal)
+        })
+        .await
+        .map_err(|_| ProtoError::new(ErrorCode::Internal))?
+        .map_err(refused)?;
+        let now = now_ms();
+        let w = ProposalWrite {
+            message: Outgoing {
+                group: p.group,
+                sender: device,
+                msg_id: p.msg_id,
+                kind: EnvelopeKind::Proposal,
+                payload: p.proposal.0,
+                now_ms: now,
+                expires_ms: now.saturating_add(ttl_ms(&self.shared.config.mailbox_ttl)),
+            },
+            epoch,
+            mailbox_cap: self.mailbox_cap(),
+        };
+        match self.shared.store.propose(w).await {
+            Ok(out) => {
+                self.shared.bus.publish(&out.recipients);
+                self.shared.metrics.messages_accepted.inc();
+                Ok(Response::Accepted {
+                    duplicate: out.duplicate,
+                })
+            }
+            Err(CommitError::StaleEpoch(current)) => {
+                Err(ProtoError::new(ErrorCode::StaleEpoch { current }))
+            }
+            Err(CommitError::NotMember) => Err(ProtoError::new(ErrorCode::NotMember)),
+            Err(CommitError::MailboxFull) => {
+                Err(ProtoError::new(ErrorCode::MailboxFull).retry_after(60_000))
+            }
+            Err(CommitError::Store(e)) => Err(self.log_store(&e)),
+        }
+    }
+
+    /// The GroupInfo and ratchet tree of a group, for one of its member
+    /// devices that lost its state and rejoins by external commit.
+    async fn group_info(&mut self, group: sotto_proto::GroupId) -> Result<Response, ProtoError> {
+        let device = self.device()?;
+        let held = match self.shared.store.group_state(group).await {
+            Ok(Some(h)) => h,
+            Ok(None) => return Err(ProtoError::new(ErrorCode::NotMember)),
+            Err(e) => return Err(self.log_store(&e)),
+        };
+        let (epoch, group_info) = (held.epoch, held.group_info.clone());
+        let tree = tokio::task::spawn_blocking(move || {
+            match sotto_core::public::member(&group, &held.state, device)? {
+                Some(_) => sotto_core::public::ratchet_tree(&group, &held.state).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+        .map_err(|_| ProtoError::new(ErrorCode::Internal))?
+        .map_err(|e| {
+            tracing::error!(error = %e, "a stored group state does not load");
+            ProtoError::new(ErrorCode::Internal)
+        })?;
+        let Some(ratchet_tree) = tree else {
+            return Err(ProtoError::new(ErrorCode::NotMember));
+        };
+        Ok(Response::GroupInfo {
+            epoch,
+            group_info: sotto_proto::Blob(group_info),
+            ratchet_tree: sotto_proto::Blob(ratchet_tree),
+        })
     }
 
     async fn send(&mut self, s: SendRequest) -> Result<Response, ProtoError> {
@@ -757,85 +879,6 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
                 })
             }
             Err(SendError::NotMember) => Err(ProtoError::new(ErrorCode::NotMember)),
-            Err(SendError::MailboxFull) => {
-                Err(ProtoError::new(ErrorCode::MailboxFull).retry_after(60_000))
-            }
-            Err(SendError::Store(e)) => Err(self.log_store(&e)),
-        }
-    }
-
-    /// A member device that lost its state of a group asks the other
-    /// member devices to re-add it: its KeyPackage goes into their
-    /// mailboxes like a message. Only a member device may ask (the store
-    /// checks, as for `Send`), once per `Limits::rejoin_interval` per
-    /// group (per server node).
-    async fn rejoin(
-        &mut self,
-        group: sotto_proto::GroupId,
-        msg_id: sotto_proto::MessageId,
-        key_package: sotto_proto::Blob,
-    ) -> Result<Response, ProtoError> {
-        let device = self.device()?;
-        let limit = self.shared.config.limits.max_key_package_bytes;
-        let interval = self.shared.config.limits.rejoin_interval;
-        if key_package.0.is_empty() || key_package.0.len() > limit {
-            return Err(ProtoError::new(ErrorCode::TooLarge));
-        }
-        {
-            let mut r = self
-                .shared
-                .rejoins
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            if r.len() > 100_000 {
-                r.retain(|_, t| now.duration_since(*t) < interval);
-            }
-            if let Some(t) = r.get(&(device, group)) {
-                let since = now.duration_since(*t);
-                if since < interval {
-                    let left = interval.saturating_sub(since);
-                    return Err(ProtoError::with_message(
-                        ErrorCode::RateLimited,
-                        "this device asked to be re-added to this group a moment ago",
-                    )
-                    .retry_after(u64::try_from(left.as_millis()).unwrap_or(u64::MAX)));
-                }
-            }
-            r.insert((device, group), now);
-        }
-        let now = now_ms();
-        let m = Outgoing {
-            group,
-            sender: device,
-            msg_id,
-            kind: EnvelopeKind::Rejoin,
-            payload: key_package.0,
-            now_ms: now,
-            expires_ms: now.saturating_add(ttl_ms(&self.shared.config.mailbox_ttl)),
-        };
-        let result = self.shared.store.send(m, self.mailbox_cap()).await;
-        if result.is_err() {
-            // A refused request does not count against the device.
-            let mut r = self
-                .shared
-                .rejoins
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            r.remove(&(device, group));
-        }
-        match result {
-            Ok(out) => {
-                self.shared.bus.publish(&out.recipients);
-                self.shared.metrics.messages_accepted.inc();
-                Ok(Response::Accepted {
-                    duplicate: out.duplicate,
-                })
-            }
-            Err(SendError::NotMember) => Err(ProtoError::with_message(
-                ErrorCode::NotMember,
-                "this device is not a member of that group",
-            )),
             Err(SendError::MailboxFull) => {
                 Err(ProtoError::new(ErrorCode::MailboxFull).retry_after(60_000))
             }
@@ -1366,10 +1409,23 @@ fn request_kind(r: &Request) -> &'static str {
         Request::PutBlob(_) => "put_blob",
         Request::GetBlob { .. } => "get_blob",
         Request::BlobFetched { .. } => "blob_fetched",
-        Request::Rejoin { .. } => "rejoin",
+        Request::Propose(_) => "propose",
+        Request::GetGroupInfo { .. } => "group_info",
     }
 }
 
 fn ttl_ms(d: &Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A commit or proposal the checks refused: the client is told why (the
+/// reason names a rule or an MLS check, never a secret).
+fn refused(e: sotto_core::CoreError) -> ProtoError {
+    match e {
+        sotto_core::CoreError::Internal(why) | sotto_core::CoreError::Storage(why) => {
+            tracing::error!(error = %why, "checking a group change failed");
+            ProtoError::new(ErrorCode::Internal)
+        }
+        e => ProtoError::with_message(ErrorCode::InvalidCommit, e.to_string()),
+    }
 }

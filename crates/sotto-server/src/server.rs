@@ -39,13 +39,6 @@ pub struct Shared<S, B> {
         std::sync::Mutex<std::collections::HashMap<sotto_proto::AccountId, Guesses>>,
     /// Registrations, failed logins and lookups per source address.
     pub(crate) sources: crate::guard::SourceGuards,
-    /// When each (device, group) last asked to be re-added.
-    pub(crate) rejoins: std::sync::Mutex<
-        std::collections::HashMap<
-            (sotto_proto::DeviceId, sotto_proto::GroupId),
-            tokio::time::Instant,
-        >,
-    >,
 }
 
 impl<S: std::fmt::Debug, B: std::fmt::Debug> std::fmt::Debug for Shared<S, B> {
@@ -125,7 +118,6 @@ impl<S, B> Shared<S, B> {
             per_source: Default::default(),
             claims: Default::default(),
             sources: Default::default(),
-            rejoins: Default::default(),
         }
     }
 }

@@ -88,7 +88,6 @@ pub struct LimitSettings {
     pub login_failures_window_secs: u64,
     pub lookups_per_source: u32,
     pub lookups_window_secs: u64,
-    pub rejoin_interval_secs: u64,
 }
 
 impl Default for LimitSettings {
@@ -121,7 +120,6 @@ impl Default for LimitSettings {
             login_failures_window_secs: l.login_failures_per_source.window.as_secs(),
             lookups_per_source: l.lookups_per_source.count,
             lookups_window_secs: l.lookups_per_source.window.as_secs(),
-            rejoin_interval_secs: l.rejoin_interval.as_secs(),
         }
     }
 }
@@ -361,7 +359,6 @@ impl Settings {
                     count: l.lookups_per_source,
                     window: secs(l.lookups_window_secs),
                 },
-                rejoin_interval: secs(l.rejoin_interval_secs),
             },
             shutdown_grace: secs(self.shutdown_grace_secs),
         })

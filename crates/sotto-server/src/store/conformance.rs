@@ -7,8 +7,8 @@ use sotto_proto::{
 };
 
 use super::{
-    CommitError, CommitWrite, DeviceListError, MailboxCap, NewAccount, Outgoing, RegisterError,
-    SendError, Store, StoredKeyPackage,
+    CommitError, CommitWrite, DeviceListError, GroupState, MailboxCap, NewAccount, Outgoing,
+    ProposalWrite, RegisterError, SendError, Store, StoredKeyPackage,
 };
 
 /// A cap on entries only.
@@ -61,6 +61,8 @@ fn out(group: GroupId, sender: DeviceId, id: u8, kind: EnvelopeKind) -> Outgoing
 
 fn create(group: GroupId, by: DeviceId, members: Vec<DeviceId>) -> CommitWrite {
     CommitWrite {
+        state: b"state at 1".to_vec(),
+        group_info: b"info at 1".to_vec(),
         commit: None,
         welcome: None,
         welcome_recipients: Vec::new(),
@@ -204,6 +206,70 @@ pub async fn commits_compare_and_set<S: Store>(s: S) {
     assert!(matches!(
         s.commit(ghost).await,
         Err(CommitError::StaleEpoch(0))
+    ));
+}
+
+/// A group's public state, GroupInfo and proposals: kept per epoch, the
+/// proposals only for the epoch they were accepted in, dropped by the
+/// next commit.
+pub async fn group_state_and_proposals<S: Store>(s: S) {
+    let g = GroupId([9; 32]);
+    assert_eq!(s.group_state(g).await.unwrap(), None);
+    let c = create(g, dev(1), vec![dev(1), dev(2), dev(3)]);
+    s.commit(c.clone()).await.unwrap();
+    assert_eq!(s.applied_commit(dev(1), c.msg_id).await.unwrap(), Some(1));
+    assert_eq!(s.applied_commit(dev(2), c.msg_id).await.unwrap(), None);
+    let at_1 = GroupState {
+        epoch: 1,
+        state: b"state at 1".to_vec(),
+        group_info: b"info at 1".to_vec(),
+        proposals: Vec::new(),
+    };
+    assert_eq!(s.group_state(g).await.unwrap().as_ref(), Some(&at_1));
+    let propose = |by: DeviceId, id: u8, epoch: u64| ProposalWrite {
+        message: out(g, by, id, EnvelopeKind::Proposal),
+        epoch,
+        mailbox_cap: cap(1000),
+    };
+    let o = s.propose(propose(dev(3), 40, 1)).await.unwrap();
+    assert!(!o.duplicate);
+    assert_eq!(o.recipients, vec![dev(1), dev(2)]);
+    // Stored once, for the others, with its kind.
+    assert!(s.propose(propose(dev(3), 40, 1)).await.unwrap().duplicate);
+    let got = s.fetch(dev(2), 0, 10, NOW).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].envelope.kind, EnvelopeKind::Proposal);
+    assert!(matches!(
+        s.propose(propose(dev(9), 41, 1)).await,
+        Err(CommitError::NotMember)
+    ));
+    assert!(matches!(
+        s.propose(propose(dev(2), 42, 0)).await,
+        Err(CommitError::StaleEpoch(1))
+    ));
+    assert_eq!(
+        s.group_state(g).await.unwrap().unwrap().proposals,
+        vec![vec![40u8; 10]]
+    );
+    // The next commit takes the new state and drops the epoch's proposals.
+    let mut next = create(g, dev(1), vec![dev(1), dev(2)]);
+    next.epoch = 1;
+    next.state = b"state at 2".to_vec();
+    next.group_info = b"info at 2".to_vec();
+    next.commit = Some(out(g, dev(1), 43, EnvelopeKind::Commit));
+    s.commit(next).await.unwrap();
+    assert_eq!(
+        s.group_state(g).await.unwrap(),
+        Some(GroupState {
+            epoch: 2,
+            state: b"state at 2".to_vec(),
+            group_info: b"info at 2".to_vec(),
+            proposals: Vec::new(),
+        })
+    );
+    assert!(matches!(
+        s.propose(propose(dev(3), 44, 2)).await,
+        Err(CommitError::NotMember)
     ));
 }
 
@@ -756,6 +822,7 @@ macro_rules! store_conformance_tests {
     ($make:expr) => {
         $crate::store_conformance_tests!(@each $make;
             invites_are_single_use,
+            group_state_and_proposals,
             key_packages_are_claimed_once,
             commits_compare_and_set,
             sends_fan_out_once,

@@ -219,6 +219,10 @@ impl MailboxCap {
 
 #[derive(Debug, Clone)]
 pub struct CommitWrite {
+    /// The group's public state after the commit (`sotto_core::public`).
+    pub state: Vec<u8>,
+    /// The GroupInfo of the new epoch, for devices that rejoin.
+    pub group_info: Vec<u8>,
     /// The commit message (for the members before the commit, except the sender).
     pub commit: Option<Outgoing>,
     /// The Welcome (for `welcome_recipients`).
@@ -231,7 +235,7 @@ pub struct CommitWrite {
     pub sender: DeviceId,
     /// The epoch the commit was built on.
     pub epoch: u64,
-    /// Members after the commit.
+    /// Members after the commit (the new state's tree).
     pub members: Vec<DeviceId>,
     /// Mailbox cap per device.
     pub mailbox_cap: MailboxCap,
@@ -240,6 +244,32 @@ pub struct CommitWrite {
     pub msg_id: MessageId,
     /// Until when the commit id is remembered.
     pub expires_ms: u64,
+}
+
+/// A proposal to queue for a group's next commit and deliver.
+#[derive(Debug, Clone)]
+pub struct ProposalWrite {
+    /// The proposal, for every member device but the sender.
+    pub message: Outgoing,
+    /// The epoch it was checked against.
+    pub epoch: u64,
+    /// Mailbox cap per device.
+    pub mailbox_cap: MailboxCap,
+}
+
+/// What the server holds of a group besides its routing: the public state
+/// the last commit left, that commit's GroupInfo, and the proposals
+/// accepted since.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupState {
+    /// The group's epoch.
+    pub epoch: u64,
+    /// Its public state (`sotto_core::public`).
+    pub state: Vec<u8>,
+    /// The GroupInfo of this epoch.
+    pub group_info: Vec<u8>,
+    /// The proposals accepted in this epoch, in order.
+    pub proposals: Vec<Vec<u8>>,
 }
 
 /// The result of a send.
@@ -439,13 +469,38 @@ pub trait Store: Send + Sync + 'static {
         mailbox_cap: MailboxCap,
     ) -> impl Future<Output = Result<SendOutcome, SendError>> + Send;
 
+    /// A group's public state, if the server holds one (groups created
+    /// before protocol 3 have none).
+    fn group_state(
+        &self,
+        group: GroupId,
+    ) -> impl Future<Output = Result<Option<GroupState>, StoreError>> + Send;
+
+    /// The epoch a commit (sender, msg_id) produced, if it was applied.
+    fn applied_commit(
+        &self,
+        sender: DeviceId,
+        msg_id: MessageId,
+    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+
     /// Applies a commit if the group is at `epoch` (or does not exist and
-    /// `epoch` is 0). A commit whose (sender, msg_id) was applied before is
-    /// answered with the epoch it produced, and nothing changes.
+    /// `epoch` is 0): the new epoch, state, GroupInfo and member list, the
+    /// commit into the mailboxes of the members before it (but the sender),
+    /// the Welcome into the mailboxes of `welcome_recipients`; the epoch's
+    /// proposals are dropped. A commit whose (sender, msg_id) was applied
+    /// before is answered with the epoch it produced, and nothing changes.
     fn commit(
         &self,
         c: CommitWrite,
     ) -> impl Future<Output = Result<CommitOutcome, CommitError>> + Send;
+
+    /// Queues a proposal for the group's next commit, if the group is still
+    /// at `epoch`, and stores it for every member device but the sender,
+    /// unless (sender, msg_id) was seen before.
+    fn propose(
+        &self,
+        p: ProposalWrite,
+    ) -> impl Future<Output = Result<SendOutcome, CommitError>> + Send;
 
     /// Stores an application message for every member device but the sender,
     /// unless (sender, msg_id) was seen before.

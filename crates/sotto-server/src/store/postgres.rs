@@ -28,8 +28,9 @@ use sqlx::{PgConnection, Row};
 
 use super::{
     BlobState, Claimed, CommitError, CommitOutcome, CommitWrite, DeviceListChange, DeviceListError,
-    DeviceRecord, KeyPackageStock, MailboxCap, MailboxEntry, NewAccount, Outgoing, RegisterError,
-    SendError, SendOutcome, Stats, Store, StoreError, StoredKeyPackage, WipeTarget,
+    DeviceRecord, GroupState, KeyPackageStock, MailboxCap, MailboxEntry, NewAccount, Outgoing,
+    ProposalWrite, RegisterError, SendError, SendOutcome, Stats, Store, StoreError,
+    StoredKeyPackage, WipeTarget,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -134,7 +135,7 @@ fn kind_to_i16(k: EnvelopeKind) -> i16 {
         EnvelopeKind::Welcome => 2,
         EnvelopeKind::Device => 3,
         EnvelopeKind::Wipe => 4,
-        EnvelopeKind::Rejoin => 5,
+        EnvelopeKind::Proposal => 5,
     }
 }
 
@@ -145,7 +146,7 @@ fn kind_from_i16(k: i16) -> Result<EnvelopeKind, StoreError> {
         2 => EnvelopeKind::Welcome,
         3 => EnvelopeKind::Device,
         4 => EnvelopeKind::Wipe,
-        5 => EnvelopeKind::Rejoin,
+        5 => EnvelopeKind::Proposal,
         _ => return Err(StoreError::Internal(format!("unknown envelope kind {k}"))),
     })
 }
@@ -1124,6 +1125,20 @@ impl Store for PgStore {
                 .bind(ms(new_epoch))
                 .execute(&mut *tx)
                 .await?;
+            sqlx::query(
+                "INSERT INTO group_states (group_id, state, group_info) VALUES ($1, $2, $3) \
+                 ON CONFLICT (group_id) DO UPDATE SET state = excluded.state, \
+                 group_info = excluded.group_info",
+            )
+            .bind(&w.group.0[..])
+            .bind(&w.state)
+            .bind(&w.group_info)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM group_proposals WHERE group_id = $1")
+                .bind(&w.group.0[..])
+                .execute(&mut *tx)
+                .await?;
             sqlx::query("DELETE FROM group_members WHERE group_id = $1")
                 .bind(&w.group.0[..])
                 .execute(&mut *tx)
@@ -1172,6 +1187,97 @@ impl Store for PgStore {
             Ok(CommitOutcome {
                 epoch: new_epoch,
                 recipients,
+            })
+        })
+    }
+
+    async fn group_state(&self, group: GroupId) -> Result<Option<GroupState>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let row: Option<(i64, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+            "SELECT g.epoch, s.state, s.group_info FROM groups g \
+             JOIN group_states s ON s.group_id = g.group_id WHERE g.group_id = $1",
+        )
+        .bind(&group.0[..])
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let Some((epoch, state, group_info)) = row else {
+            return Ok(None);
+        };
+        let proposals: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT data FROM group_proposals WHERE group_id = $1 AND epoch = $2 ORDER BY id",
+        )
+        .bind(&group.0[..])
+        .bind(epoch)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Some(GroupState {
+            epoch: unsigned(epoch),
+            state,
+            group_info,
+            proposals,
+        }))
+    }
+
+    async fn applied_commit(
+        &self,
+        sender: DeviceId,
+        msg_id: MessageId,
+    ) -> Result<Option<u64>, StoreError> {
+        let epoch: Option<i64> =
+            sqlx::query_scalar("SELECT epoch FROM seen_commits WHERE key = $1")
+                .bind(seen_key(&sender, &msg_id))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map_err)?;
+        Ok(epoch.map(unsigned))
+    }
+
+    async fn propose(&self, p: ProposalWrite) -> Result<SendOutcome, CommitError> {
+        let m = &p.message;
+        let key = seen_key(&m.sender, &m.msg_id);
+        transaction!(async {
+            let mut tx = self.pool.begin().await?;
+            // Ordered against commits like a send, and only for the epoch
+            // it was checked against.
+            let current: Option<i64> =
+                sqlx::query_scalar("SELECT epoch FROM groups WHERE group_id = $1 FOR SHARE")
+                    .bind(&m.group.0[..])
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let current = current.map_or(0, unsigned);
+            if current != p.epoch {
+                return refuse(CommitError::StaleEpoch(current));
+            }
+            let all = members(&mut tx, &m.group).await?;
+            if !all.contains(&m.sender) {
+                return refuse(CommitError::NotMember);
+            }
+            if !first_send(&mut tx, &key, m.expires_ms).await? {
+                return Ok(SendOutcome {
+                    duplicate: true,
+                    recipients: Vec::new(),
+                });
+            }
+            let to: Vec<DeviceId> = all.into_iter().filter(|d| *d != m.sender).collect();
+            if insert_message(&mut tx, m, &to, p.mailbox_cap)
+                .await?
+                .is_none()
+            {
+                return refuse(CommitError::MailboxFull);
+            }
+            sqlx::query("INSERT INTO group_proposals (group_id, epoch, data) VALUES ($1, $2, $3)")
+                .bind(&m.group.0[..])
+                .bind(ms(p.epoch))
+                .bind(&m.payload)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(SendOutcome {
+                duplicate: false,
+                recipients: to,
             })
         })
     }

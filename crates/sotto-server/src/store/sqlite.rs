@@ -18,8 +18,9 @@ use sotto_proto::{
 
 use super::{
     BlobState, Claimed, CommitError, CommitOutcome, CommitWrite, DeviceListChange, DeviceListError,
-    DeviceRecord, KeyPackageStock, MailboxCap, MailboxEntry, NewAccount, Outgoing, RegisterError,
-    SendError, SendOutcome, Stats, Store, StoreError, StoredKeyPackage, WipeTarget,
+    DeviceRecord, GroupState, KeyPackageStock, MailboxCap, MailboxEntry, NewAccount, Outgoing,
+    ProposalWrite, RegisterError, SendError, SendOutcome, Stats, Store, StoreError,
+    StoredKeyPackage, WipeTarget,
 };
 
 const SCHEMA: &str = r#"
@@ -54,6 +55,18 @@ CREATE TABLE IF NOT EXISTS groups (
     group_id    BLOB PRIMARY KEY,
     epoch       INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS group_states (
+    group_id    BLOB PRIMARY KEY,
+    state       BLOB NOT NULL,
+    group_info  BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS group_proposals (
+    id          INTEGER PRIMARY KEY,
+    group_id    BLOB NOT NULL,
+    epoch       INTEGER NOT NULL,
+    data        BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS group_proposals_by_group ON group_proposals(group_id, id);
 CREATE TABLE IF NOT EXISTS group_members (
     group_id    BLOB NOT NULL,
     device      BLOB NOT NULL,
@@ -202,7 +215,7 @@ fn kind_to_i64(k: EnvelopeKind) -> i64 {
         EnvelopeKind::Welcome => 2,
         EnvelopeKind::Device => 3,
         EnvelopeKind::Wipe => 4,
-        EnvelopeKind::Rejoin => 5,
+        EnvelopeKind::Proposal => 5,
     }
 }
 
@@ -213,7 +226,7 @@ fn kind_from_i64(k: i64) -> Result<EnvelopeKind, StoreError> {
         2 => EnvelopeKind::Welcome,
         3 => EnvelopeKind::Device,
         4 => EnvelopeKind::Wipe,
-        5 => EnvelopeKind::Rejoin,
+        5 => EnvelopeKind::Proposal,
         _ => return Err(StoreError::Internal(format!("unknown envelope kind {k}"))),
     })
 }
@@ -1204,6 +1217,18 @@ impl Store for SqliteStore {
             )
             .map_err(map_err)?;
             tx.execute(
+                "INSERT INTO group_states (group_id, state, group_info) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(group_id) DO UPDATE SET state = excluded.state, \
+                 group_info = excluded.group_info",
+                params![&w.group.0[..], &w.state, &w.group_info],
+            )
+            .map_err(map_err)?;
+            tx.execute(
+                "DELETE FROM group_proposals WHERE group_id = ?1",
+                [&w.group.0[..]],
+            )
+            .map_err(map_err)?;
+            tx.execute(
                 "DELETE FROM group_members WHERE group_id = ?1",
                 [&w.group.0[..]],
             )
@@ -1252,6 +1277,92 @@ impl Store for SqliteStore {
 
     async fn send(&self, m: Outgoing, mailbox_cap: MailboxCap) -> Result<SendOutcome, SendError> {
         self.batched(move |c| send_one(c, &m, mailbox_cap)).await
+    }
+
+    async fn group_state(&self, group: GroupId) -> Result<Option<GroupState>, StoreError> {
+        self.with(move |c| {
+            let row: Option<(i64, Vec<u8>, Vec<u8>)> = c
+                .query_row(
+                    "SELECT g.epoch, s.state, s.group_info FROM groups g \
+                     JOIN group_states s ON s.group_id = g.group_id WHERE g.group_id = ?1",
+                    [&group.0[..]],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(map_err)?;
+            let Some((epoch, state, group_info)) = row else {
+                return Ok(None);
+            };
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT data FROM group_proposals WHERE group_id = ?1 AND epoch = ?2 \
+                     ORDER BY id",
+                )
+                .map_err(map_err)?;
+            let proposals = stmt
+                .query_map(params![&group.0[..], epoch], |r| r.get(0))
+                .map_err(map_err)?
+                .collect::<Result<Vec<Vec<u8>>, _>>()
+                .map_err(map_err)?;
+            Ok(Some(GroupState {
+                epoch: u64::try_from(epoch).unwrap_or(0),
+                state,
+                group_info,
+                proposals,
+            }))
+        })
+        .await
+    }
+
+    async fn applied_commit(
+        &self,
+        sender: DeviceId,
+        msg_id: MessageId,
+    ) -> Result<Option<u64>, StoreError> {
+        self.with(move |c| {
+            let key = seen_key(&sender, &msg_id);
+            let epoch: Option<i64> = c
+                .query_row(
+                    "SELECT epoch FROM seen_commits WHERE key = ?1",
+                    [&key[..]],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(map_err)?;
+            Ok(epoch.map(|e| u64::try_from(e).unwrap_or(0)))
+        })
+        .await
+    }
+
+    async fn propose(&self, p: ProposalWrite) -> Result<SendOutcome, CommitError> {
+        self.batched(move |c| {
+            let current: Option<i64> = c
+                .query_row(
+                    "SELECT epoch FROM groups WHERE group_id = ?1",
+                    [&p.message.group.0[..]],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(map_err)?;
+            let current = current.map_or(0, |e| u64::try_from(e).unwrap_or(0));
+            if current != p.epoch {
+                return Err(CommitError::StaleEpoch(current));
+            }
+            let out = send_one(c, &p.message, p.mailbox_cap).map_err(|e| match e {
+                SendError::NotMember => CommitError::NotMember,
+                SendError::MailboxFull => CommitError::MailboxFull,
+                SendError::Store(e) => CommitError::Store(e),
+            })?;
+            if !out.duplicate {
+                c.execute(
+                    "INSERT INTO group_proposals (group_id, epoch, data) VALUES (?1, ?2, ?3)",
+                    params![&p.message.group.0[..], ms(p.epoch), &p.message.payload],
+                )
+                .map_err(map_err)?;
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn fetch(
