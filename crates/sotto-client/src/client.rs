@@ -66,6 +66,9 @@ pub struct Client {
     pub(crate) id: Identity,
     /// Groups with a pending proposal (a member's leave) to commit.
     pub(crate) proposals: std::collections::BTreeSet<GroupId>,
+    /// Groups this device leaves whose epoch moved on without its leave
+    /// (another commit won): it proposes it again.
+    pub(crate) leaves: std::collections::BTreeSet<GroupId>,
     /// Things the user must be told (key changes).
     pub(crate) warnings: Vec<String>,
     /// Things that happened in a conversation (members, timer), for the user.
@@ -80,17 +83,13 @@ pub struct Client {
 
 /// When this device commits on its own: a self-update in a conversation,
 /// for post-compromise security, after `messages` messages sent or when the
-/// last update is older than `max_age`; the re-add of another member device
-/// that lost its state, `readd_step` times its rank after the request.
+/// last update is older than `max_age`.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
     /// Messages sent between self-updates.
     pub messages: u64,
     /// Longest time between self-updates.
     pub max_age: Duration,
-    /// How long a member waits per rank before it answers a request to be
-    /// re-added (rank 0 answers at once); every member uses the same.
-    pub readd_step: Duration,
 }
 
 impl Default for Policy {
@@ -98,7 +97,6 @@ impl Default for Policy {
         Self {
             messages: 100,
             max_age: Duration::from_secs(7 * 86_400),
-            readd_step: Duration::from_millis(crate::rejoin::READD_STEP_MS),
         }
     }
 }
@@ -229,16 +227,26 @@ pub(crate) fn key_changed_warning(handle: &Handle) -> String {
     )
 }
 
-/// A group's name from its metadata; a one-to-one conversation is named
-/// after the peer.
+/// A conversation's name: a group's as this device last read it (its
+/// context holds it sealed); a one-to-one conversation is named after the
+/// peer.
 pub(crate) fn conversation_name<P: openmls_traits::OpenMlsProvider>(
     p: &P,
+    c: &rusqlite::Connection,
     g: GroupId,
     me: &CredentialIdentity,
     members: &[CredentialIdentity],
 ) -> Result<(bool, String), ClientError> {
-    if let Some(meta) = group::meta(p, g)? {
-        return Ok((true, meta.name));
+    if group::meta(p, g)?.is_some() {
+        let name: Option<String> = rusqlite::OptionalExtension::optional(c.query_row(
+            "SELECT name FROM conversations WHERE group_id = ?1",
+            [&g.0[..]],
+            |r| r.get(0),
+        ))?;
+        return Ok((
+            true,
+            name.unwrap_or_else(|| format!("unnamed group #{}", &g.to_hex()[..8])),
+        ));
     }
     let mut names: Vec<&str> = members
         .iter()
@@ -265,6 +273,7 @@ impl Client {
             store,
             id,
             proposals: Default::default(),
+            leaves: Default::default(),
             warnings: Vec::new(),
             notices: Vec::new(),
             policy: Policy::default(),
@@ -354,6 +363,7 @@ impl Client {
                 ..id
             },
             proposals: Default::default(),
+            leaves: Default::default(),
             warnings: Vec::new(),
             notices: Vec::new(),
             policy: Policy::default(),
@@ -372,6 +382,7 @@ impl Client {
             store,
             id,
             proposals: Default::default(),
+            leaves: Default::default(),
             warnings: Vec::new(),
             notices: Vec::new(),
             policy: Policy::default(),
@@ -498,9 +509,9 @@ impl Client {
     fn process(&mut self, d: &Delivery) -> Result<Outcome, ClientError> {
         let me = self.id.credential();
         let env = &d.envelope;
-        let step = self.policy.readd_step;
         let mut warnings = Vec::new();
         let mut notices = Vec::new();
+        let mut outcome_leave = false;
         let attempt = self.store.transaction(|p, c| {
             if rows::is_processed(c, &env.sender, &env.msg_id)? {
                 return Ok(Outcome::Duplicate);
@@ -538,8 +549,11 @@ impl Client {
                     }
                     let missed = rows::rejoin_done(c, &joined.group_id)?;
                     record_members(c, &me, &joined.members, &mut warnings)?;
+                    if let Some(renamed) = &joined.name {
+                        rows::put_name(c, &joined.group_id, renamed, now_ms())?;
+                    }
                     let (is_group, name) =
-                        conversation_name(p, joined.group_id, &me, &joined.members)?;
+                        conversation_name(p, c, joined.group_id, &me, &joined.members)?;
                     rows::put_conversation(c, &joined.group_id, is_group, &name, now_ms())?;
                     let added_by = joined.members.iter().find(|m| m.device == env.sender);
                     let text = if replaced || missed.is_some() {
@@ -560,9 +574,6 @@ impl Client {
                     };
                     notices.push(Notice::new(joined.group_id, text));
                     Outcome::Stored
-                }
-                EnvelopeKind::Rejoin => {
-                    crate::rejoin::readd_request(p, c, &me, env, step, &mut notices)?
                 }
                 kind => match (kind, mls::process(p, env.group, &env.payload.0)?) {
                     (
@@ -631,6 +642,14 @@ impl Client {
                             None => Outcome::Dropped("undecodable application message".into()),
                         }
                     }
+                    (EnvelopeKind::Application, _) => {
+                        // A handshake message relabelled as an application
+                        // message: the server delivers those only as what
+                        // they are.
+                        return Err(ClientError::Core(CoreError::Rejected(
+                            "a commit or proposal sent as an application message".into(),
+                        )));
+                    }
                     (_, Processed::Application { .. }) => {
                         // Relabelled by the server: refuse it and roll the
                         // decryption back, so the genuine delivery still
@@ -673,17 +692,20 @@ impl Client {
                             device_lists,
                             timer_change,
                             readded,
+                            renamed,
                             ..
                         },
                     ) => {
+                        if let Some(renamed) = &renamed {
+                            rows::put_name(c, &env.group, renamed, now_ms())?;
+                        }
                         for d in &readded {
-                            rows::delete_readd(c, &env.group, d)?;
                             let who = mls::members(p, env.group)?
                                 .into_iter()
                                 .find(|m| m.device == *d)
                                 .map_or_else(|| d.short(), |m| m.handle.to_string());
                             let name = self_name(c, &env.group);
-                            let text = format!("{name}: a device of {who} was re-added");
+                            let text = format!("{name}: a device of {who} rejoined");
                             notices.push(Notice::new(env.group, text));
                         }
                         if let Some(timer) = timer_change {
@@ -702,7 +724,10 @@ impl Client {
                         }
                         let members = mls::members(p, env.group)?;
                         record_members(c, &me, &members, &mut warnings)?;
-                        let (is_group, name) = conversation_name(p, env.group, &me, &members)?;
+                        let (is_group, name) = conversation_name(p, c, env.group, &me, &members)?;
+                        if rows::conversation_state(c, &env.group)?.as_deref() == Some("leaving") {
+                            outcome_leave = true;
+                        }
                         rows::put_conversation(c, &env.group, is_group, &name, now_ms())?;
                         if let Some(before) = &before {
                             notices.extend(
@@ -713,7 +738,19 @@ impl Client {
                         }
                         Outcome::Stored
                     }
-                    (_, Processed::Proposal { .. }) => Outcome::Proposal(env.group),
+                    (EnvelopeKind::Proposal, Processed::Proposal { .. }) => {
+                        Outcome::Proposal(env.group)
+                    }
+                    (_, Processed::Proposal { .. }) => {
+                        return Err(ClientError::Core(CoreError::Rejected(
+                            "a proposal sent as a commit".into(),
+                        )));
+                    }
+                    (EnvelopeKind::Proposal, _) => {
+                        return Err(ClientError::Core(CoreError::Rejected(
+                            "a commit sent as a proposal".into(),
+                        )));
+                    }
                     (_, Processed::Other) => Outcome::Stored,
                 },
             };
@@ -723,6 +760,9 @@ impl Client {
         self.warnings.append(&mut warnings);
         if attempt.is_ok() {
             self.notices.append(&mut notices);
+            if outcome_leave {
+                self.leaves.insert(env.group);
+            }
         }
         match attempt {
             Ok(o) => Ok(o),
@@ -737,16 +777,7 @@ impl Client {
                 let g = env.group;
                 // Not marked processed: a commit that re-adds this device
                 // shares its id with the Welcome that follows.
-                let missing = matches!(e, CoreError::UnknownGroup);
-                let news = self.store.transaction(|_, c| {
-                    let news = rows::note_out_of_sync(c, &g)?;
-                    Ok(news.then(|| self_name(c, &g)))
-                })?;
-                if let Some(name) = news {
-                    let text = crate::rejoin::lost_text(&name, missing);
-                    self.notices.push(Notice::new(g, text.clone()));
-                    self.warnings.push(text);
-                }
+                self.mark_out_of_sync(g, matches!(e, CoreError::UnknownGroup))?;
                 Ok(Outcome::OutOfSync(e.to_string()))
             }
             // A message that cannot be processed is set aside (marked, acked)
@@ -955,7 +986,7 @@ impl Client {
                 return Ok(g);
             }
         }
-        let (account, kps, _) = self.claim(conn, peer).await?;
+        let (account, kps, list) = self.claim(conn, peer).await?;
         if account == me.account {
             return Err(ClientError::Invalid(
                 "cannot start a conversation with yourself".into(),
@@ -966,7 +997,7 @@ impl Client {
             return Ok(g);
         }
         if !self
-            .create_conversation(conn, g, kps, None, peer.as_str())
+            .create_conversation(conn, g, kps, vec![list], None)
             .await?
         {
             // The peer created the conversation first: its Welcome is on the way.
@@ -1169,8 +1200,11 @@ impl Client {
             }
         }?;
         if self.out_of_sync(g)? {
+            self.rejoin(conn, g).await?;
+        }
+        if self.out_of_sync(g)? {
             return Err(ClientError::Invalid(format!(
-                "this device lost its state of {to} and waits for a member to re-add it: try again later"
+                "this device lost its state of {to} and could not rejoin it yet: try again later"
             )));
         }
         Ok(g)

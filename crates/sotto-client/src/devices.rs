@@ -362,7 +362,7 @@ impl Client {
     pub(crate) async fn own_other_devices(
         &mut self,
         conn: &mut Connection,
-    ) -> Result<Vec<openmls::prelude::KeyPackage>, ClientError> {
+    ) -> Result<(Vec<openmls::prelude::KeyPackage>, SignedDeviceList), ClientError> {
         let me = self.id.account.id();
         let list = self.own_list(conn).await?;
         let mut out = Vec::new();
@@ -388,7 +388,7 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
-        Ok(out)
+        Ok((out, list))
     }
 
     /// The account's device list from the server, checked against the account key.

@@ -8,14 +8,15 @@ use openmls::prelude::KeyPackage;
 use sotto_core::group::{self, Change, GroupMeta};
 use sotto_core::mls;
 use sotto_proto::{
-    AccountId, Blob, CommitRequest, ErrorCode, GroupId, Handle, Request, Response, SendRequest,
-    SignedDeviceList, WelcomeOut,
+    AccountId, Blob, CommitRequest, ErrorCode, GroupId, Handle, ProposeRequest, Request, Response,
+    SignedDeviceList,
 };
 use tokio::time::{Instant, timeout_at};
 
 use crate::client::{
     conversation_name, key_changed_warning, now_ms, random_id, record_members, unexpected,
 };
+use crate::store::rows::Pending;
 use crate::store::{ContactChange, Provider, rows};
 use crate::transport::{Connection, Event};
 use crate::{Client, ClientError};
@@ -111,6 +112,8 @@ impl Client {
     }
 
     fn meta(&mut self, g: GroupId) -> Result<GroupMeta, ClientError> {
+        // The admins (the name the context holds is sealed; the
+        // conversation's row has it in the clear).
         self.store
             .transaction(|p, _| Ok(group::meta(p, g)?))?
             .ok_or_else(|| ClientError::Invalid("not a group".into()))
@@ -217,7 +220,9 @@ impl Client {
         Ok((claimed.account, key_packages, claimed.device_list))
     }
 
-    /// Processes deliveries until the local group reached `epoch`.
+    /// Processes deliveries until the local group reached `epoch`. A
+    /// commit this device cannot apply (the group moved on without it)
+    /// marks the conversation out of sync, for [`Client::rejoin`].
     async fn catch_up(
         &mut self,
         conn: &mut Connection,
@@ -237,7 +242,7 @@ impl Client {
                     "this device was removed from the group".into(),
                 ));
             }
-            if now >= epoch {
+            if now >= epoch || self.out_of_sync(g)? {
                 break;
             }
             let ev = timeout_at(deadline, conn.next_event())
@@ -248,8 +253,17 @@ impl Client {
                     )
                 })??;
             if let Event::Deliver(d) = ev {
+                let before = dropped.len();
                 self.handle_event(conn, &d, &mut dropped).await?;
                 acks.push(d.seq);
+                let refused_commit = dropped.len() > before
+                    && d.envelope.group == g
+                    && d.envelope.kind == sotto_proto::EnvelopeKind::Commit;
+                if refused_commit {
+                    // The server took a commit of this epoch that this
+                    // device cannot apply: it is out of sync now.
+                    self.mark_out_of_sync(g, false)?;
+                }
             }
         }
         Self::ack(conn, &mut acks).await
@@ -264,18 +278,16 @@ impl Client {
         g: GroupId,
         make: impl Fn(&Provider<'_>) -> Result<Change, ClientError>,
     ) -> Result<Option<u64>, ClientError> {
-        if self.out_of_sync(g)? {
-            // Its commits would be of an epoch the group has left.
-            return Err(ClientError::Invalid(
-                "this device lost its state of this conversation and waits for a member to re-add it: try again later"
-                    .into(),
-            ));
-        }
         for _ in 0..COMMIT_ATTEMPTS {
+            if self.out_of_sync(g)? {
+                // Its commits would be of an epoch the group has left:
+                // rejoin first, then build the change on the new state.
+                self.rejoin(conn, g).await?;
+            }
             let Some(req) = self.stage_and_remember(g, &make)? else {
                 return Ok(None);
             };
-            match self.submit(conn, req, None).await? {
+            match self.submit(conn, req, Pending::Commit).await? {
                 Submitted::Committed(epoch) => return Ok(Some(epoch)),
                 Submitted::Lost(current) => self.catch_up(conn, g, current).await?,
             }
@@ -295,75 +307,97 @@ impl Client {
     ) -> Result<Option<CommitRequest>, ClientError> {
         let device = &self.id.device;
         self.store.transaction(|p, c| {
-            let Some(s) = group::stage(p, device, g, make(p)?)? else {
+            let key = rows::name_key(c, &g)?;
+            let Some(s) = group::stage(p, device, g, make(p)?, key.as_ref())? else {
                 return Ok(None);
             };
             let req = CommitRequest {
                 group: g,
                 epoch: s.epoch,
                 msg_id: random_id(),
-                commit: Some(Blob(s.commit)),
-                welcome: s.welcome.map(|w| WelcomeOut {
-                    welcome: Blob(w),
-                    recipients: s.welcome_recipients,
-                }),
-                members: s.members,
+                commit: Blob(s.commit),
+                group_info: Blob(s.group_info),
+                welcome: s.welcome.map(Blob),
+                base: None,
             };
-            rows::put_pending_commit(c, &req, None)?;
+            rows::put_pending_commit(c, &req, &Pending::Commit)?;
             Ok(Some(req))
         })
     }
 
     /// Sends a remembered commit and settles it: merged if the server
     /// applied it (now or before a lost answer), dropped if another commit
-    /// won the epoch. A lost connection leaves it remembered for the next
-    /// connection.
+    /// won the epoch or the server's checks refused it. A lost connection
+    /// leaves it remembered for the next connection.
     pub(crate) async fn submit(
         &mut self,
         conn: &mut Connection,
         req: CommitRequest,
-        creation: Option<(&str, bool)>,
+        what: Pending,
     ) -> Result<Submitted, ClientError> {
         let g = req.group;
         match conn.request(Request::Commit(req)).await {
             Ok(Response::Committed { epoch }) => {
                 let me = self.id.credential();
                 let mut warnings = Vec::new();
+                let mut notices = Vec::new();
                 self.store.transaction(|p, c| {
-                    mls::merge_pending(p, g)?;
-                    match creation {
-                        Some((name, is_group)) => {
-                            rows::put_conversation(c, &g, is_group, name, now_ms())?
+                    match &what {
+                        // An external commit is applied as it is built.
+                        Pending::Rejoin => {}
+                        _ => {
+                            if let Some(renamed) = mls::merge_pending(p, g)? {
+                                rows::put_name(c, &g, &renamed, now_ms())?;
+                            }
                         }
-                        None => {
+                    }
+                    match &what {
+                        Pending::Creation { name, is_group } => {
+                            rows::put_conversation(c, &g, *is_group, name, now_ms())?;
+                        }
+                        Pending::Commit => {
                             let members = mls::members(p, g)?;
                             record_members(c, &me, &members, &mut warnings)?;
-                            let (is_group, name) = conversation_name(p, g, &me, &members)?;
+                            let (is_group, name) = conversation_name(p, c, g, &me, &members)?;
                             rows::put_conversation(c, &g, is_group, &name, now_ms())?;
+                        }
+                        Pending::Rejoin => {
+                            crate::rejoin::rejoined(p, c, &me, g, &mut warnings, &mut notices)?;
                         }
                     }
                     rows::delete_pending_commit(c, &g)
                 })?;
                 self.warnings.append(&mut warnings);
+                self.notices.append(&mut notices);
                 Ok(Submitted::Committed(epoch))
             }
             Err(ClientError::Server(e)) if matches!(e.code, ErrorCode::StaleEpoch { .. }) => {
                 let ErrorCode::StaleEpoch { current } = e.code else {
                     unreachable!("matched above")
                 };
-                self.store.transaction(|p, c| {
-                    if creation.is_some() {
-                        mls::discard(p, g)?;
-                    } else {
-                        group::clear_pending(p, g)?;
-                    }
-                    rows::delete_pending_commit(c, &g)
-                })?;
+                self.drop_pending(g, &what)?;
                 Ok(Submitted::Lost(current))
+            }
+            Err(ClientError::Server(e)) if e.code == ErrorCode::InvalidCommit => {
+                // The server's checks (the same every member makes) refused
+                // it: it will never go through.
+                self.drop_pending(g, &what)?;
+                Err(ClientError::Server(e))
             }
             Ok(other) => Err(unexpected(&other)),
             Err(e) => Err(e),
         }
+    }
+
+    /// Forgets a commit the server did not apply, and undoes it locally.
+    fn drop_pending(&mut self, g: GroupId, what: &Pending) -> Result<(), ClientError> {
+        self.store.transaction(|p, c| {
+            match what {
+                Pending::Creation { .. } | Pending::Rejoin => mls::discard(p, g)?,
+                Pending::Commit => group::clear_pending(p, g)?,
+            }
+            rows::delete_pending_commit(c, &g)
+        })
     }
 
     /// Settles the commits whose answers were lost on an earlier connection.
@@ -371,24 +405,37 @@ impl Client {
         &mut self,
         conn: &mut Connection,
     ) -> Result<(), ClientError> {
-        for (req, creation) in self.store.transaction(|_, c| rows::pending_commits(c))? {
-            let creation = creation.as_ref().map(|(n, g)| (n.as_str(), *g));
-            self.submit(conn, req, creation).await?;
+        for (req, what) in self.store.transaction(|_, c| rows::pending_commits(c))? {
+            match self.submit(conn, req, what).await {
+                // Refused: said once, and dropped.
+                Err(ClientError::Server(e)) if e.code == ErrorCode::InvalidCommit => {
+                    self.warnings
+                        .push(format!("a change this device staged was refused: {e}"));
+                }
+                Err(e) => return Err(e),
+                Ok(_) => {}
+            }
         }
         Ok(())
     }
 
-    /// Asks to be re-added where this device lost its state, answers other
-    /// devices' requests to be re-added, and commits the leaves other
-    /// members proposed.
+    /// Rejoins where this device lost its state, and commits the leaves
+    /// other members proposed.
     pub(crate) async fn commit_proposals(
         &mut self,
         conn: &mut Connection,
     ) -> Result<(), ClientError> {
-        // Lost conversations first (ask to be re-added), then other
-        // devices' requests to be re-added that are due.
-        self.ask_rejoins(conn).await?;
-        self.answer_rejoins(conn).await?;
+        self.rejoin_lost(conn).await?;
+        // Leaves another commit left out: proposed again on the new epoch.
+        while let Some(g) = self.leaves.pop_first() {
+            let leaving = self.store.transaction(|p, c| {
+                Ok(group::is_active(p, g)?
+                    && rows::conversation_state(c, &g)?.as_deref() == Some("leaving"))
+            })?;
+            if leaving && !self.out_of_sync(g)? {
+                self.propose_leave(conn, g).await?;
+            }
+        }
         while let Some(g) = self.proposals.pop_first() {
             let active = self.store.transaction(|p, _| Ok(group::is_active(p, g)?))?;
             if active && !self.out_of_sync(g)? {
@@ -437,18 +484,17 @@ impl Client {
         let mut conn = self.connect().await?;
         self.sync(&mut conn).await?;
         let mut kps = Vec::new();
+        let mut lists = Vec::new();
         for h in &handles {
-            kps.extend(self.claim(&mut conn, h).await?.1);
+            let (_, k, l) = self.claim(&mut conn, h).await?;
+            kps.extend(k);
+            lists.push(l);
         }
         let mut id = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
         let g = GroupId(id);
-        let meta = GroupMeta {
-            name: name.clone(),
-            admins: vec![self.id.account.id()],
-        };
         if !self
-            .create_conversation(&mut conn, g, kps, Some(&meta), &name)
+            .create_conversation(&mut conn, g, kps, lists, Some(&name))
             .await?
         {
             return Err(ClientError::Invalid(
@@ -459,48 +505,75 @@ impl Client {
         Ok(g)
     }
 
-    /// Creates the MLS group `g` with `kps` and this account's other devices
-    /// (of the same suite), and asks the server to create it with a
-    /// Welcome for all of them. The local group stays only if the server
-    /// applies the creation; `false` if another creation of `g` won. If the
-    /// answer is lost, the next connection settles it.
+    /// Creates the MLS group `g` with `kps` (their accounts' signed lists
+    /// in `lists`) and this account's other devices (of the same suite):
+    /// a group named `group_name`, or a one-to-one conversation. The
+    /// server starts tracking it from the creation commit; the local group
+    /// stays only if the server applies it; `false` if another creation
+    /// of `g` won. If the answer is lost, the next connection settles it.
     pub(crate) async fn create_conversation(
         &mut self,
         conn: &mut Connection,
         g: GroupId,
         mut kps: Vec<KeyPackage>,
-        meta: Option<&GroupMeta>,
-        name: &str,
+        mut lists: Vec<SignedDeviceList>,
+        group_name: Option<&str>,
     ) -> Result<bool, ClientError> {
         let suite = kps.first().map(|k| k.ciphersuite());
-        kps.extend(
-            self.own_other_devices(conn)
-                .await?
-                .into_iter()
-                .filter(|k| Some(k.ciphersuite()) == suite),
-        );
+        let (own, own_list) = self.own_other_devices(conn).await?;
+        let own: Vec<KeyPackage> = own
+            .into_iter()
+            .filter(|k| Some(k.ciphersuite()) == suite)
+            .collect();
+        if !own.is_empty() {
+            kps.extend(own);
+            lists.push(own_list);
+        }
         let me = self.id.credential();
         let device = &self.id.device;
+        let what = Pending::Creation {
+            name: group_name.map_or_else(|| self.peer_names(&kps), str::to_owned),
+            is_group: group_name.is_some(),
+        };
+        let kind = match group_name {
+            Some(n) => mls::NewConversation::Group(n),
+            None => mls::NewConversation::Direct,
+        };
         let req = self.store.transaction(|p, c| {
-            let created = mls::create_group(p, &me, device, g, &kps, meta)?;
+            let created = mls::create_group(p, &me, device, g, kps, lists, kind)?;
             let req = CommitRequest {
                 group: g,
                 epoch: 0,
                 msg_id: random_id(),
-                commit: None,
-                welcome: Some(WelcomeOut {
-                    welcome: Blob(created.welcome),
-                    recipients: created.members[1..].to_vec(),
-                }),
-                members: created.members,
+                commit: Blob(created.staged.commit),
+                group_info: Blob(created.staged.group_info),
+                welcome: created.staged.welcome.map(Blob),
+                base: Some(Blob(created.base)),
             };
-            rows::put_pending_commit(c, &req, Some((name, meta.is_some())))?;
+            rows::put_pending_commit(c, &req, &what)?;
             Ok(req)
         })?;
-        match self.submit(conn, req, Some((name, meta.is_some()))).await? {
+        match self.submit(conn, req, what).await? {
             Submitted::Committed(_) => Ok(true),
             Submitted::Lost(_) => Ok(false),
         }
+    }
+
+    /// A one-to-one conversation's name: the peer's handle.
+    fn peer_names(&self, kps: &[KeyPackage]) -> String {
+        let mine = self.id.account.id();
+        let mut names: Vec<String> = kps
+            .iter()
+            .filter_map(|k| {
+                let leaf = k.leaf_node();
+                mls::leaf_identity(leaf.credential(), leaf.signature_key().as_slice())
+            })
+            .filter(|id| id.account != mine)
+            .map(|id| id.handle.to_string())
+            .collect();
+        names.sort();
+        names.dedup();
+        names.join(",")
     }
 
     fn handles(&self, members: &[&str]) -> Result<Vec<Handle>, ClientError> {
@@ -609,10 +682,7 @@ impl Client {
                 .collect();
             self.commit_with_retry(&mut conn, g, |_| {
                 Ok(Change {
-                    meta: Some(GroupMeta {
-                        name: meta.name.clone(),
-                        admins: admins.clone(),
-                    }),
+                    admins: Some(admins.clone()),
                     ..Change::default()
                 })
             })
@@ -629,14 +699,9 @@ impl Client {
         self.sync(&mut conn).await?;
         let g = self.group_target(target)?;
         self.require_admin(g, "rename the group")?;
-        self.commit_with_retry(&mut conn, g, |p| {
-            let meta =
-                group::meta(p, g)?.ok_or_else(|| ClientError::Invalid("not a group".into()))?;
+        self.commit_with_retry(&mut conn, g, |_| {
             Ok(Change {
-                meta: Some(GroupMeta {
-                    name: name.clone(),
-                    ..meta
-                }),
+                name: Some(name.clone()),
                 ..Change::default()
             })
         })
@@ -666,7 +731,7 @@ impl Client {
                 admins.push(account);
             }
             Ok(Change {
-                meta: Some(GroupMeta { admins, ..meta }),
+                admins: Some(admins),
                 ..Change::default()
             })
         })
@@ -689,24 +754,53 @@ impl Client {
                 "you are the group's only admin: promote another member first".into(),
             ));
         }
-        let device = &self.id.device;
-        let proposal = self.store.transaction(|p, c| {
-            let m = group::propose_leave(p, device, g)?;
-            rows::set_state(c, &g, "leaving")?;
-            Ok(m)
-        })?;
-        let req = SendRequest {
-            group: g,
-            msg_id: random_id(),
-            payload: Blob(proposal),
-            ttl_ms: None,
-        };
-        match conn.request(Request::Send(req)).await? {
-            Response::Accepted { .. } => {}
-            other => return Err(unexpected(&other)),
-        }
+        self.store
+            .transaction(|_, c| rows::set_state(c, &g, "leaving"))?;
+        self.propose_leave(&mut conn, g).await?;
         self.done(conn).await;
         Ok(())
+    }
+
+    /// The request that proposes this device's removal from `g`.
+    pub(crate) fn leave_request(&mut self, g: GroupId) -> Result<Request, ClientError> {
+        let device = &self.id.device;
+        let proposal = self
+            .store
+            .transaction(|p, _| Ok(group::propose_leave(p, device, g)?))?;
+        Ok(Request::Propose(ProposeRequest {
+            group: g,
+            msg_id: random_id(),
+            proposal: Blob(proposal),
+        }))
+    }
+
+    /// Proposes this device's removal from `g` (checked by the server
+    /// against the group's epoch, and built again when another commit
+    /// moved it on meanwhile).
+    pub(crate) async fn propose_leave(
+        &mut self,
+        conn: &mut Connection,
+        g: GroupId,
+    ) -> Result<(), ClientError> {
+        for _ in 0..COMMIT_ATTEMPTS {
+            match conn.request(self.leave_request(g)?).await {
+                Ok(Response::Accepted { .. }) => return Ok(()),
+                Ok(other) => return Err(unexpected(&other)),
+                Err(ClientError::Server(e)) if matches!(e.code, ErrorCode::StaleEpoch { .. }) => {
+                    let ErrorCode::StaleEpoch { current } = e.code else {
+                        unreachable!("matched above")
+                    };
+                    self.catch_up(conn, g, current).await?;
+                    if self.out_of_sync(g)? {
+                        self.rejoin(conn, g).await?;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClientError::Invalid(format!(
+            "the group kept moving: gave up after {COMMIT_ATTEMPTS} attempts; try again"
+        )))
     }
 
     /// Every group this profile knows, with members and epoch.

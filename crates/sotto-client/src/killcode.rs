@@ -3,11 +3,10 @@
 //! obeying a valid wipe order (leave every conversation, tell the server,
 //! destroy the store), and ordering a wipe from any machine.
 
-use sotto_core::group;
 use sotto_core::killcode;
-use sotto_proto::{Blob, Handle, Request, Response, SendRequest};
+use sotto_proto::{Handle, Request, Response};
 
-use crate::client::{random_id, unexpected};
+use crate::client::unexpected;
 use crate::store::rows;
 use crate::transport::Connection;
 use crate::{Client, ClientError, ServerLink};
@@ -79,21 +78,10 @@ impl Client {
     /// failures do not stop the destruction.
     pub(crate) async fn wipe_now(&mut self, conn: &mut Connection) -> ClientError {
         for g in self.active_groups().unwrap_or_default() {
-            let device = &self.id.device;
-            let Ok(p) = self
-                .store
-                .transaction(|p, _| Ok(group::propose_leave(p, device, g)?))
-            else {
-                continue;
-            };
-            let _ = conn
-                .request(Request::Send(SendRequest {
-                    group: g,
-                    msg_id: random_id(),
-                    payload: Blob(p),
-                    ttl_ms: None,
-                }))
-                .await;
+            // Best effort, one attempt each: destruction does not wait.
+            if let Ok(req) = self.leave_request(g) {
+                let _ = conn.request(req).await;
+            }
         }
         let _ = conn.request(Request::WipeDone).await;
         match self.store.shred() {

@@ -91,7 +91,8 @@ CREATE TABLE IF NOT EXISTS conversations (
     state       TEXT NOT NULL DEFAULT 'active',  -- 'active', 'leaving', 'removed'
     created_ms  INTEGER NOT NULL,
     sent_since_update INTEGER NOT NULL DEFAULT 0,
-    last_update_ms    INTEGER NOT NULL
+    last_update_ms    INTEGER NOT NULL,
+    name_key    BLOB                        -- a group's name key (sotto_core::names)
 );
 CREATE TABLE IF NOT EXISTS messages (
     id              BLOB PRIMARY KEY,
@@ -125,7 +126,8 @@ CREATE TABLE IF NOT EXISTS pending_commits (
     group_id    BLOB PRIMARY KEY,
     request     BLOB NOT NULL,               -- postcard CommitRequest, resent as is
     name        TEXT,                        -- for a creation: the conversation's name
-    is_group    INTEGER
+    is_group    INTEGER,
+    rejoin      INTEGER NOT NULL DEFAULT 0   -- an external commit that rejoins the group
 );
 CREATE TABLE IF NOT EXISTS device_lists (
     account     BLOB PRIMARY KEY,
@@ -134,15 +136,8 @@ CREATE TABLE IF NOT EXISTS device_lists (
 );
 CREATE TABLE IF NOT EXISTS rejoins (          -- conversations whose state this device lost
     group_id    BLOB PRIMARY KEY,
-    asked_ms    INTEGER NOT NULL DEFAULT 0,  -- when it asked to be re-added; 0: not yet
+    asked_ms    INTEGER NOT NULL DEFAULT 0,  -- when it last tried to rejoin; 0: not yet
     missed      INTEGER NOT NULL DEFAULT 0   -- deliveries it could not read meanwhile
-);
-CREATE TABLE IF NOT EXISTS readds (           -- other member devices asking to be re-added
-    group_id    BLOB NOT NULL,
-    device      BLOB NOT NULL,
-    key_package BLOB NOT NULL,
-    due_ms      INTEGER NOT NULL,            -- when this device answers, if nobody did
-    PRIMARY KEY (group_id, device)
 );
 CREATE TABLE IF NOT EXISTS outbox (
     msg_id      BLOB PRIMARY KEY,
@@ -397,6 +392,17 @@ fn migrate(conn: &Connection) -> Result<(), ClientError> {
     if !has("messages", "reply_to")? {
         conn.execute_batch("ALTER TABLE messages ADD COLUMN reply_to BLOB")?;
     }
+    // Protocol 3: sealed group names, rejoins by external commit; other
+    // devices no longer ask this one to re-add them.
+    if !has("conversations", "name_key")? {
+        conn.execute_batch("ALTER TABLE conversations ADD COLUMN name_key BLOB")?;
+    }
+    if !has("pending_commits", "rejoin")? {
+        conn.execute_batch(
+            "ALTER TABLE pending_commits ADD COLUMN rejoin INTEGER NOT NULL DEFAULT 0",
+        )?;
+    }
+    conn.execute_batch("DROP TABLE IF EXISTS readds")?;
     Ok(())
 }
 
@@ -993,6 +999,25 @@ impl Store {
 
 /// Row writers used inside [`Store::transaction`].
 pub mod rows {
+    use sotto_core::names::NameKey;
+
+    /// What a remembered commit is, for settling it.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Pending {
+        /// A commit to a group this device holds.
+        Commit,
+        /// The creation of a conversation (discarded if it loses).
+        Creation {
+            /// The conversation's name.
+            name: String,
+            /// Whether it is a group.
+            is_group: bool,
+        },
+        /// An external commit by which this device rejoins the group
+        /// (discarded if it loses: it was applied locally already).
+        Rejoin,
+    }
+
     use super::*;
 
     /// Records a contact. A handle that now stands for another account is
@@ -1050,6 +1075,16 @@ pub mod rows {
             ],
         )?;
         Ok(())
+    }
+
+    /// A conversation's state (`active`, `leaving`, `removed`).
+    pub fn conversation_state(c: &Connection, g: &GroupId) -> Result<Option<String>, ClientError> {
+        Ok(c.query_row(
+            "SELECT state FROM conversations WHERE group_id = ?1",
+            [&g.0[..]],
+            |r| r.get(0),
+        )
+        .optional()?)
     }
 
     /// Sets a conversation's state.
@@ -1212,14 +1247,22 @@ pub mod rows {
     pub fn put_pending_commit(
         c: &Connection,
         req: &sotto_proto::CommitRequest,
-        creation: Option<(&str, bool)>,
+        what: &Pending,
     ) -> Result<(), ClientError> {
         let data = postcard::to_stdvec(req).map_err(|e| ClientError::Store(e.to_string()))?;
+        let (name, is_group, rejoin) = match what {
+            Pending::Commit => (None, None, 0),
+            Pending::Creation { name, is_group } => {
+                (Some(name.as_str()), Some(i64::from(*is_group)), 0)
+            }
+            Pending::Rejoin => (None, None, 1),
+        };
         c.execute(
-            "INSERT INTO pending_commits (group_id, request, name, is_group) VALUES (?1, ?2, ?3, ?4) \
+            "INSERT INTO pending_commits (group_id, request, name, is_group, rejoin) \
+             VALUES (?1, ?2, ?3, ?4, ?5) \
              ON CONFLICT(group_id) DO UPDATE SET request = excluded.request, name = excluded.name, \
-             is_group = excluded.is_group",
-            params![&req.group.0[..], data, creation.map(|c| c.0), creation.map(|c| i64::from(c.1))],
+             is_group = excluded.is_group, rejoin = excluded.rejoin",
+            params![&req.group.0[..], data, name, is_group, rejoin],
         )?;
         Ok(())
     }
@@ -1233,26 +1276,71 @@ pub mod rows {
         Ok(())
     }
 
-    /// The commits waiting to be settled, with their creation details.
-    #[allow(clippy::type_complexity)]
+    /// The commits waiting to be settled, with what each is. A commit an
+    /// older version staged (another request format) is dropped: it
+    /// cannot be sent any more, and the group moved on without it.
     pub fn pending_commits(
         c: &Connection,
-    ) -> Result<Vec<(sotto_proto::CommitRequest, Option<(String, bool)>)>, ClientError> {
-        let mut st = c.prepare("SELECT request, name, is_group FROM pending_commits")?;
-        let rows = st.query_map([], |r| {
-            Ok((
-                r.get::<_, Vec<u8>>(0)?,
-                r.get::<_, Option<String>>(1)?,
-                r.get::<_, Option<i64>>(2)?,
-            ))
-        })?;
+    ) -> Result<Vec<(sotto_proto::CommitRequest, Pending)>, ClientError> {
+        let rows: Vec<(Vec<u8>, Vec<u8>, Option<String>, Option<i64>, i64)> = {
+            let mut st =
+                c.prepare("SELECT group_id, request, name, is_group, rejoin FROM pending_commits")?;
+            st.query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<Result<_, _>>()?
+        };
         let mut out = Vec::new();
-        for row in rows {
-            let (req, name, is_group) = row?;
-            let req = postcard::from_bytes(&req).map_err(|e| ClientError::Store(e.to_string()))?;
-            out.push((req, name.map(|n| (n, is_group.unwrap_or(0) != 0))));
+        for (g, req, name, is_group, rejoin) in rows {
+            let Ok(req) = postcard::from_bytes(&req) else {
+                c.execute("DELETE FROM pending_commits WHERE group_id = ?1", [&g])?;
+                continue;
+            };
+            let what = match (name, rejoin) {
+                (_, 1) => Pending::Rejoin,
+                (Some(name), _) => Pending::Creation {
+                    name,
+                    is_group: is_group.unwrap_or(0) != 0,
+                },
+                (None, _) => Pending::Commit,
+            };
+            out.push((req, what));
         }
         Ok(out)
+    }
+
+    /// A group's name key, if this device has one.
+    pub fn name_key(c: &Connection, g: &GroupId) -> Result<Option<NameKey>, ClientError> {
+        let v: Option<Option<Vec<u8>>> = c
+            .query_row(
+                "SELECT name_key FROM conversations WHERE group_id = ?1",
+                [&g.0[..]],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(v.flatten()
+            .and_then(|k| <[u8; 32]>::try_from(k.as_slice()).ok())
+            .map(NameKey::from_bytes))
+    }
+
+    /// Records what a group is called now and the key its name is sealed
+    /// under (after a commit that named it, or a Welcome).
+    pub fn put_name(
+        c: &Connection,
+        g: &GroupId,
+        renamed: &sotto_core::group::Renamed,
+        now_ms: u64,
+    ) -> Result<(), ClientError> {
+        let name = renamed
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("unnamed group #{}", &g.to_hex()[..8]));
+        put_conversation(c, g, true, &name, now_ms)?;
+        c.execute(
+            "UPDATE conversations SET name_key = ?2 WHERE group_id = ?1",
+            params![&g.0[..], &renamed.key.as_bytes()[..]],
+        )?;
+        Ok(())
     }
 
     /// Notes a delivery of `g` that this device could not read because its
@@ -1327,55 +1415,6 @@ pub mod rows {
             .optional()?;
         c.execute("DELETE FROM rejoins WHERE group_id = ?1", [&g.0[..]])?;
         Ok(missed.map(u))
-    }
-
-    /// Records another device's request to be re-added to `g`, to answer
-    /// at `due_ms` (a newer request replaces an older one).
-    pub fn put_readd(
-        c: &Connection,
-        g: &GroupId,
-        device: &DeviceId,
-        key_package: &[u8],
-        due_ms: u64,
-    ) -> Result<(), ClientError> {
-        c.execute(
-            "INSERT INTO readds (group_id, device, key_package, due_ms) VALUES (?1, ?2, ?3, ?4)              ON CONFLICT(group_id, device) DO UPDATE SET key_package = excluded.key_package,              due_ms = excluded.due_ms",
-            params![&g.0[..], &device.0[..], key_package, i(due_ms)],
-        )?;
-        Ok(())
-    }
-
-    /// The requests to be re-added that are due: (group, device, KeyPackage).
-    #[allow(clippy::type_complexity)]
-    pub fn readds_due(
-        c: &Connection,
-        now_ms: u64,
-    ) -> Result<Vec<(GroupId, DeviceId, Vec<u8>)>, ClientError> {
-        let mut st = c.prepare(
-            "SELECT group_id, device, key_package FROM readds WHERE due_ms <= ?1 ORDER BY due_ms",
-        )?;
-        let rows = st.query_map([i(now_ms)], |r| {
-            Ok((
-                r.get::<_, Vec<u8>>(0)?,
-                r.get::<_, Vec<u8>>(1)?,
-                r.get::<_, Vec<u8>>(2)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (g, d, kp) = row?;
-            out.push((GroupId(arr(g)?), DeviceId(arr(d)?), kp));
-        }
-        Ok(out)
-    }
-
-    /// Forgets a request to be re-added (answered, by this device or another).
-    pub fn delete_readd(c: &Connection, g: &GroupId, device: &DeviceId) -> Result<(), ClientError> {
-        c.execute(
-            "DELETE FROM readds WHERE group_id = ?1 AND device = ?2",
-            params![&g.0[..], &device.0[..]],
-        )?;
-        Ok(())
     }
 
     /// Queues an encrypted message for (re)sending.

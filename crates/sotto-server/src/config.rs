@@ -57,6 +57,9 @@ pub struct Limits {
     pub max_key_packages: u32,
     /// Largest KeyPackage accepted, in bytes.
     pub max_key_package_bytes: usize,
+    /// Most member devices of one group (a commit taking a group past it
+    /// is refused).
+    pub max_group_devices: usize,
     /// Protocol errors tolerated on one connection before it is closed.
     pub max_protocol_errors: u32,
     /// Requests per second allowed on one connection (token bucket rate).
@@ -103,6 +106,7 @@ impl Default for Limits {
             mailbox_max_messages: 50_000,
             max_key_packages: 200,
             max_key_package_bytes: 16 * 1024,
+            max_group_devices: sotto_proto::MAX_GROUP_DEVICES,
             max_protocol_errors: 3,
             requests_per_second: 50.0,
             request_burst: 200.0,

@@ -15,9 +15,9 @@ use sha2::{Digest, Sha256};
 use sotto_proto::{
     ClaimedKeyPackage, ClaimedKeyPackages, ClientFrame, CommitRequest, Delivery, DeviceId,
     EnvelopeKind, ErrorCode, LoginRequest, MAX_ACKS_PER_FRAME, MAX_DEVICES_PER_ACCOUNT,
-    MAX_GROUP_DEVICES, MAX_HANDSHAKE_BYTES, MAX_KEY_PACKAGES_PER_UPLOAD, MAX_PAYLOAD_BYTES,
-    PROTOCOL_VERSION, ProposeRequest, ProtoError, RegisterRequest, Request, Response, SendRequest,
-    ServerFrame, ServerHello, Session, Signature, SignedDeviceList, UploadKeyPackages,
+    MAX_HANDSHAKE_BYTES, MAX_KEY_PACKAGES_PER_UPLOAD, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION,
+    ProposeRequest, ProtoError, RegisterRequest, Request, Response, SendRequest, ServerFrame,
+    ServerHello, Session, Signature, SignedDeviceList, UploadKeyPackages,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -726,7 +726,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
         .await
         .map_err(|_| ProtoError::new(ErrorCode::Internal))?
         .map_err(refused)?;
-        if accepted.members.len() > MAX_GROUP_DEVICES {
+        if accepted.members.len() > self.shared.config.limits.max_group_devices {
             return Err(ProtoError::new(ErrorCode::TooLarge));
         }
         let w = CommitWrite {

@@ -35,7 +35,7 @@ fn quota(count: u32) -> Quota {
 #[tokio::test]
 async fn a_mailbox_over_its_byte_cap_refuses_more_and_keeps_what_it_accepted() {
     let w = World::with(with_limits(Limits {
-        mailbox_max_bytes: 250,
+        mailbox_max_bytes: 100_000,
         ..Limits::default()
     }))
     .await;
@@ -43,10 +43,10 @@ async fn a_mailbox_over_its_byte_cap_refuses_more_and_keeps_what_it_accepted() {
     let (bob, b) = w.person("bob").await;
     b.close().await;
     let g = GroupId([3; 32]);
-    create_group(&mut a, g, &alice, &[&bob]).await; // a 13-byte Welcome
-    send(&mut a, g, 1, 100).await.unwrap();
-    send(&mut a, g, 2, 100).await.unwrap();
-    let e = server_error(send(&mut a, g, 3, 100).await);
+    create_group(&mut a, g, &alice, &[&bob]).await; // a Welcome of some KiB
+    send(&mut a, g, 1, 40_000).await.unwrap();
+    send(&mut a, g, 2, 40_000).await.unwrap();
+    let e = server_error(send(&mut a, g, 3, 40_000).await);
     assert_eq!(e.code, ErrorCode::MailboxFull, "{e:?}");
     assert!(e.retry_after_ms.is_some(), "{e:?}");
 
@@ -54,14 +54,16 @@ async fn a_mailbox_over_its_byte_cap_refuses_more_and_keeps_what_it_accepted() {
     let mut bc = w.login(&bob).await;
     let got = drain(&mut bc).await;
     let sizes: Vec<usize> = got.iter().map(|d| d.envelope.payload.0.len()).collect();
-    assert_eq!(sizes, [13, 100, 100]);
+    assert_eq!(got[0].envelope.kind, sotto_proto::EnvelopeKind::Welcome);
+    assert!(sizes[0] < 20_000, "a Welcome of {} bytes", sizes[0]);
+    assert_eq!(sizes[1..], [40_000, 40_000]);
     let r = bc
         .request(Request::Ack {
             seqs: got.iter().map(|d| d.seq).collect(),
         })
         .await;
     assert!(matches!(r, Ok(Response::Acked)), "{r:?}");
-    let r = send(&mut a, g, 3, 100).await;
+    let r = send(&mut a, g, 3, 40_000).await;
     assert!(
         matches!(r, Ok(Response::Accepted { duplicate: false })),
         "the refused message was remembered as sent: {r:?}"
@@ -352,12 +354,15 @@ async fn slowloris_upgrades_and_silent_logged_in_clients_are_dropped() {
 async fn oversized_fields_get_too_large_and_the_connection_goes_on() {
     let w = World::with(with_limits(Limits {
         max_attachment_bytes: 1024,
+        max_group_devices: 2,
         ..Limits::default()
     }))
     .await;
     let (alice, mut a) = w.person("alice").await;
+    let (bob, _b) = w.person("bob").await;
+    let (carol, _c) = w.person("carol").await;
     let g = GroupId([5; 32]);
-    create_group(&mut a, g, &alice, &[]).await;
+    create_group(&mut a, g, &alice, &[&bob]).await;
     let too_large = |r| assert_eq!(server_error(r).code, ErrorCode::TooLarge);
     too_large(send(&mut a, g, 1, sotto_proto::MAX_PAYLOAD_BYTES + 1).await);
     let upload = |n: usize, size: usize| {
@@ -389,24 +394,23 @@ async fn oversized_fields_get_too_large_and_the_connection_goes_on() {
         }))
         .await,
     );
-    let members: Vec<sotto_proto::DeviceId> = (0..=sotto_proto::MAX_GROUP_DEVICES)
-        .map(|i| {
-            let mut d = [0u8; 32];
-            d[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            sotto_proto::DeviceId(d)
-        })
-        .collect();
+    // A group past the size limit (three devices, two allowed), and
+    // handshake fields past theirs.
+    too_large(
+        a.request(Request::Commit(
+            alice.create(GroupId([6; 32]), &[&bob, &carol]),
+        ))
+        .await,
+    );
+    alice.discard(GroupId([6; 32]));
     too_large(
         a.request(Request::Commit(sotto_proto::CommitRequest {
-            group: GroupId([6; 32]),
-            epoch: 0,
-            msg_id: sotto_proto::MessageId([2; 16]),
-            commit: None,
-            welcome: None,
-            members,
+            group_info: sotto_proto::Blob(vec![0; sotto_proto::MAX_HANDSHAKE_BYTES + 1]),
+            ..alice.self_update(g)
         }))
         .await,
     );
+    alice.refused(g);
     // Nothing of it was stored, and the connection still serves.
     assert!(matches!(
         send(&mut a, g, 2, 10).await,

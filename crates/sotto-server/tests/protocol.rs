@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use sotto_client::transport::{Connection, Event};
 use sotto_client::{ClientError, ServerLink};
-use sotto_core::{AccountKey, DeviceKey};
+
+use sotto_core::DeviceKey;
 use sotto_proto::{
     Blob, ClientFrame, CommitRequest, EnvelopeKind, ErrorCode, GroupId, Handle, LoginRequest,
     MessageId, PROTOCOL_VERSION, Request, Response, ServerFrame, UploadKeyPackages,
@@ -152,11 +153,7 @@ async fn login_with_a_wrong_signature_or_unknown_device_fails() {
 async fn registration_checks_invite_and_signatures() {
     let w = World::new().await;
     let invite = w.server.invite();
-    let d = |h: &str| Device {
-        account: AccountKey::generate(),
-        device: DeviceKey::generate(),
-        handle: Handle::new(h).unwrap(),
-    };
+    let d = Device::new;
     let alice = d("alice");
     let mut conn = w.connect().await;
     let req = w.register_request(&conn, &alice, Some(invite.clone()), None);
@@ -288,37 +285,43 @@ async fn commits_are_compare_and_set_on_the_epoch() {
     assert_eq!(create_group(&mut alice_conn, g, &alice, &[&bob]).await, 1);
     // Bob races with a creation of his own: the epoch moved.
     let r = bob_conn
-        .request(Request::Commit(CommitRequest {
-            group: g,
-            epoch: 0,
-            msg_id: MessageId([1; 16]),
-            commit: None,
-            welcome: None,
-            members: vec![bob.id(), alice.id()],
-        }))
+        .request(Request::Commit(bob.create(g, &[&alice])))
         .await;
     assert_eq!(code(r), ErrorCode::StaleEpoch { current: 1 });
-    // A commit on the current epoch goes to the other members.
+    bob.discard(g);
+    // He joins alice's group instead (its Welcome waits in his mailbox):
+    // a commit on the current epoch goes to the other members.
+    let mut bob_conn = w.login(&bob).await;
+    let got = drain(&mut bob_conn).await;
+    let kinds: Vec<_> = got.iter().map(|d| d.envelope.kind).collect();
+    assert_eq!(kinds, [EnvelopeKind::Welcome]);
+    bob.join(&got[0].envelope.payload.0);
+    let update = bob.self_update(g);
     let r = bob_conn
-        .request(Request::Commit(CommitRequest {
-            group: g,
-            epoch: 1,
-            msg_id: MessageId([2; 16]),
-            commit: Some(Blob(b"commit".to_vec())),
-            welcome: None,
-            members: vec![bob.id(), alice.id()],
-        }))
+        .request(Request::Commit(update.clone()))
         .await
         .unwrap();
+    assert_eq!(r, Response::Committed { epoch: 2 });
+    bob.committed(g);
+    // Sent again (its answer lost): answered with the same epoch, applied once.
+    let r = bob_conn.request(Request::Commit(update)).await.unwrap();
     assert_eq!(r, Response::Committed { epoch: 2 });
     let got = drain(&mut w.login(&alice).await).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].envelope.kind, EnvelopeKind::Commit);
     assert_eq!(got[0].envelope.sender, bob.id());
-    // Bob got the Welcome of alice's creation, and not his own commit.
-    let got = drain(&mut w.login(&bob).await).await;
-    let kinds: Vec<_> = got.iter().map(|d| d.envelope.kind).collect();
-    assert_eq!(kinds, [EnvelopeKind::Welcome]);
+    assert!(matches!(
+        alice.process(g, &got[0].envelope.payload.0).unwrap(),
+        sotto_core::mls::Processed::Commit { epoch: 2, .. }
+    ));
+    // A commit of the epoch alice left is stale.
+    let r = alice_conn
+        .request(Request::Commit(CommitRequest {
+            epoch: 1,
+            ..alice.self_update(g)
+        }))
+        .await;
+    assert_eq!(code(r), ErrorCode::StaleEpoch { current: 2 });
 }
 
 #[tokio::test]
@@ -355,7 +358,7 @@ async fn duplicate_sends_are_stored_once_and_outsiders_refused() {
     assert_eq!(
         ids,
         [
-            (EnvelopeKind::Welcome, MessageId([0xcc; 16])),
+            (EnvelopeKind::Welcome, got[0].envelope.msg_id),
             (EnvelopeKind::Application, MessageId([1; 16])),
             (EnvelopeKind::Application, MessageId([2; 16])),
         ]
@@ -607,50 +610,124 @@ async fn one_source_cannot_take_every_connection() {
     assert!(again.is_some(), "the freed place was not given back");
 }
 
+/// S11: the server refuses what every member would refuse (a non-admin's
+/// add, garbage, a proposal in someone else's name), delivers proposals
+/// as proposals, and hands a group's GroupInfo only to its members, who
+/// rejoin with it.
 #[tokio::test]
-async fn a_rejoin_request_reaches_the_other_members_and_only_from_a_member() {
+async fn the_server_checks_commits_and_proposals_and_hands_group_infos_to_members_only() {
     let w = World::new().await;
     let (alice, mut alice_conn) = w.person("alice").await;
-    let (bob, mut bob_conn) = w.person("bob").await;
-    let (carol, mut carol_conn) = w.person("carol").await;
+    let (bob, _) = w.person("bob").await;
+    let (carol, _) = w.person("carol").await;
+    let (dave, mut dave_conn) = w.person("dave").await;
     let g = GroupId([7; 32]);
     create_group(&mut alice_conn, g, &alice, &[&bob, &carol]).await;
-    let rejoin = |n: u8| Request::Rejoin {
-        group: g,
-        msg_id: MessageId([n; 16]),
-        key_package: Blob(vec![n; 100]),
+    let mut bob_conn = w.login(&bob).await;
+    let mut carol_conn = w.login(&carol).await;
+    for (who, conn) in [(&bob, &mut bob_conn), (&carol, &mut carol_conn)] {
+        let got = drain(conn).await;
+        who.join(&got[0].envelope.payload.0);
+        let seqs = got.iter().map(|d| d.seq).collect();
+        assert_eq!(
+            conn.request(Request::Ack { seqs }).await.unwrap(),
+            Response::Acked
+        );
+    }
+    let invalid = |r: Result<Response, ClientError>, why: &str| {
+        let e = server_error(r);
+        assert_eq!(e.code, ErrorCode::InvalidCommit, "{e:?}");
+        assert!(e.message.contains(why), "{why}: {e:?}");
     };
-    // An outsider cannot ask to be re-added: typed refusal, nothing stored.
-    let (_dave, mut dave_conn) = w.person("dave").await;
-    assert_eq!(
-        code(dave_conn.request(rejoin(1)).await),
-        ErrorCode::NotMember
+    // bob is no admin: his add of dave is refused, and reaches nobody.
+    let add = bob.add(g, &[&dave]);
+    invalid(
+        bob_conn.request(Request::Commit(add)).await,
+        "only admins add members",
     );
-    // A member can; the others get its KeyPackage as a Rejoin envelope.
-    let r = carol_conn.request(rejoin(2)).await.unwrap();
+    bob.refused(g);
+    invalid(
+        bob_conn
+            .request(Request::Commit(CommitRequest {
+                commit: Blob(b"garbage".to_vec()),
+                ..bob.self_update(g)
+            }))
+            .await,
+        "malformed",
+    );
+    bob.refused(g);
+    // carol's leave, sent by bob: refused; sent by carol: delivered to the
+    // others as a proposal.
+    let leave = carol.leave(g);
+    invalid(
+        bob_conn.request(Request::Propose(leave.clone())).await,
+        "another device",
+    );
+    let r = carol_conn.request(Request::Propose(leave)).await.unwrap();
     assert_eq!(r, Response::Accepted { duplicate: false });
     for who in [&alice, &bob] {
         let got = drain(&mut w.login(who).await).await;
-        let rejoins: Vec<_> = got
-            .iter()
-            .filter(|d| d.envelope.kind == EnvelopeKind::Rejoin)
-            .collect();
-        assert_eq!(rejoins.len(), 1);
-        assert_eq!(rejoins[0].envelope.sender, carol.id());
-        assert_eq!(rejoins[0].envelope.group, g);
-        assert_eq!(rejoins[0].envelope.payload, Blob(vec![2; 100]));
+        let kinds: Vec<_> = got.iter().map(|d| d.envelope.kind).collect();
+        assert_eq!(kinds, [EnvelopeKind::Proposal], "{who:?}");
+        who.process(g, &got[0].envelope.payload.0).unwrap();
     }
-    // Not twice in a row: the request is rate-limited per device and group.
-    let e = server_error(carol_conn.request(rejoin(3)).await);
-    assert_eq!(e.code, ErrorCode::RateLimited);
-    assert!(e.retry_after_ms.is_some());
-    // Nor with an empty or oversized KeyPackage.
-    let r = bob_conn
-        .request(Request::Rejoin {
-            group: g,
-            msg_id: MessageId([4; 16]),
-            key_package: Blob(Vec::new()),
-        })
-        .await;
-    assert_eq!(code(r), ErrorCode::TooLarge);
+    // alice commits it: the server routes to two devices from now on.
+    let c = alice.commit(g, Default::default());
+    let r = alice_conn.request(Request::Commit(c)).await.unwrap();
+    assert_eq!(r, Response::Committed { epoch: 2 });
+    alice.committed(g);
+    // The GroupInfo of the epoch: not for dave, nor for carol who left.
+    for conn in [&mut dave_conn, &mut carol_conn] {
+        let r = conn.request(Request::GetGroupInfo { group: g }).await;
+        assert_eq!(code(r), ErrorCode::NotMember);
+    }
+    // bob lost his state: he rejoins from it, by himself.
+    let Response::GroupInfo {
+        epoch,
+        group_info,
+        ratchet_tree,
+    } = bob_conn
+        .request(Request::GetGroupInfo { group: g })
+        .await
+        .unwrap()
+    else {
+        panic!("expected a group info");
+    };
+    assert_eq!(epoch, 2);
+    let rejoin = bob.rejoin(g, &group_info.0, &ratchet_tree.0);
+    let r = bob_conn.request(Request::Commit(rejoin)).await.unwrap();
+    assert_eq!(r, Response::Committed { epoch: 3 });
+    let got = drain(&mut w.login(&alice).await).await;
+    let commit = got
+        .iter()
+        .find(|d| d.envelope.kind == EnvelopeKind::Commit)
+        .expect("bob's rejoin");
+    assert!(matches!(
+        alice.process(g, &commit.envelope.payload.0).unwrap(),
+        sotto_core::mls::Processed::Commit { epoch: 3, .. }
+    ));
+    assert_eq!(alice.epoch(g), bob.epoch(g));
+    // dave cannot join a group he was never in, even with its GroupInfo
+    // (bob hands him the current one).
+    let Response::GroupInfo {
+        group_info,
+        ratchet_tree,
+        ..
+    } = bob_conn
+        .request(Request::GetGroupInfo { group: g })
+        .await
+        .unwrap()
+    else {
+        panic!("expected a group info");
+    };
+    invalid(
+        dave_conn
+            .request(Request::Commit(dave.rejoin(
+                g,
+                &group_info.0,
+                &ratchet_tree.0,
+            )))
+            .await,
+        "only a member device rejoins",
+    );
 }

@@ -1,11 +1,13 @@
 //! Helpers for tests that run the real thing on loopback: the
 //! `sotto-server` binary as a child process (so it can be SIGKILLed and
 //! restarted), the `sotto` binary in its own profile directory, and the
-//! server library's `run` in-process on `127.0.0.1:0`. A failing CLI call
+//! server library's `run` in-process on `127.0.0.1:0`, and real MLS members
+//! for tests that speak the raw protocol ([`mls`]). A failing CLI call
 //! panics with a report of the command, its output and the files involved.
 
 pub mod balancer;
 pub mod cluster;
+pub mod mls;
 pub mod services;
 
 use std::io::{BufRead, BufReader};

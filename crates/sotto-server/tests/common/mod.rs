@@ -7,34 +7,17 @@ use std::time::Duration;
 
 use sotto_client::transport::{Connection, Event};
 use sotto_client::{ClientError, ServerLink};
-use sotto_core::{AccountKey, DeviceKey};
 use sotto_proto::{
-    Blob, CommitRequest, DeviceId, ErrorCode, GroupId, Handle, LoginRequest, MessageId,
-    PROTOCOL_VERSION, ProtoError, RegisterRequest, Request, Response, SendRequest, WelcomeOut,
+    Blob, ErrorCode, GroupId, LoginRequest, MessageId, PROTOCOL_VERSION, ProtoError,
+    RegisterRequest, Request, Response, SendRequest,
 };
 use sotto_server::ServerConfig;
 use sotto_test_support::InProcessServer;
 use tempfile::TempDir;
 
-pub(crate) struct Device {
-    pub(crate) account: AccountKey,
-    pub(crate) device: DeviceKey,
-    pub(crate) handle: Handle,
-}
-
-impl Device {
-    pub(crate) fn new(handle: &str) -> Self {
-        Self {
-            account: AccountKey::generate(),
-            device: DeviceKey::generate(),
-            handle: Handle::new(handle).unwrap(),
-        }
-    }
-
-    pub(crate) fn id(&self) -> DeviceId {
-        self.device.id()
-    }
-}
+/// A device of its own account with its own MLS state (the server checks
+/// every commit, so tests bring real ones).
+pub(crate) use sotto_test_support::mls::Member as Device;
 
 pub(crate) struct World {
     _tmp: Option<TempDir>,
@@ -148,30 +131,20 @@ pub(crate) fn assert_rate_limited(r: Result<Response, ClientError>) {
     );
 }
 
-/// Creates a group of `by` and `others` by a commit from `by`; returns its epoch.
+/// Creates a group of `by` and `others` by a commit from `by` (real MLS,
+/// checked by the server); returns its epoch.
 pub(crate) async fn create_group(
     conn: &mut Connection,
     g: GroupId,
     by: &Device,
     others: &[&Device],
 ) -> u64 {
-    let mut members = vec![by.id()];
-    members.extend(others.iter().map(|d| d.id()));
-    let r = conn
-        .request(Request::Commit(CommitRequest {
-            group: g,
-            epoch: 0,
-            msg_id: MessageId([0xcc; 16]),
-            commit: None,
-            welcome: Some(WelcomeOut {
-                welcome: Blob(b"welcome bytes".to_vec()),
-                recipients: others.iter().map(|d| d.id()).collect(),
-            }),
-            members,
-        }))
-        .await;
+    let r = conn.request(Request::Commit(by.create(g, others))).await;
     match r {
-        Ok(Response::Committed { epoch }) => epoch,
+        Ok(Response::Committed { epoch }) => {
+            by.committed(g);
+            epoch
+        }
         other => panic!("expected Committed, got {other:?}"),
     }
 }

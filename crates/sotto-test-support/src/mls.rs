@@ -1,0 +1,215 @@
+//! Real MLS members for tests and benchmarks that speak the raw protocol:
+//! the server checks every commit and proposal (protocol 3), so a test that
+//! creates a group or commits must bring real MLS messages. A [`Member`] is
+//! one device with its keys and its own in-memory MLS state, built on
+//! `sotto-core` exactly as the client does.
+
+use std::cell::RefCell;
+
+use openmls::prelude::KeyPackage;
+use openmls_libcrux_crypto::Provider;
+use sotto_core::group::{self, Change, Renamed, StagedChange};
+use sotto_core::mls::{self, NewConversation, Processed};
+use sotto_core::{AccountKey, CoreError, CredentialIdentity, DeviceKey, Suite};
+use sotto_proto::{
+    Blob, CommitRequest, DeviceId, GroupId, Handle, MessageId, ProposeRequest, SignedDeviceList,
+};
+
+/// One device of its own account, with its MLS state in memory.
+pub struct Member {
+    /// The account key.
+    pub account: AccountKey,
+    /// The device key.
+    pub device: DeviceKey,
+    /// The handle.
+    pub handle: Handle,
+    provider: Provider,
+    name: RefCell<Option<Renamed>>,
+}
+
+impl std::fmt::Debug for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Member({})", self.handle)
+    }
+}
+
+fn request(g: GroupId, s: StagedChange, base: Option<Vec<u8>>) -> CommitRequest {
+    CommitRequest {
+        group: g,
+        epoch: s.epoch,
+        msg_id: MessageId(rand::random()),
+        commit: Blob(s.commit),
+        group_info: Blob(s.group_info),
+        welcome: s.welcome.map(Blob),
+        base: base.map(Blob),
+    }
+}
+
+impl Member {
+    /// A new account with one device.
+    pub fn new(handle: &str) -> Self {
+        Self {
+            account: AccountKey::generate(),
+            device: DeviceKey::generate(),
+            handle: Handle::new(handle).expect("a valid handle"),
+            provider: Provider::new().expect("libcrux provider"),
+            name: RefCell::new(None),
+        }
+    }
+
+    /// The device id.
+    pub fn id(&self) -> DeviceId {
+        self.device.id()
+    }
+
+    /// The credential identity.
+    pub fn me(&self) -> CredentialIdentity {
+        CredentialIdentity {
+            account: self.account.id(),
+            device: self.device.id(),
+            handle: self.handle.clone(),
+        }
+    }
+
+    /// The account's signed device list (this device, version 1), as it
+    /// registers with.
+    pub fn list(&self) -> SignedDeviceList {
+        self.account.sign_device_list(1, vec![self.id()])
+    }
+
+    /// A fresh post-quantum KeyPackage of this device, verified.
+    pub fn key_package(&self) -> KeyPackage {
+        let kp = mls::key_packages(
+            &self.provider,
+            &self.me(),
+            &self.device,
+            Suite::PostQuantum,
+            1,
+        )
+        .expect("a key package");
+        mls::verify_key_package(&self.provider, &kp[0], self.account.id(), self.id())
+            .expect("its own key package verifies")
+            .0
+    }
+
+    /// The request that creates group `g` with `others` (a group named
+    /// `test`, this account its admin). Call [`Member::committed`] once
+    /// the server accepted it.
+    pub fn create(&self, g: GroupId, others: &[&Member]) -> CommitRequest {
+        let created = mls::create_group(
+            &self.provider,
+            &self.me(),
+            &self.device,
+            g,
+            others.iter().map(|o| o.key_package()).collect(),
+            others.iter().map(|o| o.list()).collect(),
+            NewConversation::Group("test"),
+        )
+        .expect("a group");
+        request(g, created.staged, Some(created.base))
+    }
+
+    /// The request of a commit of `change` to `g`.
+    pub fn commit(&self, g: GroupId, change: Change) -> CommitRequest {
+        let key = self.name.borrow().as_ref().map(|r| r.key.clone());
+        let s = group::stage(&self.provider, &self.device, g, change, key.as_ref())
+            .expect("a commit")
+            .expect("something to commit");
+        request(g, s, None)
+    }
+
+    /// A self-update of this device's leaf in `g`.
+    pub fn self_update(&self, g: GroupId) -> CommitRequest {
+        self.commit(
+            g,
+            Change {
+                self_update: true,
+                ..Change::default()
+            },
+        )
+    }
+
+    /// Adds `others` to `g`.
+    pub fn add(&self, g: GroupId, others: &[&Member]) -> CommitRequest {
+        self.commit(
+            g,
+            Change {
+                adds: others.iter().map(|o| o.key_package()).collect(),
+                device_lists: others.iter().map(|o| o.list()).collect(),
+                ..Change::default()
+            },
+        )
+    }
+
+    /// The server accepted this device's last commit: merge it.
+    pub fn committed(&self, g: GroupId) {
+        if let Some(r) = mls::merge_pending(&self.provider, g).expect("a staged commit") {
+            *self.name.borrow_mut() = Some(r);
+        }
+    }
+
+    /// The server refused this device's last commit: drop it.
+    pub fn refused(&self, g: GroupId) {
+        group::clear_pending(&self.provider, g).expect("a staged commit");
+    }
+
+    /// Forgets `g` (a creation that lost the race).
+    pub fn discard(&self, g: GroupId) {
+        mls::discard(&self.provider, g).expect("a group");
+    }
+
+    /// The request of an external commit that rejoins `g` from the
+    /// server's GroupInfo and ratchet tree (applied locally already).
+    pub fn rejoin(&self, g: GroupId, group_info: &[u8], ratchet_tree: &[u8]) -> CommitRequest {
+        let r = mls::rejoin(
+            &self.provider,
+            &self.me(),
+            &self.device,
+            g,
+            group_info,
+            ratchet_tree,
+        )
+        .expect("a rejoin");
+        CommitRequest {
+            group: g,
+            epoch: r.epoch,
+            msg_id: MessageId(rand::random()),
+            commit: Blob(r.commit),
+            group_info: Blob(r.group_info),
+            welcome: None,
+            base: None,
+        }
+    }
+
+    /// Joins from a Welcome bundle (as delivered).
+    pub fn join(&self, welcome: &[u8]) {
+        let joined = mls::join(&self.provider, welcome).expect("a valid welcome");
+        *self.name.borrow_mut() = joined.name;
+    }
+
+    /// Processes a delivered commit, proposal or message of `g`.
+    pub fn process(&self, g: GroupId, bytes: &[u8]) -> Result<Processed, CoreError> {
+        mls::process(&self.provider, g, bytes)
+    }
+
+    /// The request that proposes this device's leave from `g`.
+    pub fn leave(&self, g: GroupId) -> ProposeRequest {
+        ProposeRequest {
+            group: g,
+            msg_id: MessageId(rand::random()),
+            proposal: Blob(
+                group::propose_leave(&self.provider, &self.device, g).expect("a proposal"),
+            ),
+        }
+    }
+
+    /// An application message for `g`.
+    pub fn encrypt(&self, g: GroupId, plaintext: &[u8]) -> Vec<u8> {
+        mls::encrypt(&self.provider, &self.device, g, plaintext).expect("an application message")
+    }
+
+    /// This device's epoch of `g`.
+    pub fn epoch(&self, g: GroupId) -> u64 {
+        mls::epoch(&self.provider, g).expect("a group")
+    }
+}
