@@ -69,6 +69,10 @@ pub struct Client {
     /// Groups this device leaves whose epoch moved on without its leave
     /// (another commit won): it proposes it again.
     pub(crate) leaves: std::collections::BTreeSet<GroupId>,
+    /// Commits this device could not apply, by (group, its epoch then): if
+    /// the server turns out to be past that epoch, this device is out of
+    /// sync there.
+    pub(crate) refused_commits: std::collections::BTreeSet<(GroupId, u64)>,
     /// Things the user must be told (key changes).
     pub(crate) warnings: Vec<String>,
     /// Things that happened in a conversation (members, timer), for the user.
@@ -274,6 +278,7 @@ impl Client {
             id,
             proposals: Default::default(),
             leaves: Default::default(),
+            refused_commits: Default::default(),
             warnings: Vec::new(),
             notices: Vec::new(),
             policy: Policy::default(),
@@ -364,6 +369,7 @@ impl Client {
             },
             proposals: Default::default(),
             leaves: Default::default(),
+            refused_commits: Default::default(),
             warnings: Vec::new(),
             notices: Vec::new(),
             policy: Policy::default(),
@@ -383,6 +389,7 @@ impl Client {
             id,
             proposals: Default::default(),
             leaves: Default::default(),
+            refused_commits: Default::default(),
             warnings: Vec::new(),
             notices: Vec::new(),
             policy: Policy::default(),
@@ -783,9 +790,16 @@ impl Client {
             // A message that cannot be processed is set aside (marked, acked)
             // so that it does not block the mailbox; MLS state is unchanged.
             Err(ClientError::Core(e)) => {
-                self.store.transaction(|_, c| {
-                    rows::mark_processed(c, &env.sender, &env.msg_id).map(|_| ())
+                let g = env.group;
+                let epoch = self.store.transaction(|p, c| {
+                    rows::mark_processed(c, &env.sender, &env.msg_id)?;
+                    Ok(mls::epoch(p, g).ok())
                 })?;
+                if let (EnvelopeKind::Commit, Some(epoch)) = (env.kind, epoch) {
+                    // Should the server say the group is past this epoch,
+                    // this is the commit that took it there.
+                    self.refused_commits.insert((g, epoch));
+                }
                 Ok(Outcome::Dropped(e.to_string()))
             }
             Err(e) => Err(e),

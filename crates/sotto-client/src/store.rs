@@ -1593,7 +1593,7 @@ mod tests {
         hay.windows(needle.len()).any(|w| w == needle)
     }
 
-    fn person(handle: &str) -> (CredentialIdentity, DeviceKey) {
+    fn person(handle: &str) -> (CredentialIdentity, DeviceKey, SignedDeviceList) {
         let account = AccountKey::generate();
         let device = DeviceKey::generate();
         let me = CredentialIdentity {
@@ -1601,7 +1601,8 @@ mod tests {
             device: device.id(),
             handle: Handle::new(handle).unwrap(),
         };
-        (me, device)
+        let list = account.sign_device_list(1, vec![device.id()]);
+        (me, device, list)
     }
 
     /// C8: a group moves on two epochs (two self-updates), and the member
@@ -1615,8 +1616,8 @@ mod tests {
         let (adir, bdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let mut alice = Store::open_unencrypted(adir.path()).unwrap();
         let mut bob = Store::open_unencrypted(bdir.path()).unwrap();
-        let (a, a_dev) = person("alice");
-        let (b, b_dev) = person("bob");
+        let (a, a_dev, _) = person("alice");
+        let (b, b_dev, b_list) = person("bob");
         let g = GroupId([3; 32]);
         let kp = bob
             .transaction(|p, _| {
@@ -1647,9 +1648,17 @@ mod tests {
         let welcome = alice
             .transaction(|p, _| {
                 let (kp, _) = sotto_core::mls::verify_key_package(p, &kp, b.account, b.device)?;
-                let created = sotto_core::mls::create_group(p, &a, &a_dev, g, &[kp], None)?;
+                let created = sotto_core::mls::create_group(
+                    p,
+                    &a,
+                    &a_dev,
+                    g,
+                    vec![kp],
+                    vec![b_list.clone()],
+                    sotto_core::mls::NewConversation::Direct,
+                )?;
                 sotto_core::mls::merge_pending(p, g)?;
-                Ok(created.welcome)
+                Ok(created.staged.welcome.unwrap())
             })
             .unwrap();
         bob.transaction(|p, _| Ok(sotto_core::mls::join(p, &welcome).map(|_| ())?))
@@ -1667,6 +1676,7 @@ mod tests {
                             self_update: true,
                             ..Default::default()
                         },
+                        None,
                     )?;
                     assert!(staged.is_some());
                     sotto_core::mls::merge_pending(p, g)?;

@@ -13,7 +13,7 @@ use tempfile::TempDir;
 
 mod common;
 
-use common::PASS;
+use common::{PASS, Raw};
 
 async fn register(server: &InProcessServer, dir: &std::path::Path, name: &str) -> Client {
     common::register(dir, &server.link, server.invite(), name).await
@@ -86,64 +86,13 @@ async fn a_profile_holds_one_account() {
     server.stop().await;
 }
 
-/// A raw protocol client (no MLS), registered with fresh keys: what an
-/// attacker with an account can do.
-struct Raw {
-    conn: sotto_client::transport::Connection,
-    device: sotto_proto::DeviceId,
-}
-
 async fn raw(server: &InProcessServer, name: &str) -> Raw {
-    use sotto_core::{AccountKey, DeviceKey};
-    use sotto_proto::{PROTOCOL_VERSION, RegisterRequest, Request, Response};
-    let account = AccountKey::generate();
-    let device = DeviceKey::generate();
-    let handle = Handle::new(name).unwrap();
-    let mut conn =
-        sotto_client::transport::Connection::connect(&ServerLink::parse(&server.link).unwrap())
-            .await
-            .unwrap();
-    let t = sotto_proto::register_transcript(
-        &conn.hello().challenge,
-        &handle,
-        &account.id(),
-        &device.id(),
-    );
-    let r = conn
-        .request(Request::Register(Box::new(RegisterRequest {
-            version: PROTOCOL_VERSION,
-            handle,
-            account: account.id(),
-            device: device.id(),
-            invite: Some(server.invite()),
-            pow_nonce: None,
-            account_signature: account.sign(&t),
-            device_signature: device.sign(&t),
-            device_list: account.sign_device_list(1, vec![device.id()]),
-        })))
-        .await
-        .unwrap();
-    assert!(matches!(r, Response::LoggedIn(_)));
-    Raw {
-        conn,
-        device: device.id(),
-    }
+    Raw::register(&server.link, server.invite(), name, 0).await
 }
 
 /// Claims one KeyPackage of `handle`; returns whether it was the last-resort one.
 async fn claim(r: &mut Raw, handle: &str) -> bool {
-    use sotto_proto::{Request, Response};
-    let resp = r
-        .conn
-        .request(Request::ClaimKeyPackages {
-            handle: Handle::new(handle).unwrap(),
-        })
-        .await
-        .unwrap();
-    let Response::KeyPackages(c) = resp else {
-        panic!("{resp:?}")
-    };
-    c.devices[0].last_resort
+    r.claim(handle).await.devices[0].last_resort
 }
 
 async fn receive_all(c: &mut Client) -> (Vec<String>, Vec<String>) {
@@ -189,30 +138,24 @@ async fn key_packages_are_refilled_and_the_last_resort_keeps_a_device_reachable(
 
 #[tokio::test]
 async fn garbage_from_a_peer_is_set_aside_and_the_mailbox_keeps_moving() {
-    use sotto_proto::{Blob, CommitRequest, GroupId, MessageId, Request, SendRequest, WelcomeOut};
+    use sotto_proto::{Blob, GroupId, MessageId, Request, SendRequest};
     let tmp = TempDir::new().unwrap();
     let server = InProcessServer::start(tmp.path(), ServerConfig::default()).await;
     let mut bob = register(&server, tmp.path(), "bob").await;
     let mut alice = register(&server, tmp.path(), "alice").await;
     let mut mallory = raw(&server, "mallory").await;
-    let bob_device = bob.identity().device;
-    // Mallory makes a "group" with bob on the server and sends him junk.
+    // Mallory makes a group with bob on the server (a real commit, which
+    // the server checks; the Welcome it cannot read is junk) and sends him
+    // more junk.
     let g = GroupId([0x66; 32]);
-    mallory
-        .conn
-        .request(Request::Commit(CommitRequest {
-            group: g,
-            epoch: 0,
-            msg_id: MessageId([1; 16]),
-            commit: None,
-            welcome: Some(WelcomeOut {
-                welcome: Blob(b"not a welcome".to_vec()),
-                recipients: vec![bob_device],
-            }),
-            members: vec![mallory.device, bob_device],
-        }))
-        .await
-        .unwrap();
+    let claimed = mallory.claim("bob").await;
+    let mut create = mallory.create_request_with(g, &claimed);
+    create.welcome = Some(Blob(b"not a welcome".to_vec()));
+    let r = mallory.conn.request(Request::Commit(create)).await.unwrap();
+    assert!(
+        matches!(r, sotto_proto::Response::Committed { .. }),
+        "{r:?}"
+    );
     for (i, junk) in [vec![], vec![0xff; 300], b"\x00\x01garbage".to_vec()]
         .into_iter()
         .enumerate()

@@ -1,21 +1,26 @@
-//! State loss (C9): a device's profile is restored from an older backup,
-//! so its state of its conversations is epochs behind the other members'.
-//! Real clients through a real server: the device notices the deliveries it
-//! cannot read, asks to be re-added, a member re-adds it, and afterwards
-//! everyone reads everyone again and agrees on the epoch and its
-//! authenticator; the device was told what it could not read.
+//! Devices that fall out of a conversation's state and get back by
+//! themselves, real clients through a real server:
+//! - state loss (C9): a profile restored from an older backup is epochs
+//!   behind; the device notices the deliveries it cannot read, rejoins by
+//!   external commit, and afterwards everyone reads everyone again and
+//!   agrees on the epoch and its authenticator; it was told what it could
+//!   not read;
+//! - a commit the members reject (S11): a rogue member's commit the server
+//!   checked and took, but no other member can apply; the members rejoin
+//!   from the server's state, and the admin removes the rogue.
 
 use std::path::Path;
 use std::time::Duration;
 
 use sotto_client::{Client, Policy, ReceiveEvent};
+use sotto_proto::{Request, Response};
 use sotto_server::ServerConfig;
 use sotto_test_support::InProcessServer;
 use tempfile::TempDir;
 
 mod common;
 
-use common::PASS;
+use common::{PASS, Raw};
 
 async fn register(server: &InProcessServer, dir: &Path, name: &str) -> Client {
     common::register(dir, &server.link, server.invite(), name).await
@@ -56,7 +61,7 @@ fn often() -> Policy {
 }
 
 #[tokio::test]
-async fn a_device_restored_from_an_old_backup_is_re_added_and_told_what_it_missed() {
+async fn a_device_restored_from_an_old_backup_rejoins_and_is_told_what_it_missed() {
     let tmp = TempDir::new().unwrap();
     let server = InProcessServer::start(tmp.path(), ServerConfig::default()).await;
     let mut alice = register(&server, tmp.path(), "alice").await;
@@ -123,7 +128,8 @@ async fn a_device_restored_from_an_old_backup_is_re_added_and_told_what_it_misse
     alice.send("carol", "direct while lost").await.unwrap();
     bob.send("crew", "bob while carol is lost").await.unwrap();
 
-    // Carol cannot read them: she notices, says so, and asks to be re-added.
+    // Carol cannot read them: she notices, says so, and rejoins both
+    // conversations by herself, at once.
     assert!(texts(&mut carol).await.is_empty());
     let warnings = carol.take_warnings();
     let lost: Vec<&String> = warnings
@@ -131,34 +137,23 @@ async fn a_device_restored_from_an_old_backup_is_re_added_and_told_what_it_misse
         .filter(|w| w.contains("lost its state"))
         .collect();
     assert_eq!(lost.len(), 2, "one line per conversation: {warnings:?}");
-    // Until then she cannot send there.
-    let e = carol.send("crew", "am I there?").await.unwrap_err();
-    assert!(e.to_string().contains("re-add"), "{e}");
-
-    // The members take the request; one of them re-adds her (the first in
-    // the order answers at once, the others drop theirs on seeing it done).
-    let mut rounds = 0;
-    loop {
-        for c in [&mut alice, &mut bob, &mut dave] {
-            texts(c).await;
-        }
-        texts(&mut carol).await;
-        let crew_ok = carol.epoch_authenticator("crew").unwrap()
-            == alice.epoch_authenticator("crew").unwrap();
-        let direct_ok = carol.epoch_authenticator("alice").unwrap()
-            == alice.epoch_authenticator("carol").unwrap();
-        if crew_ok && direct_ok {
-            break;
-        }
-        rounds += 1;
-        assert!(rounds < 5, "carol was not re-added");
-    }
-    let warnings = carol.take_warnings();
     let told: Vec<&String> = warnings
         .iter()
-        .filter(|w| w.contains("could not be read"))
+        .filter(|w| w.contains("rejoined") && w.contains("could not be read"))
         .collect();
     assert_eq!(told.len(), 2, "{warnings:?}");
+    // The others take her rejoins and see that she is back.
+    for c in [&mut alice, &mut bob, &mut dave] {
+        texts(c).await;
+    }
+    assert_eq!(
+        carol.epoch_authenticator("crew").unwrap(),
+        alice.epoch_authenticator("crew").unwrap()
+    );
+    assert_eq!(
+        carol.epoch_authenticator("alice").unwrap(),
+        alice.epoch_authenticator("carol").unwrap()
+    );
 
     // Everyone reads everyone again.
     alice.send("crew", "welcome back").await.unwrap();
@@ -211,7 +206,7 @@ async fn a_device_restored_from_an_old_backup_is_re_added_and_told_what_it_misse
 }
 
 #[tokio::test]
-async fn a_device_restored_from_before_it_joined_a_conversation_is_added_back() {
+async fn a_device_restored_from_before_it_joined_a_conversation_rejoins_it() {
     let tmp = TempDir::new().unwrap();
     let server = InProcessServer::start(tmp.path(), ServerConfig::default()).await;
     let mut alice = register(&server, tmp.path(), "alice").await;
@@ -234,24 +229,22 @@ async fn a_device_restored_from_before_it_joined_a_conversation_is_added_back() 
     let mut carol = Client::open(&carol_dir, PASS).unwrap();
     alice.send("carol", "while carol is missing").await.unwrap();
 
-    // The restored profile has no such conversation: it says so and asks.
+    // The restored profile has no such conversation: it says so and
+    // rejoins it from the server's GroupInfo.
     assert!(texts(&mut carol).await.is_empty());
     let warnings = carol.take_warnings();
     assert!(
         warnings.iter().any(|w| w.contains("does not have")),
         "{warnings:?}"
     );
-    let mut rounds = 0;
-    while carol.epoch_authenticator("alice").ok() != alice.epoch_authenticator("carol").ok() {
-        texts(&mut alice).await;
-        texts(&mut carol).await;
-        rounds += 1;
-        assert!(rounds < 5, "carol was not added back");
-    }
-    let warnings = carol.take_warnings();
     assert!(
         warnings.iter().any(|w| w.contains("could not be read")),
         "{warnings:?}"
+    );
+    texts(&mut alice).await;
+    assert_eq!(
+        carol.epoch_authenticator("alice").ok(),
+        alice.epoch_authenticator("carol").ok()
     );
     alice.send("carol", "you are back").await.unwrap();
     assert_eq!(texts(&mut carol).await, ["alice: you are back"]);
@@ -261,61 +254,57 @@ async fn a_device_restored_from_before_it_joined_a_conversation_is_added_back() 
 }
 
 #[tokio::test]
-async fn members_answering_at_the_same_moment_re_add_once() {
+async fn a_commit_the_server_took_and_every_member_refuses_is_recovered_by_rejoining() {
     let tmp = TempDir::new().unwrap();
     let server = InProcessServer::start(tmp.path(), ServerConfig::default()).await;
     let mut alice = register(&server, tmp.path(), "alice").await;
     let mut bob = register(&server, tmp.path(), "bob").await;
-    let mut carol = register(&server, tmp.path(), "carol").await;
-    let mut dave = register(&server, tmp.path(), "dave").await;
-    alice
-        .group_create("crew", &["bob", "carol", "dave"])
+    let mut mallory = Raw::register(&server.link, server.invite(), "mallory", 3).await;
+    let g = alice
+        .group_create("crew", &["bob", "mallory"])
         .await
         .unwrap();
-    for c in [&mut bob, &mut carol, &mut dave] {
-        texts(c).await;
-    }
-    let carol_dir = tmp.path().join("carol");
-    let backup = tmp.path().join("carol-backup");
-    drop(carol);
-    copy_dir(&carol_dir, &backup);
-    let mut carol = Client::open(&carol_dir, PASS).unwrap();
-    alice.set_policy(often());
-    alice.send("crew", "moving on").await.unwrap();
-    texts(&mut carol).await;
-    drop(carol);
-    std::fs::remove_dir_all(&carol_dir).unwrap();
-    copy_dir(&backup, &carol_dir);
-    let mut carol = Client::open(&carol_dir, PASS).unwrap();
-    alice.send("crew", "while carol is lost").await.unwrap();
-    assert!(texts(&mut carol).await.is_empty());
+    texts(&mut bob).await;
+    mallory.take_mail(g).await;
+    assert_eq!(
+        mallory.member.epoch(g),
+        alice.epoch_authenticator("crew").unwrap().0
+    );
 
-    // Nobody waits for their rank: all three answer at the same moment.
-    for c in [&mut alice, &mut bob, &mut dave] {
-        c.set_policy(Policy {
-            readd_step: Duration::ZERO,
-            ..Policy::default()
-        });
-    }
-    let (before, _) = alice.epoch_authenticator("crew").unwrap();
-    let (a, b, d) = tokio::join!(texts(&mut alice), texts(&mut bob), texts(&mut dave));
-    drop((a, b, d));
-    // One re-add landed; the others lost the epoch, saw it done and dropped
-    // theirs (and nobody commits another one later).
-    for c in [&mut alice, &mut bob, &mut dave, &mut carol] {
-        texts(c).await;
-    }
-    for c in [&mut alice, &mut bob, &mut dave] {
-        texts(c).await;
-    }
-    let crew = alice.epoch_authenticator("crew").unwrap();
-    assert_eq!(crew.0, before + 1, "exactly one re-add commit");
-    for c in [&mut bob, &mut carol, &mut dave] {
-        assert_eq!(c.epoch_authenticator("crew").unwrap(), crew);
-    }
-    carol.send("crew", "back once").await.unwrap();
-    for c in [&mut alice, &mut bob, &mut dave] {
-        assert_eq!(texts(c).await, ["carol: back once"]);
-    }
+    // mallory commits a self-update whose membership tag she broke on
+    // purpose: signed, consistent with its GroupInfo, so the server (which
+    // cannot check the tag) takes it; alice and bob cannot apply it. The
+    // server is now at an epoch only mallory reached.
+    let mut rogue = mallory.member.self_update(g);
+    *rogue.commit.0.last_mut().unwrap() ^= 1;
+    let r = mallory.conn.request(Request::Commit(rogue)).await.unwrap();
+    assert!(matches!(r, Response::Committed { .. }), "{r:?}");
+    mallory.member.committed(g);
+    let server_epoch = mallory.member.epoch(g);
+
+    // alice removes mallory: her commit loses the epoch, the commit that
+    // won is one she cannot apply; she rejoins from the server's state
+    // and commits the removal there.
+    alice.group_remove("crew", &["mallory"]).await.unwrap();
+    let warnings = alice.take_warnings();
+    assert!(
+        warnings.iter().any(|w| w.contains("rejoined")),
+        "{warnings:?}"
+    );
+    let (epoch, _) = alice.epoch_authenticator("crew").unwrap();
+    assert!(epoch > server_epoch, "{epoch} > {server_epoch}");
+    // bob took the rogue commit for garbage, then alice's rejoin and her
+    // removal are of epochs he has not reached: he rejoins too.
+    texts(&mut bob).await;
+    texts(&mut alice).await;
+    assert_eq!(
+        bob.epoch_authenticator("crew").unwrap(),
+        alice.epoch_authenticator("crew").unwrap()
+    );
+    assert_eq!(alice.groups().unwrap()[0].members, ["alice", "bob"]);
+    alice.send("crew", "just us").await.unwrap();
+    assert_eq!(texts(&mut bob).await, ["alice: just us"]);
+    bob.send("crew", "good").await.unwrap();
+    assert_eq!(texts(&mut alice).await, ["bob: good"]);
     server.stop().await;
 }

@@ -96,17 +96,44 @@ impl Member {
     /// `test`, this account its admin). Call [`Member::committed`] once
     /// the server accepted it.
     pub fn create(&self, g: GroupId, others: &[&Member]) -> CommitRequest {
+        self.create_with(
+            g,
+            others.iter().map(|o| o.key_package()).collect(),
+            others.iter().map(|o| o.list()).collect(),
+        )
+    }
+
+    /// The request that creates group `g` with the owners of
+    /// `key_packages` (their accounts' signed lists in `lists`).
+    pub fn create_with(
+        &self,
+        g: GroupId,
+        key_packages: Vec<KeyPackage>,
+        lists: Vec<SignedDeviceList>,
+    ) -> CommitRequest {
         let created = mls::create_group(
             &self.provider,
             &self.me(),
             &self.device,
             g,
-            others.iter().map(|o| o.key_package()).collect(),
-            others.iter().map(|o| o.list()).collect(),
+            key_packages,
+            lists,
             NewConversation::Group("test"),
         )
         .expect("a group");
         request(g, created.staged, Some(created.base))
+    }
+
+    /// Verifies a claimed KeyPackage of `account`'s `device`.
+    pub fn verify(
+        &self,
+        bytes: &[u8],
+        account: sotto_proto::AccountId,
+        device: DeviceId,
+    ) -> KeyPackage {
+        mls::verify_key_package(&self.provider, bytes, account, device)
+            .expect("a valid key package")
+            .0
     }
 
     /// The request of a commit of `change` to `g`.

@@ -25,6 +25,121 @@ pub async fn register(dir: &std::path::Path, link: &str, invite: String, name: &
     Client::register(&dir.join(name), PASS, opts).await.unwrap()
 }
 
+/// A raw protocol client with an MLS state of its own, registered with
+/// fresh keys (and `key_packages` KeyPackages on the server): what an
+/// attacker with an account can do.
+pub struct Raw {
+    pub member: sotto_test_support::mls::Member,
+    pub conn: sotto_client::transport::Connection,
+}
+
+impl Raw {
+    pub async fn register(link: &str, invite: String, name: &str, key_packages: usize) -> Self {
+        use openmls::prelude::tls_codec::Serialize as _;
+        use sotto_proto::{Blob, PROTOCOL_VERSION, RegisterRequest, Request, Response};
+        let member = sotto_test_support::mls::Member::new(name);
+        let mut conn =
+            sotto_client::transport::Connection::connect(&ServerLink::parse(link).unwrap())
+                .await
+                .unwrap();
+        let t = sotto_proto::register_transcript(
+            &conn.hello().challenge,
+            &member.handle,
+            &member.account.id(),
+            &member.id(),
+        );
+        let r = conn
+            .request(Request::Register(Box::new(RegisterRequest {
+                version: PROTOCOL_VERSION,
+                handle: member.handle.clone(),
+                account: member.account.id(),
+                device: member.id(),
+                invite: Some(invite),
+                pow_nonce: None,
+                account_signature: member.account.sign(&t),
+                device_signature: member.device.sign(&t),
+                device_list: member.list(),
+            })))
+            .await
+            .unwrap();
+        assert!(matches!(r, Response::LoggedIn(_)), "{r:?}");
+        if key_packages > 0 {
+            let kps = (0..key_packages)
+                .map(|_| Blob(member.key_package().tls_serialize_detached().unwrap()))
+                .collect();
+            let r = conn
+                .request(Request::UploadKeyPackages(sotto_proto::UploadKeyPackages {
+                    key_packages: kps,
+                    last_resort: None,
+                }))
+                .await
+                .unwrap();
+            assert!(matches!(r, Response::KeyPackagesStored { .. }), "{r:?}");
+        }
+        Self { member, conn }
+    }
+
+    pub fn device(&self) -> sotto_proto::DeviceId {
+        self.member.id()
+    }
+
+    /// Takes what its mailbox holds: joins from a Welcome, applies commits.
+    pub async fn take_mail(&mut self, g: sotto_proto::GroupId) {
+        loop {
+            let ev = tokio::time::timeout(Duration::from_secs(2), self.conn.next_event()).await;
+            let Ok(ev) = ev else { return };
+            let sotto_client::transport::Event::Deliver(d) = ev.unwrap() else {
+                continue;
+            };
+            match d.envelope.kind {
+                sotto_proto::EnvelopeKind::Welcome => self.member.join(&d.envelope.payload.0),
+                _ if d.envelope.group == g => {
+                    let _ = self.member.process(g, &d.envelope.payload.0);
+                }
+                _ => {}
+            }
+            self.conn
+                .request(sotto_proto::Request::Ack { seqs: vec![d.seq] })
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Claims `handle`'s KeyPackages and creates group `g` with them.
+    pub fn create_request_with(
+        &self,
+        g: sotto_proto::GroupId,
+        claimed: &sotto_proto::ClaimedKeyPackages,
+    ) -> sotto_proto::CommitRequest {
+        let kps = claimed
+            .devices
+            .iter()
+            .map(|d| {
+                self.member
+                    .verify(&d.key_package.0, claimed.account, d.device)
+            })
+            .collect();
+        self.member
+            .create_with(g, kps, vec![claimed.device_list.clone()])
+    }
+
+    /// Claims the KeyPackages of `handle`.
+    pub async fn claim(&mut self, handle: &str) -> sotto_proto::ClaimedKeyPackages {
+        use sotto_proto::{Request, Response};
+        match self
+            .conn
+            .request(Request::ClaimKeyPackages {
+                handle: Handle::new(handle).unwrap(),
+            })
+            .await
+            .unwrap()
+        {
+            Response::KeyPackages(c) => c,
+            other => panic!("expected key packages, got {other:?}"),
+        }
+    }
+}
+
 /// Retries an operation while its failure is temporary (a server being
 /// killed, a database restarting).
 #[macro_export]
