@@ -142,7 +142,7 @@ fn mutated(h: &Harness, data: &[u8]) -> Option<Vec<u8>> {
                 let other = &h.templates[usize::from(pick / 2) % h.templates.len()];
                 d.envelope.sender = other.envelope.sender;
             }
-            6 => d.envelope.kind = EnvelopeKind::Rejoin,
+            6 => d.envelope.kind = EnvelopeKind::Proposal,
             _ => {}
         }
         rest = r;

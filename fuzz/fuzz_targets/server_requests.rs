@@ -15,22 +15,23 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use sotto_client::ServerLink;
 use sotto_client::transport::Connection;
-use sotto_core::{AccountKey, DeviceKey};
+use sotto_core::DeviceKey;
 use sotto_proto::{
-    Blob, CommitRequest, GroupId, Handle, LoginRequest, MessageId, PROTOCOL_VERSION,
-    RegisterRequest, Request, Response, ServerFrame, UploadKeyPackages, WelcomeOut,
+    Blob, GroupId, LoginRequest, PROTOCOL_VERSION, RegisterRequest, Request, Response, ServerFrame,
+    UploadKeyPackages,
 };
 use sotto_server::{Limits, Quota, ServerConfig};
 use sotto_test_support::InProcessServer;
+use sotto_test_support::mls::Member;
 
 struct Harness {
     rt: tokio::runtime::Runtime,
     link: ServerLink,
     /// The account inputs act as (replaced when an input makes the server
     /// forget it, e.g. with `WipeDone`), and how many were made.
-    actor: Mutex<(DeviceKey, u32)>,
+    actor: Mutex<(Member, u32)>,
     /// A member of the actors' groups.
-    bob: sotto_proto::DeviceId,
+    bob: Member,
     /// A connection of another account, pinged after every input.
     watchdog: Mutex<Option<Connection>>,
     watch: DeviceKey,
@@ -57,31 +58,29 @@ async fn register(
     server: &InProcessServer,
     link: &ServerLink,
     handle: &str,
-) -> (DeviceKey, Connection) {
-    let account = AccountKey::generate();
-    let device = DeviceKey::generate();
-    let handle = Handle::new(handle).expect("handle");
+) -> (Member, Connection) {
+    let m = Member::new(handle);
     let mut conn = Connection::connect(link).await.expect("connect");
     let t = sotto_proto::register_transcript(
         &conn.hello().challenge,
-        &handle,
-        &account.id(),
-        &device.id(),
+        &m.handle,
+        &m.account.id(),
+        &m.id(),
     );
     let req = RegisterRequest {
         version: PROTOCOL_VERSION,
-        handle,
-        account: account.id(),
-        device: device.id(),
+        handle: m.handle.clone(),
+        account: m.account.id(),
+        device: m.id(),
         invite: Some(server.invite()),
         pow_nonce: None,
-        account_signature: account.sign(&t),
-        device_signature: device.sign(&t),
-        device_list: account.sign_device_list(1, vec![device.id()]),
+        account_signature: m.account.sign(&t),
+        device_signature: m.device.sign(&t),
+        device_list: m.list(),
     };
     let r = conn.request(Request::Register(Box::new(req))).await;
     assert!(matches!(r, Ok(Response::LoggedIn(_))), "{r:?}");
-    (device, conn)
+    (m, conn)
 }
 
 async fn try_login(link: &ServerLink, device: &DeviceKey) -> Option<Connection> {
@@ -109,21 +108,19 @@ async fn try_login(link: &ServerLink, device: &DeviceKey) -> Option<Connection> 
 /// server was told to forget.
 async fn actor_conn(h: &Harness) -> Connection {
     let mut a = h.actor.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(c) = try_login(&h.link, &a.0).await {
+    if let Some(c) = try_login(&h.link, &a.0.device).await {
         return c;
     }
     a.1 += 1;
-    a.0 = actor(&h.server, &h.link, &format!("actor{}", a.1), h.bob).await;
-    try_login(&h.link, &a.0).await.expect("a new actor logs in")
+    a.0 = actor(&h.server, &h.link, &format!("actor{}", a.1), &h.bob).await;
+    try_login(&h.link, &a.0.device)
+        .await
+        .expect("a new actor logs in")
 }
 
-/// A registered account with KeyPackages and a group with `bob`.
-async fn actor(
-    server: &InProcessServer,
-    link: &ServerLink,
-    handle: &str,
-    bob: sotto_proto::DeviceId,
-) -> DeviceKey {
+/// A registered account with KeyPackages and a group with `bob` (real
+/// MLS: the server checks the commit).
+async fn actor(server: &InProcessServer, link: &ServerLink, handle: &str, bob: &Member) -> Member {
     let (me, mut c) = register(server, link, handle).await;
     let up = UploadKeyPackages {
         key_packages: (0..20u8).map(|i| Blob(vec![i, 1, 2, 3])).collect(),
@@ -136,19 +133,10 @@ async fn actor(
     let n = handle.len().min(32);
     group[..n].copy_from_slice(&handle.as_bytes()[..n]);
     let r = c
-        .request(Request::Commit(CommitRequest {
-            group: GroupId(group),
-            epoch: 0,
-            msg_id: MessageId([1; 16]),
-            commit: None,
-            welcome: Some(WelcomeOut {
-                welcome: Blob(vec![1, 2, 3]),
-                recipients: vec![bob],
-            }),
-            members: vec![me.id(), bob],
-        }))
+        .request(Request::Commit(me.create(GroupId(group), &[bob])))
         .await;
     assert!(matches!(r, Ok(Response::Committed { .. })), "{r:?}");
+    me.committed(GroupId(group));
     me
 }
 
@@ -185,8 +173,8 @@ fn harness() -> &'static Harness {
             let link = ServerLink::parse(&server.link).expect("link");
             let (bob, _b) = register(&server, &link, "bob").await;
             let (watch, _w) = register(&server, &link, "watch").await;
-            let actor = actor(&server, &link, "actor0", bob.id()).await;
-            (server, link, actor, bob.id(), watch)
+            let actor = actor(&server, &link, "actor0", &bob).await;
+            (server, link, actor, bob, watch.device)
         });
         Harness {
             rt,

@@ -1,9 +1,10 @@
-//! Scenario `commits`: G groups of M members (100 × 50) where every member
-//! commits concurrently in a closed loop for a fixed time, each commit
-//! built on the epoch the member last knew. The server accepts one commit
-//! per epoch (compare-and-set) and rejects the rest as stale, telling the
-//! current epoch; the loser retries on it. Every accepted commit is stored
-//! for, and pushed to, the group's other members, who acknowledge it.
+//! Scenario `commits`: G groups of M members (20 × 10) where every member
+//! commits a real MLS self-update concurrently in a closed loop for a fixed
+//! time, each built on the epoch the member last reached. The server checks
+//! each commit against the group's public state (signature, tree, policy,
+//! GroupInfo), accepts one per epoch (compare-and-set) and rejects the rest
+//! as stale, telling the current epoch; the loser drops its commit, applies
+//! the commits it missed (they were pushed to it) and builds a new one.
 //! Reported: accepted commits/s, stale rejections, and forks (two commits
 //! accepted for one epoch of one group, or a gap), which must be zero.
 //! Floor, in the same run: a bare SQLite compare-and-set loop
@@ -16,18 +17,11 @@ use std::time::{Duration, Instant};
 
 use sotto_client::ClientError;
 use sotto_client::transport::{Connection, Event};
-use sotto_proto::{
-    Blob, CommitRequest, DeviceId, ErrorCode, GroupId, MessageId, Request, Response,
-};
+use sotto_proto::{EnvelopeKind, ErrorCode, GroupId, Request, Response};
 
 use crate::load::{self, Sotto};
 use crate::report::{Table, ratio};
 use crate::{Ctx, sys};
-
-/// Bytes of each commit (opaque to the server): about a self-update commit
-/// in a 50-member post-quantum group whose tree is filled (log2(50) X-Wing
-/// ciphertexts and keys).
-const COMMIT_BYTES: usize = 8 * 1024;
 
 struct Size {
     groups: usize,
@@ -43,45 +37,59 @@ struct Member {
     stale: usize,
 }
 
+/// Applies pushed commits of `group` until `device` reached `epoch`.
+async fn catch_up(
+    conn: &mut Connection,
+    device: &load::Device,
+    group: GroupId,
+    epoch: u64,
+    acks: &mut Vec<u64>,
+) -> anyhow::Result<()> {
+    while device.epoch(group) < epoch {
+        let ev = match conn.queued_event() {
+            Some(ev) => ev,
+            None => tokio::time::timeout(Duration::from_secs(10), conn.next_event())
+                .await
+                .map_err(|_| anyhow::anyhow!("the winning commit never came"))??,
+        };
+        if let Event::Deliver(d) = ev {
+            acks.push(d.seq);
+            if d.envelope.kind == EnvelopeKind::Commit {
+                device
+                    .process(group, &d.envelope.payload.0)
+                    .map_err(|e| anyhow::anyhow!("a member could not apply a commit: {e}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn member(
     mut conn: Connection,
+    device: load::Device,
     group: GroupId,
-    members: Arc<Vec<DeviceId>>,
-    start_epoch: u64,
     until: Instant,
 ) -> anyhow::Result<Member> {
     let mut m = Member::default();
-    let mut epoch = start_epoch;
     let mut acks = Vec::new();
     while Instant::now() < until {
         let r = conn
-            .request(Request::Commit(CommitRequest {
-                group,
-                epoch,
-                msg_id: MessageId(rand::random()),
-                commit: Some(Blob(vec![0xc0; COMMIT_BYTES])),
-                welcome: None,
-                members: members.to_vec(),
-            }))
+            .request(Request::Commit(device.self_update(group)))
             .await;
         match r {
             Ok(Response::Committed { epoch: e }) => {
+                device.committed(group);
                 m.won.push(e);
-                epoch = e;
             }
             Err(ClientError::Server(e)) => match e.code {
                 ErrorCode::StaleEpoch { current } => {
                     m.stale += 1;
-                    epoch = current;
+                    device.refused(group);
+                    catch_up(&mut conn, &device, group, current, &mut acks).await?;
                 }
                 _ => anyhow::bail!("commit refused: {e:?}"),
             },
             other => anyhow::bail!("commit: {other:?}"),
-        }
-        while let Some(ev) = conn.queued_event() {
-            if let Event::Deliver(d) = ev {
-                acks.push(d.seq);
-            }
         }
         if acks.len() >= 32 {
             conn.request(Request::Ack {
@@ -110,25 +118,45 @@ async fn sotto(ctx: &Ctx, size: &Size) -> anyhow::Result<(usize, usize, usize, f
     }
     let mut conns = Vec::with_capacity(n);
     for t in tasks {
-        let (d, c) = t.await??;
-        conns.push((d.device.id(), c));
+        conns.push(t.await??);
     }
-    // Groups: the first member creates each with every member in it.
+    // Groups: the first member creates each with every member in it, and
+    // the others join from their Welcomes.
     let mut groups = Vec::new();
     for g in 0..size.groups {
-        let chunk: Vec<(DeviceId, Connection)> = conns.drain(..size.members).collect();
-        let ids: Arc<Vec<DeviceId>> = Arc::new(chunk.iter().map(|c| c.0).collect());
-        let mut chunk: Vec<Connection> = chunk.into_iter().map(|c| c.1).collect();
-        load::make_group(&mut chunk[0], load::group_id(g), ids.to_vec(), 1024).await?;
-        groups.push((load::group_id(g), ids, chunk));
+        let mut chunk: Vec<(load::Device, Connection)> = conns.drain(..size.members).collect();
+        let gid = load::group_id(g);
+        {
+            let (first, rest) = chunk.split_at_mut(1);
+            let others: Vec<&load::Device> = rest.iter().map(|c| &c.0).collect();
+            load::make_group(&mut first[0].1, gid, &first[0].0, &others).await?;
+        }
+        for (d, c) in chunk.iter_mut().skip(1) {
+            loop {
+                let ev = tokio::time::timeout(Duration::from_secs(10), c.next_event())
+                    .await
+                    .map_err(|_| anyhow::anyhow!("no Welcome"))??;
+                if let Event::Deliver(w) = ev {
+                    anyhow::ensure!(
+                        w.envelope.kind == EnvelopeKind::Welcome,
+                        "{:?}",
+                        w.envelope.kind
+                    );
+                    d.join(&w.envelope.payload.0);
+                    c.request(Request::Ack { seqs: vec![w.seq] }).await?;
+                    break;
+                }
+            }
+        }
+        groups.push((gid, chunk));
     }
     let cpu = sys::CpuWatch::start(s.pid());
     let start = Instant::now();
     let until = start + size.duration;
     let mut tasks = Vec::new();
-    for (g, ids, conns) in groups {
-        for c in conns {
-            tasks.push((g, tokio::spawn(member(c, g, ids.clone(), 1, until))));
+    for (g, members) in groups {
+        for (d, c) in members {
+            tasks.push((g, tokio::spawn(member(c, d, g, until))));
         }
     }
     let mut won: HashMap<GroupId, Vec<u64>> = HashMap::new();
@@ -198,8 +226,8 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Table>> {
         }
     } else {
         Size {
-            groups: 100,
-            members: 50,
+            groups: 20,
+            members: 10,
             duration: Duration::from_secs(10),
         }
     };
@@ -235,7 +263,7 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Table>> {
         "0".into(),
     ]);
     t.note(format!(
-        "{} groups × {} members, {} s, commits of {COMMIT_BYTES} bytes (opaque to the server), each accepted commit stored for and pushed to the other {} members",
+        "{} groups × {} members, {} s, real post-quantum self-update commits, each checked by the server against the group's public state, stored for and pushed to the other {} members (who apply it, on the load generator's core)",
         size.groups,
         size.members,
         size.duration.as_secs(),

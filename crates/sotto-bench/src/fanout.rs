@@ -135,7 +135,7 @@ async fn sotto(ctx: &Ctx, m: usize, duration: Duration, payload: &[u8]) -> anyho
     let origin = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let got = Arc::new(AtomicUsize::new(0));
-    let mut members = vec![sender.device.id()];
+    let mut members = Vec::new();
     let mut receivers = Vec::new();
     for i in 0..m {
         let (d, conn) = load::register(
@@ -145,7 +145,7 @@ async fn sotto(ctx: &Ctx, m: usize, duration: Duration, payload: &[u8]) -> anyho
             &format!("member{i}"),
         )
         .await?;
-        members.push(d.device.id());
+        members.push(d);
         receivers.push(tokio::spawn(load::receive(
             conn,
             origin,
@@ -154,7 +154,8 @@ async fn sotto(ctx: &Ctx, m: usize, duration: Duration, payload: &[u8]) -> anyho
         )));
     }
     let g = load::group_id(1);
-    load::make_group(&mut sconn, g, members, 1024).await?;
+    let others: Vec<&load::Device> = members.iter().collect();
+    load::make_group(&mut sconn, g, &sender, &others).await?;
     let me = sys::CpuWatch::me();
     let start = origin.elapsed();
     let sent = load::send_loop(sconn, g, payload.to_vec(), origin, duration).await;

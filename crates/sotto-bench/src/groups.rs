@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use openmls_libcrux_crypto::Provider;
 use sotto_core::Suite;
-use sotto_core::group::{self, Change, GroupMeta};
+use sotto_core::group::{self, Change};
 use sotto_core::mls::{self, Processed};
 use sotto_proto::{DeviceId, EnvelopeKind, GroupId, MessageId};
 use sotto_server::store::sqlite::SqliteStore;
@@ -53,8 +53,10 @@ fn filled_tree_update_bytes(suite: Suite, n: usize) -> anyhow::Result<usize> {
     let alice = Member::new(0);
     let mut joiners: Vec<(Member, Provider)> = Vec::new();
     let mut kps = Vec::new();
+    let mut lists = Vec::new();
     for leaf in 1..n {
         let m = Member::new(leaf);
+        lists.push(m.list());
         if leaf.is_power_of_two() {
             let p = Provider::new()?;
             kps.push(m.key_package(&p, suite));
@@ -63,14 +65,19 @@ fn filled_tree_update_bytes(suite: Suite, n: usize) -> anyhow::Result<usize> {
             kps.push(m.key_package(&crowd_p, suite));
         }
     }
-    let meta = GroupMeta {
-        name: "filled".into(),
-        admins: vec![alice.me.account],
-    };
-    let created = mls::create_group(&alice_p, &alice.me, &alice.device, g, &kps, Some(&meta))?;
+    let created = mls::create_group(
+        &alice_p,
+        &alice.me,
+        &alice.device,
+        g,
+        kps,
+        lists,
+        mls::NewConversation::Group("filled"),
+    )?;
     mls::merge_pending(&alice_p, g)?;
+    let welcome = created.staged.welcome.unwrap_or_default();
     for (_, p) in &joiners {
-        mls::join(p, &created.welcome)?;
+        mls::join(p, &welcome)?;
     }
     let update = || Change {
         self_update: true,
@@ -78,8 +85,8 @@ fn filled_tree_update_bytes(suite: Suite, n: usize) -> anyhow::Result<usize> {
     };
     for k in 0..joiners.len() {
         let (m, p) = &joiners[k];
-        let s =
-            group::stage(p, &m.device, g, update())?.ok_or_else(|| anyhow::anyhow!("no commit"))?;
+        let s = group::stage(p, &m.device, g, update(), None)?
+            .ok_or_else(|| anyhow::anyhow!("no commit"))?;
         mls::merge_pending(p, g)?;
         mls::process(&alice_p, g, &s.commit)?;
         for (j, (_, q)) in joiners.iter().enumerate() {
@@ -88,7 +95,7 @@ fn filled_tree_update_bytes(suite: Suite, n: usize) -> anyhow::Result<usize> {
             }
         }
     }
-    let s = group::stage(&alice_p, &alice.device, g, update())?
+    let s = group::stage(&alice_p, &alice.device, g, update(), None)?
         .ok_or_else(|| anyhow::anyhow!("no commit"))?;
     Ok(s.commit.len())
 }
@@ -111,20 +118,27 @@ fn group_row(
             .iter()
             .map(|m| m.key_package(&crowd_p, suite)),
     );
-    let meta = GroupMeta {
-        name: "bench".into(),
-        admins: vec![alice.me.account],
-    };
+    let mut lists = vec![bob.list()];
+    lists.extend(crowd[..n - 2].iter().map(Member::list));
     let t = Instant::now();
-    let created = mls::create_group(&alice_p, &alice.me, &alice.device, G, &kps, Some(&meta))?;
+    let created = mls::create_group(
+        &alice_p,
+        &alice.me,
+        &alice.device,
+        G,
+        kps,
+        lists,
+        mls::NewConversation::Group("bench"),
+    )?;
     mls::merge_pending(&alice_p, G)?;
     let create = t.elapsed();
-    let welcome_bytes = created.welcome.len();
-    mls::join(&bob_p, &created.welcome)?;
+    let welcome = created.staged.welcome.unwrap_or_default();
+    let welcome_bytes = welcome.len();
+    mls::join(&bob_p, &welcome)?;
 
     let commit = |change: Change| -> anyhow::Result<(Duration, Duration, usize)> {
         let t = Instant::now();
-        let s = group::stage(&alice_p, &alice.device, G, change)?.expect("a change");
+        let s = group::stage(&alice_p, &alice.device, G, change, None)?.expect("a change");
         mls::merge_pending(&alice_p, G)?;
         let staged = t.elapsed();
         let t = Instant::now();
@@ -204,6 +218,8 @@ async fn store_fanout(n: usize, reps: usize) -> anyhow::Result<Duration> {
         .collect();
     store
         .commit(CommitWrite {
+            state: Vec::new(),
+            group_info: Vec::new(),
             commit: None,
             welcome: None,
             welcome_recipients: Vec::new(),

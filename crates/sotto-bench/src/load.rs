@@ -3,8 +3,8 @@
 //! the bench's limits, devices registered through the real client
 //! transport (`sotto_client::transport::Connection`: TLS 1.3 with the pinned
 //! certificate, WebSocket, signed registration and login), two-member and
-//! M-member groups set up with commit requests, and the closed loops that
-//! send and receive.
+//! M-member groups set up with real MLS commits (which the server checks),
+//! and the closed loops that send and receive.
 //!
 //! A send's timestamp travels in its message id (8 bytes of the load
 //! generator's clock, 8 random bytes; ids are the sender's choice in the
@@ -18,21 +18,17 @@ use std::time::{Duration, Instant};
 
 use sotto_client::ServerLink;
 use sotto_client::transport::{Connection, Event};
-use sotto_core::{AccountKey, DeviceKey};
 use sotto_proto::{
-    Blob, CommitRequest, DeviceId, EnvelopeKind, GroupId, Handle, LoginRequest, MessageId,
-    PROTOCOL_VERSION, RegisterRequest, Request, Response, SendRequest, WelcomeOut,
+    Blob, EnvelopeKind, GroupId, LoginRequest, MessageId, PROTOCOL_VERSION, RegisterRequest,
+    Request, Response, SendRequest,
 };
 use sotto_test_support::ServerProcess;
 
 use crate::sys;
 
-/// A registered device of the load generator.
-pub(crate) struct Device {
-    pub(crate) account: AccountKey,
-    pub(crate) device: DeviceKey,
-    pub(crate) handle: Handle,
-}
+/// A registered device of the load generator, with an MLS state of its
+/// own (the server checks every commit, so groups are made with real ones).
+pub(crate) use sotto_test_support::mls::Member as Device;
 
 /// The server's settings for benchmarks: the per-connection request rate
 /// limit and the per-source caps (connections, registrations, lookups) are
@@ -151,11 +147,7 @@ pub(crate) async fn register(
     invite: String,
     name: &str,
 ) -> anyhow::Result<(Device, Connection)> {
-    let d = Device {
-        account: AccountKey::generate(),
-        device: DeviceKey::generate(),
-        handle: Handle::new(name)?,
-    };
+    let d = Device::new(name);
     let mut conn = connect(link, source).await?;
     let t = sotto_proto::register_transcript(
         &conn.hello().challenge,
@@ -199,29 +191,34 @@ pub(crate) async fn login(
     Ok(conn)
 }
 
-/// Makes `group` with `members` (the sender first) by a commit request
-/// carrying a Welcome-sized blob for the others (the server routes by the
-/// member list; it never reads MLS).
+/// How many devices one commit adds when a big group is made (a commit
+/// and its Welcome must fit in one frame).
+const ADDS_PER_COMMIT: usize = 100;
+
+/// Makes `group` of `creator` and `others` with real MLS commits (the
+/// server checks them): a creation, then adds in batches. The others do
+/// not join (the scenarios' receivers count ciphertexts, they do not read
+/// them); their Welcomes wait in their mailboxes like any delivery.
 pub(crate) async fn make_group(
     sender: &mut Connection,
     group: GroupId,
-    members: Vec<DeviceId>,
-    welcome_bytes: usize,
+    creator: &Device,
+    others: &[&Device],
 ) -> anyhow::Result<()> {
+    let mut batches = others.chunks(ADDS_PER_COMMIT);
+    let first = batches.next().unwrap_or_default();
     let resp = sender
-        .request(Request::Commit(CommitRequest {
-            group,
-            epoch: 0,
-            msg_id: MessageId(rand::random()),
-            commit: None,
-            welcome: Some(WelcomeOut {
-                welcome: Blob(vec![0; welcome_bytes]),
-                recipients: members[1..].to_vec(),
-            }),
-            members,
-        }))
+        .request(Request::Commit(creator.create(group, first)))
         .await?;
     anyhow::ensure!(matches!(resp, Response::Committed { .. }), "{resp:?}");
+    creator.committed(group);
+    for batch in batches {
+        let resp = sender
+            .request(Request::Commit(creator.add(group, batch)))
+            .await?;
+        anyhow::ensure!(matches!(resp, Response::Committed { .. }), "{resp:?}");
+        creator.committed(group);
+    }
     Ok(())
 }
 
@@ -386,13 +383,7 @@ pub(crate) async fn direct(
         )
         .await?;
         drop(rconn);
-        make_group(
-            &mut sconn,
-            group_id(i),
-            vec![s.device.id(), r.device.id()],
-            payload.len(),
-        )
-        .await?;
+        make_group(&mut sconn, group_id(i), &s, &[&r]).await?;
         senders.push((sconn, group_id(i)));
         receivers.push(r);
     }

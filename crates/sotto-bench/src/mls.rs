@@ -51,11 +51,12 @@ use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
     Capabilities, Ciphersuite, ExtensionType, Extensions, GroupContext, GroupId as MlsGroupId,
     KeyPackage, KeyPackageIn, LeafNodeParameters, MlsGroup, MlsGroupCreateConfig,
-    MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, OpenMlsProvider, ProcessedMessageContent,
-    ProtocolVersion, SenderRatchetConfiguration, StagedWelcome,
+    MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, OpenMlsProvider,
+    PURE_PLAINTEXT_WIRE_FORMAT_POLICY, ProcessedMessageContent, ProtocolVersion,
+    SenderRatchetConfiguration, StagedWelcome,
 };
 use openmls_libcrux_crypto::Provider;
-use sotto_core::group::{self, Change, GroupMeta, META_EXTENSION, TIMER_EXTENSION};
+use sotto_core::group::{self, Change, META_EXTENSION, TIMER_EXTENSION};
 use sotto_core::mls::{self, Processed};
 use sotto_core::{CredentialIdentity, DeviceKey, Suite};
 use sotto_proto::{DeviceId, GroupId, SignedDeviceList};
@@ -151,6 +152,7 @@ fn create_config(cs: Ciphersuite, exts: Extensions<GroupContext>) -> MlsGroupCre
         .with_group_context_extensions(exts)
         .ciphersuite(cs)
         .capabilities(capabilities())
+        .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
         .use_ratchet_tree_extension(true)
         .padding_size(64)
         .sender_ratchet_configuration(SenderRatchetConfiguration::new(20, 1000))
@@ -160,6 +162,7 @@ fn create_config(cs: Ciphersuite, exts: Extensions<GroupContext>) -> MlsGroupCre
 
 fn join_config() -> MlsGroupJoinConfig {
     MlsGroupJoinConfig::builder()
+        .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
         .use_ratchet_tree_extension(true)
         .padding_size(64)
         .sender_ratchet_configuration(SenderRatchetConfiguration::new(20, 1000))
@@ -299,17 +302,28 @@ fn sotto_create(
     alice: &Member,
     g: GroupId,
     kps: &[Vec<u8>],
-    owners: &[CredentialIdentity],
-    meta: &GroupMeta,
+    owners: &[(CredentialIdentity, SignedDeviceList)],
 ) -> anyhow::Result<Vec<u8>> {
     let kps = kps
         .iter()
         .zip(owners)
-        .map(|(b, o)| Ok(mls::verify_key_package(p, b, o.account, o.device)?.0))
+        .map(|(b, (o, _))| Ok(mls::verify_key_package(p, b, o.account, o.device)?.0))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let created = mls::create_group(p, &alice.me, &alice.device, g, &kps, Some(meta))?;
+    let lists = owners.iter().map(|(_, l)| l.clone()).collect();
+    let created = mls::create_group(
+        p,
+        &alice.me,
+        &alice.device,
+        g,
+        kps,
+        lists,
+        mls::NewConversation::Group("mls"),
+    )?;
     mls::merge_pending(p, g)?;
-    Ok(created.welcome)
+    created
+        .staged
+        .welcome
+        .ok_or_else(|| anyhow::anyhow!("no welcome"))
 }
 
 /// Stages a change and merges it (as the client does once the server
@@ -320,7 +334,8 @@ fn commit(
     g: GroupId,
     change: Change,
 ) -> anyhow::Result<group::StagedChange> {
-    let s = group::stage(p, device, g, change)?.ok_or_else(|| anyhow::anyhow!("no commit"))?;
+    let s =
+        group::stage(p, device, g, change, None)?.ok_or_else(|| anyhow::anyhow!("no commit"))?;
     mls::merge_pending(p, g)?;
     Ok(s)
 }
@@ -375,10 +390,9 @@ struct Bench {
     ap: Provider,
     bob: Member,
     bp: Provider,
-    meta: GroupMeta,
     /// The fresh tree's creation inputs (the measured creations reuse them).
     kps: Vec<Vec<u8>>,
-    owners: Vec<CredentialIdentity>,
+    owners: Vec<(CredentialIdentity, SignedDeviceList)>,
     next_member: usize,
 }
 
@@ -386,10 +400,6 @@ impl Bench {
     fn base(suite: Suite, n: usize, tree: Tree) -> anyhow::Result<Self> {
         anyhow::ensure!(n >= 2, "a group of at least 2");
         let alice = Member::new(0);
-        let meta = GroupMeta {
-            name: "mls".into(),
-            admins: vec![alice.me.account],
-        };
         Ok(Self {
             suite,
             n,
@@ -399,7 +409,6 @@ impl Bench {
             ap: Provider::new()?,
             bob: Member::new(1),
             bp: Provider::new()?,
-            meta,
             kps: Vec::new(),
             owners: Vec::new(),
             next_member: n,
@@ -412,13 +421,13 @@ impl Bench {
         let mut b = Self::base(suite, n, Tree::Fresh)?;
         let crowd = Provider::new()?;
         b.kps.push(b.bob.key_package_bytes(&b.bp, suite));
-        b.owners.push(b.bob.me.clone());
+        b.owners.push((b.bob.me.clone(), b.bob.list()));
         for i in 2..n {
             let m = Member::new(i);
             b.kps.push(m.key_package_bytes(&crowd, suite));
-            b.owners.push(m.me.clone());
+            b.owners.push((m.me.clone(), m.list()));
         }
-        let welcome = sotto_create(&b.ap, &b.alice, b.g, &b.kps, &b.owners, &b.meta)?;
+        let welcome = sotto_create(&b.ap, &b.alice, b.g, &b.kps, &b.owners)?;
         mls::join(&b.bp, &welcome)?;
         Ok(b)
     }
@@ -442,8 +451,7 @@ impl Bench {
             &b.alice,
             b.g,
             &[kp],
-            std::slice::from_ref(&first.me),
-            &b.meta,
+            &[(first.me.clone(), first.list())],
         )?;
         mls::join(first_p, &welcome)?;
         let s = commit(first_p, &first.device, b.g, self_update())?;
@@ -605,8 +613,7 @@ impl Bench {
         let p = Provider::new()?;
         let g = GroupId([0x6e; 32]);
         if sotto {
-            let (w, d) =
-                timed(|| sotto_create(&p, &self.alice, g, &self.kps, &self.owners, &self.meta))?;
+            let (w, d) = timed(|| sotto_create(&p, &self.alice, g, &self.kps, &self.owners))?;
             t.sotto.push(d);
             Ok(w.len())
         } else {

@@ -115,13 +115,7 @@ async fn sotto(ctx: &Ctx, size: &Size, payload: &[u8]) -> anyhow::Result<Drained
         .await?;
         c.close().await;
         let (sd, sc, groups) = &mut senders[i % size.senders];
-        load::make_group(
-            sc,
-            load::group_id(i),
-            vec![sd.device.id(), d.device.id()],
-            1024,
-        )
-        .await?;
+        load::make_group(sc, load::group_id(i), sd, &[&d]).await?;
         groups.push(load::group_id(i));
         devices.push(Arc::new(d));
     }

@@ -11,7 +11,11 @@ use sotto_proto::{GroupId, Handle, MessageId};
 /// One MLS ciphertext of a ~120-character text message.
 pub(crate) fn ciphertext() -> anyhow::Result<Vec<u8>> {
     let (ap, bp) = (Provider::new()?, Provider::new()?);
-    let who = |name: &str| -> anyhow::Result<(CredentialIdentity, DeviceKey)> {
+    let who = |name: &str| -> anyhow::Result<(
+        CredentialIdentity,
+        DeviceKey,
+        sotto_proto::SignedDeviceList,
+    )> {
         let account = AccountKey::generate();
         let device = DeviceKey::generate();
         let me = CredentialIdentity {
@@ -19,14 +23,23 @@ pub(crate) fn ciphertext() -> anyhow::Result<Vec<u8>> {
             device: device.id(),
             handle: Handle::new(name)?,
         };
-        Ok((me, device))
+        let list = account.sign_device_list(1, vec![device.id()]);
+        Ok((me, device, list))
     };
-    let (alice, alice_dev) = who("alice")?;
-    let (bob, bob_dev) = who("bob")?;
+    let (alice, alice_dev, _) = who("alice")?;
+    let (bob, bob_dev, bob_list) = who("bob")?;
     let kp = mls::key_packages(&bp, &bob, &bob_dev, Suite::PostQuantum, 1)?;
     let (kp, _) = mls::verify_key_package(&bp, &kp[0], bob.account, bob.device)?;
     let g = GroupId([7; 32]);
-    mls::create_group(&ap, &alice, &alice_dev, g, &[kp], None)?;
+    mls::create_group(
+        &ap,
+        &alice,
+        &alice_dev,
+        g,
+        vec![kp],
+        vec![bob_list],
+        mls::NewConversation::Direct,
+    )?;
     mls::merge_pending(&ap, g)?;
     let text = "On my way, twenty minutes. The door code changed this morning: ask Sam for the new one before you come up.";
     let m = AppMessage {

@@ -4,7 +4,7 @@
 //! one device with its keys and its own in-memory MLS state, built on
 //! `sotto-core` exactly as the client does.
 
-use std::cell::RefCell;
+use std::sync::Mutex;
 
 use openmls::prelude::KeyPackage;
 use openmls_libcrux_crypto::Provider;
@@ -24,7 +24,7 @@ pub struct Member {
     /// The handle.
     pub handle: Handle,
     provider: Provider,
-    name: RefCell<Option<Renamed>>,
+    name: Mutex<Option<Renamed>>,
 }
 
 impl std::fmt::Debug for Member {
@@ -53,7 +53,7 @@ impl Member {
             device: DeviceKey::generate(),
             handle: Handle::new(handle).expect("a valid handle"),
             provider: Provider::new().expect("libcrux provider"),
-            name: RefCell::new(None),
+            name: Mutex::new(None),
         }
     }
 
@@ -138,7 +138,12 @@ impl Member {
 
     /// The request of a commit of `change` to `g`.
     pub fn commit(&self, g: GroupId, change: Change) -> CommitRequest {
-        let key = self.name.borrow().as_ref().map(|r| r.key.clone());
+        let key = self
+            .name
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|r| r.key.clone());
         let s = group::stage(&self.provider, &self.device, g, change, key.as_ref())
             .expect("a commit")
             .expect("something to commit");
@@ -171,7 +176,7 @@ impl Member {
     /// The server accepted this device's last commit: merge it.
     pub fn committed(&self, g: GroupId) {
         if let Some(r) = mls::merge_pending(&self.provider, g).expect("a staged commit") {
-            *self.name.borrow_mut() = Some(r);
+            *self.name.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
         }
     }
 
@@ -211,7 +216,7 @@ impl Member {
     /// Joins from a Welcome bundle (as delivered).
     pub fn join(&self, welcome: &[u8]) {
         let joined = mls::join(&self.provider, welcome).expect("a valid welcome");
-        *self.name.borrow_mut() = joined.name;
+        *self.name.lock().unwrap_or_else(|p| p.into_inner()) = joined.name;
     }
 
     /// Processes a delivered commit, proposal or message of `g`.
