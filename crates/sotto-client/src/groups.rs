@@ -724,7 +724,7 @@ impl Client {
                 .find(|m| m.handle == handle)
                 .map(|m| m.account)
                 .ok_or_else(|| ClientError::Invalid(format!("{handle} is not a member")))?;
-            let mut admins = meta.admins.clone();
+            let mut admins = meta.admins;
             if !admins.contains(&account) {
                 admins.push(account);
             }

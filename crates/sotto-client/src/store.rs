@@ -1282,7 +1282,9 @@ pub mod rows {
     pub fn pending_commits(
         c: &Connection,
     ) -> Result<Vec<(sotto_proto::CommitRequest, Pending)>, ClientError> {
-        let rows: Vec<(Vec<u8>, Vec<u8>, Option<String>, Option<i64>, i64)> = {
+        /// group, request, name, is_group, rejoin
+        type Row = (Vec<u8>, Vec<u8>, Option<String>, Option<i64>, i64);
+        let rows: Vec<Row> = {
             let mut st =
                 c.prepare("SELECT group_id, request, name, is_group, rejoin FROM pending_commits")?;
             st.query_map([], |r| {

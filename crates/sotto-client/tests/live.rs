@@ -194,7 +194,6 @@ async fn devices_commit_self_updates_by_policy() {
     alice.set_policy(sotto_client::Policy {
         messages: 2,
         max_age: Duration::from_secs(3600),
-        ..Default::default()
     });
     let epoch = |c: &mut Client| c.groups().unwrap()[0].epoch;
     assert_eq!(epoch(&mut alice), 1);

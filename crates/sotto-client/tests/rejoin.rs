@@ -56,7 +56,6 @@ fn often() -> Policy {
     Policy {
         messages: 1,
         max_age: Duration::from_secs(86_400),
-        ..Policy::default()
     }
 }
 

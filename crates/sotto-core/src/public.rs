@@ -498,7 +498,8 @@ pub fn check_commit(
             "a rejoin neither creates a group nor welcomes anyone",
         ));
     }
-    if welcome != !added.is_empty() {
+    let adds = !added.is_empty();
+    if welcome != adds {
         return Err(refuse(if welcome {
             "a Welcome without devices to add"
         } else {

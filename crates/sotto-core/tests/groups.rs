@@ -376,7 +376,7 @@ fn the_server_refuses_garbage_other_devices_commits_and_mismatched_group_infos()
     // A GroupInfo of another state: alice's own self-update's, for bob's commit.
     let other = alice.commit(G, update());
     let mixed = group::StagedChange {
-        group_info: other.group_info.clone(),
+        group_info: other.group_info,
         ..clone(&upd)
     };
     let err = server.commit(&bob, &mixed).unwrap_err();
