@@ -53,7 +53,7 @@ use openmls::prelude::{
     KeyPackage, KeyPackageIn, LeafNodeParameters, MlsGroup, MlsGroupCreateConfig,
     MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, OpenMlsProvider,
     PURE_PLAINTEXT_WIRE_FORMAT_POLICY, ProcessedMessageContent, ProtocolVersion,
-    SenderRatchetConfiguration, StagedWelcome,
+    RatchetTreeIn, SenderRatchetConfiguration, StagedWelcome,
 };
 use openmls_libcrux_crypto::Provider;
 use sotto_core::group::{self, Change, META_EXTENSION, TIMER_EXTENSION};
@@ -208,22 +208,24 @@ fn raw_create(
     Ok(welcome)
 }
 
-fn raw_join(p: &Provider, welcome: &[u8]) -> anyhow::Result<()> {
+fn raw_join(p: &Provider, welcome: &[u8], tree: RatchetTreeIn) -> anyhow::Result<()> {
     let MlsMessageBodyIn::Welcome(w) = MlsMessageIn::tls_deserialize_exact(welcome)?.extract()
     else {
         anyhow::bail!("not a Welcome");
     };
-    StagedWelcome::new_from_welcome(p, &join_config(), w, None)?.into_group(p)?;
+    StagedWelcome::new_from_welcome(p, &join_config(), w, Some(tree))?.into_group(p)?;
     Ok(())
 }
 
-/// Adds the owner of `kp`; returns the commit and the Welcome.
+/// Adds the owner of `kp`; returns the commit, the Welcome and the ratchet
+/// tree the joiner needs beside it (the group's GroupInfos carry none, as
+/// Sotto's do not).
 fn raw_add(
     p: &Provider,
     device: &DeviceKey,
     g: GroupId,
     kp: &[u8],
-) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+) -> anyhow::Result<(Vec<u8>, Vec<u8>, RatchetTreeIn)> {
     let kp = raw_validate(p, kp)?;
     let mut grp = raw_load(p, g)?;
     let (commit, welcome, _) = grp.add_members_without_update(p, device, &[kp])?;
@@ -232,7 +234,7 @@ fn raw_add(
         welcome.tls_serialize_detached()?,
     );
     grp.merge_pending_commit(p)?;
-    Ok(out)
+    Ok((out.0, out.1, grp.export_ratchet_tree().into()))
 }
 
 /// Removes the member device `gone`; returns the commit.
@@ -529,9 +531,9 @@ impl Bench {
             sizes.add_welcome.0 = w.len();
             sizes.remove_commit.0 = r.commit.len();
         } else {
-            let ((c, w), ta) = timed(|| raw_add(ap, dev, g, &kp))?;
+            let ((c, w, tree), ta) = timed(|| raw_add(ap, dev, g, &kp))?;
             raw_process(bp, g, &c)?;
-            let (_, tj) = timed(|| raw_join(&np, &w))?;
+            let (_, tj) = timed(|| raw_join(&np, &w, tree))?;
             let (r, tr) = timed(|| raw_remove(ap, dev, g, gone))?;
             raw_process(bp, g, &r)?;
             t[0].raw.push(ta);
