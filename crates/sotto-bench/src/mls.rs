@@ -52,8 +52,8 @@ use openmls::prelude::{
     Capabilities, Ciphersuite, ExtensionType, Extensions, GroupContext, GroupId as MlsGroupId,
     KeyPackage, KeyPackageIn, LeafNodeParameters, MlsGroup, MlsGroupCreateConfig,
     MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, OpenMlsProvider,
-    PURE_PLAINTEXT_WIRE_FORMAT_POLICY, ProcessedMessageContent, ProtocolVersion,
-    RatchetTreeIn, SenderRatchetConfiguration, StagedWelcome,
+    PURE_PLAINTEXT_WIRE_FORMAT_POLICY, ProcessedMessageContent, ProtocolVersion, RatchetTreeIn,
+    SenderRatchetConfiguration, StagedWelcome,
 };
 use openmls_libcrux_crypto::Provider;
 use sotto_core::group::{self, Change, META_EXTENSION, TIMER_EXTENSION};

@@ -420,6 +420,25 @@ pub fn encrypt_with_timer<P: OpenMlsProvider>(
     Ok((out.tls_serialize_detached().map_err(internal)?, timer))
 }
 
+/// The members of a group this device just joined, each with a Sotto
+/// credential naming its leaf key; if one has not, the group is dropped.
+fn checked_members<P: OpenMlsProvider>(
+    provider: &P,
+    group: &mut MlsGroup,
+) -> Result<Vec<CredentialIdentity>, CoreError> {
+    let members: Option<Vec<CredentialIdentity>> = group
+        .members()
+        .map(|m| leaf_identity(&m.credential, &m.signature_key))
+        .collect();
+    match members {
+        Some(m) => Ok(m),
+        None => {
+            group.delete(provider.storage()).map_err(storage)?;
+            Err(CoreError::ForgedCredential)
+        }
+    }
+}
+
 /// The result of joining by Welcome.
 #[derive(Debug)]
 pub struct Joined {
@@ -490,14 +509,7 @@ pub fn join_replacing<P: OpenMlsProvider>(
             "a Welcome to an epoch this device is past".into(),
         ));
     }
-    let members: Option<Vec<CredentialIdentity>> = group
-        .members()
-        .map(|m| leaf_identity(&m.credential, &m.signature_key))
-        .collect();
-    let Some(members) = members else {
-        group.delete(provider.storage()).map_err(storage)?;
-        return Err(CoreError::ForgedCredential);
-    };
+    let members = checked_members(provider, &mut group)?;
     let name = crate::group::GroupMeta::from_extensions(group.extensions()).map(|meta| {
         // The key comes sealed under this epoch's exporter; a Welcome
         // without one (or with a wrong one) leaves the name unreadable.
@@ -591,14 +603,7 @@ pub fn rejoin<P: OpenMlsProvider>(
         .map_err(|e| bad(&e))?
         .finalize(provider)
         .map_err(|e| bad(&e))?;
-    let members: Option<Vec<CredentialIdentity>> = group
-        .members()
-        .map(|m| leaf_identity(&m.credential, &m.signature_key))
-        .collect();
-    let Some(members) = members else {
-        group.delete(provider.storage()).map_err(storage)?;
-        return Err(CoreError::ForgedCredential);
-    };
+    let members = checked_members(provider, &mut group)?;
     let (commit, _, info) = bundle.into_contents();
     Ok(Rejoined {
         epoch,

@@ -82,6 +82,46 @@ fn aad(label: &[u8], group: &GroupId) -> Vec<u8> {
     a
 }
 
+/// ChaCha20-Poly1305 under `key` with a random nonce; additional data
+/// `label ‖ group`.
+fn seal(key: &NameKey, label: &[u8], group: &GroupId, plain: &[u8]) -> ([u8; 12], Vec<u8>) {
+    let mut nonce = [0u8; 12];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let ciphertext = key
+        .cipher()
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: plain,
+                aad: &aad(label, group),
+            },
+        )
+        .unwrap_or_default();
+    (nonce, ciphertext)
+}
+
+/// The plaintext of [`seal`], if `key` and the additional data fit.
+fn open(
+    key: &NameKey,
+    label: &[u8],
+    group: &GroupId,
+    nonce: &[u8; 12],
+    ciphertext: &[u8],
+) -> Option<Vec<u8>> {
+    key.cipher()
+        .decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: ciphertext,
+                aad: &aad(label, group),
+            },
+        )
+        .ok()
+}
+
+const NAME_AAD: &[u8] = b"sotto-group-name-v1\0";
+const KEY_AAD: &[u8] = b"sotto-welcome-name-key-v1\0";
+
 /// A name sealed under a [`NameKey`], as the group context carries it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SealedName {
@@ -95,18 +135,7 @@ pub struct SealedName {
 impl SealedName {
     /// Seals `name` for group `group`.
     pub(crate) fn seal(name: &str, key: &NameKey, group: &GroupId) -> Self {
-        let mut nonce = [0u8; 12];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let ciphertext = key
-            .cipher()
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: name.as_bytes(),
-                    aad: &aad(b"sotto-group-name-v1\0", group),
-                },
-            )
-            .unwrap_or_default();
+        let (nonce, ciphertext) = seal(key, NAME_AAD, group, name.as_bytes());
         Self {
             check: key.check(),
             nonce,
@@ -119,17 +148,7 @@ impl SealedName {
         if key.check() != self.check {
             return None;
         }
-        let plain = key
-            .cipher()
-            .decrypt(
-                Nonce::from_slice(&self.nonce),
-                Payload {
-                    msg: &self.ciphertext,
-                    aad: &aad(b"sotto-group-name-v1\0", group),
-                },
-            )
-            .ok()?;
-        String::from_utf8(plain).ok()
+        String::from_utf8(open(key, NAME_AAD, group, &self.nonce, &self.ciphertext)?).ok()
     }
 }
 
@@ -159,33 +178,13 @@ pub(crate) struct SealedKey {
 impl SealedKey {
     /// Seals `key` under `epoch_key` (exported from the epoch joined).
     pub(crate) fn seal(key: &NameKey, epoch_key: &NameKey, group: &GroupId) -> Self {
-        let mut nonce = [0u8; 12];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let ciphertext = epoch_key
-            .cipher()
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: &key.0,
-                    aad: &aad(b"sotto-welcome-name-key-v1\0", group),
-                },
-            )
-            .unwrap_or_default();
+        let (nonce, ciphertext) = seal(epoch_key, KEY_AAD, group, &key.0);
         Self { nonce, ciphertext }
     }
 
     /// The name key, if `epoch_key` opens it.
     pub(crate) fn open(&self, epoch_key: &NameKey, group: &GroupId) -> Option<NameKey> {
-        let mut plain = epoch_key
-            .cipher()
-            .decrypt(
-                Nonce::from_slice(&self.nonce),
-                Payload {
-                    msg: &self.ciphertext,
-                    aad: &aad(b"sotto-welcome-name-key-v1\0", group),
-                },
-            )
-            .ok()?;
+        let mut plain = open(epoch_key, KEY_AAD, group, &self.nonce, &self.ciphertext)?;
         let key = <[u8; 32]>::try_from(plain.as_slice()).ok().map(NameKey);
         plain.zeroize();
         key

@@ -338,16 +338,25 @@ fn protocol_message(
     Ok(proto)
 }
 
+/// Loads a stored state.
+fn load_state(
+    group: &sotto_proto::GroupId,
+    state: &[u8],
+) -> Result<(PublicGroup, PublicStore), CoreError> {
+    let store = PublicStore::from_state(state)?;
+    let pg = PublicGroup::load(&store, &GroupId::from_slice(&group.0))
+        .map_err(internal)?
+        .ok_or_else(|| internal("incomplete group state"))?;
+    Ok((pg, store))
+}
+
 /// Loads the held state with its proposals applied (each checked again).
 fn load(
     crypto: &impl OpenMlsCrypto,
     group: &sotto_proto::GroupId,
     held: Held<'_>,
 ) -> Result<(PublicGroup, PublicStore), CoreError> {
-    let store = PublicStore::from_state(held.state)?;
-    let mut pg = PublicGroup::load(&store, &GroupId::from_slice(&group.0))
-        .map_err(internal)?
-        .ok_or_else(|| internal("incomplete group state"))?;
+    let (mut pg, store) = load_state(group, held.state)?;
     for p in held.proposals {
         let processed = pg
             .process_message(crypto, protocol_message(p, group)?)
@@ -546,40 +555,34 @@ pub fn check_proposal(
     }
 }
 
-/// The member devices of a held group (for a state written before the
-/// server kept member lists itself, and for tests).
+/// The member devices of a held group.
 pub fn members(group: &sotto_proto::GroupId, state: &[u8]) -> Result<Vec<DeviceId>, CoreError> {
-    let store = PublicStore::from_state(state)?;
-    let pg = PublicGroup::load(&store, &GroupId::from_slice(&group.0))
-        .map_err(internal)?
-        .ok_or_else(|| internal("incomplete group state"))?;
-    Ok(devices(&pg))
+    Ok(devices(&load_state(group, state)?.0))
 }
 
 /// The ratchet tree of a held group (TLS-encoded), which a rejoining
 /// device needs beside the GroupInfo.
 pub fn ratchet_tree(group: &sotto_proto::GroupId, state: &[u8]) -> Result<Vec<u8>, CoreError> {
-    let store = PublicStore::from_state(state)?;
-    let pg = PublicGroup::load(&store, &GroupId::from_slice(&group.0))
-        .map_err(internal)?
-        .ok_or_else(|| internal("incomplete group state"))?;
-    pg.export_ratchet_tree()
-        .tls_serialize_detached()
-        .map_err(internal)
+    export_tree(&load_state(group, state)?.0)
 }
 
-/// The identity of a member device of a held group, if it is one.
-pub fn member(
+/// The ratchet tree of a held group, for `device` only if it is a member
+/// device of it (with a Sotto credential).
+pub fn ratchet_tree_for(
     group: &sotto_proto::GroupId,
     state: &[u8],
     device: DeviceId,
-) -> Result<Option<crate::CredentialIdentity>, CoreError> {
-    let store = PublicStore::from_state(state)?;
-    let pg = PublicGroup::load(&store, &GroupId::from_slice(&group.0))
-        .map_err(internal)?
-        .ok_or_else(|| internal("incomplete group state"))?;
-    Ok(pg
+) -> Result<Option<Vec<u8>>, CoreError> {
+    let (pg, _) = load_state(group, state)?;
+    let member = pg
         .members()
         .find(|m| m.signature_key.as_slice() == device.0.as_slice())
-        .and_then(|m| member_identity(&pg, m.index)))
+        .and_then(|m| member_identity(&pg, m.index));
+    member.map(|_| export_tree(&pg)).transpose()
+}
+
+fn export_tree(pg: &PublicGroup) -> Result<Vec<u8>, CoreError> {
+    pg.export_ratchet_tree()
+        .tls_serialize_detached()
+        .map_err(internal)
 }

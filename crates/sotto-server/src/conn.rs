@@ -833,10 +833,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
         };
         let (epoch, group_info) = (held.epoch, held.group_info.clone());
         let tree = tokio::task::spawn_blocking(move || {
-            match sotto_core::public::member(&group, &held.state, device)? {
-                Some(_) => sotto_core::public::ratchet_tree(&group, &held.state).map(Some),
-                None => Ok(None),
-            }
+            sotto_core::public::ratchet_tree_for(&group, &held.state, device)
         })
         .await
         .map_err(|_| ProtoError::new(ErrorCode::Internal))?

@@ -610,6 +610,22 @@ async fn one_source_cannot_take_every_connection() {
     assert!(again.is_some(), "the freed place was not given back");
 }
 
+/// The group's epoch, GroupInfo and ratchet tree, as the server hands them out.
+async fn get_group_info(conn: &mut Connection, g: GroupId) -> (u64, Blob, Blob) {
+    match conn
+        .request(Request::GetGroupInfo { group: g })
+        .await
+        .unwrap()
+    {
+        Response::GroupInfo {
+            epoch,
+            group_info,
+            ratchet_tree,
+        } => (epoch, group_info, ratchet_tree),
+        other => panic!("expected a group info, got {other:?}"),
+    }
+}
+
 /// S11: the server refuses what every member would refuse (a non-admin's
 /// add, garbage, a proposal in someone else's name), delivers proposals
 /// as proposals, and hands a group's GroupInfo only to its members, who
@@ -682,17 +698,7 @@ async fn the_server_checks_commits_and_proposals_and_hands_group_infos_to_member
         assert_eq!(code(r), ErrorCode::NotMember);
     }
     // bob lost his state: he rejoins from it, by himself.
-    let Response::GroupInfo {
-        epoch,
-        group_info,
-        ratchet_tree,
-    } = bob_conn
-        .request(Request::GetGroupInfo { group: g })
-        .await
-        .unwrap()
-    else {
-        panic!("expected a group info");
-    };
+    let (epoch, group_info, ratchet_tree) = get_group_info(&mut bob_conn, g).await;
     assert_eq!(epoch, 2);
     let rejoin = bob.rejoin(g, &group_info.0, &ratchet_tree.0);
     let r = bob_conn.request(Request::Commit(rejoin)).await.unwrap();
@@ -709,17 +715,7 @@ async fn the_server_checks_commits_and_proposals_and_hands_group_infos_to_member
     assert_eq!(alice.epoch(g), bob.epoch(g));
     // dave cannot join a group he was never in, even with its GroupInfo
     // (bob hands him the current one).
-    let Response::GroupInfo {
-        group_info,
-        ratchet_tree,
-        ..
-    } = bob_conn
-        .request(Request::GetGroupInfo { group: g })
-        .await
-        .unwrap()
-    else {
-        panic!("expected a group info");
-    };
+    let (_, group_info, ratchet_tree) = get_group_info(&mut bob_conn, g).await;
     invalid(
         dave_conn
             .request(Request::Commit(dave.rejoin(
