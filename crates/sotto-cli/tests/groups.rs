@@ -138,6 +138,17 @@ fn admins_add_remove_and_rename_and_others_cannot() {
             ["alice", "carol", "dave"]
         );
     }
+    // bob, removed, is added again: his old state of the group gives way
+    // to the Welcome, under the group's current name.
+    alice.sotto(&["group", "add", "night shift", "bob"]).ok();
+    alice.sotto(&["send", "night shift", "bob is back"]).ok();
+    assert_eq!(receive(&bob), [msg("night shift", "alice", "bob is back")]);
+    assert_eq!(group(&bob, "night shift")["state"], "active");
+    bob.sotto(&["send", "night shift", "thanks"]).ok();
+    assert_eq!(
+        receive(&carol).last(),
+        Some(&msg("night shift", "bob", "thanks"))
+    );
 }
 
 #[test]

@@ -546,9 +546,10 @@ impl Client {
                 EnvelopeKind::Device => Outcome::Dropped("unexpected device message".into()),
                 EnvelopeKind::Welcome => {
                     // A Welcome into a conversation this device holds is
-                    // refused, unless this device lost its state of it and
-                    // waits to be re-added.
-                    let (joined, replaced) = mls::join_replacing(p, &env.payload.0, |g| {
+                    // refused, unless this device was removed from it (it is
+                    // added again) or lost its state of it and waits to be
+                    // re-added.
+                    let (joined, _) = mls::join_replacing(p, &env.payload.0, |g| {
                         rows::rejoin_pending(c, &g).unwrap_or(false)
                     })?;
                     if joined.members.iter().all(|m| m.device != env.sender) {
@@ -563,8 +564,8 @@ impl Client {
                         conversation_name(p, c, joined.group_id, &me, &joined.members)?;
                     rows::put_conversation(c, &joined.group_id, is_group, &name, now_ms())?;
                     let added_by = joined.members.iter().find(|m| m.device == env.sender);
-                    let text = if replaced || missed.is_some() {
-                        rows::set_state(c, &joined.group_id, "active")?;
+                    rows::set_state(c, &joined.group_id, "active")?;
+                    let text = if missed.is_some() {
                         let text = crate::rejoin::readded_text(&name, added_by, missed);
                         warnings.push(text.clone());
                         text

@@ -457,10 +457,10 @@ pub fn join<P: OpenMlsProvider>(provider: &P, welcome: &[u8]) -> Result<Joined, 
 }
 
 /// Joins a group from a Welcome bundle like [`join`], and may replace a
-/// group this device already holds: only if `may_replace` says so for that
-/// group (this device asked to be re-added to it), and only by a later
-/// epoch than the one held or when the held state is inactive (this
-/// device's leaf was removed). The held state is deleted in the same step;
+/// group this device already holds: one it was removed from (inactive)
+/// always, since it is over (the device is added again); an active one only
+/// if `may_replace` says so for that group (this device asked to be
+/// re-added to it), and only by a later epoch. The held state is deleted in the same step;
 /// the caller's transaction keeps it if anything fails. Returns the joined
 /// group and whether it replaced a held one.
 pub fn join_replacing<P: OpenMlsProvider>(
@@ -490,12 +490,14 @@ pub fn join_replacing<P: OpenMlsProvider>(
     let replaced = held.is_some();
     let mut floor = None;
     if let Some(mut old) = held {
-        if !may_replace(gid) {
-            return Err(CoreError::InvalidWelcome(
-                "a Welcome into a conversation this device already has".into(),
-            ));
-        }
+        // A group this device was removed from is over: a Welcome (added
+        // again) replaces it. An active one only when this device asked.
         if old.is_active() {
+            if !may_replace(gid) {
+                return Err(CoreError::InvalidWelcome(
+                    "a Welcome into a conversation this device already has".into(),
+                ));
+            }
             floor = Some(old.epoch().as_u64());
         }
         old.delete(provider.storage()).map_err(storage)?;

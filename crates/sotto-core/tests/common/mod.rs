@@ -73,10 +73,17 @@ impl Peer {
 
     /// Stages a commit of `change`.
     pub(crate) fn commit(&self, g: GroupId, change: Change) -> StagedChange {
+        self.try_commit(g, change).unwrap().unwrap()
+    }
+
+    /// Stages a commit of `change`, if it can be built on this peer's view.
+    pub(crate) fn try_commit(
+        &self,
+        g: GroupId,
+        change: Change,
+    ) -> Result<Option<StagedChange>, CoreError> {
         let key = self.name.borrow().as_ref().map(|r| r.key.clone());
         group::stage(&self.provider, &self.device, g, change, key.as_ref())
-            .unwrap()
-            .unwrap()
     }
 
     /// Merges this peer's staged commit (the server accepted it).
