@@ -1,4 +1,4 @@
-//! Scenario `commits`: G groups of M members (20 × 10) where every member
+//! Scenario `commits`: G groups of M members (50 × 4) where every member
 //! commits a real MLS self-update concurrently in a closed loop for a fixed
 //! time, each built on the epoch the member last reached. The server checks
 //! each commit against the group's public state (signature, tree, policy,
@@ -101,7 +101,19 @@ async fn member(
     Ok(m)
 }
 
-async fn sotto(ctx: &Ctx, size: &Size) -> anyhow::Result<(usize, usize, usize, f64)> {
+/// What the Sotto side measured.
+struct Outcome {
+    accepted: usize,
+    stale: usize,
+    forks: usize,
+    rate: f64,
+    /// Server CPU per accepted commit, in ms.
+    server_ms: f64,
+    /// Cores the load generator used.
+    load_cores: f64,
+}
+
+async fn sotto(ctx: &Ctx, size: &Size) -> anyhow::Result<Outcome> {
     let s = Sotto::sqlite(&ctx.pinning)?;
     let n = size.groups * size.members;
     let invites = s.invites(n)?;
@@ -151,6 +163,7 @@ async fn sotto(ctx: &Ctx, size: &Size) -> anyhow::Result<(usize, usize, usize, f
         groups.push((gid, chunk));
     }
     let cpu = sys::CpuWatch::start(s.pid());
+    let me = sys::CpuWatch::me();
     let start = Instant::now();
     let until = start + size.duration;
     let mut tasks = Vec::new();
@@ -167,7 +180,7 @@ async fn sotto(ctx: &Ctx, size: &Size) -> anyhow::Result<(usize, usize, usize, f
         won.entry(g).or_default().extend(m.won);
     }
     let elapsed = start.elapsed();
-    let _ = cpu;
+    let (server_s, load_cores) = (cpu.seconds(), me.cores());
     let mut accepted = 0;
     let mut forks = 0;
     for (_, mut epochs) in won {
@@ -180,12 +193,14 @@ async fn sotto(ctx: &Ctx, size: &Size) -> anyhow::Result<(usize, usize, usize, f
             }
         }
     }
-    Ok((
+    Ok(Outcome {
         accepted,
         stale,
         forks,
-        accepted as f64 / elapsed.as_secs_f64(),
-    ))
+        rate: accepted as f64 / elapsed.as_secs_f64(),
+        server_ms: server_s * 1e3 / accepted.max(1) as f64,
+        load_cores,
+    })
 }
 
 /// The bare compare-and-set loop: one connection, random groups, one
@@ -226,12 +241,12 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Table>> {
         }
     } else {
         Size {
-            groups: 20,
-            members: 10,
+            groups: 50,
+            members: 4,
             duration: Duration::from_secs(10),
         }
     };
-    let (accepted, stale, forks, rate) = sotto(ctx, &size).await?;
+    let o = sotto(ctx, &size).await?;
     let (groups, duration) = (size.groups, size.duration);
     let floor = tokio::task::spawn_blocking(move || sqlite_floor(groups, duration)).await??;
     let mut t = Table::new(
@@ -244,15 +259,19 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Table>> {
             "ratio to floor",
             "stale-commit rejections",
             "forks",
+            "server CPU per accepted commit (ms)",
+            "load generator cores",
         ],
     );
     t.row(vec![
         "Sotto, 1 node, SQLite".into(),
-        accepted.to_string(),
-        format!("{rate:.0}"),
-        ratio(rate, floor),
-        stale.to_string(),
-        forks.to_string(),
+        o.accepted.to_string(),
+        format!("{:.0}", o.rate),
+        ratio(o.rate, floor),
+        o.stale.to_string(),
+        o.forks.to_string(),
+        format!("{:.2}", o.server_ms),
+        format!("{:.2}{}", o.load_cores, ctx.bound(o.load_cores)),
     ]);
     t.row(vec![
         "floor: bare SQLite compare-and-set, one connection".into(),
@@ -261,6 +280,8 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Table>> {
         "1.00".into(),
         "0".into(),
         "0".into(),
+        "—".into(),
+        "—".into(),
     ]);
     t.note(format!(
         "{} groups × {} members, {} s, real post-quantum self-update commits, each checked by the server against the group's public state, stored for and pushed to the other {} members (who apply it, on the load generator's core)",
@@ -269,6 +290,7 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Table>> {
         size.duration.as_secs(),
         size.members - 1
     ));
+    let forks = o.forks;
     anyhow::ensure!(
         forks == 0,
         "{forks} forks: two commits accepted for one epoch"

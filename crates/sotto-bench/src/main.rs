@@ -12,8 +12,9 @@
 //! group), `offline` (queued messages drained on reconnection), `commits`
 //! (concurrent commits, compare-and-set on the epoch), `connections` (idle authenticated connections held), `cluster`
 //! (1:1 delivery on SQLite, PostgreSQL and two nodes with NATS) and
-//! `groups` (client-side MLS group operations) and `mls` (Sotto's client
-//! core against raw openmls). Shared parts: `load` (the
+//! `groups` (client-side MLS group operations), `checks` (the server's check
+//! of a commit against openmls's `PublicGroup` alone) and `mls` (Sotto's
+//! client core against raw openmls). Shared parts: `load` (the
 //! Sotto load generator), `members` (member devices and their KeyPackages
 //! for `groups` and `mls`), `brokers` (the comparators and their clients),
 //! `payload` (a real MLS ciphertext), `sys` (CPU, memory, pinning) and
@@ -24,6 +25,7 @@
 //! while it was saturated as load-generator-bound.
 
 mod brokers;
+mod checks;
 mod cluster;
 mod commits;
 mod connections;
@@ -55,6 +57,7 @@ const SCENARIOS: &[&str] = &[
     "connections",
     "cluster",
     "groups",
+    "checks",
     "mls",
 ];
 
@@ -93,7 +96,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: sotto-bench <scenario>|all [--quick] [--out FILE.json|FILE.csv] [scenario arguments]
-scenarios: floor, direct, fanout, offline, commits, connections, cluster [PAIRS] [SECONDS], groups [SIZES] [REPETITIONS], mls [SIZES]";
+scenarios: floor, direct, fanout, offline, commits, connections, cluster [PAIRS] [SECONDS], groups [SIZES] [REPETITIONS], checks [SIZES], mls [SIZES]";
 
 fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Args> {
     let mut scenario = None;
@@ -164,6 +167,15 @@ async fn run_one(name: &str, ctx: &Ctx, rest: &[String]) -> anyhow::Result<Vec<T
                 .map(|s| s.split(',').map(str::parse).collect::<Result<_, _>>())
                 .transpose()?;
             tokio::task::spawn_blocking(move || mls::run(quick, sizes)).await?
+        }
+        "checks" => {
+            let sizes: Vec<usize> = match rest.first() {
+                Some(s) => s.split(',').map(str::parse).collect::<Result<_, _>>()?,
+                None if ctx.quick => vec![4],
+                None => vec![10, 100, 1000],
+            };
+            let reps = if ctx.quick { 2 } else { 10 };
+            tokio::task::spawn_blocking(move || checks::run(&sizes, reps)).await?
         }
         "groups" => {
             let sizes: Vec<usize> = match rest.first() {
