@@ -60,7 +60,10 @@ fn row(suite: Suite, n: usize, reps: usize) -> anyhow::Result<Row> {
     let crowd_p = Provider::new()?;
     let alice = Member::new(0);
     let crowd: Vec<Member> = (1..n).map(Member::new).collect();
-    let kps = crowd.iter().map(|m| m.key_package(&crowd_p, suite)).collect();
+    let kps = crowd
+        .iter()
+        .map(|m| m.key_package(&crowd_p, suite))
+        .collect();
     let lists = crowd.iter().map(Member::list).collect();
     let created = mls::create_group(
         &alice_p,
@@ -132,9 +135,11 @@ fn row(suite: Suite, n: usize, reps: usize) -> anyhow::Result<Row> {
         };
         let mut raw_side = || -> anyhow::Result<Duration> {
             let t = Instant::now();
-            let proto = MlsMessageIn::tls_deserialize_exact(&s.commit)?.try_into_protocol_message()?;
+            let proto =
+                MlsMessageIn::tls_deserialize_exact(&s.commit)?.try_into_protocol_message()?;
             let processed = raw.process_message(&crypto, proto)?;
-            let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
+            let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content()
+            else {
                 anyhow::bail!("not a commit");
             };
             raw.merge_commit(&storage, *staged)?;
