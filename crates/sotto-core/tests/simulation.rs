@@ -82,9 +82,6 @@ struct Sim {
     snapshots: Vec<Option<Snapshot>>,
     /// Members that noticed they are out of sync.
     lost: Vec<bool>,
-    /// Counts, for the failure report.
-    accepted: usize,
-    rejoins: usize,
 }
 
 impl Sim {
@@ -109,8 +106,6 @@ impl Sim {
             last: vec![None; PEERS],
             snapshots: vec![None; PEERS],
             lost: vec![false; PEERS],
-            accepted: 0,
-            rejoins: 0,
         }
     }
 
@@ -144,7 +139,6 @@ impl Sim {
         match self.server.commit(&self.peers[i], &s) {
             Ok(a) => {
                 self.peers[i].merge(G);
-                self.accepted += 1;
                 for d in a.recipients {
                     let j = self.index(d);
                     self.mailboxes[j].push_back((Kind::Commit, s.commit.clone()));
@@ -269,8 +263,6 @@ impl Sim {
         match self.server.rejoin(&self.peers[i]) {
             Ok((a, commit)) => {
                 self.lost[i] = false;
-                self.rejoins += 1;
-                self.accepted += 1;
                 for d in a.recipients {
                     let j = self.index(d);
                     self.mailboxes[j].push_back((Kind::Commit, commit.clone()));
