@@ -752,14 +752,17 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
                 self.shared.metrics.messages_accepted.inc();
                 Ok(Response::Committed { epoch: out.epoch })
             }
-            Err(CommitError::StaleEpoch(current)) => {
-                Err(ProtoError::new(ErrorCode::StaleEpoch { current }))
-            }
-            Err(CommitError::NotMember) => Err(ProtoError::new(ErrorCode::NotMember)),
-            Err(CommitError::MailboxFull) => {
-                Err(ProtoError::new(ErrorCode::MailboxFull).retry_after(60_000))
-            }
-            Err(CommitError::Store(e)) => Err(self.log_store(&e)),
+            Err(e) => Err(self.commit_error(e)),
+        }
+    }
+
+    /// The answer to a commit or proposal the store did not apply.
+    fn commit_error(&self, e: CommitError) -> ProtoError {
+        match e {
+            CommitError::StaleEpoch(current) => ProtoError::new(ErrorCode::StaleEpoch { current }),
+            CommitError::NotMember => ProtoError::new(ErrorCode::NotMember),
+            CommitError::MailboxFull => ProtoError::new(ErrorCode::MailboxFull).retry_after(60_000),
+            CommitError::Store(e) => self.log_store(&e),
         }
     }
 
@@ -811,14 +814,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
                     duplicate: out.duplicate,
                 })
             }
-            Err(CommitError::StaleEpoch(current)) => {
-                Err(ProtoError::new(ErrorCode::StaleEpoch { current }))
-            }
-            Err(CommitError::NotMember) => Err(ProtoError::new(ErrorCode::NotMember)),
-            Err(CommitError::MailboxFull) => {
-                Err(ProtoError::new(ErrorCode::MailboxFull).retry_after(60_000))
-            }
-            Err(CommitError::Store(e)) => Err(self.log_store(&e)),
+            Err(e) => Err(self.commit_error(e)),
         }
     }
 
