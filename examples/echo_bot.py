@@ -29,8 +29,8 @@ for line in lines:
     msg = json.loads(line)
     if msg.get("method") == "message" and not msg["params"]["outgoing"]:
         m = msg["params"]
-        # A one-to-one conversation is named after the peer; a group by its id.
-        to = m["sender"] if m["conversation"] == m["sender"] else "#" + m["conversation_id"]
+        # A one-to-one conversation is named after the peer (@handle); a group by its id.
+        to = "@" + m["sender"] if m["conversation"] == m["sender"] else "#" + m["conversation_id"]
         call("send", to=to, text="echo: " + m["text"])
     elif "error" in msg:
         print("error:", msg["error"]["message"], file=sys.stderr)

@@ -3,8 +3,11 @@
 //! and a group, with its encrypted store. The first input byte chooses the
 //! form: even, the rest is a raw frame; odd, a real delivery captured from
 //! the server (chosen by the second byte) with its message id replaced and
-//! its payload, kind and sender mutated by the rest. Processing must return
-//! a result, never panic, and leave the store readable.
+//! its payload, kind and sender mutated by the rest. Among the real
+//! deliveries are hostile texts (escape sequences, `\r`, bidirectional
+//! overrides) and a group renamed to a contact's handle. Processing must
+//! return a result, never panic, and leave the store readable; no group
+//! name it keeps hides or reorders text (C10).
 #![no_main]
 
 use std::sync::{Mutex, OnceLock};
@@ -17,6 +20,10 @@ use sotto_server::store::Store as _;
 use sotto_test_support::InProcessServer;
 
 const PASS: &str = "fuzz passphrase";
+
+/// A text that tries to steer a terminal (title, clear screen, bell, C1
+/// CSI, bidirectional override, `\r` over the line).
+const HOSTILE: &str = "hi\x1b]0;pwned\x07\x1b[2J\u{9b}31m\u{202e}gnp.exe\rbank: send money\x7f";
 
 struct Harness {
     client: Mutex<Client>,
@@ -76,6 +83,8 @@ fn harness() -> &'static Harness {
                 .receive(std::time::Duration::ZERO, |_| {})
                 .await
                 .expect("receive");
+            bob.send("alice", HOSTILE).await.expect("send");
+            bob.send("crew", HOSTILE).await.expect("send");
             for i in 0..3 {
                 bob.send("alice", &format!("one to one {i}"))
                     .await
@@ -88,6 +97,9 @@ fn harness() -> &'static Harness {
                     .await
                     .expect("send");
             }
+            // A group named after alice's contact carol (a name alice's
+            // client must not let shadow the handle).
+            bob.group_rename("crew", "carol").await.expect("rename");
             // Everything in alice's mailbox, as the server would deliver it.
             let store = server.data.store().expect("store");
             let me = alice.identity().device;
@@ -180,4 +192,14 @@ fuzz_target!(|data: &[u8]| {
     let mut client = h.client.lock().unwrap_or_else(|p| p.into_inner());
     let _ = client.process_server_frame(&bytes);
     client.contacts().expect("the store stays readable");
+    for c in client.conversations().expect("the store stays readable") {
+        if c.is_group {
+            assert!(
+                sotto_client::names::group_name(&c.name) == Some(c.name.as_str())
+                    || c.name.starts_with("unnamed group #"),
+                "a group name that hides text: {:?}",
+                c.name
+            );
+        }
+    }
 });

@@ -155,10 +155,10 @@ async fn sotto(ctx: &Ctx, m: usize, duration: Duration, payload: &[u8]) -> anyho
     }
     let g = load::group_id(1);
     let others: Vec<&load::Device> = members.iter().collect();
-    load::make_group(&mut sconn, g, &sender, &others).await?;
+    let epoch = load::make_group(&mut sconn, g, &sender, &others).await?;
     let me = sys::CpuWatch::me();
     let start = origin.elapsed();
-    let sent = load::send_loop(sconn, g, payload.to_vec(), origin, duration).await;
+    let sent = load::send_loop(sconn, (g, epoch), payload.to_vec(), origin, duration).await;
     let load_cores = me.cores();
     settle(&got, sent * m, Duration::from_secs(30), &stop).await;
     let mut seen = Vec::new();

@@ -244,6 +244,7 @@ async fn store_fanout(n: usize, reps: usize) -> anyhow::Result<Duration> {
             payload: vec![0u8; 1200],
             now_ms: 1,
             expires_ms: u64::MAX / 2,
+            epoch: Some(1),
         };
         let t = Instant::now();
         store.send(m, MailboxCap::UNLIMITED).await?;

@@ -204,22 +204,27 @@ pub(crate) async fn make_group(
     group: GroupId,
     creator: &Device,
     others: &[&Device],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<u64> {
     let mut batches = others.chunks(ADDS_PER_COMMIT);
     let first = batches.next().unwrap_or_default();
     let resp = sender
         .request(Request::Commit(creator.create(group, first)))
         .await?;
-    anyhow::ensure!(matches!(resp, Response::Committed { .. }), "{resp:?}");
+    let Response::Committed { mut epoch } = resp else {
+        anyhow::bail!("{resp:?}");
+    };
     creator.committed(group);
     for batch in batches {
         let resp = sender
             .request(Request::Commit(creator.add(group, batch)))
             .await?;
-        anyhow::ensure!(matches!(resp, Response::Committed { .. }), "{resp:?}");
+        let Response::Committed { epoch: now } = resp else {
+            anyhow::bail!("{resp:?}");
+        };
+        epoch = now;
         creator.committed(group);
     }
-    Ok(())
+    Ok(epoch)
 }
 
 /// The group id of pair or group `i`.
@@ -299,16 +304,18 @@ pub(crate) async fn receive(
     seen
 }
 
-/// Sends `payload` to `group` in a closed loop (each send waits for the
+/// Sends `payload` (as one of `group` at `epoch`: [`crate::payload::for_group`])
+/// to `group` in a closed loop (each send waits for the
 /// server's acknowledgement, which comes after the durable write) until
 /// `duration` is over; returns how many were accepted.
 pub(crate) async fn send_loop(
     mut conn: Connection,
-    group: GroupId,
+    (group, epoch): (GroupId, u64),
     payload: Vec<u8>,
     origin: Instant,
     duration: Duration,
 ) -> usize {
+    let payload = crate::payload::for_group(&payload, group, epoch);
     let started = Instant::now();
     let mut n = 0usize;
     let mut seq = 0u64;
@@ -383,8 +390,8 @@ pub(crate) async fn direct(
         )
         .await?;
         drop(rconn);
-        make_group(&mut sconn, group_id(i), &s, &[&r]).await?;
-        senders.push((sconn, group_id(i)));
+        let epoch = make_group(&mut sconn, group_id(i), &s, &[&r]).await?;
+        senders.push((sconn, (group_id(i), epoch)));
         receivers.push(r);
     }
     let origin = Instant::now();

@@ -115,8 +115,8 @@ async fn sotto(ctx: &Ctx, size: &Size, payload: &[u8]) -> anyhow::Result<Drained
         .await?;
         c.close().await;
         let (sd, sc, groups) = &mut senders[i % size.senders];
-        load::make_group(sc, load::group_id(i), sd, &[&d]).await?;
-        groups.push(load::group_id(i));
+        let epoch = load::make_group(sc, load::group_id(i), sd, &[&d]).await?;
+        groups.push((load::group_id(i), epoch));
         devices.push(Arc::new(d));
     }
     // Queue: each sender sends `per_device` messages into each of its groups.
@@ -124,11 +124,14 @@ async fn sotto(ctx: &Ctx, size: &Size, payload: &[u8]) -> anyhow::Result<Drained
     let tasks: Vec<_> = senders
         .into_iter()
         .map(|(_, mut c, groups)| {
-            let payload = payload.to_vec();
+            let groups: Vec<(sotto_proto::GroupId, Vec<u8>)> = groups
+                .iter()
+                .map(|&(g, epoch)| (g, payload::for_group(payload, g, epoch)))
+                .collect();
             let per = size.per_device;
             tokio::spawn(async move {
                 for k in 0..per {
-                    for g in &groups {
+                    for (g, payload) in &groups {
                         let r = c
                             .request(sotto_proto::Request::Send(sotto_proto::SendRequest {
                                 group: *g,

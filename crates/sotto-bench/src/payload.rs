@@ -49,3 +49,22 @@ pub(crate) fn ciphertext() -> anyhow::Result<Vec<u8>> {
     };
     Ok(mls::encrypt(&ap, &alice_dev, g, &m.encode())?)
 }
+
+/// The ciphertext of [`ciphertext`] as one of `group` at `epoch`: its
+/// clear header (RFC 9420 §6.3.2: version, wire format, a 32-byte group id,
+/// the epoch) rewritten, its length unchanged. The server takes an
+/// application message only of the group and epoch it names; no member
+/// reads these, the receivers count them.
+pub(crate) fn for_group(ciphertext: &[u8], group: GroupId, epoch: u64) -> Vec<u8> {
+    const GROUP_AT: usize = 5;
+    const EPOCH_AT: usize = GROUP_AT + 32;
+    assert_eq!(ciphertext.get(4), Some(&32), "a 32-byte group id");
+    let mut out = ciphertext.to_vec();
+    out[GROUP_AT..EPOCH_AT].copy_from_slice(&group.0);
+    out[EPOCH_AT..EPOCH_AT + 8].copy_from_slice(&epoch.to_be_bytes());
+    debug_assert_eq!(
+        sotto_core::public::application_epoch(&group, &out),
+        Some(epoch)
+    );
+    out
+}

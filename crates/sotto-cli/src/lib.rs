@@ -7,9 +7,11 @@
 //!   ends (connection kept, reconnects, pushed messages);
 //! - [`tui`]: `sotto chat` (state in `app`, drawing in `ui`);
 //! - [`daemon`]: `sotto daemon --json-rpc`;
+//! - [`display`]: others' text made safe for a terminal (every front end);
 //! - the JSON shapes of the command line's output.
 
 pub mod daemon;
+pub mod display;
 pub mod ops;
 pub mod tui;
 pub mod worker;

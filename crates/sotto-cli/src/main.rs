@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use sotto_cli::display::visible;
 use sotto_cli::ops::Op;
 use sotto_client::{Client, ReceiveEvent, RegisterOptions, ServerLink, Suite};
 use sotto_proto::Handle;
@@ -139,6 +140,19 @@ enum Cmd {
     /// Manage groups.
     #[command(subcommand)]
     Group(GroupCmd),
+    /// Block an account: its messages, invitations and key package claims
+    /// are refused.
+    Block {
+        /// The contact's handle.
+        handle: String,
+    },
+    /// Unblock an account.
+    Unblock {
+        /// The handle.
+        handle: String,
+    },
+    /// List the accounts this profile blocked.
+    Blocked,
     /// List groups with their members and epoch.
     Groups {
         /// One JSON object per line.
@@ -211,9 +225,10 @@ enum GroupCmd {
         #[arg(required = true)]
         members: Vec<String>,
     },
-    /// Leave a group.
+    /// Leave a conversation now, alone: a group, or the one-to-one
+    /// conversation with a handle. Nobody else has to be online.
     Leave {
-        /// The group's name or `#<id prefix>`.
+        /// The group's name, `#<id prefix>`, or a handle.
         group: String,
     },
     /// Rename a group (admins only).
@@ -234,8 +249,10 @@ enum GroupCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // What the user should see is printed as one line; libraries' log lines
+    // (openmls, rustls, through the `log` bridge) only when SOTTO_LOG asks.
     let filter = tracing_subscriber::EnvFilter::try_from_env("SOTTO_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
     if matches!(cli.cmd, Cmd::Chat) {
         // The screen belongs to the app: no log lines over it.
         tracing_subscriber::fmt()
@@ -261,7 +278,7 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sotto: {e:#}");
+            eprintln!("sotto: {}", visible(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
@@ -375,9 +392,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 if json {
                     println!("{}", sotto_cli::message_json(&m));
                 } else if let Some(r) = m.reply_to {
-                    println!("{} (reply to {}): {}", m.sender, &r.to_hex()[..8], m.text);
+                    println!(
+                        "{} (reply to {}): {}",
+                        visible(&m.sender),
+                        &r.to_hex()[..8],
+                        visible(&m.text)
+                    );
                 } else {
-                    println!("{}: {}", m.sender, m.text);
+                    println!("{}: {}", visible(&m.sender), visible(&m.text));
                 }
             }
         }
@@ -432,7 +454,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 text
             };
-            if text.is_empty() {
+            if text.trim().is_empty() {
                 bail!("empty message");
             }
             perform(&profile, Op::Send { to, text, reply_to }).await?;
@@ -448,23 +470,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             c.receive(Duration::from_secs(wait), |ev| match ev {
                 ReceiveEvent::Message(m) => {
                     let who = match m.reply_to {
-                        Some(r) => format!("{} (reply to {})", m.sender, &r.to_hex()[..8]),
-                        None => m.sender.clone(),
+                        Some(r) => {
+                            format!("{} (reply to {})", visible(&m.sender), &r.to_hex()[..8])
+                        }
+                        None => visible(&m.sender),
                     };
                     let line = if json {
                         sotto_cli::message_json(m).to_string()
                     } else if m.conversation == m.sender {
-                        format!("{who}: {}", m.text)
+                        format!("{who}: {}", visible(&m.text))
                     } else {
-                        format!("[{}] {who}: {}", m.conversation, m.text)
+                        format!("[{}] {who}: {}", visible(&m.conversation), visible(&m.text))
                     };
                     if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
                         failed.get_or_insert(e);
                     }
                 }
                 ReceiveEvent::Dropped(why) => {
-                    eprintln!("sotto: dropped a message that could not be processed: {why}");
+                    eprintln!(
+                        "sotto: dropped a message that could not be processed: {}",
+                        visible(why)
+                    );
                 }
+                // Beside the warnings, so that standard output stays the
+                // stream of messages.
+                ReceiveEvent::Notice(n) => eprintln!("sotto: {}", visible(&n.text)),
                 ReceiveEvent::Synced => {}
             })
             .await?;
@@ -484,6 +514,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             perform(&profile, op).await?;
         }
+        Cmd::Block { handle } => perform(&profile, Op::Block { handle }).await?,
+        Cmd::Unblock { handle } => perform(&profile, Op::Unblock { handle }).await?,
+        Cmd::Blocked => perform(&profile, Op::Blocked).await?,
         Cmd::Groups { json } => {
             let pass = passphrase(false)?;
             let mut c = Client::open(&profile, &pass)?;
@@ -494,11 +527,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!(
                         "#{} {} [{}] epoch {} members: {} admins: {}",
                         &g.id.to_hex()[..12],
-                        g.name,
+                        visible(&g.name),
                         g.state,
                         g.epoch,
-                        g.members.join(","),
-                        g.admins.join(",")
+                        visible(&g.members.join(",")),
+                        visible(&g.admins.join(","))
                     );
                 }
             }
@@ -516,7 +549,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 } else {
                     "unverified"
                 };
-                println!("{}\t{}\t{status}", k.handle, k.account.to_hex());
+                println!("{}\t{}\t{status}", visible(&k.handle), k.account.to_hex());
             }
         }
         Cmd::Link { link, wait } => {
@@ -599,14 +632,14 @@ async fn perform(profile: &std::path::Path, op: Op) -> anyhow::Result<()> {
     let mut c = Client::open(profile, &pass)?;
     let outcome = sotto_cli::ops::perform(&mut c, &op).await?;
     warn(&mut c);
-    println!("{}", sotto_cli::ops::summary(&op, &outcome));
+    println!("{}", visible(&sotto_cli::ops::summary(&op, &outcome)));
     Ok(())
 }
 
 /// Prints what the client wants the user to know (key changes) to stderr.
 fn warn(c: &mut Client) {
     for w in c.take_warnings() {
-        eprintln!("sotto: {w}");
+        eprintln!("sotto: {}", visible(&w));
     }
 }
 

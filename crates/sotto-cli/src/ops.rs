@@ -54,11 +54,25 @@ pub enum Op {
         /// Member handles.
         members: Vec<String>,
     },
-    /// Leave a group.
+    /// Leave a conversation alone: a group, or the one-to-one
+    /// conversation with a handle.
     GroupLeave {
-        /// The group.
+        /// The group, or a handle.
         group: String,
     },
+    /// Block an account: its messages, invitations and KeyPackage claims
+    /// are refused.
+    Block {
+        /// Its handle.
+        handle: String,
+    },
+    /// Unblock an account.
+    Unblock {
+        /// Its handle.
+        handle: String,
+    },
+    /// The accounts this profile blocked.
+    Blocked,
     /// Rename a group.
     GroupRename {
         /// The group.
@@ -128,6 +142,8 @@ pub enum Outcome {
     Contacts(Vec<Contact>),
     /// Devices.
     Devices(Vec<DeviceInfo>),
+    /// Handles (the blocked ones).
+    Handles(Vec<String>),
 }
 
 fn strs(v: &[String]) -> Vec<&str> {
@@ -138,7 +154,7 @@ fn strs(v: &[String]) -> Vec<&str> {
 pub async fn perform(c: &mut Client, op: &Op) -> Result<Outcome, ClientError> {
     Ok(match op {
         Op::Send { to, text, reply_to } => {
-            if text.is_empty() {
+            if text.trim().is_empty() {
                 return Err(ClientError::Invalid("empty message".into()));
             }
             match reply_to {
@@ -163,6 +179,15 @@ pub async fn perform(c: &mut Client, op: &Op) -> Result<Outcome, ClientError> {
             c.group_leave(group).await?;
             Outcome::Done
         }
+        Op::Block { handle } => {
+            c.block(handle).await?;
+            Outcome::Done
+        }
+        Op::Unblock { handle } => {
+            c.unblock(handle).await?;
+            Outcome::Done
+        }
+        Op::Blocked => Outcome::Handles(c.blocked()?.into_iter().map(|h| h.to_string()).collect()),
         Op::GroupRename { group, name } => {
             c.group_rename(group, name).await?;
             Outcome::Done
@@ -203,8 +228,13 @@ pub fn summary(op: &Op, outcome: &Outcome) -> String {
             format!("removed from {group} (epoch {e})")
         }
         (Op::GroupLeave { group }, _) => {
-            format!("leaving {group}: the other members' devices complete it")
+            format!("left {group}: it is no longer delivered to this device")
         }
+        (Op::Block { handle }, _) => format!(
+            "blocked {handle}: their messages, invitations and key package claims are refused"
+        ),
+        (Op::Unblock { handle }, _) => format!("unblocked {handle}"),
+        (Op::Blocked, Outcome::Handles(hs)) => hs.join("\n"),
         (Op::GroupRename { group, name }, _) => format!("renamed {group} to {name}"),
         (Op::GroupPromote { group, member }, _) => format!("{member} is an admin of {group}"),
         (
@@ -297,6 +327,7 @@ impl Outcome {
                 .iter()
                 .map(|d| json!({ "id": d.id.to_hex(), "this_device": d.this_device }))
                 .collect(),
+            Self::Handles(hs) => json!(hs),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The network side of the terminal UI and of the daemon: one task owns
 //! the [`Client`], keeps its connection, reconnects with backoff when the
-//! server goes away, runs the [`Op`]s it is sent, and reports everything
-//! as [`Event`]s over a channel. Front ends never touch the client.
+//! server goes away, runs the [`Op`]s it is sent, deletes disappearing
+//! messages when their time comes, and reports everything as [`Event`]s
+//! over a channel. Front ends never touch the client.
 
 use std::time::Duration;
 
@@ -56,6 +57,23 @@ pub enum Event {
     },
     /// The worker stopped for good (this profile was wiped).
     Stopped(String),
+}
+
+/// How long until the next disappearing message is due, if one is stored.
+fn expiry(client: &Client) -> Option<Duration> {
+    let due = client.next_expiry().ok()??;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    Some(Duration::from_millis(due.saturating_sub(now)))
+}
+
+/// Sleeps for `d`, or forever without one.
+async fn until(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Runs until the command channel closes or the event channel is dropped.
@@ -145,6 +163,7 @@ impl Worker {
                                 None => return Ok(()),
                             },
                             () = tokio::time::sleep(wait) => {}
+                            () = until(expiry(client)) => self.expire(client).await?,
                         }
                         continue;
                     }
@@ -155,6 +174,7 @@ impl Worker {
                     Some(c) => self.command(client, c).await?,
                     None => return Ok(()),
                 },
+                () = until(expiry(client)) => self.expire(client).await?,
                 r = client.pushed() => {
                     let r = match r {
                         Ok(()) => client.process_pushed().await,
@@ -170,6 +190,20 @@ impl Worker {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Deletes the disappearing messages whose time came (and their
+    /// files), and reports the conversation list if some went.
+    async fn expire(&self, client: &mut Client) -> Result<(), Gone> {
+        match client.expire() {
+            Ok(0) => Ok(()),
+            Ok(_) => self.list(client).await,
+            // Not at once again: tried on the next wake-up.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Ok(())
             }
         }
     }

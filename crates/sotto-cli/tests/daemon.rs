@@ -263,7 +263,7 @@ fn a_bot_talks_over_the_socket_and_survives_bad_requests() {
         .iter()
         .find(|c| c["name"] == "bob")
         .unwrap_or_else(|| panic!("no conversation with bob in {list}"));
-    assert_eq!(bob_conv["target"], "bob");
+    assert_eq!(bob_conv["target"], "@bob");
     let members: Vec<&str> = bob_conv["members"]
         .as_array()
         .unwrap()

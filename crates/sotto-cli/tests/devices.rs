@@ -130,3 +130,80 @@ fn a_ghost_device_added_by_the_server_is_refused() {
     a1.sotto(&["send", "bob", "hi"])
         .fails_with("the server listed a device for bob that bob's account did not sign for");
 }
+
+#[test]
+fn a_mistyped_link_code_publishes_nothing_and_a_device_that_never_came_can_be_revoked() {
+    use std::io::{BufRead, BufReader};
+    let w = World::new(&[]);
+    let a1 = w.person("alice");
+    // A new device shows its code, then goes away before it is approved.
+    let mut child = w
+        .profile("alice-2")
+        .spawn(&["link", &w.server.link, "--wait", "60"]);
+    let mut code = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut code)
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let code = code.trim().to_owned();
+    assert!(code.starts_with("sotto-link:"), "{code}");
+    // One digit wrong, a digit missing, a made-up code of the right form.
+    let mut typo = code.clone().into_bytes();
+    let i = typo.len() / 2;
+    typo[i] = if typo[i] == b'a' { b'b' } else { b'a' };
+    let typo = String::from_utf8(typo).unwrap();
+    let cut = &code[..code.len() - 1];
+    let random = format!("sotto-link:{}", "5a".repeat(52));
+    for bad in [typo.as_str(), cut, random.as_str()] {
+        a1.sotto(&["devices", "approve", bad])
+            .fails_with("the link code is mistyped or incomplete");
+    }
+    assert_eq!(a1.sotto(&["devices"]).ok().lines().count(), 1);
+    // The right code of a device that never comes online (no conversation
+    // to add it to): listed, and revocable.
+    a1.sotto(&["devices", "approve", &code]).ok();
+    let devices = a1.sotto(&["devices"]).ok();
+    let other = devices
+        .lines()
+        .find(|l| !l.ends_with("this device"))
+        .expect("the approved device")
+        .to_owned();
+    a1.sotto(&["devices", "revoke", &other[..12]]).ok();
+    assert_eq!(a1.sotto(&["devices"]).ok().lines().count(), 1);
+}
+
+/// The warnings `sotto` printed for a command.
+fn new_device_warnings(r: &sotto_test_support::Run, who: &str) -> usize {
+    r.stderr()
+        .matches(&format!("WARNING: {who} has a new device"))
+        .count()
+}
+
+#[test]
+fn a_new_device_of_a_contact_is_announced_once_on_every_path() {
+    let w = World::new(&[]);
+    let a1 = w.person("alice");
+    let b1 = w.person("bob");
+    let c1 = w.person("carol");
+    // bob learns of alice only by her invitation; carol starts her
+    // conversation with alice herself and then only ever sends.
+    a1.sotto(&["send", "bob", "hi bob"]).ok();
+    receive(&b1);
+    c1.sotto(&["send", "alice", "hi alice"]).ok();
+    receive(&a1);
+    let _a2 = w.link_device(&a1, "alice-2");
+    let r = b1.sotto(&["receive"]);
+    r.ok();
+    assert_eq!(new_device_warnings(&r, "alice"), 1, "{}", r.stderr());
+    let r = c1.sotto(&["send", "alice", "still there?"]);
+    r.ok();
+    assert_eq!(new_device_warnings(&r, "alice"), 1, "{}", r.stderr());
+    // Once: not again on the next paths that show the same device.
+    let r = b1.sotto(&["group", "create", "ops", "alice", "carol"]);
+    r.ok();
+    assert_eq!(new_device_warnings(&r, "alice"), 0, "{}", r.stderr());
+    let r = c1.sotto(&["receive"]);
+    r.ok();
+    assert_eq!(new_device_warnings(&r, "alice"), 0, "{}", r.stderr());
+}

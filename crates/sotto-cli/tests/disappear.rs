@@ -1,11 +1,15 @@
 //! Disappearing messages through the real binaries: the timer is
 //! conversation state every member sees; expired messages leave the
 //! sender's and recipients' stores and the server, also for a recipient who
-//! was offline. Timers are two seconds; no wait is longer than 3.3 s.
+//! was offline, and with them their files and every trace in the store's
+//! files, also while a daemon keeps the store open. Timers are two
+//! seconds; no fixed wait is longer than 3.3 s.
 
-use std::time::Duration;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use sotto_test_support::{Profile, ServerProcess, World};
+use sotto_test_support::{Profile, ServerProcess, World, bin, files_containing};
 
 fn history(p: &Profile, conv: &str) -> Vec<String> {
     p.sotto(&["history", conv])
@@ -93,4 +97,119 @@ fn the_server_drops_an_expired_message_an_offline_member_never_fetched() {
     let groups = carol.sotto(&["groups", "--json"]).ok();
     assert!(groups.contains(r#""disappear_after_s":2"#), "{groups}");
     assert!(history(&carol, "ops").is_empty());
+}
+
+/// A daemon on a profile; killed when dropped.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits (up to a minute) until `done` holds; `false` if it never did.
+fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    done()
+}
+
+/// The rows of `sql` (a count) in a copy of the profile's store, read with
+/// its passphrase as a thief who learnt it would.
+fn count_in_copy(p: &Profile, sql: &str) -> i64 {
+    let copy = tempfile::tempdir().unwrap();
+    for name in ["sotto.db", "sotto.db-wal"] {
+        if p.dir.join(name).exists() {
+            std::fs::copy(p.dir.join(name), copy.path().join(name)).unwrap();
+        }
+    }
+    let db = rusqlite::Connection::open(copy.path().join("sotto.db")).unwrap();
+    db.pragma_update(None, "key", &p.passphrase).unwrap();
+    db.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+fn wal_len(p: &Profile) -> u64 {
+    std::fs::metadata(p.dir.join("sotto.db-wal")).map_or(0, |m| m.len())
+}
+
+/// C12: bob's daemon runs the whole time. When the timer of alice's text
+/// and file runs out, the daemon deletes them by itself: the saved file,
+/// its `attachments` row (name, key, hash) and the message go, and the WAL
+/// is truncated, so no old frame keeps them; every file of the profile is
+/// searched while the daemon still runs.
+#[test]
+fn a_disappearing_file_and_text_leave_every_file_while_the_daemon_runs() {
+    let w = World::new(&[]);
+    let alice = w.person("alice");
+    let bob = w.person("bob");
+    alice.sotto(&["send", "bob", "this one stays"]).ok();
+    bob.sotto(&["receive"]).ok();
+    let daemon = Daemon(
+        Command::new(bin("sotto"))
+            .arg("--profile")
+            .arg(&bob.dir)
+            .args(["daemon", "--json-rpc"])
+            .env("SOTTO_PASSPHRASE", &bob.passphrase)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn sotto daemon"),
+    );
+    alice.sotto(&["disappear", "bob", "2s"]).ok();
+    let contents = b"the spare key is under the third flowerpot";
+    let file = w.root.join("flowerpot-notes.txt");
+    std::fs::write(&file, contents).unwrap();
+    alice
+        .sotto(&["send-file", "bob", file.to_str().unwrap()])
+        .ok();
+    alice
+        .sotto(&["send", "bob", "burn after reading: flowerpot"])
+        .ok();
+    let saved = bob.dir.join("downloads").join("flowerpot-notes.txt");
+    assert!(
+        eventually(|| saved.exists()),
+        "the daemon never saved the file"
+    );
+    // The timer runs out; nothing but the daemon touches the profile.
+    assert!(
+        eventually(|| !saved.exists() && wal_len(&bob) == 0),
+        "after the timer: file there {}, WAL of {} bytes",
+        saved.exists(),
+        wal_len(&bob)
+    );
+    let mut daemon = daemon;
+    assert!(daemon.0.try_wait().unwrap().is_none(), "the daemon exited");
+    for needle in [&contents[..], b"flowerpot-notes"] {
+        assert_eq!(
+            files_containing(&bob.dir, needle),
+            Vec::<std::path::PathBuf>::new(),
+            "{:?} is still in the profile",
+            String::from_utf8_lossy(needle)
+        );
+    }
+    assert_eq!(count_in_copy(&bob, "SELECT count(*) FROM attachments"), 0);
+    assert_eq!(
+        count_in_copy(
+            &bob,
+            "SELECT count(*) FROM messages WHERE body LIKE '%flowerpot%'"
+        ),
+        0
+    );
+    assert_eq!(
+        count_in_copy(
+            &bob,
+            "SELECT count(*) FROM messages WHERE body = 'this one stays'"
+        ),
+        1
+    );
+    assert!(Path::new(&bob.dir).join("downloads").exists());
+    drop(daemon);
 }

@@ -1,6 +1,8 @@
 //! Encrypted attachments through the real binaries: a few MiB round-trip
 //! byte-identical and the server deletes the blob once fetched; a blob
-//! altered on the server is refused; the server's size limit is enforced.
+//! altered on the server is refused; the server's size limit is enforced;
+//! long names are cut by bytes with room for a ` (N)` suffix; an attachment
+//! that cannot be saved is set aside and never blocks the mailbox.
 
 use sotto_test_support::{World, files_under};
 
@@ -98,4 +100,47 @@ fn the_servers_size_limit_is_enforced() {
     alice
         .sotto(&["send-file", "bob", "/no/such/file"])
         .fails_with("/no/such/file");
+}
+
+#[test]
+fn long_names_fit_with_their_suffix_and_a_file_that_cannot_be_saved_blocks_nothing() {
+    let w = World::new(&[]);
+    let alice = w.person("alice");
+    let bob = w.person("bob");
+    // 83 CJK characters + ".txt": 253 bytes, a legal name; its second copy
+    // with " (1)" would need 257.
+    let name = format!("{}.txt", "\u{6f22}".repeat(83));
+    assert_eq!(name.len(), 253);
+    let path = w.root.join(&name);
+    std::fs::write(&path, b"first").unwrap();
+    let p = path.to_str().unwrap();
+    alice.sotto(&["send-file", "bob", p]).ok();
+    alice.sotto(&["send-file", "bob", p]).ok();
+    alice.sotto(&["send", "bob", "after the files"]).ok();
+    let r = bob.sotto(&["receive"]);
+    assert!(r.ok().contains("alice: after the files"), "{}", r.stdout());
+    let saved = files_under(&bob.dir.join("downloads"));
+    assert_eq!(saved.len(), 2, "{saved:?}\n{}", r.stderr());
+    for f in &saved {
+        let n = f.file_name().unwrap().to_str().unwrap();
+        assert!(n.len() <= 255, "{n}");
+        assert!(n.ends_with(".txt"), "{n}");
+        assert_eq!(std::fs::read(f).unwrap(), b"first");
+    }
+
+    // Downloads cannot be written at all: the file is set aside with a
+    // warning, and the mailbox keeps moving.
+    std::fs::remove_dir_all(bob.dir.join("downloads")).unwrap();
+    std::fs::write(bob.dir.join("downloads"), b"not a directory").unwrap();
+    alice.sotto(&["send-file", "bob", p]).ok();
+    alice.sotto(&["send", "bob", "still here"]).ok();
+    let r = bob.sotto(&["receive"]);
+    assert!(r.ok().contains("alice: still here"), "{}", r.stdout());
+    assert!(
+        r.stderr().contains("could not save the file") && r.stderr().contains("set aside"),
+        "{}",
+        r.stderr()
+    );
+    alice.sotto(&["send", "bob", "and after"]).ok();
+    assert!(bob.sotto(&["receive"]).ok().contains("alice: and after"));
 }

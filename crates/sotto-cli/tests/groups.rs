@@ -209,3 +209,85 @@ fn two_admins_add_at_the_same_moment_and_both_land() {
         assert_eq!(receive(p), [msg("ops", "erin", "hi from erin")]);
     }
 }
+
+/// The message lines of `receive` or `history` output (not the `* `
+/// lines of conversation notices).
+fn messages(out: &str) -> String {
+    out.lines()
+        .filter(|l| !l.starts_with("* "))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// C10: eve creates a group named `ann` with ann and ben in it. Ben, who
+/// writes with ann one to one, is never routed into eve's group by the
+/// name: `send ann` and `history ann` are refused with both candidates
+/// named; `@ann` is the person and `#<id>` the group. Names with
+/// bidirectional overrides or escape sequences are refused.
+#[test]
+fn a_group_named_after_a_contact_never_captures_their_messages() {
+    let w = World::new(&[]);
+    let (ann, ben, eve) = (w.person("ann"), w.person("ben"), w.person("eve"));
+    ben.sotto(&["send", "ann", "hi ann, just us"]).ok();
+    assert_eq!(
+        messages(&ann.sotto(&["receive"]).ok()),
+        "ben: hi ann, just us\n"
+    );
+    eve.sotto(&["group", "create", "ann", "ann", "ben"]).ok();
+    let id = group(&eve, "ann")["id"].as_str().unwrap().to_owned();
+    assert_eq!(messages(&ben.sotto(&["receive"]).ok()), "");
+    assert_eq!(group(&ben, "ann")["id"], id.as_str());
+
+    // The bare name is both: refused, naming the contact and the group.
+    for args in [
+        &["send", "ann", "meant for ann alone"][..],
+        &["history", "ann"],
+    ] {
+        let r = ben.sotto(args);
+        r.fails_with("\"ann\" is both your contact @ann and the group #");
+        assert!(r.stderr().contains(&id[..12]), "{}", r.stderr());
+    }
+    // `@ann` is always the person: the one-to-one conversation.
+    ben.sotto(&["send", "@ann", "meant for ann alone"]).ok();
+    assert_eq!(
+        messages(&ann.sotto(&["receive"]).ok()),
+        "ben: meant for ann alone\n"
+    );
+    assert_eq!(
+        messages(&eve.sotto(&["receive"]).ok()),
+        "",
+        "eve read ben's message"
+    );
+    assert_eq!(
+        messages(&ben.sotto(&["history", "@ann"]).ok()),
+        "ben: hi ann, just us\nben: meant for ann alone\n"
+    );
+    // `#<id>` is the group.
+    ben.sotto(&["send", &format!("#{}", &id[..12]), "to the group"])
+        .ok();
+    assert_eq!(
+        messages(&eve.sotto(&["receive"]).ok()),
+        "[ann] ben: to the group\n"
+    );
+    assert_eq!(
+        messages(&ben.sotto(&["history", &format!("#{}", &id[..12])]).ok()),
+        "ben: to the group\n"
+    );
+    // A name that is not a contact's handle still names the group.
+    eve.sotto(&["group", "rename", "ann", "book club"]).ok();
+    ben.sotto(&["send", "book club", "by name"]).ok();
+
+    // Names that hide or reorder text are refused, as handles refuse them.
+    for bad in [
+        "ann\u{202e}",
+        "\u{2067}ops",
+        "ops\x1b]0;title\x07",
+        "#ann",
+        "@ann",
+    ] {
+        eve.sotto(&["group", "create", bad, "ben"])
+            .fails_with("a group name is");
+        eve.sotto(&["group", "rename", "book club", bad])
+            .fails_with("a group name is");
+    }
+}

@@ -243,7 +243,7 @@ fn conversation_with_messages_delivery_states_notices_and_members() {
             │  carol             ││13:09 alice: two                                        │
             │                    ││      lines ⧗ queued                                    │
             │                    ││13:15 alice: on my way …                                │
-            │                    ││13:16 bob: �[2Jgotcha�]0;title�                         │
+            │                    ││13:16 bob: \e[2Jgotcha\e]0;title\x07                    │
             │                    ││13:15 — team: dave joined                               │
             │                    ││                                                        │
             │                    ││                                                        │
@@ -523,7 +523,7 @@ fn replying_from_the_keyboard_and_replies_with_their_quotes() {
     assert_eq!(
         cmds.iter().map(|c| &c.op).collect::<Vec<_>>(),
         [&Op::Send {
-            to: "bob".into(),
+            to: "@bob".into(),
             text: "yes, here".into(),
             reply_to: Some(MessageId([1; 16]).to_hex()),
         }]
@@ -598,4 +598,61 @@ fn replying_from_the_keyboard_and_replies_with_their_quotes() {
     key(&mut app, KeyCode::Char('j'));
     key(&mut app, KeyCode::Enter);
     assert_eq!(app.replying, None);
+}
+
+/// C11: the hostile text the command line's test sends (title, clear
+/// screen, bell, C1 CSI, bidirectional override, `\r` over the line), as a
+/// message, as the sender's name and as a group's name, is drawn with its
+/// controls as the same visible escapes `sotto receive` prints
+/// (`sotto_cli::display::visible`), never as the characters themselves.
+#[test]
+fn hostile_text_is_drawn_with_its_controls_visible() {
+    use sotto_cli::display::{HOSTILE, visible};
+    let hostile_name = "ops\u{202e}txt.exe\x1b[5m";
+    let mut app = App::new("alice", true);
+    worker(&mut app, Event::Connection(Connection::Online));
+    worker(
+        &mut app,
+        Event::Conversations(vec![conv(
+            4,
+            hostile_name,
+            true,
+            vec![
+                member("alice", Trust::Verified),
+                member("eve", Trust::Unverified),
+            ],
+        )]),
+    );
+    open(
+        &mut app,
+        vec![
+            msg(1, 4, "eve", HOSTILE, 1),
+            msg(2, 4, "eve\x1b[8m", "short\x07", 2),
+        ],
+        HashSet::new(),
+    );
+    let shown = screen(&app, 120, 10);
+    let hidden: Vec<char> = shown
+        .chars()
+        .filter(|c| *c != '\n' && sotto_client::names::hides_text(*c))
+        .collect();
+    assert!(hidden.is_empty(), "drawn as is: {hidden:?}\n{shown}");
+    // The message is wrapped; unwrapped, it is what `sotto receive` prints.
+    let wide = screen(&app, 200, 10);
+    assert!(
+        wide.contains(&format!("eve: {}", visible(HOSTILE))),
+        "{wide}"
+    );
+    expect![[r#"
+         sotto alice ● online
+        ┌Conversations───────┐┌#ops\u{202e}txt.exe\e[5m────────────────────────────────────────────────┐┌Members───────────────┐
+        │›#ops\u{202e}txt.exe││13:06 eve: hi\e]0;pwned\x07\e[2J\u{9b}31m\u{202e}gnp.exe\rbank: send mon││  alice (you)         │
+        │                    ││ey\x7f                                                                  ││? eve unverified      │
+        │                    ││13:07 eve\e[8m: short\x07                                               ││                      │
+        └────────────────────┘└────────────────────────────────────────────────────────────────────────┘└──────────────────────┘
+        ┌Message (Enter sends, Alt+Enter new line, Esc list)───────────────────────────────────────────────────────────────────┐
+        │                                                                                                                      │
+        └──────────────────────────────────────────────────────────────────────────────────────────────────────────────────────┘
+        ↑↓/jk select · Enter open · / command · ? help · q quit
+    "#]].assert_eq(&shown);
 }

@@ -14,6 +14,15 @@ fn receive_json(p: &Profile) -> Vec<Value> {
         .collect()
 }
 
+/// The message lines of `receive` or `history` output (not the `* `
+/// lines of conversation notices).
+fn messages(out: &str) -> String {
+    out.lines()
+        .filter(|l| !l.starts_with("* "))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
 fn texts(v: &[Value]) -> Vec<&str> {
     v.iter().map(|m| m["text"].as_str().unwrap()).collect()
 }
@@ -343,4 +352,157 @@ fn a_profile_restored_from_an_old_backup_says_so_and_rejoins() {
     assert_eq!(bob.sotto(&["receive"]).ok(), "alice: welcome back\n");
     bob.sotto(&["send", "alice", "thanks"]).ok();
     assert_eq!(alice.sotto(&["receive"]).ok(), "bob: thanks\n");
+}
+
+/// C11: a text that tries to retitle the terminal, clear it, ring the
+/// bell, and overwrite its line with `\r` is printed by `receive` and
+/// `history` with its controls as visible escapes (the chat app's test,
+/// `hostile_text_is_drawn_with_its_controls_visible`, draws the same
+/// text); `--json` gives it exactly as sent.
+#[test]
+fn hostile_text_is_shown_visible_on_the_terminal_and_exact_in_json() {
+    use sotto_cli::display::{HOSTILE, visible};
+    let w = World::new(&[]);
+    let alice = w.person("alice");
+    let bob = w.person("bob");
+    alice.sotto(&["send", "bob", HOSTILE]).ok();
+    alice
+        .sotto(&["send", "bob", "line one\nbob: line two"])
+        .ok();
+    let shown = messages(&bob.sotto(&["receive"]).ok());
+    assert_eq!(
+        shown,
+        format!(
+            "alice: {}\nalice: line one\\nbob: line two\n",
+            visible(HOSTILE)
+        )
+    );
+    assert!(shown.starts_with("alice: hi\\e]0;pwned\\x07\\e[2J\\u{9b}31m\\u{202e}gnp.exe\\rbank"));
+    let history = messages(&bob.sotto(&["history", "alice"]).ok());
+    assert_eq!(history, shown);
+    for out in [&shown, &history] {
+        let raw: Vec<char> = out
+            .chars()
+            .filter(|c| *c != '\n' && sotto_client::names::hides_text(*c))
+            .collect();
+        assert!(raw.is_empty(), "printed as is: {raw:?}");
+    }
+    // JSON is exact.
+    let json: Vec<Value> = bob
+        .sotto(&["history", "alice", "--json"])
+        .ok()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(texts(&json), [HOSTILE, "line one\nbob: line two"]);
+}
+
+/// A text of only spaces, tabs and newlines is refused like an empty one,
+/// from the argument and from standard input; nothing is sent.
+#[test]
+fn a_text_of_only_whitespace_is_refused() {
+    let w = World::new(&[]);
+    let alice = w.person("alice");
+    let bob = w.person("bob");
+    alice.sotto(&["send", "bob", "first"]).ok();
+    alice
+        .sotto(&["send", "bob", "  \t \n "])
+        .fails_with("empty message");
+    alice
+        .sotto_stdin(&["send", "bob", "-"], " \n\n\t\n")
+        .fails_with("empty message");
+    alice
+        .sotto(&["send", "bob", ""])
+        .fails_with("empty message");
+    bob.sotto(&["receive"]).ok();
+    let history: Vec<Value> = bob
+        .sotto(&["history", "alice", "--json"])
+        .ok()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(texts(&history), ["first"]);
+}
+
+/// A ciphertext altered on the server is dropped with one line of
+/// `sotto:` on stderr; the libraries' own log lines (openmls's, coloured)
+/// stay off the terminal unless SOTTO_LOG asks for them.
+#[test]
+fn a_tampered_message_is_one_line_on_stderr_and_no_library_log() {
+    let w = World::new(&[]);
+    let alice = w.person("alice");
+    let bob = w.person("bob");
+    alice.sotto(&["send", "bob", "first"]).ok();
+    assert_eq!(messages(&bob.sotto(&["receive"]).ok()), "alice: first\n");
+    alice.sotto(&["send", "bob", "second"]).ok();
+    let db = w.server_db();
+    let (row, mut altered): (i64, Vec<u8>) = db
+        .query_row(
+            "SELECT rowid, payload FROM messages WHERE kind = 0 ORDER BY rowid DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    // A bit of the ciphertext, near its end (the AEAD tag).
+    let at = altered.len() - 3;
+    altered[at] ^= 0x40;
+    db.execute(
+        "UPDATE messages SET payload = ?1 WHERE rowid = ?2",
+        rusqlite::params![altered, row],
+    )
+    .unwrap();
+    let r = bob.sotto(&["receive"]);
+    assert_eq!(messages(&r.ok()), "");
+    let stderr = r.stderr();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].starts_with("sotto: dropped a message that could not be processed"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains('\x1b'), "{stderr:?}");
+}
+
+#[test]
+fn a_failed_registration_leaves_the_profile_free() {
+    let w = World::new(&[]);
+    let alice = w.person("alice");
+    let (addr, fp) = w.server.link.split_once('#').unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let wrong_port = format!("sotto://127.0.0.1:{port}#{fp}");
+    let wrong_cert = format!("{addr}#fp={}", "00".repeat(32));
+    let invite = w.server.invite();
+    let bob = w.profile("bob");
+    let register = |link: &str, name: &str| {
+        bob.sotto(&["register", link, "--name", name, "--invite", &invite])
+    };
+    register(&wrong_port, "bob").fails_with("server unreachable");
+    register(&wrong_cert, "bobby").fails_with("certificate does not match");
+    register(&w.server.link, "alice").fails_with("handle already taken");
+    bob.sotto(&["receive"])
+        .fails_with("run `sotto register` first");
+    // Any handle, any server: the next attempt just works.
+    register(&w.server.link, "bob").ok();
+    alice.sotto(&["send", "bob", "welcome"]).ok();
+    let got = bob.sotto(&["receive"]).ok();
+    assert!(got.ends_with("alice: welcome\n"), "{got}");
+
+    // A profile whose registration failed can be linked instead.
+    let invite = w.server.invite();
+    w.profile("alice-laptop")
+        .sotto(&[
+            "register",
+            &wrong_port,
+            "--name",
+            "x-y-z",
+            "--invite",
+            &invite,
+        ])
+        .fails_with("server unreachable");
+    let laptop = w.link_device(&alice, "alice-laptop");
+    laptop.sotto(&["send", "bob", "from the laptop"]).ok();
+    let got = bob.sotto(&["receive"]).ok();
+    assert!(got.ends_with("alice: from the laptop\n"), "{got}");
 }

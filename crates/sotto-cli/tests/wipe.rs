@@ -7,7 +7,7 @@
 use std::io::Read;
 use std::time::Duration;
 
-use sotto_test_support::{Profile, World, sotto_anywhere};
+use sotto_test_support::{Profile, World, files_containing, sotto_anywhere};
 
 const CODE: &str = "orange-umbrella-42";
 
@@ -62,7 +62,7 @@ fn a_kill_code_wipes_online_and_offline_devices() {
     for p in [&alice, &alice2] {
         p.sotto(&["receive"]).fails_with("profile has no account");
         assert!(!p.dir.join("sotto.db").exists());
-        assert!(sotto_test_support::files_containing(&p.dir, b"SQLite format").is_empty());
+        assert!(files_containing(&p.dir, b"SQLite format").is_empty());
     }
     // The server forgot both devices: no record, mailbox or KeyPackage.
     let dev = "SELECT count(*) FROM devices d JOIN accounts a ON a.account = d.account WHERE a.handle = ?1";
@@ -175,4 +175,45 @@ fn the_duress_passphrase_silently_destroys_the_store() {
     alice
         .sotto_with(&["contacts"], "under duress")
         .fails_with("profile has no account");
+}
+
+/// C12: unlocking with the duress passphrase destroys the received
+/// attachments too: no file of the profile holds a saved file's contents
+/// or its name afterwards, and `downloads/` is gone.
+#[test]
+fn the_duress_passphrase_destroys_received_files() {
+    let w = World::new(&[]);
+    let alice = w.person("alice");
+    let bob = w.person("bob");
+    let contents = b"minutes of the meeting at the old mill, do not share";
+    let path = w.root.join("old-mill-minutes.txt");
+    std::fs::write(&path, contents).unwrap();
+    alice
+        .sotto(&["send-file", "bob", path.to_str().unwrap()])
+        .ok();
+    bob.sotto(&["receive"]).ok();
+    let downloads = bob.dir.join("downloads");
+    assert_eq!(
+        std::fs::read(downloads.join("old-mill-minutes.txt")).unwrap(),
+        contents
+    );
+    bob.sotto_env(
+        &["duress", "set"],
+        &[("SOTTO_DURESS_PASSPHRASE", "under duress")],
+    )
+    .ok();
+    bob.sotto_with(&["contacts"], "under duress")
+        .fails_with("profile has no account");
+    assert!(
+        !downloads.exists(),
+        "downloads/ survived the duress passphrase"
+    );
+    for needle in [&contents[..], b"old-mill-minutes"] {
+        assert_eq!(
+            files_containing(&bob.dir, needle),
+            Vec::<std::path::PathBuf>::new(),
+            "{:?} survived",
+            String::from_utf8_lossy(needle)
+        );
+    }
 }

@@ -34,6 +34,10 @@ pub enum ReceiveEvent<'a> {
     Dropped(&'a str),
     /// The backlog is drained; what follows is pushed live.
     Synced,
+    /// Something happened in a conversation: someone added this account
+    /// to a group or started a conversation with it, a member joined or
+    /// left, the timer changed.
+    Notice(&'a Notice),
 }
 
 /// One-time KeyPackages a device keeps on its server.
@@ -45,6 +49,11 @@ const ACK_BATCH: usize = 64;
 /// How long `send` waits for the Welcome of a conversation the peer created
 /// at the same moment.
 const RACE_WAIT: Duration = Duration::from_secs(10);
+/// How often one flush encrypts a message again for a group that keeps
+/// moving before it leaves it queued for the next flush. Each refusal
+/// means another commit landed: only a storm of commits (a burst of
+/// renames, or a hostile member) takes a message this far.
+const SEND_ATTEMPTS: usize = 32;
 
 /// What `register` needs.
 #[derive(Debug, Clone)]
@@ -112,6 +121,80 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// How a registration attempt failed: before the server heard of it, by
+/// the server's refusal (nothing was stored), or without an answer (the
+/// account may exist).
+enum Attempt {
+    NotSent(ClientError),
+    Refused(ClientError),
+    Unanswered(ClientError),
+}
+
+/// Sends the registration of `id` and returns the logged-in connection.
+async fn register_request(
+    id: &Identity,
+    invite: Option<&str>,
+) -> Result<(Connection, sotto_proto::Session), Attempt> {
+    let mut conn = Connection::connect(&id.link)
+        .await
+        .map_err(Attempt::NotSent)?;
+    let challenge = conn.hello().challenge;
+    let pow_nonce = match (conn.hello().registration, invite) {
+        (RegistrationPolicy::Open { pow_bits }, None) => {
+            let handle = id.handle.to_string();
+            let n = tokio::task::spawn_blocking(move || {
+                sotto_proto::pow::solve(&challenge, &handle, pow_bits)
+            })
+            .await
+            .map_err(|e| Attempt::NotSent(ClientError::Invalid(e.to_string())))?;
+            Some(n)
+        }
+        (RegistrationPolicy::InviteOnly, None) => {
+            return Err(Attempt::NotSent(ClientError::Server(
+                sotto_proto::ProtoError::new(ErrorCode::InviteRequired),
+            )));
+        }
+        _ => None,
+    };
+    let t =
+        sotto_proto::register_transcript(&challenge, &id.handle, &id.account.id(), &id.device.id());
+    let req = RegisterRequest {
+        version: PROTOCOL_VERSION,
+        handle: id.handle.clone(),
+        account: id.account.id(),
+        device: id.device.id(),
+        invite: invite.map(str::to_owned),
+        pow_nonce,
+        account_signature: id.account.sign(&t),
+        device_signature: id.device.sign(&t),
+        device_list: id.account.sign_device_list(1, vec![id.device.id()]),
+    };
+    match conn.request(Request::Register(Box::new(req))).await {
+        Ok(Response::LoggedIn(s)) => Ok((conn, s)),
+        Ok(other) => Err(Attempt::Unanswered(unexpected(&other))),
+        Err(e @ ClientError::Server(_)) => Err(Attempt::Refused(e)),
+        Err(e) => Err(Attempt::Unanswered(e)),
+    }
+}
+
+/// Logs `device` in at `link`.
+async fn login(
+    link: &ServerLink,
+    device: &DeviceKey,
+) -> Result<(Connection, sotto_proto::Session), ClientError> {
+    let mut conn = Connection::connect(link).await?;
+    let t = sotto_proto::login_transcript(&conn.hello().challenge, &device.id());
+    let req = LoginRequest {
+        version: PROTOCOL_VERSION,
+        device: device.id(),
+        signature: device.sign(&t),
+    };
+    match conn.request(Request::Login(req)).await? {
+        Response::LoggedIn(s) => Ok((conn, s)),
+        other => Err(unexpected(&other)),
+    }
+}
+
 pub(crate) fn random_id() -> MessageId {
     let mut b = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut b);
@@ -144,10 +227,15 @@ pub(crate) enum Outcome {
     /// Unreadable: this device's state of the conversation is lost or
     /// behind; it asks to be re-added.
     OutOfSync(String),
+    /// From an account this profile blocked, or of a conversation it left
+    /// alone: dropped unread. With a group: an invitation refused, whose
+    /// routing to this device the server is to stop.
+    Ignored(Option<GroupId>),
 }
 
 /// Remembers every member's handle as a contact; a handle that now stands
-/// for another key adds a warning.
+/// for another key adds a warning, and so does a member device of a known
+/// account not seen before (announced once, see [`announce_devices`]).
 pub(crate) fn record_members(
     c: &rusqlite::Connection,
     me: &CredentialIdentity,
@@ -159,18 +247,67 @@ pub(crate) fn record_members(
             warnings.push(key_changed_warning(&m.handle));
         }
     }
+    let mut accounts: Vec<&sotto_proto::AccountId> = members
+        .iter()
+        .filter(|m| m.account != me.account)
+        .map(|m| &m.account)
+        .collect();
+    accounts.sort();
+    accounts.dedup();
+    for a in accounts {
+        let devices: Vec<sotto_proto::DeviceId> = members
+            .iter()
+            .filter(|m| m.account == *a)
+            .map(|m| m.device)
+            .collect();
+        announce_devices(c, a, &devices, warnings)?;
+    }
     Ok(())
 }
 
-/// Caches a contact's signed device list; a change of devices adds a
-/// warning naming the contact.
+/// Warns of each device of a contact's account this profile has not seen
+/// before, once, on whatever path it is first learned (a device list with a
+/// commit or a claim, a Welcome's or a commit's members). The devices of an
+/// account seen for the first time are nothing new.
+pub(crate) fn announce_devices(
+    c: &rusqlite::Connection,
+    account: &sotto_proto::AccountId,
+    devices: &[sotto_proto::DeviceId],
+    warnings: &mut Vec<String>,
+) -> Result<usize, ClientError> {
+    let new = rows::learn_devices(c, account, devices)?;
+    if !new.is_empty() {
+        let who: Option<String> = rusqlite::OptionalExtension::optional(c.query_row(
+            "SELECT handle FROM contacts WHERE account = ?1",
+            [&account.0[..]],
+            |r| r.get(0),
+        ))?;
+        let who = who.unwrap_or_else(|| account.short());
+        let ids: Vec<String> = new.iter().map(|d| d.short()).collect();
+        warnings.push(format!(
+            "WARNING: {who} has a new device ({}): if {who} did not link it, compare safety numbers (`sotto verify {who}`)",
+            ids.join(", ")
+        ));
+    }
+    Ok(new.len())
+}
+
+/// Caches a contact's signed device list; a device not seen before, or a
+/// device gone, adds a warning naming the contact.
 pub(crate) fn note_list(
     c: &rusqlite::Connection,
     l: &sotto_proto::SignedDeviceList,
     warnings: &mut Vec<String>,
 ) -> Result<crate::store::ListChange, ClientError> {
+    let stale = rows::get_list(c, &l.account)?.is_some_and(|o| o.version > l.version);
+    let announced = if stale {
+        0
+    } else {
+        announce_devices(c, &l.account, &l.devices, warnings)?
+    };
     let change = rows::put_list(c, l)?;
-    if change == crate::store::ListChange::Changed {
+    // New devices are announced above; a list that only lost some says so.
+    if change == crate::store::ListChange::Changed && announced == 0 {
         let who: Option<String> = rusqlite::OptionalExtension::optional(c.query_row(
             "SELECT handle FROM contacts WHERE account = ?1",
             [&l.account.0[..]],
@@ -288,85 +425,81 @@ impl Client {
     }
 
     /// Creates the account: keys, registration, handle, KeyPackages.
+    ///
+    /// A registration the server refused or never received (unreachable,
+    /// wrong certificate, handle taken) leaves nothing behind: the profile
+    /// is free for another `register` or a link. One whose answer was lost
+    /// keeps its keys, and the next `register` retries with them under
+    /// whatever handle and server it names (logging in if the lost attempt
+    /// did create the account).
     pub async fn register(
         dir: &Path,
         passphrase: &str,
         opts: RegisterOptions,
     ) -> Result<Self, ClientError> {
         let mut store = Store::open(dir, passphrase)?;
-        let id = match store.identity()? {
+        let (id, retry) = match store.identity()? {
             Some(id) if id.registered => {
                 return Err(ClientError::AlreadyRegistered(id.handle.to_string()));
             }
             // A registration that never got its answer: retry with the same keys.
-            Some(id) if id.handle == opts.handle && id.link == opts.link => id,
-            Some(id) => {
-                return Err(ClientError::AlreadyRegistered(format!(
-                    "{} (unconfirmed)",
-                    id.handle
-                )));
-            }
-            None => {
-                let id = Identity {
+            Some(id) => (
+                Identity {
+                    handle: opts.handle.clone(),
+                    link: opts.link.clone(),
+                    suite: opts.suite,
+                    ..id
+                },
+                true,
+            ),
+            None => (
+                Identity {
                     account: AccountKey::generate(),
                     device: DeviceKey::generate(),
                     handle: opts.handle.clone(),
                     link: opts.link.clone(),
                     suite: opts.suite,
                     registered: false,
-                };
-                // Keys are on disk (encrypted) before the server hears of them.
-                store.save_identity(&id)?;
-                id
+                },
+                false,
+            ),
+        };
+        // Keys are on disk (encrypted) before the server hears of them.
+        store.save_identity(&id)?;
+        let (mut conn, session) = match register_request(&id, opts.invite.as_deref()).await {
+            Ok(done) => done,
+            // A retry the server refuses because the keys or the handle
+            // exist: the lost attempt may have gone through.
+            Err(Attempt::Refused(e))
+                if retry
+                    && matches!(
+                        e.code(),
+                        Some(ErrorCode::HandleTaken | ErrorCode::InvalidRequest)
+                    ) =>
+            {
+                match login(&id.link, &id.device).await {
+                    Ok(done) => done,
+                    Err(_) => {
+                        store.forget_unconfirmed()?;
+                        return Err(e);
+                    }
+                }
             }
-        };
-        let mut conn = Connection::connect(&id.link).await?;
-        let challenge = conn.hello().challenge;
-        let pow_nonce = match (conn.hello().registration, &opts.invite) {
-            (RegistrationPolicy::Open { pow_bits }, None) => {
-                let handle = id.handle.to_string();
-                let n = tokio::task::spawn_blocking(move || {
-                    sotto_proto::pow::solve(&challenge, &handle, pow_bits)
-                })
-                .await
-                .map_err(|e| ClientError::Invalid(e.to_string()))?;
-                Some(n)
+            Err(Attempt::NotSent(e) | Attempt::Refused(e)) => {
+                store.forget_unconfirmed()?;
+                return Err(e);
             }
-            (RegistrationPolicy::InviteOnly, None) => {
-                return Err(ClientError::Server(sotto_proto::ProtoError::new(
-                    ErrorCode::InviteRequired,
-                )));
-            }
-            _ => None,
+            Err(Attempt::Unanswered(e)) => return Err(e),
         };
-        let t = sotto_proto::register_transcript(
-            &challenge,
-            &id.handle,
-            &id.account.id(),
-            &id.device.id(),
-        );
-        let req = RegisterRequest {
-            version: PROTOCOL_VERSION,
-            handle: id.handle.clone(),
-            account: id.account.id(),
-            device: id.device.id(),
-            invite: opts.invite.clone(),
-            pow_nonce,
-            account_signature: id.account.sign(&t),
-            device_signature: id.device.sign(&t),
-            device_list: id.account.sign_device_list(1, vec![id.device.id()]),
+        let id = Identity {
+            handle: session.handle.clone(),
+            registered: true,
+            ..id
         };
-        let session = match conn.request(Request::Register(Box::new(req))).await? {
-            Response::LoggedIn(s) => s,
-            other => return Err(unexpected(&other)),
-        };
-        store.mark_registered()?;
+        store.save_identity(&id)?;
         let mut client = Self {
             store,
-            id: Identity {
-                registered: true,
-                ..id
-            },
+            id,
             proposals: Default::default(),
             leaves: Default::default(),
             refused_commits: Default::default(),
@@ -523,6 +656,17 @@ impl Client {
             if rows::is_processed(c, &env.sender, &env.msg_id)? {
                 return Ok(Outcome::Duplicate);
             }
+            // A conversation this device left alone, or an invitation it
+            // refused: what still comes is dropped unread (a Welcome from
+            // someone not blocked may take it back).
+            if matches!(
+                env.kind,
+                EnvelopeKind::Application | EnvelopeKind::Commit | EnvelopeKind::Proposal
+            ) && crate::blocks::is_left(c, &env.group)?
+            {
+                rows::mark_processed(c, &env.sender, &env.msg_id)?;
+                return Ok(Outcome::Ignored(None));
+            }
             // Who was in the group before a commit, to tell who joined or left.
             let before = match env.kind {
                 EnvelopeKind::Commit => mls::members(p, env.group).ok(),
@@ -555,6 +699,20 @@ impl Client {
                     if joined.members.iter().all(|m| m.device != env.sender) {
                         return Err(ClientError::Core(CoreError::ForgedCredential));
                     }
+                    // An invitation from an account this profile blocked:
+                    // refused, and the conversation left at once.
+                    let adder = joined.members.iter().find(|m| m.device == env.sender);
+                    let blocked = match adder {
+                        Some(m) => crate::blocks::is_blocked(c, &m.account)?,
+                        None => false,
+                    };
+                    if blocked {
+                        mls::discard(p, joined.group_id)?;
+                        crate::blocks::mark_left(c, &joined.group_id)?;
+                        rows::mark_processed(c, &env.sender, &env.msg_id)?;
+                        return Ok(Outcome::Ignored(Some(joined.group_id)));
+                    }
+                    crate::blocks::unmark_left(c, &joined.group_id)?;
                     let missed = rows::rejoin_done(c, &joined.group_id)?;
                     record_members(c, &me, &joined.members, &mut warnings)?;
                     if let Some(renamed) = &joined.name {
@@ -596,14 +754,20 @@ impl Client {
                             // The server claims another device sent it than MLS says.
                             return Err(ClientError::Core(CoreError::ForgedCredential));
                         }
-                        // A disappearing message's clock starts when the
-                        // server received it (never later than now), not
-                        // at the sender's clock.
-                        let expires_at_ms = timer_s.map(|t| {
-                            env.server_time_ms
-                                .min(now_ms())
-                                .saturating_add(t.saturating_mul(1000))
-                        });
+                        if crate::blocks::is_blocked(c, &sender.account)? {
+                            // Decrypted (the ratchet moves on), never stored.
+                            rows::mark_processed(c, &env.sender, &env.msg_id)?;
+                            return Ok(Outcome::Ignored(None));
+                        }
+                        // A disappearing message's clock starts when this
+                        // device received it, on this device's clock: its
+                        // expiry is compared with this clock only, so
+                        // neither the sender's nor the server's clock
+                        // (either may be hours off) can cut it short (C5).
+                        // The server drops a message whose timer ran out in
+                        // the mailbox, measured on its own clock.
+                        let expires_at_ms =
+                            timer_s.map(|t| now_ms().saturating_add(t.saturating_mul(1000)));
                         match AppMessage::decode(&plaintext) {
                             Some(AppMessage {
                                 id,
@@ -790,18 +954,36 @@ impl Client {
             }
             // A message that cannot be processed is set aside (marked, acked)
             // so that it does not block the mailbox; MLS state is unchanged.
+            // Never silently: the outcome names the conversation and the
+            // sender (as far as this device knows them).
             Err(ClientError::Core(e)) => {
                 let g = env.group;
-                let epoch = self.store.transaction(|p, c| {
+                let (epoch, who, name) = self.store.transaction(|p, c| {
                     rows::mark_processed(c, &env.sender, &env.msg_id)?;
-                    Ok(mls::epoch(p, g).ok())
+                    let who = mls::members(p, g)
+                        .ok()
+                        .and_then(|m| m.into_iter().find(|m| m.device == env.sender))
+                        .map_or_else(
+                            || format!("device {}", env.sender.short()),
+                            |m| m.handle.to_string(),
+                        );
+                    Ok((mls::epoch(p, g).ok(), who, self_name(c, &g)))
                 })?;
                 if let (EnvelopeKind::Commit, Some(epoch)) = (env.kind, epoch) {
                     // Should the server say the group is past this epoch,
                     // this is the commit that took it there.
                     self.refused_commits.insert((g, epoch));
                 }
-                Ok(Outcome::Dropped(e.to_string()))
+                let what = match env.kind {
+                    EnvelopeKind::Application => "a message",
+                    EnvelopeKind::Commit => "a change to the group",
+                    EnvelopeKind::Proposal => "a proposal",
+                    EnvelopeKind::Welcome => "an invitation",
+                    EnvelopeKind::Wipe | EnvelopeKind::Device => "a message",
+                };
+                Ok(Outcome::Dropped(format!(
+                    "{what} from {who} in {name} could not be read ({e})"
+                )))
             }
             Err(e) => Err(e),
         }
@@ -825,6 +1007,7 @@ impl Client {
             Outcome::Proposal(_) => "proposal".to_owned(),
             Outcome::Wipe => "wipe order".to_owned(),
             Outcome::OutOfSync(why) => format!("dropped: {why}"),
+            Outcome::Ignored(_) => "ignored".to_owned(),
         }))
     }
 
@@ -852,6 +1035,8 @@ impl Client {
                 self.proposals.insert(g);
             }
             Outcome::Wipe => return Err(self.wipe_now(conn).await),
+            Outcome::Ignored(None) => {}
+            Outcome::Ignored(Some(g)) => self.refuse_conversation(conn, g).await?,
         }
         Ok(())
     }
@@ -922,6 +1107,9 @@ impl Client {
         &mut self,
         on_event: &mut impl FnMut(ReceiveEvent<'_>),
     ) -> Result<(), ClientError> {
+        for n in std::mem::take(&mut self.notices) {
+            on_event(ReceiveEvent::Notice(&n));
+        }
         let unshown = self.store.unshown(now_ms())?;
         for m in &unshown {
             on_event(ReceiveEvent::Message(m));
@@ -958,33 +1146,114 @@ impl Client {
             }
         }
         Self::ack(conn, &mut acks).await?;
+        self.warnings.append(&mut dropped);
         self.commit_proposals(conn).await
     }
 
+    /// Sends what waits in the outbox, oldest first. The server takes an
+    /// application message only in the group's current epoch: one it
+    /// refuses for a past epoch is encrypted again once this device has
+    /// caught up (the same id, so a lost answer stays harmless). One that
+    /// still cannot go (the group keeps moving, or this device could not
+    /// catch up) stays in the outbox for the next flush, and the others
+    /// go on; [`Store::in_outbox`] tells a caller whether its message went.
     pub(crate) async fn flush_outbox(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
-        for e in self.store.outbox()? {
+        for mut e in self.store.outbox()? {
             let msg_id = e.msg_id;
-            let req = SendRequest {
-                group: e.group,
-                msg_id,
-                payload: Blob(e.payload),
-                ttl_ms: e.ttl_ms,
-            };
-            match conn.request(Request::Send(req)).await {
-                Ok(Response::Accepted { .. }) => self.store.outbox_done(&msg_id)?,
-                Ok(other) => return Err(unexpected(&other)),
-                Err(ClientError::Server(e)) if e.code == ErrorCode::NotMember => {
-                    // The conversation is gone on the server; the message cannot be delivered.
-                    self.store.outbox_done(&msg_id)?;
-                    return Err(ClientError::Server(e));
+            for attempt in 1.. {
+                let req = SendRequest {
+                    group: e.group,
+                    msg_id,
+                    payload: Blob(std::mem::take(&mut e.payload)),
+                    ttl_ms: e.ttl_ms,
+                };
+                match conn.request(Request::Send(req)).await {
+                    Ok(Response::Accepted { .. }) => {
+                        self.store.outbox_done(&msg_id)?;
+                        break;
+                    }
+                    Ok(other) => return Err(unexpected(&other)),
+                    Err(ClientError::Server(err)) if err.code == ErrorCode::NotMember => {
+                        // The conversation is gone on the server; the message cannot be delivered.
+                        self.store.outbox_done(&msg_id)?;
+                        return Err(ClientError::Server(err));
+                    }
+                    Err(ClientError::Server(err))
+                        if matches!(err.code, ErrorCode::StaleEpoch { .. }) =>
+                    {
+                        let ErrorCode::StaleEpoch { current } = err.code else {
+                            unreachable!("matched above")
+                        };
+                        if attempt > SEND_ATTEMPTS {
+                            break;
+                        }
+                        match self.encrypt_again(conn, &e, current).await? {
+                            Some(payload) => e.payload = payload,
+                            None => break,
+                        }
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
             }
         }
         Ok(())
     }
 
-    fn has_group(&mut self, g: GroupId) -> Result<bool, ClientError> {
+    /// Brings this device to the group's epoch `current` (catching up on
+    /// the deliveries that took it there, or rejoining) and encrypts the
+    /// outbox entry `e` again in it. `None` if the message stays queued
+    /// for now (not caught up yet) or was dropped (this device is no
+    /// longer a member, or the entry predates stored plaintexts): said in
+    /// a warning.
+    async fn encrypt_again(
+        &mut self,
+        conn: &mut Connection,
+        e: &crate::store::OutboxEntry,
+        current: u64,
+    ) -> Result<Option<Vec<u8>>, ClientError> {
+        let g = e.group;
+        let name = self_name(self.store.conn(), &g);
+        let Some(plaintext) = &e.plaintext else {
+            self.store.outbox_done(&e.msg_id)?;
+            self.warnings.push(format!(
+                "a message to {name} queued by an older version could not be sent again: send it again"
+            ));
+            return Ok(None);
+        };
+        match self.catch_up(conn, g, current).await {
+            Ok(()) => {}
+            Err(ClientError::Invalid(_)) if !self.is_member(g)? => {}
+            Err(err) => return Err(err),
+        }
+        if !self.is_member(g)? {
+            self.store.outbox_done(&e.msg_id)?;
+            self.warnings.push(format!(
+                "a message to {name} was not sent: this device is no longer a member"
+            ));
+            return Ok(None);
+        }
+        if self.out_of_sync(g)? {
+            self.rejoin(conn, g).await?;
+        }
+        let device = &self.id.device;
+        let id = e.msg_id;
+        self.store.transaction(|p, c| {
+            if mls::epoch(p, g)? < current {
+                return Ok(None);
+            }
+            let (ct, timer) = mls::encrypt_with_timer(p, device, g, plaintext)?;
+            rows::reencrypted_outbox(c, &id, &ct, timer.map(|t| t.saturating_mul(1000)))?;
+            Ok(Some(ct))
+        })
+    }
+
+    /// Whether this device is still an active member of `g`.
+    fn is_member(&mut self, g: GroupId) -> Result<bool, ClientError> {
+        self.store
+            .transaction(|p, _| Ok(mls::has_group(p, g)? && group::is_active(p, g)?))
+    }
+
+    pub(crate) fn has_group(&mut self, g: GroupId) -> Result<bool, ClientError> {
         self.store.transaction(|p, _| Ok(mls::has_group(p, g)?))
     }
 
@@ -1042,6 +1311,7 @@ impl Client {
                 acks.push(d.seq);
             }
         }
+        self.warnings.append(&mut dropped);
         Self::ack(conn, &mut acks).await
     }
 
@@ -1170,7 +1440,11 @@ impl Client {
                 "message too long (64 KiB at most)".into(),
             ));
         }
-        if to == self.id.handle.as_str() {
+        // Only spaces and newlines would arrive as an empty line.
+        if text.trim().is_empty() {
+            return Err(ClientError::Invalid("empty message".into()));
+        }
+        if to.strip_prefix('@').unwrap_or(to) == self.id.handle.as_str() {
             return Err(ClientError::Invalid("cannot send to yourself".into()));
         }
         let mut conn = self.connect().await?;
@@ -1197,7 +1471,7 @@ impl Client {
         conn: &mut Connection,
         to: &str,
     ) -> Result<GroupId, ClientError> {
-        if to == self.id.handle.as_str() {
+        if to.strip_prefix('@').unwrap_or(to) == self.id.handle.as_str() {
             return Err(ClientError::Invalid("cannot send to yourself".into()));
         }
         let g = match self.resolve(to)? {
@@ -1247,7 +1521,8 @@ impl Client {
         let device = &self.id.device;
         self.store.transaction(|p, c| {
             let (ct, timer) = mls::encrypt_with_timer(p, device, g, &app)?;
-            rows::put_outbox(c, &id, &g, &ct, now, timer.map(|t| t.saturating_mul(1000)))?;
+            let ttl = timer.map(|t| t.saturating_mul(1000));
+            rows::put_outbox(c, &id, &g, (&ct, &app), now, ttl)?;
             rows::put_message(
                 c,
                 &NewMessage {
@@ -1269,6 +1544,9 @@ impl Client {
         // From here the message is safe in the outbox: a lost connection
         // only delays it until the next command that reaches the server.
         match self.flush_outbox(conn).await {
+            // Still queued: the group kept moving, or this device could not
+            // catch up with it yet.
+            Ok(()) if self.store.in_outbox(&id)? => return Err(ClientError::Queued(id.to_hex())),
             Ok(()) => {}
             Err(
                 ClientError::Unreachable(_)

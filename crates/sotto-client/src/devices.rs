@@ -58,32 +58,51 @@ pub struct LinkCode {
 impl LinkCode {
     const PREFIX: &'static str = "sotto-link:";
 
-    /// The code as text: `sotto-link:` and 96 hex digits.
+    /// The code as text: `sotto-link:` and 104 hex digits: the device key,
+    /// the secret and a 4-byte checksum of both.
     pub fn to_text(&self) -> String {
         format!(
-            "{}{}{}",
+            "{}{}{}{}",
             Self::PREFIX,
             self.device.to_hex(),
-            hex::encode(self.secret)
+            hex::encode(self.secret),
+            hex::encode(Self::checksum(&self.device, &self.secret))
         )
     }
 
-    /// Parses a code.
+    /// A checksum of the device key and secret, so that a mistyped or cut
+    /// code is refused before the approving device publishes anything.
+    fn checksum(device: &DeviceId, secret: &[u8; 16]) -> [u8; 4] {
+        let mut h = <Sha256 as sha2::Digest>::new();
+        sha2::Digest::update(&mut h, b"sotto-link-code-v1");
+        sha2::Digest::update(&mut h, device.0);
+        sha2::Digest::update(&mut h, secret);
+        let d = sha2::Digest::finalize(h);
+        [d[0], d[1], d[2], d[3]]
+    }
+
+    /// Parses a code, checking its checksum.
     pub fn parse(s: &str) -> Result<Self, ClientError> {
         let bad = || ClientError::Invalid("not a link code (sotto-link:...)".into());
+        let mistyped = || {
+            ClientError::Invalid(
+                "the link code is mistyped or incomplete: copy it again from the new device".into(),
+            )
+        };
         let h = s.trim().strip_prefix(Self::PREFIX).ok_or_else(bad)?;
-        let b = hex::decode(h).map_err(|_| bad())?;
-        if b.len() != 48 {
-            return Err(bad());
+        let b = hex::decode(h).map_err(|_| mistyped())?;
+        if b.len() != 52 {
+            return Err(mistyped());
         }
         let mut d = [0u8; 32];
         let mut secret = [0u8; 16];
         d.copy_from_slice(&b[..32]);
-        secret.copy_from_slice(&b[32..]);
-        Ok(Self {
-            device: DeviceId(d),
-            secret,
-        })
+        secret.copy_from_slice(&b[32..48]);
+        let device = DeviceId(d);
+        if Self::checksum(&device, &secret)[..] != b[48..] {
+            return Err(mistyped());
+        }
+        Ok(Self { device, secret })
     }
 
     fn cipher(&self) -> ChaCha20Poly1305 {
@@ -145,8 +164,14 @@ pub fn link_start(
     link: &ServerLink,
 ) -> Result<LinkCode, ClientError> {
     let mut store = Store::open(dir, passphrase)?;
-    if let Some(id) = store.identity()? {
-        return Err(ClientError::AlreadyRegistered(id.handle.to_string()));
+    match store.identity()? {
+        Some(id) if id.registered => {
+            return Err(ClientError::AlreadyRegistered(id.handle.to_string()));
+        }
+        // A registration that never got its answer: linking instead
+        // gives its keys up.
+        Some(_) => store.forget_unconfirmed()?,
+        None => {}
     }
     let (device, secret) = match store.pending_link()? {
         // Showing the code again for the same pending device.
@@ -268,6 +293,7 @@ pub async fn link_wait(
         }
     }
     Client::ack(&mut conn, &mut acks).await?;
+    client.warnings.append(&mut dropped);
     conn.close().await;
     Ok(client)
 }
@@ -516,5 +542,30 @@ impl Client {
         }
         self.done(conn).await;
         Ok(target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_code_round_trips_and_a_typo_is_refused() {
+        let code = LinkCode {
+            device: DeviceKey::generate().id(),
+            secret: [7; 16],
+        };
+        let text = code.to_text();
+        assert_eq!(LinkCode::parse(&text).unwrap(), code);
+        // Any single changed digit, a cut code, the old format without a checksum.
+        let p = LinkCode::PREFIX.len();
+        for i in p..text.len() {
+            let mut t = text.clone().into_bytes();
+            t[i] = if t[i] == b'0' { b'1' } else { b'0' };
+            let t = String::from_utf8(t).unwrap();
+            assert!(LinkCode::parse(&t).is_err(), "digit {i} changed");
+        }
+        assert!(LinkCode::parse(&text[..text.len() - 8]).is_err());
+        assert!(LinkCode::parse(&format!("sotto-link:{}", "ab".repeat(52))).is_err());
     }
 }

@@ -23,18 +23,53 @@ use crate::{Client, ClientError};
 /// The largest file a client will try to send (servers may accept less).
 pub const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
 
-/// A file name with any path, control characters and leading dots removed.
+/// The most bytes a saved name takes before a ` (N)` suffix: file systems
+/// allow 255, and the suffix needs at most 13 more (` (4294967295)`).
+const MAX_NAME_BYTES: usize = 240;
+
+/// The longest extension kept apart when a name is cut (in bytes, with its dot).
+const MAX_EXT_BYTES: usize = 16;
+
+/// Characters that reorder or hide text: bidirectional overrides, embeddings,
+/// isolates and marks (a `U+202E` makes `exe.pdf` look like `fdp.exe`).
+fn is_bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+    )
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character.
+fn cut_bytes(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A file name with any path, control characters, bidirectional controls
+/// and leading dots removed, cut on a character boundary to at most
+/// [`MAX_NAME_BYTES`] bytes (keeping a short extension), so that the name
+/// with a ` (N)` suffix still fits the file system's 255 bytes.
 pub fn safe_name(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or("");
-    let clean: String = base
+    let filtered: String = base
         .chars()
-        .filter(|c| !c.is_control())
-        .collect::<String>()
-        .trim_start_matches('.')
-        .trim()
-        .chars()
-        .take(128)
+        .filter(|c| !c.is_control() && !is_bidi_control(*c))
         .collect();
+    let clean = filtered.trim_start_matches('.').trim();
+    let clean = match clean.rsplit_once('.') {
+        _ if clean.len() <= MAX_NAME_BYTES => clean.to_owned(),
+        Some((stem, ext)) if !stem.is_empty() && ext.len() < MAX_EXT_BYTES => {
+            let stem = cut_bytes(stem, MAX_NAME_BYTES - ext.len() - 1).trim_end();
+            format!("{stem}.{ext}")
+        }
+        _ => cut_bytes(clean, MAX_NAME_BYTES).trim_end().to_owned(),
+    };
     if clean.is_empty() {
         "file".into()
     } else {
@@ -167,45 +202,77 @@ impl Client {
             return Ok(());
         }
         let dir = self.store.dir().join("downloads");
-        std::fs::create_dir_all(&dir).map_err(|e| ClientError::Store(e.to_string()))?;
         for (msg, sender, r) in pending {
-            let f: FileRef =
-                postcard::from_bytes(&r).map_err(|e| ClientError::Store(e.to_string()))?;
-            let name = safe_name(&f.name);
-            let (state, path) = match self.fetch_blob(conn, &f).await? {
-                Fetched::Gone => {
+            let (state, path, blob) = match self.save_one(conn, &dir, &sender, &r).await {
+                Ok(done) => done,
+                // The connection broke: the attachment stays pending for the
+                // next connection.
+                Err(e) if e.is_temporary() => return Err(e),
+                // Anything else would fail again every time: set it aside,
+                // visibly, so the mailbox and the daemon keep moving (S16).
+                Err(e) => {
+                    let name = postcard::from_bytes::<FileRef>(&r)
+                        .map(|f| safe_name(&f.name))
+                        .unwrap_or_else(|_| "an attachment".into());
                     self.warnings.push(format!(
-                        "the file {name} from {sender} is no longer on the server"
+                        "could not save the file {name} from {sender}: {e}; set aside"
                     ));
-                    ("gone", None)
-                }
-                Fetched::Tampered => {
-                    self.warnings.push(format!(
-                        "the file {name} from {sender} does not match what was sent (hash mismatch): refused"
-                    ));
-                    ("refused", None)
-                }
-                Fetched::Ok(plain) => {
-                    let p = unique_path(&dir, &name);
-                    std::fs::write(&p, &*plain)
-                        .map_err(|e| ClientError::Store(format!("{}: {e}", p.display())))?;
-                    self.warnings
-                        .push(format!("saved {name} from {sender} to {}", p.display()));
-                    ("saved", Some(p.display().to_string()))
+                    ("failed", None, None)
                 }
             };
             self.store.conn().execute(
                 "UPDATE attachments SET state = ?2, path = ?3 WHERE msg_id = ?1",
                 params![msg, state, path],
             )?;
-            if state != "gone" {
-                match conn.request(Request::BlobFetched { blob: f.blob }).await? {
-                    Response::Acked => {}
-                    other => return Err(unexpected(&other)),
+            if let Some(blob) = blob {
+                match conn.request(Request::BlobFetched { blob }).await {
+                    Ok(Response::Acked) => {}
+                    // The server keeps the blob until its time runs out.
+                    Err(ClientError::Server(_)) => {}
+                    Ok(other) => return Err(unexpected(&other)),
+                    Err(e) => return Err(e),
                 }
             }
         }
         Ok(())
+    }
+
+    /// Downloads, checks and saves one attachment: its new state, where it
+    /// was saved, and the blob to tell the server it may delete.
+    async fn save_one(
+        &mut self,
+        conn: &mut Conn,
+        dir: &Path,
+        sender: &str,
+        r: &[u8],
+    ) -> Result<(&'static str, Option<String>, Option<BlobId>), ClientError> {
+        let f: FileRef = postcard::from_bytes(r).map_err(|e| ClientError::Store(e.to_string()))?;
+        let name = safe_name(&f.name);
+        Ok(match self.fetch_blob(conn, &f).await? {
+            Fetched::Gone => {
+                self.warnings.push(format!(
+                    "the file {name} from {sender} is no longer on the server"
+                ));
+                ("gone", None, None)
+            }
+            Fetched::Tampered => {
+                self.warnings.push(format!(
+                    "the file {name} from {sender} does not match what was sent (hash mismatch): refused"
+                ));
+                ("refused", None, Some(f.blob))
+            }
+            Fetched::Ok(plain) => {
+                let p = unique_path(dir, &name);
+                // Readable by this user only, from the first byte.
+                crate::store::private_dir(dir)
+                    .and_then(|()| crate::store::new_private_file(&p))
+                    .and_then(|mut f| std::io::Write::write_all(&mut f, &plain))
+                    .map_err(|e| ClientError::Store(format!("{}: {e}", p.display())))?;
+                self.warnings
+                    .push(format!("saved {name} from {sender} to {}", p.display()));
+                ("saved", Some(p.display().to_string()), Some(f.blob))
+            }
+        })
     }
 
     async fn fetch_blob(&mut self, conn: &mut Conn, f: &FileRef) -> Result<Fetched, ClientError> {
@@ -270,5 +337,33 @@ mod tests {
         assert_eq!(safe_name("a\nb"), "ab");
         assert_eq!(safe_name(""), "file");
         assert_eq!(safe_name("/"), "file");
+    }
+
+    #[test]
+    fn names_keep_no_bidi_controls() {
+        assert_eq!(safe_name("invoice\u{202e}fdp.exe"), "invoicefdp.exe");
+        assert_eq!(safe_name("\u{2067}a\u{2069}\u{200f}.txt"), "a.txt");
+        assert_eq!(safe_name("\u{202e}"), "file");
+    }
+
+    #[test]
+    fn names_are_cut_by_bytes_with_room_for_a_suffix() {
+        let long = format!("{}.txt", "\u{6f22}".repeat(83));
+        let n = safe_name(&long);
+        assert!(n.len() <= MAX_NAME_BYTES, "{}", n.len());
+        assert!(n.ends_with(".txt"), "{n}");
+        assert!(n.starts_with('\u{6f22}'));
+        let no_ext = "\u{1f600}".repeat(100);
+        assert!(safe_name(&no_ext).len() <= MAX_NAME_BYTES);
+        let long_ext = format!("a.{}", "b".repeat(300));
+        assert!(safe_name(&long_ext).len() <= MAX_NAME_BYTES);
+        assert_eq!(safe_name("short.txt"), "short.txt");
+
+        let dir = tempfile::tempdir().unwrap();
+        for _ in 0..3 {
+            let p = unique_path(dir.path(), &n);
+            assert!(p.file_name().unwrap().len() <= 255);
+            std::fs::write(&p, b"x").unwrap();
+        }
     }
 }

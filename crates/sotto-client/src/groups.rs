@@ -67,8 +67,25 @@ pub struct GroupInfo {
 }
 
 impl Client {
-    /// Resolves `#<id prefix>`, a group's name, or a handle.
+    /// Resolves `#<id prefix>`, `@handle`, a group's name, or a handle.
+    ///
+    /// A group's name is chosen by whoever named the group, a stranger
+    /// maybe, so it never shadows a contact: a bare word that names a group
+    /// and is the handle of a contact is refused, naming both (`@handle`
+    /// for the contact, `#<id>` for the group).
     pub(crate) fn resolve(&self, target: &str) -> Result<Target, ClientError> {
+        self.resolve_as(target, true)
+    }
+
+    /// [`Client::resolve`]; with `people` false, for operations only a
+    /// group can be the target of, a bare word is never taken as a handle
+    /// and does not compete with one.
+    fn resolve_as(&self, target: &str, people: bool) -> Result<Target, ClientError> {
+        if let Some(handle) = target.strip_prefix('@') {
+            return Handle::new(handle)
+                .map(Target::Handle)
+                .map_err(|_| ClientError::Invalid(format!("{target:?} is not a handle")));
+        }
         let groups: Vec<_> = self
             .store
             .conversations()?
@@ -93,6 +110,20 @@ impl Client {
             // A group this device was removed from does not compete for its name.
             named.retain(|c| c.state != "removed");
         }
+        let contact = match Handle::new(target) {
+            Ok(h) if people && !named.is_empty() && self.store.contact(&h)?.is_some() => Some(h),
+            _ => None,
+        };
+        if let Some(h) = contact {
+            let groups: Vec<String> = named
+                .iter()
+                .map(|c| format!("the group #{}", &c.group.to_hex()[..12]))
+                .collect();
+            return Err(ClientError::Invalid(format!(
+                "{target:?} is both your contact @{h} and {}: say which (@{h} or #<id>)",
+                groups.join(" and ")
+            )));
+        }
         match named.as_slice() {
             [one] => Ok(Target::Group(one.group)),
             [] => Handle::new(target)
@@ -105,7 +136,7 @@ impl Client {
     }
 
     fn group_target(&self, target: &str) -> Result<GroupId, ClientError> {
-        match self.resolve(target)? {
+        match self.resolve_as(target, false)? {
             Target::Group(g) => Ok(g),
             Target::Handle(_) => Err(ClientError::Invalid(format!("no group named {target:?}"))),
         }
@@ -224,7 +255,7 @@ impl Client {
     /// cannot get there (a commit of its epoch it could not apply, or
     /// nothing arrives), the conversation is marked out of sync, for
     /// [`Client::rejoin`].
-    async fn catch_up(
+    pub(crate) async fn catch_up(
         &mut self,
         conn: &mut Connection,
         g: GroupId,
@@ -249,6 +280,7 @@ impl Client {
             if self.refused_commits.contains(&(g, now)) {
                 // The server took a commit of this epoch that this device
                 // could not apply: it is out of sync now.
+                self.refused_commits.retain(|(x, _)| *x != g);
                 self.mark_out_of_sync(g, false)?;
                 break;
             }
@@ -264,6 +296,7 @@ impl Client {
                 acks.push(d.seq);
             }
         }
+        self.warnings.append(&mut dropped);
         Self::ack(conn, &mut acks).await
     }
 
@@ -333,21 +366,21 @@ impl Client {
         req: CommitRequest,
         what: Pending,
     ) -> Result<Submitted, ClientError> {
-        let g = req.group;
+        let (g, base) = (req.group, req.epoch);
         match conn.request(Request::Commit(req)).await {
             Ok(Response::Committed { epoch }) => {
+                if what != Pending::Rejoin {
+                    self.read_before_merge(conn, g, base).await?;
+                }
                 let me = self.id.credential();
                 let mut warnings = Vec::new();
                 let mut notices = Vec::new();
                 self.store.transaction(|p, c| {
-                    match &what {
-                        // An external commit is applied as it is built.
-                        Pending::Rejoin => {}
-                        _ => {
-                            if let Some(renamed) = mls::merge_pending(p, g)? {
-                                rows::put_name(c, &g, &renamed, now_ms())?;
-                            }
-                        }
+                    // An external commit is applied as it is built.
+                    if what != Pending::Rejoin
+                        && let Some(renamed) = mls::merge_pending(p, g)?
+                    {
+                        rows::put_name(c, &g, &renamed, now_ms())?;
                     }
                     match &what {
                         Pending::Creation { name, is_group } => {
@@ -385,6 +418,33 @@ impl Client {
             Ok(other) => Err(unexpected(&other)),
             Err(e) => Err(e),
         }
+    }
+
+    /// Processes the deliveries the server sent ahead of its answer to this
+    /// device's commit of `g` on epoch `base`: the server sends every
+    /// delivery stored before the commit first, and the messages of `base`
+    /// among them must be read before the commit is merged (merging leaves
+    /// that epoch's keys behind). Stops at the first one of `g` past
+    /// `base`, which came after the commit; the rest stays queued.
+    async fn read_before_merge(
+        &mut self,
+        conn: &mut Connection,
+        g: GroupId,
+        base: u64,
+    ) -> Result<(), ClientError> {
+        let mut acks = Vec::new();
+        let mut dropped = Vec::new();
+        let before = |d: &sotto_proto::Delivery| {
+            d.envelope.group != g
+                || sotto_core::public::message_epoch(&g, &d.envelope.payload.0)
+                    .is_none_or(|e| e <= base)
+        };
+        while let Some(d) = conn.take_queued_delivery(before) {
+            self.handle_event(conn, &d, &mut dropped).await?;
+            acks.push(d.seq);
+        }
+        self.warnings.append(&mut dropped);
+        Self::ack(conn, &mut acks).await
     }
 
     /// Forgets a commit the server did not apply, and undoes it locally.
@@ -738,23 +798,24 @@ impl Client {
         Ok(())
     }
 
-    /// Leaves a group: proposes this device's removal, which the next
-    /// member to receive it commits.
+    /// Leaves a conversation, a group or the one-to-one conversation with
+    /// a handle, alone: proposes this device's removal (for whichever
+    /// member commits next), the server stops routing it here and this
+    /// device marks it removed at once (`crate::blocks`).
     pub async fn group_leave(&mut self, target: &str) -> Result<(), ClientError> {
         let mut conn = self.connect().await?;
         self.sync(&mut conn).await?;
-        let g = self.group_target(target)?;
-        let meta = self.meta(g)?;
-        let me = self.id.account.id();
-        let members = self.member_handles(g)?;
-        if meta.admins == [me] && members.len() > 1 {
-            return Err(ClientError::Invalid(
-                "you are the group's only admin: promote another member first".into(),
-            ));
+        if let Target::Group(g) = self.resolve(target)? {
+            let meta = self.meta(g)?;
+            let me = self.id.account.id();
+            let members = self.member_handles(g)?;
+            if meta.admins == [me] && members.len() > 1 {
+                return Err(ClientError::Invalid(
+                    "you are the group's only admin: promote another member first".into(),
+                ));
+            }
         }
-        self.store
-            .transaction(|_, c| rows::set_state(c, &g, "leaving"))?;
-        self.propose_leave(&mut conn, g).await?;
+        self.leave_alone(&mut conn, target).await?;
         self.done(conn).await;
         Ok(())
     }
@@ -854,17 +915,15 @@ impl Client {
 }
 
 fn valid_name(name: &str) -> Result<String, ClientError> {
-    let name = name.trim();
-    if name.is_empty()
-        || name.len() > 64
-        || name.starts_with('#')
-        || name.chars().any(char::is_control)
-    {
-        return Err(ClientError::Invalid(
-            "a group name is 1 to 64 printable characters, not starting with '#'".into(),
-        ));
-    }
-    Ok(name.to_owned())
+    crate::names::group_name(name)
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            ClientError::Invalid(
+                "a group name is 1 to 64 bytes of visible characters (no control characters, \
+             bidirectional overrides or invisible ones), not starting with '#' or '@'"
+                    .into(),
+            )
+        })
 }
 
 #[cfg(test)]

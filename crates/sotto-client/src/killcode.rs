@@ -115,7 +115,34 @@ pub async fn wipe(link: &ServerLink, handle: &Handle, code: &str) -> Result<u32,
     })
     .await
     .map_err(|e| ClientError::Invalid(e.to_string()))??;
-    let n = match conn.request(Request::Wipe(req)).await? {
+    let answer = match conn.request(Request::Wipe(req.clone())).await {
+        // The account drew many wrong guesses (someone else's): the right
+        // code still works, for a proof of work on this guess.
+        Err(ClientError::Server(e)) => match e.code {
+            sotto_proto::ErrorCode::ProofOfWorkRequired { bits } => {
+                let challenge = conn.hello().challenge;
+                let guess = req.clone();
+                let pow_nonce = tokio::task::spawn_blocking(move || {
+                    sotto_proto::pow::solve_wipe(
+                        &challenge,
+                        guess.handle.as_str(),
+                        &guess.server_proof,
+                        bits,
+                    )
+                })
+                .await
+                .map_err(|e| ClientError::Invalid(e.to_string()))?;
+                conn.request(Request::WipeWithWork {
+                    wipe: req,
+                    pow_nonce,
+                })
+                .await?
+            }
+            _ => return Err(ClientError::Server(e)),
+        },
+        other => other?,
+    };
+    let n = match answer {
         Response::WipeQueued { devices } => devices,
         other => return Err(unexpected(&other)),
     };

@@ -8,7 +8,8 @@
 //! holds the MLS state, [`client`] the operations (register, send,
 //! receive, groups, verification, disappearing messages, files) and
 //! [`session`] the long-running use: one kept connection, pushed
-//! deliveries processed as they arrive.
+//! deliveries processed as they arrive; [`names`] says which characters
+//! of others' names and texts hide or reorder text.
 //!
 //! # Example: an echo bot
 //!
@@ -24,9 +25,10 @@
 //!     // Messages from this account's other devices come too: skip them.
 //!     for m in updates.messages.iter().filter(|m| !m.outgoing) {
 //!         // `conversation` names a one-to-one conversation by the peer's
-//!         // handle; a group by its name (`#<id>` is unambiguous).
+//!         // handle; a group by its name. `@handle` and `#<id>` are
+//!         // unambiguous (a group's name may be a contact's handle).
 //!         let to = if m.conversation == m.sender {
-//!             m.sender.clone()
+//!             format!("@{}", m.sender)
 //!         } else {
 //!             format!("#{}", m.group.to_hex())
 //!         };
@@ -42,6 +44,7 @@
 //! server only after the MLS state change, the decrypted message and the
 //! dedup marker were committed in one local transaction.
 
+mod blocks;
 pub mod client;
 pub mod devices;
 pub mod error;
@@ -49,6 +52,7 @@ pub mod files;
 mod groups;
 pub mod killcode;
 pub mod link;
+pub mod names;
 pub mod rejoin;
 pub mod session;
 pub mod store;

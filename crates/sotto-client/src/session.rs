@@ -122,12 +122,14 @@ pub struct ConversationInfo {
 
 impl ConversationInfo {
     /// What names this conversation in [`Client::send`] and the other
-    /// operations: the peer's handle, or `#<group id>` for a group.
+    /// operations, unambiguously: `@` and the peer's handle, or
+    /// `#<group id>` for a group (a group's name may be anything its
+    /// creator chose, a contact's handle too).
     pub fn target(&self) -> String {
         if self.is_group {
             format!("#{}", self.group.to_hex())
         } else {
-            self.name.clone()
+            format!("@{}", self.name)
         }
     }
 }
@@ -268,6 +270,21 @@ impl Client {
     /// are deleted first).
     pub fn messages(&mut self, g: GroupId) -> Result<Vec<StoredMessage>, ClientError> {
         self.store.history(&g, now_ms())
+    }
+
+    /// When the next disappearing message is due, in milliseconds since
+    /// the Unix epoch, if one is stored: a long-running program calls
+    /// [`Client::expire`] then, so that the message does not wait for the
+    /// next operation to go.
+    pub fn next_expiry(&self) -> Result<Option<u64>, ClientError> {
+        self.store.next_expiry()
+    }
+
+    /// Deletes the disappearing messages whose time came, with their
+    /// attachments (file and row), and leaves none of them in the WAL.
+    /// Returns how many went.
+    pub fn expire(&mut self) -> Result<usize, ClientError> {
+        self.store.purge_expired(now_ms())
     }
 
     /// Ids of this device's messages the server has not accepted yet.

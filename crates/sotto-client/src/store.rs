@@ -119,7 +119,7 @@ CREATE TABLE IF NOT EXISTS attachments (
     msg_id      BLOB PRIMARY KEY,
     sender      TEXT NOT NULL,
     ref         BLOB NOT NULL,               -- postcard FileRef: blob id, key, nonce, hash, name, size
-    state       TEXT NOT NULL DEFAULT 'pending',  -- 'pending', 'saved', 'refused', 'gone'
+    state       TEXT NOT NULL DEFAULT 'pending',  -- 'pending', 'saved', 'refused', 'gone', 'failed'
     path        TEXT
 );
 CREATE TABLE IF NOT EXISTS pending_commits (
@@ -134,17 +134,30 @@ CREATE TABLE IF NOT EXISTS device_lists (
     version     INTEGER NOT NULL,
     data        BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS known_devices (    -- every device of a contact seen here, each announced once
+    account     BLOB NOT NULL,
+    device      BLOB NOT NULL,
+    PRIMARY KEY (account, device)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rejoins (          -- conversations whose state this device lost
     group_id    BLOB PRIMARY KEY,
     asked_ms    INTEGER NOT NULL DEFAULT 0,  -- when it last tried to rejoin; 0: not yet
     missed      INTEGER NOT NULL DEFAULT 0   -- deliveries it could not read meanwhile
+);
+CREATE TABLE IF NOT EXISTS blocked (         -- accounts this profile blocked (crate::blocks)
+    account     BLOB PRIMARY KEY,
+    handle      TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS left_groups (     -- conversations left alone or refused: deliveries dropped
+    group_id    BLOB PRIMARY KEY
 );
 CREATE TABLE IF NOT EXISTS outbox (
     msg_id      BLOB PRIMARY KEY,
     group_id    BLOB NOT NULL,
     payload     BLOB NOT NULL,
     created_ms  INTEGER NOT NULL,
-    ttl_ms      INTEGER                      -- a disappearing message's server-side lifetime
+    ttl_ms      INTEGER,                     -- a disappearing message's server-side lifetime
+    plaintext   BLOB                         -- what `payload` encrypts, to encrypt again in a later epoch
 );
 "#;
 
@@ -238,6 +251,9 @@ pub struct OutboxEntry {
     pub payload: Vec<u8>,
     /// Its server-side lifetime, for a disappearing message.
     pub ttl_ms: Option<u64>,
+    /// The application message it encrypts (`None` in entries of older
+    /// versions), to encrypt again when the server refuses the epoch.
+    pub plaintext: Option<Vec<u8>>,
 }
 
 /// A conversation as stored.
@@ -403,6 +419,10 @@ fn migrate(conn: &Connection) -> Result<(), ClientError> {
         )?;
     }
     conn.execute_batch("DROP TABLE IF EXISTS readds")?;
+    // Messages the server refuses for a past epoch are encrypted again.
+    if !has("outbox", "plaintext")? {
+        conn.execute_batch("ALTER TABLE outbox ADD COLUMN plaintext BLOB")?;
+    }
     Ok(())
 }
 
@@ -420,6 +440,121 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Store({})", self.dir.display())
     }
+}
+
+/// Creates `dir` and its missing parents readable by this user only (mode
+/// 0700 from the start, whatever the umask); an existing `dir` that others
+/// may read is made private.
+pub(crate) fn private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        b.mode(0o700);
+        b.create(dir)?;
+        if fs::metadata(dir)?.permissions().mode() & 0o077 != 0 {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    #[cfg(not(unix))]
+    b.create(dir)?;
+    Ok(())
+}
+
+/// Creates a new file readable by this user only (mode 0600 from the
+/// first byte); fails if something is at `p` already (a link too).
+pub(crate) fn new_private_file(p: &Path) -> std::io::Result<fs::File> {
+    let mut o = fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    o.open(p)
+}
+
+/// Overwrites a file with random bytes, syncs it and removes it; a
+/// missing file is fine. A symbolic link is removed, not followed.
+fn shred_file(p: &Path) -> Result<(), ClientError> {
+    let Ok(meta) = fs::symlink_metadata(p) else {
+        return Ok(());
+    };
+    if meta.is_file()
+        && let Ok(mut f) = fs::OpenOptions::new().write(true).open(p)
+    {
+        use std::io::Write;
+        // In pieces: an attachment may be hundreds of MiB.
+        let mut noise = vec![0u8; 64 * 1024];
+        let mut left = meta.len().max(16);
+        while left > 0 {
+            let n = usize::try_from(left).unwrap_or(usize::MAX).min(noise.len());
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut noise[..n]);
+            if f.write_all(&noise[..n]).is_err() {
+                break;
+            }
+            left -= n as u64;
+        }
+        let _ = f.sync_all();
+    }
+    match fs::remove_file(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(ClientError::Store(format!("{}: {e}", p.display())))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// [`shred_file`] on every file under `dir`, then removes the folders.
+fn shred_tree(dir: &Path) -> Result<(), ClientError> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries {
+        let e = e.map_err(|e| ClientError::Store(format!("{}: {e}", dir.display())))?;
+        let p = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => shred_tree(&p)?,
+            _ => shred_file(&p)?,
+        }
+    }
+    match fs::remove_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(ClientError::Store(format!("{}: {e}", dir.display())))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Deletes the disappearing messages whose time came, with their
+/// attachments: the saved file is shredded and the row (name, key, hash)
+/// goes. Returns how many messages went.
+fn purge_expired_in(c: &Connection, dir: &Path, now_ms: i64) -> Result<usize, ClientError> {
+    // The attachments of expired messages, and any whose message is gone
+    // (left by versions that deleted only the message).
+    const GOING: &str = "(msg_id IN (SELECT id FROM messages \
+         WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= ?1) \
+         OR msg_id NOT IN (SELECT id FROM messages))";
+    let saved: Vec<String> = {
+        let mut st = c.prepare(&format!(
+            "SELECT path FROM attachments WHERE path IS NOT NULL AND {GOING}"
+        ))?;
+        st.query_map([now_ms], |r| r.get(0))?
+            .collect::<Result<_, _>>()?
+    };
+    // Only inside this profile's downloads, whatever the row says.
+    let downloads = Store::downloads_path(dir);
+    for p in &saved {
+        if let Some(name) = Path::new(p).file_name() {
+            shred_file(&downloads.join(name))?;
+        }
+    }
+    c.execute(&format!("DELETE FROM attachments WHERE {GOING}"), [now_ms])?;
+    Ok(c.execute(
+        "DELETE FROM messages WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= ?1",
+        [now_ms],
+    )?)
 }
 
 fn i(v: u64) -> i64 {
@@ -450,7 +585,10 @@ impl Store {
 
     fn write_duress(dir: &Path, bytes: &[u8; 48]) -> Result<(), ClientError> {
         let tmp = dir.join("unlock.check.tmp");
-        fs::write(&tmp, bytes).map_err(|e| ClientError::Store(e.to_string()))?;
+        let _ = fs::remove_file(&tmp);
+        new_private_file(&tmp)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, bytes))
+            .map_err(|e| ClientError::Store(e.to_string()))?;
         fs::rename(&tmp, Self::duress_path(dir)).map_err(|e| ClientError::Store(e.to_string()))
     }
 
@@ -479,29 +617,26 @@ impl Store {
             .is_ok_and(|p| sotto_core::killcode::matches(&p, &check))
     }
 
-    /// Destroys the profile's data: every database file is overwritten with
-    /// random bytes (the SQLCipher salt in its first bytes first, which makes
-    /// the passphrase useless for it), synced, then removed.
+    /// The folder received attachments are saved in.
+    pub fn downloads_path(dir: &Path) -> PathBuf {
+        dir.join("downloads")
+    }
+
+    /// Destroys the profile's data: every database file and every received
+    /// attachment (`downloads/`, all of it) is overwritten with random
+    /// bytes (a database's SQLCipher salt in its first bytes first, which
+    /// makes the passphrase useless for it), synced, then removed.
     pub fn shred_dir(dir: &Path) -> Result<(), ClientError> {
         for name in [
             "sotto.db",
             "sotto.db-wal",
             "sotto.db-shm",
             "sotto.db-journal",
+            "unlock.check.tmp",
         ] {
-            let p = dir.join(name);
-            let Ok(meta) = fs::metadata(&p) else { continue };
-            let len = usize::try_from(meta.len()).unwrap_or(0);
-            let mut noise = vec![0u8; len.max(16)];
-            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut noise);
-            let f = fs::OpenOptions::new().write(true).open(&p);
-            if let Ok(mut f) = f {
-                use std::io::Write;
-                let _ = f.write_all(&noise);
-                let _ = f.sync_all();
-            }
-            fs::remove_file(&p).map_err(|e| ClientError::Store(format!("{}: {e}", p.display())))?;
+            shred_file(&dir.join(name))?;
         }
+        shred_tree(&Self::downloads_path(dir))?;
         let mut fresh = [0u8; 48];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut fresh);
         Self::write_duress(dir, &fresh)
@@ -547,16 +682,16 @@ impl Store {
 
     fn open_with(dir: &Path, passphrase: Option<&str>) -> Result<Self, ClientError> {
         if !dir.exists() {
-            fs::create_dir_all(dir)
-                .map_err(|e| ClientError::Store(format!("{}: {e}", dir.display())))?;
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-                    .map_err(|e| ClientError::Store(e.to_string()))?;
-            }
+            private_dir(dir).map_err(|e| ClientError::Store(format!("{}: {e}", dir.display())))?;
         }
-        let conn = Connection::open(Self::db_path(dir))?;
+        // 0600 from the start; SQLite gives the WAL the database's mode.
+        let db = Self::db_path(dir);
+        if let Err(e) = new_private_file(&db)
+            && e.kind() != std::io::ErrorKind::AlreadyExists
+        {
+            return Err(ClientError::Store(format!("{}: {e}", db.display())));
+        }
+        let conn = Connection::open(db)?;
         if let Some(passphrase) = passphrase {
             conn.pragma_update(None, "key", passphrase)?;
         }
@@ -588,10 +723,10 @@ impl Store {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
             .unwrap_or(0);
-        conn.execute(
-            "DELETE FROM messages WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= ?1",
-            [now],
-        )?;
+        if purge_expired_in(&conn, dir, now)? > 0 {
+            // Their text stays in no old WAL frame.
+            let _: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        }
         if !Self::duress_path(dir).exists() {
             let mut fresh = [0u8; 48];
             rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut fresh);
@@ -687,6 +822,27 @@ impl Store {
         self.conn
             .execute("UPDATE profile SET v = X'31' WHERE k = 'registered'", [])?;
         Ok(())
+    }
+
+    /// Forgets an identity the server never confirmed (a registration that
+    /// failed), so the profile is free for another registration or a link.
+    /// A confirmed identity stays.
+    pub fn forget_unconfirmed(&mut self) -> Result<(), ClientError> {
+        self.transaction(|_, c| {
+            let registered: Option<Vec<u8>> = c
+                .query_row("SELECT v FROM profile WHERE k = 'registered'", [], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            if registered.as_deref() != Some(b"1") {
+                c.execute(
+                    "DELETE FROM profile WHERE k IN \
+                     ('account_secret', 'device_secret', 'handle', 'link', 'suite', 'registered')",
+                    [],
+                )?;
+            }
+            Ok(())
+        })
     }
 
     fn get(&self, k: &str) -> Result<Option<Zeroizing<Vec<u8>>>, ClientError> {
@@ -884,7 +1040,8 @@ impl Store {
     /// Pending outbox entries (sent, not yet confirmed by the server).
     pub fn outbox(&self) -> Result<Vec<OutboxEntry>, ClientError> {
         let mut stmt = self.conn.prepare(
-            "SELECT msg_id, group_id, payload, ttl_ms FROM outbox ORDER BY created_ms, rowid",
+            "SELECT msg_id, group_id, payload, ttl_ms, plaintext FROM outbox \
+             ORDER BY created_ms, rowid",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok((
@@ -892,27 +1049,63 @@ impl Store {
                 r.get::<_, Vec<u8>>(1)?,
                 r.get::<_, Vec<u8>>(2)?,
                 r.get::<_, Option<i64>>(3)?,
+                r.get::<_, Option<Vec<u8>>>(4)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (m, g, p, ttl) = row?;
+            let (m, g, p, ttl, plaintext) = row?;
             out.push(OutboxEntry {
                 msg_id: MessageId(arr(m)?),
                 group: GroupId(arr(g)?),
                 payload: p,
                 ttl_ms: ttl.map(u),
+                plaintext,
             });
         }
         Ok(out)
     }
 
-    /// Deletes the messages whose disappearing time has come; returns how many.
+    /// Whether a message still waits in the outbox.
+    pub fn in_outbox(&self, id: &MessageId) -> Result<bool, ClientError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM outbox WHERE msg_id = ?1",
+                [&id.0[..]],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Deletes the messages whose disappearing time has come, with their
+    /// attachments (the saved file and the row with its name, key and
+    /// hash), then checkpoints and truncates the WAL so that no old frame
+    /// keeps them (`secure_delete` zeroes the freed cells). Returns how
+    /// many messages went.
     pub fn purge_expired(&self, now_ms: u64) -> Result<usize, ClientError> {
-        Ok(self.conn.execute(
-            "DELETE FROM messages WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= ?1",
-            [i(now_ms)],
-        )?)
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let n = purge_expired_in(&tx, &self.dir, i(now_ms))?;
+        tx.commit()?;
+        if n > 0 {
+            // Busy only while another connection reads; then the next
+            // purge or secret drop truncates it.
+            let _: i64 = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        }
+        Ok(n)
+    }
+
+    /// When the next disappearing message is due, if one is stored.
+    pub fn next_expiry(&self) -> Result<Option<u64>, ClientError> {
+        let v: Option<i64> = self.conn.query_row(
+            "SELECT min(expires_at_ms) FROM messages WHERE expires_at_ms IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(v.map(u))
     }
 
     /// The stored messages of a conversation, oldest first.
@@ -1217,6 +1410,46 @@ pub mod rows {
         })
     }
 
+    /// Remembers `devices` as devices of `account` and returns the ones not
+    /// seen before, unless the account itself was never seen (its first
+    /// devices are nothing new). A profile from before this record starts
+    /// from the account's cached device list.
+    pub fn learn_devices(
+        c: &Connection,
+        account: &AccountId,
+        devices: &[DeviceId],
+    ) -> Result<Vec<DeviceId>, ClientError> {
+        let known = |c: &Connection| -> Result<bool, ClientError> {
+            Ok(c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM known_devices WHERE account = ?1)",
+                [&account.0[..]],
+                |r| r.get(0),
+            )?)
+        };
+        let put = |d: &DeviceId| -> Result<bool, ClientError> {
+            let n = c.execute(
+                "INSERT OR IGNORE INTO known_devices (account, device) VALUES (?1, ?2)",
+                params![&account.0[..], &d.0[..]],
+            )?;
+            Ok(n == 1)
+        };
+        if !known(c)?
+            && let Some(l) = get_list(c, account)?
+        {
+            for d in &l.devices {
+                put(d)?;
+            }
+        }
+        let seen = known(c)?;
+        let mut new = Vec::new();
+        for d in devices {
+            if put(d)? && seen {
+                new.push(*d);
+            }
+        }
+        Ok(new)
+    }
+
     /// This device's copy of the account's kill-code record.
     pub fn kill_record(
         c: &Connection,
@@ -1326,7 +1559,10 @@ pub mod rows {
     }
 
     /// Records what a group is called now and the key its name is sealed
-    /// under (after a commit that named it, or a Welcome).
+    /// under (after a commit that named it, or a Welcome). A name another
+    /// member chose that breaks [`crate::names::group_name`] (control
+    /// characters, bidirectional overrides, invisible characters, a `#` or
+    /// `@` in front) is not taken: the group is `unnamed group #<id>`.
     pub fn put_name(
         c: &Connection,
         g: &GroupId,
@@ -1335,8 +1571,12 @@ pub mod rows {
     ) -> Result<(), ClientError> {
         let name = renamed
             .name
-            .clone()
-            .unwrap_or_else(|| format!("unnamed group #{}", &g.to_hex()[..8]));
+            .as_deref()
+            .and_then(crate::names::group_name)
+            .map_or_else(
+                || format!("unnamed group #{}", &g.to_hex()[..8]),
+                str::to_owned,
+            );
         put_conversation(c, g, true, &name, now_ms)?;
         c.execute(
             "UPDATE conversations SET name_key = ?2 WHERE group_id = ?1",
@@ -1419,18 +1659,41 @@ pub mod rows {
         Ok(missed.map(u))
     }
 
-    /// Queues an encrypted message for (re)sending.
+    /// Queues an encrypted message for (re)sending, with the application
+    /// message it encrypts.
     pub fn put_outbox(
         c: &Connection,
         id: &MessageId,
         g: &GroupId,
-        payload: &[u8],
+        (payload, plaintext): (&[u8], &[u8]),
         now_ms: u64,
         ttl_ms: Option<u64>,
     ) -> Result<(), ClientError> {
         c.execute(
-            "INSERT INTO outbox (msg_id, group_id, payload, created_ms, ttl_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![&id.0[..], &g.0[..], payload, i(now_ms), ttl_ms.map(i)],
+            "INSERT INTO outbox (msg_id, group_id, payload, created_ms, ttl_ms, plaintext) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                &id.0[..],
+                &g.0[..],
+                payload,
+                i(now_ms),
+                ttl_ms.map(i),
+                plaintext
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Replaces a queued message's ciphertext by one of a later epoch.
+    pub fn reencrypted_outbox(
+        c: &Connection,
+        id: &MessageId,
+        payload: &[u8],
+        ttl_ms: Option<u64>,
+    ) -> Result<(), ClientError> {
+        c.execute(
+            "UPDATE outbox SET payload = ?2, ttl_ms = ?3 WHERE msg_id = ?1",
+            params![&id.0[..], payload, ttl_ms.map(i)],
         )?;
         Ok(())
     }
@@ -1710,6 +1973,147 @@ mod tests {
                 "{who}: {left} of {} deleted secrets are still in the files",
                 gone.len()
             );
+        }
+    }
+
+    /// A message with a saved attachment: its row, its file in `downloads/`.
+    fn message_with_file(store: &mut Store, n: u8, text: &str, name: &str, expires: Option<u64>) {
+        let sender = CredentialIdentity {
+            account: AccountId([9; 32]),
+            device: DeviceId([8; 32]),
+            handle: Handle::new("eve").unwrap(),
+        };
+        let id = MessageId([n; 16]);
+        let downloads = Store::downloads_path(&store.dir);
+        private_dir(&downloads).unwrap();
+        let path = downloads.join(name);
+        fs::write(&path, format!("contents of {name}")).unwrap();
+        store
+            .transaction(|_, c| {
+                rows::put_message(
+                    c,
+                    &NewMessage {
+                        id,
+                        group: GroupId([5; 32]),
+                        sender: &sender,
+                        outgoing: false,
+                        from_this_device: false,
+                        text,
+                        sent_at_ms: 1,
+                        received_at_ms: 1,
+                        seq: u64::from(n),
+                        expires_at_ms: expires,
+                        reply_to: None,
+                    },
+                )?;
+                let f = sotto_core::message::FileRef {
+                    blob: sotto_proto::BlobId([n; 16]),
+                    key: [n; 32],
+                    nonce: [n; 12],
+                    sha256: [n ^ 0xff; 32],
+                    name: name.into(),
+                    size: 1,
+                };
+                crate::files::queue(c, &id, &sender.handle, &f)?;
+                c.execute(
+                    "UPDATE attachments SET state = 'saved', path = ?2 WHERE msg_id = ?1",
+                    params![&id.0[..], path.display().to_string()],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    /// C12: once a disappearing message's time came, its text, its
+    /// attachment's row (name, key, hash) and its saved file are in no file
+    /// of the profile, old WAL frames included, while the store stays open
+    /// (as in a running daemon); a message without a timer keeps its file.
+    #[test]
+    fn an_expired_message_takes_its_file_and_row_and_leaves_no_wal_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open_unencrypted(dir.path()).unwrap();
+        let gone_text = "meet me at the old mill at nine";
+        message_with_file(&mut store, 1, gone_text, "old-mill-map.png", Some(1_000));
+        message_with_file(&mut store, 2, "this one stays", "stays.txt", None);
+        let secrets: [&[u8]; 4] = [
+            gone_text.as_bytes(),
+            b"old-mill-map.png",
+            &[1; 32],    // the file's key
+            &[0xfe; 32], // its hash
+        ];
+        // The search works: before the time, all of it is in the files.
+        let all = |dir: &Path| -> Vec<u8> {
+            let mut bytes = files(dir);
+            bytes.extend(
+                fs::read(Store::downloads_path(dir).join("old-mill-map.png")).unwrap_or_default(),
+            );
+            bytes
+        };
+        let before = all(dir.path());
+        for s in secrets {
+            assert!(
+                contains(&before, s),
+                "{s:?} is not in the files to begin with"
+            );
+        }
+        assert_eq!(store.next_expiry().unwrap(), Some(1_000));
+        assert_eq!(store.purge_expired(999).unwrap(), 0);
+        assert_eq!(store.purge_expired(1_000).unwrap(), 1);
+        assert_eq!(store.next_expiry().unwrap(), None);
+        let downloads = Store::downloads_path(dir.path());
+        assert!(
+            !downloads.join("old-mill-map.png").exists(),
+            "the file stayed"
+        );
+        assert!(downloads.join("stays.txt").exists());
+        let rows: Vec<Vec<u8>> = column_values(&store, &["SELECT msg_id FROM attachments"]);
+        assert_eq!(
+            rows,
+            [vec![2u8; 16]],
+            "the expired message's attachment row stayed"
+        );
+        let after = files(dir.path());
+        for s in secrets {
+            assert!(
+                !contains(&after, s),
+                "{:?} is still in the files",
+                String::from_utf8_lossy(s)
+            );
+        }
+        assert!(contains(&after, b"this one stays"));
+    }
+
+    /// C10: a group name another member chose is taken only if it follows
+    /// the rule for names this device gives: one with a bidirectional
+    /// override, an escape sequence or an invisible character, or a `#` or
+    /// `@` in front, leaves the group `unnamed group #<id>`.
+    #[test]
+    fn a_received_group_name_with_hidden_characters_is_not_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open_unencrypted(dir.path()).unwrap();
+        let g = GroupId([6; 32]);
+        let name_of = |store: &mut Store, name: &str| -> String {
+            let renamed = sotto_core::group::Renamed {
+                name: Some(name.into()),
+                key: sotto_core::names::NameKey::from_bytes([1; 32]),
+            };
+            store
+                .transaction(|_, c| rows::put_name(c, &g, &renamed, 1))
+                .unwrap();
+            store.conversation(&g).unwrap().unwrap().name
+        };
+        let unnamed = format!("unnamed group #{}", &g.to_hex()[..8]);
+        assert_eq!(name_of(&mut store, " ann "), "ann");
+        for hostile in [
+            "ann\u{202e}",
+            "\u{2067}ann",
+            "ann\x1b[8m",
+            "an\u{200b}n",
+            "#ann",
+            "@ann",
+            "",
+        ] {
+            assert_eq!(name_of(&mut store, hostile), unnamed, "{hostile:?}");
         }
     }
 }

@@ -327,6 +327,25 @@ impl Connection {
         self.events.pop_front()
     }
 
+    /// The first queued delivery, taken if `take` says so (`None` if there
+    /// is none or it is left); a sync marker stays where it is. Never waits.
+    pub fn take_queued_delivery(
+        &mut self,
+        take: impl FnOnce(&Delivery) -> bool,
+    ) -> Option<Delivery> {
+        let at = self
+            .events
+            .iter()
+            .position(|e| matches!(e, Event::Deliver(_)))?;
+        match &self.events[at] {
+            Event::Deliver(d) if take(d) => match self.events.remove(at) {
+                Some(Event::Deliver(d)) => Some(d),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// Whether the server said the backlog is delivered (after which
     /// deliveries are pushed live and no further sync marker comes).
     pub fn is_synced(&self) -> bool {

@@ -105,6 +105,14 @@ async fn every_forged_delivery_is_refused_and_changes_nothing() {
             outcome.starts_with("dropped") || outcome == "duplicate",
             "{what} was {outcome}"
         );
+        if what == "altered ciphertext" {
+            // Never dropped silently: the user is told from whom, and where.
+            assert_eq!(
+                outcome.split(" (").next(),
+                Some("dropped: a message from bob in bob could not be read"),
+                "{outcome}"
+            );
+        }
     }
     assert_eq!(texts(&mut alice, "bob"), ["hello"]);
     assert_eq!(texts(&mut alice, "carol"), ["hi from carol"]);

@@ -586,3 +586,28 @@ fn export_tree(pg: &PublicGroup) -> Result<Vec<u8>, CoreError> {
         .tls_serialize_detached()
         .map_err(internal)
 }
+
+/// The epoch an application message was encrypted in, read from its MLS
+/// framing (a PrivateMessage carries group, epoch and content type in the
+/// clear): `None` unless `bytes` is one PrivateMessage of `group` whose
+/// content is an application message. The server refuses an application
+/// message of any epoch but the group's current one, so that every message
+/// it accepts is ordered before the commit that ends its epoch in every
+/// member's mailbox, and every member can read it (docs/PROTOCOL.md).
+pub fn application_epoch(group: &sotto_proto::GroupId, bytes: &[u8]) -> Option<u64> {
+    let msg = MlsMessageIn::tls_deserialize_exact(bytes).ok()?;
+    let proto = msg.try_into_protocol_message().ok()?;
+    let ok = matches!(proto, ProtocolMessage::PrivateMessage(_))
+        && proto.content_type() == ContentType::Application
+        && proto.group_id().as_slice() == group.0.as_slice();
+    ok.then(|| proto.epoch().as_u64())
+}
+
+/// The epoch of any MLS protocol message of `group` (a PrivateMessage or
+/// a PublicMessage: commits and proposals), from its clear header; `None`
+/// for anything else (a Welcome, another group's message, garbage).
+pub fn message_epoch(group: &sotto_proto::GroupId, bytes: &[u8]) -> Option<u64> {
+    let msg = MlsMessageIn::tls_deserialize_exact(bytes).ok()?;
+    let proto = msg.try_into_protocol_message().ok()?;
+    (proto.group_id().as_slice() == group.0.as_slice()).then(|| proto.epoch().as_u64())
+}

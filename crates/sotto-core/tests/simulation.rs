@@ -4,15 +4,24 @@
 //! others lag behind, the admin adds and removes a member, deliveries reach
 //! each member late and sometimes twice, members lose their state (restored
 //! from an earlier snapshot), a rogue commits what only the server accepts,
-//! and devices that fell out of sync rejoin from the server's state. The
-//! server is the real check (`sotto_core::public` and a compare-and-set on
-//! the epoch, as the store does); each member's mailbox is delivered in
-//! order, as the server's is.
+//! and devices that fell out of sync rejoin from the server's state, while
+//! members send application messages between all of it. The server is the
+//! real check (`sotto_core::public` and a compare-and-set on the epoch, as
+//! the store does; an application message only in the group's current
+//! epoch, `public::application_epoch`); each member's mailbox is delivered
+//! in order, as the server's is. A sender refused for a past epoch catches
+//! up (or rejoins) and encrypts again, and a committer reads what the
+//! server delivered before its commit's answer before it merges: as the
+//! client does.
 //!
-//! Throughout: no member is ever at an epoch the server did not accept.
-//! At the end, once every mailbox is delivered and every member that fell
-//! out of sync rejoined: every member of the server's tree agrees with the
-//! server (epoch and epoch authenticator) and reads every other member.
+//! Throughout: no member is ever at an epoch the server did not accept;
+//! every message the server accepted is read, once, by every member it
+//! was sent to that kept its state (neither restored from a backup nor
+//! out of sync since it was sent), unless it came from a member on a
+//! rogue fork. At the end, once every mailbox is delivered and every
+//! member that fell out of sync rejoined: every member of the server's
+//! tree agrees with the server (epoch and epoch authenticator) and reads
+//! every other member.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -51,6 +60,8 @@ enum Op {
     Rogue(usize),
     /// A member that noticed it is out of sync rejoins.
     Rejoin(usize),
+    /// A member sends an application message.
+    Send(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -63,6 +74,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..PEERS).prop_map(Op::Restore),
         1 => (1..PEERS).prop_map(Op::Rogue),
         2 => (0..PEERS).prop_map(Op::Rejoin),
+        6 => (0..PEERS).prop_map(Op::Send),
     ]
 }
 
@@ -70,6 +82,20 @@ fn op() -> impl Strategy<Value = Op> {
 enum Kind {
     Commit,
     Welcome,
+    /// An application message, by its index in `Sim::sent`.
+    App(usize),
+}
+
+/// An application message the server accepted.
+struct Sent {
+    from: usize,
+    text: String,
+    /// The members it was stored for that held their state then (not out
+    /// of sync, never restored): each must read it, unless it loses its
+    /// state before.
+    owed_by: Vec<usize>,
+    /// Whether its sender was on a rogue fork (nobody else can read it).
+    forked: bool,
 }
 
 type Snapshot = HashMap<Vec<u8>, Vec<u8>>;
@@ -82,6 +108,16 @@ struct Sim {
     snapshots: Vec<Option<Snapshot>>,
     /// Members that noticed they are out of sync.
     lost: Vec<bool>,
+    /// Messages the server accepted, and who read which.
+    sent: Vec<Sent>,
+    read: Vec<Vec<usize>>,
+    /// Per member: how many messages had been sent when it last lost its
+    /// state (out of sync, or restored); it owes none of those.
+    lost_at: Vec<usize>,
+    /// Members whose state was restored from a backup at some point.
+    restored: Vec<bool>,
+    /// Members on a fork of their own (their rogue commit), until they rejoin.
+    forked: Vec<bool>,
 }
 
 impl Sim {
@@ -106,7 +142,17 @@ impl Sim {
             last: vec![None; PEERS],
             snapshots: vec![None; PEERS],
             lost: vec![false; PEERS],
+            sent: Vec::new(),
+            read: Vec::new(),
+            lost_at: vec![0; PEERS],
+            restored: vec![false; PEERS],
+            forked: vec![false; PEERS],
         }
+    }
+
+    fn lose(&mut self, i: usize) {
+        self.lost[i] = true;
+        self.lost_at[i] = self.sent.len();
     }
 
     fn index(&self, d: DeviceId) -> usize {
@@ -138,7 +184,11 @@ impl Sim {
         }
         match self.server.commit(&self.peers[i], &s) {
             Ok(a) => {
+                // The server sends the committer everything stored before
+                // its commit ahead of the answer: read before merging.
+                self.deliver(i, usize::MAX);
                 self.peers[i].merge(G);
+                self.forked[i] = tamper;
                 for d in a.recipients {
                     let j = self.index(d);
                     self.mailboxes[j].push_back((Kind::Commit, s.commit.clone()));
@@ -186,19 +236,20 @@ impl Sim {
                     Ok(j) => *self.peers[i].name.borrow_mut() = j.name,
                     Err(e) if active => {
                         assert!(e.to_string().contains("already has"), "{e}");
-                        self.lost[i] = true;
+                        self.lose(i);
                     }
                     // Restored from before the KeyPackage it was added with
                     // was made: its private key is gone; it rejoins.
                     Err(e) if e.to_string().contains("No matching key package") => {
-                        self.lost[i] = true;
+                        self.lose(i);
                     }
                     Err(e) => panic!("{}: {e}", self.peers[i].me.handle),
                 }
             }
+            Kind::App(n) => self.read(i, n, bytes),
             Kind::Commit => {
                 if !mls::has_group(&p.provider, G).unwrap() {
-                    self.lost[i] = true;
+                    self.lose(i);
                     return;
                 }
                 let before = mls::epoch(&p.provider, G).unwrap();
@@ -209,13 +260,97 @@ impl Sim {
                     Err(CoreError::Behind { .. } | CoreError::Rejected(_)) => {
                         assert_eq!(mls::epoch(&p.provider, G).unwrap(), before);
                         if group::is_active(&p.provider, G).unwrap() {
-                            self.lost[i] = true;
+                            self.lose(i);
                         }
                     }
                     Err(e) => panic!("{}: {e}", p.me.handle),
                 }
             }
         }
+    }
+
+    /// Member `i` reads message `n`: it must, unless it lost its state
+    /// since the message was sent (or its sender was on a fork).
+    fn read(&mut self, i: usize, n: usize, bytes: &[u8]) {
+        let excused = !self.owes(i, n);
+        match self.peers[i].read(G, bytes) {
+            Ok(text) => {
+                assert_eq!(text, self.sent[n].text);
+                assert!(
+                    !self.read[n].contains(&i),
+                    "{} read message {n} twice",
+                    self.peers[i].me.handle
+                );
+                self.read[n].push(i);
+            }
+            Err(e) => {
+                assert!(
+                    excused,
+                    "{} lost message {n} ({:?}) from {}: {e}",
+                    self.peers[i].me.handle,
+                    self.sent[n].text,
+                    self.peers[self.sent[n].from].me.handle
+                );
+                if matches!(e, CoreError::Behind { .. }) {
+                    self.lose(i);
+                }
+            }
+        }
+    }
+
+    /// Whether member `i` must read message `n`.
+    fn owes(&self, i: usize, n: usize) -> bool {
+        let m = &self.sent[n];
+        m.owed_by.contains(&i) && !m.forked && !self.restored[i] && self.lost_at[i] <= n
+    }
+
+    /// Member `i` sends a message. The server takes it only in the group's
+    /// current epoch; refused, the sender catches up on its mailbox (or
+    /// rejoins) and encrypts it again, as the client does.
+    fn send(&mut self, i: usize) {
+        let text = format!(
+            "message {} from {}",
+            self.sent.len(),
+            self.peers[i].me.handle
+        );
+        for _ in 0..3 {
+            if !self.holds(i) || !self.members().contains(&i) {
+                return;
+            }
+            if self.lost[i] {
+                self.rejoin(i);
+            }
+            let ct = self.peers[i].send(G, &text);
+            if sotto_core::public::application_epoch(&G, &ct) == Some(self.server.epoch) {
+                let n = self.sent.len();
+                let to: Vec<usize> = self.members().into_iter().filter(|j| *j != i).collect();
+                for &j in &to {
+                    self.mailboxes[j].push_back((Kind::App(n), ct.clone()));
+                }
+                let owed_by = to
+                    .into_iter()
+                    .filter(|&j| !self.lost[j] && !self.restored[j])
+                    .collect();
+                self.sent.push(Sent {
+                    from: i,
+                    text,
+                    owed_by,
+                    forked: self.forked[i],
+                });
+                self.read.push(Vec::new());
+                return;
+            }
+            // Refused for a past epoch: catch up, then try again.
+            self.deliver(i, usize::MAX);
+            if self.holds(i) && mls::epoch(&self.peers[i].provider, G).unwrap() != self.server.epoch
+            {
+                self.lose(i);
+            }
+        }
+        panic!(
+            "{} could not send: the server kept refusing",
+            self.peers[i].me.handle
+        );
     }
 
     fn replay(&mut self, i: usize) {
@@ -228,8 +363,8 @@ impl Sim {
         // A delivery twice changes nothing: the second is refused.
         let again = match kind {
             Kind::Welcome => mls::join(&p.provider, &bytes).map(|_| ()),
-            Kind::Commit if held => p.apply(G, &bytes).map(|_| ()),
-            Kind::Commit => return,
+            Kind::Commit | Kind::App(_) if held => p.apply(G, &bytes).map(|_| ()),
+            Kind::Commit | Kind::App(_) => return,
         };
         if held {
             assert!(again.is_err(), "{}: a replay was taken", p.me.handle);
@@ -253,6 +388,8 @@ impl Sim {
             *self.peers[i].provider.storage().values.write().unwrap() = s;
             // What it took last is news again to the restored state.
             self.last[i] = None;
+            self.restored[i] = true;
+            self.lost_at[i] = self.sent.len();
         }
     }
 
@@ -263,6 +400,7 @@ impl Sim {
         match self.server.rejoin(&self.peers[i]) {
             Ok((a, commit)) => {
                 self.lost[i] = false;
+                self.forked[i] = false;
                 for d in a.recipients {
                     let j = self.index(d);
                     self.mailboxes[j].push_back((Kind::Commit, commit.clone()));
@@ -322,6 +460,7 @@ impl Sim {
                 true,
             ),
             Op::Rejoin(i) => self.rejoin(i),
+            Op::Send(i) => self.send(i),
         }
         // Nobody is past the server.
         for (i, p) in self.peers.iter().enumerate() {
@@ -352,7 +491,7 @@ impl Sim {
                 if behind {
                     // What it has seen says so, or it would by the next
                     // message: a device at another epoch than the group's.
-                    self.lost[i] = true;
+                    self.lose(i);
                     self.rejoin(i);
                     moved = true;
                 }
@@ -365,6 +504,18 @@ impl Sim {
     }
 
     fn check(&self) {
+        // Every message reached every member it was sent to that kept its
+        // state since.
+        for (n, m) in self.sent.iter().enumerate() {
+            for &j in &m.owed_by {
+                assert!(
+                    !self.owes(j, n) || self.read[n].contains(&j),
+                    "{} never read message {n} ({:?})",
+                    self.peers[j].me.handle,
+                    m.text
+                );
+            }
+        }
         let members = self.members();
         let auth = group::epoch_authenticator(&self.peers[0].provider, G).unwrap();
         for &i in &members {

@@ -84,6 +84,21 @@ fn main() -> std::io::Result<()> {
             proposal: Blob(vec![2; 20]),
         }),
         Request::GetGroupInfo { group },
+        Request::WipeWithWork {
+            wipe: WipeRequest {
+                handle: handle("bob"),
+                server_proof: [5; 32],
+                proofs: Vec::new(),
+            },
+            pow_nonce: 7,
+        },
+        Request::Block {
+            account: sotto_proto::AccountId([3; 32]),
+        },
+        Request::Unblock {
+            account: sotto_proto::AccountId([3; 32]),
+        },
+        Request::Leave { group },
     ];
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds");
     for t in ["server_requests", "wire_decode"] {

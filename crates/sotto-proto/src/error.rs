@@ -62,6 +62,12 @@ pub enum ErrorCode {
     Unavailable,
     /// A bug on the server.
     Internal,
+    /// This request needs a proof of work of `bits` bits (a kill-code guess
+    /// on an account that drew many wrong guesses: send `WipeWithWork`).
+    ProofOfWorkRequired {
+        /// The difficulty.
+        bits: u8,
+    },
 }
 
 /// A protocol error: a code, a short human-readable message and, where a
@@ -129,6 +135,7 @@ impl ErrorCode {
             Self::MailboxFull => "a recipient's mailbox is full",
             Self::Unavailable => "server temporarily unavailable",
             Self::Internal => "internal server error",
+            Self::ProofOfWorkRequired { .. } => "a proof of work is required",
         }
     }
 }

@@ -107,6 +107,34 @@ pub enum Request {
         /// The group.
         group: GroupId,
     },
+    /// `Wipe` with a proof of work on this connection's challenge and the
+    /// guess ([`crate::pow::verify_wipe`]), for an account that drew many
+    /// wrong guesses (the answer to `Wipe` is then
+    /// [`crate::ErrorCode::ProofOfWorkRequired`]). Allowed before login.
+    WipeWithWork {
+        /// The wipe order.
+        wipe: WipeRequest,
+        /// The solution.
+        pow_nonce: u64,
+    },
+    /// Block an account: its devices can no longer claim this account's
+    /// KeyPackages. Answered with `Acked`; idempotent.
+    Block {
+        /// Whom.
+        account: AccountId,
+    },
+    /// Undo [`Request::Block`]. Answered with `Acked`; idempotent.
+    Unblock {
+        /// Whom.
+        account: AccountId,
+    },
+    /// This device leaves a group alone: it is no longer routed the
+    /// group's messages, whether or not a commit removed it yet (send its
+    /// leave proposal first). Answered with `Acked`.
+    Leave {
+        /// The group.
+        group: GroupId,
+    },
 }
 
 /// An account's devices, signed by the account identity key. Peers accept a

@@ -1,6 +1,10 @@
-//! The registration proof of work of open servers: find a `nonce` such that
-//! SHA-256("sotto-pow-v1" ‖ challenge ‖ handle ‖ nonce) starts with `bits` zero
-//! bits. The challenge is the connection's, so a solution is good for one
+//! Proofs of work: find a `nonce` such that a SHA-256 over the connection's
+//! challenge, the request's subject and `nonce` starts with `bits` zero bits.
+//! The registration of open servers hashes
+//! ("sotto-pow-v1\0" ‖ challenge ‖ handle ‖ nonce); a kill-code guess on an
+//! account that drew many wrong guesses hashes ("sotto-wipe-pow-v1\0" ‖
+//! challenge ‖ handle ‖ server proof ‖ nonce), so each guess costs its own
+//! work. The challenge is the connection's, so a solution is good for one
 //! connection only.
 
 use sha2::{Digest, Sha256};
@@ -10,6 +14,17 @@ fn hash(challenge: &[u8; 32], handle: &str, nonce: u64) -> [u8; 32] {
     h.update(b"sotto-pow-v1\0");
     h.update(challenge);
     h.update(handle.as_bytes());
+    h.update(nonce.to_le_bytes());
+    h.finalize().into()
+}
+
+fn wipe_hash(challenge: &[u8; 32], handle: &str, server_proof: &[u8; 32], nonce: u64) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"sotto-wipe-pow-v1\0");
+    h.update(challenge);
+    h.update((handle.len() as u64).to_le_bytes());
+    h.update(handle.as_bytes());
+    h.update(server_proof);
     h.update(nonce.to_le_bytes());
     h.finalize().into()
 }
@@ -39,6 +54,25 @@ pub fn solve(challenge: &[u8; 32], handle: &str, bits: u8) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
+/// Whether `nonce` is a proof of work of `bits` for one kill-code guess
+/// (`server_proof`) on `handle`, on this connection's challenge.
+pub fn verify_wipe(
+    challenge: &[u8; 32],
+    handle: &str,
+    server_proof: &[u8; 32],
+    nonce: u64,
+    bits: u8,
+) -> bool {
+    leading_zero_bits(&wipe_hash(challenge, handle, server_proof, nonce)) >= u32::from(bits)
+}
+
+/// Finds a proof of work for one kill-code guess by counting up from zero.
+pub fn solve_wipe(challenge: &[u8; 32], handle: &str, server_proof: &[u8; 32], bits: u8) -> u64 {
+    (0u64..)
+        .find(|n| verify_wipe(challenge, handle, server_proof, *n, bits))
+        .unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,5 +86,14 @@ mod tests {
         // alice on this challenge does not solve another handle or challenge.
         assert!(!verify(&c, "mallory", n, 12));
         assert!(!verify(&[8u8; 32], "alice", n, 12));
+    }
+
+    #[test]
+    fn a_wipe_solution_is_bound_to_its_guess() {
+        let c = [7u8; 32];
+        let n = solve_wipe(&c, "alice", &[1; 32], 12);
+        assert!(verify_wipe(&c, "alice", &[1; 32], n, 12));
+        assert!(!verify_wipe(&c, "alice", &[2; 32], n, 12));
+        assert!(!verify_wipe(&[8u8; 32], "alice", &[1; 32], n, 12));
     }
 }

@@ -54,6 +54,23 @@ fn request() -> impl Strategy<Value = Request> {
             })
         }),
         any::<[u8; 32]>().prop_map(|g| Request::GetGroupInfo { group: GroupId(g) }),
+        (handle(), any::<[u8; 32]>(), any::<u64>()).prop_map(|(handle, proof, pow_nonce)| {
+            Request::WipeWithWork {
+                wipe: sotto_proto::WipeRequest {
+                    handle,
+                    server_proof: proof,
+                    proofs: Vec::new(),
+                },
+                pow_nonce,
+            }
+        }),
+        any::<[u8; 32]>().prop_map(|a| Request::Block {
+            account: sotto_proto::AccountId(a)
+        }),
+        any::<[u8; 32]>().prop_map(|a| Request::Unblock {
+            account: sotto_proto::AccountId(a)
+        }),
+        any::<[u8; 32]>().prop_map(|g| Request::Leave { group: GroupId(g) }),
         (
             any::<[u8; 32]>(),
             any::<u64>(),

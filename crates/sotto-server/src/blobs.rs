@@ -37,9 +37,17 @@ fn io(e: std::io::Error) -> StoreError {
 }
 
 impl FsBlobStore {
-    /// Blobs under `dir`, created if needed.
+    /// Blobs under `dir`, created if needed (mode 0700, whatever the
+    /// umask; a folder that exists keeps its mode).
     pub fn open(dir: PathBuf) -> Result<Self, StoreError> {
-        fs::create_dir_all(&dir).map_err(io)?;
+        let mut b = fs::DirBuilder::new();
+        b.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            b.mode(0o700);
+        }
+        b.create(&dir).map_err(io)?;
         Ok(Self { dir })
     }
 
@@ -50,12 +58,15 @@ impl FsBlobStore {
 
 impl BlobStore for FsBlobStore {
     fn append(&self, blob: BlobId, offset: u64, data: &[u8]) -> Result<(), StoreError> {
-        let mut f = fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .open(self.path(blob))
-            .map_err(io)?;
+        let mut opts = fs::OpenOptions::new();
+        opts.create(true).write(true).truncate(false);
+        #[cfg(unix)]
+        {
+            // Readable by the server's user only, from the first byte.
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(self.path(blob)).map_err(io)?;
         // A crash may have left bytes past what the store counted: cut them.
         f.set_len(offset).map_err(io)?;
         f.seek(SeekFrom::Start(offset)).map_err(io)?;

@@ -66,8 +66,14 @@ pub struct Limits {
     pub requests_per_second: f64,
     /// Token bucket burst.
     pub request_burst: f64,
-    /// Wrong kill codes allowed per account per `kill_code_window`.
+    /// Wrong kill codes allowed per (source address, account) per
+    /// `kill_code_window` (then that source waits); and per account from
+    /// all sources, after which every guess needs a proof of work of
+    /// `kill_code_pow_bits`.
     pub kill_code_guesses: u32,
+    /// The proof of work a kill-code guess needs on an account that drew
+    /// `kill_code_guesses` wrong guesses in the window.
+    pub kill_code_pow_bits: u8,
     /// The window for `kill_code_guesses`.
     pub kill_code_window: Duration,
     /// How often expired messages are deleted.
@@ -111,6 +117,7 @@ impl Default for Limits {
             requests_per_second: 50.0,
             request_burst: 200.0,
             kill_code_guesses: 5,
+            kill_code_pow_bits: 20,
             kill_code_window: Duration::from_secs(15 * 60),
             purge_interval: Duration::from_secs(1),
             max_attachment_bytes: 25 * 1024 * 1024,
@@ -146,6 +153,14 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// How long a shutdown waits for connections to close before cutting them.
     pub shutdown_grace: Duration,
+    /// With a cluster bus, how often the node reads the heads of its
+    /// connected devices' mailboxes, so that mail whose wake-up the bus
+    /// lost is still delivered (`crate::watch`); zero turns it off.
+    pub store_poll: Duration,
+    /// A connection that could not read its mailbox from the store for
+    /// this long is closed with a retryable error, so its client moves to
+    /// a node that can.
+    pub store_outage_close: Duration,
 }
 
 impl Default for ServerConfig {
@@ -155,6 +170,8 @@ impl Default for ServerConfig {
             mailbox_ttl: Duration::from_secs(30 * 24 * 3600),
             limits: Limits::default(),
             shutdown_grace: Duration::from_secs(10),
+            store_poll: Duration::from_millis(500),
+            store_outage_close: Duration::from_secs(3),
         }
     }
 }

@@ -317,7 +317,10 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             }),
             // A lost handset's owner wipes it from any machine, without an account.
             (Request::WipeInfo { handle }, _) => self.wipe_info(handle).await,
-            (Request::Wipe(w), _) => self.wipe(w).await,
+            (Request::Wipe(w), _) => self.wipe(w, None).await,
+            (Request::WipeWithWork { wipe, pow_nonce }, _) => {
+                self.wipe(wipe, Some(pow_nonce)).await
+            }
             (Request::Register(r), false) => self.register(*r).await,
             (Request::Login(l), false) => self.login(l).await,
             (Request::Register(_) | Request::Login(_), true) => Err(ProtoError::with_message(
@@ -349,6 +352,9 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             (Request::BlobFetched { blob }, true) => self.blob_fetched(blob).await,
             (Request::Propose(p), true) => self.propose(p).await,
             (Request::GetGroupInfo { group }, true) => self.group_info(group).await,
+            (Request::Block { account }, true) => self.block(account, true).await,
+            (Request::Unblock { account }, true) => self.block(account, false).await,
+            (Request::Leave { group }, true) => self.leave(group).await,
         };
         let m = &self.shared.metrics;
         m.request_seconds
@@ -361,6 +367,13 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             if e.code == ErrorCode::Unavailable {
                 m.store_unavailable.inc();
             }
+        }
+        // A device learns that its commit was applied only after every
+        // delivery stored before the commit: it reads the messages of the
+        // epoch its commit ends before it merges the commit (docs/PROTOCOL.md).
+        if let (Ok(Response::Committed { .. }), Some(s)) = (&result, &self.session) {
+            let device = s.device;
+            self.pump(device).await?;
         }
         let auth_failed = matches!(&result, Err(e) if e.code == ErrorCode::AuthFailed);
         self.respond(f.req, result).await?;
@@ -601,6 +614,18 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
         let claimer = self.device()?;
         self.lookup_allowed()?;
         self.claim_allowed(claimer, &handle)?;
+        // Someone who blocked this account is, to it, a handle without an
+        // account: no KeyPackage to add them with.
+        let account = self.account()?;
+        if self
+            .shared
+            .store
+            .blocked_by(handle.clone(), account)
+            .await
+            .map_err(|e| self.log_store(&e))?
+        {
+            return Err(ProtoError::new(ErrorCode::UnknownHandle));
+        }
         let got = self
             .shared
             .store
@@ -659,6 +684,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             payload,
             now_ms: now,
             expires_ms: now.saturating_add(ttl_ms(&self.shared.config.mailbox_ttl)),
+            epoch: None,
         }
     }
 
@@ -666,7 +692,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
     /// (`sotto_core::public`) before the store applies it with a
     /// compare-and-set on the epoch: the server accepts only commits every
     /// member will apply, and routes to the members the tree names.
-    async fn commit(&mut self, c: CommitRequest) -> Result<Response, ProtoError> {
+    async fn commit(&mut self, mut c: CommitRequest) -> Result<Response, ProtoError> {
         let device = self.device()?;
         let too_big = [
             Some(&c.commit),
@@ -703,9 +729,12 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             _ => {}
         }
         let (group, welcome) = (c.group, c.welcome.is_some());
-        let (commit, group_info, base) =
-            (c.commit.0.clone(), c.group_info.0.clone(), c.base.clone());
-        let accepted = tokio::task::spawn_blocking(move || {
+        // The bytes go to the check and come back for the store (a commit
+        // or GroupInfo may be megabytes: not copied).
+        let commit = std::mem::take(&mut c.commit.0);
+        let group_info = std::mem::take(&mut c.group_info.0);
+        let base = c.base.take();
+        let (accepted, commit, group_info) = tokio::task::spawn_blocking(move || {
             let crypto = openmls_libcrux_crypto::CryptoProvider::new()
                 .map_err(|e| sotto_core::CoreError::Internal(format!("{e:?}")))?;
             let held = held.as_ref().map(|h| sotto_core::public::Held {
@@ -722,6 +751,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
                 &group_info,
                 welcome,
             )
+            .map(|a| (a, commit, group_info))
         })
         .await
         .map_err(|_| ProtoError::new(ErrorCode::Internal))?
@@ -729,14 +759,12 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
         if accepted.members.len() > self.shared.config.limits.max_group_devices {
             return Err(ProtoError::new(ErrorCode::TooLarge));
         }
+        let welcome = c.welcome.take();
         let w = CommitWrite {
             state: accepted.state,
-            group_info: c.group_info.0.clone(),
-            commit: Some(self.outgoing(&c, EnvelopeKind::Commit, c.commit.0.clone(), device)),
-            welcome: c
-                .welcome
-                .clone()
-                .map(|w| self.outgoing(&c, EnvelopeKind::Welcome, w.0, device)),
+            group_info,
+            commit: Some(self.outgoing(&c, EnvelopeKind::Commit, commit, device)),
+            welcome: welcome.map(|w| self.outgoing(&c, EnvelopeKind::Welcome, w.0, device)),
             welcome_recipients: accepted.added,
             group: c.group,
             sender: device,
@@ -802,6 +830,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
                 payload: p.proposal.0,
                 now_ms: now,
                 expires_ms: now.saturating_add(ttl_ms(&self.shared.config.mailbox_ttl)),
+                epoch: None,
             },
             epoch,
             mailbox_cap: self.mailbox_cap(),
@@ -852,6 +881,15 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
         if s.payload.0.len() > MAX_PAYLOAD_BYTES {
             return Err(ProtoError::new(ErrorCode::TooLarge));
         }
+        // Only an MLS application message of this group, and only in the
+        // group's current epoch (checked by the store as it stores it): a
+        // member meets it before the commit that ends its epoch.
+        let Some(epoch) = sotto_core::public::application_epoch(&s.group, &s.payload.0) else {
+            return Err(ProtoError::with_message(
+                ErrorCode::InvalidRequest,
+                "not an MLS application message of this group",
+            ));
+        };
         let now = now_ms();
         let ttl = ttl_ms(&self.shared.config.mailbox_ttl).min(s.ttl_ms.unwrap_or(u64::MAX));
         let m = Outgoing {
@@ -862,6 +900,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             payload: s.payload.0,
             now_ms: now,
             expires_ms: now.saturating_add(ttl),
+            epoch: Some(epoch),
         };
         match self.shared.store.send(m, self.mailbox_cap()).await {
             Ok(out) => {
@@ -872,6 +911,10 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
                 })
             }
             Err(SendError::NotMember) => Err(ProtoError::new(ErrorCode::NotMember)),
+            // Counted with the other errors, by code (`request_errors`).
+            Err(SendError::StaleEpoch(current)) => {
+                Err(ProtoError::new(ErrorCode::StaleEpoch { current }))
+            }
             Err(SendError::MailboxFull) => {
                 Err(ProtoError::new(ErrorCode::MailboxFull).retry_after(60_000))
             }
@@ -980,6 +1023,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             payload: payload.0,
             now_ms: now,
             expires_ms: now.saturating_add(ttl_ms(&self.shared.config.mailbox_ttl)),
+            epoch: None,
         };
         match self
             .shared
@@ -998,6 +1042,8 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
                 Err(ProtoError::new(ErrorCode::MailboxFull).retry_after(60_000))
             }
             Err(SendError::NotMember) => Err(ProtoError::new(ErrorCode::UnknownAccount)),
+            // Device messages name no epoch.
+            Err(SendError::StaleEpoch(_)) => Err(ProtoError::new(ErrorCode::Internal)),
             Err(SendError::Store(e)) => Err(self.log_store(&e)),
         }
     }
@@ -1079,52 +1125,105 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
         })
     }
 
-    /// Counts a wrong guess; `Err` once the account's window is used up.
-    fn guess_allowed(
+    /// The store keys of the kill-code guesses at `account`: the account's
+    /// own (every source), and this source's (an IPv4 address, an IPv6 /64,
+    /// which one holder has whole). Hashed: the store keeps no address.
+    fn guess_keys(&self, account: &sotto_proto::AccountId) -> ([u8; 32], [u8; 32]) {
+        let whole = Sha256::new()
+            .chain_update(b"sotto-kill-guesses-account-v1\0")
+            .chain_update(account.0)
+            .finalize()
+            .into();
+        let prefix: Vec<u8> = match self.source {
+            std::net::IpAddr::V4(a) => a.octets().to_vec(),
+            std::net::IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(v4) => v4.octets().to_vec(),
+                None => a.octets()[..8].to_vec(),
+            },
+        };
+        let source = Sha256::new()
+            .chain_update(b"sotto-kill-guesses-source-v1\0")
+            .chain_update(account.0)
+            .chain_update(&prefix)
+            .finalize()
+            .into();
+        (whole, source)
+    }
+
+    /// Whether a kill-code guess at `account` may be checked: this source
+    /// has wrong guesses left (fail closed, for this source only), and once
+    /// the account drew its allowance of wrong guesses from anyone, the
+    /// guess carries a proof of work. The right code from another source
+    /// is never refused, only made to cost the work.
+    async fn guess_allowed(
         &self,
-        account: sotto_proto::AccountId,
-        failed: bool,
+        account: &sotto_proto::AccountId,
+        w: &sotto_proto::WipeRequest,
+        pow_nonce: Option<u64>,
     ) -> Result<(), ProtoError> {
         let limits = &self.shared.config.limits;
-        let mut g = self
-            .shared
-            .kill_guesses
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        if g.len() >= 10_000 {
-            // Decoy accounts of unknown handles must not grow it forever.
-            g.retain(|_, e| now.duration_since(e.window_start) <= limits.kill_code_window);
-        }
-        let e = g.entry(account).or_insert(crate::server::Guesses {
-            failures: 0,
-            window_start: now,
-        });
-        if now.duration_since(e.window_start) > limits.kill_code_window {
-            *e = crate::server::Guesses {
-                failures: 0,
-                window_start: now,
-            };
-        }
-        if e.failures >= limits.kill_code_guesses {
-            let left = limits
-                .kill_code_window
-                .saturating_sub(now.duration_since(e.window_start));
+        let (whole, source) = self.guess_keys(account);
+        let now = now_ms();
+        let store = &self.shared.store;
+        let mine = store
+            .kill_guesses(source, now)
+            .await
+            .map_err(|e| self.log_store(&e))?;
+        if mine.failures >= limits.kill_code_guesses {
             return Err(ProtoError::with_message(
                 ErrorCode::RateLimited,
                 "too many wrong kill codes",
             )
-            .retry_after(u64::try_from(left.as_millis()).unwrap_or(u64::MAX)));
+            .retry_after(mine.until_ms.saturating_sub(now).max(1)));
         }
-        if failed {
-            e.failures += 1;
+        let all = store
+            .kill_guesses(whole, now)
+            .await
+            .map_err(|e| self.log_store(&e))?;
+        if all.failures >= limits.kill_code_guesses {
+            let bits = limits.kill_code_pow_bits;
+            let worked = pow_nonce.is_some_and(|n| {
+                sotto_proto::pow::verify_wipe(
+                    &self.challenge,
+                    w.handle.as_str(),
+                    &w.server_proof,
+                    n,
+                    bits,
+                )
+            });
+            if !worked {
+                return Err(ProtoError::with_message(
+                    ErrorCode::ProofOfWorkRequired { bits },
+                    "this account drew many wrong kill codes: a proof of work is required",
+                ));
+            }
         }
         Ok(())
     }
 
-    async fn wipe(&mut self, w: sotto_proto::WipeRequest) -> Result<Response, ProtoError> {
+    /// Counts a wrong guess at `account`, for it and for this source.
+    async fn guess_failed(&self, account: &sotto_proto::AccountId) -> ProtoError {
+        let (whole, source) = self.guess_keys(account);
+        let window = u64::try_from(self.shared.config.limits.kill_code_window.as_millis())
+            .unwrap_or(u64::MAX);
+        match self
+            .shared
+            .store
+            .kill_guess_failed(vec![whole, source], now_ms(), window)
+            .await
+        {
+            Ok(()) => ProtoError::new(ErrorCode::InvalidKillCode),
+            // A guess that could not be counted was not checked either.
+            Err(e) => self.log_store(&e),
+        }
+    }
+
+    async fn wipe(
+        &mut self,
+        w: sotto_proto::WipeRequest,
+        pow_nonce: Option<u64>,
+    ) -> Result<Response, ProtoError> {
         self.lookup_allowed()?;
-        let wrong = || ProtoError::new(ErrorCode::InvalidKillCode);
         let target = self
             .shared
             .store
@@ -1141,15 +1240,12 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
                     .finalize()
                     .into(),
             );
-            self.guess_allowed(decoy, true)?;
-            return Err(wrong());
+            self.guess_allowed(&decoy, &w, pow_nonce).await?;
+            return Err(self.guess_failed(&decoy).await);
         };
-        // Fail closed: once the account's guesses are used up, even the
-        // right code waits for the window to pass.
-        self.guess_allowed(target.account, false)?;
+        self.guess_allowed(&target.account, &w, pow_nonce).await?;
         let Some(record) = target.record else {
-            self.guess_allowed(target.account, true)?;
-            return Err(wrong());
+            return Err(self.guess_failed(&target.account).await);
         };
         let check = {
             let mut h = Sha256::new();
@@ -1162,8 +1258,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             &check[..],
             &record.server_check[..],
         )) {
-            self.guess_allowed(target.account, true)?;
-            return Err(wrong());
+            return Err(self.guess_failed(&target.account).await);
         }
         let now = now_ms();
         let mut queued = 0u32;
@@ -1180,6 +1275,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
                 payload: postcard::to_stdvec(&order).unwrap_or_default(),
                 now_ms: now,
                 expires_ms: now.saturating_add(ttl_ms(&self.shared.config.mailbox_ttl)),
+                epoch: None,
             };
             match self
                 .shared
@@ -1308,6 +1404,33 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
         Ok(Response::Forgotten)
     }
 
+    /// This account blocks (or unblocks) `blocked`: its claims of this
+    /// account's KeyPackages are refused.
+    async fn block(
+        &mut self,
+        blocked: sotto_proto::AccountId,
+        on: bool,
+    ) -> Result<Response, ProtoError> {
+        let account = self.account()?;
+        self.shared
+            .store
+            .set_block(account, blocked, on)
+            .await
+            .map_err(|e| self.log_store(&e))?;
+        Ok(Response::Acked)
+    }
+
+    /// This device leaves `group` alone: no more routing of it here.
+    async fn leave(&mut self, group: sotto_proto::GroupId) -> Result<Response, ProtoError> {
+        let device = self.device()?;
+        self.shared
+            .store
+            .leave_group(group, device)
+            .await
+            .map_err(|e| self.log_store(&e))?;
+        Ok(Response::Acked)
+    }
+
     async fn ack(&mut self, seqs: Vec<u64>) -> Result<Response, ProtoError> {
         let device = self.device()?;
         if seqs.len() > MAX_ACKS_PER_FRAME {
@@ -1399,6 +1522,9 @@ fn request_kind(r: &Request) -> &'static str {
         Request::WipeInfo { .. } => "wipe_info",
         Request::Wipe(_) => "wipe",
         Request::WipeDone => "wipe_done",
+        Request::WipeWithWork { .. } => "wipe",
+        Request::Block { .. } | Request::Unblock { .. } => "block",
+        Request::Leave { .. } => "leave",
         Request::PutBlob(_) => "put_blob",
         Request::GetBlob { .. } => "get_blob",
         Request::BlobFetched { .. } => "blob_fetched",

@@ -40,16 +40,19 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 impl DataDir {
-    /// Opens `root`, creating it (mode 0700) if it does not exist.
+    /// Opens `root`, creating it (mode 0700 from the start, whatever the
+    /// umask) if it does not exist.
     pub fn open_or_create(root: &Path) -> anyhow::Result<Self> {
         if !root.exists() {
-            fs::create_dir_all(root)
-                .with_context(|| format!("cannot create data directory {}", root.display()))?;
+            let mut b = fs::DirBuilder::new();
+            b.recursive(true);
             #[cfg(unix)]
             {
-                use std::os::unix::fs::PermissionsExt;
-                fs::set_permissions(root, fs::Permissions::from_mode(0o700))?;
+                use std::os::unix::fs::DirBuilderExt;
+                b.mode(0o700);
             }
+            b.create(root)
+                .with_context(|| format!("cannot create data directory {}", root.display()))?;
         }
         Ok(Self {
             root: root.to_owned(),

@@ -34,9 +34,6 @@ pub struct Shared<S, B> {
         Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
     /// KeyPackage claims per claimer, and per (claimer, target account).
     pub(crate) claims: std::sync::Mutex<Claims>,
-    /// Failed kill-code guesses per account.
-    pub(crate) kill_guesses:
-        std::sync::Mutex<std::collections::HashMap<sotto_proto::AccountId, Guesses>>,
     /// Registrations, failed logins and lookups per source address.
     pub(crate) sources: crate::guard::SourceGuards,
 }
@@ -93,13 +90,6 @@ pub(crate) struct Claims {
         std::collections::HashMap<(sotto_proto::DeviceId, sotto_proto::Handle), u32>,
 }
 
-/// Failed guesses in the current window.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Guesses {
-    pub(crate) failures: u32,
-    pub(crate) window_start: tokio::time::Instant,
-}
-
 impl<S, B> Shared<S, B> {
     /// Shared state for `run`.
     pub fn new(
@@ -114,7 +104,6 @@ impl<S, B> Shared<S, B> {
             blobs,
             config,
             metrics: Arc::default(),
-            kill_guesses: Default::default(),
             per_source: Default::default(),
             claims: Default::default(),
             sources: Default::default(),

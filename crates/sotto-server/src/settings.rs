@@ -33,6 +33,13 @@ pub struct Settings {
     pub bus: String,
     /// Prefix of the NATS subjects, so clusters can share one NATS.
     pub bus_subject_prefix: String,
+    /// With a NATS bus: milliseconds between reads of the mailbox heads of
+    /// this node's connected devices (delivery when NATS loses wake-ups);
+    /// 0 turns it off.
+    pub store_poll_ms: u64,
+    /// Seconds a connection may fail to read its mailbox from the store
+    /// before it is closed with a retryable error (its client moves on).
+    pub store_outage_close_secs: u64,
     /// Attachment directory (default: `blobs` in the data directory). Nodes
     /// of a cluster must share it.
     pub blob_dir: String,
@@ -77,6 +84,7 @@ pub struct LimitSettings {
     pub requests_per_second: f64,
     pub request_burst: f64,
     pub kill_code_guesses: u32,
+    pub kill_code_pow_bits: u8,
     pub kill_code_window_secs: u64,
     pub claims_per_claimer: u32,
     pub claims_per_target: u32,
@@ -110,6 +118,7 @@ impl Default for LimitSettings {
             requests_per_second: l.requests_per_second,
             request_burst: l.request_burst,
             kill_code_guesses: l.kill_code_guesses,
+            kill_code_pow_bits: l.kill_code_pow_bits,
             kill_code_window_secs: l.kill_code_window.as_secs(),
             claims_per_claimer: l.claims_per_claimer,
             claims_per_target: l.claims_per_target,
@@ -136,6 +145,8 @@ impl Default for Settings {
             store_max_connections: 16,
             bus: "local".into(),
             bus_subject_prefix: "sotto".into(),
+            store_poll_ms: 500,
+            store_outage_close_secs: 3,
             blob_dir: String::new(),
             registration: "invite".into(),
             pow_bits: 20,
@@ -274,6 +285,10 @@ impl Settings {
         if self.limits.requests_per_second <= 0.0 || self.limits.request_burst < 1.0 {
             return Err("limits.requests_per_second must be > 0 and request_burst >= 1".into());
         }
+        if self.limits.kill_code_pow_bits > 32 {
+            // A proof of work the owner cannot pay would lock the right code out.
+            return Err("limits.kill_code_pow_bits must be at most 32".into());
+        }
         Ok(())
     }
 
@@ -342,6 +357,7 @@ impl Settings {
                 requests_per_second: l.requests_per_second,
                 request_burst: l.request_burst,
                 kill_code_guesses: l.kill_code_guesses,
+                kill_code_pow_bits: l.kill_code_pow_bits,
                 kill_code_window: secs(l.kill_code_window_secs),
                 purge_interval: secs(l.purge_interval_secs.max(1)),
                 max_attachment_bytes: self.max_attachment_mib.saturating_mul(1024 * 1024),
@@ -364,6 +380,8 @@ impl Settings {
                 },
             },
             shutdown_grace: secs(self.shutdown_grace_secs),
+            store_poll: Duration::from_millis(self.store_poll_ms),
+            store_outage_close: secs(self.store_outage_close_secs.max(1)),
         })
     }
 

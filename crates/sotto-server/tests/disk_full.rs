@@ -116,7 +116,10 @@ async fn a_full_disk_refuses_new_writes_temporarily_and_loses_nothing() {
     let ids: Vec<u8> = got[1..].iter().map(|d| d.envelope.msg_id.0[0]).collect();
     assert_eq!(ids, (1..=accepted).collect::<Vec<_>>());
     for d in &got[1..] {
-        assert_eq!(d.envelope.payload.0, vec![d.envelope.msg_id.0[0]; 4000]);
+        assert_eq!(
+            d.envelope.payload.0,
+            common::payload(g, d.envelope.msg_id.0[0], 4000)
+        );
     }
 
     // Space returns: the refused message and the chunk go through.

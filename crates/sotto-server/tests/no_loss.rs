@@ -98,7 +98,7 @@ async fn run(ops: Vec<Op>) {
                     sender_conns[from] = Some(w.login(&devices[from]).await);
                 }
                 let conn = sender_conns[from].as_mut().unwrap();
-                let payload = vec![id; size];
+                let payload = common::payload(g, id, size);
                 match send(conn, g, id, size).await {
                     Ok(Response::Accepted { duplicate: false }) => {
                         let first = accepted.insert((from, id), payload);

@@ -245,3 +245,62 @@ impl Member {
         mls::epoch(&self.provider, g).expect("a group")
     }
 }
+
+/// `body` in the MLS framing of an application message of `group` at
+/// `epoch` (a PrivateMessage whose header is right and whose sealed parts
+/// are `body`): what the server's framing check lets through, for load
+/// generators and tests that send opaque bytes. No member can decrypt it.
+pub fn framed_application(group: GroupId, epoch: u64, body: &[u8]) -> Vec<u8> {
+    // RFC 9420 §6: MLSMessage { version = mls10 (1), wire_format =
+    // mls_private_message (2), PrivateMessage { group_id<V>, epoch,
+    // content_type = application (1), authenticated_data<V>,
+    // encrypted_sender_data<V>, ciphertext<V> } }.
+    let mut out = Vec::with_capacity(body.len() + 64);
+    out.extend_from_slice(&1u16.to_be_bytes());
+    out.extend_from_slice(&2u16.to_be_bytes());
+    vector(&mut out, &group.0);
+    out.extend_from_slice(&epoch.to_be_bytes());
+    out.push(1);
+    vector(&mut out, &[]);
+    vector(&mut out, &[0x5e; 16]);
+    vector(&mut out, body);
+    out
+}
+
+/// An MLS variable-length vector (RFC 9420 §2.1.2).
+fn vector(out: &mut Vec<u8>, bytes: &[u8]) {
+    let n = bytes.len();
+    if n < 1 << 6 {
+        out.push(n as u8);
+    } else if n < 1 << 14 {
+        out.extend_from_slice(&(0x4000 | n as u16).to_be_bytes());
+    } else {
+        assert!(n < 1 << 30, "too long for an MLS vector");
+        out.extend_from_slice(&(0x8000_0000 | n as u32).to_be_bytes());
+    }
+    out.extend_from_slice(bytes);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The server's own reading of the framing agrees, at every length class.
+    #[test]
+    fn framed_application_reads_as_an_application_message() {
+        let g = GroupId([4; 32]);
+        for len in [0, 63, 64, 16_383, 16_384, 70_000] {
+            let bytes = framed_application(g, 7, &vec![1; len]);
+            assert_eq!(
+                sotto_core::public::application_epoch(&g, &bytes),
+                Some(7),
+                "{len}"
+            );
+            assert_eq!(
+                sotto_core::public::application_epoch(&GroupId([5; 32]), &bytes),
+                None
+            );
+        }
+        assert_eq!(sotto_core::public::application_epoch(&g, b"junk"), None);
+    }
+}

@@ -114,11 +114,34 @@ fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
         std::fs::remove_file(path)
             .map_err(|e| anyhow::anyhow!("{}: cannot replace: {e}", path.display()))?;
     }
-    let l = tokio::net::UnixListener::bind(path)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(l)
+    bind_private(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Binds a socket at `path` that only this user can connect to from its
+/// first moment, whatever the umask: it is bound inside a fresh folder of
+/// mode 0700 beside `path`, made 0600 there, then renamed into place (a
+/// bound socket keeps working under its new name).
+fn bind_private(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    // Never an existing folder: `create` fails on one (someone else's too).
+    let private = parent.join(format!(".sotto-daemon-{}-{nanos}", std::process::id()));
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let inside = private.join("socket");
+    let bound = tokio::net::UnixListener::bind(&inside).and_then(|l| {
+        std::fs::set_permissions(&inside, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&inside, path)?;
+        Ok(l)
+    });
+    let _ = std::fs::remove_file(&inside);
+    let _ = std::fs::remove_dir(&private);
+    bound
 }
 
 async fn accept_loop(l: &tokio::net::UnixListener, me: &Me) -> anyhow::Result<()> {

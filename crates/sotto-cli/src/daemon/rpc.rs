@@ -189,6 +189,13 @@ pub fn method(name: &str, p: &Value) -> Result<Method, RpcError> {
         "groupLeave" => Op::GroupLeave {
             group: string(p, "group")?,
         },
+        "block" => Op::Block {
+            handle: string(p, "handle")?,
+        },
+        "unblock" => Op::Unblock {
+            handle: string(p, "handle")?,
+        },
+        "blocked" => Op::Blocked,
         "groupRename" => Op::GroupRename {
             group: string(p, "group")?,
             name: string(p, "name")?,

@@ -1,35 +1,25 @@
 //! Text from the network made safe to draw, and small text helpers: no
 //! terminal control characters or bidirectional overrides reach the
-//! screen, times are shown as `HH:MM` (UTC), long lines are wrapped.
+//! screen (they are shown as the visible escapes of [`crate::display`],
+//! as on the command line), times are shown as `HH:MM` (UTC), long lines
+//! are wrapped.
 
 use unicode_width::UnicodeWidthChar;
 
-/// Whether a character may be drawn: not a control character (escape
-/// sequences start with one) and not a bidirectional override, which
-/// could make text read differently from what was sent.
+/// Whether a character typed or pasted may be kept: not one that steers
+/// the terminal or hides or reorders text.
 fn drawable(c: char) -> bool {
-    !c.is_control()
-        && !matches!(
-            c,
-            '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
-        )
+    !sotto_client::names::hides_text(c)
 }
 
-/// One line of untrusted text: control characters become `�`, tabs and
-/// newlines spaces.
+/// One line of untrusted text: [`crate::display::visible`].
 pub fn clean(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            '\t' | '\n' | '\r' => ' ',
-            c if drawable(c) => c,
-            _ => '\u{FFFD}',
-        })
-        .collect()
+    crate::display::visible(s)
 }
 
 /// Untrusted text that may span lines: each line cleaned.
 pub fn clean_lines(s: &str) -> Vec<String> {
-    s.split('\n').map(clean).collect()
+    crate::display::visible_lines(s)
 }
 
 /// Text pasted or typed into the composer: control characters dropped,
@@ -78,13 +68,12 @@ mod tests {
 
     #[test]
     fn escape_sequences_and_overrides_never_reach_the_screen() {
-        let hostile = "hi\x1b[2J\x1b]0;pwned\x07 \u{202E}gnp.exe\u{9b}31m";
-        let shown = clean(hostile);
+        let shown = clean(crate::display::HOSTILE);
         assert!(!shown.chars().any(|c| c.is_control()), "{shown:?}");
         assert!(!shown.contains('\u{202E}'));
-        assert!(shown.starts_with("hi"));
-        assert_eq!(clean_lines("a\nb\x1bc"), ["a", "b\u{FFFD}c"]);
-        assert_eq!(clean_input("x\x1b[A\r\ny\tz"), "x[A\ny z");
+        assert!(shown.starts_with("hi\\e]0;pwned\\x07"), "{shown:?}");
+        assert_eq!(clean_lines("a\nb\x1bc"), ["a", "b\\ec"]);
+        assert_eq!(clean_input("x\x1b[A\r\ny\tz\u{202e}"), "x[A\ny z");
     }
 
     #[test]

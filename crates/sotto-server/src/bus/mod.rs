@@ -20,13 +20,26 @@ use tokio::sync::Notify;
 pub trait Bus: Send + Sync + 'static {
     /// Starts listening for `device`; notifications stop when the
     /// [`Subscription`] is dropped. When the future completes, every
-    /// later publish for `device` reaches it (or the bus is down, and it
-    /// will wake every subscription when it is back).
+    /// later publish for `device` reaches it; or the bus could not confirm
+    /// the subscription at once (it is down, or slow), and wakes it once
+    /// when it does. The future never waits long on another node.
     fn subscribe(&self, device: DeviceId) -> impl Future<Output = Subscription> + Send;
     /// Tells every connection of these devices to look at its mailbox.
     /// Never waits on another node: a bus that cannot keep up drops
     /// notifications (the message stays in the store).
     fn publish(&self, devices: &[DeviceId]);
+
+    /// Whether the bus reaches the other nodes right now (for `/readyz`,
+    /// `/busz` and `sotto_bus_connected`). A node-local bus always does.
+    fn connected(&self) -> bool {
+        true
+    }
+
+    /// Whether wake-ups can be lost (a bus between nodes): the node then
+    /// also watches the store (`crate::watch`).
+    fn may_lose_wakeups(&self) -> bool {
+        false
+    }
 }
 
 /// A live subscription: wait on [`Subscription::notified`].

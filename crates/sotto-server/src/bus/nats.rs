@@ -6,8 +6,11 @@
 //! a background task that publishes them to NATS; a node ignores its own
 //! wake-ups coming back. NATS carries nothing but device ids: the message
 //! is in the [`crate::store::Store`] before anyone is woken, and no answer
-//! to a client waits on NATS. When NATS is unreachable, wake-ups for other
-//! nodes are dropped; when the connection comes back, the node wakes every
+//! to a client waits on NATS: a subscription is made in the background
+//! (a login never waits for it), and a node starts while NATS is
+//! unreachable and connects when it can. When NATS is unreachable, wake-ups
+//! for other nodes are dropped (the node watches the store meanwhile,
+//! `crate::watch`); when the connection comes back, the node wakes every
 //! local subscription once, so mail stored meanwhile is delivered.
 
 use std::sync::Arc;
@@ -24,9 +27,17 @@ use super::{Bus, LocalBus, Subscription};
 /// Wake-ups queued for NATS before new ones are dropped.
 const QUEUE: usize = 65_536;
 
-/// How long a subscription waits for NATS to confirm it before going on
-/// (a node whose NATS is down still serves its own clients).
-const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
+/// How long a start waits for the first connection before going on without.
+const CONNECT_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a subscription waits for NATS to confirm it, only while NATS
+/// is connected (then it takes one round trip); a login never waits for a
+/// bus that is down.
+const SUBSCRIBE_WAIT: Duration = Duration::from_millis(250);
+
+/// How often the client pings NATS: a connection that answers no two
+/// pings in a row is dropped, so a silent partition is noticed in seconds.
+const PING_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The bus of a node in a cluster.
 #[derive(Debug, Clone)]
@@ -52,32 +63,41 @@ fn subject(prefix: &str, device: &DeviceId) -> String {
 }
 
 impl NatsBus {
-    /// Connects to the NATS server(s) at `url` (`nats://host:port`, several
-    /// comma-separated). `prefix` namespaces the subjects, so several
-    /// Sotto clusters can share one NATS. Reconnects forever on its own.
+    /// Starts the bus for the NATS server(s) at `url` (`nats://host:port`,
+    /// several comma-separated). `prefix` namespaces the subjects, so
+    /// several Sotto clusters can share one NATS. Returns at once, whether
+    /// NATS is reachable or not: the connection is made (and remade, forever)
+    /// in the background. Fails only on a URL it cannot use.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, NatsError> {
         let local = LocalBus::new();
         let waker = local.clone();
-        // The first `Connected` event is the initial connection, which may
-        // be reported after connections subscribed: nothing was missed then,
-        // so only later ones (reconnections) wake everyone.
+        // The first connection made during the start wakes nobody (nothing
+        // was missed); any later one, and the first if the node started
+        // without NATS, wakes every local connection.
+        let first_missed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let connected_before = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (missed, before) = (first_missed.clone(), connected_before.clone());
         let client = async_nats::ConnectOptions::new()
             .name("sotto-server")
-            .connection_timeout(Duration::from_secs(5))
+            .connection_timeout(Duration::from_secs(2))
+            .ping_interval(PING_INTERVAL)
             .max_reconnects(None)
+            .retry_on_initial_connect()
             .event_callback(move |event| {
                 let waker = waker.clone();
-                let connected_before = connected_before.clone();
+                let (missed, before) = (missed.clone(), before.clone());
                 async move {
                     match event {
                         async_nats::Event::Connected
-                            if !connected_before.swap(true, Ordering::SeqCst) =>
+                            if !before.swap(true, Ordering::SeqCst)
+                                && !missed.load(Ordering::SeqCst) =>
                         {
                             tracing::info!("bus connected");
                         }
+                        // Wake-ups from other nodes may have been lost
+                        // before this (re)connection.
                         async_nats::Event::Connected => {
-                            tracing::info!("bus reconnected; waking local connections");
+                            tracing::info!("bus connected; waking local connections");
                             waker.wake_all();
                         }
                         async_nats::Event::Disconnected => {
@@ -93,6 +113,15 @@ impl NatsBus {
                 url: url.to_owned(),
                 reason: e.to_string(),
             })?;
+        let started = tokio::time::Instant::now();
+        while client.connection_state() != async_nats::connection::State::Connected {
+            if started.elapsed() >= CONNECT_WAIT {
+                tracing::warn!("bus unreachable; serving without it and connecting in the background");
+                first_missed.store(true, Ordering::SeqCst);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let mut node = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut node);
         let (queue, rx) = mpsc::channel(QUEUE);
@@ -144,11 +173,16 @@ impl Bus for NatsBus {
         let client = self.client.clone();
         let node = self.node.clone();
         let waker = notify.clone();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         // A probe of our own, published after the subscription on the same
         // connection: when it comes back, the server has the subscription,
         // so every later publish from any node reaches it. (The client's
         // `flush` only writes the socket; it does not wait for the server.)
+        // Only a connected bus is waited for, and briefly: a probe that
+        // comes back after the wait wakes the connection once, to read what
+        // a wake-up published before then missed. If it never does (NATS is
+        // down), the store watch and the wake-up of every connection on
+        // reconnection stand in.
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
         let mut probe = b"probe".to_vec();
         probe.extend_from_slice(&rand::random::<[u8; 16]>());
         let task = tokio::spawn(async move {
@@ -165,19 +199,26 @@ impl Bus for NatsBus {
                 .await
                 .is_err()
             {
+                // No confirmation will come: read the mailbox once more.
                 ready = None;
+                waker.notify_one();
             }
             while let Some(m) = sub.next().await {
                 if m.payload[..] == probe[..] {
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(());
+                    // Nobody waited any more: wake the connection instead.
+                    if let Some(r) = ready.take()
+                        && r.send(()).is_err()
+                    {
+                        waker.notify_one();
                     }
                 } else if m.payload[..] != node[..] && !m.payload.starts_with(b"probe") {
                     waker.notify_one();
                 }
             }
         });
-        let _ = tokio::time::timeout(SUBSCRIBE_WAIT, ready_rx).await;
+        if self.connected() {
+            let _ = tokio::time::timeout(SUBSCRIBE_WAIT, ready_rx).await;
+        }
         Subscription {
             notify,
             on_drop: Some(Box::new(move || {
@@ -188,6 +229,14 @@ impl Bus for NatsBus {
                 }
             })),
         }
+    }
+
+    fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    fn may_lose_wakeups(&self) -> bool {
+        true
     }
 
     fn publish(&self, devices: &[DeviceId]) {

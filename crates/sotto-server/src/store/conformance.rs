@@ -56,6 +56,15 @@ fn out(group: GroupId, sender: DeviceId, id: u8, kind: EnvelopeKind) -> Outgoing
         payload: vec![id; 10],
         now_ms: NOW,
         expires_ms: NOW + DAY,
+        epoch: None,
+    }
+}
+
+/// An application message of `sender` encrypted in `epoch`.
+fn app(group: GroupId, sender: DeviceId, id: u8, epoch: u64) -> Outgoing {
+    Outgoing {
+        epoch: Some(epoch),
+        ..out(group, sender, id, EnvelopeKind::Application)
     }
 }
 
@@ -407,6 +416,39 @@ pub async fn fetch_ack_and_expiry<S: Store>(s: S) {
             .unwrap()
             .duplicate
     );
+}
+
+/// A mailbox's head is the last sequence number handed out: a node that
+/// lost its bus compares it with what it delivered.
+pub async fn mailbox_heads_follow_sends<S: Store>(s: S) {
+    let g = GroupId([8; 32]);
+    s.commit(create(g, dev(1), vec![dev(1), dev(2), dev(3)]))
+        .await
+        .unwrap();
+    for i in 1..=3 {
+        s.send(out(g, dev(1), i, EnvelopeKind::Application), cap(100))
+            .await
+            .unwrap();
+    }
+    let two = s.fetch(dev(2), 0, 10, NOW).await.unwrap().last().map(|m| m.seq);
+    let three = s.fetch(dev(3), 0, 10, NOW).await.unwrap().last().map(|m| m.seq);
+    let mut heads = s
+        .mailbox_heads(vec![dev(2), dev(3), dev(9)])
+        .await
+        .unwrap();
+    heads.sort();
+    assert_eq!(
+        heads,
+        vec![(dev(2), two.unwrap()), (dev(3), three.unwrap())],
+        "heads of the devices with mail, none for a device without"
+    );
+    assert!(s.mailbox_heads(Vec::new()).await.unwrap().is_empty());
+    s.send(out(g, dev(2), 4, EnvelopeKind::Application), cap(100))
+        .await
+        .unwrap();
+    let heads = s.mailbox_heads(vec![dev(3)]).await.unwrap();
+    assert_eq!(heads.len(), 1);
+    assert!(heads[0].1 > three.unwrap(), "a new message moves the head");
 }
 
 /// Device lists add and revoke devices; stale and foreign lists are refused.
@@ -814,6 +856,201 @@ pub async fn concurrent_sends_get_their_own_answers<S: Store>(s: S) {
     assert!(!retry.duplicate, "the refused send was remembered as sent");
 }
 
+/// Application messages only in the group's current epoch: one of an
+/// epoch a commit ended is refused (and names the epoch now), a resend of
+/// one stored in its epoch is still a duplicate, and while sends race a
+/// commit every send the store took is ahead of the commit in every other
+/// member's mailbox (so each member reads it before it leaves the epoch).
+pub async fn sends_only_in_the_current_epoch<S: Store>(s: S) {
+    let s = std::sync::Arc::new(s);
+    let g = GroupId([12; 32]);
+    s.commit(create(g, dev(1), vec![dev(1), dev(2), dev(3)]))
+        .await
+        .unwrap();
+    assert!(
+        !s.send(app(g, dev(1), 1, 1), cap(1000))
+            .await
+            .unwrap()
+            .duplicate
+    );
+    let mut next = create(g, dev(2), vec![dev(1), dev(2), dev(3)]);
+    next.epoch = 1;
+    next.msg_id = MessageId([0xe1; 16]);
+    next.commit = Some(out(g, dev(2), 0xe1, EnvelopeKind::Commit));
+    assert_eq!(s.commit(next).await.unwrap().epoch, 2);
+    assert!(matches!(
+        s.send(app(g, dev(1), 2, 1), cap(1000)).await,
+        Err(SendError::StaleEpoch(2))
+    ));
+    assert!(matches!(
+        s.send(app(g, dev(1), 2, 3), cap(1000)).await,
+        Err(SendError::StaleEpoch(2))
+    ));
+    assert!(
+        s.send(app(g, dev(1), 1, 1), cap(1000))
+            .await
+            .unwrap()
+            .duplicate
+    );
+    assert!(
+        !s.send(app(g, dev(1), 3, 2), cap(1000))
+            .await
+            .unwrap()
+            .duplicate
+    );
+    let m = s.fetch(dev(3), 0, 10, NOW).await.unwrap();
+    let ids: Vec<u8> = m.iter().map(|e| e.envelope.msg_id.0[0]).collect();
+    assert_eq!(ids, vec![1, 0xe1, 3], "refused sends stored nothing");
+
+    // Sends at epoch 2 race the commit that ends it.
+    let sender = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let mut taken = Vec::new();
+            for i in 10..90u8 {
+                match s.send(app(g, dev(1), i, 2), cap(1000)).await {
+                    Ok(o) => {
+                        assert!(!o.duplicate);
+                        taken.push(i);
+                    }
+                    Err(SendError::StaleEpoch(3)) => {}
+                    Err(e) => panic!("send {i}: {e}"),
+                }
+            }
+            taken
+        })
+    };
+    tokio::task::yield_now().await;
+    let mut third = create(g, dev(2), vec![dev(1), dev(2), dev(3)]);
+    third.epoch = 2;
+    third.msg_id = MessageId([0xe2; 16]);
+    third.commit = Some(out(g, dev(2), 0xe2, EnvelopeKind::Commit));
+    assert_eq!(s.commit(third).await.unwrap().epoch, 3);
+    let taken = sender.await.unwrap();
+    let m = s.fetch(dev(3), 0, 1000, NOW).await.unwrap();
+    let ids: Vec<u8> = m.iter().map(|e| e.envelope.msg_id.0[0]).collect();
+    let commit_at = ids.iter().position(|i| *i == 0xe2).unwrap();
+    let before: Vec<u8> = ids[..commit_at]
+        .iter()
+        .copied()
+        .filter(|i| (10..90).contains(i))
+        .collect();
+    assert_eq!(
+        before, taken,
+        "every send taken is ahead of the commit, in order"
+    );
+    assert!(ids[commit_at..].iter().all(|i| !(10..90).contains(i)));
+}
+
+/// Wrong kill-code guesses count per key inside a window, several keys in
+/// one call; a new window starts after the old one ended; purging drops
+/// ended windows only.
+pub async fn kill_guesses_count_per_key_and_window<S: Store>(s: S) {
+    let (a, b) = ([1u8; 32], [2u8; 32]);
+    const WINDOW: u64 = 900_000;
+    assert_eq!(s.kill_guesses(a, NOW).await.unwrap().failures, 0);
+    s.kill_guess_failed(vec![a, b], NOW, WINDOW).await.unwrap();
+    s.kill_guess_failed(vec![a], NOW + 10, WINDOW)
+        .await
+        .unwrap();
+    let g = s.kill_guesses(a, NOW + 20).await.unwrap();
+    assert_eq!((g.failures, g.until_ms), (2, NOW + WINDOW));
+    assert_eq!(s.kill_guesses(b, NOW + 20).await.unwrap().failures, 1);
+    // The window ends: nothing counts, and the next failure starts anew.
+    assert_eq!(s.kill_guesses(a, NOW + WINDOW).await.unwrap().failures, 0);
+    s.kill_guess_failed(vec![a], NOW + WINDOW + 5, WINDOW)
+        .await
+        .unwrap();
+    let g = s.kill_guesses(a, NOW + WINDOW + 6).await.unwrap();
+    assert_eq!((g.failures, g.until_ms), (1, NOW + 2 * WINDOW + 5));
+    s.purge_expired(NOW + WINDOW + 6).await.unwrap();
+    assert_eq!(
+        s.kill_guesses(a, NOW + WINDOW + 6).await.unwrap().failures,
+        1
+    );
+    assert_eq!(s.kill_guesses(b, NOW).await.unwrap().failures, 0, "purged");
+    // Concurrent failures are all counted.
+    let s = std::sync::Arc::new(s);
+    let c = [3u8; 32];
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.kill_guess_failed(vec![c, a], NOW, WINDOW).await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(s.kill_guesses(c, NOW + 1).await.unwrap().failures, 20);
+}
+
+/// Blocks are per (blocker, blocked) and idempotent; a device that left a
+/// group alone gets none of its sends, stays unrouted after a commit whose
+/// tree still has it, and is routed again once a commit adds it anew.
+pub async fn blocks_and_leaving_alone<S: Store>(s: S) {
+    for n in 1..=3 {
+        s.register(account(n)).await.unwrap();
+    }
+    let user = |n: u8| Handle::new(&format!("user{n}")).unwrap();
+    assert!(!s.blocked_by(user(1), AccountId([2; 32])).await.unwrap());
+    s.set_block(AccountId([1; 32]), AccountId([2; 32]), true)
+        .await
+        .unwrap();
+    s.set_block(AccountId([1; 32]), AccountId([2; 32]), true)
+        .await
+        .unwrap();
+    assert!(s.blocked_by(user(1), AccountId([2; 32])).await.unwrap());
+    assert!(!s.blocked_by(user(1), AccountId([3; 32])).await.unwrap());
+    assert!(!s.blocked_by(user(2), AccountId([1; 32])).await.unwrap());
+    assert!(!s.blocked_by(user(9), AccountId([2; 32])).await.unwrap());
+    s.set_block(AccountId([1; 32]), AccountId([2; 32]), false)
+        .await
+        .unwrap();
+    assert!(!s.blocked_by(user(1), AccountId([2; 32])).await.unwrap());
+
+    let g = GroupId([21; 32]);
+    s.commit(create(g, dev(1), vec![dev(1), dev(2), dev(3)]))
+        .await
+        .unwrap();
+    s.leave_group(g, dev(2)).await.unwrap();
+    s.leave_group(GroupId([22; 32]), dev(2)).await.unwrap(); // no such group
+    let sent = s
+        .send(out(g, dev(1), 1, EnvelopeKind::Application), cap(1000))
+        .await
+        .unwrap();
+    assert_eq!(sent.recipients, vec![dev(3)]);
+    // A commit whose tree still has the device: still not routed.
+    let mut next = create(g, dev(3), vec![dev(1), dev(2), dev(3)]);
+    next.epoch = 1;
+    next.commit = Some(out(g, dev(3), 2, EnvelopeKind::Commit));
+    let o = s.commit(next).await.unwrap();
+    assert_eq!(o.recipients, vec![dev(1)]);
+    let sent = s
+        .send(out(g, dev(1), 3, EnvelopeKind::Application), cap(1000))
+        .await
+        .unwrap();
+    assert_eq!(sent.recipients, vec![dev(3)]);
+    assert!(matches!(
+        s.send(out(g, dev(2), 4, EnvelopeKind::Application), cap(1000))
+            .await,
+        Err(SendError::NotMember)
+    ));
+    // Added again (a Welcome for it): routed again.
+    let mut again = create(g, dev(1), vec![dev(1), dev(2), dev(3)]);
+    again.epoch = 2;
+    again.welcome = Some(out(g, dev(1), 5, EnvelopeKind::Welcome));
+    again.welcome_recipients = vec![dev(2)];
+    s.commit(again).await.unwrap();
+    let mut sent = s
+        .send(out(g, dev(1), 6, EnvelopeKind::Application), cap(1000))
+        .await
+        .unwrap()
+        .recipients;
+    sent.sort();
+    assert_eq!(sent, vec![dev(2), dev(3)]);
+}
+
 /// Generates one test per conformance check for a backend, given an async
 /// expression that makes `(guard, store)`: a fresh store and whatever must
 /// live as long as it (a temp directory, a database).
@@ -828,6 +1065,7 @@ macro_rules! store_conformance_tests {
             sends_fan_out_once,
             mailbox_byte_cap,
             fetch_ack_and_expiry,
+            mailbox_heads_follow_sends,
             device_lists_add_and_revoke,
             device_messages_are_stored_once,
             blobs_are_tracked,
@@ -835,6 +1073,9 @@ macro_rules! store_conformance_tests {
             concurrent_commits_one_wins,
             concurrent_sends_keep_mailbox_order,
             concurrent_sends_get_their_own_answers,
+            kill_guesses_count_per_key_and_window,
+            blocks_and_leaving_alone,
+            sends_only_in_the_current_epoch,
         );
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {

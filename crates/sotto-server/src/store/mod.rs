@@ -70,6 +70,10 @@ pub enum SendError {
     /// The sender is not a member of the group (or the group does not exist).
     #[error("not a member")]
     NotMember,
+    /// The message was encrypted in an epoch that is no longer the group's
+    /// (the group's current one is given): nothing was stored.
+    #[error("group is at epoch {0}")]
+    StaleEpoch(u64),
     /// A recipient's mailbox is full.
     #[error("mailbox full")]
     MailboxFull,
@@ -119,6 +123,15 @@ pub struct WipeTarget {
     pub record: Option<SignedKillRecord>,
     /// Its live devices.
     pub devices: Vec<DeviceId>,
+}
+
+/// Wrong kill-code guesses in an open window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Guesses {
+    /// How many.
+    pub failures: u32,
+    /// When the window ends, ms since the Unix epoch (0 if none is open).
+    pub until_ms: u64,
 }
 
 /// A registered device.
@@ -195,6 +208,11 @@ pub struct Outgoing {
     pub now_ms: u64,
     /// Expiry, ms since the Unix epoch.
     pub expires_ms: u64,
+    /// For an application message to a group: the epoch it was encrypted
+    /// in. [`Store::send`] stores it only while that is the group's current
+    /// epoch, in the same step as the check, so that it reaches every
+    /// member before the commit that ends the epoch.
+    pub epoch: Option<u64>,
 }
 
 /// A commit to apply.
@@ -503,7 +521,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<SendOutcome, CommitError>> + Send;
 
     /// Stores an application message for every member device but the sender,
-    /// unless (sender, msg_id) was seen before.
+    /// unless (sender, msg_id) was seen before (a duplicate, whatever the
+    /// epoch now). With `m.epoch` set, a new message of another epoch than
+    /// the group's current one is refused (`StaleEpoch`), checked in the
+    /// same transaction that stores it.
     fn send(
         &self,
         m: Outgoing,
@@ -520,6 +541,16 @@ pub trait Store: Send + Sync + 'static {
         now_ms: u64,
     ) -> impl Future<Output = Result<Vec<MailboxEntry>, StoreError>> + Send;
 
+    /// The last mailbox sequence number handed out to each of `devices`
+    /// (a device may be left out if it never had mail, or none is
+    /// waiting). One query for them all: a node watching the store while
+    /// its bus may lose wake-ups compares these with what its connections
+    /// delivered (`crate::watch`).
+    fn mailbox_heads(
+        &self,
+        devices: Vec<DeviceId>,
+    ) -> impl Future<Output = Result<Vec<(DeviceId, u64)>, StoreError>> + Send;
+
     /// Deletes acknowledged entries of `device`'s mailbox. Idempotent.
     fn ack(
         &self,
@@ -527,6 +558,52 @@ pub trait Store: Send + Sync + 'static {
         seqs: Vec<u64>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Deletes expired messages, invites and dedup records; returns how many messages.
+    /// Deletes expired messages, invites, dedup records and ended
+    /// kill-code guess windows; returns how many messages.
     fn purge_expired(&self, now_ms: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The wrong kill-code guesses counted under `key` (an account, or a
+    /// source and an account: the server hashes them) in a window not
+    /// ended at `now_ms`; zero if none.
+    fn kill_guesses(
+        &self,
+        key: [u8; 32],
+        now_ms: u64,
+    ) -> impl Future<Output = Result<Guesses, StoreError>> + Send;
+
+    /// Counts one wrong guess under each key, in one transaction: a key
+    /// without a window open at `now_ms` starts one of `window_ms`.
+    fn kill_guess_failed(
+        &self,
+        keys: Vec<[u8; 32]>,
+        now_ms: u64,
+        window_ms: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// `account` blocks `blocked` (or, with `block` false, no longer does).
+    /// Idempotent.
+    fn set_block(
+        &self,
+        account: AccountId,
+        blocked: AccountId,
+        block: bool,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Whether the account with this handle blocked `account` (`false` for
+    /// an unknown handle).
+    fn blocked_by(
+        &self,
+        handle: Handle,
+        account: AccountId,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// `device` leaves `group` alone: it is no longer routed the group's
+    /// messages, also after later commits that still have it in their tree,
+    /// until a commit's tree leaves it out or a commit adds it again
+    /// (Welcome). Nothing happens if it is not a member device.
+    fn leave_group(
+        &self,
+        group: GroupId,
+        device: DeviceId,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

@@ -28,8 +28,8 @@ use sqlx::{PgConnection, Row};
 
 use super::{
     BlobState, Claimed, CommitError, CommitOutcome, CommitWrite, DeviceListChange, DeviceListError,
-    DeviceRecord, GroupState, KeyPackageStock, MailboxCap, MailboxEntry, NewAccount, Outgoing,
-    ProposalWrite, RegisterError, SendError, SendOutcome, Stats, Store, StoreError,
+    DeviceRecord, GroupState, Guesses, KeyPackageStock, MailboxCap, MailboxEntry, NewAccount,
+    Outgoing, ProposalWrite, RegisterError, SendError, SendOutcome, Stats, Store, StoreError,
     StoredKeyPackage, WipeTarget,
 };
 
@@ -1151,6 +1151,24 @@ impl Store for PgStore {
             .bind(ids(&w.members))
             .execute(&mut *tx)
             .await?;
+            // A device that left alone stays unrouted while the tree still
+            // has it; its leave is forgotten once the tree leaves it out or
+            // this commit adds it again.
+            sqlx::query(
+                "DELETE FROM group_leaves WHERE group_id = $1 AND (device = ANY($2) OR device NOT IN \
+                 (SELECT device FROM group_members WHERE group_id = $1))",
+            )
+            .bind(&w.group.0[..])
+            .bind(ids(&w.welcome_recipients))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "DELETE FROM group_members WHERE group_id = $1 AND device IN \
+                 (SELECT device FROM group_leaves WHERE group_id = $1)",
+            )
+            .bind(&w.group.0[..])
+            .execute(&mut *tx)
+            .await?;
             let mut recipients = Vec::new();
             if let Some(m) = &w.commit {
                 let to: Vec<DeviceId> = before.into_iter().filter(|d| *d != w.sender).collect();
@@ -1287,13 +1305,30 @@ impl Store for PgStore {
         transaction!(async {
             let mut tx = self.pool.begin().await?;
             // Ordered against commits to the group: before one or after it.
-            sqlx::query("SELECT 1 FROM groups WHERE group_id = $1 FOR SHARE")
-                .bind(&m.group.0[..])
-                .fetch_optional(&mut *tx)
-                .await?;
+            let current: Option<i64> =
+                sqlx::query_scalar("SELECT epoch FROM groups WHERE group_id = $1 FOR SHARE")
+                    .bind(&m.group.0[..])
+                    .fetch_optional(&mut *tx)
+                    .await?;
             let all = members(&mut tx, &m.group).await?;
             if !all.contains(&m.sender) {
                 return refuse(SendError::NotMember);
+            }
+            let current = current.map_or(0, unsigned);
+            if m.epoch.is_some_and(|e| e != current) {
+                // A resend of a message stored in its epoch is a duplicate.
+                let seen: Option<i32> =
+                    sqlx::query_scalar("SELECT 1 FROM seen_sends WHERE key = $1")
+                        .bind(&key[..])
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                return match seen {
+                    Some(_) => Ok(SendOutcome {
+                        duplicate: true,
+                        recipients: Vec::new(),
+                    }),
+                    None => refuse(SendError::StaleEpoch(current)),
+                };
             }
             if !first_send(&mut tx, &key, m.expires_ms).await? {
                 return Ok(SendOutcome {
@@ -1365,6 +1400,30 @@ impl Store for PgStore {
         Ok(out)
     }
 
+    async fn mailbox_heads(
+        &self,
+        devices: Vec<DeviceId>,
+    ) -> Result<Vec<(DeviceId, u64)>, StoreError> {
+        let mut out = Vec::with_capacity(devices.len());
+        // One index lookup per device, in bounded batches.
+        for chunk in devices.chunks(8192) {
+            let ids: Vec<&[u8]> = chunk.iter().map(|d| &d.0[..]).collect();
+            let rows = sqlx::query(
+                "SELECT device, last_seq FROM mailbox_heads WHERE device = ANY($1)",
+            )
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+            for r in rows {
+                let device: Vec<u8> = r.try_get(0).map_err(map_err)?;
+                let seq: i64 = r.try_get(1).map_err(map_err)?;
+                out.push((DeviceId(arr(device)?), unsigned(seq)));
+            }
+        }
+        Ok(out)
+    }
+
     async fn ack(&self, device: DeviceId, seqs: Vec<u64>) -> Result<(), StoreError> {
         let seqs: Vec<i64> = seqs.into_iter().map(ms).collect();
         transaction!(async {
@@ -1428,11 +1487,125 @@ impl Store for PgStore {
                 "DELETE FROM seen_sends WHERE expires_ms <= $1",
                 "DELETE FROM seen_commits WHERE expires_ms <= $1",
                 "DELETE FROM invites WHERE expires_ms <= $1",
+                "DELETE FROM kill_guesses WHERE until_ms <= $1",
             ] {
                 sqlx::query(sql).bind(now).execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(n)
+        })
+    }
+
+    async fn kill_guesses(&self, key: [u8; 32], now_ms: u64) -> Result<Guesses, StoreError> {
+        let row = sqlx::query(
+            "SELECT failures, until_ms FROM kill_guesses WHERE key = $1 AND until_ms > $2",
+        )
+        .bind(&key[..])
+        .bind(ms(now_ms))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        let Some(row) = row else {
+            return Ok(Guesses::default());
+        };
+        let failures: i32 = row.try_get(0).map_err(map_err)?;
+        let until: i64 = row.try_get(1).map_err(map_err)?;
+        Ok(Guesses {
+            failures: u32::try_from(failures).unwrap_or(0),
+            until_ms: unsigned(until),
+        })
+    }
+
+    async fn kill_guess_failed(
+        &self,
+        keys: Vec<[u8; 32]>,
+        now_ms: u64,
+        window_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut keys: Vec<Vec<u8>> = keys.iter().map(|k| k.to_vec()).collect();
+        // One lock order for every writer.
+        keys.sort();
+        keys.dedup();
+        let (now, until) = (ms(now_ms), ms(now_ms.saturating_add(window_ms)));
+        transaction!(async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO kill_guesses (key, failures, until_ms) \
+                 SELECT k, 1, $3 FROM UNNEST($1::bytea[]) AS t(k) ORDER BY k \
+                 ON CONFLICT (key) DO UPDATE SET \
+                 failures = CASE WHEN kill_guesses.until_ms > $2 THEN kill_guesses.failures + 1 ELSE 1 END, \
+                 until_ms = CASE WHEN kill_guesses.until_ms > $2 THEN kill_guesses.until_ms ELSE $3 END",
+            )
+            .bind(&keys)
+            .bind(now)
+            .bind(until)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            TxResult::<_, StoreError>::Ok(())
+        })
+    }
+
+    async fn set_block(
+        &self,
+        account: AccountId,
+        blocked: AccountId,
+        block: bool,
+    ) -> Result<(), StoreError> {
+        let sql = if block {
+            "INSERT INTO blocks (account, blocked) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+        } else {
+            "DELETE FROM blocks WHERE account = $1 AND blocked = $2"
+        };
+        sqlx::query(sql)
+            .bind(&account.0[..])
+            .bind(&blocked.0[..])
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn blocked_by(&self, handle: Handle, account: AccountId) -> Result<bool, StoreError> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM blocks b JOIN accounts a ON a.account = b.account \
+             WHERE a.handle = $1 AND b.blocked = $2)",
+        )
+        .bind(handle.as_str())
+        .bind(&account.0[..])
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)
+    }
+
+    async fn leave_group(&self, group: GroupId, device: DeviceId) -> Result<(), StoreError> {
+        transaction!(async {
+            let mut tx = self.pool.begin().await?;
+            // Ordered against commits to the group, which rewrite its members.
+            let exists: Option<i64> =
+                sqlx::query_scalar("SELECT epoch FROM groups WHERE group_id = $1 FOR UPDATE")
+                    .bind(&group.0[..])
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if exists.is_none() {
+                return TxResult::<_, StoreError>::Ok(());
+            }
+            sqlx::query(
+                "INSERT INTO group_leaves (group_id, device) \
+                 SELECT group_id, device FROM group_members WHERE group_id = $1 AND device = $2 \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&group.0[..])
+            .bind(&device.0[..])
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM group_members WHERE group_id = $1 AND device = $2")
+                .bind(&group.0[..])
+                .bind(&device.0[..])
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
         })
     }
 }

@@ -18,8 +18,8 @@ use sotto_proto::{
 
 use super::{
     BlobState, Claimed, CommitError, CommitOutcome, CommitWrite, DeviceListChange, DeviceListError,
-    DeviceRecord, GroupState, KeyPackageStock, MailboxCap, MailboxEntry, NewAccount, Outgoing,
-    ProposalWrite, RegisterError, SendError, SendOutcome, Stats, Store, StoreError,
+    DeviceRecord, GroupState, Guesses, KeyPackageStock, MailboxCap, MailboxEntry, NewAccount,
+    Outgoing, ProposalWrite, RegisterError, SendError, SendOutcome, Stats, Store, StoreError,
     StoredKeyPackage, WipeTarget,
 };
 
@@ -120,6 +120,21 @@ CREATE TABLE IF NOT EXISTS seen_commits (
 CREATE TABLE IF NOT EXISTS seen_sends (
     key         BLOB PRIMARY KEY,
     expires_ms  INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS kill_guesses (
+    key         BLOB PRIMARY KEY,
+    failures    INTEGER NOT NULL,
+    until_ms    INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blocks (
+    account     BLOB NOT NULL,
+    blocked     BLOB NOT NULL,
+    PRIMARY KEY (account, blocked)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS group_leaves (
+    group_id    BLOB NOT NULL,
+    device      BLOB NOT NULL,
+    PRIMARY KEY (group_id, device)
 ) WITHOUT ROWID;
 "#;
 
@@ -260,6 +275,34 @@ fn send_one(
     if !all.contains(&m.sender) {
         return Err(SendError::NotMember);
     }
+    if let Some(epoch) = m.epoch {
+        let current: Option<i64> = c
+            .query_row(
+                "SELECT epoch FROM groups WHERE group_id = ?1",
+                [&m.group.0[..]],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(map_err)?;
+        let current = current.map_or(0, |e| u64::try_from(e).unwrap_or(0));
+        if current != epoch {
+            // A resend of a message stored in its epoch is a duplicate.
+            let key = seen_key(&m.sender, &m.msg_id);
+            let seen: Option<i64> = c
+                .query_row("SELECT 1 FROM seen_sends WHERE key = ?1", [&key[..]], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(map_err)?;
+            return match seen {
+                Some(_) => Ok(SendOutcome {
+                    duplicate: true,
+                    recipients: Vec::new(),
+                }),
+                None => Err(SendError::StaleEpoch(current)),
+            };
+        }
+    }
     let to: Vec<DeviceId> = all.into_iter().filter(|d| *d != m.sender).collect();
     store_once(c, m, to, mailbox_cap)
 }
@@ -294,9 +337,46 @@ fn store_once(
     })
 }
 
+/// Creates the database file at `path` with mode 0600 if it does not
+/// exist, and takes group and other access away from it and its WAL and
+/// shared-memory files if they exist.
+fn private_files(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            let p = std::path::PathBuf::from(p);
+            if let Ok(meta) = std::fs::metadata(&p)
+                && meta.permissions().mode() & 0o077 != 0
+            {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path`.
+    /// Opens (creating if needed) the database at `path`. The file is
+    /// created readable by the server's user only (0600, whatever the
+    /// umask), and SQLite gives its WAL and shared-memory files the same
+    /// mode; a database left readable by others is made private first.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        private_files(path)
+            .map_err(|e| StoreError::Internal(format!("{}: {e}", path.display())))?;
         let conn = Connection::open(path).map_err(map_err)?;
         Self::init(conn)
     }
@@ -557,6 +637,36 @@ fn insert_message(
         stmt.execute(params![&r.0[..], id]).map_err(map_err)?;
     }
     Ok(Some(()))
+}
+
+/// After a commit wrote a group's members: a device that left alone stays
+/// unrouted while the tree still has it, and its leave is forgotten once
+/// the tree leaves it out or a commit adds it again (`welcomed`).
+fn forget_leaves(
+    tx: &Connection,
+    group: &GroupId,
+    welcomed: &[DeviceId],
+) -> Result<(), StoreError> {
+    let mut stmt = tx
+        .prepare_cached("DELETE FROM group_leaves WHERE group_id = ?1 AND device = ?2")
+        .map_err(map_err)?;
+    for d in welcomed {
+        stmt.execute(params![&group.0[..], &d.0[..]])
+            .map_err(map_err)?;
+    }
+    tx.execute(
+        "DELETE FROM group_leaves WHERE group_id = ?1 AND device NOT IN \
+         (SELECT device FROM group_members WHERE group_id = ?1)",
+        [&group.0[..]],
+    )
+    .map_err(map_err)?;
+    tx.execute(
+        "DELETE FROM group_members WHERE group_id = ?1 AND device IN \
+         (SELECT device FROM group_leaves WHERE group_id = ?1)",
+        [&group.0[..]],
+    )
+    .map_err(map_err)?;
+    Ok(())
 }
 
 fn members(tx: &Connection, group: &GroupId) -> Result<Vec<DeviceId>, StoreError> {
@@ -1244,6 +1354,7 @@ impl Store for SqliteStore {
                         .map_err(map_err)?;
                 }
             }
+            forget_leaves(&tx, &w.group, &w.welcome_recipients)?;
             let mut recipients = Vec::new();
             if let Some(m) = &w.commit {
                 let to: Vec<DeviceId> = before.into_iter().filter(|d| *d != w.sender).collect();
@@ -1350,6 +1461,7 @@ impl Store for SqliteStore {
             }
             let out = send_one(c, &p.message, p.mailbox_cap).map_err(|e| match e {
                 SendError::NotMember => CommitError::NotMember,
+                SendError::StaleEpoch(e) => CommitError::StaleEpoch(e),
                 SendError::MailboxFull => CommitError::MailboxFull,
                 SendError::Store(e) => CommitError::Store(e),
             })?;
@@ -1417,6 +1529,28 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn mailbox_heads(
+        &self,
+        devices: Vec<DeviceId>,
+    ) -> Result<Vec<(DeviceId, u64)>, StoreError> {
+        self.with(move |c| {
+            let mut stmt = c
+                .prepare_cached("SELECT max(seq) FROM mailbox WHERE device = ?1")
+                .map_err(map_err)?;
+            let mut out = Vec::new();
+            for d in devices {
+                let head: Option<i64> = stmt
+                    .query_row(params![&d.0[..]], |r| r.get(0))
+                    .map_err(map_err)?;
+                if let Some(h) = head {
+                    out.push((d, u64::try_from(h).unwrap_or(0)));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn ack(&self, device: DeviceId, seqs: Vec<u64>) -> Result<(), StoreError> {
         self.batched(move |tx| {
             {
@@ -1466,8 +1600,107 @@ impl Store for SqliteStore {
                 .map_err(map_err)?;
             tx.execute("DELETE FROM invites WHERE expires_ms <= ?1", [now])
                 .map_err(map_err)?;
+            tx.execute("DELETE FROM kill_guesses WHERE until_ms <= ?1", [now])
+                .map_err(map_err)?;
             tx.commit().map_err(map_err)?;
             Ok(u64::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn kill_guesses(&self, key: [u8; 32], now_ms: u64) -> Result<Guesses, StoreError> {
+        self.with(move |c| {
+            let row: Option<(i64, i64)> = c
+                .query_row(
+                    "SELECT failures, until_ms FROM kill_guesses WHERE key = ?1 AND until_ms > ?2",
+                    params![&key[..], ms(now_ms)],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(map_err)?;
+            Ok(row.map_or(Guesses::default(), |(f, u)| Guesses {
+                failures: u32::try_from(f).unwrap_or(u32::MAX),
+                until_ms: u64::try_from(u).unwrap_or(0),
+            }))
+        })
+        .await
+    }
+
+    async fn kill_guess_failed(
+        &self,
+        keys: Vec<[u8; 32]>,
+        now_ms: u64,
+        window_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_err)?;
+            let until = ms(now_ms.saturating_add(window_ms));
+            for key in &keys {
+                tx.execute(
+                    "INSERT INTO kill_guesses (key, failures, until_ms) VALUES (?1, 1, ?3) \
+                     ON CONFLICT(key) DO UPDATE SET \
+                     failures = CASE WHEN until_ms > ?2 THEN failures + 1 ELSE 1 END, \
+                     until_ms = CASE WHEN until_ms > ?2 THEN until_ms ELSE ?3 END",
+                    params![&key[..], ms(now_ms), until],
+                )
+                .map_err(map_err)?;
+            }
+            tx.commit().map_err(map_err)
+        })
+        .await
+    }
+
+    async fn set_block(
+        &self,
+        account: AccountId,
+        blocked: AccountId,
+        block: bool,
+    ) -> Result<(), StoreError> {
+        self.with(move |c| {
+            let sql = if block {
+                "INSERT OR IGNORE INTO blocks (account, blocked) VALUES (?1, ?2)"
+            } else {
+                "DELETE FROM blocks WHERE account = ?1 AND blocked = ?2"
+            };
+            c.execute(sql, params![&account.0[..], &blocked.0[..]])
+                .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn blocked_by(&self, handle: Handle, account: AccountId) -> Result<bool, StoreError> {
+        self.with(move |c| {
+            c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM blocks b JOIN accounts a ON a.account = b.account \
+                 WHERE a.handle = ?1 AND b.blocked = ?2)",
+                params![handle.as_str(), &account.0[..]],
+                |r| r.get(0),
+            )
+            .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn leave_group(&self, group: GroupId, device: DeviceId) -> Result<(), StoreError> {
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_err)?;
+            tx.execute(
+                "INSERT OR IGNORE INTO group_leaves (group_id, device) \
+                 SELECT group_id, device FROM group_members WHERE group_id = ?1 AND device = ?2",
+                params![&group.0[..], &device.0[..]],
+            )
+            .map_err(map_err)?;
+            tx.execute(
+                "DELETE FROM group_members WHERE group_id = ?1 AND device = ?2",
+                params![&group.0[..], &device.0[..]],
+            )
+            .map_err(map_err)?;
+            tx.commit().map_err(map_err)
         })
         .await
     }

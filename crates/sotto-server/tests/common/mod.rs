@@ -149,17 +149,41 @@ pub(crate) async fn create_group(
     }
 }
 
-/// Sends `size` bytes of `id` to group `g` with message id `[id; 16]`.
+/// Sends `size` bytes of `id` to group `g`, framed as an application
+/// message of its first epoch (`framed_application`), with message id
+/// `[id; 16]`.
 pub(crate) async fn send(
     conn: &mut Connection,
     g: GroupId,
     id: u8,
     size: usize,
 ) -> Result<Response, ClientError> {
+    send_at(conn, g, 1, id, size).await
+}
+
+/// The payload [`send`] sends: `size` bytes of `id` framed as an
+/// application message of `g` at epoch 1.
+#[allow(dead_code)] // not every test binary compares payloads
+pub(crate) fn payload(g: GroupId, id: u8, size: usize) -> Vec<u8> {
+    sotto_test_support::mls::framed_application(g, 1, &vec![id; size])
+}
+
+/// [`send`] of a message framed in `epoch`.
+pub(crate) async fn send_at(
+    conn: &mut Connection,
+    g: GroupId,
+    epoch: u64,
+    id: u8,
+    size: usize,
+) -> Result<Response, ClientError> {
     conn.request(Request::Send(SendRequest {
         group: g,
         msg_id: MessageId([id; 16]),
-        payload: Blob(vec![id; size]),
+        payload: Blob(sotto_test_support::mls::framed_application(
+            g,
+            epoch,
+            &vec![id; size],
+        )),
         ttl_ms: None,
     }))
     .await
