@@ -3,6 +3,12 @@
 //! WebSocket carrying one protocol frame per binary message. Requests and
 //! pushed deliveries share the socket; [`Connection::request`] keeps
 //! deliveries that arrive while it waits for its answer.
+//!
+//! A link naming several addresses (nodes of one server) is tried from its
+//! preferred address on: an address that cannot be reached, or whose TLS
+//! handshake fails for another reason than a wrong certificate, passes to
+//! the next; a node that answers `Unavailable` is avoided by the next
+//! connection ([`ServerLink::preferred`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -27,6 +33,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use crate::{ClientError, ServerLink};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The TCP connect deadline per address when a link names several.
+const FAILOVER_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Accepts exactly the certificate whose SHA-256 is pinned, and checks the
@@ -105,6 +113,9 @@ pub enum Event {
 /// An open connection to a server.
 pub struct Connection {
     ws: WebSocketStream<TlsStream<TcpStream>>,
+    /// The link it was made from, and which of its addresses answered.
+    link: ServerLink,
+    node: usize,
     hello: ServerHello,
     next_req: u32,
     events: VecDeque<Event>,
@@ -157,20 +168,55 @@ fn ws_config() -> WebSocketConfig {
 /// TCP and TLS 1.3 to the server, its certificate checked against the
 /// link's pin; no WebSocket yet. (Tests use it to play slow clients.)
 pub async fn connect_tls(link: &ServerLink) -> Result<TlsStream<TcpStream>, ClientError> {
-    connect_tls_from(link, None).await
+    connect_tls_from(link, None).await.map(|(t, _)| t)
 }
 
-/// [`connect_tls`] from a given local address, if any.
+/// [`connect_tls`] from a given local address, if any, trying the link's
+/// addresses in turn; returns which one answered (its index in
+/// [`ServerLink::authorities`]).
 async fn connect_tls_from(
     link: &ServerLink,
     source: Option<std::net::IpAddr>,
+) -> Result<(TlsStream<TcpStream>, usize), ClientError> {
+    let all = link.authorities();
+    let dial_timeout = if all.len() > 1 {
+        FAILOVER_CONNECT_TIMEOUT
+    } else {
+        CONNECT_TIMEOUT
+    };
+    let start = link.preferred();
+    let mut last = None;
+    for k in 0..all.len() {
+        let i = (start + k) % all.len();
+        match connect_tls_to(&all[i], link.fingerprint, source, dial_timeout).await {
+            Ok(t) => {
+                link.prefer(i);
+                return Ok((t, i));
+            }
+            // A wrong certificate is never passed over: it may be an attack.
+            Err(ClientError::CertificateMismatch) => return Err(ClientError::CertificateMismatch),
+            Err(e) => {
+                tracing::debug!(error = %e, "server address failed; trying the next");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| ClientError::Unreachable("no address".into())))
+}
+
+/// TCP and TLS to one address.
+async fn connect_tls_to(
+    authority: &str,
+    fingerprint: [u8; 32],
+    source: Option<std::net::IpAddr>,
+    dial_timeout: Duration,
 ) -> Result<TlsStream<TcpStream>, ClientError> {
-    let unreachable = |e: String| ClientError::Unreachable(format!("{}: {e}", link.authority()));
+    let unreachable = |e: String| ClientError::Unreachable(format!("{authority}: {e}"));
     let dial = async {
         let Some(ip) = source else {
-            return TcpStream::connect(link.authority()).await;
+            return TcpStream::connect(authority).await;
         };
-        let addr = tokio::net::lookup_host(link.authority())
+        let addr = tokio::net::lookup_host(authority)
             .await?
             .next()
             .ok_or_else(|| std::io::Error::other("no address"))?;
@@ -182,14 +228,14 @@ async fn connect_tls_from(
         socket.bind(std::net::SocketAddr::new(ip, 0))?;
         socket.connect(addr).await
     };
-    let tcp = match timeout(CONNECT_TIMEOUT, dial).await {
+    let tcp = match timeout(dial_timeout, dial).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => return Err(unreachable(e.to_string())),
         Err(_) => return Err(unreachable("timed out".into())),
     };
     let _ = tcp.set_nodelay(true);
     let mismatch = Arc::new(AtomicBool::new(false));
-    let cfg = client_config(link.fingerprint, mismatch.clone())?;
+    let cfg = client_config(fingerprint, mismatch.clone())?;
     let name =
         ServerName::try_from("sotto-server").map_err(|e| ClientError::Transport(e.to_string()))?;
     match timeout(CONNECT_TIMEOUT, TlsConnector::from(cfg).connect(name, tcp)).await {
@@ -221,8 +267,8 @@ impl Connection {
         link: &ServerLink,
         source: Option<std::net::IpAddr>,
     ) -> Result<Self, ClientError> {
-        let tls = connect_tls_from(link, source).await?;
-        let url = format!("wss://{}{}", link.authority(), sotto_proto::WS_PATH);
+        let (tls, node) = connect_tls_from(link, source).await?;
+        let url = format!("wss://{}{}", link.authorities()[node], sotto_proto::WS_PATH);
         let upgrade = tokio_tungstenite::client_async_with_config(url, tls, Some(ws_config()));
         let (mut ws, _) = match timeout(CONNECT_TIMEOUT, upgrade).await {
             Ok(Ok(x)) => x,
@@ -248,6 +294,8 @@ impl Connection {
         }
         Ok(Self {
             ws,
+            link: link.clone(),
+            node,
             hello,
             next_req: 1,
             events: VecDeque::new(),
@@ -286,9 +334,20 @@ impl Connection {
                 }
             }
         };
-        timeout(REQUEST_TIMEOUT, wait)
+        let result = timeout(REQUEST_TIMEOUT, wait)
             .await
-            .map_err(|_| ClientError::Timeout)?
+            .map_err(|_| ClientError::Timeout)?;
+        self.noticed(result)
+    }
+
+    /// A node that says it cannot serve is avoided by the next connection.
+    fn noticed<T>(&self, r: Result<T, ClientError>) -> Result<T, ClientError> {
+        if let Err(ClientError::Server(e)) = &r
+            && e.code == sotto_proto::ErrorCode::Unavailable
+        {
+            self.link.avoid(self.node);
+        }
+        r
     }
 
     /// The next delivery or sync marker, waiting for the server to push one.
@@ -297,6 +356,11 @@ impl Connection {
         if let Some(e) = self.events.pop_front() {
             return Ok(e);
         }
+        let r = self.next_pushed().await;
+        self.noticed(r)
+    }
+
+    async fn next_pushed(&mut self) -> Result<Event, ClientError> {
         loop {
             match read_frame(&mut self.ws).await? {
                 ServerFrame::Deliver(d) => return Ok(Event::Deliver(d)),

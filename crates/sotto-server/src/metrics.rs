@@ -58,6 +58,9 @@ pub struct Metrics {
     groups: Gauge,
     /// Set when shutdown begins: not ready for new connections.
     pub draining: AtomicBool,
+    /// Whether the store answered its last readiness check (true until a
+    /// check says otherwise: the store answered at start).
+    store_reachable: AtomicBool,
 }
 
 impl Default for Metrics {
@@ -92,6 +95,7 @@ impl Metrics {
             live_devices: Gauge::default(),
             groups: Gauge::default(),
             draining: AtomicBool::new(false),
+            store_reachable: AtomicBool::new(true),
             registry: Registry::default(),
         };
         registry.register(
@@ -221,6 +225,16 @@ impl Metrics {
             }
         }
         out
+    }
+
+    /// Records the outcome of a readiness check of the store.
+    pub fn set_store_reachable(&self, reachable: bool) {
+        self.store_reachable.store(reachable, Ordering::Relaxed);
+    }
+
+    /// Whether the store answered its last readiness check.
+    pub fn store_reachable(&self) -> bool {
+        self.store_reachable.load(Ordering::Relaxed)
     }
 
     /// Whether shutdown has begun.

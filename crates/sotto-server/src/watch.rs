@@ -24,16 +24,16 @@ use sotto_proto::DeviceId;
 use tokio::sync::{Notify, watch};
 
 use crate::bus::Bus;
-use crate::server::Shared;
 use crate::store::Store;
 
+#[derive(Debug)]
 struct Watcher {
     id: u64,
     notify: Arc<Notify>,
     delivered: Arc<AtomicU64>,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Inner {
     next: u64,
     devices: HashMap<DeviceId, Vec<Watcher>>,
@@ -52,6 +52,7 @@ impl std::fmt::Debug for MailWatch {
 }
 
 /// One connection's place in the [`MailWatch`]; leaves it on drop.
+#[derive(Debug)]
 pub struct Watched {
     device: DeviceId,
     id: u64,
@@ -198,14 +199,23 @@ impl Judge {
     }
 }
 
-/// Reads the heads every `shared.config.store_poll` and wakes connections
-/// whose mail the bus did not announce, until `stop` turns true. Runs only
-/// with a bus that may lose wake-ups ([`Bus::may_lose_wakeups`]).
+/// What the poll task reads and wakes: the node's store, bus, watch and
+/// metrics.
+pub(crate) struct Polled<'a, S, B> {
+    pub(crate) store: &'a S,
+    pub(crate) bus: &'a B,
+    pub(crate) watch: &'a MailWatch,
+    pub(crate) metrics: &'a crate::metrics::Metrics,
+}
+
+/// Reads the heads every `every` and wakes connections whose mail the bus
+/// did not announce, until `stop` turns true. Runs only with a bus that may
+/// lose wake-ups ([`Bus::may_lose_wakeups`]).
 pub(crate) async fn poll<S: Store, B: Bus>(
-    shared: Arc<Shared<S, B>>,
+    shared: Polled<'_, S, B>,
+    every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let every = shared.config.store_poll;
     if every.is_zero() || !shared.bus.may_lose_wakeups() {
         return;
     }

@@ -1,6 +1,6 @@
 //! The operator's surface of the real `sotto-server` binary, on the embedded
 //! store and on PostgreSQL: a config file (unknown keys named, environment
-//! overrides), `/healthz`, `/readyz` and `/metrics`, `invite`, `stats` and
+//! overrides), `/healthz`, `/readyz`, `/busz` and `/metrics`, `invite`, `stats` and
 //! `devices revoke`, and a graceful stop on SIGTERM.
 
 use std::io::{Read, Write};
@@ -57,6 +57,7 @@ async fn operate(store: Option<&str>) {
 
     assert_eq!(get(admin, "/healthz").0, 200);
     assert_eq!(get(admin, "/readyz"), (200, "ready\n".to_owned()));
+    assert_eq!(get(admin, "/busz"), (200, "bus connected\n".to_owned()));
     assert_eq!(get(admin, "/nothing").0, 404);
 
     let alice = Client::register(
@@ -80,6 +81,8 @@ async fn operate(store: Option<&str>) {
         "sotto_request_duration_seconds_count{kind=\"register\"} 1",
         "sotto_connections_accepted_total",
         "sotto_mailbox_pending",
+        "sotto_store_up 1",
+        "sotto_bus_connected 1",
     ] {
         assert!(
             metrics.contains(needle),

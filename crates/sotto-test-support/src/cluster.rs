@@ -2,6 +2,9 @@
 //! behind a TCP [`Balancer`], as an operator runs them: the nodes share the
 //! TLS identity (copied from the first node's data directory) and the
 //! attachment directory, and announce the balancer's address in their link.
+//! Each node has an admin endpoint ([`Cluster::admin`], [`admin_get`]); a
+//! fault test gives each node its own store and bus addresses (proxies it
+//! can cut: [`Cluster::start_each`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,6 +22,8 @@ pub struct Cluster {
     pub balancer: Balancer,
     /// The link clients register with (the balancer's address).
     pub link: String,
+    /// Each node's admin endpoint (`/healthz`, `/readyz`, `/busz`, `/metrics`).
+    pub admin: Vec<SocketAddr>,
     fingerprint: String,
 }
 
@@ -26,28 +31,42 @@ impl Cluster {
     /// Starts `n` nodes with data directories under `root`, on `store` (a
     /// postgres:// URL) and `bus` (a nats:// URL).
     pub fn start(root: &Path, n: usize, store: &str, bus: &str) -> Self {
+        let each = vec![(store.to_owned(), bus.to_owned()); n];
+        Self::start_each(root, &each)
+    }
+
+    /// Starts one node per (store URL, bus URL): the same database and NATS
+    /// reached through addresses of each node's own.
+    pub fn start_each(root: &Path, each: &[(String, String)]) -> Self {
         let balancer = Balancer::start(Vec::new());
         let lb = balancer.addr.to_string();
         let blobs = root.join("blobs");
         let blobs = blobs.to_str().expect("utf-8 path");
-        let args = [
-            "--store",
-            store,
-            "--bus",
-            bus,
-            "--public-addr",
-            &lb,
-            "--blob-dir",
-            blobs,
-        ];
         let mut nodes: Vec<ServerProcess> = Vec::new();
-        for i in 0..n {
+        let mut admin = Vec::new();
+        for (i, (store, bus)) in each.iter().enumerate() {
             let data = root.join(format!("node{i}"));
             if let Some(first) = nodes.first() {
                 share_tls(&first.data, &data);
             }
             let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+            let admin_addr: SocketAddr =
+                format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+            let admin_arg = admin_addr.to_string();
+            let args = [
+                "--store",
+                store.as_str(),
+                "--bus",
+                bus.as_str(),
+                "--public-addr",
+                &lb,
+                "--blob-dir",
+                blobs,
+                "--admin-listen",
+                &admin_arg,
+            ];
             nodes.push(ServerProcess::start_on(&data, addr, &args));
+            admin.push(admin_addr);
         }
         let link = nodes[0].link.clone();
         for node in &nodes {
@@ -59,8 +78,19 @@ impl Cluster {
             nodes,
             balancer,
             link,
+            admin,
             fingerprint,
         }
+    }
+
+    /// A link naming the nodes' own addresses in this order (a client
+    /// without a balancer, failing over from one node to the next).
+    pub fn failover_link(&self, order: &[usize]) -> String {
+        let addrs: Vec<String> = order
+            .iter()
+            .map(|&i| self.nodes[i].addr.to_string())
+            .collect();
+        format!("sotto://{}#fp={}", addrs.join(","), self.fingerprint)
     }
 
     /// A link that reaches node `i` directly, not through the balancer.
@@ -80,4 +110,30 @@ fn share_tls(from: &Path, to: &PathBuf) {
     for f in ["tls-cert.der", "tls-key.der"] {
         std::fs::copy(from.join(f), to.join(f)).expect("copy TLS identity");
     }
+}
+
+/// `GET path` on an admin endpoint: (status, body, time taken). A status of
+/// 0 means no answer.
+pub fn admin_get(addr: SocketAddr, path: &str) -> (u16, String, std::time::Duration) {
+    use std::io::{Read, Write};
+    let started = std::time::Instant::now();
+    let answer = (|| -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.1\r\nhost: admin\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })();
+    let took = started.elapsed();
+    let Ok(text) = answer else {
+        return (0, String::new(), took);
+    };
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body, took)
 }

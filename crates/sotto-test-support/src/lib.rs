@@ -8,6 +8,7 @@
 pub mod balancer;
 pub mod cluster;
 pub mod mls;
+pub mod proxy;
 pub mod services;
 
 use std::io::{BufRead, BufReader};

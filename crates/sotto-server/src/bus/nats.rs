@@ -116,7 +116,9 @@ impl NatsBus {
         let started = tokio::time::Instant::now();
         while client.connection_state() != async_nats::connection::State::Connected {
             if started.elapsed() >= CONNECT_WAIT {
-                tracing::warn!("bus unreachable; serving without it and connecting in the background");
+                tracing::warn!(
+                    "bus unreachable; serving without it and connecting in the background"
+                );
                 first_missed.store(true, Ordering::SeqCst);
                 break;
             }

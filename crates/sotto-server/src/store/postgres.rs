@@ -87,9 +87,14 @@ fn retryable(e: &sqlx::Error) -> bool {
 pub(crate) fn map_err(e: sqlx::Error) -> StoreError {
     use sqlx::Error as E;
     match &e {
-        E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => {
-            StoreError::Unavailable(e.to_string())
-        }
+        // A protocol error is a connection cut mid-exchange (a database
+        // closing during its shutdown answers an SSL request with nothing).
+        E::Io(_)
+        | E::Tls(_)
+        | E::Protocol(_)
+        | E::PoolTimedOut
+        | E::PoolClosed
+        | E::WorkerCrashed => StoreError::Unavailable(e.to_string()),
         E::Database(d) => {
             let code = d.code().unwrap_or_default();
             // 08: connection exception, 53: insufficient resources (disk full,
@@ -1409,7 +1414,8 @@ impl Store for PgStore {
         for chunk in devices.chunks(8192) {
             let ids: Vec<&[u8]> = chunk.iter().map(|d| &d.0[..]).collect();
             let rows = sqlx::query(
-                "SELECT device, last_seq FROM mailbox_heads WHERE device = ANY($1)",
+                "SELECT h.device, h.last_seq FROM unnest($1::bytea[]) AS d(device) \
+                 JOIN mailbox_heads h ON h.device = d.device",
             )
             .bind(ids)
             .fetch_all(&self.pool)
