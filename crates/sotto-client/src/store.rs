@@ -11,6 +11,11 @@
 //! WAL right after the commit, so the old secrets are in neither the
 //! database pages (`secure_delete` zeroes them) nor old WAL frames.
 //! Temporary triggers on openmls's tables notice those writes.
+//!
+//! The profile's own tables are versioned: numbered migrations in this
+//! crate's `migrations/`, applied on open and counted in `PRAGMA
+//! user_version` (see the `migrations` module, which also adopts profiles
+//! made before versions were counted).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -24,6 +29,8 @@ use sotto_proto::{AccountId, DeviceId, GroupId, Handle, MessageId, SignedDeviceL
 use zeroize::Zeroizing;
 
 use crate::{ClientError, ServerLink};
+
+mod migrations;
 
 /// openmls values are stored as JSON inside the encrypted database.
 #[derive(Debug, Default)]
@@ -71,95 +78,6 @@ impl<'a> OpenMlsProvider for Provider<'a> {
         self.crypto
     }
 }
-
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS profile (
-    k TEXT PRIMARY KEY,
-    v BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS contacts (
-    handle      TEXT PRIMARY KEY,
-    account     BLOB NOT NULL,
-    verified    INTEGER NOT NULL DEFAULT 0,   -- the user confirmed the safety number of `account`
-    needs_confirm INTEGER NOT NULL DEFAULT 0, -- a verified contact's key changed
-    previous_account BLOB
-);
-CREATE TABLE IF NOT EXISTS conversations (
-    group_id    BLOB PRIMARY KEY,
-    kind        TEXT NOT NULL,              -- 'direct' or 'group'
-    name        TEXT NOT NULL,              -- peer handle(s), or the group's name
-    state       TEXT NOT NULL DEFAULT 'active',  -- 'active', 'leaving', 'removed'
-    created_ms  INTEGER NOT NULL,
-    sent_since_update INTEGER NOT NULL DEFAULT 0,
-    last_update_ms    INTEGER NOT NULL,
-    name_key    BLOB                        -- a group's name key (sotto_core::names)
-);
-CREATE TABLE IF NOT EXISTS messages (
-    id              BLOB PRIMARY KEY,
-    group_id        BLOB NOT NULL,
-    sender_handle   TEXT NOT NULL,
-    sender_account  BLOB NOT NULL,
-    outgoing        INTEGER NOT NULL,
-    body            TEXT NOT NULL,
-    sent_at_ms      INTEGER NOT NULL,
-    received_at_ms  INTEGER NOT NULL,
-    shown           INTEGER NOT NULL DEFAULT 0,
-    seq             INTEGER,
-    expires_at_ms   INTEGER,                 -- disappearing: deleted from this time on
-    reply_to        BLOB                     -- the id of the message this one replies to
-);
-CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages(expires_at_ms);
-CREATE INDEX IF NOT EXISTS messages_unshown ON messages(shown, seq);
-CREATE TABLE IF NOT EXISTS processed (
-    sender  BLOB NOT NULL,
-    msg_id  BLOB NOT NULL,
-    PRIMARY KEY (sender, msg_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS attachments (
-    msg_id      BLOB PRIMARY KEY,
-    sender      TEXT NOT NULL,
-    ref         BLOB NOT NULL,               -- postcard FileRef: blob id, key, nonce, hash, name, size
-    state       TEXT NOT NULL DEFAULT 'pending',  -- 'pending', 'saved', 'refused', 'gone', 'failed'
-    path        TEXT
-);
-CREATE TABLE IF NOT EXISTS pending_commits (
-    group_id    BLOB PRIMARY KEY,
-    request     BLOB NOT NULL,               -- postcard CommitRequest, resent as is
-    name        TEXT,                        -- for a creation: the conversation's name
-    is_group    INTEGER,
-    rejoin      INTEGER NOT NULL DEFAULT 0   -- an external commit that rejoins the group
-);
-CREATE TABLE IF NOT EXISTS device_lists (
-    account     BLOB PRIMARY KEY,
-    version     INTEGER NOT NULL,
-    data        BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS known_devices (    -- every device of a contact seen here, each announced once
-    account     BLOB NOT NULL,
-    device      BLOB NOT NULL,
-    PRIMARY KEY (account, device)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS rejoins (          -- conversations whose state this device lost
-    group_id    BLOB PRIMARY KEY,
-    asked_ms    INTEGER NOT NULL DEFAULT 0,  -- when it last tried to rejoin; 0: not yet
-    missed      INTEGER NOT NULL DEFAULT 0   -- deliveries it could not read meanwhile
-);
-CREATE TABLE IF NOT EXISTS blocked (         -- accounts this profile blocked (crate::blocks)
-    account     BLOB PRIMARY KEY,
-    handle      TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS left_groups (     -- conversations left alone or refused: deliveries dropped
-    group_id    BLOB PRIMARY KEY
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    msg_id      BLOB PRIMARY KEY,
-    group_id    BLOB NOT NULL,
-    payload     BLOB NOT NULL,
-    created_ms  INTEGER NOT NULL,
-    ttl_ms      INTEGER,                     -- a disappearing message's server-side lifetime
-    plaintext   BLOB                         -- what `payload` encrypts, to encrypt again in a later epoch
-);
-"#;
 
 /// The profile's own identity, loaded from the store.
 pub struct Identity {
@@ -265,8 +183,9 @@ pub struct Conversation {
     pub is_group: bool,
     /// The group's name, or the peer's handle.
     pub name: String,
-    /// `active`, `leaving` (asked to leave) or `removed`.
-    pub state: String,
+    /// Active, leaving (asked to leave) or removed; stored as the words
+    /// `active`, `leaving`, `removed`.
+    pub state: crate::session::ConversationState,
     /// Messages this device sent since its last self-update.
     pub sent_since_update: u64,
     /// When this device last updated its leaf.
@@ -368,9 +287,6 @@ fn stored_messages<P: rusqlite::Params>(
     Ok(out)
 }
 
-/// Brings the tables of a profile made by an older version up to
-/// [`SCHEMA`] (whose `CREATE TABLE IF NOT EXISTS` leaves existing tables
-/// as they are): columns added since are added when missing. Idempotent.
 /// Temporary (per connection) triggers that set `temp.secrets_dropped` when
 /// a transaction replaces a group's epoch secrets or deletes MLS private
 /// keys or group state; see [`Store::forget_dropped_secrets`].
@@ -394,37 +310,6 @@ CREATE TEMP TRIGGER IF NOT EXISTS key_packages_deleted
     AFTER DELETE ON main.openmls_key_packages
     BEGIN UPDATE secrets_dropped SET n = 1; END;
 ";
-
-fn migrate(conn: &Connection) -> Result<(), ClientError> {
-    let has = |table: &str, column: &str| -> Result<bool, ClientError> {
-        let n: i64 = conn.query_row(
-            "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2",
-            params![table, column],
-            |r| r.get(0),
-        )?;
-        Ok(n > 0)
-    };
-    // Replies (profiles from before them have no such column).
-    if !has("messages", "reply_to")? {
-        conn.execute_batch("ALTER TABLE messages ADD COLUMN reply_to BLOB")?;
-    }
-    // Protocol 3: sealed group names, rejoins by external commit; other
-    // devices no longer ask this one to re-add them.
-    if !has("conversations", "name_key")? {
-        conn.execute_batch("ALTER TABLE conversations ADD COLUMN name_key BLOB")?;
-    }
-    if !has("pending_commits", "rejoin")? {
-        conn.execute_batch(
-            "ALTER TABLE pending_commits ADD COLUMN rejoin INTEGER NOT NULL DEFAULT 0",
-        )?;
-    }
-    conn.execute_batch("DROP TABLE IF EXISTS readds")?;
-    // Messages the server refuses for a past epoch are encrypted again.
-    if !has("outbox", "plaintext")? {
-        conn.execute_batch("ALTER TABLE outbox ADD COLUMN plaintext BLOB")?;
-    }
-    Ok(())
-}
 
 /// The open store of a profile.
 pub struct Store {
@@ -711,9 +596,9 @@ impl Store {
              PRAGMA foreign_keys=ON;",
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.execute_batch(SCHEMA)?;
-        migrate(&conn)?;
         let mut conn = conn;
+        migrations::migrate(&mut conn, migrations::MIGRATIONS)
+            .map_err(|e| ClientError::Store(e.to_string()))?;
         SqliteStorageProvider::<JsonCodec, &mut Connection>::new(&mut conn)
             .run_migrations()
             .map_err(|e| ClientError::Store(format!("mls storage migration: {e}")))?;
@@ -1151,7 +1036,7 @@ impl Store {
                 group: GroupId(arr(g)?),
                 is_group: kind == "group",
                 name,
-                state,
+                state: crate::session::ConversationState::from_stored(&state),
                 sent_since_update: u(sent),
                 last_update_ms: u(last),
                 created_ms: u(created),
@@ -1270,21 +1155,31 @@ pub mod rows {
         Ok(())
     }
 
-    /// A conversation's state (`active`, `leaving`, `removed`).
-    pub fn conversation_state(c: &Connection, g: &GroupId) -> Result<Option<String>, ClientError> {
-        Ok(c.query_row(
-            "SELECT state FROM conversations WHERE group_id = ?1",
-            [&g.0[..]],
-            |r| r.get(0),
-        )
-        .optional()?)
+    /// A conversation's state (stored as `active`, `leaving`, `removed`).
+    pub fn conversation_state(
+        c: &Connection,
+        g: &GroupId,
+    ) -> Result<Option<crate::session::ConversationState>, ClientError> {
+        let s: Option<String> = c
+            .query_row(
+                "SELECT state FROM conversations WHERE group_id = ?1",
+                [&g.0[..]],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(s.as_deref()
+            .map(crate::session::ConversationState::from_stored))
     }
 
     /// Sets a conversation's state.
-    pub fn set_state(c: &Connection, g: &GroupId, state: &str) -> Result<(), ClientError> {
+    pub fn set_state(
+        c: &Connection,
+        g: &GroupId,
+        state: crate::session::ConversationState,
+    ) -> Result<(), ClientError> {
         c.execute(
             "UPDATE conversations SET state = ?2 WHERE group_id = ?1",
-            params![&g.0[..], state],
+            params![&g.0[..], state.as_str()],
         )?;
         Ok(())
     }

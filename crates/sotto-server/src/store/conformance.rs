@@ -3,7 +3,8 @@
 //! `#[tokio::test]` each for a backend.
 
 use sotto_proto::{
-    AccountId, DeviceId, EnvelopeKind, GroupId, Handle, MessageId, Signature, SignedDeviceList,
+    AccountId, DeviceId, DeviceKill, EnvelopeKind, GroupId, Handle, MessageId, Signature,
+    SignedDeviceList, SignedKillRecord,
 };
 
 use super::{
@@ -430,12 +431,19 @@ pub async fn mailbox_heads_follow_sends<S: Store>(s: S) {
             .await
             .unwrap();
     }
-    let two = s.fetch(dev(2), 0, 10, NOW).await.unwrap().last().map(|m| m.seq);
-    let three = s.fetch(dev(3), 0, 10, NOW).await.unwrap().last().map(|m| m.seq);
-    let mut heads = s
-        .mailbox_heads(vec![dev(2), dev(3), dev(9)])
+    let two = s
+        .fetch(dev(2), 0, 10, NOW)
         .await
-        .unwrap();
+        .unwrap()
+        .last()
+        .map(|m| m.seq);
+    let three = s
+        .fetch(dev(3), 0, 10, NOW)
+        .await
+        .unwrap()
+        .last()
+        .map(|m| m.seq);
+    let mut heads = s.mailbox_heads(vec![dev(2), dev(3), dev(9)]).await.unwrap();
     heads.sort();
     assert_eq!(
         heads,
@@ -1051,6 +1059,192 @@ pub async fn blocks_and_leaving_alone<S: Store>(s: S) {
     assert_eq!(sent, vec![dev(2), dev(3)]);
 }
 
+/// A kill-code record of account `n` (the store does not check it; the
+/// server does): `tag` stands for its salts and check values.
+fn kill(n: u8, version: u64, devices: &[DeviceId], tag: u8) -> SignedKillRecord {
+    SignedKillRecord {
+        account: AccountId([n; 32]),
+        version,
+        server_salt: [tag; 16],
+        server_check: [tag; 32],
+        devices: devices
+            .iter()
+            .map(|d| DeviceKill {
+                device: *d,
+                salt: [tag; 16],
+                check: [tag ^ 0xff; 32],
+            })
+            .collect(),
+        signature: Signature([tag; 64]),
+    }
+}
+
+/// Kill-code records: one per account, replaced only by a higher version
+/// (an equal or older one is refused and changes nothing), read back
+/// whole.
+pub async fn kill_records_are_versioned<S: Store>(s: S) {
+    s.register(account(1)).await.unwrap();
+    s.register(account(2)).await.unwrap();
+    let (a, b) = (AccountId([1; 32]), AccountId([2; 32]));
+    assert_eq!(s.kill_record(a).await.unwrap(), None);
+    let v2 = kill(1, 2, &[dev(1)], 0x21);
+    assert!(s.set_kill_record(v2.clone()).await.unwrap());
+    assert_eq!(s.kill_record(a).await.unwrap(), Some(v2.clone()));
+    assert_eq!(s.kill_record(b).await.unwrap(), None, "per account");
+    // Older and equal versions are refused, whatever they hold.
+    assert!(!s.set_kill_record(kill(1, 1, &[], 0x11)).await.unwrap());
+    assert!(!s.set_kill_record(kill(1, 2, &[], 0x22)).await.unwrap());
+    assert_eq!(s.kill_record(a).await.unwrap(), Some(v2));
+    // A newer one replaces it whole.
+    let second = DeviceId([0x11; 32]);
+    let v7 = kill(1, 7, &[dev(1), second], 0x71);
+    assert!(s.set_kill_record(v7.clone()).await.unwrap());
+    assert_eq!(s.kill_record(a).await.unwrap(), Some(v7.clone()));
+    // Another account's record is its own.
+    let other = kill(2, 1, &[dev(2)], 0x12);
+    assert!(s.set_kill_record(other.clone()).await.unwrap());
+    assert_eq!(s.kill_record(b).await.unwrap(), Some(other));
+    assert_eq!(s.kill_record(a).await.unwrap(), Some(v7));
+}
+
+/// A wipe target names the handle's account, its kill-code record and
+/// exactly its live devices: not revoked ones, not forgotten ones, not
+/// another account's; an unknown handle has none.
+pub async fn wipe_targets_name_live_devices<S: Store>(s: S) {
+    s.register(account(1)).await.unwrap();
+    s.register(account(2)).await.unwrap();
+    let user = |n: u8| Handle::new(&format!("user{n}")).unwrap();
+    assert!(s.wipe_target(user(9)).await.unwrap().is_none());
+    let t = s.wipe_target(user(1)).await.unwrap().unwrap();
+    assert_eq!(t.account, AccountId([1; 32]));
+    assert_eq!((t.record, t.devices), (None, vec![dev(1)]));
+    let (second, third) = (DeviceId([0x11; 32]), DeviceId([0x12; 32]));
+    s.publish_device_list(list(1, 2, &[dev(1), second, third]), NOW)
+        .await
+        .unwrap();
+    let record = kill(1, 1, &[dev(1), second, third], 0x31);
+    s.set_kill_record(record.clone()).await.unwrap();
+    let sorted = |mut v: Vec<DeviceId>| {
+        v.sort();
+        v
+    };
+    let t = s.wipe_target(user(1)).await.unwrap().unwrap();
+    assert_eq!(t.account, AccountId([1; 32]));
+    assert_eq!(t.record, Some(record.clone()));
+    assert_eq!(sorted(t.devices), sorted(vec![dev(1), second, third]));
+    // Revoked by the account, by the operator, forgotten after a wipe:
+    // none of them is a target any more.
+    s.publish_device_list(list(1, 3, &[dev(1), third]), NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        sorted(s.wipe_target(user(1)).await.unwrap().unwrap().devices),
+        sorted(vec![dev(1), third])
+    );
+    assert!(s.revoke_device(third).await.unwrap());
+    s.forget_device(dev(1)).await.unwrap();
+    let t = s.wipe_target(user(1)).await.unwrap().unwrap();
+    assert_eq!((t.record, t.devices), (Some(record), vec![]));
+    // The other account is untouched.
+    let t = s.wipe_target(user(2)).await.unwrap().unwrap();
+    assert_eq!(
+        (t.account, t.record, t.devices),
+        (AccountId([2; 32]), None, vec![dev(2)])
+    );
+}
+
+/// A device that wiped itself is forgotten in one step: its record, its
+/// whole mailbox, its KeyPackages and its group memberships; the other
+/// devices keep their mail (also of the messages they shared with it) and
+/// their KeyPackages. Forgetting again, or an unknown device, is no error.
+pub async fn forget_device_drops_its_data<S: Store>(s: S) {
+    for n in 1..=3 {
+        s.register(account(n)).await.unwrap();
+    }
+    // KeyPackage `i` of device `d`.
+    let kp_of = |d: DeviceId, i: u8| {
+        let mut hash = [i; 32];
+        hash[0] = d.0[0];
+        StoredKeyPackage {
+            hash,
+            data: vec![i; 8],
+        }
+    };
+    for d in [dev(2), dev(3)] {
+        s.upload_key_packages(d, vec![kp_of(d, 1), kp_of(d, 2)], Some(kp_of(d, 3)), 10)
+            .await
+            .unwrap();
+    }
+    let g = GroupId([30; 32]);
+    s.commit(create(g, dev(1), vec![dev(1), dev(2), dev(3)]))
+        .await
+        .unwrap();
+    for id in 1..=2 {
+        s.send(out(g, dev(1), id, EnvelopeKind::Application), cap(100))
+            .await
+            .unwrap();
+    }
+    s.send_to_device(out(g, dev(3), 3, EnvelopeKind::Device), dev(2), cap(100))
+        .await
+        .unwrap();
+    assert_eq!(s.fetch(dev(2), 0, 10, NOW).await.unwrap().len(), 3);
+    let st = s.stats().await.unwrap();
+    assert_eq!(
+        (st.live_devices, st.pending_deliveries, st.key_packages),
+        (3, 5, 4)
+    );
+
+    s.forget_device(dev(2)).await.unwrap();
+    assert_eq!(s.device(dev(2)).await.unwrap(), None);
+    assert!(s.fetch(dev(2), 0, 10, NOW).await.unwrap().is_empty());
+    assert!(s.mailbox_heads(vec![dev(2)]).await.unwrap().is_empty());
+    let none = s.key_package_stock(dev(2)).await.unwrap();
+    assert_eq!((none.one_time, none.last_resort), (0, false));
+    assert!(s.claim_device_key_package(dev(2)).await.unwrap().is_none());
+    let (acc, claimed) = s
+        .claim_key_packages(Handle::new("user2").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (acc, claimed.len()),
+        (AccountId([2; 32]), 0),
+        "no device left"
+    );
+    let st = s.stats().await.unwrap();
+    assert_eq!(
+        (
+            st.accounts,
+            st.live_devices,
+            st.pending_deliveries,
+            st.key_packages
+        ),
+        (3, 2, 2, 2)
+    );
+    // dev(3) keeps the messages it shared with dev(2), and its KeyPackages.
+    let kept = s.fetch(dev(3), 0, 10, NOW).await.unwrap();
+    let ids: Vec<u8> = kept.iter().map(|e| e.envelope.msg_id.0[0]).collect();
+    assert_eq!(ids, vec![1, 2]);
+    assert_eq!(kept[0].envelope.payload.0, vec![1; 10]);
+    let kps = s.key_package_stock(dev(3)).await.unwrap();
+    assert_eq!((kps.one_time, kps.last_resort), (2, true));
+    // No longer a member: the group's sends go past it, and it cannot send.
+    let sent = s
+        .send(out(g, dev(1), 4, EnvelopeKind::Application), cap(100))
+        .await
+        .unwrap();
+    assert_eq!(sent.recipients, vec![dev(3)]);
+    assert!(matches!(
+        s.send(out(g, dev(2), 5, EnvelopeKind::Application), cap(100))
+            .await,
+        Err(SendError::NotMember)
+    ));
+    // Idempotent, and nothing for a device the store does not know.
+    s.forget_device(dev(2)).await.unwrap();
+    s.forget_device(DeviceId([0x55; 32])).await.unwrap();
+    assert_eq!(s.stats().await.unwrap().live_devices, 2);
+}
+
 /// Generates one test per conformance check for a backend, given an async
 /// expression that makes `(guard, store)`: a fresh store and whatever must
 /// live as long as it (a temp directory, a database).
@@ -1076,6 +1270,9 @@ macro_rules! store_conformance_tests {
             kill_guesses_count_per_key_and_window,
             blocks_and_leaving_alone,
             sends_only_in_the_current_epoch,
+            kill_records_are_versioned,
+            wipe_targets_name_live_devices,
+            forget_device_drops_its_data,
         );
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {

@@ -237,7 +237,7 @@ impl MailboxCap {
 
 #[derive(Debug, Clone)]
 pub struct CommitWrite {
-    /// The group's public state after the commit (`sotto_core::public`).
+    /// The group's public state after the commit (`sotto_rules::public`).
     pub state: Vec<u8>,
     /// The GroupInfo of the new epoch, for devices that rejoin.
     pub group_info: Vec<u8>,
@@ -282,7 +282,7 @@ pub struct ProposalWrite {
 pub struct GroupState {
     /// The group's epoch.
     pub epoch: u64,
-    /// Its public state (`sotto_core::public`).
+    /// Its public state (`sotto_rules::public`).
     pub state: Vec<u8>,
     /// The GroupInfo of this epoch.
     pub group_info: Vec<u8>,

@@ -4,7 +4,9 @@
 //! through one connection on blocking threads; SQLite serializes writers
 //! anyway, and one connection keeps every write in a single, simple order.
 //! Concurrent sends and acknowledgements share a transaction and its fsync
-//! (group commit, see [`SqliteStore`]).
+//! (group commit, see [`SqliteStore`]). The schema is versioned like the
+//! PostgreSQL store's: numbered migrations in `migrations/sqlite/`, applied
+//! on open and counted in `PRAGMA user_version` (the `migrations` module).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -23,120 +25,7 @@ use super::{
     StoredKeyPackage, WipeTarget,
 };
 
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS accounts (
-    account     BLOB PRIMARY KEY,
-    handle      TEXT NOT NULL UNIQUE,
-    created_ms  INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS devices (
-    device      BLOB PRIMARY KEY,
-    account     BLOB NOT NULL REFERENCES accounts(account),
-    created_ms  INTEGER NOT NULL,
-    revoked     INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS devices_by_account ON devices(account);
-CREATE TABLE IF NOT EXISTS invites (
-    hash        BLOB PRIMARY KEY,
-    expires_ms  INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS key_packages (
-    hash        BLOB PRIMARY KEY,
-    device      BLOB NOT NULL,
-    data        BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS key_packages_by_device ON key_packages(device);
-CREATE TABLE IF NOT EXISTS last_resort_key_packages (
-    device      BLOB PRIMARY KEY,
-    hash        BLOB NOT NULL,
-    data        BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS groups (
-    group_id    BLOB PRIMARY KEY,
-    epoch       INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS group_states (
-    group_id    BLOB PRIMARY KEY,
-    state       BLOB NOT NULL,
-    group_info  BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS group_proposals (
-    id          INTEGER PRIMARY KEY,
-    group_id    BLOB NOT NULL,
-    epoch       INTEGER NOT NULL,
-    data        BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS group_proposals_by_group ON group_proposals(group_id, id);
-CREATE TABLE IF NOT EXISTS group_members (
-    group_id    BLOB NOT NULL,
-    device      BLOB NOT NULL,
-    PRIMARY KEY (group_id, device)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS messages (
-    id          INTEGER PRIMARY KEY,
-    group_id    BLOB NOT NULL,
-    sender      BLOB NOT NULL,
-    msg_id      BLOB NOT NULL,
-    kind        INTEGER NOT NULL,
-    server_ms   INTEGER NOT NULL,
-    expires_ms  INTEGER NOT NULL,
-    payload     BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages(expires_ms);
-CREATE TABLE IF NOT EXISTS mailbox (
-    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-    device      BLOB NOT NULL,
-    message     INTEGER NOT NULL REFERENCES messages(id)
-);
-CREATE INDEX IF NOT EXISTS mailbox_by_device ON mailbox(device, seq);
-CREATE INDEX IF NOT EXISTS mailbox_by_message ON mailbox(message);
-CREATE TABLE IF NOT EXISTS device_lists (
-    account     BLOB PRIMARY KEY,
-    version     INTEGER NOT NULL,
-    data        BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS kill_records (
-    account     BLOB PRIMARY KEY,
-    version     INTEGER NOT NULL,
-    data        BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS blobs (
-    blob        BLOB PRIMARY KEY,
-    sender      BLOB NOT NULL,
-    total       INTEGER NOT NULL,
-    received    INTEGER NOT NULL,
-    expires_ms  INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS blob_recipients (
-    blob        BLOB NOT NULL,
-    device      BLOB NOT NULL,
-    PRIMARY KEY (blob, device)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS seen_commits (
-    key         BLOB PRIMARY KEY,
-    epoch       INTEGER NOT NULL,
-    expires_ms  INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS seen_sends (
-    key         BLOB PRIMARY KEY,
-    expires_ms  INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS kill_guesses (
-    key         BLOB PRIMARY KEY,
-    failures    INTEGER NOT NULL,
-    until_ms    INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS blocks (
-    account     BLOB NOT NULL,
-    blocked     BLOB NOT NULL,
-    PRIMARY KEY (account, blocked)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS group_leaves (
-    group_id    BLOB NOT NULL,
-    device      BLOB NOT NULL,
-    PRIMARY KEY (group_id, device)
-) WITHOUT ROWID;
-"#;
+mod migrations;
 
 /// The SQLite store.
 ///
@@ -212,15 +101,26 @@ fn write_batch(c: &mut Connection, jobs: Vec<WriteJob>) {
 }
 
 fn map_err(e: rusqlite::Error) -> StoreError {
-    match e.sqlite_error_code() {
-        Some(SqlCode::DiskFull | SqlCode::DatabaseBusy | SqlCode::DatabaseLocked) => {
-            StoreError::Unavailable(e.to_string())
-        }
-        Some(SqlCode::SystemIoFailure | SqlCode::CannotOpen | SqlCode::ReadOnly) => {
-            StoreError::Unavailable(e.to_string())
-        }
-        _ => StoreError::Internal(e.to_string()),
+    if unavailable(&e) {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Internal(e.to_string())
     }
+}
+
+/// Whether `e` is a passing condition (disk full, locked, I/O), not a bug.
+fn unavailable(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(
+            SqlCode::DiskFull
+                | SqlCode::DatabaseBusy
+                | SqlCode::DatabaseLocked
+                | SqlCode::SystemIoFailure
+                | SqlCode::CannotOpen
+                | SqlCode::ReadOnly
+        )
+    )
 }
 
 fn kind_to_i64(k: EnvelopeKind) -> i64 {
@@ -381,7 +281,11 @@ impl SqliteStore {
         Self::init(conn)
     }
 
-    fn init(conn: Connection) -> Result<Self, StoreError> {
+    /// The schema version (`PRAGMA user_version`) of a database this build
+    /// opened: the number of its last migration (`migrations/sqlite/`).
+    pub const SCHEMA_VERSION: u32 = migrations::LATEST;
+
+    fn init(mut conn: Connection) -> Result<Self, StoreError> {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(map_err)?;
         conn.execute_batch(
@@ -389,7 +293,16 @@ impl SqliteStore {
              PRAGMA foreign_keys=ON;",
         )
         .map_err(map_err)?;
-        conn.execute_batch(SCHEMA).map_err(map_err)?;
+        let applied =
+            migrations::migrate(&mut conn, migrations::MIGRATIONS).map_err(|e| match &e {
+                migrations::MigrationError::Sqlite { source, .. } if unavailable(source) => {
+                    StoreError::Unavailable(e.to_string())
+                }
+                _ => StoreError::Internal(e.to_string()),
+            })?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, "SQLite store schema migrated");
+        }
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             writes: Arc::new(Batch::default()),

@@ -1,0 +1,95 @@
+-- Sotto client profile schema, version 1: the tables a profile had when
+-- the store began to count versions (`PRAGMA user_version`, see
+-- src/store/migrations.rs). Unlike every later migration it says
+-- `IF NOT EXISTS`: a profile made before versions were counted is at
+-- version 0 like a new one and must keep its rows; this adds the tables it
+-- lacks, and the Rust step of migration 1 adds the columns it lacks
+-- (messages.reply_to, conversations.name_key, pending_commits.rejoin,
+-- outbox.plaintext) and drops the readds table. Later changes are new
+-- numbered files, never edits of this one.
+CREATE TABLE IF NOT EXISTS profile (
+    k TEXT PRIMARY KEY,
+    v BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS contacts (
+    handle      TEXT PRIMARY KEY,
+    account     BLOB NOT NULL,
+    verified    INTEGER NOT NULL DEFAULT 0,   -- the user confirmed the safety number of `account`
+    needs_confirm INTEGER NOT NULL DEFAULT 0, -- a verified contact's key changed
+    previous_account BLOB
+);
+CREATE TABLE IF NOT EXISTS conversations (
+    group_id    BLOB PRIMARY KEY,
+    kind        TEXT NOT NULL,              -- 'direct' or 'group'
+    name        TEXT NOT NULL,              -- peer handle(s), or the group's name
+    state       TEXT NOT NULL DEFAULT 'active',  -- 'active', 'leaving', 'removed'
+    created_ms  INTEGER NOT NULL,
+    sent_since_update INTEGER NOT NULL DEFAULT 0,
+    last_update_ms    INTEGER NOT NULL,
+    name_key    BLOB                        -- a group's name key (sotto_core::names)
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id              BLOB PRIMARY KEY,
+    group_id        BLOB NOT NULL,
+    sender_handle   TEXT NOT NULL,
+    sender_account  BLOB NOT NULL,
+    outgoing        INTEGER NOT NULL,
+    body            TEXT NOT NULL,
+    sent_at_ms      INTEGER NOT NULL,
+    received_at_ms  INTEGER NOT NULL,
+    shown           INTEGER NOT NULL DEFAULT 0,
+    seq             INTEGER,
+    expires_at_ms   INTEGER,                 -- disappearing: deleted from this time on
+    reply_to        BLOB                     -- the id of the message this one replies to
+);
+CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages(expires_at_ms);
+CREATE INDEX IF NOT EXISTS messages_unshown ON messages(shown, seq);
+CREATE TABLE IF NOT EXISTS processed (
+    sender  BLOB NOT NULL,
+    msg_id  BLOB NOT NULL,
+    PRIMARY KEY (sender, msg_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS attachments (
+    msg_id      BLOB PRIMARY KEY,
+    sender      TEXT NOT NULL,
+    ref         BLOB NOT NULL,               -- postcard FileRef: blob id, key, nonce, hash, name, size
+    state       TEXT NOT NULL DEFAULT 'pending',  -- 'pending', 'saved', 'refused', 'gone', 'failed'
+    path        TEXT
+);
+CREATE TABLE IF NOT EXISTS pending_commits (
+    group_id    BLOB PRIMARY KEY,
+    request     BLOB NOT NULL,               -- postcard CommitRequest, resent as is
+    name        TEXT,                        -- for a creation: the conversation's name
+    is_group    INTEGER,
+    rejoin      INTEGER NOT NULL DEFAULT 0   -- an external commit that rejoins the group
+);
+CREATE TABLE IF NOT EXISTS device_lists (
+    account     BLOB PRIMARY KEY,
+    version     INTEGER NOT NULL,
+    data        BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS known_devices (    -- every device of a contact seen here, each announced once
+    account     BLOB NOT NULL,
+    device      BLOB NOT NULL,
+    PRIMARY KEY (account, device)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rejoins (          -- conversations whose state this device lost
+    group_id    BLOB PRIMARY KEY,
+    asked_ms    INTEGER NOT NULL DEFAULT 0,  -- when it last tried to rejoin; 0: not yet
+    missed      INTEGER NOT NULL DEFAULT 0   -- deliveries it could not read meanwhile
+);
+CREATE TABLE IF NOT EXISTS blocked (         -- accounts this profile blocked (crate::blocks)
+    account     BLOB PRIMARY KEY,
+    handle      TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS left_groups (     -- conversations left alone or refused: deliveries dropped
+    group_id    BLOB PRIMARY KEY
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    msg_id      BLOB PRIMARY KEY,
+    group_id    BLOB NOT NULL,
+    payload     BLOB NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    ttl_ms      INTEGER,                     -- a disappearing message's server-side lifetime
+    plaintext   BLOB                         -- what `payload` encrypts, to encrypt again in a later epoch
+);
