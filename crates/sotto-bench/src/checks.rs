@@ -1,7 +1,7 @@
 //! Scenario `checks`: what the server's check of one commit costs (protocol
 //! 3: the server checks every commit before it accepts it), for groups of
 //! 10, 100 and 1000 members. Sotto's side is exactly what the server runs
-//! per commit, `sotto_core::public::check_commit`: the stored state decoded,
+//! per commit, `sotto_rules::public::check_commit`: the stored state decoded,
 //! the commit processed on openmls's `PublicGroup`, the members' judgement,
 //! the GroupInfo checked, the new state encoded. The comparator, on the
 //! same commits in the same run: openmls's `PublicGroup` alone, kept in
@@ -22,9 +22,9 @@ use openmls_memory_storage::MemoryStorage;
 
 use sotto_core::group::{self, Change};
 use sotto_core::mls::{self, NewConversation};
-use sotto_core::public::{self, Held};
 use sotto_core::{DeviceKey, Suite};
 use sotto_proto::GroupId;
+use sotto_rules::public::{self, CommitCheck, Held, Start};
 
 use crate::members::{Member, median};
 use crate::report::{Table, ms, ratio};
@@ -77,13 +77,14 @@ fn row(suite: Suite, n: usize, reps: usize) -> anyhow::Result<Row> {
     // The server's state from the creation, as the server makes it.
     let accepted = public::check_commit(
         &crypto,
-        &G,
-        alice.me.device,
-        None,
-        Some(&created.base),
-        &created.staged.commit,
-        &created.staged.group_info,
-        true,
+        &CommitCheck {
+            group: &G,
+            sender: alice.me.device,
+            start: Start::Base(&created.base),
+            commit: &created.staged.commit,
+            group_info: &created.staged.group_info,
+            has_welcome: true,
+        },
     )?;
     let mut state = accepted.state;
     mls::merge_pending(&alice_p, G)?;
@@ -120,16 +121,17 @@ fn row(suite: Suite, n: usize, reps: usize) -> anyhow::Result<Row> {
             let t = Instant::now();
             let a = public::check_commit(
                 &crypto,
-                &G,
-                alice.me.device,
-                Some(Held {
-                    state,
-                    proposals: &[],
-                }),
-                None,
-                &s.commit,
-                &s.group_info,
-                false,
+                &CommitCheck {
+                    group: &G,
+                    sender: alice.me.device,
+                    start: Start::Held(Held {
+                        state,
+                        proposals: &[],
+                    }),
+                    commit: &s.commit,
+                    group_info: &s.group_info,
+                    has_welcome: false,
+                },
             )?;
             Ok((a.state, t.elapsed()))
         };

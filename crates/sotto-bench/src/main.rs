@@ -40,6 +40,7 @@ mod offline;
 mod payload;
 mod report;
 mod sys;
+mod watch;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -59,6 +60,7 @@ const SCENARIOS: &[&str] = &[
     "groups",
     "checks",
     "mls",
+    "watch",
 ];
 
 /// Scenarios of the benchmark issue that do not exist yet.
@@ -96,7 +98,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: sotto-bench <scenario>|all [--quick] [--out FILE.json|FILE.csv] [scenario arguments]
-scenarios: floor, direct, fanout, offline, commits, connections, cluster [PAIRS] [SECONDS], groups [SIZES] [REPETITIONS], checks [SIZES], mls [SIZES]";
+scenarios: floor, direct, fanout, offline, commits, connections, cluster [PAIRS] [SECONDS], groups [SIZES] [REPETITIONS], checks [SIZES], mls [SIZES], watch [SIZES]";
 
 fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Args> {
     let mut scenario = None;
@@ -190,6 +192,14 @@ async fn run_one(name: &str, ctx: &Ctx, rest: &[String]) -> anyhow::Result<Vec<T
                 .unwrap_or(if ctx.quick { 1 } else { 5 });
             // It makes its own runtime for the store: off this one.
             tokio::task::spawn_blocking(move || groups::run(&sizes, reps)).await?
+        }
+        "watch" => {
+            let sizes: Vec<usize> = match rest.first() {
+                Some(s) => s.split(',').map(str::parse).collect::<Result<_, _>>()?,
+                None if ctx.quick => vec![100],
+                None => vec![100, 1_000, 10_000],
+            };
+            watch::run(&sizes, if ctx.quick { 3 } else { 21 }).await
         }
         other => anyhow::bail!("unknown scenario {other:?}"),
     }

@@ -63,7 +63,7 @@ pub(crate) fn for_group(ciphertext: &[u8], group: GroupId, epoch: u64) -> Vec<u8
     out[GROUP_AT..EPOCH_AT].copy_from_slice(&group.0);
     out[EPOCH_AT..EPOCH_AT + 8].copy_from_slice(&epoch.to_be_bytes());
     debug_assert_eq!(
-        sotto_core::public::application_epoch(&group, &out),
+        sotto_rules::public::application_epoch(&group, &out),
         Some(epoch)
     );
     out

@@ -1,67 +1,22 @@
-//! Group conversations: their metadata (admins, and the name sealed from
-//! the server) in a group context extension, the judgement every client
-//! and the server pass on every commit (only admins add, remove or change
-//! the metadata; anyone may leave or update their own leaf; nobody changes
-//! who their leaf says they are), and the building of commits.
-//!
-//! The server orders commits (one per epoch) and runs the same judgement
-//! ([`crate::public`]) before it accepts one, so that a commit it accepts
-//! is one every member applies.
+//! Group conversations on this device: their metadata and timer as this
+//! device's state holds them, the names a commit sets, and the building
+//! of commits. The judgement every member and the server pass on every
+//! commit is key-free and lives in `sotto_rules::judge`; the server runs
+//! it on the same public state (`sotto_rules::public`) before it accepts
+//! a commit, so that a commit it accepts is one every member applies.
 
 use openmls::prelude::tls_codec::Serialize as _;
 use openmls::prelude::*;
 use openmls_traits::OpenMlsProvider;
-use serde::{Deserialize, Serialize};
 use sotto_proto::{AccountId, DeviceId};
 
-use crate::identity::{CredentialIdentity, DeviceKey};
-use crate::mls::{CoreError, internal, leaf_identity, load, storage};
-use crate::names::{NameKey, SealedKey, SealedName, WelcomeBundle};
+pub use sotto_rules::context::{GroupMeta, META_EXTENSION, TIMER_EXTENSION};
+use sotto_rules::context::{context_extensions, timer_of};
 
-/// The extension type of Sotto's group metadata (private-use range).
-pub const META_EXTENSION: u16 = 0xff5a;
-
-/// The extension type of a conversation's disappearing-message timer: a u64
-/// of seconds (absent: messages stay).
-pub const TIMER_EXTENSION: u16 = 0xff5b;
-
-/// The group context extensions of a conversation: its metadata (groups
-/// only), its timer, and the requirement that every member supports both.
-pub(crate) fn context_extensions(
-    meta: Option<&GroupMeta>,
-    timer_s: Option<u64>,
-) -> Result<Extensions<GroupContext>, CoreError> {
-    let required = RequiredCapabilitiesExtension::new(
-        &[
-            ExtensionType::Unknown(META_EXTENSION),
-            ExtensionType::Unknown(TIMER_EXTENSION),
-        ],
-        &[],
-        &[CredentialType::Basic],
-    );
-    let mut v = vec![Extension::RequiredCapabilities(required)];
-    if let Some(m) = meta {
-        v.push(m.to_extension()?);
-    }
-    if let Some(t) = timer_s {
-        v.push(Extension::Unknown(
-            TIMER_EXTENSION,
-            UnknownExtension(t.to_be_bytes().to_vec()),
-        ));
-    }
-    Extensions::from_vec(v).map_err(internal)
-}
-
-pub(crate) fn timer_of(exts: &Extensions<GroupContext>) -> Option<u64> {
-    exts.iter().find_map(|e| match e {
-        Extension::Unknown(t, UnknownExtension(b)) if *t == TIMER_EXTENSION => {
-            <[u8; 8]>::try_from(b.as_slice())
-                .ok()
-                .map(u64::from_be_bytes)
-        }
-        _ => None,
-    })
-}
+use crate::error::{CoreError, internal, storage};
+use crate::identity::DeviceKey;
+use crate::names::{NameKey, SealedKey, WelcomeBundle, open_name, seal_name};
+use crate::state::load;
 
 /// The conversation's disappearing-message timer in seconds, if set.
 pub fn timer<P: OpenMlsProvider>(
@@ -69,41 +24,6 @@ pub fn timer<P: OpenMlsProvider>(
     group_id: sotto_proto::GroupId,
 ) -> Result<Option<u64>, CoreError> {
     Ok(timer_of(load(provider, group_id)?.extensions()))
-}
-
-/// What a group's context says of it: who administers it, and its name
-/// sealed under the current name key (see [`crate::names`]). The server
-/// reads the admins to judge commits; it cannot read the name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GroupMeta {
-    /// Accounts allowed to add and remove others and to change this metadata.
-    pub admins: Vec<AccountId>,
-    /// The group's name, chosen by its admins, sealed.
-    pub name: SealedName,
-}
-
-impl GroupMeta {
-    fn to_extension(&self) -> Result<Extension, CoreError> {
-        Ok(Extension::Unknown(
-            META_EXTENSION,
-            UnknownExtension(postcard::to_stdvec(self).map_err(internal)?),
-        ))
-    }
-
-    pub(crate) fn from_extensions(exts: &Extensions<GroupContext>) -> Option<Self> {
-        exts.iter().find_map(|e| match e {
-            Extension::Unknown(t, UnknownExtension(b)) if *t == META_EXTENSION => {
-                let (m, rest) = postcard::take_from_bytes::<Self>(b).ok()?;
-                rest.is_empty().then_some(m)
-            }
-            _ => None,
-        })
-    }
-
-    /// Whether `account` is an admin.
-    pub fn is_admin(&self, account: &AccountId) -> bool {
-        self.admins.contains(account)
-    }
 }
 
 /// The metadata of a group; `None` for a one-to-one conversation.
@@ -114,260 +34,6 @@ pub fn meta<P: OpenMlsProvider>(
     Ok(GroupMeta::from_extensions(
         load(provider, group_id)?.extensions(),
     ))
-}
-
-/// The identity of the member at `leaf` in a group's public state.
-pub(crate) fn member_identity(pg: &PublicGroup, leaf: LeafNodeIndex) -> Option<CredentialIdentity> {
-    let l = pg.leaf(leaf)?;
-    leaf_identity(l.credential(), l.signature_key().as_slice())
-}
-
-/// The member whose own removal a proposal is, if it is one.
-pub(crate) fn self_removal(pg: &PublicGroup, p: &QueuedProposal) -> Option<CredentialIdentity> {
-    let Proposal::Remove(r) = p.proposal() else {
-        return None;
-    };
-    match p.sender() {
-        Sender::Member(i) if *i == r.removed() => member_identity(pg, *i),
-        _ => None,
-    }
-}
-
-fn refuse(why: &str) -> CoreError {
-    CoreError::Rejected(format!("commit refused: {why}"))
-}
-
-/// What judging a commit found.
-#[derive(Debug)]
-pub(crate) struct Judged {
-    /// Who committed it.
-    pub(crate) committer: CredentialIdentity,
-    /// The signed device lists that vouched for the devices it adds.
-    pub(crate) device_lists: Vec<sotto_proto::SignedDeviceList>,
-    /// Devices it re-adds (their leaf removed and a fresh one added).
-    pub(crate) readded: Vec<(AccountId, DeviceId)>,
-}
-
-/// Judges a commit against the group's state before it. Every member's
-/// client runs this on every commit it processes, and the server on every
-/// commit it accepts (on the same public state), so a commit the server
-/// lets through is one every member takes:
-///
-/// - the committer is a member whose credential names its leaf's key;
-/// - every added leaf has a Sotto credential, and is on its account's
-///   signed device list (carried in the commit's authenticated data);
-/// - a leaf that changes (the committer's path, an update) keeps its
-///   account, device and handle: nobody turns into someone else;
-/// - the group's policy ([`check_commit`]).
-pub(crate) fn judge_commit(
-    pg: &PublicGroup,
-    sender: &Sender,
-    staged: &StagedCommit,
-    aad: &[u8],
-) -> Result<Judged, CoreError> {
-    let committer = match sender {
-        Sender::Member(i) => member_identity(pg, *i).ok_or(CoreError::ForgedCredential)?,
-        Sender::NewMemberCommit => return judge_rejoin(pg, staged),
-        _ => return Err(refuse("not from a member")),
-    };
-    for add in staged.add_proposals() {
-        let leaf = add.add_proposal().key_package().leaf_node();
-        if leaf_identity(leaf.credential(), leaf.signature_key().as_slice()).is_none() {
-            return Err(CoreError::ForgedCredential);
-        }
-    }
-    if let Some(leaf) = staged.update_path_leaf_node() {
-        let id = leaf_identity(leaf.credential(), leaf.signature_key().as_slice());
-        if id.as_ref() != Some(&committer) {
-            return Err(CoreError::ForgedCredential);
-        }
-    }
-    for u in staged.update_proposals() {
-        let leaf = u.update_proposal().leaf_node();
-        let before = match u.sender() {
-            Sender::Member(j) => member_identity(pg, *j),
-            _ => None,
-        };
-        let after = leaf_identity(leaf.credential(), leaf.signature_key().as_slice());
-        if before.is_none() || before != after {
-            return Err(CoreError::ForgedCredential);
-        }
-    }
-    check_commit(pg, &committer, staged)?;
-    let device_lists = check_added_devices(staged, aad)?;
-    let readded = readded_devices(pg, staged);
-    Ok(Judged {
-        committer,
-        device_lists,
-        readded,
-    })
-}
-
-/// Judges an external commit: only a rejoin is one, a member device that
-/// lost its state replacing its own leaf by a fresh one (same account,
-/// device and handle) and changing nothing else. Nobody new comes in by
-/// external commit.
-fn judge_rejoin(pg: &PublicGroup, staged: &StagedCommit) -> Result<Judged, CoreError> {
-    let leaf = staged
-        .update_path_leaf_node()
-        .ok_or_else(|| refuse("an external commit without a path"))?;
-    let id = leaf_identity(leaf.credential(), leaf.signature_key().as_slice())
-        .ok_or(CoreError::ForgedCredential)?;
-    let mut removed = Vec::new();
-    for q in staged.queued_proposals() {
-        match q.proposal() {
-            Proposal::ExternalInit(_) => {}
-            Proposal::Remove(r) => removed.push(member_identity(pg, r.removed())),
-            _ => return Err(refuse("an external commit may only rejoin")),
-        }
-    }
-    if removed != [Some(id.clone())] {
-        return Err(refuse(
-            "only a member device rejoins, in place of its own leaf",
-        ));
-    }
-    Ok(Judged {
-        readded: vec![(id.account, id.device)],
-        committer: id,
-        device_lists: Vec::new(),
-    })
-}
-
-/// The policy on a commit from `committer`, judged against the group
-/// before the commit: adds, removals of other accounts and metadata
-/// changes need an admin; a member's own leave (proposed by itself) and
-/// removals of the committer's own devices do not. The commit that
-/// creates a group (from epoch 0) sets its metadata, naming the committer
-/// an admin.
-pub(crate) fn check_commit(
-    pg: &PublicGroup,
-    committer: &CredentialIdentity,
-    staged: &StagedCommit,
-) -> Result<(), CoreError> {
-    let meta = GroupMeta::from_extensions(pg.group_context().extensions());
-    let creation = pg.group_context().epoch().as_u64() == 0;
-    let is_admin = meta
-        .as_ref()
-        .is_some_and(|m| m.is_admin(&committer.account));
-    // A re-add (a member device that lost its state gets a fresh leaf):
-    // the same commit removes the device's leaf and adds the same account's
-    // same device back. Any member may do that; nobody new comes in.
-    let readded = readded_devices(pg, staged);
-    // At creation the creator alone is in the group: its adds are the
-    // creation itself.
-    let may_add = is_admin || creation;
-    for q in staged.queued_proposals() {
-        match q.proposal() {
-            Proposal::Add(add) => {
-                let leaf = add.key_package().leaf_node();
-                let id = leaf_identity(leaf.credential(), leaf.signature_key().as_slice())
-                    .ok_or(CoreError::ForgedCredential)?;
-                let readd = readded.contains(&(id.account, id.device));
-                if !may_add && id.account != committer.account && !readd {
-                    return Err(refuse("only admins add members"));
-                }
-            }
-            Proposal::Remove(r) => {
-                let removed = member_identity(pg, r.removed())
-                    .ok_or_else(|| refuse("removal of an unknown leaf"))?;
-                let own_leave = matches!(q.sender(), Sender::Member(i) if *i == r.removed());
-                let readd = readded.contains(&(removed.account, removed.device));
-                if !is_admin && !own_leave && removed.account != committer.account && !readd {
-                    return Err(refuse("only admins remove members"));
-                }
-            }
-            Proposal::GroupContextExtensions(e) => {
-                let new = GroupMeta::from_extensions(e.extensions());
-                let has_meta_bytes = e
-                    .extensions()
-                    .iter()
-                    .any(|x| matches!(x, Extension::Unknown(t, _) if *t == META_EXTENSION));
-                if new.is_none() && has_meta_bytes {
-                    return Err(refuse("malformed group metadata"));
-                }
-                match (&meta, new) {
-                    // A group: only admins change it, and it keeps an admin.
-                    (Some(_), Some(new)) => {
-                        if !is_admin {
-                            return Err(refuse("only admins change the group"));
-                        }
-                        if new.admins.is_empty() {
-                            return Err(refuse("a group needs an admin"));
-                        }
-                    }
-                    (Some(_), None) => return Err(refuse("group metadata removed")),
-                    // Creating a group: its creator is an admin.
-                    (None, Some(new)) if creation => {
-                        if !new.is_admin(&committer.account) {
-                            return Err(refuse("a new group's creator is its admin"));
-                        }
-                    }
-                    // A one-to-one conversation: either side sets the timer,
-                    // nobody turns it into a group.
-                    (None, Some(_)) => return Err(refuse("a conversation cannot become a group")),
-                    (None, None) => {}
-                }
-            }
-            Proposal::Update(_) => {}
-            _ => return Err(refuse("unsupported proposal")),
-        }
-    }
-    Ok(())
-}
-
-/// The devices a commit re-adds: (account, device) of every leaf it
-/// removes whose very device it also adds (a fresh KeyPackage of the same
-/// device key, credential naming the same account).
-pub(crate) fn readded_devices(
-    pg: &PublicGroup,
-    staged: &StagedCommit,
-) -> Vec<(AccountId, DeviceId)> {
-    let removed: Vec<CredentialIdentity> = staged
-        .remove_proposals()
-        .filter_map(|r| member_identity(pg, r.remove_proposal().removed()))
-        .collect();
-    staged
-        .add_proposals()
-        .filter_map(|a| {
-            let leaf = a.add_proposal().key_package().leaf_node();
-            leaf_identity(leaf.credential(), leaf.signature_key().as_slice())
-        })
-        .filter(|a| {
-            removed
-                .iter()
-                .any(|r| r.account == a.account && r.device == a.device)
-        })
-        .map(|a| (a.account, a.device))
-        .collect()
-}
-
-/// Every device a commit adds must be on its account's signed device list,
-/// carried in the commit's authenticated data; returns those lists.
-pub(crate) fn check_added_devices(
-    staged: &StagedCommit,
-    aad: &[u8],
-) -> Result<Vec<sotto_proto::SignedDeviceList>, CoreError> {
-    let lists: Vec<sotto_proto::SignedDeviceList> = if aad.is_empty() {
-        Vec::new()
-    } else {
-        postcard::from_bytes(aad)
-            .map_err(|_| CoreError::Rejected("malformed commit data".into()))?
-    };
-    if !lists.iter().all(crate::identity::device_list_is_signed) {
-        return Err(CoreError::GhostDevice);
-    }
-    for add in staged.add_proposals() {
-        let leaf = add.add_proposal().key_package().leaf_node();
-        let id = leaf_identity(leaf.credential(), leaf.signature_key().as_slice())
-            .ok_or(CoreError::ForgedCredential)?;
-        let vouched = lists
-            .iter()
-            .any(|l| l.account == id.account && l.devices.contains(&id.device));
-        if !vouched {
-            return Err(CoreError::GhostDevice);
-        }
-    }
-    Ok(lists)
 }
 
 /// A group's name after a commit that set it: the name (`None` if the
@@ -400,7 +66,7 @@ pub(crate) fn renamed(
     let key = rename_key(g, crypto)?;
     let gid = group_id_of(g)?;
     Ok(Some(Renamed {
-        name: after.name.open(&key, &gid),
+        name: open_name(&after.name, &key, &gid),
         key,
     }))
 }
@@ -540,7 +206,7 @@ pub(crate) fn stage_on<P: OpenMlsProvider>(
         let name = match &change.name {
             Some(n) => {
                 let key = rename_key(g, provider.crypto())?;
-                let sealed = SealedName::seal(n, &key, &gid);
+                let sealed = seal_name(n, &key, &gid);
                 welcome_key = Some(key);
                 sealed
             }

@@ -7,8 +7,7 @@ use ed25519_dalek::{Signer as _, SigningKey};
 use openmls_traits::signatures::{Signer, SignerError};
 use openmls_traits::types::SignatureScheme;
 use rand::rngs::OsRng;
-use serde::{Deserialize, Serialize};
-use sotto_proto::{AccountId, DeviceId, Handle, Signature, SignedDeviceList};
+use sotto_proto::{AccountId, DeviceId, Signature, SignedDeviceList};
 use zeroize::Zeroizing;
 
 macro_rules! signing_key {
@@ -76,15 +75,7 @@ impl AccountKey {
     }
 }
 
-/// Whether a device list carries a valid signature of its account's key.
-pub fn device_list_is_signed(l: &SignedDeviceList) -> bool {
-    let Ok(vk) = ed25519_dalek::VerifyingKey::from_bytes(&l.account.0) else {
-        return false;
-    };
-    let t = sotto_proto::device_list_transcript(&l.account, l.version, &l.devices);
-    vk.verify_strict(&t, &ed25519_dalek::Signature::from_bytes(&l.signature.0))
-        .is_ok()
-}
+pub use sotto_rules::signed::device_list_is_signed;
 
 impl Signer for DeviceKey {
     fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, SignerError> {
@@ -96,48 +87,7 @@ impl Signer for DeviceKey {
     }
 }
 
-/// What an MLS basic credential carries: the account, the device and the
-/// account's handle on its server. A leaf is only accepted if its signature
-/// key is the device key named here.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CredentialIdentity {
-    /// The account.
-    pub account: AccountId,
-    /// The device; equal to the leaf's signature key.
-    pub device: DeviceId,
-    /// The account's handle.
-    pub handle: Handle,
-}
-
-impl CredentialIdentity {
-    /// The credential's identity bytes.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(72);
-        v.extend_from_slice(b"sotto1");
-        v.extend_from_slice(&self.account.0);
-        v.extend_from_slice(&self.device.0);
-        v.extend_from_slice(self.handle.as_str().as_bytes());
-        v
-    }
-
-    /// Parses identity bytes; `None` if they are not a Sotto credential.
-    pub fn from_bytes(b: &[u8]) -> Option<Self> {
-        let rest = b.strip_prefix(b"sotto1")?;
-        if rest.len() < 64 {
-            return None;
-        }
-        let mut a = [0u8; 32];
-        let mut d = [0u8; 32];
-        a.copy_from_slice(&rest[..32]);
-        d.copy_from_slice(&rest[32..64]);
-        let handle = Handle::new(std::str::from_utf8(&rest[64..]).ok()?).ok()?;
-        Some(Self {
-            account: AccountId(a),
-            device: DeviceId(d),
-            handle,
-        })
-    }
-}
+pub use sotto_rules::CredentialIdentity;
 
 #[cfg(test)]
 mod tests {
@@ -165,20 +115,5 @@ mod tests {
         let mut l = a.sign_device_list(2, vec![DeviceId([1; 32])]);
         l.account = AccountKey::generate().id();
         assert!(!device_list_is_signed(&l));
-    }
-
-    #[test]
-    fn credential_identity_round_trips_and_rejects_garbage() {
-        let c = CredentialIdentity {
-            account: AccountId([1; 32]),
-            device: DeviceId([2; 32]),
-            handle: Handle::new("alice").unwrap(),
-        };
-        assert_eq!(
-            CredentialIdentity::from_bytes(&c.to_bytes()),
-            Some(c.clone())
-        );
-        assert_eq!(CredentialIdentity::from_bytes(b"alice"), None);
-        assert_eq!(CredentialIdentity::from_bytes(&c.to_bytes()[..66]), None);
     }
 }

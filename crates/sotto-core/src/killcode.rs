@@ -13,13 +13,11 @@
 
 use argon2::{Algorithm, Argon2, Params, Version};
 use rand::RngCore;
-use sha2::{Digest, Sha256};
-use sotto_proto::{DeviceId, DeviceKill, Handle, SignedKillRecord, WipeOrder, WipeRequest};
-use subtle::ConstantTimeEq;
+use sotto_proto::{DeviceId, DeviceKill, Handle, SignedKillRecord, WipeRequest};
 use zeroize::Zeroizing;
 
+use crate::error::CoreError;
 use crate::identity::AccountKey;
-use crate::mls::CoreError;
 
 /// Fewest characters a kill code may have.
 pub const MIN_KILL_CODE_LEN: usize = 8;
@@ -40,18 +38,10 @@ pub fn proof(secret: &str, salt: &[u8; 16]) -> Result<Zeroizing<[u8; 32]>, CoreE
     Ok(out)
 }
 
-/// The check value kept instead of a proof.
-pub fn check(proof: &[u8; 32]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(b"sotto-kill-check-v1");
-    h.update(proof);
-    h.finalize().into()
-}
-
-/// Constant-time comparison of a proof against a check value.
-pub fn matches(proof: &[u8; 32], check_value: &[u8; 32]) -> bool {
-    check(proof).ct_eq(check_value).into()
-}
+pub use sotto_rules::signed::{
+    kill_check as check, kill_proof_matches as matches, kill_record_is_signed as record_is_signed,
+    wipe_order_is_valid as order_is_valid,
+};
 
 fn salt() -> [u8; 16] {
     let mut s = [0u8; 16];
@@ -94,18 +84,6 @@ pub fn make_record(
     Ok(r)
 }
 
-/// Whether the account key signed the record.
-pub fn record_is_signed(r: &SignedKillRecord) -> bool {
-    let Ok(vk) = ed25519_dalek::VerifyingKey::from_bytes(&r.account.0) else {
-        return false;
-    };
-    vk.verify_strict(
-        &sotto_proto::kill_record_transcript(r),
-        &ed25519_dalek::Signature::from_bytes(&r.signature.0),
-    )
-    .is_ok()
-}
-
 /// The wipe request for an account, from its salts and the code.
 pub fn wipe_request(
     code: &str,
@@ -124,22 +102,10 @@ pub fn wipe_request(
     })
 }
 
-/// Whether this device must obey `order`: it is for this device, and its
-/// proof matches this device's entry in the signed record.
-pub fn order_is_valid(order: &WipeOrder, me: DeviceId, record: &SignedKillRecord) -> bool {
-    if order.device != me || !record_is_signed(record) {
-        return false;
-    }
-    record
-        .devices
-        .iter()
-        .find(|d| d.device == me)
-        .is_some_and(|d| matches(&order.proof, &d.check))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sotto_proto::WipeOrder;
 
     #[test]
     fn orders_are_checked_against_the_signed_record() {

@@ -55,60 +55,12 @@ impl Suite {
     }
 }
 
-/// What can go wrong in an MLS step.
-#[derive(Debug, thiserror::Error)]
-pub enum CoreError {
-    /// A KeyPackage did not parse or verify.
-    #[error("invalid key package: {0}")]
-    InvalidKeyPackage(String),
-    /// A KeyPackage is valid but not for the device the server said.
-    #[error("key package does not belong to the expected device")]
-    KeyPackageMismatch,
-    /// A Welcome could not be processed.
-    #[error("invalid welcome: {0}")]
-    InvalidWelcome(String),
-    /// A group member's credential does not match its leaf key, or names an
-    /// account other than the one expected.
-    #[error("forged credential in group")]
-    ForgedCredential,
-    /// A device was added that its account's signed device list does not name.
-    #[error("a device was added that its account did not sign for")]
-    GhostDevice,
-    /// No such group in the local state.
-    #[error("unknown conversation")]
-    UnknownGroup,
-    /// A message of an epoch this device has not reached: its state of the
-    /// group is behind the other members' (restored from an older backup,
-    /// say). The epoch in the message is not authenticated yet: a server
-    /// can make it up, so this only ever leads to asking to be re-added.
-    #[error("message of epoch {message}, this device is at epoch {local}: out of sync")]
-    Behind {
-        /// This device's epoch of the group.
-        local: u64,
-        /// The epoch the message claims.
-        message: u64,
-    },
-    /// A message could not be processed (wrong epoch, replay, forgery, garbage).
-    #[error("message rejected: {0}")]
-    Rejected(String),
-    /// The local MLS state could not be read or written.
-    #[error("mls storage: {0}")]
-    Storage(String),
-    /// A bug.
-    #[error("internal mls error: {0}")]
-    Internal(String),
-}
-
-pub(crate) fn internal(e: impl std::fmt::Display) -> CoreError {
-    CoreError::Internal(e.to_string())
-}
-
-pub(crate) fn storage(e: impl std::fmt::Debug) -> CoreError {
-    CoreError::Storage(format!("{e:?}"))
-}
+pub use crate::error::CoreError;
+pub(crate) use crate::error::{internal, storage};
+pub use crate::state::PAST_EPOCHS;
 
 // Handshake messages (commits, proposals) are PublicMessages: signed, not
-// encrypted, so the server can check them (crate::public). Application
+// encrypted, so the server can check them (sotto_rules::public). Application
 // messages are always PrivateMessages. Ratchet trees travel beside the
 // Welcome (names::WelcomeBundle), not inside its GroupInfo, so the GroupInfo
 // a commit hands the server stays small.
@@ -138,17 +90,6 @@ fn join_config() -> MlsGroupJoinConfig {
         .build()
 }
 
-/// How many past epochs' message secrets a member keeps, to read
-/// application messages of an epoch it has just left. None should need
-/// it: the server takes an application message only in the group's
-/// current epoch, so every member meets it before the commit that ends
-/// the epoch, and a committer reads what the server sent before its
-/// commit's answer before it merges. One epoch more is kept as a margin
-/// against a path that breaks that order; forward secrecy at rest is
-/// bounded by it (the message secrets of the last epoch stay until the
-/// next commit, the other epoch secrets go at once: THREAT_MODEL.md, C8).
-pub const PAST_EPOCHS: usize = 1;
-
 /// The capabilities every Sotto leaf advertises: the defaults plus the
 /// last-resort KeyPackage extension and Sotto's group metadata extension.
 pub(crate) fn capabilities() -> Capabilities {
@@ -157,8 +98,8 @@ pub(crate) fn capabilities() -> Capabilities {
         None,
         Some(&[
             ExtensionType::LastResort,
-            ExtensionType::Unknown(crate::group::META_EXTENSION),
-            ExtensionType::Unknown(crate::group::TIMER_EXTENSION),
+            ExtensionType::Unknown(sotto_rules::context::META_EXTENSION),
+            ExtensionType::Unknown(sotto_rules::context::TIMER_EXTENSION),
         ]),
         None,
         None,
@@ -173,13 +114,7 @@ pub fn credential(id: &CredentialIdentity) -> CredentialWithKey {
     }
 }
 
-/// The identity a leaf claims, if its credential is a Sotto credential whose
-/// device is the leaf's signature key.
-pub fn leaf_identity(credential: &Credential, signature_key: &[u8]) -> Option<CredentialIdentity> {
-    let basic = BasicCredential::try_from(credential.clone()).ok()?;
-    let id = CredentialIdentity::from_bytes(basic.identity())?;
-    (id.device.0.as_slice() == signature_key).then_some(id)
-}
+pub use sotto_rules::leaf_identity;
 
 /// Makes `n` one-time KeyPackages (their private parts go into the
 /// provider's storage) and returns them serialized.
@@ -292,7 +227,7 @@ pub fn create_group<P: OpenMlsProvider>(
     let mut group = MlsGroup::new_with_group_id(
         provider,
         device,
-        &create_config(suite, crate::group::context_extensions(None, None)?)?,
+        &create_config(suite, sotto_rules::context::context_extensions(None, None)?)?,
         GroupId::from_slice(&group_id.0),
         credential(me),
     )
@@ -317,21 +252,7 @@ pub fn create_group<P: OpenMlsProvider>(
     Ok(Created { base, staged })
 }
 
-pub(crate) fn load<P: OpenMlsProvider>(
-    provider: &P,
-    group_id: sotto_proto::GroupId,
-) -> Result<MlsGroup, CoreError> {
-    let mut g = MlsGroup::load(provider.storage(), &GroupId::from_slice(&group_id.0))
-        .map_err(storage)?
-        .ok_or(CoreError::UnknownGroup)?;
-    // Groups made before members kept past epochs get the policy now.
-    let policy = PastEpochDeletionPolicy::MaxEpochs(PAST_EPOCHS);
-    if *g.past_epoch_deletion_policy() != policy {
-        g.set_past_epoch_deletion_policy(provider, policy)
-            .map_err(storage)?;
-    }
-    Ok(g)
-}
+pub(crate) use crate::state::load;
 
 /// Whether the local state has this group.
 pub fn has_group<P: OpenMlsProvider>(
@@ -431,7 +352,7 @@ pub fn encrypt_with_timer<P: OpenMlsProvider>(
     plaintext: &[u8],
 ) -> Result<(Vec<u8>, Option<u64>), CoreError> {
     let mut g = load(provider, group_id)?;
-    let timer = crate::group::timer_of(g.extensions());
+    let timer = sotto_rules::context::timer_of(g.extensions());
     let out = g
         .create_message(provider, device, plaintext)
         .map_err(internal)?;
@@ -530,7 +451,7 @@ pub fn join_replacing<P: OpenMlsProvider>(
         ));
     }
     let members = checked_members(provider, &mut group)?;
-    let name = crate::group::GroupMeta::from_extensions(group.extensions()).map(|meta| {
+    let name = sotto_rules::context::GroupMeta::from_extensions(group.extensions()).map(|meta| {
         // The key comes sealed under this epoch's exporter; a Welcome
         // without one (or with a wrong one) leaves the name unreadable.
         let key = bundle.name_key.as_ref().and_then(|sealed| {
@@ -542,7 +463,7 @@ pub fn join_replacing<P: OpenMlsProvider>(
         });
         match key {
             Some(key) => crate::group::Renamed {
-                name: meta.name.open(&key, &gid),
+                name: crate::names::open_name(&meta.name, &key, &gid),
                 key,
             },
             None => crate::group::Renamed {
@@ -717,17 +638,18 @@ pub fn process<P: OpenMlsProvider>(
             Ok(Processed::Application {
                 sender,
                 plaintext: app.into_bytes(),
-                timer_s: crate::group::timer_of(g.extensions()),
+                timer_s: sotto_rules::context::timer_of(g.extensions()),
             })
         }
         ProcessedMessageContent::StagedCommitMessage(staged) => {
-            let judged = crate::group::judge_commit(g.public_group(), &sender, &staged, &aad)?;
+            let judged =
+                sotto_rules::judge::judge_commit(g.public_group(), &sender, &staged, &aad)?;
             let readded = judged.readded.into_iter().map(|(_, d)| d).collect();
             let renamed = crate::group::renamed(&g, provider.crypto(), &staged)?;
             let removed_me = staged.self_removed();
-            let timer_before = crate::group::timer_of(g.extensions());
+            let timer_before = sotto_rules::context::timer_of(g.extensions());
             g.merge_staged_commit(provider, *staged).map_err(internal)?;
-            let timer_after = crate::group::timer_of(g.extensions());
+            let timer_after = sotto_rules::context::timer_of(g.extensions());
             Ok(Processed::Commit {
                 epoch: g.epoch().as_u64(),
                 removed_me,
@@ -738,7 +660,7 @@ pub fn process<P: OpenMlsProvider>(
             })
         }
         ProcessedMessageContent::ProposalMessage(p) => {
-            let leaving = crate::group::self_removal(g.public_group(), &p);
+            let leaving = sotto_rules::judge::self_removal(g.public_group(), &p);
             // Only leaves are accepted as standalone proposals; everything
             // else comes inside a commit.
             if leaving.is_none() {

@@ -1,6 +1,6 @@
 //! Group names the server cannot read. A group's metadata lives in its MLS
 //! group context, which the server sees in full since it checks commits
-//! (see [`crate::public`]); the admins must stay readable for that, the
+//! (see `sotto_rules::public`); the admins must stay readable for that, the
 //! name must not. So the context holds the name sealed (ChaCha20-Poly1305)
 //! under a *name key* only members have:
 //!
@@ -122,34 +122,31 @@ fn open(
 const NAME_AAD: &[u8] = b"sotto-group-name-v1\0";
 const KEY_AAD: &[u8] = b"sotto-welcome-name-key-v1\0";
 
-/// A name sealed under a [`NameKey`], as the group context carries it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SealedName {
-    /// SHA-256 of the key (domain-separated): which key opens it.
-    check: [u8; 32],
-    nonce: [u8; 12],
-    #[serde(with = "serde_bytes")]
-    ciphertext: Vec<u8>,
+pub use sotto_rules::context::SealedName;
+
+/// Seals `name` for group `group`.
+pub(crate) fn seal_name(name: &str, key: &NameKey, group: &GroupId) -> SealedName {
+    let (nonce, ciphertext) = seal(key, NAME_AAD, group, name.as_bytes());
+    SealedName {
+        check: key.check(),
+        nonce,
+        ciphertext,
+    }
 }
 
-impl SealedName {
-    /// Seals `name` for group `group`.
-    pub(crate) fn seal(name: &str, key: &NameKey, group: &GroupId) -> Self {
-        let (nonce, ciphertext) = seal(key, NAME_AAD, group, name.as_bytes());
-        Self {
-            check: key.check(),
-            nonce,
-            ciphertext,
-        }
+/// The name, if `key` is the one it was sealed under.
+pub fn open_name(sealed: &SealedName, key: &NameKey, group: &GroupId) -> Option<String> {
+    if key.check() != sealed.check {
+        return None;
     }
-
-    /// The name, if `key` is the one it was sealed under.
-    pub fn open(&self, key: &NameKey, group: &GroupId) -> Option<String> {
-        if key.check() != self.check {
-            return None;
-        }
-        String::from_utf8(open(key, NAME_AAD, group, &self.nonce, &self.ciphertext)?).ok()
-    }
+    String::from_utf8(open(
+        key,
+        NAME_AAD,
+        group,
+        &sealed.nonce,
+        &sealed.ciphertext,
+    )?)
+    .ok()
 }
 
 /// What the server relays as a Welcome: the MLS Welcome, the ratchet tree
@@ -200,13 +197,13 @@ mod tests {
     #[test]
     fn a_sealed_name_opens_only_with_its_key_and_group() {
         let key = NameKey::random();
-        let sealed = SealedName::seal("ops room", &key, &G);
-        assert_eq!(sealed.open(&key, &G).as_deref(), Some("ops room"));
-        assert_eq!(sealed.open(&NameKey::random(), &G), None);
-        assert_eq!(sealed.open(&key, &GroupId([8; 32])), None);
+        let sealed = seal_name("ops room", &key, &G);
+        assert_eq!(open_name(&sealed, &key, &G).as_deref(), Some("ops room"));
+        assert_eq!(open_name(&sealed, &NameKey::random(), &G), None);
+        assert_eq!(open_name(&sealed, &key, &GroupId([8; 32])), None);
         let mut bent = sealed.clone();
         bent.ciphertext[0] ^= 1;
-        assert_eq!(bent.open(&key, &G), None);
+        assert_eq!(open_name(&bent, &key, &G), None);
         assert!(
             !sealed
                 .ciphertext

@@ -139,7 +139,7 @@ fn the_server_reads_the_admins_but_not_the_name() {
     assert_eq!(alice.group_name().as_deref(), Some("after bob"));
     let sealed = group::meta(&carol.provider, G).unwrap().unwrap().name;
     assert_eq!(
-        sealed.open(&old_key, &G),
+        sotto_core::names::open_name(&sealed, &old_key, &G),
         None,
         "a removed member reads the new name"
     );

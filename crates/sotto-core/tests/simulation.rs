@@ -6,7 +6,7 @@
 //! from an earlier snapshot), a rogue commits what only the server accepts,
 //! and devices that fell out of sync rejoin from the server's state, while
 //! members send application messages between all of it. The server is the
-//! real check (`sotto_core::public` and a compare-and-set on the epoch, as
+//! real check (`sotto_rules::public` and a compare-and-set on the epoch, as
 //! the store does; an application message only in the group's current
 //! epoch, `public::application_epoch`); each member's mailbox is delivered
 //! in order, as the server's is. A sender refused for a past epoch catches
@@ -321,7 +321,7 @@ impl Sim {
                 self.rejoin(i);
             }
             let ct = self.peers[i].send(G, &text);
-            if sotto_core::public::application_epoch(&G, &ct) == Some(self.server.epoch) {
+            if sotto_rules::public::application_epoch(&G, &ct) == Some(self.server.epoch) {
                 let n = self.sent.len();
                 let to: Vec<usize> = self.members().into_iter().filter(|j| *j != i).collect();
                 for &j in &to {

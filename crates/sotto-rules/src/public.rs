@@ -3,7 +3,7 @@
 //! keys and membership changes, never content), so the server tracks each
 //! group's public state (ratchet tree, group context) with openmls's
 //! `PublicGroup` and runs every commit through the same judgement every
-//! member runs ([`crate::group`]) before it accepts it. A commit the server
+//! member runs ([`crate::judge`]) before it accepts it. A commit the server
 //! accepts is then one every honest member applies, and the server's
 //! member list is the tree's, not one a client tells it.
 //!
@@ -26,8 +26,10 @@ use openmls_traits::storage::{CURRENT_VERSION, traits};
 use serde::{Deserialize, Serialize};
 use sotto_proto::DeviceId;
 
-use crate::group::{GroupMeta, judge_commit, member_identity, self_removal};
-use crate::mls::{CoreError, internal, leaf_identity};
+use crate::context::{GroupMeta, has_meta_bytes};
+use crate::credential::leaf_identity;
+use crate::error::{RuleError, internal, refuse};
+use crate::judge::{judge_commit, member_identity, self_removal};
 
 /// The first byte of every stored state: the layout below.
 const STATE_V1: u8 = 1;
@@ -73,7 +75,7 @@ fn dec<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<Option<T>, StateError
 }
 
 impl PublicStore {
-    fn from_state(state: &[u8]) -> Result<Self, CoreError> {
+    fn from_state(state: &[u8]) -> Result<Self, RuleError> {
         let (version, rest) = state
             .split_first()
             .ok_or_else(|| internal("empty group state"))?;
@@ -87,7 +89,7 @@ impl PublicStore {
         })
     }
 
-    fn to_state(&self) -> Result<Vec<u8>, CoreError> {
+    fn to_state(&self) -> Result<Vec<u8>, RuleError> {
         let mut out = vec![STATE_V1];
         out.extend(postcard::to_stdvec(&*self.slots.borrow()).map_err(internal)?);
         Ok(out)
@@ -279,10 +281,6 @@ impl PublicStorageProvider<CURRENT_VERSION> for PublicStore {
     }
 }
 
-fn refuse(why: impl std::fmt::Display) -> CoreError {
-    CoreError::Rejected(why.to_string())
-}
-
 /// What the server holds of a group: its public state and the proposals
 /// of its current epoch (as they were sent).
 #[derive(Debug, Clone, Copy)]
@@ -325,7 +323,7 @@ fn devices(pg: &PublicGroup) -> Vec<DeviceId> {
 fn protocol_message(
     bytes: &[u8],
     group: &sotto_proto::GroupId,
-) -> Result<ProtocolMessage, CoreError> {
+) -> Result<ProtocolMessage, RuleError> {
     let malformed = |e: &dyn std::fmt::Display| refuse(format!("malformed message: {e}"));
     let msg = MlsMessageIn::tls_deserialize_exact(bytes).map_err(|e| malformed(&e))?;
     let proto = msg.try_into_protocol_message().map_err(|e| malformed(&e))?;
@@ -342,7 +340,7 @@ fn protocol_message(
 fn load_state(
     group: &sotto_proto::GroupId,
     state: &[u8],
-) -> Result<(PublicGroup, PublicStore), CoreError> {
+) -> Result<(PublicGroup, PublicStore), RuleError> {
     let store = PublicStore::from_state(state)?;
     let pg = PublicGroup::load(&store, &GroupId::from_slice(&group.0))
         .map_err(internal)?
@@ -355,7 +353,7 @@ fn load(
     crypto: &impl OpenMlsCrypto,
     group: &sotto_proto::GroupId,
     held: Held<'_>,
-) -> Result<(PublicGroup, PublicStore), CoreError> {
+) -> Result<(PublicGroup, PublicStore), RuleError> {
     let (mut pg, store) = load_state(group, held.state)?;
     for p in held.proposals {
         let processed = pg
@@ -376,7 +374,7 @@ fn from_base(
     group: &sotto_proto::GroupId,
     sender: DeviceId,
     base: &[u8],
-) -> Result<(PublicGroup, PublicStore), CoreError> {
+) -> Result<(PublicGroup, PublicStore), RuleError> {
     let msg = MlsMessageIn::tls_deserialize_exact(base).map_err(refuse)?;
     let MlsMessageBodyIn::GroupInfo(info) = msg.extract() else {
         return Err(refuse("the base is not a group info"));
@@ -395,14 +393,12 @@ fn from_base(
     let only = pg.members().collect::<Vec<_>>();
     let creator = match only.as_slice() {
         [m] if m.signature_key.as_slice() == sender.0.as_slice() => {
-            leaf_identity(&m.credential, &m.signature_key).ok_or(CoreError::ForgedCredential)?
+            leaf_identity(&m.credential, &m.signature_key).ok_or(RuleError::ForgedCredential)?
         }
         _ => return Err(refuse("a new group holds only its creator")),
     };
     let exts = pg.group_context().extensions();
-    let meta_bytes = exts
-        .iter()
-        .any(|e| matches!(e, Extension::Unknown(t, _) if *t == crate::group::META_EXTENSION));
+    let meta_bytes = has_meta_bytes(exts);
     match GroupMeta::from_extensions(exts) {
         Some(m) if !m.is_admin(&creator.account) => {
             return Err(refuse("a new group's creator is its admin"));
@@ -422,7 +418,7 @@ fn check_group_info(
     pg: &PublicGroup,
     committer: &LeafNode,
     bytes: &[u8],
-) -> Result<(), CoreError> {
+) -> Result<(), RuleError> {
     let msg = MlsMessageIn::tls_deserialize_exact(bytes).map_err(refuse)?;
     let MlsMessageBodyIn::GroupInfo(info) = msg.extract() else {
         return Err(refuse("not a group info"));
@@ -461,29 +457,55 @@ fn check_group_info(
     Ok(())
 }
 
-/// Checks a commit from the authenticated device `sender` of group
-/// `group`: against the state the server holds, or (`held` is `None`)
-/// as the group's creation from `base`. `welcome` says whether the
-/// request carries a Welcome (it must exactly when the commit adds
-/// devices). On success the commit, the GroupInfo and the new state are
-/// consistent and every member will apply the commit.
-#[allow(clippy::too_many_arguments)]
+/// Where a checked commit starts from.
+#[derive(Debug, Clone, Copy)]
+pub enum Start<'a> {
+    /// The state the server holds of the group.
+    Held(Held<'a>),
+    /// The group's creation: the GroupInfo of its epoch 0 with its ratchet
+    /// tree, signed by its only member, the sender.
+    Base(&'a [u8]),
+}
+
+/// A commit for the server to check, as a device handed it in.
+#[derive(Debug, Clone, Copy)]
+pub struct CommitCheck<'a> {
+    /// The group.
+    pub group: &'a sotto_proto::GroupId,
+    /// The authenticated device that sent it.
+    pub sender: DeviceId,
+    /// What it is built on.
+    pub start: Start<'a>,
+    /// The commit (an MLS PublicMessage).
+    pub commit: &'a [u8],
+    /// The GroupInfo of the epoch it makes.
+    pub group_info: &'a [u8],
+    /// Whether the request carries a Welcome: it must exactly when the
+    /// commit adds devices.
+    pub has_welcome: bool,
+}
+
+/// Checks a commit from the authenticated device `c.sender`: against the
+/// state the server holds, or as the group's creation from its base. On
+/// success the commit, the GroupInfo and the new state are consistent and
+/// every member will apply the commit.
 pub fn check_commit(
     crypto: &impl OpenMlsCrypto,
-    group: &sotto_proto::GroupId,
-    sender: DeviceId,
-    held: Option<Held<'_>>,
-    base: Option<&[u8]>,
-    commit: &[u8],
-    group_info: &[u8],
-    welcome: bool,
-) -> Result<Accepted, CoreError> {
-    let (mut pg, store) = match (held, base) {
-        (Some(h), None) => load(crypto, group, h)?,
-        (None, Some(b)) => from_base(crypto, group, sender, b)?,
-        (Some(_), Some(_)) => return Err(refuse("the group exists already")),
-        (None, None) => return Err(refuse("a new group needs its base")),
+    c: &CommitCheck<'_>,
+) -> Result<Accepted, RuleError> {
+    let CommitCheck {
+        group,
+        sender,
+        start,
+        commit,
+        group_info,
+        has_welcome: welcome,
+    } = *c;
+    let (mut pg, store) = match start {
+        Start::Held(h) => load(crypto, group, h)?,
+        Start::Base(b) => from_base(crypto, group, sender, b)?,
     };
+    let creation = matches!(start, Start::Base(_));
     let before = devices(&pg);
     let processed = pg
         .process_message(crypto, protocol_message(commit, group)?)
@@ -502,7 +524,7 @@ pub fn check_commit(
         .add_proposals()
         .filter_map(|a| device_of(a.add_proposal().key_package().leaf_node()))
         .collect();
-    if external && (base.is_some() || welcome) {
+    if external && (creation || welcome) {
         return Err(refuse(
             "a rejoin neither creates a group nor welcomes anyone",
         ));
@@ -540,7 +562,7 @@ pub fn check_proposal(
     sender: DeviceId,
     held: Held<'_>,
     proposal: &[u8],
-) -> Result<(), CoreError> {
+) -> Result<(), RuleError> {
     let (pg, _) = load(crypto, group, held)?;
     let processed = pg
         .process_message(crypto, protocol_message(proposal, group)?)
@@ -556,13 +578,13 @@ pub fn check_proposal(
 }
 
 /// The member devices of a held group.
-pub fn members(group: &sotto_proto::GroupId, state: &[u8]) -> Result<Vec<DeviceId>, CoreError> {
+pub fn members(group: &sotto_proto::GroupId, state: &[u8]) -> Result<Vec<DeviceId>, RuleError> {
     Ok(devices(&load_state(group, state)?.0))
 }
 
 /// The ratchet tree of a held group (TLS-encoded), which a rejoining
 /// device needs beside the GroupInfo.
-pub fn ratchet_tree(group: &sotto_proto::GroupId, state: &[u8]) -> Result<Vec<u8>, CoreError> {
+pub fn ratchet_tree(group: &sotto_proto::GroupId, state: &[u8]) -> Result<Vec<u8>, RuleError> {
     export_tree(&load_state(group, state)?.0)
 }
 
@@ -572,7 +594,7 @@ pub fn ratchet_tree_for(
     group: &sotto_proto::GroupId,
     state: &[u8],
     device: DeviceId,
-) -> Result<Option<Vec<u8>>, CoreError> {
+) -> Result<Option<Vec<u8>>, RuleError> {
     let (pg, _) = load_state(group, state)?;
     let member = pg
         .members()
@@ -581,7 +603,7 @@ pub fn ratchet_tree_for(
     member.map(|_| export_tree(&pg)).transpose()
 }
 
-fn export_tree(pg: &PublicGroup) -> Result<Vec<u8>, CoreError> {
+fn export_tree(pg: &PublicGroup) -> Result<Vec<u8>, RuleError> {
     pg.export_ratchet_tree()
         .tls_serialize_detached()
         .map_err(internal)

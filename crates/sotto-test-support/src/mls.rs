@@ -292,15 +292,15 @@ mod tests {
         for len in [0, 63, 64, 16_383, 16_384, 70_000] {
             let bytes = framed_application(g, 7, &vec![1; len]);
             assert_eq!(
-                sotto_core::public::application_epoch(&g, &bytes),
+                sotto_rules::public::application_epoch(&g, &bytes),
                 Some(7),
                 "{len}"
             );
             assert_eq!(
-                sotto_core::public::application_epoch(&GroupId([5; 32]), &bytes),
+                sotto_rules::public::application_epoch(&GroupId([5; 32]), &bytes),
                 None
             );
         }
-        assert_eq!(sotto_core::public::application_epoch(&g, b"junk"), None);
+        assert_eq!(sotto_rules::public::application_epoch(&g, b"junk"), None);
     }
 }

@@ -1,7 +1,7 @@
 //! What the core test files drive: in-memory peers (an account, a device,
 //! its credential, an MLS provider with in-memory storage, and the name key
 //! of the group it is in) and the server's side of a group
-//! (`sotto_core::public`: the checks the real server makes on every commit
+//! (`sotto_rules::public`: the checks the real server makes on every commit
 //! and proposal, with the state it would store).
 #![allow(dead_code)] // each test file uses some of them
 
@@ -12,9 +12,9 @@ use openmls_libcrux_crypto::{CryptoProvider, Provider};
 use sotto_core::group::{self, Change, Renamed, StagedChange};
 use sotto_core::mls::{self, Processed};
 use sotto_core::names::NameKey;
-use sotto_core::public::{self, Accepted, Held};
 use sotto_core::{AccountKey, CoreError, CredentialIdentity, DeviceKey, Suite};
 use sotto_proto::{GroupId, Handle, SignedDeviceList};
+use sotto_rules::public::{self, Accepted, CommitCheck, Held, Start};
 
 pub(crate) struct Peer {
     pub(crate) account: AccountKey,
@@ -122,7 +122,7 @@ impl Peer {
     }
 }
 
-/// The server's view of one group: what `sotto_core::public` accepted.
+/// The server's view of one group: what `sotto_rules::public` accepted.
 pub(crate) struct Server {
     group: GroupId,
     crypto: CryptoProvider,
@@ -168,15 +168,21 @@ impl Server {
             state,
             proposals: &self.proposals,
         });
+        let start = match (held, base) {
+            (Some(h), None) => Start::Held(h),
+            (None, Some(b)) => Start::Base(b),
+            _ => return Err(CoreError::Rejected("a group is created once".into())),
+        };
         let a = public::check_commit(
             &self.crypto,
-            &self.group,
-            by.me.device,
-            held,
-            base,
-            &s.commit,
-            &s.group_info,
-            s.welcome.is_some(),
+            &CommitCheck {
+                group: &self.group,
+                sender: by.me.device,
+                start,
+                commit: &s.commit,
+                group_info: &s.group_info,
+                has_welcome: s.welcome.is_some(),
+            },
         )?;
         self.state = Some(a.state.clone());
         self.group_info = s.group_info.clone();
