@@ -16,12 +16,16 @@ pub mod bus;
 pub mod config;
 mod conn;
 pub mod datadir;
-mod guard;
+mod limits;
 pub mod metrics;
 mod server;
+mod services;
 pub mod settings;
+mod shared;
 pub mod store;
 pub mod tls;
+pub mod watch;
 
 pub use config::{Limits, Quota, RegistrationMode, ServerConfig};
-pub use server::{Shared, run};
+pub use server::run;
+pub use shared::{Clock, Shared, SystemClock};

@@ -15,7 +15,7 @@ use sotto_server::datadir::DataDir;
 use sotto_server::settings::{BusKind, Settings, StoreKind};
 use sotto_server::store::Store;
 use sotto_server::store::postgres::PgStore;
-use sotto_server::{Shared, admin};
+use sotto_server::{Clock as _, Shared, SystemClock, admin};
 
 #[derive(Parser)]
 #[command(name = "sotto-server", version, about = "The Sotto messaging server")]
@@ -150,13 +150,6 @@ fn init_logging(s: &Settings) {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Runtime::new()?)
 }
@@ -198,7 +191,9 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let s = load(&common)?;
             runtime()?.block_on(async {
                 let (codes, hashes) = sotto_server::datadir::new_invites(count);
-                let expires = now_ms().saturating_add(valid_days.saturating_mul(86_400_000));
+                let expires = SystemClock
+                    .now_ms()
+                    .saturating_add(valid_days.saturating_mul(86_400_000));
                 with_store!(&s, store => store.add_invites(hashes, expires).await?);
                 for c in codes {
                     println!("{c}");

@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -13,110 +13,8 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::bus::Bus;
-use crate::config::ServerConfig;
+use crate::shared::Shared;
 use crate::store::Store;
-
-/// What every connection shares: the store, the bus, the configuration and
-/// the guards against guessing.
-pub struct Shared<S, B> {
-    /// Persistent state.
-    pub store: S,
-    /// Mailbox notifications.
-    pub bus: B,
-    /// Configuration.
-    pub config: ServerConfig,
-    /// Attachment bytes.
-    pub blobs: Arc<dyn crate::blobs::BlobStore>,
-    /// Counters and latencies for `/metrics`.
-    pub metrics: Arc<crate::metrics::Metrics>,
-    /// Open connections per source address.
-    pub(crate) per_source:
-        Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
-    /// KeyPackage claims per claimer, and per (claimer, target account).
-    pub(crate) claims: std::sync::Mutex<Claims>,
-    /// Registrations, failed logins and lookups per source address.
-    pub(crate) sources: crate::guard::SourceGuards,
-}
-
-impl<S: std::fmt::Debug, B: std::fmt::Debug> std::fmt::Debug for Shared<S, B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
-            .field("store", &self.store)
-            .field("bus", &self.bus)
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
-}
-
-/// One connection's place in its source's count; freed on drop.
-struct SourceSlot {
-    map: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
-    ip: std::net::IpAddr,
-}
-
-impl SourceSlot {
-    fn take<S, B>(shared: &Shared<S, B>, ip: std::net::IpAddr) -> Option<Self> {
-        let mut m = shared.per_source.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(ip).or_insert(0);
-        if *n >= shared.config.limits.max_connections_per_source {
-            return None;
-        }
-        *n += 1;
-        Some(Self {
-            map: shared.per_source.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for SourceSlot {
-    fn drop(&mut self) {
-        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.ip);
-            }
-        }
-    }
-}
-
-/// KeyPackage claims in the current window.
-#[derive(Debug, Default)]
-pub(crate) struct Claims {
-    pub(crate) window_start: Option<tokio::time::Instant>,
-    pub(crate) per_claimer: std::collections::HashMap<sotto_proto::DeviceId, u32>,
-    pub(crate) per_pair:
-        std::collections::HashMap<(sotto_proto::DeviceId, sotto_proto::Handle), u32>,
-}
-
-impl<S, B> Shared<S, B> {
-    /// Shared state for `run`.
-    pub fn new(
-        store: S,
-        bus: B,
-        blobs: Arc<dyn crate::blobs::BlobStore>,
-        config: ServerConfig,
-    ) -> Self {
-        Self {
-            store,
-            bus,
-            blobs,
-            config,
-            metrics: Arc::default(),
-            per_source: Default::default(),
-            claims: Default::default(),
-            sources: Default::default(),
-        }
-    }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
 
 /// Serves the protocol on `listener` until `shutdown` completes.
 pub async fn run<S: Store, B: Bus>(
@@ -138,10 +36,11 @@ pub async fn run<S: Store, B: Bus>(
         let every = shared.config.limits.purge_interval;
         tasks.spawn(async move {
             loop {
-                if let Err(e) = shared.store.purge_expired(now_ms()).await {
+                if let Err(e) = shared.store.purge_expired(shared.clock.now_ms()).await {
+                    shared.metrics.store_failed("purge", &e);
                     tracing::warn!(error = %e, "purging expired messages failed");
                 }
-                match shared.store.purge_blobs(now_ms()).await {
+                match shared.store.purge_blobs(shared.clock.now_ms()).await {
                     Ok(gone) => {
                         for b in gone {
                             if let Err(e) = shared.blobs.delete(b) {
@@ -149,7 +48,10 @@ pub async fn run<S: Store, B: Bus>(
                             }
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "purging expired blobs failed"),
+                    Err(e) => {
+                        shared.metrics.store_failed("purge", &e);
+                        tracing::warn!(error = %e, "purging expired blobs failed");
+                    }
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
@@ -158,6 +60,24 @@ pub async fn run<S: Store, B: Bus>(
             }
         });
     }
+
+    // Delivery that does not depend on the bus (a cluster bus may lose
+    // wake-ups): see `crate::watch`.
+    tasks.spawn({
+        let (shared, stop) = (shared.clone(), stop_rx.clone());
+        async move {
+            let polled = crate::watch::Polled {
+                store: &shared.store,
+                bus: &shared.bus,
+                watch: &shared.watch,
+                metrics: &shared.metrics,
+            };
+            crate::watch::poll(polled, shared.config.store_poll, stop).await;
+        }
+    });
+    // The store's readiness, checked in the background so that `/readyz`
+    // answers at once whatever is down.
+    tasks.spawn(crate::admin::check_store(shared.clone(), stop_rx.clone()));
 
     tokio::pin!(shutdown);
     loop {
@@ -181,7 +101,7 @@ pub async fn run<S: Store, B: Bus>(
         };
         // Per-source cap: one address cannot take every connection. The
         // address is counted, never logged.
-        let Some(source) = SourceSlot::take(&shared, peer.ip()) else {
+        let Some(source) = shared.connections.take(&shared.config.limits, peer.ip()) else {
             shared.metrics.connections_refused.inc();
             drop(tcp);
             continue;

@@ -1,0 +1,217 @@
+//! Accounts and devices: registration (invite or proof of work), login
+//! by a device key's signature over the connection's challenge, the
+//! account's signed device list, and blocking another account.
+
+use sotto_proto::{
+    DeviceId, ErrorCode, LoginRequest, MAX_DEVICES_PER_ACCOUNT, PROTOCOL_VERSION, ProtoError,
+    RegisterRequest, Response, Session, SignedDeviceList,
+};
+use sotto_rules::signed::{device_list_is_signed, verify};
+
+use super::{Authed, Ctx};
+use crate::bus::Bus;
+use crate::config::RegistrationMode;
+use crate::datadir::invite_hash;
+use crate::store::{DeviceListError, NewAccount, RegisterError, Store};
+
+impl<S: Store, B: Bus> Ctx<'_, S, B> {
+    pub(crate) async fn register(&self, r: RegisterRequest) -> Result<Response, ProtoError> {
+        if r.version != PROTOCOL_VERSION {
+            return Err(ProtoError::new(ErrorCode::UnsupportedVersion));
+        }
+        let invite_hash = r.invite.as_deref().map(invite_hash);
+        match self.shared.config.registration {
+            RegistrationMode::InviteOnly if invite_hash.is_none() => {
+                return Err(ProtoError::new(ErrorCode::InviteRequired));
+            }
+            RegistrationMode::Open { pow_bits } if invite_hash.is_none() => {
+                let ok = r.pow_nonce.is_some_and(|n| {
+                    sotto_proto::pow::verify(self.challenge, r.handle.as_str(), n, pow_bits)
+                });
+                if !ok {
+                    return Err(ProtoError::new(ErrorCode::ProofOfWorkInvalid));
+                }
+            }
+            _ => {}
+        }
+        let t = sotto_proto::register_transcript(self.challenge, &r.handle, &r.account, &r.device);
+        if !verify(&r.account.0, &t, &r.account_signature)
+            || !verify(&r.device.0, &t, &r.device_signature)
+        {
+            return Err(ProtoError::new(ErrorCode::AuthFailed));
+        }
+        // Every attempt that reaches the store counts, taken handles too,
+        // so registration is no cheap oracle for which handles exist.
+        self.shared.sources.registrations.spend(
+            self.source,
+            &self.shared.config.limits.registrations_per_source,
+        )?;
+        let res = self
+            .shared
+            .store
+            .register(NewAccount {
+                handle: r.handle.clone(),
+                account: r.account,
+                device: r.device,
+                invite_hash,
+                now_ms: self.now_ms(),
+                device_list: r.device_list.clone(),
+            })
+            .await;
+        match res {
+            Ok(()) => {}
+            Err(RegisterError::InvalidInvite) => {
+                return Err(ProtoError::new(ErrorCode::InvalidInvite));
+            }
+            Err(RegisterError::HandleTaken) => return Err(ProtoError::new(ErrorCode::HandleTaken)),
+            Err(RegisterError::AlreadyRegistered) => {
+                return Err(ProtoError::with_message(
+                    ErrorCode::InvalidRequest,
+                    "keys already registered",
+                ));
+            }
+            Err(RegisterError::Store(e)) => return Err(self.log_store(&e)),
+        }
+        let s = Session {
+            account: r.account,
+            device: r.device,
+            handle: r.handle,
+            key_packages: 0,
+            has_last_resort: false,
+            kill_record_version: 0,
+        };
+        Ok(Response::LoggedIn(s))
+    }
+
+    pub(crate) async fn login(&self, l: LoginRequest) -> Result<Response, ProtoError> {
+        if l.version != PROTOCOL_VERSION {
+            return Err(ProtoError::new(ErrorCode::UnsupportedVersion));
+        }
+        // Fail closed: a source that failed too often waits, even with a
+        // valid signature.
+        let quota = self.shared.config.limits.login_failures_per_source;
+        let failures = &self.shared.sources.login_failures;
+        failures.check(self.source, &quota)?;
+        let rec = self
+            .shared
+            .store
+            .device(l.device)
+            .await
+            .map_err(|e| self.log_store(&e))?;
+        let t = sotto_proto::login_transcript(self.challenge, &l.device);
+        // Unknown device, revoked device and bad signature look the same.
+        let sig_ok = verify(&l.device.0, &t, &l.signature);
+        let Some(rec) = rec.filter(|r| !r.revoked && sig_ok) else {
+            let _ = failures.spend(self.source, &quota);
+            return Err(ProtoError::new(ErrorCode::AuthFailed));
+        };
+        let stock = self
+            .shared
+            .store
+            .key_package_stock(l.device)
+            .await
+            .map_err(|e| self.log_store(&e))?;
+        let kill = self
+            .shared
+            .store
+            .kill_record(rec.account)
+            .await
+            .map_err(|e| self.log_store(&e))?;
+        let s = Session {
+            account: rec.account,
+            device: l.device,
+            handle: rec.handle,
+            key_packages: stock.one_time,
+            has_last_resort: stock.last_resort,
+            kill_record_version: kill.map_or(0, |k| k.version),
+        };
+        Ok(Response::LoggedIn(s))
+    }
+}
+
+impl<S: Store, B: Bus> Authed<'_, S, B> {
+    pub(crate) async fn publish_devices(
+        &self,
+        l: SignedDeviceList,
+    ) -> Result<Response, ProtoError> {
+        let device = self.device();
+        let account = self.account();
+        let mut unique = l.devices.clone();
+        unique.sort();
+        unique.dedup();
+        let ok = l.account == account
+            && l.devices.contains(&device)
+            && unique.len() == l.devices.len()
+            && l.devices.len() <= MAX_DEVICES_PER_ACCOUNT
+            && device_list_is_signed(&l);
+        if !ok {
+            return Err(ProtoError::with_message(
+                ErrorCode::InvalidRequest,
+                "a device list must be signed by the account, name this device, and hold at most 16 distinct devices",
+            ));
+        }
+        let version = l.version;
+        match self
+            .shared
+            .store
+            .publish_device_list(l, self.now_ms())
+            .await
+        {
+            Ok(change) => {
+                // Revoked devices' connections wake up and find themselves revoked.
+                self.shared.bus.publish(&change.revoked);
+                Ok(Response::DeviceListStored { version })
+            }
+            Err(DeviceListError::Stale(v)) => Err(ProtoError::with_message(
+                ErrorCode::InvalidRequest,
+                format!("device list version {version} is not newer than {v}"),
+            )),
+            Err(DeviceListError::ForeignDevice) => Err(ProtoError::with_message(
+                ErrorCode::InvalidRequest,
+                "a listed device belongs to another account",
+            )),
+            Err(DeviceListError::Store(e)) => Err(self.log_store(&e)),
+        }
+    }
+
+    pub(crate) async fn get_devices(
+        &self,
+        account: sotto_proto::AccountId,
+    ) -> Result<Response, ProtoError> {
+        // Reading one's own list is no lookup of anyone.
+        if account != self.account() {
+            self.lookup_allowed()?;
+        }
+        match self.shared.store.device_list(account).await {
+            Ok(Some(l)) => Ok(Response::DeviceList(l)),
+            Ok(None) => Err(ProtoError::new(ErrorCode::UnknownAccount)),
+            Err(e) => Err(self.log_store(&e)),
+        }
+    }
+
+    /// A device of the caller's own account, live.
+    pub(crate) async fn own_device(&self, device: DeviceId) -> Result<(), ProtoError> {
+        let account = self.account();
+        match self.shared.store.device(device).await {
+            Ok(Some(r)) if r.account == account && !r.revoked => Ok(()),
+            Ok(_) => Err(ProtoError::new(ErrorCode::UnknownAccount)),
+            Err(e) => Err(self.log_store(&e)),
+        }
+    }
+
+    /// This account blocks (or unblocks) `blocked`: its claims of this
+    /// account's KeyPackages are refused.
+    pub(crate) async fn block(
+        &self,
+        blocked: sotto_proto::AccountId,
+        on: bool,
+    ) -> Result<Response, ProtoError> {
+        let account = self.account();
+        self.shared
+            .store
+            .set_block(account, blocked, on)
+            .await
+            .map_err(|e| self.log_store(&e))?;
+        Ok(Response::Acked)
+    }
+}

@@ -1,0 +1,93 @@
+//! What every connection of a node shares: the store, the bus, the
+//! configuration, the blob store, the metrics, the limits kept in memory,
+//! the watch on connected devices' mailboxes, and the wall clock. Handed to
+//! every service at construction; there are no globals.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::config::ServerConfig;
+
+/// The wall clock, in milliseconds since the Unix epoch: message times,
+/// expiries, windows kept in the store. Injected so that tests can set it.
+/// (Durations and deadlines use tokio's monotonic clock, which tests pause.)
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Now.
+    fn now_ms(&self) -> u64;
+}
+
+/// The system's clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+}
+
+/// What every connection shares.
+pub struct Shared<S, B> {
+    /// Persistent state.
+    pub store: S,
+    /// Mailbox notifications.
+    pub bus: B,
+    /// Configuration.
+    pub config: ServerConfig,
+    /// Attachment bytes.
+    pub blobs: Arc<dyn crate::blobs::BlobStore>,
+    /// Counters and latencies for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// The wall clock.
+    pub clock: Arc<dyn Clock>,
+    /// Open connections per source address.
+    pub(crate) connections: crate::limits::ConnectionSlots,
+    /// KeyPackage claims per claimer, and per (claimer, target account).
+    pub(crate) claims: crate::limits::Claims,
+    /// Registrations, failed logins and lookups per source address.
+    pub(crate) sources: crate::limits::SourceGuards,
+    /// The devices connected here, for delivery without the bus.
+    pub(crate) watch: crate::watch::MailWatch,
+}
+
+impl<S: std::fmt::Debug, B: std::fmt::Debug> std::fmt::Debug for Shared<S, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("store", &self.store)
+            .field("bus", &self.bus)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B> Shared<S, B> {
+    /// Shared state for `run`, on the system clock.
+    pub fn new(
+        store: S,
+        bus: B,
+        blobs: Arc<dyn crate::blobs::BlobStore>,
+        config: ServerConfig,
+    ) -> Self {
+        Self {
+            store,
+            bus,
+            blobs,
+            config,
+            metrics: Arc::default(),
+            clock: Arc::new(SystemClock),
+            connections: Default::default(),
+            claims: Default::default(),
+            sources: Default::default(),
+            watch: Default::default(),
+        }
+    }
+
+    /// The same on another clock.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+}
