@@ -8,10 +8,12 @@
 //! - [`tui`]: `sotto chat` (state in `app`, drawing in `ui`);
 //! - [`daemon`]: `sotto daemon --json-rpc`;
 //! - [`display`]: others' text made safe for a terminal (every front end);
+//! - [`notice`]: the wording of conversation notices (every front end);
 //! - the JSON shapes of the command line's output.
 
 pub mod daemon;
 pub mod display;
+pub mod notice;
 pub mod ops;
 pub mod tui;
 pub mod worker;
@@ -38,7 +40,7 @@ pub fn group_json(g: &GroupInfo) -> serde_json::Value {
     serde_json::json!({
         "id": g.id.to_hex(),
         "name": g.name,
-        "state": g.state,
+        "state": g.state.as_str(),
         "epoch": g.epoch,
         "members": g.members,
         "admins": g.admins,

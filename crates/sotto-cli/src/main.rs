@@ -494,7 +494,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 // Beside the warnings, so that standard output stays the
                 // stream of messages.
-                ReceiveEvent::Notice(n) => eprintln!("sotto: {}", visible(&n.text)),
+                ReceiveEvent::Notice(n) => {
+                    eprintln!("sotto: {}", visible(&sotto_cli::notice::text(n)));
+                }
                 ReceiveEvent::Synced => {}
             })
             .await?;

@@ -276,7 +276,7 @@ pub fn conversation_json(c: &ConversationInfo) -> serde_json::Value {
         "target": c.target(),
         "name": c.name,
         "is_group": c.is_group,
-        "state": c.state,
+        "state": c.state.as_str(),
         "last_activity": c.last_activity_ms,
         "disappear_after_s": c.disappear_after_s,
         "members": c.members.iter().map(|m| serde_json::json!({

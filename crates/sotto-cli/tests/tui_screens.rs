@@ -16,9 +16,10 @@ use sotto_cli::tui::ui;
 use sotto_cli::worker::{Command, Connection, Event};
 use sotto_client::store::Contact;
 use sotto_client::{
-    ConversationInfo, Member, Notice, ReceivedMessage, Trust, Updates, Verification,
+    ConversationInfo, ConversationState, Member, Notice, NoticeKind, ReceivedMessage, Trust,
+    Updates, Verification,
 };
-use sotto_proto::{AccountId, GroupId, MessageId};
+use sotto_proto::{AccountId, GroupId, Handle, MessageId};
 
 /// 13:05 UTC on some day.
 const T: u64 = 1_700_000_000_000 - (1_700_000_000_000 % 86_400_000) + (13 * 60 + 5) * 60_000;
@@ -36,7 +37,7 @@ fn conv(n: u8, name: &str, is_group: bool, members: Vec<Member>) -> Conversation
         group: GroupId([n; 32]),
         name: name.into(),
         is_group,
-        state: "active".into(),
+        state: ConversationState::Active,
         last_activity_ms: T,
         members,
         disappear_after_s: None,
@@ -228,7 +229,10 @@ fn conversation_with_messages_delivery_states_notices_and_members() {
             messages: vec![msg(6, 2, "bob", "\x1b[2Jgotcha\x1b]0;title\x07", 11)],
             notices: vec![Notice {
                 conversation: GroupId([2; 32]),
-                text: "team: dave joined".into(),
+                name: "team".into(),
+                what: NoticeKind::MemberJoined {
+                    handle: Handle::new("dave").unwrap(),
+                },
             }],
             warnings: vec![],
         }),

@@ -172,7 +172,7 @@ impl Client {
         // Shown like a removal; what still comes is dropped unread.
         self.store.transaction(|_, c| {
             mark_left(c, &g)?;
-            rows::set_state(c, &g, "removed")
+            rows::set_state(c, &g, crate::session::ConversationState::Removed)
         })?;
         Ok(g)
     }

@@ -8,8 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::RngCore;
 use sotto_core::group;
-use sotto_core::mls::{self, Processed};
-use sotto_core::{AccountKey, AppMessage, Body, CoreError, CredentialIdentity, DeviceKey, Suite};
+use sotto_core::mls;
+use sotto_core::receive;
+use sotto_core::{AccountKey, AppMessage, Body, CredentialIdentity, DeviceKey, Suite};
 use sotto_proto::{
     Blob, Delivery, EnvelopeKind, ErrorCode, GroupId, Handle, LoginRequest, MessageId,
     PROTOCOL_VERSION, RegisterRequest, RegistrationPolicy, Request, Response, SendRequest,
@@ -17,7 +18,7 @@ use sotto_proto::{
 };
 use tokio::time::{Instant, timeout_at};
 
-use crate::session::Notice;
+use crate::session::{ConversationState, Notice};
 use crate::store::{Contact, ContactChange, Identity, NewMessage, Store, StoredMessage, rows};
 use crate::transport::{Connection, Event};
 use crate::{ClientError, ServerLink};
@@ -645,345 +646,89 @@ impl Client {
         }
     }
 
-    /// Processes one delivery in one local transaction.
+    /// Processes one delivery in one local transaction: the core applies
+    /// it to the MLS state ([`sotto_core::receive`]) and what it returns is
+    /// saved (messages, conversations, contacts, the dedup marker) in the
+    /// same transaction. A delivery the core cannot read is rolled back and
+    /// set aside in a second one, or makes this device rejoin.
     fn process(&mut self, d: &Delivery) -> Result<Outcome, ClientError> {
         let me = self.id.credential();
         let env = &d.envelope;
-        let mut warnings = Vec::new();
-        let mut notices = Vec::new();
-        let mut outcome_leave = false;
+        let mut told = crate::receive::Told::default();
+        let now = now_ms();
         let attempt = self.store.transaction(|p, c| {
-            if rows::is_processed(c, &env.sender, &env.msg_id)? {
-                return Ok(Outcome::Duplicate);
-            }
-            // A conversation this device left alone, or an invitation it
-            // refused: what still comes is dropped unread (a Welcome from
-            // someone not blocked may take it back).
-            if matches!(
-                env.kind,
-                EnvelopeKind::Application | EnvelopeKind::Commit | EnvelopeKind::Proposal
-            ) && crate::blocks::is_left(c, &env.group)?
-            {
-                rows::mark_processed(c, &env.sender, &env.msg_id)?;
-                return Ok(Outcome::Ignored(None));
-            }
-            // Who was in the group before a commit, to tell who joined or left.
-            let before = match env.kind {
-                EnvelopeKind::Commit => mls::members(p, env.group).ok(),
+            let kill_record = match env.kind {
+                EnvelopeKind::Wipe => rows::kill_record(c)?,
                 _ => None,
             };
-            let outcome = match env.kind {
-                EnvelopeKind::Wipe => {
-                    let me_dev = me.device;
-                    let valid = postcard::from_bytes::<sotto_proto::WipeOrder>(&env.payload.0)
-                        .ok()
-                        .zip(rows::kill_record(c)?)
-                        .is_some_and(|(o, r)| sotto_core::killcode::order_is_valid(&o, me_dev, &r));
-                    if valid {
-                        Outcome::Wipe
-                    } else {
-                        Outcome::Dropped(
-                            "a wipe order that does not prove the kill code was ignored".into(),
-                        )
-                    }
-                }
-                EnvelopeKind::Device => Outcome::Dropped("unexpected device message".into()),
-                EnvelopeKind::Welcome => {
-                    // A Welcome into a conversation this device holds is
-                    // refused, unless this device was removed from it (it is
-                    // added again) or lost its state of it and waits to be
-                    // re-added.
-                    let (joined, _) = mls::join_replacing(p, &env.payload.0, |g| {
-                        rows::rejoin_pending(c, &g).unwrap_or(false)
-                    })?;
-                    if joined.members.iter().all(|m| m.device != env.sender) {
-                        return Err(ClientError::Core(CoreError::ForgedCredential));
-                    }
-                    // An invitation from an account this profile blocked:
-                    // refused, and the conversation left at once.
-                    let adder = joined.members.iter().find(|m| m.device == env.sender);
-                    let blocked = match adder {
-                        Some(m) => crate::blocks::is_blocked(c, &m.account)?,
-                        None => false,
-                    };
-                    if blocked {
-                        mls::discard(p, joined.group_id)?;
-                        crate::blocks::mark_left(c, &joined.group_id)?;
-                        rows::mark_processed(c, &env.sender, &env.msg_id)?;
-                        return Ok(Outcome::Ignored(Some(joined.group_id)));
-                    }
-                    crate::blocks::unmark_left(c, &joined.group_id)?;
-                    let missed = rows::rejoin_done(c, &joined.group_id)?;
-                    record_members(c, &me, &joined.members, &mut warnings)?;
-                    if let Some(renamed) = &joined.name {
-                        rows::put_name(c, &joined.group_id, renamed, now_ms())?;
-                    }
-                    let (is_group, name) =
-                        conversation_name(p, c, joined.group_id, &me, &joined.members)?;
-                    rows::put_conversation(c, &joined.group_id, is_group, &name, now_ms())?;
-                    let added_by = joined.members.iter().find(|m| m.device == env.sender);
-                    rows::set_state(c, &joined.group_id, "active")?;
-                    let text = if missed.is_some() {
-                        let text = crate::rejoin::readded_text(&name, added_by, missed);
-                        warnings.push(text.clone());
-                        text
-                    } else {
-                        match added_by {
-                            Some(m) if m.account != me.account && is_group => {
-                                format!("{} added you to {name}", m.handle)
-                            }
-                            Some(m) if m.account != me.account => {
-                                format!("{} started this conversation", m.handle)
-                            }
-                            _ => format!("this device joined {name}"),
-                        }
-                    };
-                    notices.push(Notice::new(joined.group_id, text));
-                    Outcome::Stored
-                }
-                kind => match (kind, mls::process(p, env.group, &env.payload.0)?) {
-                    (
-                        EnvelopeKind::Application,
-                        Processed::Application {
-                            sender,
-                            plaintext,
-                            timer_s,
-                        },
-                    ) => {
-                        if sender.device != env.sender {
-                            // The server claims another device sent it than MLS says.
-                            return Err(ClientError::Core(CoreError::ForgedCredential));
-                        }
-                        if crate::blocks::is_blocked(c, &sender.account)? {
-                            // Decrypted (the ratchet moves on), never stored.
-                            rows::mark_processed(c, &env.sender, &env.msg_id)?;
-                            return Ok(Outcome::Ignored(None));
-                        }
-                        // A disappearing message's clock starts when this
-                        // device received it, on this device's clock: its
-                        // expiry is compared with this clock only, so
-                        // neither the sender's nor the server's clock
-                        // (either may be hours off) can cut it short (C5).
-                        // The server drops a message whose timer ran out in
-                        // the mailbox, measured on its own clock.
-                        let expires_at_ms =
-                            timer_s.map(|t| now_ms().saturating_add(t.saturating_mul(1000)));
-                        match AppMessage::decode(&plaintext) {
-                            Some(AppMessage {
-                                id,
-                                sent_at_ms,
-                                body,
-                            }) => {
-                                let reply_to = body.reply_to();
-                                let (text, file) = match body {
-                                    Body::Text(t) | Body::Reply { text: t, .. } => (t, None),
-                                    Body::File(f) => (
-                                        format!(
-                                            "[file] {} ({} bytes)",
-                                            crate::files::safe_name(&f.name),
-                                            f.size
-                                        ),
-                                        Some(f),
-                                    ),
-                                };
-                                let fresh = rows::put_message(
-                                    c,
-                                    &NewMessage {
-                                        id,
-                                        group: env.group,
-                                        sender: &sender,
-                                        outgoing: sender.account == me.account,
-                                        from_this_device: false,
-                                        text: &text,
-                                        sent_at_ms,
-                                        received_at_ms: now_ms(),
-                                        seq: d.seq,
-                                        expires_at_ms,
-                                        reply_to,
-                                    },
-                                )?;
-                                if !fresh {
-                                    Outcome::Duplicate
-                                } else {
-                                    if let Some(f) = file {
-                                        crate::files::queue(c, &id, &sender.handle, &f)?;
-                                    }
-                                    Outcome::Stored
-                                }
-                            }
-                            None => Outcome::Dropped("undecodable application message".into()),
-                        }
-                    }
-                    (EnvelopeKind::Application, _) => {
-                        // A handshake message relabelled as an application
-                        // message: the server delivers those only as what
-                        // they are.
-                        return Err(ClientError::Core(CoreError::Rejected(
-                            "a commit or proposal sent as an application message".into(),
-                        )));
-                    }
-                    (_, Processed::Application { .. }) => {
-                        // Relabelled by the server: refuse it and roll the
-                        // decryption back, so the genuine delivery still
-                        // decrypts (a forged envelope moves no state).
-                        return Err(ClientError::Core(CoreError::Rejected(
-                            "application message sent as commit".into(),
-                        )));
-                    }
-                    (
-                        _,
-                        Processed::Commit {
-                            removed_me: true,
-                            readded,
-                            ..
-                        },
-                    ) if readded.contains(&me.device) => {
-                        // This device's leaf was replaced by a fresh one
-                        // (it asked, or a member thought it had to): the
-                        // Welcome follows and takes the new state.
-                        rows::expect_readd(c, &env.group, now_ms())?;
-                        Outcome::Stored
-                    }
-                    (
-                        _,
-                        Processed::Commit {
-                            removed_me: true, ..
-                        },
-                    ) => {
-                        rows::set_state(c, &env.group, "removed")?;
-                        let name = self_name(c, &env.group);
-                        notices.push(Notice::new(
-                            env.group,
-                            format!("you are no longer a member of {name}"),
-                        ));
-                        Outcome::Stored
-                    }
-                    (
-                        _,
-                        Processed::Commit {
-                            device_lists,
-                            timer_change,
-                            readded,
-                            renamed,
-                            ..
-                        },
-                    ) => {
-                        if let Some(renamed) = &renamed {
-                            rows::put_name(c, &env.group, renamed, now_ms())?;
-                        }
-                        for d in &readded {
-                            let who = mls::members(p, env.group)?
-                                .into_iter()
-                                .find(|m| m.device == *d)
-                                .map_or_else(|| d.short(), |m| m.handle.to_string());
-                            let name = self_name(c, &env.group);
-                            let text = format!("{name}: a device of {who} rejoined");
-                            notices.push(Notice::new(env.group, text));
-                        }
-                        if let Some(timer) = timer_change {
-                            let name = self_name(c, &env.group);
-                            let text = match timer {
-                                Some(t) => {
-                                    format!("{name}: messages now disappear after {}", human(t))
-                                }
-                                None => format!("{name}: messages no longer disappear"),
-                            };
-                            notices.push(Notice::new(env.group, text.clone()));
-                            warnings.push(text);
-                        }
-                        for l in device_lists.iter().filter(|l| l.account != me.account) {
-                            note_list(c, l, &mut warnings)?;
-                        }
-                        let members = mls::members(p, env.group)?;
-                        record_members(c, &me, &members, &mut warnings)?;
-                        let (is_group, name) = conversation_name(p, c, env.group, &me, &members)?;
-                        if rows::conversation_state(c, &env.group)?.as_deref() == Some("leaving") {
-                            outcome_leave = true;
-                        }
-                        rows::put_conversation(c, &env.group, is_group, &name, now_ms())?;
-                        if let Some(before) = &before {
-                            notices.extend(
-                                crate::session::membership_notices(before, &members)
-                                    .into_iter()
-                                    .map(|t| Notice::new(env.group, format!("{name}: {t}"))),
-                            );
-                        }
-                        Outcome::Stored
-                    }
-                    (EnvelopeKind::Proposal, Processed::Proposal { .. }) => {
-                        Outcome::Proposal(env.group)
-                    }
-                    (_, Processed::Proposal { .. }) => {
-                        return Err(ClientError::Core(CoreError::Rejected(
-                            "a proposal sent as a commit".into(),
-                        )));
-                    }
-                    (EnvelopeKind::Proposal, _) => {
-                        return Err(ClientError::Core(CoreError::Rejected(
-                            "a commit sent as a proposal".into(),
-                        )));
-                    }
-                    (_, Processed::Other) => Outcome::Stored,
-                },
+            let left = matches!(
+                env.kind,
+                EnvelopeKind::Application | EnvelopeKind::Commit | EnvelopeKind::Proposal
+            ) && crate::blocks::is_left(c, &env.group)?;
+            let rejoin_pending = |g: GroupId| rows::rejoin_pending(c, &g).unwrap_or(false);
+            let known = receive::Known {
+                processed: rows::is_processed(c, &env.sender, &env.msg_id)?,
+                left,
+                kill_record: kill_record.as_ref(),
+                rejoin_pending: &rejoin_pending,
             };
-            rows::mark_processed(c, &env.sender, &env.msg_id)?;
-            Ok(outcome)
+            let applied = receive::apply(p, &me, env, &known, now)?;
+            crate::receive::save(p, c, &me, d, applied, now, &mut told)
         });
-        self.warnings.append(&mut warnings);
+        self.warnings.append(&mut told.warnings);
         if attempt.is_ok() {
-            self.notices.append(&mut notices);
-            if outcome_leave {
+            self.notices.append(&mut told.notices);
+            if told.leave {
                 self.leaves.insert(env.group);
             }
         }
         match attempt {
             Ok(o) => Ok(o),
-            // A message or commit of a conversation whose state this device
-            // lost (none at all, or an older epoch than the message's): set
-            // aside like any unreadable delivery, and this device asks the
-            // other members to re-add it. The epoch a message claims is not
-            // authenticated, so a lying server can at worst make it ask.
-            Err(ClientError::Core(e @ (CoreError::Behind { .. } | CoreError::UnknownGroup)))
-                if matches!(env.kind, EnvelopeKind::Application | EnvelopeKind::Commit) =>
-            {
-                let g = env.group;
-                // Not marked processed: a commit that re-adds this device
-                // shares its id with the Welcome that follows.
-                self.mark_out_of_sync(g, matches!(e, CoreError::UnknownGroup))?;
-                Ok(Outcome::OutOfSync(e.to_string()))
-            }
-            // A message that cannot be processed is set aside (marked, acked)
-            // so that it does not block the mailbox; MLS state is unchanged.
-            // Never silently: the outcome names the conversation and the
-            // sender (as far as this device knows them).
+            // Rolled back: nothing the core wrote stays.
             Err(ClientError::Core(e)) => {
                 let g = env.group;
-                let (epoch, who, name) = self.store.transaction(|p, c| {
-                    rows::mark_processed(c, &env.sender, &env.msg_id)?;
-                    let who = mls::members(p, g)
-                        .ok()
-                        .and_then(|m| m.into_iter().find(|m| m.device == env.sender))
-                        .map_or_else(
+                let (unread, name) = self.store.transaction(|p, c| {
+                    let unread = receive::unreadable(p, env, e);
+                    if let receive::Unreadable::SetAside(_) = unread {
+                        rows::mark_processed(c, &env.sender, &env.msg_id)?;
+                    }
+                    Ok((unread, self_name(c, &g)))
+                })?;
+                match unread {
+                    // A message or commit of a conversation whose state this
+                    // device lost (none at all, or an older epoch than the
+                    // message's): this device asks to be re-added.
+                    receive::Unreadable::OutOfSync(o) => {
+                        self.mark_out_of_sync(g, o.missing)?;
+                        Ok(Outcome::OutOfSync(o.error.to_string()))
+                    }
+                    // Set aside (marked, acked) so that it does not block the
+                    // mailbox; MLS state is unchanged. Never silently: the
+                    // outcome names the conversation and the sender (as far
+                    // as this device knows them).
+                    receive::Unreadable::SetAside(s) => {
+                        if let (EnvelopeKind::Commit, Some(epoch)) = (s.kind, s.epoch) {
+                            // Should the server say the group is past this
+                            // epoch, this is the commit that took it there.
+                            self.refused_commits.insert((g, epoch));
+                        }
+                        let who = s.sender.map_or_else(
                             || format!("device {}", env.sender.short()),
                             |m| m.handle.to_string(),
                         );
-                    Ok((mls::epoch(p, g).ok(), who, self_name(c, &g)))
-                })?;
-                if let (EnvelopeKind::Commit, Some(epoch)) = (env.kind, epoch) {
-                    // Should the server say the group is past this epoch,
-                    // this is the commit that took it there.
-                    self.refused_commits.insert((g, epoch));
+                        let what = match s.kind {
+                            EnvelopeKind::Application => "a message",
+                            EnvelopeKind::Commit => "a change to the group",
+                            EnvelopeKind::Proposal => "a proposal",
+                            EnvelopeKind::Welcome => "an invitation",
+                            EnvelopeKind::Wipe | EnvelopeKind::Device => "a message",
+                        };
+                        Ok(Outcome::Dropped(format!(
+                            "{what} from {who} in {name} could not be read ({})",
+                            s.error
+                        )))
+                    }
                 }
-                let what = match env.kind {
-                    EnvelopeKind::Application => "a message",
-                    EnvelopeKind::Commit => "a change to the group",
-                    EnvelopeKind::Proposal => "a proposal",
-                    EnvelopeKind::Welcome => "an invitation",
-                    EnvelopeKind::Wipe | EnvelopeKind::Device => "a message",
-                };
-                Ok(Outcome::Dropped(format!(
-                    "{what} from {who} in {name} could not be read ({e})"
-                )))
             }
             Err(e) => Err(e),
         }
@@ -1478,8 +1223,8 @@ impl Client {
             crate::groups::Target::Handle(peer) => self.direct(conn, &peer).await,
             crate::groups::Target::Group(g) => {
                 match self.store.conversation(&g)?.map(|c| c.state) {
-                    Some(s) if s == "active" => Ok(g),
-                    Some(s) if s == "leaving" => {
+                    Some(ConversationState::Active) => Ok(g),
+                    Some(ConversationState::Leaving) => {
                         Err(ClientError::Invalid("you are leaving this group".into()))
                     }
                     _ => Err(ClientError::Invalid(

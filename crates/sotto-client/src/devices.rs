@@ -460,7 +460,7 @@ impl Client {
             .store
             .conversations()?
             .into_iter()
-            .filter(|c| c.state == "active")
+            .filter(|c| c.state == crate::session::ConversationState::Active)
             .map(|c| c.group)
             .collect())
     }

@@ -57,8 +57,8 @@ pub struct GroupInfo {
     pub members: Vec<String>,
     /// Admin handles, sorted.
     pub admins: Vec<String>,
-    /// `active`, `leaving` or `removed`.
-    pub state: String,
+    /// Whether this account is a member, leaving, or removed.
+    pub state: crate::session::ConversationState,
     /// The disappearing-message timer in seconds, if set.
     pub disappear_after_s: Option<u64>,
     /// The MLS epoch authenticator, hex: the same on every member in the
@@ -108,7 +108,7 @@ impl Client {
         let mut named: Vec<_> = groups.iter().filter(|c| c.name == target).collect();
         if named.len() > 1 {
             // A group this device was removed from does not compete for its name.
-            named.retain(|c| c.state != "removed");
+            named.retain(|c| c.state != crate::session::ConversationState::Removed);
         }
         let contact = match Handle::new(target) {
             Ok(h) if people && !named.is_empty() && self.store.contact(&h)?.is_some() => Some(h),
@@ -436,7 +436,7 @@ impl Client {
         let mut dropped = Vec::new();
         let before = |d: &sotto_proto::Delivery| {
             d.envelope.group != g
-                || sotto_core::public::message_epoch(&g, &d.envelope.payload.0)
+                || sotto_rules::public::message_epoch(&g, &d.envelope.payload.0)
                     .is_none_or(|e| e <= base)
         };
         while let Some(d) = conn.take_queued_delivery(before) {
@@ -488,7 +488,8 @@ impl Client {
         while let Some(g) = self.leaves.pop_first() {
             let leaving = self.store.transaction(|p, c| {
                 Ok(group::is_active(p, g)?
-                    && rows::conversation_state(c, &g)?.as_deref() == Some("leaving"))
+                    && rows::conversation_state(c, &g)?
+                        == Some(crate::session::ConversationState::Leaving))
             })?;
             if leaving && !self.out_of_sync(g)? {
                 self.propose_leave(conn, g).await?;
@@ -899,7 +900,7 @@ impl Client {
                 id: g,
                 name: c.name,
                 epoch,
-                members: if c.state == "removed" {
+                members: if c.state == crate::session::ConversationState::Removed {
                     Vec::new()
                 } else {
                     names

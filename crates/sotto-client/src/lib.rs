@@ -53,6 +53,7 @@ mod groups;
 pub mod killcode;
 pub mod link;
 pub mod names;
+mod receive;
 pub mod rejoin;
 pub mod session;
 pub mod store;
@@ -62,5 +63,7 @@ pub use client::{Client, Policy, ReceiveEvent, ReceivedMessage, RegisterOptions,
 pub use error::ClientError;
 pub use groups::GroupInfo;
 pub use link::ServerLink;
-pub use session::{ConversationInfo, Member, Notice, Trust, Updates};
+pub use session::{
+    ConversationInfo, ConversationState, Member, Notice, NoticeKind, Trust, Updates,
+};
 pub use sotto_core::Suite;

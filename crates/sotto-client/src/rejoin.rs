@@ -19,7 +19,7 @@ use sotto_proto::{Blob, CommitRequest, ErrorCode, GroupId, Request, Response};
 
 use crate::client::{conversation_name, now_ms, random_id, record_members, self_name, unexpected};
 use crate::groups::Submitted;
-use crate::session::Notice;
+use crate::session::{Notice, NoticeKind};
 use crate::store::rows;
 use crate::transport::Connection;
 use crate::{Client, ClientError};
@@ -87,11 +87,16 @@ pub(crate) fn rejoined(
     record_members(c, me, &members, warnings)?;
     let (is_group, name) = conversation_name(p, c, g, me, &members)?;
     rows::put_conversation(c, &g, is_group, &name, now_ms())?;
-    rows::set_state(c, &g, "active")?;
+    rows::set_state(c, &g, crate::session::ConversationState::Active)?;
     let missed = rows::rejoin_done(c, &g)?;
-    let text = rejoined_text(&name, missed);
-    warnings.push(text.clone());
-    notices.push(Notice::new(g, text));
+    warnings.push(rejoined_text(&name, missed));
+    notices.push(Notice::new(
+        g,
+        name,
+        NoticeKind::Rejoined {
+            missed: missed.unwrap_or(0),
+        },
+    ));
     Ok(())
 }
 
@@ -186,9 +191,9 @@ impl Client {
             Ok(news.then(|| self_name(c, &g)))
         })?;
         if let Some(name) = news {
-            let text = lost_text(&name, missing);
-            self.notices.push(Notice::new(g, text.clone()));
-            self.warnings.push(text);
+            self.warnings.push(lost_text(&name, missing));
+            self.notices
+                .push(Notice::new(g, name, NoticeKind::OutOfSync { missing }));
         }
         Ok(())
     }
@@ -198,15 +203,12 @@ impl Client {
         let name = self.store.transaction(|_, c| {
             rows::rejoin_done(c, &g)?;
             if known {
-                rows::set_state(c, &g, "removed")?;
+                rows::set_state(c, &g, crate::session::ConversationState::Removed)?;
             }
             Ok(self_name(c, &g))
         })?;
         if known {
-            self.notices.push(Notice::new(
-                g,
-                format!("you are no longer a member of {name}"),
-            ));
+            self.notices.push(Notice::new(g, name, NoticeKind::Removed));
         }
         Ok(())
     }

@@ -8,29 +8,135 @@
 //! `select!` on it beside its own command channel; the processing part
 //! ([`Client::process_pushed`]) runs to completion.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
-use sotto_core::CredentialIdentity;
 use sotto_core::mls;
-use sotto_proto::{GroupId, MessageId};
+use sotto_proto::{DeviceId, GroupId, Handle, MessageId};
 
 use crate::client::now_ms;
 use crate::store::{Contact, StoredMessage};
 use crate::{Client, ClientError};
 
-/// Something that happened in a conversation: a member joined or left,
-/// the disappearing timer changed, this device joined or was removed.
+/// Something that happened in a conversation, for the user: who was
+/// involved and what, without wording (the front end words it). Names and
+/// handles come from the network: untrusted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notice {
     /// The conversation it happened in.
     pub conversation: GroupId,
-    /// One line for the user (names come from the network: untrusted).
-    pub text: String,
+    /// The conversation's name when it happened: a group's name or the
+    /// peer's handle.
+    pub name: String,
+    /// What happened.
+    pub what: NoticeKind,
+}
+
+/// What a [`Notice`] says happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoticeKind {
+    /// `by` added this account to the group.
+    AddedYou {
+        /// Who added it.
+        by: Handle,
+    },
+    /// `by` started this one-to-one conversation.
+    Started {
+        /// The peer.
+        by: Handle,
+    },
+    /// This device joined the conversation (another device of this account
+    /// added it).
+    ThisDeviceJoined,
+    /// This device was re-added after it lost its state of the
+    /// conversation; `missed` deliveries it could not read were set aside.
+    Readded {
+        /// Who re-added it, if known.
+        by: Option<Handle>,
+        /// Deliveries set aside while it was out of sync.
+        missed: u64,
+    },
+    /// This device rejoined by itself after it lost its state;
+    /// `missed` deliveries were set aside.
+    Rejoined {
+        /// Deliveries set aside while it was out of sync.
+        missed: u64,
+    },
+    /// This device found itself out of sync and rejoins (`missing`: it
+    /// does not hold the conversation at all).
+    OutOfSync {
+        /// The conversation is not on this device at all.
+        missing: bool,
+    },
+    /// This account is no longer a member.
+    Removed,
+    /// A device of a member rejoined with a fresh leaf.
+    DeviceRejoined {
+        /// The member's handle, if it is a member.
+        handle: Option<Handle>,
+        /// The device.
+        device: DeviceId,
+    },
+    /// The disappearing timer changed, in seconds (`None`: off).
+    TimerChanged {
+        /// The new timer.
+        seconds: Option<u64>,
+    },
+    /// A member joined.
+    MemberJoined {
+        /// Its handle.
+        handle: Handle,
+    },
+    /// A member left or was removed.
+    MemberLeft {
+        /// Its handle.
+        handle: Handle,
+    },
 }
 
 impl Notice {
-    pub(crate) fn new(conversation: GroupId, text: String) -> Self {
-        Self { conversation, text }
+    pub(crate) fn new(conversation: GroupId, name: String, what: NoticeKind) -> Self {
+        Self {
+            conversation,
+            name,
+            what,
+        }
+    }
+}
+
+/// A conversation's state on this device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConversationState {
+    /// A member: it reads and sends there.
+    Active,
+    /// It proposed its own removal and waits for a member to commit it.
+    Leaving,
+    /// No longer a member (removed, or left).
+    Removed,
+}
+
+impl ConversationState {
+    /// The word the store keeps (and `sotto groups --json` prints).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Leaving => "leaving",
+            Self::Removed => "removed",
+        }
+    }
+
+    /// The state a stored word names; an unknown word reads as removed.
+    pub fn from_stored(s: &str) -> Self {
+        match s {
+            "active" => Self::Active,
+            "leaving" => Self::Leaving,
+            _ => Self::Removed,
+        }
+    }
+}
+
+impl std::fmt::Display for ConversationState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -110,8 +216,8 @@ pub struct ConversationInfo {
     pub name: String,
     /// A named group (true) or a one-to-one conversation.
     pub is_group: bool,
-    /// `active`, `leaving` or `removed`.
-    pub state: String,
+    /// Whether this account is a member, leaving, or removed.
+    pub state: ConversationState,
     /// The newest stored message's receive time, or the conversation's creation.
     pub last_activity_ms: u64,
     /// Members, sorted by handle (empty once removed).
@@ -132,20 +238,6 @@ impl ConversationInfo {
             format!("@{}", self.name)
         }
     }
-}
-
-/// Who joined and who left between two member lists, as lines.
-pub(crate) fn membership_notices(
-    before: &[CredentialIdentity],
-    after: &[CredentialIdentity],
-) -> Vec<String> {
-    let names = |l: &[CredentialIdentity]| -> BTreeSet<String> {
-        l.iter().map(|m| m.handle.to_string()).collect()
-    };
-    let (b, a) = (names(before), names(after));
-    let mut out: Vec<String> = a.difference(&b).map(|h| format!("{h} joined")).collect();
-    out.extend(b.difference(&a).map(|h| format!("{h} left")));
-    out
 }
 
 impl Client {
@@ -227,7 +319,7 @@ impl Client {
         let mut out = Vec::new();
         for c in self.store.conversations()? {
             let g = c.group;
-            let (members, timer) = if c.state == "removed" {
+            let (members, timer) = if c.state == ConversationState::Removed {
                 (Vec::new(), None)
             } else {
                 self.store.transaction(|p, _| {
@@ -290,31 +382,5 @@ impl Client {
     /// Ids of this device's messages the server has not accepted yet.
     pub fn queued(&self) -> Result<HashSet<MessageId>, ClientError> {
         Ok(self.store.outbox()?.into_iter().map(|e| e.msg_id).collect())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use sotto_core::{AccountKey, DeviceKey};
-    use sotto_proto::Handle;
-
-    fn who(handle: &str) -> CredentialIdentity {
-        CredentialIdentity {
-            account: AccountKey::generate().id(),
-            device: DeviceKey::generate().id(),
-            handle: Handle::new(handle).unwrap(),
-        }
-    }
-
-    #[test]
-    fn membership_notices_name_who_joined_and_left() {
-        let (a, b, c) = (who("alice"), who("bob"), who("carol"));
-        let before = [a.clone(), b];
-        let after = [a, c];
-        assert_eq!(
-            membership_notices(&before, &after),
-            ["carol joined", "bob left"]
-        );
     }
 }

@@ -7,14 +7,20 @@
 //! passes one backed by its encrypted store, tests one backed by memory).
 //! Every function takes bytes and returns bytes and events, so two or more
 //! in-memory peers can drive a conversation deterministically.
+//!
+//! The rules that need no key (the commit judgement, credentials, signed
+//! device lists and kill-code records) live in `sotto-rules`, which the
+//! server shares; this crate re-exports what its callers use of them.
 
+mod error;
 pub mod group;
 pub mod identity;
 pub mod killcode;
 pub mod message;
 pub mod mls;
 pub mod names;
-pub mod public;
+pub mod receive;
+mod state;
 pub mod verify;
 
 pub use identity::{AccountKey, CredentialIdentity, DeviceKey};

@@ -318,7 +318,7 @@ fn updates(u: &Updates) -> Vec<String> {
     for n in &u.notices {
         out.push(rpc::notification(
             "notice",
-            json!({ "conversation_id": n.conversation.to_hex(), "text": n.text }),
+            json!({ "conversation_id": n.conversation.to_hex(), "text": crate::notice::text(n) }),
         ));
     }
     for w in &u.warnings {

@@ -559,7 +559,7 @@ impl App {
                 .entry(n.conversation)
                 .or_default()
                 .push(Entry::Notice {
-                    text: text::clean(&n.text),
+                    text: text::clean(&crate::notice::text(n)),
                     time_ms: now_ms,
                 });
         }

@@ -143,7 +143,7 @@ fn conversation_list(app: &App, st: &Styles, f: &mut Frame<'_>, area: Rect) {
                     st.fg(Color::Cyan).add_modifier(Modifier::BOLD),
                 ));
             }
-            if c.state != "active" {
+            if c.state != sotto_client::ConversationState::Active {
                 spans.push(Span::styled(format!(" [{}]", c.state), st.dim()));
             }
             ListItem::new(Line::from(spans))

@@ -1,0 +1,265 @@
+//! Saving what the core's receive path made of one delivery
+//! ([`sotto_core::receive`]): the rows it writes (the message, the
+//! conversation, its state and name, contacts and their devices, a
+//! pending re-add), in the transaction of the MLS state change, and the
+//! [`Notice`]s and warnings it gives the user. The block list applies
+//! here: a blocked sender's message is decrypted and never stored, its
+//! invitation refused.
+
+use sotto_core::mls;
+use sotto_core::receive::{self, Event};
+use sotto_core::{Body, CredentialIdentity};
+use sotto_proto::{Delivery, Envelope, GroupId};
+
+use crate::ClientError;
+use crate::client::{Outcome, conversation_name, human, note_list, record_members, self_name};
+use crate::session::{ConversationState, Notice, NoticeKind};
+use crate::store::{NewMessage, Provider, rows};
+
+/// What saving deliveries has for the user and the client.
+#[derive(Debug, Default)]
+pub(crate) struct Told {
+    /// Warnings (key and device changes, timer changes, re-adds).
+    pub(crate) warnings: Vec<String>,
+    /// Conversation notices.
+    pub(crate) notices: Vec<Notice>,
+    /// A commit arrived in a conversation this device leaves: its leave is
+    /// proposed again.
+    pub(crate) leave: bool,
+}
+
+/// The warning that tells of a timer change in conversation `name`.
+pub(crate) fn timer_warning(name: &str, seconds: Option<u64>) -> String {
+    match seconds {
+        Some(t) => format!("{name}: messages now disappear after {}", human(t)),
+        None => format!("{name}: messages no longer disappear"),
+    }
+}
+
+/// Saves `applied` (what the core made of delivery `d` at `now_ms`) in the
+/// delivery's transaction and marks the delivery processed (unless the
+/// core found it processed already).
+pub(crate) fn save(
+    p: &Provider<'_>,
+    c: &rusqlite::Connection,
+    me: &CredentialIdentity,
+    d: &Delivery,
+    applied: receive::Applied,
+    now_ms: u64,
+    told: &mut Told,
+) -> Result<Outcome, ClientError> {
+    let env = &d.envelope;
+    let receive::Applied { outcome, events } = applied;
+    let outcome = match outcome {
+        receive::Outcome::Duplicate => return Ok(Outcome::Duplicate),
+        receive::Outcome::Ignored => Outcome::Ignored(None),
+        receive::Outcome::Wipe => Outcome::Wipe,
+        receive::Outcome::Dropped(why) => Outcome::Dropped(
+            match why {
+                receive::Dropped::InvalidWipe => {
+                    "a wipe order that does not prove the kill code was ignored"
+                }
+                receive::Dropped::UnexpectedDevice => "unexpected device message",
+                receive::Dropped::Undecodable => "undecodable application message",
+            }
+            .into(),
+        ),
+        receive::Outcome::Proposal => Outcome::Proposal(env.group),
+        receive::Outcome::Other => Outcome::Stored,
+        receive::Outcome::Message(m) => message(c, me, d, m)?,
+        receive::Outcome::Joined(j) => joined(p, c, me, j, &events, now_ms, told)?,
+        receive::Outcome::Commit(commit) => {
+            committed(p, c, me, env, &commit, &events, now_ms, told)?
+        }
+    };
+    rows::mark_processed(c, &env.sender, &env.msg_id)?;
+    Ok(outcome)
+}
+
+/// A decrypted message: stored, unless its sender is blocked or it is
+/// stored already (the same message id).
+fn message(
+    c: &rusqlite::Connection,
+    me: &CredentialIdentity,
+    d: &Delivery,
+    m: receive::Message,
+) -> Result<Outcome, ClientError> {
+    if crate::blocks::is_blocked(c, &m.sender.account)? {
+        // Decrypted (the ratchet moves on), never stored.
+        return Ok(Outcome::Ignored(None));
+    }
+    let reply_to = m.body.reply_to();
+    let (text, file) = match m.body {
+        Body::Text(t) | Body::Reply { text: t, .. } => (t, None),
+        Body::File(f) => (
+            format!(
+                "[file] {} ({} bytes)",
+                crate::files::safe_name(&f.name),
+                f.size
+            ),
+            Some(f),
+        ),
+    };
+    let fresh = rows::put_message(
+        c,
+        &NewMessage {
+            id: m.id,
+            group: d.envelope.group,
+            sender: &m.sender,
+            outgoing: m.sender.account == me.account,
+            from_this_device: false,
+            text: &text,
+            sent_at_ms: m.sent_at_ms,
+            received_at_ms: m.received_at_ms,
+            seq: d.seq,
+            expires_at_ms: m.expires_at_ms,
+            reply_to,
+        },
+    )?;
+    if !fresh {
+        return Ok(Outcome::Duplicate);
+    }
+    if let Some(f) = file {
+        crate::files::queue(c, &m.id, &m.sender.handle, &f)?;
+    }
+    Ok(Outcome::Stored)
+}
+
+/// Names the group as the events say.
+fn renames(
+    c: &rusqlite::Connection,
+    g: &GroupId,
+    events: &[Event],
+    now_ms: u64,
+) -> Result<(), ClientError> {
+    for e in events {
+        if let Event::Renamed(r) = e {
+            rows::put_name(c, g, r, now_ms)?;
+        }
+    }
+    Ok(())
+}
+
+/// A group joined by Welcome: refused (and left) if an account this
+/// profile blocked sent it; else the conversation is active, its members
+/// known, and the user told who added this account (or that this device
+/// was re-added after losing its state).
+fn joined(
+    p: &Provider<'_>,
+    c: &rusqlite::Connection,
+    me: &CredentialIdentity,
+    j: receive::Joined,
+    events: &[Event],
+    now_ms: u64,
+    told: &mut Told,
+) -> Result<Outcome, ClientError> {
+    let g = j.group;
+    if crate::blocks::is_blocked(c, &j.by.account)? {
+        mls::discard(p, g)?;
+        crate::blocks::mark_left(c, &g)?;
+        return Ok(Outcome::Ignored(Some(g)));
+    }
+    crate::blocks::unmark_left(c, &g)?;
+    let missed = rows::rejoin_done(c, &g)?;
+    record_members(c, me, &j.members, &mut told.warnings)?;
+    renames(c, &g, events, now_ms)?;
+    let (is_group, name) = conversation_name(p, c, g, me, &j.members)?;
+    rows::put_conversation(c, &g, is_group, &name, now_ms)?;
+    rows::set_state(c, &g, ConversationState::Active)?;
+    let what = match missed {
+        Some(missed) => {
+            told.warnings.push(crate::rejoin::readded_text(
+                &name,
+                Some(&j.by),
+                Some(missed),
+            ));
+            NoticeKind::Readded {
+                by: Some(j.by.handle.clone()),
+                missed,
+            }
+        }
+        None if j.by.account != me.account && is_group => NoticeKind::AddedYou {
+            by: j.by.handle.clone(),
+        },
+        None if j.by.account != me.account => NoticeKind::Started {
+            by: j.by.handle.clone(),
+        },
+        None => NoticeKind::ThisDeviceJoined,
+    };
+    told.notices.push(Notice::new(g, name, what));
+    Ok(Outcome::Stored)
+}
+
+/// A commit applied: this device removed, or to be re-added; or the
+/// group's name, timer, devices and members as it says.
+#[allow(clippy::too_many_arguments)]
+fn committed(
+    p: &Provider<'_>,
+    c: &rusqlite::Connection,
+    me: &CredentialIdentity,
+    env: &Envelope,
+    commit: &receive::Commit,
+    events: &[Event],
+    now_ms: u64,
+    told: &mut Told,
+) -> Result<Outcome, ClientError> {
+    let g = env.group;
+    if events.contains(&Event::ReaddPending) {
+        // This device's leaf was replaced by a fresh one (it asked, or a
+        // member thought it had to): the Welcome follows and takes the
+        // new state.
+        rows::expect_readd(c, &g, now_ms)?;
+        return Ok(Outcome::Stored);
+    }
+    if events.contains(&Event::Removed) {
+        rows::set_state(c, &g, ConversationState::Removed)?;
+        told.notices
+            .push(Notice::new(g, self_name(c, &g), NoticeKind::Removed));
+        return Ok(Outcome::Stored);
+    }
+    let mut membership = Vec::new();
+    for e in events {
+        match e {
+            Event::Renamed(r) => rows::put_name(c, &g, r, now_ms)?,
+            Event::DeviceRejoined { device, handle } => told.notices.push(Notice::new(
+                g,
+                self_name(c, &g),
+                NoticeKind::DeviceRejoined {
+                    handle: handle.clone(),
+                    device: *device,
+                },
+            )),
+            Event::TimerChanged(seconds) => {
+                let name = self_name(c, &g);
+                told.warnings.push(timer_warning(&name, *seconds));
+                told.notices.push(Notice::new(
+                    g,
+                    name,
+                    NoticeKind::TimerChanged { seconds: *seconds },
+                ));
+            }
+            Event::DeviceList(l) => {
+                note_list(c, l, &mut told.warnings)?;
+            }
+            Event::MemberJoined(handle) => membership.push(NoticeKind::MemberJoined {
+                handle: handle.clone(),
+            }),
+            Event::MemberLeft(handle) => membership.push(NoticeKind::MemberLeft {
+                handle: handle.clone(),
+            }),
+            Event::Removed | Event::ReaddPending => {}
+        }
+    }
+    record_members(c, me, &commit.members, &mut told.warnings)?;
+    let (is_group, name) = conversation_name(p, c, g, me, &commit.members)?;
+    if rows::conversation_state(c, &g)? == Some(ConversationState::Leaving) {
+        told.leave = true;
+    }
+    rows::put_conversation(c, &g, is_group, &name, now_ms)?;
+    told.notices.extend(
+        membership
+            .into_iter()
+            .map(|what| Notice::new(g, name.clone(), what)),
+    );
+    Ok(Outcome::Stored)
+}
