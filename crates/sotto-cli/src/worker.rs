@@ -62,10 +62,7 @@ pub enum Event {
 /// How long until the next disappearing message is due, if one is stored.
 fn expiry(client: &Client) -> Option<Duration> {
     let due = client.next_expiry().ok()??;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    Some(Duration::from_millis(due.saturating_sub(now)))
+    Some(Duration::from_millis(due.saturating_sub(client.now_ms())))
 }
 
 /// Sleeps for `d`, or forever without one.

@@ -4,7 +4,8 @@
 //! encrypted store for every state change.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use rand::RngCore;
 use sotto_core::group;
@@ -18,6 +19,7 @@ use sotto_proto::{
 };
 use tokio::time::{Instant, timeout_at};
 
+use crate::clock::{Clock, SystemClock};
 use crate::session::{ConversationState, Notice};
 use crate::store::{Contact, ContactChange, Identity, NewMessage, Store, StoredMessage, rows};
 use crate::transport::{Connection, Event};
@@ -93,6 +95,8 @@ pub struct Client {
     pub(crate) kept: Option<Connection>,
     /// Whether operations keep their connection for the next one.
     pub(crate) keep: bool,
+    /// The wall clock.
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
 /// When this device commits on its own: a self-update in a conversation,
@@ -113,13 +117,6 @@ impl Default for Policy {
             max_age: Duration::from_secs(7 * 86_400),
         }
     }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// How a registration attempt failed: before the server heard of it, by
@@ -401,8 +398,18 @@ pub(crate) fn conversation_name<P: openmls_traits::OpenMlsProvider>(
 }
 
 impl Client {
-    /// Opens an existing, registered profile.
+    /// Opens an existing, registered profile, on the system's clock.
     pub fn open(dir: &Path, passphrase: &str) -> Result<Self, ClientError> {
+        Self::open_with_clock(dir, passphrase, Arc::new(SystemClock))
+    }
+
+    /// Opens an existing, registered profile that reads time from `clock`.
+    /// Disappearing messages whose time came while it was closed go at once.
+    pub fn open_with_clock(
+        dir: &Path,
+        passphrase: &str,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ClientError> {
         if !Store::db_path(dir).exists() {
             return Err(ClientError::NotRegistered);
         }
@@ -411,18 +418,10 @@ impl Client {
         if !id.registered {
             return Err(ClientError::NotRegistered);
         }
-        Ok(Self {
-            store,
-            id,
-            proposals: Default::default(),
-            leaves: Default::default(),
-            refused_commits: Default::default(),
-            warnings: Vec::new(),
-            notices: Vec::new(),
-            policy: Policy::default(),
-            kept: None,
-            keep: false,
-        })
+        store.purge_expired(clock.now_ms())?;
+        let mut client = Self::from_parts(store, id);
+        client.clock = clock;
+        Ok(client)
     }
 
     /// Creates the account: keys, registration, handle, KeyPackages.
@@ -498,18 +497,7 @@ impl Client {
             ..id
         };
         store.save_identity(&id)?;
-        let mut client = Self {
-            store,
-            id,
-            proposals: Default::default(),
-            leaves: Default::default(),
-            refused_commits: Default::default(),
-            warnings: Vec::new(),
-            notices: Vec::new(),
-            policy: Policy::default(),
-            kept: None,
-            keep: false,
-        };
+        let mut client = Self::from_parts(store, id);
         client
             .replenish(&mut conn, session.key_packages, session.has_last_resort)
             .await?;
@@ -529,7 +517,18 @@ impl Client {
             policy: Policy::default(),
             kept: None,
             keep: false,
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// Reads time from `clock` from now on (the system's clock by default).
+    pub fn set_clock(&mut self, clock: Arc<dyn Clock>) {
+        self.clock = clock;
+    }
+
+    /// Now, on this client's clock (milliseconds since the Unix epoch).
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     /// This profile's handle.
@@ -655,7 +654,7 @@ impl Client {
         let me = self.id.credential();
         let env = &d.envelope;
         let mut told = crate::receive::Told::default();
-        let now = now_ms();
+        let now = self.now_ms();
         let attempt = self.store.transaction(|p, c| {
             let kill_record = match env.kind {
                 EnvelopeKind::Wipe => rows::kill_record(c)?,
@@ -855,7 +854,7 @@ impl Client {
         for n in std::mem::take(&mut self.notices) {
             on_event(ReceiveEvent::Notice(&n));
         }
-        let unshown = self.store.unshown(now_ms())?;
+        let unshown = self.store.unshown(self.now_ms())?;
         for m in &unshown {
             on_event(ReceiveEvent::Message(m));
         }
@@ -1095,7 +1094,7 @@ impl Client {
     /// The stored messages of a conversation (expired ones are deleted first).
     pub fn history(&mut self, target: &str) -> Result<Vec<ReceivedMessage>, ClientError> {
         let g = self.conversation_id(target)?;
-        self.store.history(&g, now_ms())
+        self.store.history(&g, self.now_ms())
     }
 
     /// The group of a conversation named by group name, `#id` or the peer's handle.
@@ -1255,7 +1254,7 @@ impl Client {
         let text = shown;
         let reply_to = body.reply_to();
         let id = random_id();
-        let now = now_ms();
+        let now = self.now_ms();
         let app = AppMessage {
             id,
             sent_at_ms: now,

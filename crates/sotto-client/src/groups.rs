@@ -14,7 +14,7 @@ use sotto_proto::{
 use tokio::time::{Instant, timeout_at};
 
 use crate::client::{
-    conversation_name, key_changed_warning, now_ms, random_id, record_members, unexpected,
+    conversation_name, key_changed_warning, random_id, record_members, unexpected,
 };
 use crate::store::rows::Pending;
 use crate::store::{ContactChange, Provider, rows};
@@ -373,6 +373,7 @@ impl Client {
                     self.read_before_merge(conn, g, base).await?;
                 }
                 let me = self.id.credential();
+                let now = self.now_ms();
                 let mut warnings = Vec::new();
                 let mut notices = Vec::new();
                 self.store.transaction(|p, c| {
@@ -380,20 +381,28 @@ impl Client {
                     if what != Pending::Rejoin
                         && let Some(renamed) = mls::merge_pending(p, g)?
                     {
-                        rows::put_name(c, &g, &renamed, now_ms())?;
+                        rows::put_name(c, &g, &renamed, now)?;
                     }
                     match &what {
                         Pending::Creation { name, is_group } => {
-                            rows::put_conversation(c, &g, *is_group, name, now_ms())?;
+                            rows::put_conversation(c, &g, *is_group, name, now)?;
                         }
                         Pending::Commit => {
                             let members = mls::members(p, g)?;
                             record_members(c, &me, &members, &mut warnings)?;
                             let (is_group, name) = conversation_name(p, c, g, &me, &members)?;
-                            rows::put_conversation(c, &g, is_group, &name, now_ms())?;
+                            rows::put_conversation(c, &g, is_group, &name, now)?;
                         }
                         Pending::Rejoin => {
-                            crate::rejoin::rejoined(p, c, &me, g, &mut warnings, &mut notices)?;
+                            crate::rejoin::rejoined(
+                                p,
+                                c,
+                                &me,
+                                g,
+                                now,
+                                &mut warnings,
+                                &mut notices,
+                            )?;
                         }
                     }
                     rows::delete_pending_commit(c, &g)
@@ -514,7 +523,7 @@ impl Client {
         let Some(c) = self.store.conversation(&g)? else {
             return Ok(());
         };
-        let age = now_ms().saturating_sub(c.last_update_ms);
+        let age = self.now_ms().saturating_sub(c.last_update_ms);
         let due = c.sent_since_update >= self.policy.messages
             || u128::from(age) >= self.policy.max_age.as_millis();
         if !due {
@@ -527,8 +536,8 @@ impl Client {
             })
         })
         .await?;
-        self.store
-            .transaction(|_, c| rows::updated(c, &g, now_ms()))
+        let now = self.now_ms();
+        self.store.transaction(|_, c| rows::updated(c, &g, now))
     }
 
     /// Creates a group named `name` with `members` (handles); this account

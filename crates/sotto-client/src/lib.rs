@@ -46,6 +46,7 @@
 
 mod blocks;
 pub mod client;
+pub mod clock;
 pub mod devices;
 pub mod error;
 pub mod files;
@@ -60,6 +61,7 @@ pub mod store;
 pub mod transport;
 
 pub use client::{Client, Policy, ReceiveEvent, ReceivedMessage, RegisterOptions, Verification};
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::ClientError;
 pub use groups::GroupInfo;
 pub use link::ServerLink;

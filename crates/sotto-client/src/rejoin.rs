@@ -17,7 +17,7 @@ use sotto_core::mls;
 use sotto_core::{CoreError, CredentialIdentity};
 use sotto_proto::{Blob, CommitRequest, ErrorCode, GroupId, Request, Response};
 
-use crate::client::{conversation_name, now_ms, random_id, record_members, self_name, unexpected};
+use crate::client::{conversation_name, random_id, record_members, self_name, unexpected};
 use crate::groups::Submitted;
 use crate::session::{Notice, NoticeKind};
 use crate::store::rows;
@@ -80,13 +80,14 @@ pub(crate) fn rejoined(
     c: &rusqlite::Connection,
     me: &CredentialIdentity,
     g: GroupId,
+    now_ms: u64,
     warnings: &mut Vec<String>,
     notices: &mut Vec<Notice>,
 ) -> Result<(), ClientError> {
     let members = mls::members(p, g)?;
     record_members(c, me, &members, warnings)?;
     let (is_group, name) = conversation_name(p, c, g, me, &members)?;
-    rows::put_conversation(c, &g, is_group, &name, now_ms())?;
+    rows::put_conversation(c, &g, is_group, &name, now_ms)?;
     rows::set_state(c, &g, crate::session::ConversationState::Active)?;
     let missed = rows::rejoin_done(c, &g)?;
     warnings.push(rejoined_text(&name, missed));
@@ -104,7 +105,7 @@ impl Client {
     /// Rejoins every conversation this device found itself out of sync
     /// with (and did not try within [`REJOIN_RETRY_MS`]).
     pub(crate) async fn rejoin_lost(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
-        let now = now_ms();
+        let now = self.now_ms();
         let due = self.store.transaction(|_, c| {
             rows::rejoins_to_ask(c, now.saturating_sub(REJOIN_RETRY_MS).max(1))
         })?;

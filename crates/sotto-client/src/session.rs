@@ -13,7 +13,6 @@ use std::collections::{HashMap, HashSet};
 use sotto_core::mls;
 use sotto_proto::{DeviceId, GroupId, Handle, MessageId};
 
-use crate::client::now_ms;
 use crate::store::{Contact, StoredMessage};
 use crate::{Client, ClientError};
 
@@ -297,7 +296,7 @@ impl Client {
     /// Messages stored but not shown yet, notices and warnings, each handed
     /// out once.
     pub fn take_updates(&mut self) -> Result<Updates, ClientError> {
-        let messages = self.store.unshown(now_ms())?;
+        let messages = self.store.unshown(self.now_ms())?;
         self.store.mark_shown(&messages)?;
         Ok(Updates {
             messages,
@@ -361,7 +360,7 @@ impl Client {
     /// The stored messages of one conversation, oldest first (expired ones
     /// are deleted first).
     pub fn messages(&mut self, g: GroupId) -> Result<Vec<StoredMessage>, ClientError> {
-        self.store.history(&g, now_ms())
+        self.store.history(&g, self.now_ms())
     }
 
     /// When the next disappearing message is due, in milliseconds since
@@ -376,7 +375,7 @@ impl Client {
     /// attachments (file and row), and leaves none of them in the WAL.
     /// Returns how many went.
     pub fn expire(&mut self) -> Result<usize, ClientError> {
-        self.store.purge_expired(now_ms())
+        self.store.purge_expired(self.now_ms())
     }
 
     /// Ids of this device's messages the server has not accepted yet.

@@ -603,15 +603,6 @@ impl Store {
             .run_migrations()
             .map_err(|e| ClientError::Store(format!("mls storage migration: {e}")))?;
         conn.execute_batch(SECRETS_DROPPED)?;
-        // Disappearing messages whose time came while the app was closed.
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
-        if purge_expired_in(&conn, dir, now)? > 0 {
-            // Their text stays in no old WAL frame.
-            let _: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
-        }
         if !Self::duress_path(dir).exists() {
             let mut fresh = [0u8; 48];
             rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut fresh);

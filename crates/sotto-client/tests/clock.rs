@@ -4,6 +4,9 @@
 //! handing the receiver its real deliveries with the server's receive time
 //! an hour earlier (`Client::process_server_frame`): to the receiver that
 //! is exactly a server, and sender, whose clocks are an hour behind its own.
+//!
+//! Expiry itself is tested on clocks the test moves (`ManualClock`), never
+//! by sleeping through a timer.
 
 use sotto_client::Client;
 use sotto_proto::{Delivery, ServerFrame};
@@ -61,4 +64,54 @@ async fn a_receiver_an_hour_ahead_keeps_a_disappearing_message_for_its_timer() {
         (before + 30_000..=after + 30_000).contains(&due),
         "due at {due}, received between {before} and {after}"
     );
+}
+
+/// A 30-second timer on both sides' clocks, moved by the test: the message
+/// is in both stores until its 30 s are up on each side's clock (the
+/// sender's from sending, the receiver's from receipt), then in neither,
+/// and a profile reopened after its time also drops it at once.
+#[tokio::test]
+async fn disappearing_messages_go_when_the_clock_says_so() {
+    use sotto_client::ManualClock;
+    use std::sync::Arc;
+
+    let tmp = TempDir::new().unwrap();
+    let server = InProcessServer::start(tmp.path(), ServerConfig::default()).await;
+    let mut alice = register(&server, tmp.path(), "alice").await;
+    let mut bob = register(&server, tmp.path(), "bob").await;
+    let start = sotto_test_support::now_ms();
+    let (alice_clock, bob_clock) = (ManualClock::at(start), ManualClock::at(start));
+    alice.set_clock(Arc::new(alice_clock.clone()));
+    bob.set_clock(Arc::new(bob_clock.clone()));
+    let texts = |c: &mut Client, with: &str| -> Vec<String> {
+        c.history(with)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.text)
+            .collect()
+    };
+    alice.send("bob", "stays").await.unwrap();
+    alice.set_timer("bob", Some(30)).await.unwrap();
+    alice.send("bob", "gone in 30 s").await.unwrap();
+    // Bob receives ten (of his) seconds later.
+    bob_clock.advance(10_000);
+    bob.receive(std::time::Duration::ZERO, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(texts(&mut bob, "alice"), ["stays", "gone in 30 s"]);
+
+    alice_clock.advance(29_999);
+    assert_eq!(texts(&mut alice, "bob"), ["stays", "gone in 30 s"]);
+    alice_clock.advance(1);
+    assert_eq!(texts(&mut alice, "bob"), ["stays"]);
+
+    bob_clock.advance(29_999);
+    assert_eq!(texts(&mut bob, "alice"), ["stays", "gone in 30 s"]);
+    // Closed when its time comes: gone as soon as the profile opens.
+    drop(bob);
+    let later = ManualClock::at(sotto_client::Clock::now_ms(&bob_clock) + 1);
+    let dir = tmp.path().join("bob");
+    let mut bob = Client::open_with_clock(&dir, common::PASS, Arc::new(later)).unwrap();
+    assert_eq!(texts(&mut bob, "alice"), ["stays"]);
+    server.stop().await;
 }

@@ -10,7 +10,6 @@ pub mod text;
 pub mod ui;
 
 use std::io::Write;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use ratatui::crossterm::event::{self, DisableBracketedPaste, EnableBracketedPaste};
 use ratatui::crossterm::execute;
@@ -20,11 +19,9 @@ use tokio::sync::mpsc;
 use self::app::{App, Input};
 use crate::worker;
 
+/// The screen's clock: the app takes time as an argument, this reads it.
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    sotto_client::Clock::now_ms(&sotto_client::SystemClock)
 }
 
 /// Whether colors are allowed: not when `NO_COLOR` is set and non-empty
