@@ -634,6 +634,13 @@ async fn perform(profile: &std::path::Path, op: Op) -> anyhow::Result<()> {
     let mut c = Client::open(profile, &pass)?;
     let outcome = sotto_cli::ops::perform(&mut c, &op).await?;
     warn(&mut c);
+    // A queued message is safe, but not sent: a script must know (exit 1).
+    if let sotto_cli::ops::Outcome::Sent(sotto_client::Sent::Queued(id)) = outcome {
+        anyhow::bail!(
+            "not sent yet: message {} is queued and goes out with the next command that reaches the server",
+            id.to_hex()
+        );
+    }
     println!("{}", visible(&sotto_cli::ops::summary(&op, &outcome)));
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use sotto_client::devices::DeviceInfo;
 use sotto_client::store::Contact;
 use sotto_client::{
-    Client, ClientError, ConversationInfo, GroupInfo, ReceivedMessage, Trust, Verification,
+    Client, ClientError, ConversationInfo, GroupInfo, ReceivedMessage, Sent, Trust, Verification,
 };
 use sotto_proto::{GroupId, MessageId};
 
@@ -122,8 +122,8 @@ pub enum Op {
 /// What an [`Op`] produced.
 #[derive(Debug)]
 pub enum Outcome {
-    /// A message (or file) was sent: its id.
-    Sent(MessageId),
+    /// A message (or file) was sent: accepted by the server, or queued.
+    Sent(Sent),
     /// A group was created.
     GroupCreated(GroupId),
     /// A group changed and is at this epoch.
@@ -219,7 +219,8 @@ pub async fn perform(c: &mut Client, op: &Op) -> Result<Outcome, ClientError> {
 /// The line the command line prints for a finished operation.
 pub fn summary(op: &Op, outcome: &Outcome) -> String {
     match (op, outcome) {
-        (_, Outcome::Sent(id)) => format!("sent {}", id.to_hex()),
+        (_, Outcome::Sent(Sent::Accepted(id))) => format!("sent {}", id.to_hex()),
+        (_, Outcome::Sent(Sent::Queued(id))) => format!("queued {}", id.to_hex()),
         (Op::GroupCreate { name, .. }, Outcome::GroupCreated(id)) => {
             format!("created {name} #{}", &id.to_hex()[..12])
         }
@@ -292,7 +293,10 @@ impl Outcome {
     pub fn to_json(&self) -> serde_json::Value {
         use serde_json::json;
         match self {
-            Self::Sent(id) => json!({ "id": id.to_hex() }),
+            Self::Sent(s) => json!({
+                "id": s.id().to_hex(),
+                "queued": matches!(s, Sent::Queued(_)),
+            }),
             Self::GroupCreated(g) => json!({ "id": g.to_hex() }),
             Self::Epoch(e) => json!({ "epoch": e }),
             Self::Done => json!({}),

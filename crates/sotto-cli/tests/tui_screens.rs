@@ -271,7 +271,9 @@ fn conversation_with_messages_delivery_states_notices_and_members() {
         &mut app,
         Event::Done {
             id: cmds[0].id,
-            result: Ok(Outcome::Sent(MessageId([7; 16]))),
+            result: Ok(Outcome::Sent(sotto_client::Sent::Accepted(MessageId(
+                [7; 16],
+            )))),
         },
     );
     assert!(screen(&app, 80, 24).contains("on my way ✓"));
@@ -280,6 +282,33 @@ fn conversation_with_messages_delivery_states_notices_and_members() {
     assert!(wide.contains("  alice (you)"), "{wide}");
     assert!(wide.contains("✓ bob verified"), "{wide}");
     assert!(wide.contains("? carol unverified"), "{wide}");
+}
+
+/// A send the client could only queue (the server was out of reach) shows
+/// as queued, not as failed and not as sent: the client says so with a
+/// value, not an error text the app would have to recognise.
+#[test]
+fn a_queued_send_is_shown_queued() {
+    let mut app = alice();
+    key(&mut app, KeyCode::Char('j'));
+    open(
+        &mut app,
+        vec![msg(3, 2, "carol", "standup in 5", 2)],
+        HashSet::new(),
+    );
+    typed(&mut app, "later then");
+    let cmds = key(&mut app, KeyCode::Enter);
+    worker(
+        &mut app,
+        Event::Done {
+            id: cmds[0].id,
+            result: Ok(Outcome::Sent(sotto_client::Sent::Queued(MessageId(
+                [9; 16],
+            )))),
+        },
+    );
+    let s = screen(&app, 80, 24);
+    assert!(s.contains("later then ⧗ queued"), "{s}");
 }
 
 #[test]

@@ -1123,7 +1123,7 @@ impl Client {
 
     /// Sends `text` to a group (by name or `#id`) or to the one-to-one
     /// conversation with a handle.
-    pub async fn send(&mut self, to: &str, text: &str) -> Result<MessageId, ClientError> {
+    pub async fn send(&mut self, to: &str, text: &str) -> Result<Sent, ClientError> {
         self.send_text(to, None, text).await
     }
 
@@ -1137,7 +1137,7 @@ impl Client {
         to: &str,
         reply_to: MessageId,
         text: &str,
-    ) -> Result<MessageId, ClientError> {
+    ) -> Result<Sent, ClientError> {
         self.send_text(to, Some(reply_to), text).await
     }
 
@@ -1178,7 +1178,7 @@ impl Client {
         to: &str,
         reply_to: Option<MessageId>,
         text: &str,
-    ) -> Result<MessageId, ClientError> {
+    ) -> Result<Sent, ClientError> {
         if text.len() > 64 * 1024 {
             return Err(ClientError::Invalid(
                 "message too long (64 KiB at most)".into(),
@@ -1203,9 +1203,19 @@ impl Client {
             },
             None => Body::Text(text.to_owned()),
         };
-        let id = self.send_body(&mut conn, g, body, text).await?;
-        self.done(conn).await;
-        Ok(id)
+        let sent = self.send_body(&mut conn, g, body, text).await?;
+        self.sent_on(conn, sent).await;
+        Ok(sent)
+    }
+
+    /// Ends a send's use of `conn`: kept if the server took the message,
+    /// dropped if it is queued (the connection may be the reason), so the
+    /// next operation starts afresh.
+    pub(crate) async fn sent_on(&mut self, conn: Connection, sent: Sent) {
+        match sent {
+            Sent::Accepted(_) => self.done(conn).await,
+            Sent::Queued(_) => conn.close().await,
+        }
     }
 
     /// Resolves a send target to an active conversation, creating a
@@ -1250,7 +1260,7 @@ impl Client {
         g: GroupId,
         body: Body,
         shown: &str,
-    ) -> Result<MessageId, ClientError> {
+    ) -> Result<Sent, ClientError> {
         let text = shown;
         let reply_to = body.reply_to();
         let id = random_id();
@@ -1290,18 +1300,18 @@ impl Client {
         match self.flush_outbox(conn).await {
             // Still queued: the group kept moving, or this device could not
             // catch up with it yet.
-            Ok(()) if self.store.in_outbox(&id)? => return Err(ClientError::Queued(id.to_hex())),
+            Ok(()) if self.store.in_outbox(&id)? => return Ok(Sent::Queued(id)),
             Ok(()) => {}
             Err(
                 ClientError::Unreachable(_)
                 | ClientError::Transport(_)
                 | ClientError::Closed(_)
                 | ClientError::Timeout,
-            ) => return Err(ClientError::Queued(id.to_hex())),
+            ) => return Ok(Sent::Queued(id)),
             // The server is busy or its storage is down for a moment: the
             // message waits in the outbox like after a lost connection.
             Err(ClientError::Server(e)) if e.retry_after_ms.is_some() => {
-                return Err(ClientError::Queued(id.to_hex()));
+                return Ok(Sent::Queued(id));
             }
             Err(e) => return Err(e),
         }
@@ -1312,6 +1322,28 @@ impl Client {
             Err(e) if e.is_temporary() => {}
             Err(e) => return Err(e),
         }
-        Ok(id)
+        Ok(Sent::Accepted(id))
+    }
+}
+
+/// What became of a message handed to [`Client::send`]: both mean it is
+/// safe on this device and will reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// The server accepted it (durably) for every member.
+    Accepted(MessageId),
+    /// Encrypted and kept in the outbox: the server could not be reached
+    /// or could not take it yet (busy, storage down for a moment, a group
+    /// that kept changing); the next operation that reaches the server
+    /// sends it.
+    Queued(MessageId),
+}
+
+impl Sent {
+    /// The message's id.
+    pub fn id(&self) -> MessageId {
+        match self {
+            Self::Accepted(id) | Self::Queued(id) => *id,
+        }
     }
 }

@@ -50,12 +50,6 @@ pub enum ClientError {
         "the identity key of {0} changed since you verified it: compare the new safety number (`sotto verify {0}`) and confirm it (`sotto verify {0} --confirm`) before sending"
     )]
     KeyChanged(String),
-    /// The message is encrypted and kept in the outbox, but the server has
-    /// not accepted it yet; the next command that reaches the server sends it.
-    #[error(
-        "not sent yet: message {0} is queued and goes out with the next command that reaches the server"
-    )]
-    Queued(String),
     /// A wipe order proved the kill code: this device's keys and store are destroyed.
     #[error("this profile was wiped")]
     Wiped,

@@ -16,7 +16,7 @@ use sotto_core::message::FileRef;
 use sotto_proto::{Blob, BlobId, ErrorCode, Handle, MessageId, PutBlob, Request, Response};
 use zeroize::Zeroizing;
 
-use crate::client::unexpected;
+use crate::client::{Sent, unexpected};
 use crate::transport::Connection as Conn;
 use crate::{Client, ClientError};
 
@@ -109,7 +109,7 @@ fn unique_path(dir: &Path, name: &str) -> PathBuf {
 
 impl Client {
     /// Encrypts and uploads a file, then sends its reference to `to`.
-    pub async fn send_file(&mut self, to: &str, path: &Path) -> Result<MessageId, ClientError> {
+    pub async fn send_file(&mut self, to: &str, path: &Path) -> Result<Sent, ClientError> {
         let meta = std::fs::metadata(path)
             .map_err(|e| ClientError::Invalid(format!("{}: {e}", path.display())))?;
         if !meta.is_file() {
@@ -178,9 +178,9 @@ impl Client {
             name,
             size: plain.len() as u64,
         });
-        let id = self.send_body(&mut conn, g, body, &shown).await?;
-        self.done(conn).await;
-        Ok(id)
+        let sent = self.send_body(&mut conn, g, body, &shown).await?;
+        self.sent_on(conn, sent).await;
+        Ok(sent)
     }
 
     /// Downloads, checks and saves every pending attachment.

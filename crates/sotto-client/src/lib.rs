@@ -60,7 +60,9 @@ pub mod session;
 pub mod store;
 pub mod transport;
 
-pub use client::{Client, Policy, ReceiveEvent, ReceivedMessage, RegisterOptions, Verification};
+pub use client::{
+    Client, Policy, ReceiveEvent, ReceivedMessage, RegisterOptions, Sent, Verification,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::ClientError;
 pub use groups::GroupInfo;

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sotto_client::{Client, ClientError};
+use sotto_client::{Client, Sent};
 use sotto_test_support::cluster::{Cluster, admin_get};
 use sotto_test_support::proxy::LinkProxy;
 use sotto_test_support::services::{NatsProcess, PgInstance};
@@ -148,13 +148,13 @@ async fn talk(
             () = tokio::time::sleep_until(next_send), if sending => {
                 let text = format!("{me} #{k}");
                 match c.send(peer, &text).await {
-                    Ok(_) => {
+                    Ok(Sent::Accepted(_)) => {
                         log.lock().unwrap().sent.insert(text, Some(Instant::now()));
                         k += 1;
                         next_send += EVERY;
                     }
                     // In the outbox: the next connection sends it.
-                    Err(ClientError::Queued(_)) => {
+                    Ok(Sent::Queued(_)) => {
                         log.lock().unwrap().sent.insert(text, None);
                         k += 1;
                         next_send += EVERY;

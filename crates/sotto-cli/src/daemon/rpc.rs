@@ -8,7 +8,7 @@ use crate::ops::Op;
 
 /// The version of the method set (docs/JSON-RPC.md); bumped on any
 /// incompatible change.
-pub const API_VERSION: &str = "1.1";
+pub const API_VERSION: &str = "1.2";
 
 /// Invalid JSON.
 pub const PARSE_ERROR: i64 = -32700;

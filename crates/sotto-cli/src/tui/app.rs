@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
-use sotto_client::{ConversationInfo, ReceivedMessage, Trust, Updates};
+use sotto_client::{ConversationInfo, ReceivedMessage, Sent, Trust, Updates};
 use sotto_proto::{GroupId, MessageId};
 
 use super::commands::{self, Action};
@@ -594,8 +594,8 @@ impl App {
         match (p, result) {
             (Pending::Message(g), r) => {
                 let delivery = match &r {
+                    Ok(Outcome::Sent(Sent::Queued(_))) => Delivery::Queued,
                     Ok(_) => Delivery::Sent,
-                    Err(e) if e.starts_with("not sent yet") => Delivery::Queued,
                     Err(_) => Delivery::Failed,
                 };
                 if let Err(e) = &r {
@@ -613,7 +613,7 @@ impl App {
                 {
                     *d = delivery;
                     if let Ok(Outcome::Sent(sent)) = r {
-                        *mid = Some(sent);
+                        *mid = Some(sent.id());
                     }
                 }
             }

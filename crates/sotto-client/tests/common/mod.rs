@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use sotto_client::{Client, ClientError, ReceiveEvent, RegisterOptions, ServerLink, Suite};
+use sotto_client::{Client, ReceiveEvent, RegisterOptions, ServerLink, Suite};
 use sotto_proto::Handle;
 
 pub const PASS: &str = "fault test passphrase";
@@ -213,8 +213,8 @@ pub async fn send_traffic(
                 // server drops a second copy by its id).
                 loop {
                     match c.send(&to, &text).await {
-                        Ok(_) => break,
-                        Err(ClientError::Queued(_)) => {
+                        Ok(sotto_client::Sent::Accepted(_)) => break,
+                        Ok(sotto_client::Sent::Queued(_)) => {
                             temporary += 1;
                             persist!(c.receive(Duration::ZERO, |ev| {
                                 if let ReceiveEvent::Message(m) = ev {
