@@ -12,10 +12,10 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use sotto_proto::{AccountId, GroupId, Handle, Request, Response};
 
-use crate::client::unexpected;
-use crate::groups::Target;
+use crate::conversation::Target;
 use crate::store::rows;
 use crate::transport::Connection as ServerConnection;
+use crate::transport::unexpected;
 use crate::{Client, ClientError};
 
 /// Whether this profile blocked `account`.
@@ -172,7 +172,7 @@ impl Client {
         // Shown like a removal; what still comes is dropped unread.
         self.store.transaction(|_, c| {
             mark_left(c, &g)?;
-            rows::set_state(c, &g, crate::session::ConversationState::Removed)
+            rows::set_state(c, &g, crate::conversation::ConversationState::Removed)
         })?;
         Ok(g)
     }

@@ -7,7 +7,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::RngCore;
 use sotto_core::group;
 use sotto_core::mls;
 use sotto_core::receive;
@@ -20,9 +19,12 @@ use sotto_proto::{
 use tokio::time::{Instant, timeout_at};
 
 use crate::clock::{Clock, SystemClock};
-use crate::session::{ConversationState, Notice};
-use crate::store::{Contact, ContactChange, Identity, NewMessage, Store, StoredMessage, rows};
-use crate::transport::{Connection, Event};
+use crate::conversation::{ConversationState, Notice};
+pub use crate::conversation::{Sent, human, parse_duration};
+use crate::members::self_name;
+use crate::receive::Outcome;
+use crate::store::{Contact, Identity, NewMessage, Store, StoredMessage, rows};
+use crate::transport::{Connection, Event, random_id, unexpected};
 use crate::{ClientError, ServerLink};
 
 /// A message as `receive` reports it.
@@ -193,16 +195,6 @@ async fn login(
     }
 }
 
-pub(crate) fn random_id() -> MessageId {
-    let mut b = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut b);
-    MessageId(b)
-}
-
-pub(crate) fn unexpected(r: &Response) -> ClientError {
-    ClientError::Malformed(format!("unexpected response {r:?}"))
-}
-
 /// A safety number and the contact it is for.
 #[derive(Debug, Clone)]
 pub struct Verification {
@@ -210,191 +202,6 @@ pub struct Verification {
     pub number: String,
     /// The contact.
     pub contact: Contact,
-}
-
-/// What became of one delivery.
-#[derive(Debug)]
-pub(crate) enum Outcome {
-    Stored,
-    Duplicate,
-    Dropped(String),
-    /// A proposal (a member's leave) waits for a commit in this group.
-    Proposal(GroupId),
-    /// A valid wipe order for this device.
-    Wipe,
-    /// Unreadable: this device's state of the conversation is lost or
-    /// behind; it asks to be re-added.
-    OutOfSync(String),
-    /// From an account this profile blocked, or of a conversation it left
-    /// alone: dropped unread. With a group: an invitation refused, whose
-    /// routing to this device the server is to stop.
-    Ignored(Option<GroupId>),
-}
-
-/// Remembers every member's handle as a contact; a handle that now stands
-/// for another key adds a warning, and so does a member device of a known
-/// account not seen before (announced once, see [`announce_devices`]).
-pub(crate) fn record_members(
-    c: &rusqlite::Connection,
-    me: &CredentialIdentity,
-    members: &[CredentialIdentity],
-    warnings: &mut Vec<String>,
-) -> Result<(), ClientError> {
-    for m in members.iter().filter(|m| m.account != me.account) {
-        if let ContactChange::Changed { .. } = rows::put_contact(c, &m.handle, &m.account)? {
-            warnings.push(key_changed_warning(&m.handle));
-        }
-    }
-    let mut accounts: Vec<&sotto_proto::AccountId> = members
-        .iter()
-        .filter(|m| m.account != me.account)
-        .map(|m| &m.account)
-        .collect();
-    accounts.sort();
-    accounts.dedup();
-    for a in accounts {
-        let devices: Vec<sotto_proto::DeviceId> = members
-            .iter()
-            .filter(|m| m.account == *a)
-            .map(|m| m.device)
-            .collect();
-        announce_devices(c, a, &devices, warnings)?;
-    }
-    Ok(())
-}
-
-/// Warns of each device of a contact's account this profile has not seen
-/// before, once, on whatever path it is first learned (a device list with a
-/// commit or a claim, a Welcome's or a commit's members). The devices of an
-/// account seen for the first time are nothing new.
-pub(crate) fn announce_devices(
-    c: &rusqlite::Connection,
-    account: &sotto_proto::AccountId,
-    devices: &[sotto_proto::DeviceId],
-    warnings: &mut Vec<String>,
-) -> Result<usize, ClientError> {
-    let new = rows::learn_devices(c, account, devices)?;
-    if !new.is_empty() {
-        let who: Option<String> = rusqlite::OptionalExtension::optional(c.query_row(
-            "SELECT handle FROM contacts WHERE account = ?1",
-            [&account.0[..]],
-            |r| r.get(0),
-        ))?;
-        let who = who.unwrap_or_else(|| account.short());
-        let ids: Vec<String> = new.iter().map(|d| d.short()).collect();
-        warnings.push(format!(
-            "WARNING: {who} has a new device ({}): if {who} did not link it, compare safety numbers (`sotto verify {who}`)",
-            ids.join(", ")
-        ));
-    }
-    Ok(new.len())
-}
-
-/// Caches a contact's signed device list; a device not seen before, or a
-/// device gone, adds a warning naming the contact.
-pub(crate) fn note_list(
-    c: &rusqlite::Connection,
-    l: &sotto_proto::SignedDeviceList,
-    warnings: &mut Vec<String>,
-) -> Result<crate::store::ListChange, ClientError> {
-    let stale = rows::get_list(c, &l.account)?.is_some_and(|o| o.version > l.version);
-    let announced = if stale {
-        0
-    } else {
-        announce_devices(c, &l.account, &l.devices, warnings)?
-    };
-    let change = rows::put_list(c, l)?;
-    // New devices are announced above; a list that only lost some says so.
-    if change == crate::store::ListChange::Changed && announced == 0 {
-        let who: Option<String> = rusqlite::OptionalExtension::optional(c.query_row(
-            "SELECT handle FROM contacts WHERE account = ?1",
-            [&l.account.0[..]],
-            |r| r.get(0),
-        ))?;
-        warnings.push(format!(
-            "WARNING: the devices of {} changed: {} device(s) now",
-            who.unwrap_or_else(|| l.account.short()),
-            l.devices.len()
-        ));
-    }
-    Ok(change)
-}
-
-/// A conversation's name for notices.
-pub(crate) fn self_name(c: &rusqlite::Connection, g: &GroupId) -> String {
-    c.query_row(
-        "SELECT name FROM conversations WHERE group_id = ?1",
-        [&g.0[..]],
-        |r| r.get(0),
-    )
-    .unwrap_or_else(|_| format!("#{}", &g.to_hex()[..12]))
-}
-
-/// Seconds as a short duration: `90s`, `5m`, `2h`, `7d`.
-pub fn human(s: u64) -> String {
-    match s {
-        s if s % 86_400 == 0 && s > 0 => format!("{}d", s / 86_400),
-        s if s % 3_600 == 0 && s > 0 => format!("{}h", s / 3_600),
-        s if s % 60 == 0 && s > 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
-}
-
-/// Parses `30s`, `5m`, `2h`, `7d` or a number of seconds.
-pub fn parse_duration(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (n, unit) = match s.char_indices().last()? {
-        (i, c) if c.is_ascii_alphabetic() => (&s[..i], c),
-        _ => (s, 's'),
-    };
-    let n: u64 = n.parse().ok()?;
-    let mult = match unit {
-        's' => 1,
-        'm' => 60,
-        'h' => 3_600,
-        'd' => 86_400,
-        'w' => 604_800,
-        _ => return None,
-    };
-    n.checked_mul(mult).filter(|v| *v > 0)
-}
-
-/// The loud line shown when a contact's identity key changed.
-pub(crate) fn key_changed_warning(handle: &Handle) -> String {
-    format!(
-        "WARNING: the identity key of {handle} changed. Compare the new safety number with `sotto verify {handle}` before trusting it"
-    )
-}
-
-/// A conversation's name: a group's as this device last read it (its
-/// context holds it sealed); a one-to-one conversation is named after the
-/// peer.
-pub(crate) fn conversation_name<P: openmls_traits::OpenMlsProvider>(
-    p: &P,
-    c: &rusqlite::Connection,
-    g: GroupId,
-    me: &CredentialIdentity,
-    members: &[CredentialIdentity],
-) -> Result<(bool, String), ClientError> {
-    if group::meta(p, g)?.is_some() {
-        let name: Option<String> = rusqlite::OptionalExtension::optional(c.query_row(
-            "SELECT name FROM conversations WHERE group_id = ?1",
-            [&g.0[..]],
-            |r| r.get(0),
-        ))?;
-        return Ok((
-            true,
-            name.unwrap_or_else(|| format!("unnamed group #{}", &g.to_hex()[..8])),
-        ));
-    }
-    let mut names: Vec<&str> = members
-        .iter()
-        .filter(|m| m.account != me.account)
-        .map(|m| m.handle.as_str())
-        .collect();
-    names.sort_unstable();
-    names.dedup();
-    Ok((false, names.join(",")))
 }
 
 impl Client {
@@ -1069,7 +876,7 @@ impl Client {
         let mut conn = self.connect().await?;
         self.sync(&mut conn).await?;
         let g = match self.resolve(target)? {
-            crate::groups::Target::Group(g) => {
+            crate::conversation::Target::Group(g) => {
                 let meta = self.store.transaction(|p, _| Ok(group::meta(p, g)?))?;
                 if meta.is_some_and(|m| !m.is_admin(&self.id.account.id())) {
                     return Err(ClientError::Invalid(
@@ -1078,7 +885,7 @@ impl Client {
                 }
                 g
             }
-            crate::groups::Target::Handle(h) => self.direct(&mut conn, &h).await?,
+            crate::conversation::Target::Handle(h) => self.direct(&mut conn, &h).await?,
         };
         self.commit_with_retry(&mut conn, g, |_| {
             Ok(group::Change {
@@ -1100,8 +907,8 @@ impl Client {
     /// The group of a conversation named by group name, `#id` or the peer's handle.
     pub(crate) fn conversation_id(&mut self, target: &str) -> Result<GroupId, ClientError> {
         Ok(match self.resolve(target)? {
-            crate::groups::Target::Group(g) => g,
-            crate::groups::Target::Handle(h) => {
+            crate::conversation::Target::Group(g) => g,
+            crate::conversation::Target::Handle(h) => {
                 let acc = self
                     .store
                     .contact(&h)?
@@ -1229,8 +1036,8 @@ impl Client {
             return Err(ClientError::Invalid("cannot send to yourself".into()));
         }
         let g = match self.resolve(to)? {
-            crate::groups::Target::Handle(peer) => self.direct(conn, &peer).await,
-            crate::groups::Target::Group(g) => {
+            crate::conversation::Target::Handle(peer) => self.direct(conn, &peer).await,
+            crate::conversation::Target::Group(g) => {
                 match self.store.conversation(&g)?.map(|c| c.state) {
                     Some(ConversationState::Active) => Ok(g),
                     Some(ConversationState::Leaving) => {
@@ -1323,27 +1130,5 @@ impl Client {
             Err(e) => return Err(e),
         }
         Ok(Sent::Accepted(id))
-    }
-}
-
-/// What became of a message handed to [`Client::send`]: both mean it is
-/// safe on this device and will reach the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sent {
-    /// The server accepted it (durably) for every member.
-    Accepted(MessageId),
-    /// Encrypted and kept in the outbox: the server could not be reached
-    /// or could not take it yet (busy, storage down for a moment, a group
-    /// that kept changing); the next operation that reaches the server
-    /// sends it.
-    Queued(MessageId),
-}
-
-impl Sent {
-    /// The message's id.
-    pub fn id(&self) -> MessageId {
-        match self {
-            Self::Accepted(id) | Self::Queued(id) => *id,
-        }
     }
 }

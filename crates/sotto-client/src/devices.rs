@@ -22,9 +22,9 @@ use sotto_proto::{
 use tokio::time::{Instant, sleep, timeout_at};
 use zeroize::Zeroizing;
 
-use crate::client::{random_id, unexpected};
 use crate::store::{Identity, Store};
 use crate::transport::{Connection, Event};
+use crate::transport::{random_id, unexpected};
 use crate::{Client, ClientError, ServerLink};
 
 /// How long `approve` waits for the new device's KeyPackages, and `link`
@@ -460,7 +460,7 @@ impl Client {
             .store
             .conversations()?
             .into_iter()
-            .filter(|c| c.state == crate::session::ConversationState::Active)
+            .filter(|c| c.state == crate::conversation::ConversationState::Active)
             .map(|c| c.group)
             .collect())
     }

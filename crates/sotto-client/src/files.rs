@@ -16,8 +16,9 @@ use sotto_core::message::FileRef;
 use sotto_proto::{Blob, BlobId, ErrorCode, Handle, MessageId, PutBlob, Request, Response};
 use zeroize::Zeroizing;
 
-use crate::client::{Sent, unexpected};
+use crate::conversation::Sent;
 use crate::transport::Connection as Conn;
+use crate::transport::unexpected;
 use crate::{Client, ClientError};
 
 /// The largest file a client will try to send (servers may accept less).

@@ -13,36 +13,17 @@ use sotto_proto::{
 };
 use tokio::time::{Instant, timeout_at};
 
-use crate::client::{
-    conversation_name, key_changed_warning, random_id, record_members, unexpected,
-};
+use crate::conversation::{Submitted, Target};
+use crate::members::{conversation_name, key_changed_warning, record_members};
 use crate::store::rows::Pending;
 use crate::store::{ContactChange, Provider, rows};
-use crate::transport::{Connection, Event};
+use crate::transport::{Connection, Event, random_id, unexpected};
 use crate::{Client, ClientError};
 
 /// How often a commit is rebuilt after losing its epoch before giving up.
 const COMMIT_ATTEMPTS: usize = 8;
 /// How long to wait for the commit that won an epoch.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
-
-/// How the server settled a commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Submitted {
-    /// Applied; the group is at this epoch.
-    Committed(u64),
-    /// Another commit won; the group is at this epoch.
-    Lost(u64),
-}
-
-/// What a `send` or `group` argument names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Target {
-    /// A one-to-one conversation with this handle.
-    Handle(Handle),
-    /// A group.
-    Group(GroupId),
-}
 
 /// A group as `groups` lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +39,7 @@ pub struct GroupInfo {
     /// Admin handles, sorted.
     pub admins: Vec<String>,
     /// Whether this account is a member, leaving, or removed.
-    pub state: crate::session::ConversationState,
+    pub state: crate::conversation::ConversationState,
     /// The disappearing-message timer in seconds, if set.
     pub disappear_after_s: Option<u64>,
     /// The MLS epoch authenticator, hex: the same on every member in the
@@ -108,7 +89,7 @@ impl Client {
         let mut named: Vec<_> = groups.iter().filter(|c| c.name == target).collect();
         if named.len() > 1 {
             // A group this device was removed from does not compete for its name.
-            named.retain(|c| c.state != crate::session::ConversationState::Removed);
+            named.retain(|c| c.state != crate::conversation::ConversationState::Removed);
         }
         let contact = match Handle::new(target) {
             Ok(h) if people && !named.is_empty() && self.store.contact(&h)?.is_some() => Some(h),
@@ -219,7 +200,7 @@ impl Client {
                 return Ok(None);
             }
             let change = rows::put_contact(c, handle, &claimed.account)?;
-            if crate::client::note_list(c, list, &mut warnings)? == crate::store::ListChange::Older
+            if crate::members::note_list(c, list, &mut warnings)? == crate::store::ListChange::Older
             {
                 return Err(ClientError::Invalid(format!(
                     "the server served an outdated device list for {handle}: refusing"
@@ -498,7 +479,7 @@ impl Client {
             let leaving = self.store.transaction(|p, c| {
                 Ok(group::is_active(p, g)?
                     && rows::conversation_state(c, &g)?
-                        == Some(crate::session::ConversationState::Leaving))
+                        == Some(crate::conversation::ConversationState::Leaving))
             })?;
             if leaving && !self.out_of_sync(g)? {
                 self.propose_leave(conn, g).await?;
@@ -909,7 +890,7 @@ impl Client {
                 id: g,
                 name: c.name,
                 epoch,
-                members: if c.state == crate::session::ConversationState::Removed {
+                members: if c.state == crate::conversation::ConversationState::Removed {
                     Vec::new()
                 } else {
                     names

@@ -6,9 +6,9 @@
 use sotto_core::killcode;
 use sotto_proto::{Handle, Request, Response};
 
-use crate::client::unexpected;
 use crate::store::rows;
 use crate::transport::Connection;
+use crate::transport::unexpected;
 use crate::{Client, ClientError, ServerLink};
 
 impl Client {

@@ -47,12 +47,14 @@
 mod blocks;
 pub mod client;
 pub mod clock;
+mod conversation;
 pub mod devices;
 pub mod error;
 pub mod files;
 mod groups;
 pub mod killcode;
 pub mod link;
+mod members;
 pub mod names;
 mod receive;
 pub mod rejoin;

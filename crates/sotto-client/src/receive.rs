@@ -12,9 +12,29 @@ use sotto_core::{Body, CredentialIdentity};
 use sotto_proto::{Delivery, Envelope, GroupId};
 
 use crate::ClientError;
-use crate::client::{Outcome, conversation_name, human, note_list, record_members, self_name};
-use crate::session::{ConversationState, Notice, NoticeKind};
+use crate::conversation::human;
+use crate::conversation::{ConversationState, Notice, NoticeKind};
+use crate::members::{conversation_name, note_list, record_members, self_name};
 use crate::store::{NewMessage, Provider, rows};
+
+/// What became of one delivery.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Stored,
+    Duplicate,
+    Dropped(String),
+    /// A proposal (a member's leave) waits for a commit in this group.
+    Proposal(GroupId),
+    /// A valid wipe order for this device.
+    Wipe,
+    /// Unreadable: this device's state of the conversation is lost or
+    /// behind; it asks to be re-added.
+    OutOfSync(String),
+    /// From an account this profile blocked, or of a conversation it left
+    /// alone: dropped unread. With a group: an invitation refused, whose
+    /// routing to this device the server is to stop.
+    Ignored(Option<GroupId>),
+}
 
 /// What saving deliveries has for the user and the client.
 #[derive(Debug, Default)]

@@ -17,11 +17,12 @@ use sotto_core::mls;
 use sotto_core::{CoreError, CredentialIdentity};
 use sotto_proto::{Blob, CommitRequest, ErrorCode, GroupId, Request, Response};
 
-use crate::client::{conversation_name, random_id, record_members, self_name, unexpected};
-use crate::groups::Submitted;
-use crate::session::{Notice, NoticeKind};
+use crate::conversation::Submitted;
+use crate::conversation::{Notice, NoticeKind};
+use crate::members::{conversation_name, record_members, self_name};
 use crate::store::rows;
 use crate::transport::Connection;
+use crate::transport::{random_id, unexpected};
 use crate::{Client, ClientError};
 
 /// How long a device waits before it tries again to rejoin a conversation
@@ -88,7 +89,7 @@ pub(crate) fn rejoined(
     record_members(c, me, &members, warnings)?;
     let (is_group, name) = conversation_name(p, c, g, me, &members)?;
     rows::put_conversation(c, &g, is_group, &name, now_ms)?;
-    rows::set_state(c, &g, crate::session::ConversationState::Active)?;
+    rows::set_state(c, &g, crate::conversation::ConversationState::Active)?;
     let missed = rows::rejoin_done(c, &g)?;
     warnings.push(rejoined_text(&name, missed));
     notices.push(Notice::new(
@@ -204,7 +205,7 @@ impl Client {
         let name = self.store.transaction(|_, c| {
             rows::rejoin_done(c, &g)?;
             if known {
-                rows::set_state(c, &g, crate::session::ConversationState::Removed)?;
+                rows::set_state(c, &g, crate::conversation::ConversationState::Removed)?;
             }
             Ok(self_name(c, &g))
         })?;

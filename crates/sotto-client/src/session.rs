@@ -11,127 +11,12 @@
 use std::collections::{HashMap, HashSet};
 
 use sotto_core::mls;
-use sotto_proto::{DeviceId, GroupId, Handle, MessageId};
+use sotto_proto::{GroupId, MessageId};
 
 use crate::store::{Contact, StoredMessage};
 use crate::{Client, ClientError};
 
-/// Something that happened in a conversation, for the user: who was
-/// involved and what, without wording (the front end words it). Names and
-/// handles come from the network: untrusted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Notice {
-    /// The conversation it happened in.
-    pub conversation: GroupId,
-    /// The conversation's name when it happened: a group's name or the
-    /// peer's handle.
-    pub name: String,
-    /// What happened.
-    pub what: NoticeKind,
-}
-
-/// What a [`Notice`] says happened.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NoticeKind {
-    /// `by` added this account to the group.
-    AddedYou {
-        /// Who added it.
-        by: Handle,
-    },
-    /// `by` started this one-to-one conversation.
-    Started {
-        /// The peer.
-        by: Handle,
-    },
-    /// This device joined the conversation (another device of this account
-    /// added it).
-    ThisDeviceJoined,
-    /// This device was re-added after it lost its state of the
-    /// conversation; `missed` deliveries it could not read were set aside.
-    Readded {
-        /// Who re-added it, if known.
-        by: Option<Handle>,
-        /// Deliveries set aside while it was out of sync.
-        missed: u64,
-    },
-    /// This device rejoined by itself after it lost its state;
-    /// `missed` deliveries were set aside.
-    Rejoined {
-        /// Deliveries set aside while it was out of sync.
-        missed: u64,
-    },
-    /// This device found itself out of sync and rejoins (`missing`: it
-    /// does not hold the conversation at all).
-    OutOfSync {
-        /// The conversation is not on this device at all.
-        missing: bool,
-    },
-    /// This account is no longer a member.
-    Removed,
-    /// A device of a member rejoined with a fresh leaf.
-    DeviceRejoined {
-        /// The member's handle, if it is a member.
-        handle: Option<Handle>,
-        /// The device.
-        device: DeviceId,
-    },
-    /// The disappearing timer changed, in seconds (`None`: off).
-    TimerChanged {
-        /// The new timer.
-        seconds: Option<u64>,
-    },
-    /// A member joined.
-    MemberJoined {
-        /// Its handle.
-        handle: Handle,
-    },
-    /// A member left or was removed.
-    MemberLeft {
-        /// Its handle.
-        handle: Handle,
-    },
-}
-
-impl Notice {
-    pub(crate) fn new(conversation: GroupId, name: String, what: NoticeKind) -> Self {
-        Self {
-            conversation,
-            name,
-            what,
-        }
-    }
-}
-
-/// A conversation's state on this device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ConversationState {
-    /// A member: it reads and sends there.
-    Active,
-    /// It proposed its own removal and waits for a member to commit it.
-    Leaving,
-    /// No longer a member (removed, or left).
-    Removed,
-}
-
-impl ConversationState {
-    /// The word the store keeps (and `sotto groups --json` prints).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::Leaving => "leaving",
-            Self::Removed => "removed",
-        }
-    }
-
-    /// The state a stored word names; an unknown word reads as removed.
-    pub fn from_stored(s: &str) -> Self {
-        match s {
-            "active" => Self::Active,
-            "leaving" => Self::Leaving,
-            _ => Self::Removed,
-        }
-    }
-}
+pub use crate::conversation::{ConversationState, Notice, NoticeKind};
 
 impl std::fmt::Display for ConversationState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -185,7 +185,7 @@ pub struct Conversation {
     pub name: String,
     /// Active, leaving (asked to leave) or removed; stored as the words
     /// `active`, `leaving`, `removed`.
-    pub state: crate::session::ConversationState,
+    pub state: crate::conversation::ConversationState,
     /// Messages this device sent since its last self-update.
     pub sent_since_update: u64,
     /// When this device last updated its leaf.
@@ -1027,7 +1027,7 @@ impl Store {
                 group: GroupId(arr(g)?),
                 is_group: kind == "group",
                 name,
-                state: crate::session::ConversationState::from_stored(&state),
+                state: crate::conversation::ConversationState::from_stored(&state),
                 sent_since_update: u(sent),
                 last_update_ms: u(last),
                 created_ms: u(created),
@@ -1150,7 +1150,7 @@ pub mod rows {
     pub fn conversation_state(
         c: &Connection,
         g: &GroupId,
-    ) -> Result<Option<crate::session::ConversationState>, ClientError> {
+    ) -> Result<Option<crate::conversation::ConversationState>, ClientError> {
         let s: Option<String> = c
             .query_row(
                 "SELECT state FROM conversations WHERE group_id = ?1",
@@ -1159,14 +1159,14 @@ pub mod rows {
             )
             .optional()?;
         Ok(s.as_deref()
-            .map(crate::session::ConversationState::from_stored))
+            .map(crate::conversation::ConversationState::from_stored))
     }
 
     /// Sets a conversation's state.
     pub fn set_state(
         c: &Connection,
         g: &GroupId,
-        state: crate::session::ConversationState,
+        state: crate::conversation::ConversationState,
     ) -> Result<(), ClientError> {
         c.execute(
             "UPDATE conversations SET state = ?2 WHERE group_id = ?1",

@@ -456,3 +456,15 @@ async fn read_frame(
         }
     }
 }
+
+/// A fresh random message id.
+pub(crate) fn random_id() -> sotto_proto::MessageId {
+    let mut b = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
+    sotto_proto::MessageId(b)
+}
+
+/// An answer the request does not expect.
+pub(crate) fn unexpected(r: &Response) -> ClientError {
+    ClientError::Malformed(format!("unexpected response {r:?}"))
+}

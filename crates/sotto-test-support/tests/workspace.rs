@@ -164,14 +164,15 @@ fn module_graph(
 
 /// No two files of these crates import each other, directly or through
 /// others (rust-analyzer's rule: a module graph without cycles reads top
-/// down). sotto-client is not on the list yet: its `Client` is still split
-/// over files that use each other (issue 14).
+/// down). (`Client`'s methods are spread over several files of
+/// sotto-client; calling a method is no import, what a file names is.)
 #[test]
 fn no_import_cycles_between_files() {
     for krate in [
         "sotto-proto",
         "sotto-rules",
         "sotto-core",
+        "sotto-client",
         "sotto-server",
         "sotto-cli",
     ] {

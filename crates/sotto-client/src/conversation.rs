@@ -1,0 +1,194 @@
+//! What a conversation is on this device, as the rest of the client
+//! speaks of it: its state, what the user is told happened in it
+//! (without wording: the front end words it), how a send or group argument
+//! names one, how the server settled a commit of it, what became of a
+//! message sent to it, and the durations of its disappearing timer. No IO,
+//! no store.
+
+use sotto_proto::{DeviceId, GroupId, Handle, MessageId};
+
+/// Something that happened in a conversation, for the user: who was
+/// involved and what, without wording (the front end words it). Names and
+/// handles come from the network: untrusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// The conversation it happened in.
+    pub conversation: GroupId,
+    /// The conversation's name when it happened: a group's name or the
+    /// peer's handle.
+    pub name: String,
+    /// What happened.
+    pub what: NoticeKind,
+}
+
+/// What a [`Notice`] says happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoticeKind {
+    /// `by` added this account to the group.
+    AddedYou {
+        /// Who added it.
+        by: Handle,
+    },
+    /// `by` started this one-to-one conversation.
+    Started {
+        /// The peer.
+        by: Handle,
+    },
+    /// This device joined the conversation (another device of this account
+    /// added it).
+    ThisDeviceJoined,
+    /// This device was re-added after it lost its state of the
+    /// conversation; `missed` deliveries it could not read were set aside.
+    Readded {
+        /// Who re-added it, if known.
+        by: Option<Handle>,
+        /// Deliveries set aside while it was out of sync.
+        missed: u64,
+    },
+    /// This device rejoined by itself after it lost its state;
+    /// `missed` deliveries were set aside.
+    Rejoined {
+        /// Deliveries set aside while it was out of sync.
+        missed: u64,
+    },
+    /// This device found itself out of sync and rejoins (`missing`: it
+    /// does not hold the conversation at all).
+    OutOfSync {
+        /// The conversation is not on this device at all.
+        missing: bool,
+    },
+    /// This account is no longer a member.
+    Removed,
+    /// A device of a member rejoined with a fresh leaf.
+    DeviceRejoined {
+        /// The member's handle, if it is a member.
+        handle: Option<Handle>,
+        /// The device.
+        device: DeviceId,
+    },
+    /// The disappearing timer changed, in seconds (`None`: off).
+    TimerChanged {
+        /// The new timer.
+        seconds: Option<u64>,
+    },
+    /// A member joined.
+    MemberJoined {
+        /// Its handle.
+        handle: Handle,
+    },
+    /// A member left or was removed.
+    MemberLeft {
+        /// Its handle.
+        handle: Handle,
+    },
+}
+
+impl Notice {
+    pub(crate) fn new(conversation: GroupId, name: String, what: NoticeKind) -> Self {
+        Self {
+            conversation,
+            name,
+            what,
+        }
+    }
+}
+
+/// A conversation's state on this device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConversationState {
+    /// A member: it reads and sends there.
+    Active,
+    /// It proposed its own removal and waits for a member to commit it.
+    Leaving,
+    /// No longer a member (removed, or left).
+    Removed,
+}
+
+impl ConversationState {
+    /// The word the store keeps (and `sotto groups --json` prints).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Leaving => "leaving",
+            Self::Removed => "removed",
+        }
+    }
+
+    /// The state a stored word names; an unknown word reads as removed.
+    pub fn from_stored(s: &str) -> Self {
+        match s {
+            "active" => Self::Active,
+            "leaving" => Self::Leaving,
+            _ => Self::Removed,
+        }
+    }
+}
+
+/// How the server settled a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Submitted {
+    /// Applied; the group is at this epoch.
+    Committed(u64),
+    /// Another commit won; the group is at this epoch.
+    Lost(u64),
+}
+
+/// What a `send` or `group` argument names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// A one-to-one conversation with this handle.
+    Handle(Handle),
+    /// A group.
+    Group(GroupId),
+}
+
+/// Seconds as a short duration: `90s`, `5m`, `2h`, `7d`.
+pub fn human(s: u64) -> String {
+    match s {
+        s if s % 86_400 == 0 && s > 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 && s > 0 => format!("{}h", s / 3_600),
+        s if s % 60 == 0 && s > 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// Parses `30s`, `5m`, `2h`, `7d` or a number of seconds.
+pub fn parse_duration(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (n, unit) = match s.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => (&s[..i], c),
+        _ => (s, 's'),
+    };
+    let n: u64 = n.parse().ok()?;
+    let mult = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3_600,
+        'd' => 86_400,
+        'w' => 604_800,
+        _ => return None,
+    };
+    n.checked_mul(mult).filter(|v| *v > 0)
+}
+
+/// What became of a message handed to [`crate::Client::send`]: both mean it is
+/// safe on this device and will reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// The server accepted it (durably) for every member.
+    Accepted(MessageId),
+    /// Encrypted and kept in the outbox: the server could not be reached
+    /// or could not take it yet (busy, storage down for a moment, a group
+    /// that kept changing); the next operation that reaches the server
+    /// sends it.
+    Queued(MessageId),
+}
+
+impl Sent {
+    /// The message's id.
+    pub fn id(&self) -> MessageId {
+        match self {
+            Self::Accepted(id) | Self::Queued(id) => *id,
+        }
+    }
+}

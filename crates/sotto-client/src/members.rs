@@ -1,0 +1,148 @@
+//! The members of a conversation as this device records them: contacts
+//! and their keys from every member list it learns, the device lists that
+//! vouched for them (each new device of a contact announced once), and the
+//! conversation's name as this device shows it.
+
+use sotto_core::CredentialIdentity;
+use sotto_core::group;
+use sotto_proto::{GroupId, Handle};
+
+use crate::ClientError;
+use crate::store::{ContactChange, rows};
+
+/// Remembers every member's handle as a contact; a handle that now stands
+/// for another key adds a warning, and so does a member device of a known
+/// account not seen before (announced once, see [`announce_devices`]).
+pub(crate) fn record_members(
+    c: &rusqlite::Connection,
+    me: &CredentialIdentity,
+    members: &[CredentialIdentity],
+    warnings: &mut Vec<String>,
+) -> Result<(), ClientError> {
+    for m in members.iter().filter(|m| m.account != me.account) {
+        if let ContactChange::Changed { .. } = rows::put_contact(c, &m.handle, &m.account)? {
+            warnings.push(key_changed_warning(&m.handle));
+        }
+    }
+    let mut accounts: Vec<&sotto_proto::AccountId> = members
+        .iter()
+        .filter(|m| m.account != me.account)
+        .map(|m| &m.account)
+        .collect();
+    accounts.sort();
+    accounts.dedup();
+    for a in accounts {
+        let devices: Vec<sotto_proto::DeviceId> = members
+            .iter()
+            .filter(|m| m.account == *a)
+            .map(|m| m.device)
+            .collect();
+        announce_devices(c, a, &devices, warnings)?;
+    }
+    Ok(())
+}
+
+/// Warns of each device of a contact's account this profile has not seen
+/// before, once, on whatever path it is first learned (a device list with a
+/// commit or a claim, a Welcome's or a commit's members). The devices of an
+/// account seen for the first time are nothing new.
+pub(crate) fn announce_devices(
+    c: &rusqlite::Connection,
+    account: &sotto_proto::AccountId,
+    devices: &[sotto_proto::DeviceId],
+    warnings: &mut Vec<String>,
+) -> Result<usize, ClientError> {
+    let new = rows::learn_devices(c, account, devices)?;
+    if !new.is_empty() {
+        let who: Option<String> = rusqlite::OptionalExtension::optional(c.query_row(
+            "SELECT handle FROM contacts WHERE account = ?1",
+            [&account.0[..]],
+            |r| r.get(0),
+        ))?;
+        let who = who.unwrap_or_else(|| account.short());
+        let ids: Vec<String> = new.iter().map(|d| d.short()).collect();
+        warnings.push(format!(
+            "WARNING: {who} has a new device ({}): if {who} did not link it, compare safety numbers (`sotto verify {who}`)",
+            ids.join(", ")
+        ));
+    }
+    Ok(new.len())
+}
+
+/// Caches a contact's signed device list; a device not seen before, or a
+/// device gone, adds a warning naming the contact.
+pub(crate) fn note_list(
+    c: &rusqlite::Connection,
+    l: &sotto_proto::SignedDeviceList,
+    warnings: &mut Vec<String>,
+) -> Result<crate::store::ListChange, ClientError> {
+    let stale = rows::get_list(c, &l.account)?.is_some_and(|o| o.version > l.version);
+    let announced = if stale {
+        0
+    } else {
+        announce_devices(c, &l.account, &l.devices, warnings)?
+    };
+    let change = rows::put_list(c, l)?;
+    // New devices are announced above; a list that only lost some says so.
+    if change == crate::store::ListChange::Changed && announced == 0 {
+        let who: Option<String> = rusqlite::OptionalExtension::optional(c.query_row(
+            "SELECT handle FROM contacts WHERE account = ?1",
+            [&l.account.0[..]],
+            |r| r.get(0),
+        ))?;
+        warnings.push(format!(
+            "WARNING: the devices of {} changed: {} device(s) now",
+            who.unwrap_or_else(|| l.account.short()),
+            l.devices.len()
+        ));
+    }
+    Ok(change)
+}
+
+/// A conversation's name for notices.
+pub(crate) fn self_name(c: &rusqlite::Connection, g: &GroupId) -> String {
+    c.query_row(
+        "SELECT name FROM conversations WHERE group_id = ?1",
+        [&g.0[..]],
+        |r| r.get(0),
+    )
+    .unwrap_or_else(|_| format!("#{}", &g.to_hex()[..12]))
+}
+
+/// The loud line shown when a contact's identity key changed.
+pub(crate) fn key_changed_warning(handle: &Handle) -> String {
+    format!(
+        "WARNING: the identity key of {handle} changed. Compare the new safety number with `sotto verify {handle}` before trusting it"
+    )
+}
+
+/// A conversation's name: a group's as this device last read it (its
+/// context holds it sealed); a one-to-one conversation is named after the
+/// peer.
+pub(crate) fn conversation_name<P: openmls_traits::OpenMlsProvider>(
+    p: &P,
+    c: &rusqlite::Connection,
+    g: GroupId,
+    me: &CredentialIdentity,
+    members: &[CredentialIdentity],
+) -> Result<(bool, String), ClientError> {
+    if group::meta(p, g)?.is_some() {
+        let name: Option<String> = rusqlite::OptionalExtension::optional(c.query_row(
+            "SELECT name FROM conversations WHERE group_id = ?1",
+            [&g.0[..]],
+            |r| r.get(0),
+        ))?;
+        return Ok((
+            true,
+            name.unwrap_or_else(|| format!("unnamed group #{}", &g.to_hex()[..8])),
+        ));
+    }
+    let mut names: Vec<&str> = members
+        .iter()
+        .filter(|m| m.account != me.account)
+        .map(|m| m.handle.as_str())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    Ok((false, names.join(",")))
+}
