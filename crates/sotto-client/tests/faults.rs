@@ -31,6 +31,12 @@ const EVERY: Duration = Duration::from_millis(250);
 /// Traffic before the fault, during it, and after it is healed.
 const BEFORE: Duration = Duration::from_secs(1);
 const DURING: Duration = Duration::from_secs(4);
+/// The bound on a delivery while the bus is lost: about a second by design
+/// (two store polls of 500 ms: a node that still has NATS waits one poll
+/// before it doubts it), with room for a loaded CI machine (1.76 s seen
+/// there), and still well under [`DURING`]: without the store watch the
+/// first message of the fault waits for the bus to heal, about 4 s.
+const WITHOUT_BUS: Duration = Duration::from_secs(3);
 const AFTER: Duration = Duration::from_millis(1500);
 /// How long people listen after the last message.
 const QUIET: Duration = Duration::from_secs(4);
@@ -324,7 +330,7 @@ async fn nats_killed() {
             |rig| rig.nats.start_again(),
         )
         .await;
-        check("NATS killed", &r, Duration::from_millis(2500));
+        check("NATS killed", &r, WITHOUT_BUS);
         let mut rig = rig;
         for n in 0..2 {
             assert!(rig.cluster.nodes[n].is_running(), "node {n} exited");
@@ -385,7 +391,7 @@ async fn a_node_partitioned_from_nats() {
             },
         )
         .await;
-        check("node 1 cut off from NATS", &r, Duration::from_millis(2500));
+        check("node 1 cut off from NATS", &r, WITHOUT_BUS);
         let (busz, readyz, metrics, other) = rx.recv().unwrap();
         println!("cut-off node: /busz {busz:?}, /readyz {readyz:?}");
         assert_eq!(busz.0, 503, "{busz:?}");
