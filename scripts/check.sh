@@ -16,8 +16,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq build-essential perl >/dev/null
 fi
 # The chat app's end-to-end test runs it in tmux; the daemon's runs the
-# Python example bot.
-for tool in tmux python3; do
+# Python example bot; the disappearing-message tests run the binaries on a
+# moved clock (libfaketime, from the package faketime).
+for tool in tmux python3 faketime; do
   if ! command -v "$tool" >/dev/null 2>&1; then
     echo "installing $tool"
     apt-get update -qq && apt-get install -y -qq "$tool" >/dev/null

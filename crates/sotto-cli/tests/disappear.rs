@@ -2,14 +2,22 @@
 //! conversation state every member sees; expired messages leave the
 //! sender's and recipients' stores and the server, also for a recipient who
 //! was offline, and with them their files and every trace in the store's
-//! files, also while a daemon keeps the store open. Timers are two
-//! seconds; no fixed wait is longer than 3.3 s.
+//! files, also while a daemon keeps the store open.
+//!
+//! Time: the first two tests run every binary on a wall clock the test
+//! moves (`World::with_fake_time`: libfaketime, Debian package `faketime`),
+//! so their one-minute timers run out without any wait; the server, which
+//! purges expired messages every second of real time, is polled until it
+//! has (within seconds). The daemon test is on the real clock: the daemon
+//! sleeps on its monotonic clock until the next expiry, which a moved wall
+//! clock does not wake, so its two-second timers run out by themselves
+//! (polled, no fixed wait).
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use sotto_test_support::{Profile, ServerProcess, World, bin, files_containing};
+use sotto_test_support::{Profile, ServerProcess, World, files_containing};
 
 fn history(p: &Profile, conv: &str) -> Vec<String> {
     p.sotto(&["history", conv])
@@ -30,19 +38,19 @@ fn application_messages_on_server(server: &ServerProcess) -> i64 {
 
 #[test]
 fn a_disappearing_message_leaves_every_store() {
-    let w = World::new(&[]);
+    let w = World::with_fake_time(&[]);
     let alice = w.person("alice");
     let bob = w.person("bob");
     alice.sotto(&["send", "bob", "this one stays"]).ok();
     alice
         .sotto(&["disappear", "bob", "soon"])
         .fails_with("is not a duration");
-    alice.sotto(&["disappear", "bob", "2s"]).ok();
+    alice.sotto(&["disappear", "bob", "1m"]).ok();
     let r = bob.sotto(&["receive"]);
     assert_eq!(r.ok(), "alice: this one stays\n");
     assert!(
         r.stderr()
-            .contains("alice: messages now disappear after 2s"),
+            .contains("alice: messages now disappear after 1m"),
         "{}",
         r.stderr()
     );
@@ -56,7 +64,14 @@ fn a_disappearing_message_leaves_every_store() {
         history(&alice, "bob"),
         ["alice: this one stays", "alice: gone soon"]
     );
-    std::thread::sleep(Duration::from_millis(2500));
+    // 45 s on: not yet (whatever real time the test took, well under 15 s).
+    w.fake_time().advance(Duration::from_secs(45));
+    assert_eq!(
+        history(&bob, "alice"),
+        ["alice: this one stays", "alice: gone soon"]
+    );
+    // 61 s on: gone on both sides.
+    w.fake_time().advance(Duration::from_secs(16));
     assert_eq!(history(&bob, "alice"), ["alice: this one stays"]);
     assert_eq!(history(&alice, "bob"), ["alice: this one stays"]);
     // Off again: new messages stay.
@@ -71,7 +86,7 @@ fn a_disappearing_message_leaves_every_store() {
 
 #[test]
 fn the_server_drops_an_expired_message_an_offline_member_never_fetched() {
-    let w = World::new(&[]);
+    let w = World::with_fake_time(&[]);
     let server = &w.server;
     let alice = w.person("alice");
     let bob = w.person("bob");
@@ -82,22 +97,26 @@ fn the_server_drops_an_expired_message_an_offline_member_never_fetched() {
     bob.sotto(&["receive"]).ok();
     bob.sotto(&["disappear", "ops", "5s"])
         .fails_with("only admins change the group's timer");
-    alice.sotto(&["disappear", "ops", "2s"]).ok();
+    alice.sotto(&["disappear", "ops", "1m"]).ok();
     alice.sotto(&["send", "ops", "ephemeral"]).ok();
     assert_eq!(application_messages_on_server(server), 1);
-    // Expiry at 2 s; the server's purge runs every second.
-    std::thread::sleep(Duration::from_millis(3300));
-    assert_eq!(
-        application_messages_on_server(server),
-        0,
+    // Expiry at 1 min; the server's purge runs every second (of real
+    // time), and sees the moved clock at its next run.
+    w.fake_time().advance(Duration::from_secs(61));
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            application_messages_on_server(server) == 0
+        }),
         "the server kept an expired message"
     );
     // Carol was offline the whole time: she gets the timer, not the message.
     assert_eq!(carol.sotto(&["receive"]).ok(), "");
     let groups = carol.sotto(&["groups", "--json"]).ok();
-    assert!(groups.contains(r#""disappear_after_s":2"#), "{groups}");
+    assert!(groups.contains(r#""disappear_after_s":60"#), "{groups}");
     assert!(history(&carol, "ops").is_empty());
 }
+
+const MINUTE: Duration = Duration::from_secs(60);
 
 /// A daemon on a profile; killed when dropped.
 struct Daemon(Child);
@@ -109,10 +128,10 @@ impl Drop for Daemon {
     }
 }
 
-/// Waits (up to a minute) until `done` holds; `false` if it never did.
-fn eventually(mut done: impl FnMut() -> bool) -> bool {
+/// Waits (up to `limit`) until `done` holds; `false` if it never did.
+fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(60) {
+    while start.elapsed() < limit {
         if done() {
             return true;
         }
@@ -152,11 +171,7 @@ fn a_disappearing_file_and_text_leave_every_file_while_the_daemon_runs() {
     alice.sotto(&["send", "bob", "this one stays"]).ok();
     bob.sotto(&["receive"]).ok();
     let daemon = Daemon(
-        Command::new(bin("sotto"))
-            .arg("--profile")
-            .arg(&bob.dir)
-            .args(["daemon", "--json-rpc"])
-            .env("SOTTO_PASSPHRASE", &bob.passphrase)
+        bob.command(&["daemon", "--json-rpc"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -175,7 +190,7 @@ fn a_disappearing_file_and_text_leave_every_file_while_the_daemon_runs() {
         .ok();
     let saved = bob.dir.join("downloads").join("flowerpot-notes.txt");
     assert!(
-        eventually(|| saved.exists()),
+        eventually(MINUTE, || saved.exists()),
         "the daemon never saved the file"
     );
     // The timer runs out (for the text a moment after the file: it was
@@ -187,7 +202,9 @@ fn a_disappearing_file_and_text_leave_every_file_while_the_daemon_runs() {
         ) == 0
     };
     assert!(
-        eventually(|| !saved.exists() && text_gone() && wal_len(&bob) == 0),
+        eventually(MINUTE, || !saved.exists()
+            && text_gone()
+            && wal_len(&bob) == 0),
         "after the timer: file there {}, WAL of {} bytes",
         saved.exists(),
         wal_len(&bob)

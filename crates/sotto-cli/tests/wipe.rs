@@ -3,9 +3,12 @@
 //! itself, destroys its store and leaves its groups, and the server forgets
 //! it; wrong codes, guessing and forged orders change nothing; the duress
 //! passphrase silently destroys the store.
+//!
+//! No test sleeps: a device is known to be online once it has shown a
+//! message (the server subscribes a connection to its mailbox before it
+//! delivers from it).
 
-use std::io::Read;
-use std::time::Duration;
+use std::io::{BufRead, BufReader, Read};
 
 use sotto_test_support::{Profile, World, files_containing, sotto_anywhere};
 
@@ -39,9 +42,20 @@ fn a_kill_code_wipes_online_and_offline_devices() {
     alice
         .sotto_env(&["kill-code", "set"], &[("SOTTO_KILL_CODE", CODE)])
         .ok();
-    // alice2 is online, listening; alice (first device) is offline.
+    // alice2 is online, listening; alice (first device) is offline. alice2
+    // is online once it has shown bob's message.
+    bob.sotto(&["receive"]).ok();
+    bob.sotto(&["send", "ops", "anyone there?"]).ok();
     let mut online = alice2.spawn(&["receive", "--wait", "30"]);
-    std::thread::sleep(Duration::from_millis(1500));
+    let mut out = BufReader::new(online.stdout.take().unwrap());
+    let mut shown = String::new();
+    while !shown.contains("anyone there?") {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            panic!("alice2 never showed bob's message: {shown:?}");
+        }
+        shown.push_str(&line);
+    }
     wipe(&w, "alice", CODE).ok();
     let status = online.wait().unwrap();
     let mut err = String::new();

@@ -4,9 +4,12 @@
 //! server library's `run` in-process on `127.0.0.1:0`, and real MLS members
 //! for tests that speak the raw protocol ([`mls`]). A failing CLI call
 //! panics with a report of the command, its output and the files involved.
+//! A [`World`] made with [`World::with_fake_time`] runs its binaries on a
+//! wall clock the test moves ([`FakeTime`]) instead of sleeping.
 
 pub mod balancer;
 pub mod cluster;
+mod fake_time;
 pub mod mls;
 pub mod proxy;
 pub mod services;
@@ -20,6 +23,8 @@ use std::sync::Arc;
 use sotto_server::bus::LocalBus;
 use sotto_server::datadir::DataDir;
 use sotto_server::{ServerConfig, Shared};
+
+pub use fake_time::FakeTime;
 
 /// The directory the workspace's binaries are built into, found from the
 /// test executable (`target/<profile>/deps/<test>`).
@@ -111,6 +116,7 @@ pub struct Profile {
     pub dir: PathBuf,
     /// Its passphrase.
     pub passphrase: String,
+    time: Option<FakeTime>,
 }
 
 impl Profile {
@@ -119,7 +125,31 @@ impl Profile {
         Self {
             dir,
             passphrase: "correct horse battery staple".into(),
+            time: None,
         }
+    }
+
+    /// The same profile, its `sotto` run on `time`.
+    pub fn on_fake_time(mut self, time: FakeTime) -> Self {
+        self.time = Some(time);
+        self
+    }
+
+    /// `sotto --profile DIR ARGS...` with the passphrase in the environment
+    /// (and on the profile's fake time), for a caller that runs it itself.
+    pub fn command(&self, args: &[&str]) -> Command {
+        self.command_with(args, &self.passphrase)
+    }
+
+    fn command_with(&self, args: &[&str], passphrase: &str) -> Command {
+        let mut c = Command::new(bin("sotto"));
+        c.arg("--profile").arg(&self.dir).args(args);
+        c.env("SOTTO_PASSPHRASE", passphrase)
+            .env_remove("SOTTO_PROFILE");
+        if let Some(t) = &self.time {
+            t.apply(&mut c);
+        }
+        c
     }
 
     /// Runs `sotto --profile DIR ARGS...` with the passphrase in the environment.
@@ -129,10 +159,7 @@ impl Profile {
 
     /// Runs `sotto` with extra environment variables.
     pub fn sotto_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let mut c = Command::new(bin("sotto"));
-        c.arg("--profile").arg(&self.dir).args(args);
-        c.env("SOTTO_PASSPHRASE", &self.passphrase)
-            .env_remove("SOTTO_PROFILE");
+        let mut c = self.command(args);
         for (k, v) in env {
             c.env(k, v);
         }
@@ -141,11 +168,8 @@ impl Profile {
 
     /// Starts `sotto` in the background with piped output.
     pub fn spawn(&self, args: &[&str]) -> Child {
-        let mut c = Command::new(bin("sotto"));
-        c.arg("--profile").arg(&self.dir).args(args);
-        c.env("SOTTO_PASSPHRASE", &self.passphrase)
-            .env_remove("SOTTO_PROFILE");
-        c.stdin(Stdio::null())
+        self.command(args)
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -154,11 +178,7 @@ impl Profile {
 
     /// Runs `sotto` with another passphrase.
     pub fn sotto_with(&self, args: &[&str], passphrase: &str) -> Run {
-        let mut c = Command::new(bin("sotto"));
-        c.arg("--profile").arg(&self.dir).args(args);
-        c.env("SOTTO_PASSPHRASE", passphrase)
-            .env_remove("SOTTO_PROFILE");
-        run(c)
+        run(self.command_with(args, passphrase))
     }
 }
 
@@ -166,10 +186,7 @@ impl Profile {
     /// Runs `sotto` with `input` on standard input.
     pub fn sotto_stdin(&self, args: &[&str], input: &str) -> Run {
         use std::io::Write;
-        let mut c = Command::new(bin("sotto"));
-        c.arg("--profile").arg(&self.dir).args(args);
-        c.env("SOTTO_PASSPHRASE", &self.passphrase)
-            .env_remove("SOTTO_PROFILE");
+        let mut c = self.command(args);
         let cmd = format!("{c:?} < {input:?}");
         let mut child = c
             .stdin(Stdio::piped())
@@ -221,34 +238,51 @@ pub struct ServerProcess {
     /// The address it listens on.
     pub addr: SocketAddr,
     extra: Vec<String>,
+    time: Option<FakeTime>,
 }
 
 impl ServerProcess {
     /// Starts a server on a free loopback port with a new data directory.
     pub fn start(data: &Path, extra: &[&str]) -> Self {
-        Self::launch(data, None, extra)
+        Self::launch(data, None, extra, None)
+    }
+
+    /// The same on `time` (also across restarts, and for its invites).
+    pub fn start_on_fake_time(data: &Path, extra: &[&str], time: FakeTime) -> Self {
+        Self::launch(data, None, extra, Some(time))
     }
 
     /// Starts a server listening on `addr` (its link may name another
     /// address: `--public-addr` in `extra`).
     pub fn start_on(data: &Path, addr: SocketAddr, extra: &[&str]) -> Self {
-        Self::launch(data, Some(addr), extra)
+        Self::launch(data, Some(addr), extra, None)
     }
 
-    fn launch(data: &Path, addr: Option<SocketAddr>, extra: &[&str]) -> Self {
+    fn launch(
+        data: &Path,
+        addr: Option<SocketAddr>,
+        extra: &[&str],
+        time: Option<FakeTime>,
+    ) -> Self {
         let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
         let listen = addr.map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string());
-        let (child, link) = Self::spawn(data, &listen, &extra);
+        let (child, link) = Self::spawn(data, &listen, &extra, time.as_ref());
         Self {
             child: Some(child),
             data: data.to_owned(),
             addr: addr.unwrap_or_else(|| link_addr(&link)),
             link,
             extra,
+            time,
         }
     }
 
-    fn spawn(data: &Path, listen: &str, extra: &[String]) -> (Child, String) {
+    fn spawn(
+        data: &Path,
+        listen: &str,
+        extra: &[String],
+        time: Option<&FakeTime>,
+    ) -> (Child, String) {
         let mut c = Command::new(bin("sotto-server"));
         c.args(["run", "--listen", listen, "--data"])
             .arg(data)
@@ -257,6 +291,9 @@ impl ServerProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        if let Some(t) = time {
+            t.apply(&mut c);
+        }
         let mut child = c.spawn().expect("spawn sotto-server");
         let stdout = child.stdout.take().expect("server stdout");
         let mut line = String::new();
@@ -275,13 +312,21 @@ impl ServerProcess {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+            if self.time.is_some() {
+                FakeTime::killed(c.id());
+            }
         }
     }
 
     /// Starts the server again on the same data directory and port.
     pub fn restart(&mut self) {
         self.kill9();
-        let (child, link) = Self::spawn(&self.data, &self.addr.to_string(), &self.extra);
+        let (child, link) = Self::spawn(
+            &self.data,
+            &self.addr.to_string(),
+            &self.extra,
+            self.time.as_ref(),
+        );
         assert_eq!(link, self.link, "the server link changed across a restart");
         self.child = Some(child);
     }
@@ -292,6 +337,9 @@ impl ServerProcess {
         let mut c = Command::new(bin("sotto-server"));
         c.args(["invite", "--data"]).arg(&self.data);
         c.args(self.store_args());
+        if let Some(t) = &self.time {
+            t.apply(&mut c);
+        }
         run(c).ok().trim().to_owned()
     }
 
@@ -353,24 +401,51 @@ pub struct World {
     pub root: PathBuf,
     /// The server.
     pub server: ServerProcess,
+    time: Option<FakeTime>,
 }
 
 impl World {
     /// A new world; `extra` goes to `sotto-server run`.
     pub fn new(extra: &[&str]) -> Self {
+        Self::make(extra, false)
+    }
+
+    /// A new world whose server and profiles run on one wall clock the
+    /// test moves ([`World::fake_time`]); fails without libfaketime.
+    #[track_caller]
+    pub fn with_fake_time(extra: &[&str]) -> Self {
+        Self::make(extra, true)
+    }
+
+    #[track_caller]
+    fn make(extra: &[&str], fake_time: bool) -> Self {
         let tmp = tempfile::TempDir::new().expect("temp dir");
         let root = tmp.path().to_owned();
-        let server = ServerProcess::start(&root.join("server"), extra);
+        let time = fake_time.then(|| FakeTime::new(&root.join("clock")));
+        let server = ServerProcess::launch(&root.join("server"), None, extra, time.clone());
         Self {
             _tmp: tmp,
             root,
             server,
+            time,
         }
+    }
+
+    /// The clock of a world made with [`World::with_fake_time`].
+    #[track_caller]
+    pub fn fake_time(&self) -> &FakeTime {
+        self.time
+            .as_ref()
+            .expect("this world runs on the real clock: make it with World::with_fake_time")
     }
 
     /// A profile directory in the world (not registered).
     pub fn profile(&self, name: &str) -> Profile {
-        Profile::new(self.root.join(name))
+        let p = Profile::new(self.root.join(name));
+        match &self.time {
+            Some(t) => p.on_fake_time(t.clone()),
+            None => p,
+        }
     }
 
     /// A person registered with an invite under handle `name`.
