@@ -569,8 +569,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             eprintln!("approve on one of your devices: sotto devices approve {text}");
             std::io::stdout().flush()?;
-            let c = sotto_client::devices::link_wait(&profile, &pass, Duration::from_secs(wait))
-                .await?;
+            let c = Client::link_wait(&profile, &pass, Duration::from_secs(wait)).await?;
             println!("linked: this device is now {}", c.handle());
         }
         Cmd::Devices { cmd } => {

@@ -39,6 +39,25 @@ pub enum Connection {
     },
 }
 
+/// Why a command failed: the error's one line, and its stable kind
+/// ([`ClientError::kind`]) for programs that branch on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// [`ClientError::kind`].
+    pub kind: &'static str,
+    /// The one line a person reads.
+    pub message: String,
+}
+
+impl From<&ClientError> for Failure {
+    fn from(e: &ClientError) -> Self {
+        Self {
+            kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
+}
+
 /// What the worker reports.
 #[derive(Debug)]
 pub enum Event {
@@ -52,8 +71,8 @@ pub enum Event {
     Done {
         /// The command's id.
         id: u64,
-        /// Its outcome, or the error's one line.
-        result: Result<Outcome, String>,
+        /// Its outcome, or why it failed.
+        result: Result<Outcome, Failure>,
     },
     /// The worker stopped for good (this profile was wiped).
     Stopped(String),
@@ -236,7 +255,7 @@ impl Worker {
         }
         self.emit(Event::Done {
             id: c.id,
-            result: r.map_err(|e| e.to_string()),
+            result: r.map_err(|e| Failure::from(&e)),
         })
         .await
     }

@@ -238,7 +238,7 @@ fn a_bot_talks_over_the_socket_and_survives_bad_requests() {
     rpc.wait_online();
     let status = rpc.ok("status", json!({}));
     assert_eq!(status["handle"], "alice");
-    assert_eq!(status["api_version"], "1.2");
+    assert_eq!(status["api_version"], "1.3");
 
     // The bot writes first; bob reads it on the command line.
     let sent = rpc.ok(
@@ -297,6 +297,7 @@ fn a_bot_talks_over_the_socket_and_survives_bad_requests() {
     assert_eq!(e["error"]["code"], -32000, "{e}");
     let msg = e["error"]["message"].as_str().unwrap();
     assert!(msg.contains("nobody-at-all"), "{msg}");
+    assert_eq!(e["error"]["data"]["kind"], "not_found", "{e}");
     assert!(
         !msg.contains(&alice.passphrase),
         "a secret in an error: {msg}"

@@ -12,11 +12,12 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use sotto_proto::{AccountId, GroupId, Handle, Request, Response};
 
+use crate::ClientError;
 use crate::conversation::Target;
+use crate::profile::Profile;
 use crate::store::rows;
 use crate::transport::Connection as ServerConnection;
 use crate::transport::unexpected;
-use crate::{Client, ClientError};
 
 /// Whether this profile blocked `account`.
 pub(crate) fn is_blocked(c: &Connection, account: &AccountId) -> Result<bool, ClientError> {
@@ -53,16 +54,17 @@ pub(crate) fn unmark_left(c: &Connection, g: &GroupId) -> Result<(), ClientError
     Ok(())
 }
 
-impl Client {
+impl Profile {
     /// Blocks `handle` (a known contact): its messages are dropped unread,
     /// its invitations refused, and the server refuses its claims of this
     /// account's KeyPackages.
-    pub async fn block(&mut self, handle: &str) -> Result<(), ClientError> {
-        let (h, account) = self.known_contact(handle)?;
-        if account == self.id.account.id() {
-            return Err(ClientError::Invalid("cannot block yourself".into()));
-        }
-        let mut conn = self.connect().await?;
+    /// (`h` and `account` from [`Profile::known_contact`].)
+    pub(crate) async fn block(
+        &mut self,
+        conn: &mut ServerConnection,
+        h: &Handle,
+        account: AccountId,
+    ) -> Result<(), ClientError> {
         match conn.request(Request::Block { account }).await? {
             Response::Acked => {}
             other => return Err(unexpected(&other)),
@@ -75,16 +77,14 @@ impl Client {
             )?;
             Ok(())
         })?;
-        self.done(conn).await;
         Ok(())
     }
 
-    /// Undoes [`Client::block`].
-    pub async fn unblock(&mut self, handle: &str) -> Result<(), ClientError> {
+    /// The account of a blocked handle.
+    pub(crate) fn blocked_account(&mut self, handle: &str) -> Result<AccountId, ClientError> {
         let h = Handle::new(handle.strip_prefix('@').unwrap_or(handle))
             .map_err(|e| ClientError::Invalid(format!("{handle}: {e}")))?;
-        let account = self
-            .store
+        self.store
             .transaction(|_, c| {
                 Ok(c.query_row(
                     "SELECT account FROM blocked WHERE handle = ?1",
@@ -95,8 +95,15 @@ impl Client {
             })?
             .and_then(|a| <[u8; 32]>::try_from(a).ok())
             .map(AccountId)
-            .ok_or_else(|| ClientError::Invalid(format!("{h} is not blocked")))?;
-        let mut conn = self.connect().await?;
+            .ok_or_else(|| ClientError::NotFound(format!("{h} is not blocked")))
+    }
+
+    /// Undoes [`Profile::block`].
+    pub(crate) async fn unblock(
+        &mut self,
+        conn: &mut ServerConnection,
+        account: AccountId,
+    ) -> Result<(), ClientError> {
         match conn.request(Request::Unblock { account }).await? {
             Response::Acked => {}
             other => return Err(unexpected(&other)),
@@ -105,12 +112,11 @@ impl Client {
             c.execute("DELETE FROM blocked WHERE account = ?1", [&account.0[..]])?;
             Ok(())
         })?;
-        self.done(conn).await;
         Ok(())
     }
 
     /// The handles this profile blocked, sorted.
-    pub fn blocked(&mut self) -> Result<Vec<Handle>, ClientError> {
+    pub(crate) fn blocked(&mut self) -> Result<Vec<Handle>, ClientError> {
         self.store.transaction(|_, c| {
             let mut stmt = c.prepare("SELECT handle FROM blocked ORDER BY handle")?;
             let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
@@ -124,13 +130,16 @@ impl Client {
         })
     }
 
-    fn known_contact(&self, handle: &str) -> Result<(Handle, AccountId), ClientError> {
+    /// A known contact by handle (not this account), for blocking.
+    pub(crate) fn known_contact(&self, handle: &str) -> Result<(Handle, AccountId), ClientError> {
         let h = Handle::new(handle.strip_prefix('@').unwrap_or(handle))
             .map_err(|e| ClientError::Invalid(format!("{handle}: {e}")))?;
-        let account = self
-            .store
-            .contact(&h)?
-            .ok_or_else(|| ClientError::Invalid(format!("{h} is not a contact of this profile")))?;
+        let account = self.store.contact(&h)?.ok_or_else(|| {
+            ClientError::NotFound(format!("{h} is not a contact of this profile"))
+        })?;
+        if account == self.id.account.id() {
+            return Err(ClientError::Invalid("cannot block yourself".into()));
+        }
         Ok((h, account))
     }
 
@@ -148,7 +157,7 @@ impl Client {
             Target::Handle(peer) => {
                 let me = self.id.account.id();
                 let Some(acc) = self.store.contact(&peer)? else {
-                    return Err(ClientError::Invalid(format!(
+                    return Err(ClientError::NotFound(format!(
                         "no conversation with {peer} to leave"
                     )));
                 };
@@ -156,7 +165,7 @@ impl Client {
             }
         };
         if !self.has_group(g)? {
-            return Err(ClientError::Invalid(
+            return Err(ClientError::NotMember(
                 "you are no longer a member of this conversation".into(),
             ));
         }

@@ -22,10 +22,11 @@ use sotto_proto::{
 use tokio::time::{Instant, sleep, timeout_at};
 use zeroize::Zeroizing;
 
+use crate::profile::Profile;
 use crate::store::{Identity, Store};
 use crate::transport::{Connection, Event};
 use crate::transport::{random_id, unexpected};
-use crate::{Client, ClientError, ServerLink};
+use crate::{ClientError, ServerLink};
 
 /// How long `approve` waits for the new device's KeyPackages, and `link`
 /// for its approval.
@@ -191,12 +192,13 @@ pub fn link_start(
 }
 
 /// Waits until an existing device approved the link, takes over the
-/// account, and joins the conversations it is added to.
-pub async fn link_wait(
+/// account, and joins the conversations it is added to (the body of
+/// [`Client::link_wait`](crate::Client::link_wait)).
+pub(crate) async fn link_wait(
     dir: &std::path::Path,
     passphrase: &str,
     wait: Duration,
-) -> Result<Client, ClientError> {
+) -> Result<Profile, ClientError> {
     let mut store = Store::open(dir, passphrase)?;
     let (device, link, secret) = store.pending_link()?.ok_or_else(|| {
         ClientError::Invalid("no device is waiting to be linked here: run `sotto link LINK`".into())
@@ -261,7 +263,7 @@ pub async fn link_wait(
         registered: true,
     };
     store.complete_link(&id)?;
-    let mut client = Client::from_parts(store, id);
+    let mut client = Profile::new(store, id);
     client
         .replenish(&mut conn, session.key_packages, session.has_last_resort)
         .await?;
@@ -289,31 +291,34 @@ pub async fn link_wait(
         if let Event::Deliver(d) = ev {
             client.handle_event(&mut conn, &d, &mut dropped).await?;
             acks.push(d.seq);
-            Client::ack(&mut conn, &mut acks).await?;
+            Profile::ack(&mut conn, &mut acks).await?;
         }
     }
-    Client::ack(&mut conn, &mut acks).await?;
+    Profile::ack(&mut conn, &mut acks).await?;
     client.warnings.append(&mut dropped);
     conn.close().await;
     Ok(client)
 }
 
-impl Client {
+impl Profile {
     /// Approves a new device from its link code: signs it into the
     /// account's device list, hands it the account, and adds it to every
     /// conversation.
-    pub async fn approve(&mut self, code: &str) -> Result<usize, ClientError> {
-        let code = LinkCode::parse(code)?;
-        let mut conn = self.connect().await?;
-        self.sync(&mut conn).await?;
+    /// (`code` parsed by [`LinkCode::parse`].)
+    pub(crate) async fn approve(
+        &mut self,
+        conn: &mut Connection,
+        code: &LinkCode,
+    ) -> Result<usize, ClientError> {
+        self.sync(conn).await?;
         let me = self.id.account.id();
-        let current = self.own_list(&mut conn).await?;
+        let current = self.own_list(conn).await?;
         if current.devices.contains(&code.device) {
             return Err(ClientError::Invalid("that device is linked already".into()));
         }
         let mut devices = current.devices.clone();
         devices.push(code.device);
-        let list = self.publish_own_list(&mut conn, &current, devices).await?;
+        let list = self.publish_own_list(conn, &current, devices).await?;
         let groups = self.active_groups()?;
         let bundle = LinkBundle {
             account_secret: *self.id.account.secret(),
@@ -370,7 +375,7 @@ impl Client {
                 }
             };
             let list = list.clone();
-            self.commit_with_retry(&mut conn, *g, |_| {
+            self.commit_with_retry(conn, *g, |_| {
                 Ok(Change {
                     adds: vec![kp.clone()],
                     device_lists: vec![list.clone()],
@@ -379,7 +384,6 @@ impl Client {
             })
             .await?;
         }
-        self.done(conn).await;
         Ok(groups.len())
     }
 
@@ -472,17 +476,18 @@ impl Client {
         if ok {
             Ok(())
         } else {
-            Err(ClientError::Invalid(
-                "the server's list of this account's devices is not signed by the account: refusing".into(),
+            Err(ClientError::Untrustworthy(
+                "the server's list of this account's devices is not signed by the account".into(),
             ))
         }
     }
 
     /// The account's devices, from its signed list.
-    pub async fn devices(&mut self) -> Result<Vec<DeviceInfo>, ClientError> {
-        let mut conn = self.connect().await?;
-        let l = self.own_list(&mut conn).await?;
-        self.done(conn).await;
+    pub(crate) async fn devices(
+        &mut self,
+        conn: &mut Connection,
+    ) -> Result<Vec<DeviceInfo>, ClientError> {
+        let l = self.own_list(conn).await?;
         let this = self.id.device.id();
         Ok(l.devices
             .into_iter()
@@ -495,10 +500,13 @@ impl Client {
 
     /// Revokes a device (by id prefix): signs it out of the device list,
     /// which makes the server drop it, and removes it from every conversation.
-    pub async fn revoke(&mut self, prefix: &str) -> Result<DeviceId, ClientError> {
-        let mut conn = self.connect().await?;
-        self.sync(&mut conn).await?;
-        let current = self.own_list(&mut conn).await?;
+    pub(crate) async fn revoke(
+        &mut self,
+        conn: &mut Connection,
+        prefix: &str,
+    ) -> Result<DeviceId, ClientError> {
+        self.sync(conn).await?;
+        let current = self.own_list(conn).await?;
         let hits: Vec<DeviceId> = current
             .devices
             .iter()
@@ -508,12 +516,12 @@ impl Client {
         let target = match hits.as_slice() {
             [one] => *one,
             [] => {
-                return Err(ClientError::Invalid(format!(
+                return Err(ClientError::NotFound(format!(
                     "no device {prefix} on this account"
                 )));
             }
             _ => {
-                return Err(ClientError::Invalid(format!(
+                return Err(ClientError::Ambiguous(format!(
                     "{prefix} matches several devices"
                 )));
             }
@@ -529,9 +537,9 @@ impl Client {
             .filter(|d| **d != target)
             .copied()
             .collect();
-        self.publish_own_list(&mut conn, &current, devices).await?;
+        self.publish_own_list(conn, &current, devices).await?;
         for g in self.active_groups()? {
-            self.commit_with_retry(&mut conn, g, |p| {
+            self.commit_with_retry(conn, g, |p| {
                 let present = mls::members(p, g)?.iter().any(|m| m.device == target);
                 Ok(Change {
                     removes: if present { vec![target] } else { Vec::new() },
@@ -540,7 +548,6 @@ impl Client {
             })
             .await?;
         }
-        self.done(conn).await;
         Ok(target)
     }
 }

@@ -1,6 +1,6 @@
 //! The client's errors: each one line a person can act on.
 
-use sotto_proto::{ErrorCode, ProtoError};
+use sotto_proto::{ErrorCode, Handle, ProtoError};
 
 /// Everything that can go wrong in a client operation.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +53,37 @@ pub enum ClientError {
     /// A wipe order proved the kill code: this device's keys and store are destroyed.
     #[error("this profile was wiped")]
     Wiped,
-    /// Something else the user asked for that cannot be done.
+    /// No conversation, group, contact, message or device goes by the
+    /// name given (the sentence says which).
+    #[error("{0}")]
+    NotFound(String),
+    /// The name given fits several: a group's name that is also a
+    /// contact's handle, several groups of one name, an id prefix of
+    /// several messages or devices. The sentence says how to say which.
+    #[error("{0}")]
+    Ambiguous(String),
+    /// This account is not (or no longer) an active member of the
+    /// conversation: removed, leaving, or left.
+    #[error("{0}")]
+    NotMember(String),
+    /// Only the group's admins may do this (the action is named).
+    #[error("only admins {0}")]
+    NotAdmin(&'static str),
+    /// The contact cannot be reached for a new conversation: the server
+    /// has no KeyPackage of theirs left (or none valid).
+    #[error("{0} has no key packages left: they must come online first")]
+    NoKeyPackages(Handle),
+    /// The server answered with something its own signatures or the
+    /// account's do not back: keys of another account, a device list the
+    /// account did not sign, or an outdated one. Refused; worth an alarm.
+    #[error("{0}: refusing")]
+    Untrustworthy(String),
+    /// The conversation kept moving (other members' commits, a peer
+    /// creating it at the same moment): nothing was lost, and trying again
+    /// shortly succeeds.
+    #[error("{0}")]
+    TryAgain(String),
+    /// Something else the user asked for that cannot be done, as asked.
     #[error("{0}")]
     Invalid(String),
 }
@@ -68,13 +98,49 @@ impl ClientError {
     }
 
     /// Whether trying again later may succeed: the server was unreachable,
-    /// the connection broke, or the server asked to retry (busy, storage
-    /// unavailable for a moment).
+    /// the connection broke, the server asked to retry (busy, storage
+    /// unavailable for a moment), or the conversation kept moving.
     pub fn is_temporary(&self) -> bool {
         match self {
-            Self::Unreachable(_) | Self::Transport(_) | Self::Closed(_) | Self::Timeout => true,
+            Self::Unreachable(_)
+            | Self::Transport(_)
+            | Self::Closed(_)
+            | Self::Timeout
+            | Self::TryAgain(_) => true,
             Self::Server(e) => e.retry_after_ms.is_some(),
             _ => false,
+        }
+    }
+}
+
+impl ClientError {
+    /// A stable, machine-readable name of the variant, for programs that
+    /// branch on it (the JSON-RPC daemon sends it as `error.data.kind`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::BadLink(_) => "bad_link",
+            Self::Unreachable(_) => "unreachable",
+            Self::CertificateMismatch => "certificate_mismatch",
+            Self::Transport(_) => "transport",
+            Self::Malformed(_) => "malformed",
+            Self::Closed(_) => "closed",
+            Self::Timeout => "timeout",
+            Self::Server(_) => "server",
+            Self::WrongPassphrase => "wrong_passphrase",
+            Self::NotRegistered => "not_registered",
+            Self::AlreadyRegistered(_) => "already_registered",
+            Self::Store(_) => "store",
+            Self::Core(_) => "mls",
+            Self::KeyChanged(_) => "key_changed",
+            Self::Wiped => "wiped",
+            Self::NotFound(_) => "not_found",
+            Self::Ambiguous(_) => "ambiguous",
+            Self::NotMember(_) => "not_member",
+            Self::NotAdmin(_) => "not_admin",
+            Self::NoKeyPackages(_) => "no_key_packages",
+            Self::Untrustworthy(_) => "untrustworthy",
+            Self::TryAgain(_) => "try_again",
+            Self::Invalid(_) => "invalid",
         }
     }
 }

@@ -16,10 +16,11 @@ use sotto_core::message::FileRef;
 use sotto_proto::{Blob, BlobId, ErrorCode, Handle, MessageId, PutBlob, Request, Response};
 use zeroize::Zeroizing;
 
+use crate::ClientError;
 use crate::conversation::Sent;
+use crate::profile::Profile;
 use crate::transport::Connection as Conn;
 use crate::transport::unexpected;
-use crate::{Client, ClientError};
 
 /// The largest file a client will try to send (servers may accept less).
 pub const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
@@ -108,40 +109,81 @@ fn unique_path(dir: &Path, name: &str) -> PathBuf {
         .unwrap_or(p)
 }
 
-impl Client {
-    /// Encrypts and uploads a file, then sends its reference to `to`.
-    pub async fn send_file(&mut self, to: &str, path: &Path) -> Result<Sent, ClientError> {
-        let meta = std::fs::metadata(path)
-            .map_err(|e| ClientError::Invalid(format!("{}: {e}", path.display())))?;
-        if !meta.is_file() {
-            return Err(ClientError::Invalid(format!(
-                "{} is not a file",
-                path.display()
-            )));
-        }
-        if meta.len() > MAX_FILE_BYTES {
-            return Err(ClientError::Invalid("file too large".into()));
-        }
-        let plain = Zeroizing::new(
-            std::fs::read(path)
-                .map_err(|e| ClientError::Invalid(format!("{}: {e}", path.display())))?,
-        );
-        let mut key = Zeroizing::new([0u8; 32]);
-        let mut nonce = [0u8; 12];
-        rand::rngs::OsRng.fill_bytes(&mut key[..]);
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let cipher = ChaCha20Poly1305::new(Key::from_slice(&key[..]));
-        let sealed = cipher
-            .encrypt(Nonce::from_slice(&nonce), plain.as_slice())
-            .map_err(|_| ClientError::Invalid("encrypting the file failed".into()))?;
-        let sha256: [u8; 32] = Sha256::digest(&sealed).into();
-        let mut id = [0u8; 16];
-        rand::rngs::OsRng.fill_bytes(&mut id);
-        let blob = BlobId(id);
+/// A file read and encrypted under a fresh key, ready to upload.
+pub(crate) struct SealedFile {
+    blob: BlobId,
+    sealed: Vec<u8>,
+    key: Zeroizing<[u8; 32]>,
+    nonce: [u8; 12],
+    sha256: [u8; 32],
+    name: String,
+    size: u64,
+}
 
-        let mut conn = self.connect().await?;
-        self.sync(&mut conn).await?;
-        let g = self.target(&mut conn, to).await?;
+/// Reads and encrypts the file at `path`, before any connection.
+pub(crate) fn seal(path: &Path) -> Result<SealedFile, ClientError> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| ClientError::Invalid(format!("{}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(ClientError::Invalid(format!(
+            "{} is not a file",
+            path.display()
+        )));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(ClientError::Invalid("file too large".into()));
+    }
+    let plain = Zeroizing::new(
+        std::fs::read(path)
+            .map_err(|e| ClientError::Invalid(format!("{}: {e}", path.display())))?,
+    );
+    let mut key = Zeroizing::new([0u8; 32]);
+    let mut nonce = [0u8; 12];
+    rand::rngs::OsRng.fill_bytes(&mut key[..]);
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let cipher = ChaCha20Poly1305::new(Key::from_slice(&key[..]));
+    let sealed = cipher
+        .encrypt(Nonce::from_slice(&nonce), plain.as_slice())
+        .map_err(|_| ClientError::Invalid("encrypting the file failed".into()))?;
+    let sha256: [u8; 32] = Sha256::digest(&sealed).into();
+    let mut id = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut id);
+    let name = safe_name(
+        &path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    );
+    Ok(SealedFile {
+        blob: BlobId(id),
+        sealed,
+        key,
+        nonce,
+        sha256,
+        name,
+        size: plain.len() as u64,
+    })
+}
+
+impl Profile {
+    /// Uploads a file [`seal`]ed before, then sends its reference to `to`.
+    pub(crate) async fn send_file(
+        &mut self,
+        conn: &mut Conn,
+        to: &str,
+        f: SealedFile,
+    ) -> Result<Sent, ClientError> {
+        let SealedFile {
+            blob,
+            sealed,
+            key,
+            nonce,
+            sha256,
+            name,
+            size,
+        } = f;
+        self.sync(conn).await?;
+        let g = self.target(conn, to).await?;
         let total = sealed.len() as u64;
         let mut offset = 0u64;
         loop {
@@ -164,24 +206,16 @@ impl Client {
                 other => return Err(unexpected(&other)),
             }
         }
-        let name = safe_name(
-            &path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-        );
-        let shown = format!("[file] {name} ({} bytes)", plain.len());
+        let shown = format!("[file] {name} ({size} bytes)");
         let body = Body::File(FileRef {
             blob,
             key: *key,
             nonce,
             sha256,
             name,
-            size: plain.len() as u64,
+            size,
         });
-        let sent = self.send_body(&mut conn, g, body, &shown).await?;
-        self.sent_on(conn, sent).await;
-        Ok(sent)
+        self.send_body(conn, g, body, &shown).await
     }
 
     /// Downloads, checks and saves every pending attachment.

@@ -13,12 +13,13 @@ use sotto_proto::{
 };
 use tokio::time::{Instant, timeout_at};
 
+use crate::ClientError;
 use crate::conversation::{Submitted, Target};
 use crate::members::{conversation_name, key_changed_warning, record_members};
+use crate::profile::Profile;
 use crate::store::rows::Pending;
 use crate::store::{ContactChange, Provider, rows};
 use crate::transport::{Connection, Event, random_id, unexpected};
-use crate::{Client, ClientError};
 
 /// How often a commit is rebuilt after losing its epoch before giving up.
 const COMMIT_ATTEMPTS: usize = 8;
@@ -47,7 +48,7 @@ pub struct GroupInfo {
     pub epoch_authenticator: String,
 }
 
-impl Client {
+impl Profile {
     /// Resolves `#<id prefix>`, `@handle`, a group's name, or a handle.
     ///
     /// A group's name is chosen by whoever named the group, a stranger
@@ -80,8 +81,8 @@ impl Client {
                 .collect();
             return match hits.as_slice() {
                 [one] => Ok(Target::Group(one.group)),
-                [] => Err(ClientError::Invalid(format!("no group with id {target}"))),
-                _ => Err(ClientError::Invalid(format!(
+                [] => Err(ClientError::NotFound(format!("no group with id {target}"))),
+                _ => Err(ClientError::Ambiguous(format!(
                     "{target} names several groups: give more of the id"
                 ))),
             };
@@ -100,7 +101,7 @@ impl Client {
                 .iter()
                 .map(|c| format!("the group #{}", &c.group.to_hex()[..12]))
                 .collect();
-            return Err(ClientError::Invalid(format!(
+            return Err(ClientError::Ambiguous(format!(
                 "{target:?} is both your contact @{h} and {}: say which (@{h} or #<id>)",
                 groups.join(" and ")
             )));
@@ -109,8 +110,8 @@ impl Client {
             [one] => Ok(Target::Group(one.group)),
             [] => Handle::new(target)
                 .map(Target::Handle)
-                .map_err(|_| ClientError::Invalid(format!("no group or handle named {target:?}"))),
-            _ => Err(ClientError::Invalid(format!(
+                .map_err(|_| ClientError::NotFound(format!("no group or handle named {target:?}"))),
+            _ => Err(ClientError::Ambiguous(format!(
                 "several groups are named {target:?}: use #<id> (see `sotto groups`)"
             ))),
         }
@@ -119,7 +120,7 @@ impl Client {
     fn group_target(&self, target: &str) -> Result<GroupId, ClientError> {
         match self.resolve_as(target, false)? {
             Target::Group(g) => Ok(g),
-            Target::Handle(_) => Err(ClientError::Invalid(format!("no group named {target:?}"))),
+            Target::Handle(_) => Err(ClientError::NotFound(format!("no group named {target:?}"))),
         }
     }
 
@@ -131,10 +132,10 @@ impl Client {
             .ok_or_else(|| ClientError::Invalid("not a group".into()))
     }
 
-    fn require_admin(&mut self, g: GroupId, what: &str) -> Result<GroupMeta, ClientError> {
+    fn require_admin(&mut self, g: GroupId, what: &'static str) -> Result<GroupMeta, ClientError> {
         let meta = self.meta(g)?;
         if !meta.is_admin(&self.id.account.id()) {
-            return Err(ClientError::Invalid(format!("only admins {what}")));
+            return Err(ClientError::NotAdmin(what));
         }
         Ok(meta)
     }
@@ -155,12 +156,10 @@ impl Client {
             Ok(Response::KeyPackages(c)) => c,
             Ok(other) => return Err(unexpected(&other)),
             Err(ClientError::Server(e)) if e.code == ErrorCode::UnknownHandle => {
-                return Err(ClientError::Invalid(format!("unknown handle: {handle}")));
+                return Err(ClientError::NotFound(format!("unknown handle: {handle}")));
             }
             Err(ClientError::Server(e)) if e.code == ErrorCode::NoKeyPackages => {
-                return Err(ClientError::Invalid(format!(
-                    "{handle} has no key packages"
-                )));
+                return Err(ClientError::NoKeyPackages(handle.clone()));
             }
             Err(e) => return Err(e),
         };
@@ -174,8 +173,8 @@ impl Client {
                 .iter()
                 .any(|d| !list.devices.contains(&d.device));
         if ghost {
-            return Err(ClientError::Invalid(format!(
-                "the server listed a device for {handle} that {handle}'s account did not sign for: refusing"
+            return Err(ClientError::Untrustworthy(format!(
+                "the server listed a device for {handle} that {handle}'s account did not sign for"
             )));
         }
         let mut key_packages: Vec<KeyPackage> = Vec::new();
@@ -202,16 +201,16 @@ impl Client {
             let change = rows::put_contact(c, handle, &claimed.account)?;
             if crate::members::note_list(c, list, &mut warnings)? == crate::store::ListChange::Older
             {
-                return Err(ClientError::Invalid(format!(
-                    "the server served an outdated device list for {handle}: refusing"
+                return Err(ClientError::Untrustworthy(format!(
+                    "the server served an outdated device list for {handle}"
                 )));
             }
             Ok(Some(change))
         })?;
         self.warnings.append(&mut warnings);
         if foreign > 0 {
-            return Err(ClientError::Invalid(format!(
-                "the server answered for {handle} with keys of someone else: refusing"
+            return Err(ClientError::Untrustworthy(format!(
+                "the server answered for {handle} with keys of someone else"
             )));
         }
         if let Some(ContactChange::Changed { .. }) = change {
@@ -225,9 +224,7 @@ impl Client {
             return Err(ClientError::KeyChanged(handle.to_string()));
         }
         if key_packages.is_empty() {
-            return Err(ClientError::Invalid(format!(
-                "{handle} has no valid key package"
-            )));
+            return Err(ClientError::NoKeyPackages(handle.clone()));
         }
         Ok((claimed.account, key_packages, claimed.device_list))
     }
@@ -251,7 +248,7 @@ impl Client {
                 .transaction(|p, _| Ok((mls::epoch(p, g)?, group::is_active(p, g)?)))?;
             if !active {
                 Self::ack(conn, &mut acks).await?;
-                return Err(ClientError::Invalid(
+                return Err(ClientError::NotMember(
                     "this device was removed from the group".into(),
                 ));
             }
@@ -304,7 +301,7 @@ impl Client {
                 Submitted::Lost(current) => self.catch_up(conn, g, current).await?,
             }
         }
-        Err(ClientError::Invalid(format!(
+        Err(ClientError::TryAgain(format!(
             "the group kept moving: gave up after {COMMIT_ATTEMPTS} attempts; try again"
         )))
     }
@@ -523,19 +520,18 @@ impl Client {
 
     /// Creates a group named `name` with `members` (handles); this account
     /// is its admin.
-    pub async fn group_create(
+    /// (`name` checked by [`valid_name`], `handles` by [`Profile::handles`].)
+    pub(crate) async fn group_create(
         &mut self,
+        conn: &mut Connection,
         name: &str,
-        members: &[&str],
+        handles: &[Handle],
     ) -> Result<GroupId, ClientError> {
-        let name = valid_name(name)?;
-        let handles = self.handles(members)?;
-        let mut conn = self.connect().await?;
-        self.sync(&mut conn).await?;
+        self.sync(conn).await?;
         let mut kps = Vec::new();
         let mut lists = Vec::new();
-        for h in &handles {
-            let (_, k, l) = self.claim(&mut conn, h).await?;
+        for h in handles {
+            let (_, k, l) = self.claim(conn, h).await?;
             kps.extend(k);
             lists.push(l);
         }
@@ -543,14 +539,13 @@ impl Client {
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
         let g = GroupId(id);
         if !self
-            .create_conversation(&mut conn, g, kps, lists, Some(&name))
+            .create_conversation(conn, g, kps, lists, Some(name))
             .await?
         {
-            return Err(ClientError::Invalid(
+            return Err(ClientError::TryAgain(
                 "the new group's id is taken: try again".into(),
             ));
         }
-        self.done(conn).await;
         Ok(g)
     }
 
@@ -625,7 +620,7 @@ impl Client {
         names.join(",")
     }
 
-    fn handles(&self, members: &[&str]) -> Result<Vec<Handle>, ClientError> {
+    pub(crate) fn handles(&self, members: &[&str]) -> Result<Vec<Handle>, ClientError> {
         let mut out: Vec<Handle> = Vec::new();
         for m in members {
             let h = Handle::new(m).map_err(|e| ClientError::Invalid(format!("{m}: {e}")))?;
@@ -645,25 +640,29 @@ impl Client {
     }
 
     /// Adds `members` (handles) to a group; admins only.
-    pub async fn group_add(&mut self, target: &str, members: &[&str]) -> Result<u64, ClientError> {
-        let handles = self.handles(members)?;
-        let mut conn = self.connect().await?;
-        self.sync(&mut conn).await?;
+    /// (`handles` checked by [`Profile::handles`].)
+    pub(crate) async fn group_add(
+        &mut self,
+        conn: &mut Connection,
+        target: &str,
+        handles: &[Handle],
+    ) -> Result<u64, ClientError> {
+        self.sync(conn).await?;
         let g = self.group_target(target)?;
         self.require_admin(g, "add members")?;
         let present = self.member_handles(g)?;
         let mut kps = Vec::new();
         let mut lists = Vec::new();
-        for h in &handles {
+        for h in handles {
             if present.contains(h) {
                 return Err(ClientError::Invalid(format!("{h} is a member already")));
             }
-            let (_, k, l) = self.claim(&mut conn, h).await?;
+            let (_, k, l) = self.claim(conn, h).await?;
             kps.extend(k);
             lists.push(l);
         }
         let epoch = self
-            .commit_with_retry(&mut conn, g, |_| {
+            .commit_with_retry(conn, g, |_| {
                 Ok(Change {
                     adds: kps.clone(),
                     device_lists: lists.clone(),
@@ -671,7 +670,6 @@ impl Client {
                 })
             })
             .await?;
-        self.done(conn).await;
         epoch.ok_or_else(|| ClientError::Invalid("nothing to add".into()))
     }
 
@@ -684,23 +682,23 @@ impl Client {
     }
 
     /// Removes `members` (handles, all their devices) from a group; admins only.
-    pub async fn group_remove(
+    /// (`handles` checked by [`Profile::handles`].)
+    pub(crate) async fn group_remove(
         &mut self,
+        conn: &mut Connection,
         target: &str,
-        members: &[&str],
+        handles: &[Handle],
     ) -> Result<u64, ClientError> {
-        let handles = self.handles(members)?;
-        let mut conn = self.connect().await?;
-        self.sync(&mut conn).await?;
+        self.sync(conn).await?;
         let g = self.group_target(target)?;
         self.require_admin(g, "remove members")?;
-        for h in &handles {
+        for h in handles {
             if !self.member_handles(g)?.contains(h) {
-                return Err(ClientError::Invalid(format!("{h} is not a member")));
+                return Err(ClientError::NotFound(format!("{h} is not a member")));
             }
         }
         let epoch = self
-            .commit_with_retry(&mut conn, g, |p| {
+            .commit_with_retry(conn, g, |p| {
                 // Recomputed on every attempt: a rebase may have removed some already.
                 let removes = mls::members(p, g)?
                     .into_iter()
@@ -729,7 +727,7 @@ impl Client {
                 .filter(|a| !gone.contains(a))
                 .copied()
                 .collect();
-            self.commit_with_retry(&mut conn, g, |_| {
+            self.commit_with_retry(conn, g, |_| {
                 Ok(Change {
                     admins: Some(admins.clone()),
                     ..Change::default()
@@ -737,44 +735,48 @@ impl Client {
             })
             .await?;
         }
-        self.done(conn).await;
         epoch.ok_or_else(|| ClientError::Invalid("nothing to remove".into()))
     }
 
     /// Renames a group; admins only.
-    pub async fn group_rename(&mut self, target: &str, name: &str) -> Result<(), ClientError> {
-        let name = valid_name(name)?;
-        let mut conn = self.connect().await?;
-        self.sync(&mut conn).await?;
+    /// (`name` checked by [`valid_name`].)
+    pub(crate) async fn group_rename(
+        &mut self,
+        conn: &mut Connection,
+        target: &str,
+        name: &str,
+    ) -> Result<(), ClientError> {
+        self.sync(conn).await?;
         let g = self.group_target(target)?;
         self.require_admin(g, "rename the group")?;
-        self.commit_with_retry(&mut conn, g, |_| {
+        self.commit_with_retry(conn, g, |_| {
             Ok(Change {
-                name: Some(name.clone()),
+                name: Some(name.to_owned()),
                 ..Change::default()
             })
         })
         .await?;
-        self.done(conn).await;
         Ok(())
     }
 
     /// Makes `member` an admin of a group; admins only.
-    pub async fn group_promote(&mut self, target: &str, member: &str) -> Result<(), ClientError> {
-        let handle =
-            Handle::new(member).map_err(|e| ClientError::Invalid(format!("{member}: {e}")))?;
-        let mut conn = self.connect().await?;
-        self.sync(&mut conn).await?;
+    pub(crate) async fn group_promote(
+        &mut self,
+        conn: &mut Connection,
+        target: &str,
+        handle: &Handle,
+    ) -> Result<(), ClientError> {
+        self.sync(conn).await?;
         let g = self.group_target(target)?;
         self.require_admin(g, "promote members")?;
-        self.commit_with_retry(&mut conn, g, |p| {
+        self.commit_with_retry(conn, g, |p| {
             let meta =
                 group::meta(p, g)?.ok_or_else(|| ClientError::Invalid("not a group".into()))?;
             let account = mls::members(p, g)?
                 .into_iter()
-                .find(|m| m.handle == handle)
+                .find(|m| m.handle == *handle)
                 .map(|m| m.account)
-                .ok_or_else(|| ClientError::Invalid(format!("{handle} is not a member")))?;
+                .ok_or_else(|| ClientError::NotFound(format!("{handle} is not a member")))?;
             let mut admins = meta.admins;
             if !admins.contains(&account) {
                 admins.push(account);
@@ -785,7 +787,6 @@ impl Client {
             })
         })
         .await?;
-        self.done(conn).await;
         Ok(())
     }
 
@@ -793,9 +794,12 @@ impl Client {
     /// a handle, alone: proposes this device's removal (for whichever
     /// member commits next), the server stops routing it here and this
     /// device marks it removed at once (`crate::blocks`).
-    pub async fn group_leave(&mut self, target: &str) -> Result<(), ClientError> {
-        let mut conn = self.connect().await?;
-        self.sync(&mut conn).await?;
+    pub(crate) async fn group_leave(
+        &mut self,
+        conn: &mut Connection,
+        target: &str,
+    ) -> Result<(), ClientError> {
+        self.sync(conn).await?;
         if let Target::Group(g) = self.resolve(target)? {
             let meta = self.meta(g)?;
             let me = self.id.account.id();
@@ -806,8 +810,7 @@ impl Client {
                 ));
             }
         }
-        self.leave_alone(&mut conn, target).await?;
-        self.done(conn).await;
+        self.leave_alone(conn, target).await?;
         Ok(())
     }
 
@@ -848,13 +851,13 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
-        Err(ClientError::Invalid(format!(
+        Err(ClientError::TryAgain(format!(
             "the group kept moving: gave up after {COMMIT_ATTEMPTS} attempts; try again"
         )))
     }
 
     /// Every group this profile knows, with members and epoch.
-    pub fn groups(&mut self) -> Result<Vec<GroupInfo>, ClientError> {
+    pub(crate) fn groups(&mut self) -> Result<Vec<GroupInfo>, ClientError> {
         let mut out = Vec::new();
         for c in self
             .store
@@ -905,7 +908,7 @@ impl Client {
     }
 }
 
-fn valid_name(name: &str) -> Result<String, ClientError> {
+pub(crate) fn valid_name(name: &str) -> Result<String, ClientError> {
     crate::names::group_name(name)
         .map(str::to_owned)
         .ok_or_else(|| {
@@ -926,7 +929,7 @@ mod tests {
     use sotto_test_support::InProcessServer;
 
     use super::*;
-    use crate::{ReceiveEvent, RegisterOptions, ServerLink, Suite};
+    use crate::{Client, ReceiveEvent, RegisterOptions, ServerLink, Suite};
 
     async fn register(server: &InProcessServer, dir: &std::path::Path, name: &str) -> Client {
         let opts = RegisterOptions {
@@ -964,6 +967,7 @@ mod tests {
         // Alice renames the group; the server applies the commit, and the
         // answer never reaches her (the connection dies first).
         let req = alice
+            .p
             .stage_and_remember(g, &|_| {
                 Ok(Change {
                     name: Some("renamed".into()),
@@ -973,13 +977,13 @@ mod tests {
             .unwrap()
             .unwrap();
         // A bare connection (the client's own would settle the commit).
-        let mut conn = Connection::connect(&alice.id.link).await.unwrap();
-        let device = alice.id.device.id();
+        let mut conn = Connection::connect(&alice.p.id.link).await.unwrap();
+        let device = alice.p.id.device.id();
         let t = sotto_proto::login_transcript(&conn.hello().challenge, &device);
         let login = sotto_proto::LoginRequest {
             version: sotto_proto::PROTOCOL_VERSION,
             device,
-            signature: alice.id.device.sign(&t),
+            signature: alice.p.id.device.sign(&t),
         };
         assert!(matches!(
             conn.request(Request::Login(login)).await.unwrap(),

@@ -6,12 +6,13 @@
 use sotto_core::killcode;
 use sotto_proto::{Handle, Request, Response};
 
+use crate::profile::Profile;
 use crate::store::rows;
 use crate::transport::Connection;
 use crate::transport::unexpected;
-use crate::{Client, ClientError, ServerLink};
+use crate::{ClientError, ServerLink};
 
-impl Client {
+impl Profile {
     /// Takes the account's newer kill-code record from the server, if any.
     pub(crate) async fn refresh_kill_record(
         &mut self,
@@ -43,9 +44,12 @@ impl Client {
     }
 
     /// Sets the account's kill code for every device the account has now.
-    pub async fn kill_code_set(&mut self, code: &str) -> Result<usize, ClientError> {
-        let mut conn = self.connect().await?;
-        let list = self.own_list(&mut conn).await?;
+    pub(crate) async fn kill_code_set(
+        &mut self,
+        conn: &mut Connection,
+        code: &str,
+    ) -> Result<usize, ClientError> {
+        let list = self.own_list(conn).await?;
         let previous = match conn.request(Request::GetKillRecord).await? {
             Response::KillRecord(r) => r.map_or(0, |r| r.version),
             other => return Err(unexpected(&other)),
@@ -69,7 +73,6 @@ impl Client {
         }
         self.store
             .transaction(|_, c| rows::put_kill_record(c, &record))?;
-        self.done(conn).await;
         Ok(list.devices.len())
     }
 

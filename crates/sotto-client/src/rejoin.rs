@@ -17,13 +17,14 @@ use sotto_core::mls;
 use sotto_core::{CoreError, CredentialIdentity};
 use sotto_proto::{Blob, CommitRequest, ErrorCode, GroupId, Request, Response};
 
+use crate::ClientError;
 use crate::conversation::Submitted;
 use crate::conversation::{Notice, NoticeKind};
 use crate::members::{conversation_name, record_members, self_name};
+use crate::profile::Profile;
 use crate::store::rows;
 use crate::transport::Connection;
 use crate::transport::{random_id, unexpected};
-use crate::{Client, ClientError};
 
 /// How long a device waits before it tries again to rejoin a conversation
 /// after an attempt that did not go through.
@@ -102,7 +103,7 @@ pub(crate) fn rejoined(
     Ok(())
 }
 
-impl Client {
+impl Profile {
     /// Rejoins every conversation this device found itself out of sync
     /// with (and did not try within [`REJOIN_RETRY_MS`]).
     pub(crate) async fn rejoin_lost(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
@@ -176,7 +177,7 @@ impl Client {
                 Submitted::Lost(_) => continue,
             }
         }
-        Err(ClientError::Invalid(
+        Err(ClientError::TryAgain(
             "the conversation kept moving while this device rejoined it; trying again later".into(),
         ))
     }
@@ -226,13 +227,16 @@ impl Client {
     /// same group has the same authenticator; members that differ are
     /// forked (a different commit applied on each side) and can compare
     /// them out of band.
-    pub fn epoch_authenticator(&mut self, target: &str) -> Result<(u64, Vec<u8>), ClientError> {
+    pub(crate) fn epoch_authenticator(
+        &mut self,
+        target: &str,
+    ) -> Result<(u64, Vec<u8>), ClientError> {
         let g = self.conversation_id(target)?;
         self.store.transaction(|p, _| {
             let epoch = match mls::epoch(p, g) {
                 Ok(e) => e,
                 Err(CoreError::UnknownGroup) => {
-                    return Err(ClientError::Invalid(format!("no conversation {target}")));
+                    return Err(ClientError::NotFound(format!("no conversation {target}")));
                 }
                 Err(e) => return Err(e.into()),
             };

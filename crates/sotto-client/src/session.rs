@@ -131,9 +131,9 @@ impl Client {
     pub async fn go_online(&mut self) -> Result<Updates, ClientError> {
         self.keep = true;
         let mut conn = self.connect().await?;
-        self.sync(&mut conn).await?;
-        self.flush_outbox(&mut conn).await?;
-        self.download_pending(&mut conn).await?;
+        self.p.sync(&mut conn).await?;
+        self.p.flush_outbox(&mut conn).await?;
+        self.p.download_pending(&mut conn).await?;
         self.kept = Some(conn);
         self.take_updates()
     }
@@ -171,8 +171,8 @@ impl Client {
     /// what the user should see.
     pub async fn process_pushed(&mut self) -> Result<Updates, ClientError> {
         if let Some(mut conn) = self.kept.take() {
-            self.sync(&mut conn).await?;
-            self.download_pending(&mut conn).await?;
+            self.p.sync(&mut conn).await?;
+            self.p.download_pending(&mut conn).await?;
             self.kept = Some(conn);
         }
         self.take_updates()
@@ -181,32 +181,33 @@ impl Client {
     /// Messages stored but not shown yet, notices and warnings, each handed
     /// out once.
     pub fn take_updates(&mut self) -> Result<Updates, ClientError> {
-        let messages = self.store.unshown(self.now_ms())?;
-        self.store.mark_shown(&messages)?;
+        let messages = self.p.store.unshown(self.now_ms())?;
+        self.p.store.mark_shown(&messages)?;
         Ok(Updates {
             messages,
-            notices: std::mem::take(&mut self.notices),
-            warnings: std::mem::take(&mut self.warnings),
+            notices: std::mem::take(&mut self.p.notices),
+            warnings: std::mem::take(&mut self.p.warnings),
         })
     }
 
     /// Every conversation with its members and their trust, newest activity first.
     pub fn conversations(&mut self) -> Result<Vec<ConversationInfo>, ClientError> {
-        let me = self.id.account.id();
+        let me = self.p.id.account.id();
         let trust: HashMap<String, Trust> = self
+            .p
             .store
             .contacts()?
             .iter()
             .map(|c| (c.handle.clone(), Trust::of(c)))
             .collect();
-        let activity = self.store.last_activity()?;
+        let activity = self.p.store.last_activity()?;
         let mut out = Vec::new();
-        for c in self.store.conversations()? {
+        for c in self.p.store.conversations()? {
             let g = c.group;
             let (members, timer) = if c.state == ConversationState::Removed {
                 (Vec::new(), None)
             } else {
-                self.store.transaction(|p, _| {
+                self.p.store.transaction(|p, _| {
                     Ok((mls::members(p, g)?, sotto_core::group::timer(p, g)?))
                 })?
             };
@@ -245,7 +246,7 @@ impl Client {
     /// The stored messages of one conversation, oldest first (expired ones
     /// are deleted first).
     pub fn messages(&mut self, g: GroupId) -> Result<Vec<StoredMessage>, ClientError> {
-        self.store.history(&g, self.now_ms())
+        self.p.store.history(&g, self.now_ms())
     }
 
     /// When the next disappearing message is due, in milliseconds since
@@ -253,18 +254,24 @@ impl Client {
     /// [`Client::expire`] then, so that the message does not wait for the
     /// next operation to go.
     pub fn next_expiry(&self) -> Result<Option<u64>, ClientError> {
-        self.store.next_expiry()
+        self.p.store.next_expiry()
     }
 
     /// Deletes the disappearing messages whose time came, with their
     /// attachments (file and row), and leaves none of them in the WAL.
     /// Returns how many went.
     pub fn expire(&mut self) -> Result<usize, ClientError> {
-        self.store.purge_expired(self.now_ms())
+        self.p.store.purge_expired(self.now_ms())
     }
 
     /// Ids of this device's messages the server has not accepted yet.
     pub fn queued(&self) -> Result<HashSet<MessageId>, ClientError> {
-        Ok(self.store.outbox()?.into_iter().map(|e| e.msg_id).collect())
+        Ok(self
+            .p
+            .store
+            .outbox()?
+            .into_iter()
+            .map(|e| e.msg_id)
+            .collect())
     }
 }

@@ -192,6 +192,7 @@ async fn connection(
                 let e = rpc::RpcError {
                     code: rpc::INVALID_REQUEST,
                     message: format!("request longer than {MAX_LINE} bytes"),
+                    kind: None,
                 };
                 if tx.send(rpc::error(&Value::Null, &e)).await.is_err() {
                     break;
@@ -273,7 +274,7 @@ async fn route(hub: Shared, mut events: mpsc::Receiver<Event>) {
                 };
                 let line = match result {
                     Ok(o) => rpc::result(&rpc_id, o.to_json()),
-                    Err(m) => rpc::error(&rpc_id, &rpc::failed(m)),
+                    Err(f) => rpc::error(&rpc_id, &rpc::failed_with(f)),
                 };
                 if tx.try_send(line).is_err() {
                     lock(&hub).clients.remove(&client);

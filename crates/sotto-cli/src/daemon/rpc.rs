@@ -5,10 +5,11 @@
 use serde_json::{Value, json};
 
 use crate::ops::Op;
+use crate::worker::Failure;
 
 /// The version of the method set (docs/JSON-RPC.md); bumped on any
 /// incompatible change.
-pub const API_VERSION: &str = "1.2";
+pub const API_VERSION: &str = "1.3";
 
 /// Invalid JSON.
 pub const PARSE_ERROR: i64 = -32700;
@@ -28,6 +29,9 @@ pub struct RpcError {
     pub code: i64,
     /// One line; never secrets.
     pub message: String,
+    /// For a failed operation, what kind of failure it was
+    /// (`sotto_client::ClientError::kind`), sent as `data.kind`.
+    pub kind: Option<&'static str>,
 }
 
 impl RpcError {
@@ -35,6 +39,7 @@ impl RpcError {
         Self {
             code,
             message: message.into(),
+            kind: None,
         }
     }
 }
@@ -251,7 +256,10 @@ pub fn error(id: &Value, e: &RpcError) -> String {
     json!({
         "jsonrpc": "2.0",
         "id": id,
-        "error": { "code": e.code, "message": e.message },
+        "error": match e.kind {
+            Some(kind) => json!({ "code": e.code, "message": e.message, "data": { "kind": kind } }),
+            None => json!({ "code": e.code, "message": e.message }),
+        },
     })
     .to_string()
 }
@@ -261,9 +269,17 @@ pub fn notification(method: &str, params: Value) -> String {
     json!({ "jsonrpc": "2.0", "method": method, "params": params }).to_string()
 }
 
-/// The error for a failed operation.
+/// The error for a failed operation, without a kind (the daemon's own).
 pub fn failed(message: String) -> RpcError {
     RpcError::new(OPERATION_FAILED, message)
+}
+
+/// The error for an operation the client library refused or could not do.
+pub fn failed_with(f: Failure) -> RpcError {
+    RpcError {
+        kind: Some(f.kind),
+        ..RpcError::new(OPERATION_FAILED, f.message)
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use sotto_proto::{GroupId, MessageId};
 use super::commands::{self, Action};
 use super::text;
 use crate::ops::{Op, Outcome};
-use crate::worker::{Command, Connection, Event};
+use crate::worker::{Command, Connection, Event, Failure};
 
 /// What the app reacts to.
 #[derive(Debug)]
@@ -587,7 +587,7 @@ impl App {
         }
     }
 
-    fn done(&mut self, id: u64, result: Result<Outcome, String>) {
+    fn done(&mut self, id: u64, result: Result<Outcome, Failure>) {
         let Some(p) = self.pending.remove(&id) else {
             return;
         };
@@ -599,7 +599,7 @@ impl App {
                     Err(_) => Delivery::Failed,
                 };
                 if let Err(e) = &r {
-                    self.status = Some(text::clean(e));
+                    self.status = Some(text::clean(&e.message));
                 }
                 let mine = self.entries.get_mut(&g).and_then(|v| {
                     v.iter_mut()
@@ -633,10 +633,10 @@ impl App {
             }
             (Pending::History(g), Err(e)) => {
                 self.loaded.remove(&g);
-                self.status = Some(text::clean(&e));
+                self.status = Some(text::clean(&e.message));
             }
             (Pending::History(_), Ok(_)) => {}
-            (Pending::Other(_), Err(e)) => self.status = Some(text::clean(&e)),
+            (Pending::Other(_), Err(e)) => self.status = Some(text::clean(&e.message)),
             (Pending::Other(op), Ok(o)) => {
                 if let Outcome::Verification(v) = &o {
                     self.popup = Some(Popup::Verification {

@@ -1,0 +1,244 @@
+//! What arrives: one delivery applied and saved in one local transaction
+//! (the core's [`sotto_core::receive`] decides, [`crate::receive`] saves),
+//! the mailbox backlog drained before an operation, acknowledgements, and
+//! what is handed to the user once.
+
+use std::time::Duration;
+
+use sotto_core::receive;
+use sotto_proto::{Delivery, EnvelopeKind, GroupId, Request, Response};
+use tokio::time::{Instant, timeout_at};
+
+use crate::ClientError;
+use crate::conversation::ReceiveEvent;
+use crate::members::self_name;
+use crate::profile::Profile;
+use crate::receive::Outcome;
+use crate::store::rows;
+use crate::transport::{Connection, Event, unexpected};
+
+/// Acknowledge at least this often while receiving.
+pub(crate) const ACK_BATCH: usize = 64;
+/// How long `send` waits for the Welcome of a conversation the peer created
+/// at the same moment.
+const RACE_WAIT: Duration = Duration::from_secs(10);
+
+impl Profile {
+    /// Processes one delivery in one local transaction: the core applies
+    /// it to the MLS state ([`sotto_core::receive`]) and what it returns is
+    /// saved (messages, conversations, contacts, the dedup marker) in the
+    /// same transaction. A delivery the core cannot read is rolled back and
+    /// set aside in a second one, or makes this device rejoin.
+    pub(crate) fn process(&mut self, d: &Delivery) -> Result<Outcome, ClientError> {
+        let me = self.id.credential();
+        let env = &d.envelope;
+        let mut told = crate::receive::Told::default();
+        let now = self.now_ms();
+        let attempt = self.store.transaction(|p, c| {
+            let kill_record = match env.kind {
+                EnvelopeKind::Wipe => rows::kill_record(c)?,
+                _ => None,
+            };
+            let left = matches!(
+                env.kind,
+                EnvelopeKind::Application | EnvelopeKind::Commit | EnvelopeKind::Proposal
+            ) && crate::blocks::is_left(c, &env.group)?;
+            let rejoin_pending = |g: GroupId| rows::rejoin_pending(c, &g).unwrap_or(false);
+            let known = receive::Known {
+                processed: rows::is_processed(c, &env.sender, &env.msg_id)?,
+                left,
+                kill_record: kill_record.as_ref(),
+                rejoin_pending: &rejoin_pending,
+            };
+            let applied = receive::apply(p, &me, env, &known, now)?;
+            crate::receive::save(p, c, &me, d, applied, now, &mut told)
+        });
+        self.warnings.append(&mut told.warnings);
+        if attempt.is_ok() {
+            self.notices.append(&mut told.notices);
+            if told.leave {
+                self.leaves.insert(env.group);
+            }
+        }
+        match attempt {
+            Ok(o) => Ok(o),
+            // Rolled back: nothing the core wrote stays.
+            Err(ClientError::Core(e)) => {
+                let g = env.group;
+                let (unread, name) = self.store.transaction(|p, c| {
+                    let unread = receive::unreadable(p, env, e);
+                    if let receive::Unreadable::SetAside(_) = unread {
+                        rows::mark_processed(c, &env.sender, &env.msg_id)?;
+                    }
+                    Ok((unread, self_name(c, &g)))
+                })?;
+                match unread {
+                    // A message or commit of a conversation whose state this
+                    // device lost (none at all, or an older epoch than the
+                    // message's): this device asks to be re-added.
+                    receive::Unreadable::OutOfSync(o) => {
+                        self.mark_out_of_sync(g, o.missing)?;
+                        Ok(Outcome::OutOfSync(o.error.to_string()))
+                    }
+                    // Set aside (marked, acked) so that it does not block the
+                    // mailbox; MLS state is unchanged. Never silently: the
+                    // outcome names the conversation and the sender (as far
+                    // as this device knows them).
+                    receive::Unreadable::SetAside(s) => {
+                        if let (EnvelopeKind::Commit, Some(epoch)) = (s.kind, s.epoch) {
+                            // Should the server say the group is past this
+                            // epoch, this is the commit that took it there.
+                            self.refused_commits.insert((g, epoch));
+                        }
+                        let who = s.sender.map_or_else(
+                            || format!("device {}", env.sender.short()),
+                            |m| m.handle.to_string(),
+                        );
+                        let what = match s.kind {
+                            EnvelopeKind::Application => "a message",
+                            EnvelopeKind::Commit => "a change to the group",
+                            EnvelopeKind::Proposal => "a proposal",
+                            EnvelopeKind::Welcome => "an invitation",
+                            EnvelopeKind::Wipe | EnvelopeKind::Device => "a message",
+                        };
+                        Ok(Outcome::Dropped(format!(
+                            "{what} from {who} in {name} could not be read ({})",
+                            s.error
+                        )))
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Decodes `bytes` as a frame from the server and processes it as
+    /// `receive` does, without a socket: a delivery goes through the same
+    /// transaction (a valid wipe order is reported, not carried out). The
+    /// entry point of the fuzz target and of tests that play a hostile
+    /// server. `Ok` says what happened to a delivery, `None` for other frames.
+    pub(crate) fn process_server_frame(
+        &mut self,
+        bytes: &[u8],
+    ) -> Result<Option<String>, ClientError> {
+        let frame =
+            sotto_proto::decode_server(bytes).map_err(|e| ClientError::Malformed(e.to_string()))?;
+        let sotto_proto::ServerFrame::Deliver(d) = frame else {
+            return Ok(None);
+        };
+        Ok(Some(match self.process(&d)? {
+            Outcome::Stored => "stored".to_owned(),
+            Outcome::Duplicate => "duplicate".to_owned(),
+            Outcome::Dropped(why) => format!("dropped: {why}"),
+            Outcome::Proposal(_) => "proposal".to_owned(),
+            Outcome::Wipe => "wipe order".to_owned(),
+            Outcome::OutOfSync(why) => format!("dropped: {why}"),
+            Outcome::Ignored(_) => "ignored".to_owned(),
+        }))
+    }
+
+    pub(crate) async fn ack(conn: &mut Connection, seqs: &mut Vec<u64>) -> Result<(), ClientError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(seqs);
+        match conn.request(Request::Ack { seqs: batch }).await? {
+            Response::Acked => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub(crate) async fn handle_event(
+        &mut self,
+        conn: &mut Connection,
+        d: &Delivery,
+        dropped: &mut Vec<String>,
+    ) -> Result<(), ClientError> {
+        match self.process(d)? {
+            Outcome::Stored | Outcome::Duplicate | Outcome::OutOfSync(_) => {}
+            Outcome::Dropped(why) => dropped.push(why),
+            Outcome::Proposal(g) => {
+                self.proposals.insert(g);
+            }
+            Outcome::Wipe => return Err(self.wipe_now(conn).await),
+            Outcome::Ignored(None) => {}
+            Outcome::Ignored(Some(g)) => self.refuse_conversation(conn, g).await?,
+        }
+        Ok(())
+    }
+
+    /// Reports the stored messages not shown yet, then marks them shown:
+    /// at least once, so a crash between the two shows them again (with
+    /// the same id) rather than never.
+    pub(crate) fn show_unshown(
+        &mut self,
+        on_event: &mut impl FnMut(ReceiveEvent<'_>),
+    ) -> Result<(), ClientError> {
+        for n in std::mem::take(&mut self.notices) {
+            on_event(ReceiveEvent::Notice(&n));
+        }
+        let unshown = self.store.unshown(self.now_ms())?;
+        for m in &unshown {
+            on_event(ReceiveEvent::Message(m));
+        }
+        self.store.mark_shown(&unshown)
+    }
+
+    /// Processes the mailbox backlog (so Welcomes and commits are applied
+    /// before sending); messages stay unshown for the next `receive`.
+    pub(crate) async fn sync(&mut self, conn: &mut Connection) -> Result<(), ClientError> {
+        let mut acks = Vec::new();
+        let mut dropped = Vec::new();
+        loop {
+            // A connection past its backlog gets no further sync marker:
+            // then only what already arrived is processed here.
+            let ev = if conn.is_synced() {
+                match conn.queued_event() {
+                    Some(ev) => ev,
+                    None => break,
+                }
+            } else {
+                conn.next_event().await?
+            };
+            let Event::Deliver(d) = ev else {
+                if conn.is_synced() {
+                    continue;
+                }
+                break;
+            };
+            self.handle_event(conn, &d, &mut dropped).await?;
+            acks.push(d.seq);
+            if acks.len() >= ACK_BATCH {
+                Self::ack(conn, &mut acks).await?;
+            }
+        }
+        Self::ack(conn, &mut acks).await?;
+        self.warnings.append(&mut dropped);
+        self.commit_proposals(conn).await
+    }
+
+    pub(crate) async fn wait_for_group(
+        &mut self,
+        conn: &mut Connection,
+        g: GroupId,
+    ) -> Result<(), ClientError> {
+        let deadline = Instant::now() + RACE_WAIT;
+        let mut acks = Vec::new();
+        let mut dropped = Vec::new();
+        while !self.has_group(g)? {
+            let ev = timeout_at(deadline, conn.next_event())
+                .await
+                .map_err(|_| {
+                    ClientError::TryAgain(
+                        "the conversation is being created by the peer; try again".into(),
+                    )
+                })??;
+            if let Event::Deliver(d) = ev {
+                self.handle_event(conn, &d, &mut dropped).await?;
+                acks.push(d.seq);
+            }
+        }
+        self.warnings.append(&mut dropped);
+        Self::ack(conn, &mut acks).await
+    }
+}

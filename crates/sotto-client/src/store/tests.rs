@@ -1,0 +1,415 @@
+use super::*;
+
+/// The `messages` table as profiles made before replies have it.
+const OLD_MESSAGES: &str = "CREATE TABLE messages (
+    id              BLOB PRIMARY KEY,
+    group_id        BLOB NOT NULL,
+    sender_handle   TEXT NOT NULL,
+    sender_account  BLOB NOT NULL,
+    outgoing        INTEGER NOT NULL,
+    body            TEXT NOT NULL,
+    sent_at_ms      INTEGER NOT NULL,
+    received_at_ms  INTEGER NOT NULL,
+    shown           INTEGER NOT NULL DEFAULT 0,
+    seq             INTEGER,
+    expires_at_ms   INTEGER
+);";
+
+#[test]
+fn a_profile_from_before_replies_gets_the_column_and_keeps_its_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = GroupId([7; 32]);
+    {
+        // An old profile: encrypted, with one message and no reply_to.
+        let c = Connection::open(Store::db_path(dir.path())).unwrap();
+        c.pragma_update(None, "key", "pass").unwrap();
+        c.execute_batch(OLD_MESSAGES).unwrap();
+        c.execute(
+            "INSERT INTO messages (id, group_id, sender_handle, sender_account, outgoing, \
+             body, sent_at_ms, received_at_ms, shown, seq) \
+             VALUES (?1, ?2, 'bob', ?3, 0, 'old message', 1, 2, 1, 1)",
+            params![&[1u8; 16][..], &g.0[..], &[9u8; 32][..]],
+        )
+        .unwrap();
+    }
+    let mut store = Store::open(dir.path(), "pass").unwrap();
+    let old = store.history(&g, 0).unwrap();
+    assert_eq!(old.len(), 1);
+    assert_eq!(old[0].text, "old message");
+    assert_eq!(old[0].reply_to, None);
+    // New replies are stored in the migrated table.
+    let bob = CredentialIdentity {
+        account: AccountId([9; 32]),
+        device: DeviceId([8; 32]),
+        handle: Handle::new("bob").unwrap(),
+    };
+    store
+        .transaction(|_, c| {
+            rows::put_message(
+                c,
+                &NewMessage {
+                    id: MessageId([2; 16]),
+                    group: g,
+                    sender: &bob,
+                    outgoing: false,
+                    from_this_device: false,
+                    text: "a reply",
+                    sent_at_ms: 3,
+                    received_at_ms: 4,
+                    seq: 2,
+                    expires_at_ms: None,
+                    reply_to: Some(MessageId([1; 16])),
+                },
+            )
+        })
+        .unwrap();
+    let all = store.history(&g, 0).unwrap();
+    assert_eq!(all[1].reply_to, Some(MessageId([1; 16])));
+    drop(store);
+    // Opening again (the column exists now) is fine and changes nothing.
+    let store = Store::open(dir.path(), "pass").unwrap();
+    assert_eq!(store.history(&g, 0).unwrap(), all);
+}
+
+/// Every byte array of 32 or more bytes in a JSON value, as openmls's
+/// JSON codec writes it (`[12,250,...]`): the keys and secrets in it.
+fn arrays(json: &[u8]) -> Vec<Vec<u8>> {
+    fn walk(v: &serde_json::Value, out: &mut Vec<Vec<u8>>) {
+        match v {
+            serde_json::Value::Array(a)
+                if a.len() >= 32 && a.iter().all(|x| x.as_u64().is_some_and(|n| n < 256)) =>
+            {
+                // In pieces of 32 bytes, as text ("12,250,..."): a big
+                // key's JSON spans several pages, a piece rarely does.
+                for piece in a.chunks_exact(32) {
+                    let text: Vec<String> = piece.iter().map(|x| x.to_string()).collect();
+                    out.push(text.join(",").into_bytes());
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            serde_json::Value::Object(o) => o.values().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(&serde_json::from_slice(json).unwrap(), &mut out);
+    out
+}
+
+/// The secrets an observer of the files must not find once they are
+/// gone: the group's epoch secrets, its epoch key pairs and the MLS
+/// private keys (leaf keys, KeyPackage init keys) of this device.
+fn secrets(store: &Store) -> Vec<Vec<u8>> {
+    column_values(
+        store,
+        &[
+            "SELECT group_data FROM openmls_group_data WHERE data_type IN \
+             ('group_epoch_secrets', 'message_secrets')",
+            "SELECT key_pairs FROM openmls_epoch_keys_pairs",
+            "SELECT key_pair FROM openmls_encryption_keys",
+            "SELECT key_package FROM openmls_key_packages",
+        ],
+    )
+    .iter()
+    .flat_map(|v| arrays(v))
+    .collect()
+}
+
+/// Every value openmls keeps for the device, live, one after another.
+fn live_values(store: &Store) -> Vec<u8> {
+    column_values(
+        store,
+        &[
+            "SELECT group_data FROM openmls_group_data",
+            "SELECT key_pairs FROM openmls_epoch_keys_pairs",
+            "SELECT key_pair FROM openmls_encryption_keys",
+            "SELECT key_package FROM openmls_key_packages",
+            "SELECT signature_key FROM openmls_signature_keys",
+        ],
+    )
+    .join(&0)
+}
+
+/// The values of the first column of every row of each query.
+fn column_values(store: &Store, queries: &[&str]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for sql in queries {
+        let mut stmt = store.conn.prepare(sql).unwrap();
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).unwrap();
+        out.extend(rows.map(Result::unwrap));
+    }
+    out
+}
+
+/// The database file and its WAL, as a thief reads them.
+fn files(dir: &Path) -> Vec<u8> {
+    let db = Store::db_path(dir);
+    let mut bytes = fs::read(&db).unwrap();
+    let mut wal = db.into_os_string();
+    wal.push("-wal");
+    bytes.extend(fs::read(wal).unwrap_or_default());
+    bytes
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn person(handle: &str) -> (CredentialIdentity, DeviceKey, SignedDeviceList) {
+    let account = AccountKey::generate();
+    let device = DeviceKey::generate();
+    let me = CredentialIdentity {
+        account: account.id(),
+        device: device.id(),
+        handle: Handle::new(handle).unwrap(),
+    };
+    let list = account.sign_device_list(1, vec![device.id()]);
+    (me, device, list)
+}
+
+/// C8: a group moves on two epochs (two self-updates), and the member
+/// that was invited joins: the secrets of the first epoch, the old leaf
+/// keys and the used KeyPackage's init key are in neither the database
+/// file nor the WAL afterwards, while they were there before. Without
+/// `secure_delete` the old cells stay in freed space; without the WAL
+/// truncation the old frames keep them.
+#[test]
+fn secrets_of_past_epochs_and_used_keys_leave_the_files() {
+    let (adir, bdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut alice = Store::open_unencrypted(adir.path()).unwrap();
+    let mut bob = Store::open_unencrypted(bdir.path()).unwrap();
+    let (a, a_dev, _) = person("alice");
+    let (b, b_dev, b_list) = person("bob");
+    let g = GroupId([3; 32]);
+    let kp = bob
+        .transaction(|p, _| {
+            Ok(sotto_core::mls::key_packages(
+                p,
+                &b,
+                &b_dev,
+                Suite::PostQuantum,
+                1,
+            )?)
+        })
+        .unwrap()
+        .remove(0);
+    // The search works: live secrets are found in the files (but for
+    // the few pieces that straddle two pages). Only those count.
+    let found = |dir: &Path, all: Vec<Vec<u8>>| {
+        let bytes = files(dir);
+        let n = all.len();
+        let seen: Vec<_> = all.into_iter().filter(|s| contains(&bytes, s)).collect();
+        assert!(
+            seen.len() * 10 >= n * 9 && !seen.is_empty(),
+            "only {} of {n} live secret pieces are in the files",
+            seen.len()
+        );
+        seen
+    };
+    let bob_before = found(bdir.path(), secrets(&bob));
+    let welcome = alice
+        .transaction(|p, _| {
+            let (kp, _) = sotto_core::mls::verify_key_package(p, &kp, b.account, b.device)?;
+            let created = sotto_core::mls::create_group(
+                p,
+                &a,
+                &a_dev,
+                g,
+                vec![kp],
+                vec![b_list.clone()],
+                sotto_core::mls::NewConversation::Direct,
+            )?;
+            sotto_core::mls::merge_pending(p, g)?;
+            Ok(created.staged.welcome.unwrap())
+        })
+        .unwrap();
+    bob.transaction(|p, _| Ok(sotto_core::mls::join(p, &welcome).map(|_| ())?))
+        .unwrap();
+
+    let alice_before = found(adir.path(), secrets(&alice));
+    for _ in 0..2 {
+        alice
+            .transaction(|p, _| {
+                let staged = sotto_core::group::stage(
+                    p,
+                    &a_dev,
+                    g,
+                    sotto_core::group::Change {
+                        self_update: true,
+                        ..Default::default()
+                    },
+                    None,
+                )?;
+                assert!(staged.is_some());
+                sotto_core::mls::merge_pending(p, g)?;
+                Ok(())
+            })
+            .unwrap();
+    }
+    assert_eq!(
+        alice
+            .transaction(|p, _| Ok(sotto_core::mls::epoch(p, g)?))
+            .unwrap(),
+        3
+    );
+
+    for (who, store, dir, before) in [
+        ("alice", &alice, adir.path(), &alice_before),
+        ("bob", &bob, bdir.path(), &bob_before),
+    ] {
+        // Secrets openmls keeps on purpose (past resumption PSKs) are not
+        // gone, and are not counted.
+        let live = live_values(store);
+        let gone: Vec<_> = before.iter().filter(|s| !contains(&live, s)).collect();
+        assert!(!gone.is_empty(), "{who}: something was deleted");
+        let now = files(dir);
+        let left = gone.iter().filter(|s| contains(&now, s)).count();
+        assert_eq!(
+            left,
+            0,
+            "{who}: {left} of {} deleted secrets are still in the files",
+            gone.len()
+        );
+    }
+}
+
+/// A message with a saved attachment: its row, its file in `downloads/`.
+fn message_with_file(store: &mut Store, n: u8, text: &str, name: &str, expires: Option<u64>) {
+    let sender = CredentialIdentity {
+        account: AccountId([9; 32]),
+        device: DeviceId([8; 32]),
+        handle: Handle::new("eve").unwrap(),
+    };
+    let id = MessageId([n; 16]);
+    let downloads = Store::downloads_path(&store.dir);
+    private_dir(&downloads).unwrap();
+    let path = downloads.join(name);
+    fs::write(&path, format!("contents of {name}")).unwrap();
+    store
+        .transaction(|_, c| {
+            rows::put_message(
+                c,
+                &NewMessage {
+                    id,
+                    group: GroupId([5; 32]),
+                    sender: &sender,
+                    outgoing: false,
+                    from_this_device: false,
+                    text,
+                    sent_at_ms: 1,
+                    received_at_ms: 1,
+                    seq: u64::from(n),
+                    expires_at_ms: expires,
+                    reply_to: None,
+                },
+            )?;
+            let f = sotto_core::message::FileRef {
+                blob: sotto_proto::BlobId([n; 16]),
+                key: [n; 32],
+                nonce: [n; 12],
+                sha256: [n ^ 0xff; 32],
+                name: name.into(),
+                size: 1,
+            };
+            crate::files::queue(c, &id, &sender.handle, &f)?;
+            c.execute(
+                "UPDATE attachments SET state = 'saved', path = ?2 WHERE msg_id = ?1",
+                params![&id.0[..], path.display().to_string()],
+            )?;
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// C12: once a disappearing message's time came, its text, its
+/// attachment's row (name, key, hash) and its saved file are in no file
+/// of the profile, old WAL frames included, while the store stays open
+/// (as in a running daemon); a message without a timer keeps its file.
+#[test]
+fn an_expired_message_takes_its_file_and_row_and_leaves_no_wal_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open_unencrypted(dir.path()).unwrap();
+    let gone_text = "meet me at the old mill at nine";
+    message_with_file(&mut store, 1, gone_text, "old-mill-map.png", Some(1_000));
+    message_with_file(&mut store, 2, "this one stays", "stays.txt", None);
+    let secrets: [&[u8]; 4] = [
+        gone_text.as_bytes(),
+        b"old-mill-map.png",
+        &[1; 32],    // the file's key
+        &[0xfe; 32], // its hash
+    ];
+    // The search works: before the time, all of it is in the files.
+    let all = |dir: &Path| -> Vec<u8> {
+        let mut bytes = files(dir);
+        bytes.extend(
+            fs::read(Store::downloads_path(dir).join("old-mill-map.png")).unwrap_or_default(),
+        );
+        bytes
+    };
+    let before = all(dir.path());
+    for s in secrets {
+        assert!(
+            contains(&before, s),
+            "{s:?} is not in the files to begin with"
+        );
+    }
+    assert_eq!(store.next_expiry().unwrap(), Some(1_000));
+    assert_eq!(store.purge_expired(999).unwrap(), 0);
+    assert_eq!(store.purge_expired(1_000).unwrap(), 1);
+    assert_eq!(store.next_expiry().unwrap(), None);
+    let downloads = Store::downloads_path(dir.path());
+    assert!(
+        !downloads.join("old-mill-map.png").exists(),
+        "the file stayed"
+    );
+    assert!(downloads.join("stays.txt").exists());
+    let rows: Vec<Vec<u8>> = column_values(&store, &["SELECT msg_id FROM attachments"]);
+    assert_eq!(
+        rows,
+        [vec![2u8; 16]],
+        "the expired message's attachment row stayed"
+    );
+    let after = files(dir.path());
+    for s in secrets {
+        assert!(
+            !contains(&after, s),
+            "{:?} is still in the files",
+            String::from_utf8_lossy(s)
+        );
+    }
+    assert!(contains(&after, b"this one stays"));
+}
+
+/// C10: a group name another member chose is taken only if it follows
+/// the rule for names this device gives: one with a bidirectional
+/// override, an escape sequence or an invisible character, or a `#` or
+/// `@` in front, leaves the group `unnamed group #<id>`.
+#[test]
+fn a_received_group_name_with_hidden_characters_is_not_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open_unencrypted(dir.path()).unwrap();
+    let g = GroupId([6; 32]);
+    let name_of = |store: &mut Store, name: &str| -> String {
+        let renamed = sotto_core::group::Renamed {
+            name: Some(name.into()),
+            key: sotto_core::names::NameKey::from_bytes([1; 32]),
+        };
+        store
+            .transaction(|_, c| rows::put_name(c, &g, &renamed, 1))
+            .unwrap();
+        store.conversation(&g).unwrap().unwrap().name
+    };
+    let unnamed = format!("unnamed group #{}", &g.to_hex()[..8]);
+    assert_eq!(name_of(&mut store, " ann "), "ann");
+    for hostile in [
+        "ann\u{202e}",
+        "\u{2067}ann",
+        "ann\x1b[8m",
+        "an\u{200b}n",
+        "#ann",
+        "@ann",
+        "",
+    ] {
+        assert_eq!(name_of(&mut store, hostile), unnamed, "{hostile:?}");
+    }
+}
