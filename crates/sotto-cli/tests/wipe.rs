@@ -36,8 +36,10 @@ fn a_kill_code_wipes_online_and_offline_devices() {
     let w = World::new(&[]);
     let alice = w.person("alice");
     let bob = w.person("bob");
+    let carol = w.person("carol");
     alice.sotto(&["group", "create", "ops", "bob"]).ok();
     alice.sotto(&["send", "ops", "secret plans"]).ok();
+    alice.sotto(&["send", "bob", "just us"]).ok();
     let alice2 = w.link_device(&alice, "alice-2");
     alice
         .sotto_env(&["kill-code", "set"], &[("SOTTO_KILL_CODE", CODE)])
@@ -100,6 +102,12 @@ fn a_kill_code_wipes_online_and_offline_devices() {
     bob.sotto(&["receive"]).ok();
     let g = members(&bob);
     assert!(g.contains(r#""members":["bob"]"#), "{g}");
+    // Nobody can receive any more: a send says so and fails, in the
+    // conversation bob had with alice and in one carol would start.
+    let nobody = "alice has no device left here (wiped, revoked, or left the conversation)";
+    bob.sotto(&["send", "alice", "are you there?"])
+        .fails_with(nobody);
+    carol.sotto(&["send", "alice", "hello?"]).fails_with(nobody);
 }
 
 #[test]

@@ -69,10 +69,18 @@ pub enum ClientError {
     /// Only the group's admins may do this (the action is named).
     #[error("only admins {0}")]
     NotAdmin(&'static str),
-    /// The contact cannot be reached for a new conversation: the server
-    /// has no KeyPackage of theirs left (or none valid).
-    #[error("{0} has no key packages left: they must come online first")]
+    /// The contact has no KeyPackage this device can use (none valid, or
+    /// none of this suite).
+    #[error("{0} has no key package this device can use")]
     NoKeyPackages(Handle),
+    /// Nobody can receive: the account (named) has no device left, or none
+    /// left in this one-to-one conversation (wiped by its kill code, every
+    /// device revoked, or it left). A message would go nowhere, so none
+    /// is sent.
+    #[error(
+        "{0} has no device left here (wiped, revoked, or left the conversation): nobody would receive this"
+    )]
+    NoDevices(String),
     /// The server answered with something its own signatures or the
     /// account's do not back: keys of another account, a device list the
     /// account did not sign, or an outdated one. Refused; worth an alarm.
@@ -138,6 +146,7 @@ impl ClientError {
             Self::NotMember(_) => "not_member",
             Self::NotAdmin(_) => "not_admin",
             Self::NoKeyPackages(_) => "no_key_packages",
+            Self::NoDevices(_) => "no_devices",
             Self::Untrustworthy(_) => "untrustworthy",
             Self::TryAgain(_) => "try_again",
             Self::Invalid(_) => "invalid",

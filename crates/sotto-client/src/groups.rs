@@ -158,8 +158,10 @@ impl Profile {
             Err(ClientError::Server(e)) if e.code == ErrorCode::UnknownHandle => {
                 return Err(ClientError::NotFound(format!("unknown handle: {handle}")));
             }
+            // Every device keeps a last-resort KeyPackage: none at all
+            // means the account has no device left.
             Err(ClientError::Server(e)) if e.code == ErrorCode::NoKeyPackages => {
-                return Err(ClientError::NoKeyPackages(handle.clone()));
+                return Err(ClientError::NoDevices(handle.to_string()));
             }
             Err(e) => return Err(e),
         };

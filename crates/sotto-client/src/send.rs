@@ -293,7 +293,12 @@ impl Profile {
         if to.strip_prefix('@').unwrap_or(to) == self.id.handle.as_str() {
             return Err(ClientError::Invalid("cannot send to yourself".into()));
         }
-        let g = match self.resolve(to)? {
+        let target = self.resolve(to)?;
+        let peer = match &target {
+            Target::Handle(h) => Some(h.to_string()),
+            Target::Group(_) => None,
+        };
+        let g = match target {
             Target::Handle(peer) => self.direct(conn, &peer).await,
             Target::Group(g) => match self.store.conversation(&g)?.map(|c| c.state) {
                 Some(ConversationState::Active) => Ok(g),
@@ -312,6 +317,22 @@ impl Profile {
             return Err(ClientError::TryAgain(format!(
                 "this device lost its state of {to} and could not rejoin it yet: try again later"
             )));
+        }
+        // A one-to-one conversation whose peer has no device in it any more
+        // (wiped, revoked, or left): the server would take the message and
+        // nobody would ever read it.
+        if let Some(c) = self.store.conversation(&g)?.filter(|c| !c.is_group) {
+            let mine = self.id.account.id();
+            let members = self.store.transaction(|p, _| Ok(mls::members(p, g)?))?;
+            if members.iter().all(|m| m.account == mine) {
+                // Its name came from the members: it may be empty now.
+                let who = peer.unwrap_or(c.name);
+                return Err(ClientError::NoDevices(if who.is_empty() {
+                    "the other member".to_owned()
+                } else {
+                    who
+                }));
+            }
         }
         Ok(g)
     }
