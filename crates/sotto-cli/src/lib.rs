@@ -16,6 +16,7 @@ pub mod display;
 pub mod notice;
 pub mod ops;
 pub mod tui;
+pub mod warning;
 pub mod worker;
 
 use sotto_client::{GroupInfo, ReceivedMessage};

@@ -489,7 +489,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ReceiveEvent::Dropped(why) => {
                     eprintln!(
                         "sotto: dropped a message that could not be processed: {}",
-                        visible(why)
+                        visible(&sotto_cli::warning::text(why))
                     );
                 }
                 // Beside the warnings, so that standard output stays the
@@ -647,7 +647,7 @@ async fn perform(profile: &std::path::Path, op: Op) -> anyhow::Result<()> {
 /// Prints what the client wants the user to know (key changes) to stderr.
 fn warn(c: &mut Client) {
     for w in c.take_warnings() {
-        eprintln!("sotto: {}", visible(&w));
+        eprintln!("sotto: {}", visible(&sotto_cli::warning::text(&w)));
     }
 }
 

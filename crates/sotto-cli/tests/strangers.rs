@@ -84,7 +84,10 @@ fn a_member_leaves_a_group_and_a_one_to_one_conversation_alone() {
     assert!(r.ok().starts_with("left eve"), "{}", r.stdout());
 
     eve.sotto(&["send", "trap", "still there?"]).ok();
-    eve.sotto(&["send", "ann", "hello?"]).ok();
+    // Eve's client commits ann's leave first; then nobody is left to
+    // receive in their one-to-one conversation, and eve is told so.
+    eve.sotto(&["send", "ann", "hello?"])
+        .fails_with("ann has no device left here");
     assert_eq!(waiting(&w, "ann"), 0, "the server still routes to ann");
     assert_eq!(ann.sotto(&["receive"]).ok(), "");
     // The history stays readable; sending there is refused.

@@ -18,7 +18,7 @@ use sotto_proto::{
 use tokio::time::{Instant, timeout_at};
 
 use crate::clock::{Clock, SystemClock};
-pub use crate::conversation::{ReceiveEvent, Sent, human, parse_duration};
+pub use crate::conversation::{ReceiveEvent, Sent, Warning, human, parse_duration};
 use crate::devices::{DeviceInfo, LinkCode};
 use crate::groups::GroupInfo;
 use crate::inbox::ACK_BATCH;
@@ -292,7 +292,7 @@ impl Client {
     }
 
     /// Warnings gathered since the last call (key changes), for the user.
-    pub fn take_warnings(&mut self) -> Vec<String> {
+    pub fn take_warnings(&mut self) -> Vec<Warning> {
         std::mem::take(&mut self.p.warnings)
     }
 

@@ -201,11 +201,198 @@ pub enum ReceiveEvent<'a> {
     /// A new message, stored and acknowledged (or about to be).
     Message(&'a StoredMessage),
     /// A delivery that could not be processed and was set aside.
-    Dropped(&'a str),
+    Dropped(&'a Warning),
     /// The backlog is drained; what follows is pushed live.
     Synced,
     /// Something happened in a conversation: someone added this account
     /// to a group or started a conversation with it, a member joined or
     /// left, the timer changed.
     Notice(&'a Notice),
+}
+
+/// Something the user must be told that is not a conversation's event:
+/// without wording (the front end words it, as it does [`Notice`]s).
+/// Names, handles and reasons come from the network or from errors: a
+/// front end makes them safe for its screen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Warning {
+    /// A contact's identity key changed: compare safety numbers.
+    KeyChanged {
+        /// The contact.
+        handle: Handle,
+    },
+    /// An account (a contact's handle, or its short id) has devices not
+    /// seen before.
+    NewDevices {
+        /// Whose.
+        who: String,
+        /// The new devices.
+        devices: Vec<DeviceId>,
+    },
+    /// An account's device list changed without a new device (some left).
+    DevicesChanged {
+        /// Whose.
+        who: String,
+        /// How many devices it has now.
+        count: usize,
+    },
+    /// One of this account's own devices has no KeyPackage: it is not in
+    /// the new conversation.
+    OwnDeviceLeftOut {
+        /// The device.
+        device: DeviceId,
+    },
+    /// The server offered a kill-code record the account did not sign;
+    /// ignored.
+    UnsignedKillRecord,
+    /// A conversation's disappearing timer changed (`None`: off).
+    TimerChanged {
+        /// The conversation's name.
+        conversation: String,
+        /// The new timer, in seconds.
+        seconds: Option<u64>,
+    },
+    /// This device lost its state of a conversation (or never had it,
+    /// `missing`) and rejoins it.
+    OutOfSync {
+        /// The conversation's name.
+        conversation: String,
+        /// Whether this device does not hold the conversation at all.
+        missing: bool,
+    },
+    /// This device rejoined a conversation; `missed` deliveries sent while
+    /// it was out of sync could not be read.
+    Rejoined {
+        /// The conversation's name.
+        conversation: String,
+        /// Deliveries set aside.
+        missed: u64,
+    },
+    /// A member's commit re-added this device to a conversation it had
+    /// lost.
+    Readded {
+        /// The conversation's name.
+        conversation: String,
+        /// Who re-added it, if known.
+        by: Option<Handle>,
+        /// Deliveries set aside.
+        missed: u64,
+    },
+    /// A rejoin the server refused; tried again later.
+    RejoinFailed {
+        /// The conversation's name.
+        conversation: String,
+        /// The server's reason.
+        reason: String,
+    },
+    /// A delivery that could not be read was set aside (acknowledged, so
+    /// that it does not block the mailbox).
+    Unreadable {
+        /// What it was.
+        what: Unread,
+        /// From whom: a handle, or `device <short id>`; empty if unknown.
+        from: String,
+        /// In which conversation (its name), empty if none.
+        conversation: String,
+        /// Why it could not be read.
+        reason: String,
+    },
+    /// A received file could not be saved: set aside.
+    FileSetAside {
+        /// The file's (safe) name.
+        name: String,
+        /// Who sent it.
+        from: String,
+        /// Why.
+        reason: String,
+    },
+    /// A received file is no longer on the server.
+    FileGone {
+        /// The file's (safe) name.
+        name: String,
+        /// Who sent it.
+        from: String,
+    },
+    /// A received file does not match its hash: refused.
+    FileTampered {
+        /// The file's (safe) name.
+        name: String,
+        /// Who sent it.
+        from: String,
+    },
+    /// A received file was saved.
+    FileSaved {
+        /// The file's (safe) name.
+        name: String,
+        /// Who sent it.
+        from: String,
+        /// Where it is now.
+        path: String,
+    },
+    /// A change (commit) this device staged was refused by the server and
+    /// dropped.
+    ChangeRefused {
+        /// The server's reason.
+        reason: String,
+    },
+    /// A queued message was not sent and left the outbox.
+    NotSent {
+        /// The conversation's name.
+        conversation: String,
+        /// Why.
+        why: NotSentBecause,
+    },
+}
+
+/// What an unreadable delivery was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unread {
+    /// A message.
+    Message,
+    /// A commit: a change to the group.
+    Change,
+    /// A proposal.
+    Proposal,
+    /// A Welcome: an invitation.
+    Invitation,
+    /// A wipe order that does not prove the kill code (ignored).
+    InvalidWipe,
+    /// A device message this device did not expect.
+    UnexpectedDevice,
+}
+
+/// Why a queued message left the outbox unsent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotSentBecause {
+    /// This device is no longer a member of the conversation.
+    NoLongerMember,
+    /// It was queued by an older version, without its plaintext, and could
+    /// not be encrypted again.
+    QueuedByOlderVersion,
+}
+
+impl Warning {
+    /// A stable name of the variant (JSON-RPC `warning` notifications'
+    /// `kind`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::KeyChanged { .. } => "key_changed",
+            Self::NewDevices { .. } => "new_devices",
+            Self::DevicesChanged { .. } => "devices_changed",
+            Self::OwnDeviceLeftOut { .. } => "own_device_left_out",
+            Self::UnsignedKillRecord => "unsigned_kill_record",
+            Self::TimerChanged { .. } => "timer_changed",
+            Self::OutOfSync { .. } => "out_of_sync",
+            Self::Rejoined { .. } => "rejoined",
+            Self::Readded { .. } => "readded",
+            Self::RejoinFailed { .. } => "rejoin_failed",
+            Self::Unreadable { .. } => "unreadable",
+            Self::FileSetAside { .. } => "file_set_aside",
+            Self::FileGone { .. } => "file_gone",
+            Self::FileTampered { .. } => "file_tampered",
+            Self::FileSaved { .. } => "file_saved",
+            Self::ChangeRefused { .. } => "change_refused",
+            Self::NotSent { .. } => "not_sent",
+        }
+    }
 }

@@ -410,10 +410,8 @@ impl Profile {
                 }
                 Ok(other) => return Err(unexpected(&other)),
                 Err(ClientError::Server(e)) if e.code == ErrorCode::NoKeyPackages => {
-                    self.warnings.push(format!(
-                        "your device {} has no key packages: it is not in the new conversation",
-                        d.short()
-                    ));
+                    self.warnings
+                        .push(crate::conversation::Warning::OwnDeviceLeftOut { device: *d });
                 }
                 Err(e) => return Err(e),
             }

@@ -17,7 +17,7 @@ use sotto_proto::{Blob, BlobId, ErrorCode, Handle, MessageId, PutBlob, Request, 
 use zeroize::Zeroizing;
 
 use crate::ClientError;
-use crate::conversation::Sent;
+use crate::conversation::{Sent, Warning};
 use crate::profile::Profile;
 use crate::transport::Connection as Conn;
 use crate::transport::unexpected;
@@ -249,9 +249,11 @@ impl Profile {
                     let name = postcard::from_bytes::<FileRef>(&r)
                         .map(|f| safe_name(&f.name))
                         .unwrap_or_else(|_| "an attachment".into());
-                    self.warnings.push(format!(
-                        "could not save the file {name} from {sender}: {e}; set aside"
-                    ));
+                    self.warnings.push(Warning::FileSetAside {
+                        name,
+                        from: sender.clone(),
+                        reason: e.to_string(),
+                    });
                     ("failed", None, None)
                 }
             };
@@ -285,15 +287,17 @@ impl Profile {
         let name = safe_name(&f.name);
         Ok(match self.fetch_blob(conn, &f).await? {
             Fetched::Gone => {
-                self.warnings.push(format!(
-                    "the file {name} from {sender} is no longer on the server"
-                ));
+                self.warnings.push(Warning::FileGone {
+                    name,
+                    from: sender.to_owned(),
+                });
                 ("gone", None, None)
             }
             Fetched::Tampered => {
-                self.warnings.push(format!(
-                    "the file {name} from {sender} does not match what was sent (hash mismatch): refused"
-                ));
+                self.warnings.push(Warning::FileTampered {
+                    name,
+                    from: sender.to_owned(),
+                });
                 ("refused", None, Some(f.blob))
             }
             Fetched::Ok(plain) => {
@@ -303,8 +307,11 @@ impl Profile {
                     .and_then(|()| crate::store::new_private_file(&p))
                     .and_then(|mut f| std::io::Write::write_all(&mut f, &plain))
                     .map_err(|e| ClientError::Store(format!("{}: {e}", p.display())))?;
-                self.warnings
-                    .push(format!("saved {name} from {sender} to {}", p.display()));
+                self.warnings.push(Warning::FileSaved {
+                    name,
+                    from: sender.to_owned(),
+                    path: p.display().to_string(),
+                });
                 ("saved", Some(p.display().to_string()), Some(f.blob))
             }
         })

@@ -14,8 +14,9 @@ use sotto_proto::{
 use tokio::time::{Instant, timeout_at};
 
 use crate::ClientError;
+use crate::conversation::Warning;
 use crate::conversation::{Submitted, Target};
-use crate::members::{conversation_name, key_changed_warning, record_members};
+use crate::members::{conversation_name, record_members};
 use crate::profile::Profile;
 use crate::store::rows::Pending;
 use crate::store::{ContactChange, Provider, rows};
@@ -216,7 +217,9 @@ impl Profile {
             )));
         }
         if let Some(ContactChange::Changed { .. }) = change {
-            self.warnings.push(key_changed_warning(handle));
+            self.warnings.push(Warning::KeyChanged {
+                handle: handle.clone(),
+            });
         }
         if self
             .store
@@ -456,8 +459,9 @@ impl Profile {
             match self.submit(conn, req, what).await {
                 // Refused: said once, and dropped.
                 Err(ClientError::Server(e)) if e.code == ErrorCode::InvalidCommit => {
-                    self.warnings
-                        .push(format!("a change this device staged was refused: {e}"));
+                    self.warnings.push(Warning::ChangeRefused {
+                        reason: e.to_string(),
+                    });
                 }
                 Err(e) => return Err(e),
                 Ok(_) => {}

@@ -10,7 +10,7 @@ use sotto_proto::{Delivery, EnvelopeKind, GroupId, Request, Response};
 use tokio::time::{Instant, timeout_at};
 
 use crate::ClientError;
-use crate::conversation::ReceiveEvent;
+use crate::conversation::{ReceiveEvent, Unread, Warning};
 use crate::members::self_name;
 use crate::profile::Profile;
 use crate::receive::Outcome;
@@ -95,16 +95,18 @@ impl Profile {
                             |m| m.handle.to_string(),
                         );
                         let what = match s.kind {
-                            EnvelopeKind::Application => "a message",
-                            EnvelopeKind::Commit => "a change to the group",
-                            EnvelopeKind::Proposal => "a proposal",
-                            EnvelopeKind::Welcome => "an invitation",
-                            EnvelopeKind::Wipe | EnvelopeKind::Device => "a message",
+                            EnvelopeKind::Application => Unread::Message,
+                            EnvelopeKind::Commit => Unread::Change,
+                            EnvelopeKind::Proposal => Unread::Proposal,
+                            EnvelopeKind::Welcome => Unread::Invitation,
+                            EnvelopeKind::Wipe | EnvelopeKind::Device => Unread::Message,
                         };
-                        Ok(Outcome::Dropped(format!(
-                            "{what} from {who} in {name} could not be read ({})",
-                            s.error
-                        )))
+                        Ok(Outcome::Dropped(Warning::Unreadable {
+                            what,
+                            from: who,
+                            conversation: name,
+                            reason: s.error.to_string(),
+                        }))
                     }
                 }
             }
@@ -129,7 +131,7 @@ impl Profile {
         Ok(Some(match self.process(&d)? {
             Outcome::Stored => "stored".to_owned(),
             Outcome::Duplicate => "duplicate".to_owned(),
-            Outcome::Dropped(why) => format!("dropped: {why}"),
+            Outcome::Dropped(w) => format!("dropped: {w:?}"),
             Outcome::Proposal(_) => "proposal".to_owned(),
             Outcome::Wipe => "wipe order".to_owned(),
             Outcome::OutOfSync(why) => format!("dropped: {why}"),
@@ -152,7 +154,7 @@ impl Profile {
         &mut self,
         conn: &mut Connection,
         d: &Delivery,
-        dropped: &mut Vec<String>,
+        dropped: &mut Vec<Warning>,
     ) -> Result<(), ClientError> {
         match self.process(d)? {
             Outcome::Stored | Outcome::Duplicate | Outcome::OutOfSync(_) => {}

@@ -35,10 +35,8 @@ impl Profile {
             self.store
                 .transaction(|_, c| rows::put_kill_record(c, &r))?;
         } else {
-            self.warnings.push(
-                "WARNING: the server offered a kill-code record the account did not sign; ignored"
-                    .into(),
-            );
+            self.warnings
+                .push(crate::conversation::Warning::UnsignedKillRecord);
         }
         Ok(())
     }

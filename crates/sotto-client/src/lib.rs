@@ -66,9 +66,10 @@ pub mod store;
 pub mod transport;
 
 pub use client::{
-    Client, Policy, ReceiveEvent, ReceivedMessage, RegisterOptions, Sent, Verification,
+    Client, Policy, ReceiveEvent, ReceivedMessage, RegisterOptions, Sent, Verification, Warning,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use conversation::{NotSentBecause, Unread};
 pub use error::ClientError;
 pub use groups::GroupInfo;
 pub use link::ServerLink;

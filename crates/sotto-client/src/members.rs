@@ -5,9 +5,10 @@
 
 use sotto_core::CredentialIdentity;
 use sotto_core::group;
-use sotto_proto::{GroupId, Handle};
+use sotto_proto::GroupId;
 
 use crate::ClientError;
+use crate::conversation::Warning;
 use crate::store::{ContactChange, rows};
 
 /// Remembers every member's handle as a contact; a handle that now stands
@@ -17,11 +18,13 @@ pub(crate) fn record_members(
     c: &rusqlite::Connection,
     me: &CredentialIdentity,
     members: &[CredentialIdentity],
-    warnings: &mut Vec<String>,
+    warnings: &mut Vec<Warning>,
 ) -> Result<(), ClientError> {
     for m in members.iter().filter(|m| m.account != me.account) {
         if let ContactChange::Changed { .. } = rows::put_contact(c, &m.handle, &m.account)? {
-            warnings.push(key_changed_warning(&m.handle));
+            warnings.push(Warning::KeyChanged {
+                handle: m.handle.clone(),
+            });
         }
     }
     let mut accounts: Vec<&sotto_proto::AccountId> = members
@@ -50,7 +53,7 @@ pub(crate) fn announce_devices(
     c: &rusqlite::Connection,
     account: &sotto_proto::AccountId,
     devices: &[sotto_proto::DeviceId],
-    warnings: &mut Vec<String>,
+    warnings: &mut Vec<Warning>,
 ) -> Result<usize, ClientError> {
     let new = rows::learn_devices(c, account, devices)?;
     if !new.is_empty() {
@@ -60,11 +63,10 @@ pub(crate) fn announce_devices(
             |r| r.get(0),
         ))?;
         let who = who.unwrap_or_else(|| account.short());
-        let ids: Vec<String> = new.iter().map(|d| d.short()).collect();
-        warnings.push(format!(
-            "WARNING: {who} has a new device ({}): if {who} did not link it, compare safety numbers (`sotto verify {who}`)",
-            ids.join(", ")
-        ));
+        warnings.push(Warning::NewDevices {
+            who,
+            devices: new.clone(),
+        });
     }
     Ok(new.len())
 }
@@ -74,7 +76,7 @@ pub(crate) fn announce_devices(
 pub(crate) fn note_list(
     c: &rusqlite::Connection,
     l: &sotto_proto::SignedDeviceList,
-    warnings: &mut Vec<String>,
+    warnings: &mut Vec<Warning>,
 ) -> Result<crate::store::ListChange, ClientError> {
     let stale = rows::get_list(c, &l.account)?.is_some_and(|o| o.version > l.version);
     let announced = if stale {
@@ -90,11 +92,10 @@ pub(crate) fn note_list(
             [&l.account.0[..]],
             |r| r.get(0),
         ))?;
-        warnings.push(format!(
-            "WARNING: the devices of {} changed: {} device(s) now",
-            who.unwrap_or_else(|| l.account.short()),
-            l.devices.len()
-        ));
+        warnings.push(Warning::DevicesChanged {
+            who: who.unwrap_or_else(|| l.account.short()),
+            count: l.devices.len(),
+        });
     }
     Ok(change)
 }
@@ -107,13 +108,6 @@ pub(crate) fn self_name(c: &rusqlite::Connection, g: &GroupId) -> String {
         |r| r.get(0),
     )
     .unwrap_or_else(|_| format!("#{}", &g.to_hex()[..12]))
-}
-
-/// The loud line shown when a contact's identity key changed.
-pub(crate) fn key_changed_warning(handle: &Handle) -> String {
-    format!(
-        "WARNING: the identity key of {handle} changed. Compare the new safety number with `sotto verify {handle}` before trusting it"
-    )
 }
 
 /// A conversation's name: a group's as this device last read it (its

@@ -14,7 +14,7 @@ use sotto_proto::{Blob, GroupId, Request, Response, UploadKeyPackages};
 
 use crate::ClientError;
 use crate::clock::{Clock, SystemClock};
-use crate::conversation::Notice;
+use crate::conversation::{Notice, Warning};
 use crate::store::{Identity, Store};
 use crate::transport::{Connection, unexpected};
 
@@ -59,7 +59,7 @@ pub(crate) struct Profile {
     /// sync there.
     pub(crate) refused_commits: BTreeSet<(GroupId, u64)>,
     /// Things the user must be told (key changes).
-    pub(crate) warnings: Vec<String>,
+    pub(crate) warnings: Vec<Warning>,
     /// Things that happened in a conversation (members, timer), for the user.
     pub(crate) notices: Vec<Notice>,
     pub(crate) policy: Policy,

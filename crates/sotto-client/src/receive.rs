@@ -12,8 +12,7 @@ use sotto_core::{Body, CredentialIdentity};
 use sotto_proto::{Delivery, Envelope, GroupId};
 
 use crate::ClientError;
-use crate::conversation::human;
-use crate::conversation::{ConversationState, Notice, NoticeKind};
+use crate::conversation::{ConversationState, Notice, NoticeKind, Unread, Warning};
 use crate::members::{conversation_name, note_list, record_members, self_name};
 use crate::store::{NewMessage, Provider, rows};
 
@@ -22,7 +21,7 @@ use crate::store::{NewMessage, Provider, rows};
 pub(crate) enum Outcome {
     Stored,
     Duplicate,
-    Dropped(String),
+    Dropped(Warning),
     /// A proposal (a member's leave) waits for a commit in this group.
     Proposal(GroupId),
     /// A valid wipe order for this device.
@@ -40,20 +39,12 @@ pub(crate) enum Outcome {
 #[derive(Debug, Default)]
 pub(crate) struct Told {
     /// Warnings (key and device changes, timer changes, re-adds).
-    pub(crate) warnings: Vec<String>,
+    pub(crate) warnings: Vec<Warning>,
     /// Conversation notices.
     pub(crate) notices: Vec<Notice>,
     /// A commit arrived in a conversation this device leaves: its leave is
     /// proposed again.
     pub(crate) leave: bool,
-}
-
-/// The warning that tells of a timer change in conversation `name`.
-pub(crate) fn timer_warning(name: &str, seconds: Option<u64>) -> String {
-    match seconds {
-        Some(t) => format!("{name}: messages now disappear after {}", human(t)),
-        None => format!("{name}: messages no longer disappear"),
-    }
 }
 
 /// Saves `applied` (what the core made of delivery `d` at `now_ms`) in the
@@ -74,16 +65,19 @@ pub(crate) fn save(
         receive::Outcome::Duplicate => return Ok(Outcome::Duplicate),
         receive::Outcome::Ignored => Outcome::Ignored(None),
         receive::Outcome::Wipe => Outcome::Wipe,
-        receive::Outcome::Dropped(why) => Outcome::Dropped(
-            match why {
-                receive::Dropped::InvalidWipe => {
-                    "a wipe order that does not prove the kill code was ignored"
-                }
-                receive::Dropped::UnexpectedDevice => "unexpected device message",
-                receive::Dropped::Undecodable => "undecodable application message",
-            }
-            .into(),
-        ),
+        receive::Outcome::Dropped(why) => Outcome::Dropped(Warning::Unreadable {
+            what: match why {
+                receive::Dropped::InvalidWipe => Unread::InvalidWipe,
+                receive::Dropped::UnexpectedDevice => Unread::UnexpectedDevice,
+                receive::Dropped::Undecodable => Unread::Message,
+            },
+            from: String::new(),
+            conversation: String::new(),
+            reason: match why {
+                receive::Dropped::Undecodable => "undecodable application message".into(),
+                _ => String::new(),
+            },
+        }),
         receive::Outcome::Proposal => Outcome::Proposal(env.group),
         receive::Outcome::Other => Outcome::Stored,
         receive::Outcome::Message(m) => message(c, me, d, m)?,
@@ -188,11 +182,11 @@ fn joined(
     rows::set_state(c, &g, ConversationState::Active)?;
     let what = match missed {
         Some(missed) => {
-            told.warnings.push(crate::rejoin::readded_text(
-                &name,
-                Some(&j.by),
-                Some(missed),
-            ));
+            told.warnings.push(Warning::Readded {
+                conversation: name.clone(),
+                by: Some(j.by.handle.clone()),
+                missed,
+            });
             NoticeKind::Readded {
                 by: Some(j.by.handle.clone()),
                 missed,
@@ -251,7 +245,10 @@ fn committed(
             )),
             Event::TimerChanged(seconds) => {
                 let name = self_name(c, &g);
-                told.warnings.push(timer_warning(&name, *seconds));
+                told.warnings.push(Warning::TimerChanged {
+                    conversation: name.clone(),
+                    seconds: *seconds,
+                });
                 told.notices.push(Notice::new(
                     g,
                     name,

@@ -19,7 +19,7 @@ use sotto_proto::{Blob, CommitRequest, ErrorCode, GroupId, Request, Response};
 
 use crate::ClientError;
 use crate::conversation::Submitted;
-use crate::conversation::{Notice, NoticeKind};
+use crate::conversation::{Notice, NoticeKind, Warning};
 use crate::members::{conversation_name, record_members, self_name};
 use crate::profile::Profile;
 use crate::store::rows;
@@ -29,48 +29,6 @@ use crate::transport::{random_id, unexpected};
 /// How long a device waits before it tries again to rejoin a conversation
 /// after an attempt that did not go through.
 pub const REJOIN_RETRY_MS: u64 = 60_000;
-
-/// The line that tells a user this device found itself out of sync in
-/// conversation `name` (`missing`: it does not hold the conversation at all).
-pub(crate) fn lost_text(name: &str, missing: bool) -> String {
-    if missing {
-        format!(
-            "{name}: messages arrive for a conversation this device does not have \
-             (restored from an older backup?): rejoining it"
-        )
-    } else {
-        format!(
-            "{name}: this device lost its state of this conversation \
-             (restored from an older backup?): rejoining it; \
-             until then it cannot read or send there"
-        )
-    }
-}
-
-/// The line that tells a user this device is back in `name` after
-/// `missed` deliveries it could not read.
-pub(crate) fn rejoined_text(name: &str, missed: Option<u64>) -> String {
-    format!(
-        "{name}: this device rejoined the conversation after losing its state of it; \
-         messages sent to it while it was out of sync could not be read ({} deliveries set aside)",
-        missed.unwrap_or(0)
-    )
-}
-
-/// The line that tells a user this device was re-added to `name` by `by`
-/// (another member's commit gave its leaf a fresh one).
-pub(crate) fn readded_text(
-    name: &str,
-    by: Option<&CredentialIdentity>,
-    missed: Option<u64>,
-) -> String {
-    let by = by.map_or_else(|| "a member".to_owned(), |m| m.handle.to_string());
-    format!(
-        "{name}: this device was re-added by {by} after losing its state of the conversation; \
-         messages sent to it while it was out of sync could not be read ({} deliveries set aside)",
-        missed.unwrap_or(0)
-    )
-}
 
 /// How many times a rejoin is built again when another commit won the epoch.
 const REJOIN_ATTEMPTS: usize = 4;
@@ -83,7 +41,7 @@ pub(crate) fn rejoined(
     me: &CredentialIdentity,
     g: GroupId,
     now_ms: u64,
-    warnings: &mut Vec<String>,
+    warnings: &mut Vec<Warning>,
     notices: &mut Vec<Notice>,
 ) -> Result<(), ClientError> {
     let members = mls::members(p, g)?;
@@ -92,7 +50,10 @@ pub(crate) fn rejoined(
     rows::put_conversation(c, &g, is_group, &name, now_ms)?;
     rows::set_state(c, &g, crate::conversation::ConversationState::Active)?;
     let missed = rows::rejoin_done(c, &g)?;
-    warnings.push(rejoined_text(&name, missed));
+    warnings.push(Warning::Rejoined {
+        conversation: name.clone(),
+        missed: missed.unwrap_or(0),
+    });
     notices.push(Notice::new(
         g,
         name,
@@ -123,10 +84,11 @@ impl Profile {
                 Err(ClientError::Server(e)) => {
                     self.store
                         .transaction(|_, c| rows::rejoin_asked(c, &g, now))?;
-                    self.warnings.push(format!(
-                        "{}: could not rejoin: {e}",
-                        self.store.transaction(|_, c| Ok(self_name(c, &g)))?
-                    ));
+                    let conversation = self.store.transaction(|_, c| Ok(self_name(c, &g)))?;
+                    self.warnings.push(Warning::RejoinFailed {
+                        conversation,
+                        reason: e.to_string(),
+                    });
                 }
                 Err(e) => return Err(e),
             }
@@ -194,7 +156,10 @@ impl Profile {
             Ok(news.then(|| self_name(c, &g)))
         })?;
         if let Some(name) = news {
-            self.warnings.push(lost_text(&name, missing));
+            self.warnings.push(Warning::OutOfSync {
+                conversation: name.clone(),
+                missing,
+            });
             self.notices
                 .push(Notice::new(g, name, NoticeKind::OutOfSync { missing }));
         }

@@ -9,7 +9,7 @@ use sotto_core::{AppMessage, Body};
 use sotto_proto::{Blob, ErrorCode, GroupId, Handle, MessageId, Request, Response, SendRequest};
 
 use crate::ClientError;
-use crate::conversation::{ConversationState, Sent, Target};
+use crate::conversation::{ConversationState, NotSentBecause, Sent, Target, Warning};
 use crate::members::self_name;
 use crate::profile::Profile;
 use crate::store::{NewMessage, rows};
@@ -87,21 +87,24 @@ impl Profile {
         let name = self_name(self.store.conn(), &g);
         let Some(plaintext) = &e.plaintext else {
             self.store.outbox_done(&e.msg_id)?;
-            self.warnings.push(format!(
-                "a message to {name} queued by an older version could not be sent again: send it again"
-            ));
+            self.warnings.push(Warning::NotSent {
+                conversation: name,
+                why: NotSentBecause::QueuedByOlderVersion,
+            });
             return Ok(None);
         };
         match self.catch_up(conn, g, current).await {
             Ok(()) => {}
-            Err(ClientError::NotMember(_)) if !self.is_member(g)? => {}
+            Err(ClientError::NotMember(_) | ClientError::NotFound(_) | ClientError::Invalid(_))
+                if !self.is_member(g)? => {}
             Err(err) => return Err(err),
         }
         if !self.is_member(g)? {
             self.store.outbox_done(&e.msg_id)?;
-            self.warnings.push(format!(
-                "a message to {name} was not sent: this device is no longer a member"
-            ));
+            self.warnings.push(Warning::NotSent {
+                conversation: name,
+                why: NotSentBecause::NoLongerMember,
+            });
             return Ok(None);
         }
         if self.out_of_sync(g)? {

@@ -16,7 +16,7 @@ use sotto_proto::{GroupId, MessageId};
 use crate::store::{Contact, StoredMessage};
 use crate::{Client, ClientError};
 
-pub use crate::conversation::{ConversationState, Notice, NoticeKind};
+pub use crate::conversation::{ConversationState, Notice, NoticeKind, Warning};
 
 impl std::fmt::Display for ConversationState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -32,7 +32,7 @@ pub struct Updates {
     /// Conversation notices.
     pub notices: Vec<Notice>,
     /// Warnings for the user: key changes, device changes, saved files.
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Warning>,
 }
 
 impl Updates {

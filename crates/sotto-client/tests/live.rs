@@ -42,7 +42,7 @@ async fn online_device_gets_messages_pushed_live() {
                 let _ = synced_tx.send(());
             }
             ReceiveEvent::Message(m) => seen.push(Seen::Message(m.text.clone())),
-            ReceiveEvent::Dropped(why) => panic!("dropped: {why}"),
+            ReceiveEvent::Dropped(why) => panic!("dropped: {why:?}"),
             ReceiveEvent::Notice(_) => {}
         })
         .await
@@ -96,12 +96,12 @@ async fn claim(r: &mut Raw, handle: &str) -> bool {
     r.claim(handle).await.devices[0].last_resort
 }
 
-async fn receive_all(c: &mut Client) -> (Vec<String>, Vec<String>) {
+async fn receive_all(c: &mut Client) -> (Vec<String>, Vec<sotto_client::Warning>) {
     let mut msgs = Vec::new();
     let mut dropped = Vec::new();
     c.receive(Duration::ZERO, |ev| match ev {
         ReceiveEvent::Message(m) => msgs.push(m.text.clone()),
-        ReceiveEvent::Dropped(why) => dropped.push(why.to_owned()),
+        ReceiveEvent::Dropped(why) => dropped.push(why.clone()),
         ReceiveEvent::Synced | ReceiveEvent::Notice(_) => {}
     })
     .await

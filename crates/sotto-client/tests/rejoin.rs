@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use sotto_client::{Client, Policy, ReceiveEvent};
+use sotto_client::{Client, Policy, ReceiveEvent, Warning};
 use sotto_proto::{Request, Response};
 use sotto_server::ServerConfig;
 use sotto_test_support::InProcessServer;
@@ -131,14 +131,14 @@ async fn a_device_restored_from_an_old_backup_rejoins_and_is_told_what_it_missed
     // conversations by herself, at once.
     assert!(texts(&mut carol).await.is_empty());
     let warnings = carol.take_warnings();
-    let lost: Vec<&String> = warnings
+    let lost: Vec<&Warning> = warnings
         .iter()
-        .filter(|w| w.contains("lost its state"))
+        .filter(|w| matches!(w, Warning::OutOfSync { missing: false, .. }))
         .collect();
     assert_eq!(lost.len(), 2, "one line per conversation: {warnings:?}");
-    let told: Vec<&String> = warnings
+    let told: Vec<&Warning> = warnings
         .iter()
-        .filter(|w| w.contains("rejoined") && w.contains("could not be read"))
+        .filter(|w| matches!(w, Warning::Rejoined { .. }))
         .collect();
     assert_eq!(told.len(), 2, "{warnings:?}");
     // The others take her rejoins and see that she is back.
@@ -233,11 +233,15 @@ async fn a_device_restored_from_before_it_joined_a_conversation_rejoins_it() {
     assert!(texts(&mut carol).await.is_empty());
     let warnings = carol.take_warnings();
     assert!(
-        warnings.iter().any(|w| w.contains("does not have")),
+        warnings
+            .iter()
+            .any(|w| matches!(w, Warning::OutOfSync { missing: true, .. })),
         "{warnings:?}"
     );
     assert!(
-        warnings.iter().any(|w| w.contains("could not be read")),
+        warnings
+            .iter()
+            .any(|w| matches!(w, Warning::Rejoined { .. })),
         "{warnings:?}"
     );
     texts(&mut alice).await;
@@ -287,7 +291,9 @@ async fn a_commit_the_server_took_and_every_member_refuses_is_recovered_by_rejoi
     alice.group_remove("crew", &["mallory"]).await.unwrap();
     let warnings = alice.take_warnings();
     assert!(
-        warnings.iter().any(|w| w.contains("rejoined")),
+        warnings
+            .iter()
+            .any(|w| matches!(w, Warning::Rejoined { .. })),
         "{warnings:?}"
     );
     let (epoch, _) = alice.epoch_authenticator("crew").unwrap();

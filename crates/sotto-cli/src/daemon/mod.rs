@@ -323,7 +323,10 @@ fn updates(u: &Updates) -> Vec<String> {
         ));
     }
     for w in &u.warnings {
-        out.push(rpc::notification("warning", json!({ "text": w })));
+        out.push(rpc::notification(
+            "warning",
+            json!({ "kind": w.kind(), "text": crate::warning::text(w) }),
+        ));
     }
     out
 }

@@ -564,7 +564,7 @@ impl App {
                 });
         }
         for w in &u.warnings {
-            let w = text::clean(w);
+            let w = text::clean(&crate::warning::text(w));
             // A warning naming a member goes into that member's conversations.
             for c in &self.conversations {
                 let names_member = c.members.iter().filter(|m| !m.is_me).any(|m| {
