@@ -18,10 +18,11 @@ use sotto_proto::{
 use tokio::time::{Instant, timeout_at};
 
 use crate::clock::{Clock, SystemClock};
-pub use crate::conversation::{ReceiveEvent, Sent, Warning, human, parse_duration};
+pub use crate::conversation::{Sent, Warning, human, parse_duration};
 use crate::devices::{DeviceInfo, LinkCode};
 use crate::groups::GroupInfo;
 use crate::inbox::ACK_BATCH;
+pub use crate::inbox::ReceiveEvent;
 pub use crate::profile::Policy;
 use crate::profile::Profile;
 use crate::store::{Contact, Identity, Store, StoredMessage};

@@ -2,12 +2,10 @@
 //! speaks of it: its state, what the user is told happened in it
 //! (without wording: the front end words it), how a send or group argument
 //! names one, how the server settled a commit of it, what became of a
-//! message sent to it, what `receive` reports, and the durations of its
-//! disappearing timer. No IO.
+//! message sent to it, what the user is warned of (without wording too),
+//! and the durations of its disappearing timer. No IO.
 
 use sotto_proto::{DeviceId, GroupId, Handle, MessageId};
-
-use crate::store::StoredMessage;
 
 /// Something that happened in a conversation, for the user: who was
 /// involved and what, without wording (the front end words it). Names and
@@ -193,21 +191,6 @@ impl Sent {
             Self::Accepted(id) | Self::Queued(id) => *id,
         }
     }
-}
-
-/// What `receive` reports as it goes.
-#[derive(Debug)]
-pub enum ReceiveEvent<'a> {
-    /// A new message, stored and acknowledged (or about to be).
-    Message(&'a StoredMessage),
-    /// A delivery that could not be processed and was set aside.
-    Dropped(&'a Warning),
-    /// The backlog is drained; what follows is pushed live.
-    Synced,
-    /// Something happened in a conversation: someone added this account
-    /// to a group or started a conversation with it, a member joined or
-    /// left, the timer changed.
-    Notice(&'a Notice),
 }
 
 /// Something the user must be told that is not a conversation's event:

@@ -10,12 +10,27 @@ use sotto_proto::{Delivery, EnvelopeKind, GroupId, Request, Response};
 use tokio::time::{Instant, timeout_at};
 
 use crate::ClientError;
-use crate::conversation::{ReceiveEvent, Unread, Warning};
+use crate::conversation::{Notice, Unread, Warning};
 use crate::members::self_name;
 use crate::profile::Profile;
 use crate::receive::Outcome;
-use crate::store::rows;
+use crate::store::{StoredMessage, rows};
 use crate::transport::{Connection, Event, unexpected};
+
+/// What `receive` reports as it goes.
+#[derive(Debug)]
+pub enum ReceiveEvent<'a> {
+    /// A new message, stored and acknowledged (or about to be).
+    Message(&'a StoredMessage),
+    /// A delivery that could not be processed and was set aside.
+    Dropped(&'a Warning),
+    /// The backlog is drained; what follows is pushed live.
+    Synced,
+    /// Something happened in a conversation: someone added this account
+    /// to a group or started a conversation with it, a member joined or
+    /// left, the timer changed.
+    Notice(&'a Notice),
+}
 
 /// Acknowledge at least this often while receiving.
 pub(crate) const ACK_BATCH: usize = 64;

@@ -30,11 +30,11 @@ use zeroize::Zeroizing;
 
 use crate::{ClientError, ServerLink};
 
-mod files;
 mod migrations;
+mod shred;
 
-pub(crate) use files::{new_private_file, private_dir};
-use files::{shred_file, shred_tree};
+pub(crate) use shred::{new_private_file, private_dir};
+use shred::{shred_file, shred_tree};
 
 /// openmls values are stored as JSON inside the encrypted database.
 #[derive(Debug, Default)]
