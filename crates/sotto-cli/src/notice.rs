@@ -6,6 +6,7 @@
 
 use sotto_client::client::human;
 use sotto_client::{Notice, NoticeKind};
+use sotto_proto::Handle;
 
 /// The line that tells the user what happened.
 pub fn text(n: &Notice) -> String {
@@ -14,28 +15,9 @@ pub fn text(n: &Notice) -> String {
         NoticeKind::AddedYou { by } => format!("{by} added you to {name}"),
         NoticeKind::Started { by } => format!("{by} started this conversation"),
         NoticeKind::ThisDeviceJoined => format!("this device joined {name}"),
-        NoticeKind::Readded { by, missed } => {
-            let by = by
-                .as_ref()
-                .map_or_else(|| "a member".to_owned(), |h| h.to_string());
-            format!(
-                "{name}: this device was re-added by {by} after losing its state of the conversation; \
-                 messages sent to it while it was out of sync could not be read ({missed} deliveries set aside)"
-            )
-        }
-        NoticeKind::Rejoined { missed } => format!(
-            "{name}: this device rejoined the conversation after losing its state of it; \
-             messages sent to it while it was out of sync could not be read ({missed} deliveries set aside)"
-        ),
-        NoticeKind::OutOfSync { missing: true } => format!(
-            "{name}: messages arrive for a conversation this device does not have \
-             (restored from an older backup?): rejoining it"
-        ),
-        NoticeKind::OutOfSync { missing: false } => format!(
-            "{name}: this device lost its state of this conversation \
-             (restored from an older backup?): rejoining it; \
-             until then it cannot read or send there"
-        ),
+        NoticeKind::Readded { by, missed } => readded(name, by.as_ref(), *missed),
+        NoticeKind::Rejoined { missed } => rejoined(name, *missed),
+        NoticeKind::OutOfSync { missing } => out_of_sync(name, *missing),
         NoticeKind::Removed => format!("you are no longer a member of {name}"),
         NoticeKind::DeviceRejoined { handle, device } => {
             let who = handle
@@ -43,15 +25,52 @@ pub fn text(n: &Notice) -> String {
                 .map_or_else(|| device.short(), |h| h.to_string());
             format!("{name}: a device of {who} rejoined")
         }
-        NoticeKind::TimerChanged { seconds: Some(t) } => {
-            format!("{name}: messages now disappear after {}", human(*t))
-        }
-        NoticeKind::TimerChanged { seconds: None } => {
-            format!("{name}: messages no longer disappear")
-        }
+        NoticeKind::TimerChanged { seconds } => timer(name, *seconds),
         NoticeKind::MemberJoined { handle } => format!("{name}: {handle} joined"),
         NoticeKind::MemberLeft { handle } => format!("{name}: {handle} left"),
     }
+}
+
+/// A conversation's timer changed (`None`: off). Also a warning's line.
+pub(crate) fn timer(name: &str, seconds: Option<u64>) -> String {
+    match seconds {
+        Some(t) => format!("{name}: messages now disappear after {}", human(t)),
+        None => format!("{name}: messages no longer disappear"),
+    }
+}
+
+/// This device lost its state of `name` (or never had it, `missing`).
+/// Also a warning's line.
+pub(crate) fn out_of_sync(name: &str, missing: bool) -> String {
+    if missing {
+        format!(
+            "{name}: messages arrive for a conversation this device does not have \
+             (restored from an older backup?): rejoining it"
+        )
+    } else {
+        format!(
+            "{name}: this device lost its state of this conversation \
+             (restored from an older backup?): rejoining it; \
+             until then it cannot read or send there"
+        )
+    }
+}
+
+/// This device rejoined `name`. Also a warning's line.
+pub(crate) fn rejoined(name: &str, missed: u64) -> String {
+    format!(
+        "{name}: this device rejoined the conversation after losing its state of it; \
+         messages sent to it while it was out of sync could not be read ({missed} deliveries set aside)"
+    )
+}
+
+/// `by` re-added this device to `name`. Also a warning's line.
+pub(crate) fn readded(name: &str, by: Option<&Handle>, missed: u64) -> String {
+    let by = by.map_or_else(|| "a member".to_owned(), Handle::to_string);
+    format!(
+        "{name}: this device was re-added by {by} after losing its state of the conversation; \
+         messages sent to it while it was out of sync could not be read ({missed} deliveries set aside)"
+    )
 }
 
 #[cfg(test)]

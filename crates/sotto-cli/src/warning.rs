@@ -4,7 +4,7 @@
 //! Names, handles and reasons in them come from the network: a front end
 //! makes the line safe for its screen (`display`, `tui::text`).
 
-use sotto_client::client::human;
+use crate::notice;
 use sotto_client::{NotSentBecause, Unread, Warning};
 
 /// The line that tells the user.
@@ -33,47 +33,21 @@ pub fn text(w: &Warning) -> String {
         }
         Warning::TimerChanged {
             conversation,
-            seconds: Some(t),
-        } => format!("{conversation}: messages now disappear after {}", human(*t)),
-        Warning::TimerChanged {
-            conversation,
-            seconds: None,
-        } => format!("{conversation}: messages no longer disappear"),
+            seconds,
+        } => notice::timer(conversation, *seconds),
         Warning::OutOfSync {
             conversation,
-            missing: true,
-        } => format!(
-            "{conversation}: messages arrive for a conversation this device does not have \
-             (restored from an older backup?): rejoining it"
-        ),
-        Warning::OutOfSync {
-            conversation,
-            missing: false,
-        } => format!(
-            "{conversation}: this device lost its state of this conversation \
-             (restored from an older backup?): rejoining it; \
-             until then it cannot read or send there"
-        ),
+            missing,
+        } => notice::out_of_sync(conversation, *missing),
         Warning::Rejoined {
             conversation,
             missed,
-        } => format!(
-            "{conversation}: this device rejoined the conversation after losing its state of it; \
-             messages sent to it while it was out of sync could not be read ({missed} deliveries set aside)"
-        ),
+        } => notice::rejoined(conversation, *missed),
         Warning::Readded {
             conversation,
             by,
             missed,
-        } => {
-            let by = by
-                .as_ref()
-                .map_or_else(|| "a member".to_owned(), |h| h.to_string());
-            format!(
-                "{conversation}: this device was re-added by {by} after losing its state of the conversation; \
-                 messages sent to it while it was out of sync could not be read ({missed} deliveries set aside)"
-            )
-        }
+        } => notice::readded(conversation, by.as_ref(), *missed),
         Warning::RejoinFailed {
             conversation,
             reason,
