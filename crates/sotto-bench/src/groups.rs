@@ -34,7 +34,57 @@ struct Row {
     welcome_bytes: usize,
     encrypt: Duration,
     decrypt: Duration,
+    held_encrypt: Duration,
+    held_decrypt: Duration,
     fanout: Duration,
+}
+
+/// The provider `p`, holding its groups loaded between operations as a
+/// long-running client's store does (`mls::Held`); each
+/// operation counts as committed at once (memory storage has no
+/// transactions).
+struct Holding<'a> {
+    p: &'a Provider,
+    held: mls::Held,
+}
+
+impl<'a> Holding<'a> {
+    fn new(p: &'a Provider) -> Self {
+        Self {
+            p,
+            held: mls::Held::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Holding<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Holding({:?})", self.held)
+    }
+}
+
+impl openmls::prelude::OpenMlsProvider for Holding<'_> {
+    type CryptoProvider = <Provider as openmls::prelude::OpenMlsProvider>::CryptoProvider;
+    type RandProvider = <Provider as openmls::prelude::OpenMlsProvider>::RandProvider;
+    type StorageProvider = <Provider as openmls::prelude::OpenMlsProvider>::StorageProvider;
+
+    fn storage(&self) -> &Self::StorageProvider {
+        self.p.storage()
+    }
+
+    fn crypto(&self) -> &Self::CryptoProvider {
+        self.p.crypto()
+    }
+
+    fn rand(&self) -> &Self::RandProvider {
+        self.p.rand()
+    }
+}
+
+impl mls::Provider for Holding<'_> {
+    fn held(&self) -> Option<&mls::Held> {
+        Some(&self.held)
+    }
 }
 
 const G: GroupId = GroupId([0x5b; 32]);
@@ -183,6 +233,26 @@ fn group_row(
         mls::process(&bob_p, G, &ct)?;
         dec.push(t.elapsed());
     }
+    // The same, with both groups held: the first round loads them.
+    let (alice_h, bob_h) = (Holding::new(&alice_p), Holding::new(&bob_p));
+    let (mut held_enc, mut held_dec) = (vec![], vec![]);
+    for k in 0..=reps * 5 {
+        let t = Instant::now();
+        let ct = mls::encrypt(&alice_h, &alice.device, G, &text)?;
+        alice_h.held.commit();
+        let e = t.elapsed();
+        let t = Instant::now();
+        mls::process(&bob_h, G, &ct)?;
+        bob_h.held.commit();
+        if k > 0 {
+            held_enc.push(e);
+            held_dec.push(t.elapsed());
+        }
+    }
+    anyhow::ensure!(
+        alice_h.held.loads() == 1 && bob_h.held.loads() == 1,
+        "a held group was loaded again"
+    );
     let fanout = rt.block_on(store_fanout(n, reps))?;
     let filled_update_bytes = filled_tree_update_bytes(suite, n)?;
     Ok(Row {
@@ -200,6 +270,8 @@ fn group_row(
         welcome_bytes,
         encrypt: median(enc),
         decrypt: median(dec),
+        held_encrypt: median(held_enc),
+        held_decrypt: median(held_dec),
         fanout,
     })
 }
@@ -272,6 +344,7 @@ pub(crate) fn run(sizes: &[usize], reps: usize) -> anyhow::Result<Vec<Table>> {
             "self-update commit, tree filled along the copath (bytes)",
             "Welcome at creation (bytes)",
             "1 KiB message: encrypt / decrypt (µs)",
+            "same, group held: encrypt / decrypt (µs)",
             "fan-out to all mailboxes (ms)",
         ],
     );
@@ -289,6 +362,7 @@ pub(crate) fn run(sizes: &[usize], reps: usize) -> anyhow::Result<Vec<Table>> {
                 r.filled_update_bytes.to_string(),
                 r.welcome_bytes.to_string(),
                 format!("{} / {}", us(r.encrypt), us(r.decrypt)),
+                format!("{} / {}", us(r.held_encrypt), us(r.held_decrypt)),
                 ms(r.fanout),
             ]);
         }

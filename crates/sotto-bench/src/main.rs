@@ -26,6 +26,7 @@
 
 mod brokers;
 mod checks;
+mod clients;
 mod cluster;
 mod commits;
 mod connections;
@@ -58,6 +59,7 @@ const SCENARIOS: &[&str] = &[
     "connections",
     "cluster",
     "groups",
+    "clients",
     "checks",
     "mls",
     "watch",
@@ -98,7 +100,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: sotto-bench <scenario>|all [--quick] [--out FILE.json|FILE.csv] [scenario arguments]
-scenarios: floor, direct, fanout, offline, commits, connections, cluster [PAIRS] [SECONDS], groups [SIZES] [REPETITIONS], checks [SIZES], mls [SIZES], watch [SIZES]";
+scenarios: floor, direct, fanout, offline, commits, connections, cluster [PAIRS] [SECONDS], groups [SIZES] [REPETITIONS], clients [SIZES] [MESSAGES], checks [SIZES], mls [SIZES], watch [SIZES]";
 
 fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Args> {
     let mut scenario = None;
@@ -192,6 +194,19 @@ async fn run_one(name: &str, ctx: &Ctx, rest: &[String]) -> anyhow::Result<Vec<T
                 .unwrap_or(if ctx.quick { 1 } else { 5 });
             // It makes its own runtime for the store: off this one.
             tokio::task::spawn_blocking(move || groups::run(&sizes, reps)).await?
+        }
+        "clients" => {
+            let sizes: Vec<usize> = match rest.first() {
+                Some(s) => s.split(',').map(str::parse).collect::<Result<_, _>>()?,
+                None if ctx.quick => vec![2, 4],
+                None => vec![2, 100, 1000],
+            };
+            let messages = rest
+                .get(1)
+                .map(|s| s.parse())
+                .transpose()?
+                .unwrap_or(if ctx.quick { 3 } else { 200 });
+            clients::run(ctx, &sizes, messages).await
         }
         "watch" => {
             let sizes: Vec<usize> = match rest.first() {

@@ -392,6 +392,22 @@ impl Client {
         self.p.process_server_frame(bytes)
     }
 
+    /// How many times a group's MLS state was loaded from the store since
+    /// the profile was opened: a long-running client holds the groups it
+    /// uses loaded (at most `sotto_core::mls::Limit::default()`), so this
+    /// grows with the groups used, not with the messages. For benchmarks.
+    pub fn group_loads(&self) -> u64 {
+        self.p.store.group_loads()
+    }
+
+    /// How many groups this client holds loaded at most: by default
+    /// `sotto_core::mls::Limit::default()`; `groups: 0` holds none, and
+    /// each operation loads its group's whole state from the store again
+    /// (the benchmarks' comparison).
+    pub fn set_group_limit(&mut self, limit: sotto_core::mls::Limit) {
+        self.p.store.set_group_limit(limit);
+    }
+
     /// Receives until the backlog is drained, then until `wait` has passed,
     /// reporting every new message, every delivery set aside, and the
     /// moment the backlog is drained.

@@ -113,7 +113,7 @@ pub(crate) fn self_name(c: &rusqlite::Connection, g: &GroupId) -> String {
 /// A conversation's name: a group's as this device last read it (its
 /// context holds it sealed); a one-to-one conversation is named after the
 /// peer.
-pub(crate) fn conversation_name<P: openmls_traits::OpenMlsProvider>(
+pub(crate) fn conversation_name<P: sotto_core::mls::Provider>(
     p: &P,
     c: &rusqlite::Connection,
     g: GroupId,

@@ -24,6 +24,7 @@ use openmls_libcrux_crypto::CryptoProvider;
 use openmls_sqlite_storage::{Codec, SqliteStorageProvider};
 use openmls_traits::OpenMlsProvider;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use sotto_core::mls::Held;
 use sotto_core::{AccountKey, CredentialIdentity, DeviceKey, Suite};
 use sotto_proto::{AccountId, DeviceId, GroupId, Handle, MessageId, SignedDeviceList};
 use zeroize::Zeroizing;
@@ -53,10 +54,18 @@ impl Codec for JsonCodec {
 }
 
 /// The `openmls` provider over a connection of the store: libcrux crypto,
-/// SQLCipher storage. Built per transaction, so MLS writes join it.
+/// SQLCipher storage, and the groups the store holds loaded. Built per
+/// transaction, so MLS writes join it.
 pub struct Provider<'a> {
     crypto: &'a CryptoProvider,
     storage: SqliteStorageProvider<JsonCodec, &'a Connection>,
+    held: &'a Held,
+}
+
+impl sotto_core::mls::Provider for Provider<'_> {
+    fn held(&self) -> Option<&Held> {
+        Some(self.held)
+    }
 }
 
 impl std::fmt::Debug for Provider<'_> {
@@ -323,6 +332,10 @@ pub struct Store {
     /// Whether `conn` has the triggers of [`SECRETS_DROPPED`] (not once
     /// the store is shredded).
     watches_secrets: bool,
+    /// The groups held loaded between transactions (sotto-core's rules:
+    /// given back only by a committed transaction, all dropped when
+    /// another connection changed the database).
+    held: Held,
 }
 
 impl std::fmt::Debug for Store {
@@ -534,7 +547,22 @@ impl Store {
             crypto,
             dir: dir.to_owned(),
             watches_secrets: true,
+            held: Held::default(),
         })
+    }
+
+    /// How many times a group's MLS state was loaded from the database
+    /// since the store was opened (a held group is not): for tests and
+    /// benchmarks.
+    pub fn group_loads(&self) -> u64 {
+        self.held.loads()
+    }
+
+    /// How many groups the store holds loaded at most (see
+    /// [`sotto_core::mls::Limit`]; 0 groups loads each group for each
+    /// transaction).
+    pub fn set_group_limit(&self, limit: sotto_core::mls::Limit) {
+        self.held.set_limit(limit);
     }
 
     /// Runs `f` in one immediate transaction with an MLS provider over it:
@@ -546,22 +574,32 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Holding the write lock: a commit of another connection since the
+        // last transaction shows here, and makes every held group stale.
+        let version: i64 = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        self.held.check(version);
         let out = {
             let p = Provider {
                 crypto: &self.crypto,
                 storage: SqliteStorageProvider::new(&tx),
+                held: &self.held,
             };
             f(&p, &tx)
         };
         match out {
             Ok(v) => {
-                tx.commit()?;
+                if let Err(e) = tx.commit() {
+                    self.held.rollback();
+                    return Err(e.into());
+                }
+                self.held.commit();
                 self.forget_dropped_secrets()?;
                 Ok(v)
             }
             Err(e) => {
                 // Dropping the transaction rolls it back.
                 drop(tx);
+                self.held.rollback();
                 Err(e)
             }
         }

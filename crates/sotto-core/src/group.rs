@@ -7,7 +7,6 @@
 
 use openmls::prelude::tls_codec::Serialize as _;
 use openmls::prelude::*;
-use openmls_traits::OpenMlsProvider;
 use sotto_proto::{AccountId, DeviceId};
 
 pub use sotto_rules::context::{GroupMeta, META_EXTENSION, TIMER_EXTENSION};
@@ -16,24 +15,24 @@ use sotto_rules::context::{context_extensions, timer_of};
 use crate::error::{CoreError, internal, storage};
 use crate::identity::DeviceKey;
 use crate::names::{NameKey, SealedKey, WelcomeBundle, open_name, seal_name};
-use crate::state::load;
+use crate::state::{Provider, load, read};
 
 /// The conversation's disappearing-message timer in seconds, if set.
-pub fn timer<P: OpenMlsProvider>(
+pub fn timer<P: Provider>(
     provider: &P,
     group_id: sotto_proto::GroupId,
 ) -> Result<Option<u64>, CoreError> {
-    Ok(timer_of(load(provider, group_id)?.extensions()))
+    read(provider, group_id, |g| timer_of(g.extensions()))
 }
 
 /// The metadata of a group; `None` for a one-to-one conversation.
-pub fn meta<P: OpenMlsProvider>(
+pub fn meta<P: Provider>(
     provider: &P,
     group_id: sotto_proto::GroupId,
 ) -> Result<Option<GroupMeta>, CoreError> {
-    Ok(GroupMeta::from_extensions(
-        load(provider, group_id)?.extensions(),
-    ))
+    read(provider, group_id, |g| {
+        GroupMeta::from_extensions(g.extensions())
+    })
 }
 
 /// A group's name after a commit that set it: the name (`None` if the
@@ -146,7 +145,7 @@ pub struct StagedChange {
 /// now (the Welcome hands it to added devices). Call `mls::merge_pending`
 /// once the server accepted it, or [`clear_pending`] if it did not.
 /// Returns `None` if there is nothing to commit.
-pub fn stage<P: OpenMlsProvider>(
+pub fn stage<P: Provider>(
     provider: &P,
     device: &DeviceKey,
     group_id: sotto_proto::GroupId,
@@ -155,12 +154,14 @@ pub fn stage<P: OpenMlsProvider>(
 ) -> Result<Option<StagedChange>, CoreError> {
     let mut g = load(provider, group_id)?;
     if change.is_empty() && g.pending_proposals().next().is_none() {
+        g.keep();
         return Ok(None);
     }
-    stage_on(provider, device, &mut g, change, name_key).map(Some)
+    let staged = stage_on(provider, device, &mut g, change, name_key).map(Some);
+    g.kept(staged)
 }
 
-pub(crate) fn stage_on<P: OpenMlsProvider>(
+pub(crate) fn stage_on<P: Provider>(
     provider: &P,
     device: &DeviceKey,
     g: &mut MlsGroup,
@@ -296,40 +297,40 @@ pub(crate) fn stage_on<P: OpenMlsProvider>(
 }
 
 /// Drops a staged commit the server refused.
-pub fn clear_pending<P: OpenMlsProvider>(
+pub fn clear_pending<P: Provider>(
     provider: &P,
     group_id: sotto_proto::GroupId,
 ) -> Result<(), CoreError> {
     let mut g = load(provider, group_id)?;
-    g.clear_pending_commit(provider.storage()).map_err(storage)
+    let cleared = g.clear_pending_commit(provider.storage()).map_err(storage);
+    g.kept(cleared)
 }
 
 /// Proposes this device's removal (leaving); another member commits it.
-pub fn propose_leave<P: OpenMlsProvider>(
+pub fn propose_leave<P: Provider>(
     provider: &P,
     device: &DeviceKey,
     group_id: sotto_proto::GroupId,
 ) -> Result<Vec<u8>, CoreError> {
     let mut g = load(provider, group_id)?;
-    let msg = g.leave_group(provider, device).map_err(internal)?;
-    msg.tls_serialize_detached().map_err(internal)
+    let msg = g.leave_group(provider, device).map_err(internal);
+    g.kept(msg)?.tls_serialize_detached().map_err(internal)
 }
 
 /// Whether this device is still a member (false after its removal).
-pub fn is_active<P: OpenMlsProvider>(
+pub fn is_active<P: Provider>(
     provider: &P,
     group_id: sotto_proto::GroupId,
 ) -> Result<bool, CoreError> {
-    Ok(load(provider, group_id)?.is_active())
+    read(provider, group_id, |g| g.is_active())
 }
 
 /// The epoch authenticator: equal on every member in the same epoch.
-pub fn epoch_authenticator<P: OpenMlsProvider>(
+pub fn epoch_authenticator<P: Provider>(
     provider: &P,
     group_id: sotto_proto::GroupId,
 ) -> Result<Vec<u8>, CoreError> {
-    Ok(load(provider, group_id)?
-        .epoch_authenticator()
-        .as_slice()
-        .to_vec())
+    read(provider, group_id, |g| {
+        g.epoch_authenticator().as_slice().to_vec()
+    })
 }

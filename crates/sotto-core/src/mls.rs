@@ -5,7 +5,6 @@
 
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;
-use openmls_traits::OpenMlsProvider;
 use sotto_proto::{AccountId, DeviceId};
 
 use crate::identity::{CredentialIdentity, DeviceKey};
@@ -118,7 +117,7 @@ pub use sotto_rules::leaf_identity;
 
 /// Makes `n` one-time KeyPackages (their private parts go into the
 /// provider's storage) and returns them serialized.
-pub fn key_packages<P: OpenMlsProvider>(
+pub fn key_packages<P: Provider>(
     provider: &P,
     me: &CredentialIdentity,
     device: &DeviceKey,
@@ -137,7 +136,7 @@ pub fn key_packages<P: OpenMlsProvider>(
 }
 
 /// Makes a last-resort KeyPackage.
-pub fn last_resort_key_package<P: OpenMlsProvider>(
+pub fn last_resort_key_package<P: Provider>(
     provider: &P,
     me: &CredentialIdentity,
     device: &DeviceKey,
@@ -153,7 +152,7 @@ pub fn last_resort_key_package<P: OpenMlsProvider>(
 
 /// Parses and verifies a claimed KeyPackage, and checks that it belongs to
 /// `account`'s device `device`.
-pub fn verify_key_package<P: OpenMlsProvider>(
+pub fn verify_key_package<P: Provider>(
     provider: &P,
     bytes: &[u8],
     account: AccountId,
@@ -204,7 +203,7 @@ pub enum NewConversation<'a> {
 /// a device publishes KeyPackages only in the suite its owner chose, so the
 /// invitee's choice decides, and the server cannot change it (KeyPackages are
 /// signed by their device).
-pub fn create_group<P: OpenMlsProvider>(
+pub fn create_group<P: Provider>(
     provider: &P,
     me: &CredentialIdentity,
     device: &DeviceKey,
@@ -249,26 +248,24 @@ pub fn create_group<P: OpenMlsProvider>(
         ..crate::group::Change::default()
     };
     let staged = crate::group::stage_on(provider, device, &mut group, change, None)?;
+    crate::state::hold(provider, group);
     Ok(Created { base, staged })
 }
 
-pub(crate) use crate::state::load;
+pub use crate::state::{Held, Limit, Provider};
+pub(crate) use crate::state::{load, read};
 
 /// Whether the local state has this group.
-pub fn has_group<P: OpenMlsProvider>(
+pub fn has_group<P: Provider>(
     provider: &P,
     group_id: sotto_proto::GroupId,
 ) -> Result<bool, CoreError> {
-    Ok(
-        MlsGroup::load(provider.storage(), &GroupId::from_slice(&group_id.0))
-            .map_err(storage)?
-            .is_some(),
-    )
+    crate::state::exists(provider, group_id)
 }
 
 /// Applies the staged commit after the server accepted it; says what the
 /// group is called now if the commit named it.
-pub fn merge_pending<P: OpenMlsProvider>(
+pub fn merge_pending<P: Provider>(
     provider: &P,
     group_id: sotto_proto::GroupId,
 ) -> Result<Option<crate::group::Renamed>, CoreError> {
@@ -277,63 +274,62 @@ pub fn merge_pending<P: OpenMlsProvider>(
         Some(staged) => crate::group::renamed(&g, provider.crypto(), staged)?,
         None => None,
     };
-    g.merge_pending_commit(provider).map_err(internal)?;
+    let merged = g.merge_pending_commit(provider).map_err(internal);
+    g.kept(merged)?;
     Ok(renamed)
 }
 
 /// Forgets a group entirely (used when the server refused its creation).
-pub fn discard<P: OpenMlsProvider>(
-    provider: &P,
-    group_id: sotto_proto::GroupId,
-) -> Result<(), CoreError> {
+pub fn discard<P: Provider>(provider: &P, group_id: sotto_proto::GroupId) -> Result<(), CoreError> {
     let mut g = load(provider, group_id)?;
     g.delete(provider.storage()).map_err(storage)
 }
 
 /// The group's current epoch.
-pub fn epoch<P: OpenMlsProvider>(
-    provider: &P,
-    group_id: sotto_proto::GroupId,
-) -> Result<u64, CoreError> {
-    Ok(load(provider, group_id)?.epoch().as_u64())
+pub fn epoch<P: Provider>(provider: &P, group_id: sotto_proto::GroupId) -> Result<u64, CoreError> {
+    read(provider, group_id, |g| g.epoch().as_u64())
 }
 
 /// The members of a group, as (account, device).
-pub fn members<P: OpenMlsProvider>(
+pub fn members<P: Provider>(
     provider: &P,
     group_id: sotto_proto::GroupId,
 ) -> Result<Vec<CredentialIdentity>, CoreError> {
-    let g = load(provider, group_id)?;
-    g.members()
-        .map(|m| leaf_identity(&m.credential, &m.signature_key).ok_or(CoreError::ForgedCredential))
-        .collect()
+    read(provider, group_id, |g| {
+        g.members()
+            .map(|m| {
+                leaf_identity(&m.credential, &m.signature_key).ok_or(CoreError::ForgedCredential)
+            })
+            .collect()
+    })?
 }
 
 /// The ciphersuite of a group, if Sotto speaks it.
-pub fn suite_of<P: OpenMlsProvider>(
+pub fn suite_of<P: Provider>(
     provider: &P,
     group_id: sotto_proto::GroupId,
 ) -> Result<Option<Suite>, CoreError> {
-    Ok(Suite::from_ciphersuite(
-        load(provider, group_id)?.ciphersuite(),
-    ))
+    read(provider, group_id, |g| {
+        Suite::from_ciphersuite(g.ciphersuite())
+    })
 }
 
 /// The HPKE encryption key of `device`'s leaf in the group (it changes when
 /// the device updates its leaf or is re-added); `None` if not a member.
-pub fn leaf_key<P: OpenMlsProvider>(
+pub fn leaf_key<P: Provider>(
     provider: &P,
     group_id: sotto_proto::GroupId,
     device: DeviceId,
 ) -> Result<Option<Vec<u8>>, CoreError> {
-    Ok(load(provider, group_id)?
-        .members()
-        .find(|m| m.signature_key.as_slice() == device.0.as_slice())
-        .map(|m| m.encryption_key))
+    read(provider, group_id, |g| {
+        g.members()
+            .find(|m| m.signature_key.as_slice() == device.0.as_slice())
+            .map(|m| m.encryption_key)
+    })
 }
 
 /// Encrypts an application message for the group.
-pub fn encrypt<P: OpenMlsProvider>(
+pub fn encrypt<P: Provider>(
     provider: &P,
     device: &DeviceKey,
     group_id: sotto_proto::GroupId,
@@ -345,7 +341,7 @@ pub fn encrypt<P: OpenMlsProvider>(
 /// Encrypts an application message for the group; also returns the
 /// conversation's disappearing timer (in seconds), read from the same load
 /// of the group state.
-pub fn encrypt_with_timer<P: OpenMlsProvider>(
+pub fn encrypt_with_timer<P: Provider>(
     provider: &P,
     device: &DeviceKey,
     group_id: sotto_proto::GroupId,
@@ -355,13 +351,15 @@ pub fn encrypt_with_timer<P: OpenMlsProvider>(
     let timer = sotto_rules::context::timer_of(g.extensions());
     let out = g
         .create_message(provider, device, plaintext)
-        .map_err(internal)?;
+        .map_err(internal)
+        .and_then(|out| g.past_epochs_done(provider).map(|()| out));
+    let out = g.kept(out)?;
     Ok((out.tls_serialize_detached().map_err(internal)?, timer))
 }
 
 /// The members of a group this device just joined, each with a Sotto
 /// credential naming its leaf key; if one has not, the group is dropped.
-fn checked_members<P: OpenMlsProvider>(
+fn checked_members<P: Provider>(
     provider: &P,
     group: &mut MlsGroup,
 ) -> Result<Vec<CredentialIdentity>, CoreError> {
@@ -391,7 +389,7 @@ pub struct Joined {
 
 /// Joins a group from a Welcome bundle. Every member's credential must
 /// match its leaf key, or the group is dropped again.
-pub fn join<P: OpenMlsProvider>(provider: &P, welcome: &[u8]) -> Result<Joined, CoreError> {
+pub fn join<P: Provider>(provider: &P, welcome: &[u8]) -> Result<Joined, CoreError> {
     join_replacing(provider, welcome, |_| false).map(|(j, _)| j)
 }
 
@@ -402,7 +400,7 @@ pub fn join<P: OpenMlsProvider>(provider: &P, welcome: &[u8]) -> Result<Joined, 
 /// re-added to it), and only by a later epoch. The held state is deleted in the same step;
 /// the caller's transaction keeps it if anything fails. Returns the joined
 /// group and whether it replaced a held one.
-pub fn join_replacing<P: OpenMlsProvider>(
+pub fn join_replacing<P: Provider>(
     provider: &P,
     welcome: &[u8],
     may_replace: impl FnOnce(sotto_proto::GroupId) -> bool,
@@ -425,7 +423,7 @@ pub fn join_replacing<P: OpenMlsProvider>(
         .try_into()
         .map_err(|_| CoreError::InvalidWelcome("group id is not 32 bytes".into()))?;
     let gid = sotto_proto::GroupId(gid);
-    let held = MlsGroup::load(provider.storage(), &GroupId::from_slice(&gid.0)).map_err(storage)?;
+    let held = crate::state::load_if_any(provider, gid)?;
     let replaced = held.is_some();
     let mut floor = None;
     if let Some(mut old) = held {
@@ -472,6 +470,7 @@ pub fn join_replacing<P: OpenMlsProvider>(
             },
         }
     });
+    crate::state::hold(provider, group);
     Ok((
         Joined {
             group_id: gid,
@@ -504,7 +503,7 @@ pub struct Rejoined {
 /// of the tree; every leaf must carry a Sotto credential, and this device
 /// must have a leaf to replace (the server and every member refuse an
 /// external commit that is not a rejoin).
-pub fn rejoin<P: OpenMlsProvider>(
+pub fn rejoin<P: Provider>(
     provider: &P,
     me: &CredentialIdentity,
     device: &DeviceKey,
@@ -522,8 +521,7 @@ pub fn rejoin<P: OpenMlsProvider>(
     }
     let epoch = info.epoch().as_u64();
     let tree = RatchetTreeIn::tls_deserialize_exact(ratchet_tree).map_err(|e| bad(&e))?;
-    let gid = GroupId::from_slice(&group_id.0);
-    if let Some(mut old) = MlsGroup::load(provider.storage(), &gid).map_err(storage)? {
+    if let Some(mut old) = crate::state::load_if_any(provider, group_id)? {
         old.delete(provider.storage()).map_err(storage)?;
     }
     let (mut group, bundle) = MlsGroup::external_commit_builder()
@@ -545,6 +543,7 @@ pub fn rejoin<P: OpenMlsProvider>(
         .finalize(provider)
         .map_err(|e| bad(&e))?;
     let members = checked_members(provider, &mut group)?;
+    crate::state::hold(provider, group);
     let (commit, _, info) = bundle.into_contents();
     Ok(Rejoined {
         epoch,
@@ -596,7 +595,7 @@ pub enum Processed {
 }
 
 /// Decrypts or applies one MLS message of a group.
-pub fn process<P: OpenMlsProvider>(
+pub fn process<P: Provider>(
     provider: &P,
     group_id: sotto_proto::GroupId,
     bytes: &[u8],
@@ -612,6 +611,16 @@ pub fn process<P: OpenMlsProvider>(
         return Err(CoreError::Rejected("message for another group".into()));
     }
     let mut g = load(provider, group_id)?;
+    let out = process_on(provider, &mut g, proto);
+    g.kept(out)
+}
+
+fn process_on<P: Provider>(
+    provider: &P,
+    g: &mut crate::state::Loaded<'_>,
+    proto: ProtocolMessage,
+) -> Result<Processed, CoreError> {
+    let current = proto.epoch() == g.epoch();
     if proto.epoch() > g.epoch() {
         return Err(CoreError::Behind {
             local: g.epoch().as_u64(),
@@ -635,6 +644,9 @@ pub fn process<P: OpenMlsProvider>(
             let m = g.member_at(idx).ok_or(CoreError::ForgedCredential)?;
             let sender = leaf_identity(&m.credential, &m.signature_key)
                 .ok_or(CoreError::ForgedCredential)?;
+            if current {
+                g.past_epochs_done(provider)?;
+            }
             Ok(Processed::Application {
                 sender,
                 plaintext: app.into_bytes(),
@@ -645,7 +657,7 @@ pub fn process<P: OpenMlsProvider>(
             let judged =
                 sotto_rules::judge::judge_commit(g.public_group(), &sender, &staged, &aad)?;
             let readded = judged.readded.into_iter().map(|(_, d)| d).collect();
-            let renamed = crate::group::renamed(&g, provider.crypto(), &staged)?;
+            let renamed = crate::group::renamed(g, provider.crypto(), &staged)?;
             let removed_me = staged.self_removed();
             let timer_before = sotto_rules::context::timer_of(g.extensions());
             g.merge_staged_commit(provider, *staged).map_err(internal)?;

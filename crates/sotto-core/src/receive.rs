@@ -18,7 +18,7 @@
 
 use std::collections::BTreeSet;
 
-use openmls_traits::OpenMlsProvider;
+use crate::mls::Provider;
 use sotto_proto::{
     DeviceId, Envelope, EnvelopeKind, GroupId, Handle, MessageId, SignedDeviceList,
     SignedKillRecord, WipeOrder,
@@ -217,7 +217,7 @@ fn applied(outcome: Outcome) -> Applied {
 /// Applies one delivery for this device (`me`) at `now_ms` (this device's
 /// clock). An error means the delivery cannot be read: the caller discards
 /// what was written through `provider` and calls [`unreadable`].
-pub fn apply<P: OpenMlsProvider>(
+pub fn apply<P: Provider>(
     provider: &P,
     me: &CredentialIdentity,
     env: &Envelope,
@@ -264,7 +264,7 @@ pub fn apply<P: OpenMlsProvider>(
 /// A Welcome into a conversation this device holds is refused, unless this
 /// device was removed from it (it is added again) or lost its state of it
 /// and waits to be re-added.
-fn welcome<P: OpenMlsProvider>(
+fn welcome<P: Provider>(
     provider: &P,
     env: &Envelope,
     known: &Known<'_>,
@@ -290,7 +290,7 @@ fn welcome<P: OpenMlsProvider>(
     })
 }
 
-fn handshake_or_message<P: OpenMlsProvider>(
+fn handshake_or_message<P: Provider>(
     provider: &P,
     me: &CredentialIdentity,
     env: &Envelope,
@@ -444,11 +444,7 @@ pub fn membership(before: &[CredentialIdentity], after: &[CredentialIdentity]) -
 /// is not authenticated, so a lying server can at worst make it ask to be
 /// re-added); anything else is set aside, naming its sender as far as this
 /// device knows it.
-pub fn unreadable<P: OpenMlsProvider>(
-    provider: &P,
-    env: &Envelope,
-    error: CoreError,
-) -> Unreadable {
+pub fn unreadable<P: Provider>(provider: &P, env: &Envelope, error: CoreError) -> Unreadable {
     let g = env.group;
     if matches!(env.kind, EnvelopeKind::Application | EnvelopeKind::Commit)
         && matches!(error, CoreError::Behind { .. } | CoreError::UnknownGroup)

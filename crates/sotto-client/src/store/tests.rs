@@ -413,3 +413,229 @@ fn a_received_group_name_with_hidden_characters_is_not_taken() {
         assert_eq!(name_of(&mut store, hostile), unnamed, "{hostile:?}");
     }
 }
+
+/// Alice's store creates group `g` with bob's store (one KeyPackage each
+/// time), and bob joins it.
+fn direct_group(
+    alice: &mut Store,
+    bob: &mut Store,
+    g: GroupId,
+    (a, a_dev): (&CredentialIdentity, &DeviceKey),
+    (b, b_dev, b_list): (&CredentialIdentity, &DeviceKey, &SignedDeviceList),
+) {
+    let kp = bob
+        .transaction(|p, _| {
+            Ok(sotto_core::mls::key_packages(
+                p,
+                b,
+                b_dev,
+                Suite::Classical,
+                1,
+            )?)
+        })
+        .unwrap()
+        .remove(0);
+    let welcome = alice
+        .transaction(|p, _| {
+            let (kp, _) = sotto_core::mls::verify_key_package(p, &kp, b.account, b.device)?;
+            let created = sotto_core::mls::create_group(
+                p,
+                a,
+                a_dev,
+                g,
+                vec![kp],
+                vec![b_list.clone()],
+                sotto_core::mls::NewConversation::Direct,
+            )?;
+            sotto_core::mls::merge_pending(p, g)?;
+            Ok(created.staged.welcome.unwrap())
+        })
+        .unwrap();
+    bob.transaction(|p, _| Ok(sotto_core::mls::join(p, &welcome).map(|_| ())?))
+        .unwrap();
+}
+
+/// Issue 15: a group stays loaded between transactions, and the held copy
+/// never runs ahead of or behind the stored state. A transaction that rolls
+/// back takes its changes to the held group with it, and a change made by
+/// another connection (another process on the profile) drops it. The
+/// recipient reads every message that was committed, in order: a stale
+/// held copy would encrypt under a generation already used, which it
+/// refuses.
+#[test]
+fn a_held_group_follows_commits_rollbacks_and_other_connections() {
+    let (adir, bdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut alice = Store::open_unencrypted(adir.path()).unwrap();
+    let mut bob = Store::open_unencrypted(bdir.path()).unwrap();
+    let (a, a_dev, _) = person("alice");
+    let (b, b_dev, b_list) = person("bob");
+    let g = GroupId([5; 32]);
+    direct_group(&mut alice, &mut bob, g, (&a, &a_dev), (&b, &b_dev, &b_list));
+    let send = |s: &mut Store, text: &str| -> Vec<u8> {
+        s.transaction(|p, _| Ok(sotto_core::mls::encrypt(p, &a_dev, g, text.as_bytes())?))
+            .unwrap()
+    };
+    let read = |bob: &mut Store, ct: &[u8]| -> Vec<u8> {
+        match bob.transaction(|p, _| Ok(sotto_core::mls::process(p, g, ct)?)) {
+            Ok(sotto_core::mls::Processed::Application { plaintext, .. }) => plaintext,
+            other => panic!("bob could not read a message: {other:?}"),
+        }
+    };
+
+    // Made in this store, the group is held from the start.
+    let loads = alice.held.loads();
+    let m1 = send(&mut alice, "one");
+    let m2 = send(&mut alice, "two");
+    assert_eq!(alice.held.loads(), loads, "a held group was loaded again");
+    assert_eq!(alice.held.len(), 1);
+
+    // A transaction that fails after encrypting leaves nothing held.
+    let failed = alice.transaction(|p, _| {
+        sotto_core::mls::encrypt(p, &a_dev, g, b"never sent")?;
+        Err::<(), _>(ClientError::Invalid("fails after the encryption".into()))
+    });
+    assert!(failed.is_err());
+    assert!(alice.held.is_empty());
+    let m3 = send(&mut alice, "three");
+    assert_eq!(alice.held.loads(), loads + 1);
+
+    // Another connection to the same profile sends: this one's held copy
+    // is stale, and goes.
+    let mut other = Store::open_unencrypted(adir.path()).unwrap();
+    let m4 = send(&mut other, "four");
+    let m5 = send(&mut alice, "five");
+    assert_eq!(alice.held.loads(), loads + 2);
+    let m6 = send(&mut other, "six");
+
+    let got: Vec<Vec<u8>> = [m1, m2, m3, m4, m5, m6]
+        .iter()
+        .map(|m| read(&mut bob, m))
+        .collect();
+    let want: Vec<Vec<u8>> = ["one", "two", "three", "four", "five", "six"]
+        .iter()
+        .map(|t| t.as_bytes().to_vec())
+        .collect();
+    assert_eq!(got, want);
+}
+
+/// Issue 15: the held groups stay within their limit, the least recently
+/// used going first, and a group that went is loaded again when used.
+#[test]
+fn held_groups_stay_within_the_limit() {
+    let (adir, bdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut alice = Store::open_unencrypted(adir.path()).unwrap();
+    let mut bob = Store::open_unencrypted(bdir.path()).unwrap();
+    alice.held = Held::new(sotto_core::mls::Limit {
+        groups: 2,
+        leaves: 100,
+    });
+    let (a, a_dev, _) = person("alice");
+    let (b, b_dev, b_list) = person("bob");
+    let groups = [GroupId([6; 32]), GroupId([7; 32]), GroupId([8; 32])];
+    for g in groups {
+        direct_group(&mut alice, &mut bob, g, (&a, &a_dev), (&b, &b_dev, &b_list));
+    }
+    assert_eq!(
+        alice.held.len(),
+        2,
+        "three groups held under a limit of two"
+    );
+    let epoch = |s: &mut Store, g: GroupId| {
+        s.transaction(|p, _| Ok(sotto_core::mls::epoch(p, g)?))
+            .unwrap()
+    };
+    let loads = alice.held.loads();
+    // The last two made are held; the first went.
+    epoch(&mut alice, groups[2]);
+    epoch(&mut alice, groups[1]);
+    assert_eq!(alice.held.loads(), loads);
+    epoch(&mut alice, groups[0]);
+    assert_eq!(alice.held.loads(), loads + 1);
+    // Now groups[2] was used least recently.
+    epoch(&mut alice, groups[1]);
+    epoch(&mut alice, groups[2]);
+    assert_eq!(alice.held.loads(), loads + 2);
+    assert_eq!(alice.held.len(), 2);
+
+    // Two leaves each: a limit of three leaves holds one group.
+    alice.held = Held::new(sotto_core::mls::Limit {
+        groups: 10,
+        leaves: 3,
+    });
+    for g in groups {
+        epoch(&mut alice, g);
+    }
+    assert_eq!(alice.held.len(), 1);
+}
+
+/// Issue 15: the message secrets of the epoch a commit ended stay until
+/// this device reads (or sends) the first message of the new epoch, and go
+/// then: a message of the old epoch that the server's order would never
+/// deliver so late is still read before that moment, and not after it.
+/// Kept longer, they would be written again with every message.
+#[test]
+fn past_epoch_secrets_go_with_the_first_message_of_the_new_epoch() {
+    let (adir, bdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut alice = Store::open_unencrypted(adir.path()).unwrap();
+    let mut bob = Store::open_unencrypted(bdir.path()).unwrap();
+    let (a, a_dev, _) = person("alice");
+    let (b, b_dev, b_list) = person("bob");
+    let g = GroupId([9; 32]);
+    direct_group(&mut alice, &mut bob, g, (&a, &a_dev), (&b, &b_dev, &b_list));
+    let send = |s: &mut Store, text: &str| -> Vec<u8> {
+        s.transaction(|p, _| Ok(sotto_core::mls::encrypt(p, &a_dev, g, text.as_bytes())?))
+            .unwrap()
+    };
+    let read = |bob: &mut Store, ct: &[u8]| {
+        bob.transaction(|p, _| Ok(sotto_core::mls::process(p, g, ct)?))
+    };
+    let old_a = send(&mut alice, "old a");
+    let old_b = send(&mut alice, "old b");
+    let commit = alice
+        .transaction(|p, _| {
+            let staged = sotto_core::group::stage(
+                p,
+                &a_dev,
+                g,
+                sotto_core::group::Change {
+                    self_update: true,
+                    ..Default::default()
+                },
+                None,
+            )?
+            .expect("a commit");
+            sotto_core::mls::merge_pending(p, g)?;
+            Ok(staged.commit)
+        })
+        .unwrap();
+    assert!(matches!(
+        read(&mut bob, &commit),
+        Ok(sotto_core::mls::Processed::Commit { .. })
+    ));
+    let secrets_len = |s: &Store| -> usize {
+        s.conn
+            .query_row(
+                "SELECT length(group_data) FROM openmls_group_data \
+                 WHERE data_type = 'message_secrets'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap() as usize
+    };
+    let with_past = secrets_len(&bob);
+    // The margin: a message of the epoch just left is still read.
+    assert!(
+        matches!(read(&mut bob, &old_a), Ok(sotto_core::mls::Processed::Application { plaintext, .. }) if plaintext == b"old a")
+    );
+    let new = send(&mut alice, "new");
+    assert!(
+        matches!(read(&mut bob, &new), Ok(sotto_core::mls::Processed::Application { plaintext, .. }) if plaintext == b"new")
+    );
+    assert!(
+        secrets_len(&bob) < with_past,
+        "the past epoch's secrets are still stored ({} bytes, {with_past} before)",
+        secrets_len(&bob)
+    );
+    // After the first message of the new epoch, the old epoch is closed.
+    assert!(read(&mut bob, &old_b).is_err());
+}
