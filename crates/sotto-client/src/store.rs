@@ -861,12 +861,15 @@ impl Store {
         if shown.is_empty() {
             return Ok(());
         }
-        self.transaction(|_, c| {
-            let mut stmt = c.prepare("UPDATE messages SET shown = 1 WHERE id = ?1")?;
-            for m in shown {
-                stmt.execute([&m.id.0[..]])?;
-            }
-            Ok(())
+        // Lost to a power cut, a mark shows a message once more: unsynced.
+        self.unsynced(|s| {
+            s.transaction(|_, c| {
+                let mut stmt = c.prepare("UPDATE messages SET shown = 1 WHERE id = ?1")?;
+                for m in shown {
+                    stmt.execute([&m.id.0[..]])?;
+                }
+                Ok(())
+            })
         })
     }
 
@@ -953,11 +956,31 @@ impl Store {
         Ok(out)
     }
 
-    /// Removes a confirmed outbox entry.
+    /// Removes a confirmed outbox entry. Not synced to disk at once (see
+    /// [`Store::unsynced`]): lost to a power cut, the entry only sends its
+    /// message again, which the server and every recipient drop as a
+    /// duplicate of the same id.
     pub fn outbox_done(&mut self, id: &MessageId) -> Result<(), ClientError> {
-        self.conn
-            .execute("DELETE FROM outbox WHERE msg_id = ?1", [&id.0[..]])?;
-        Ok(())
+        self.unsynced(|s| {
+            s.conn
+                .execute("DELETE FROM outbox WHERE msg_id = ?1", [&id.0[..]])?;
+            Ok(())
+        })
+    }
+
+    /// Runs `f` with its commits not synced to disk (`synchronous=NORMAL`):
+    /// they survive a crash of the process, and a power cut may undo them
+    /// until the next synced commit, which syncs the WAL in order, theirs
+    /// included. Only for writes whose loss costs a repetition and nothing
+    /// else: an outbox entry already confirmed, a message marked shown.
+    fn unsynced<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let out = f(self);
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        out
     }
 
     /// Every conversation.

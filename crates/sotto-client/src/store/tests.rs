@@ -639,3 +639,46 @@ fn past_epoch_secrets_go_with_the_first_message_of_the_new_epoch() {
     // After the first message of the new epoch, the old epoch is closed.
     assert!(read(&mut bob, &old_b).is_err());
 }
+
+/// The writes whose loss costs only a repetition are not synced; every
+/// other commit still is: `synchronous` is back to FULL after them.
+#[test]
+fn unsynced_writes_leave_the_store_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open_unencrypted(dir.path()).unwrap();
+    let synchronous = |s: &Store| -> i64 {
+        s.conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(synchronous(&store), 2, "FULL from the start");
+    store.outbox_done(&MessageId([1; 16])).unwrap();
+    assert_eq!(synchronous(&store), 2);
+    let (bob, ..) = person("bob");
+    let g = GroupId([4; 32]);
+    store
+        .transaction(|_, c| {
+            rows::put_message(
+                c,
+                &NewMessage {
+                    id: MessageId([2; 16]),
+                    group: g,
+                    sender: &bob,
+                    outgoing: false,
+                    from_this_device: false,
+                    text: "shown once",
+                    sent_at_ms: 1,
+                    received_at_ms: 2,
+                    seq: 1,
+                    expires_at_ms: None,
+                    reply_to: None,
+                },
+            )
+        })
+        .unwrap();
+    let unshown = store.unshown(3).unwrap();
+    assert_eq!(unshown.len(), 1);
+    store.mark_shown(&unshown).unwrap();
+    assert_eq!(synchronous(&store), 2);
+    assert!(store.unshown(3).unwrap().is_empty());
+}
