@@ -16,7 +16,7 @@ use sotto_proto::{DeviceId, EnvelopeKind, GroupId, MessageId};
 use sotto_server::store::sqlite::SqliteStore;
 use sotto_server::store::{CommitWrite, MailboxCap, Outgoing, Store};
 
-use crate::members::{Member, median, us};
+use crate::members::{Holding, Member, median, us};
 use crate::report::{Table, ms};
 
 struct Row {
@@ -37,54 +37,6 @@ struct Row {
     held_encrypt: Duration,
     held_decrypt: Duration,
     fanout: Duration,
-}
-
-/// The provider `p`, holding its groups loaded between operations as a
-/// long-running client's store does (`mls::Held`); each
-/// operation counts as committed at once (memory storage has no
-/// transactions).
-struct Holding<'a> {
-    p: &'a Provider,
-    held: mls::Held,
-}
-
-impl<'a> Holding<'a> {
-    fn new(p: &'a Provider) -> Self {
-        Self {
-            p,
-            held: mls::Held::default(),
-        }
-    }
-}
-
-impl std::fmt::Debug for Holding<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Holding({:?})", self.held)
-    }
-}
-
-impl openmls::prelude::OpenMlsProvider for Holding<'_> {
-    type CryptoProvider = <Provider as openmls::prelude::OpenMlsProvider>::CryptoProvider;
-    type RandProvider = <Provider as openmls::prelude::OpenMlsProvider>::RandProvider;
-    type StorageProvider = <Provider as openmls::prelude::OpenMlsProvider>::StorageProvider;
-
-    fn storage(&self) -> &Self::StorageProvider {
-        self.p.storage()
-    }
-
-    fn crypto(&self) -> &Self::CryptoProvider {
-        self.p.crypto()
-    }
-
-    fn rand(&self) -> &Self::RandProvider {
-        self.p.rand()
-    }
-}
-
-impl mls::Provider for Holding<'_> {
-    fn held(&self) -> Option<&mls::Held> {
-        Some(&self.held)
-    }
 }
 
 const G: GroupId = GroupId([0x5b; 32]);

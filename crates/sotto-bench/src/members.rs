@@ -1,5 +1,6 @@
 //! What the client-side MLS scenarios (`groups`, `mls`) share: a member
-//! device with its account, its KeyPackages and its signed device list, and
+//! device with its account, its KeyPackages and its signed device list, a
+//! provider that holds its groups as a long-running client does, and
 //! medians of timings.
 
 use std::time::Duration;
@@ -51,6 +52,54 @@ impl Member {
     /// The account's signed list naming this device.
     pub(crate) fn list(&self) -> SignedDeviceList {
         self.account.sign_device_list(1, vec![self.me.device])
+    }
+}
+
+/// The provider `p`, holding its groups loaded between operations as a
+/// long-running client's store does (`mls::Held`); each
+/// operation counts as committed at once (memory storage has no
+/// transactions).
+pub(crate) struct Holding<'a> {
+    p: &'a Provider,
+    pub(crate) held: mls::Held,
+}
+
+impl<'a> Holding<'a> {
+    pub(crate) fn new(p: &'a Provider) -> Self {
+        Self {
+            p,
+            held: mls::Held::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Holding<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Holding({:?})", self.held)
+    }
+}
+
+impl openmls::prelude::OpenMlsProvider for Holding<'_> {
+    type CryptoProvider = <Provider as openmls::prelude::OpenMlsProvider>::CryptoProvider;
+    type RandProvider = <Provider as openmls::prelude::OpenMlsProvider>::RandProvider;
+    type StorageProvider = <Provider as openmls::prelude::OpenMlsProvider>::StorageProvider;
+
+    fn storage(&self) -> &Self::StorageProvider {
+        self.p.storage()
+    }
+
+    fn crypto(&self) -> &Self::CryptoProvider {
+        self.p.crypto()
+    }
+
+    fn rand(&self) -> &Self::RandProvider {
+        self.p.rand()
+    }
+}
+
+impl mls::Provider for Holding<'_> {
+    fn held(&self) -> Option<&mls::Held> {
+        Some(&self.held)
     }
 }
 

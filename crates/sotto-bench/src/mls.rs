@@ -44,6 +44,11 @@
 //! tree Bob (the last leaf, whose path covers it) commits a self-update
 //! after each removal, outside the timings, so every repetition starts
 //! from a fully updated tree again.
+//!
+//! Above, both sides load the group's state from storage for each
+//! operation, as every client did before issue 15. A last table has the
+//! committer's add, remove and self-update with the group held on both
+//! sides ([`held_commits`]), as long-running clients now run them.
 
 use std::time::{Duration, Instant};
 
@@ -61,7 +66,7 @@ use sotto_core::mls::{self, Processed};
 use sotto_core::{CredentialIdentity, DeviceKey, Suite};
 use sotto_proto::{DeviceId, GroupId, SignedDeviceList};
 
-use crate::members::{Member, median, us};
+use crate::members::{Holding, Member, median, us};
 use crate::report::{Table, ratio};
 
 /// Whether the tree is as created or fully updated.
@@ -299,8 +304,8 @@ fn raw_external_join(p: &Provider, m: &Member, group_info: &[u8]) -> anyhow::Res
 
 // ---- The Sotto side: the sotto_core calls the client makes. ----
 
-fn sotto_create(
-    p: &Provider,
+fn sotto_create<P: mls::Provider>(
+    p: &P,
     alice: &Member,
     g: GroupId,
     kps: &[Vec<u8>],
@@ -330,8 +335,8 @@ fn sotto_create(
 
 /// Stages a change and merges it (as the client does once the server
 /// accepted it).
-fn commit(
-    p: &Provider,
+fn commit<P: mls::Provider>(
+    p: &P,
     device: &DeviceKey,
     g: GroupId,
     change: Change,
@@ -345,8 +350,8 @@ fn commit(
 /// Adds the owner of `kp` (vouched for by `list`, the account's signed
 /// device list the server hands out with it); returns the commit and the
 /// Welcome.
-fn sotto_add(
-    p: &Provider,
+fn sotto_add<P: mls::Provider>(
+    p: &P,
     device: &DeviceKey,
     g: GroupId,
     kp: &[u8],
@@ -748,6 +753,159 @@ fn bytes(x: (usize, usize)) -> String {
     }
 }
 
+// ---- Commits as long-running clients make them: the group held. ----
+
+/// The committer's add, remove and self-update (medians, Sotto / openmls)
+/// with the group held in memory on both sides, as a long-running client
+/// holds it (issue 15): Sotto through a provider that holds its groups
+/// (`Holding`), openmls on one `MlsGroup` kept between calls. Each side
+/// has its own group of `n` members on a fresh tree, made the same way,
+/// and makes the same commits in turn (the first side alternates).
+struct HeldCommits {
+    suite: Suite,
+    n: usize,
+    add: (Duration, Duration),
+    remove: (Duration, Duration),
+    update: (Duration, Duration),
+}
+
+fn held_commits(suite: Suite, n: usize, reps: usize) -> anyhow::Result<HeldCommits> {
+    let g = GroupId([0x68; 32]);
+    let alice = Member::new(0);
+    let crowd_p = Provider::new()?;
+    let crowd: Vec<Member> = (1..n + reps).map(Member::new).collect();
+    let kp = |m: &Member| m.key_package_bytes(&crowd_p, suite);
+    // Sotto's side.
+    let sp = Provider::new()?;
+    let s = Holding::new(&sp);
+    let first: Vec<Vec<u8>> = crowd[..n - 1].iter().map(kp).collect();
+    let owners: Vec<_> = crowd[..n - 1]
+        .iter()
+        .map(|m| (m.me.clone(), m.list()))
+        .collect();
+    sotto_create(&s, &alice, g, &first, &owners)?;
+    s.held.commit();
+    // openmls's side: the same group context, the group kept.
+    let rp = Provider::new()?;
+    let exts = raw_load(&sp, g)?.extensions().clone();
+    let kps = first
+        .iter()
+        .map(|b| raw_validate(&rp, b))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut rg = MlsGroup::new_with_group_id(
+        &rp,
+        &alice.device,
+        &create_config(suite.ciphersuite(), exts),
+        mls_gid(g),
+        mls::credential(&alice.me),
+    )?;
+    rg.add_members(&rp, &alice.device, &kps)?;
+    rg.merge_pending_commit(&rp)?;
+
+    let (mut add, mut remove, mut update) = (Pair::default(), Pair::default(), Pair::default());
+    for r in 0..reps {
+        let newcomer = &crowd[n - 1 + r];
+        let kb = kp(newcomer);
+        let sotto_first = r % 2 == 0;
+        for side in [sotto_first, !sotto_first] {
+            if side {
+                let (_, d) = timed(|| {
+                    sotto_add(&s, &alice.device, g, &kb, &newcomer.me, newcomer.list())?;
+                    s.held.commit();
+                    Ok(())
+                })?;
+                add.sotto.push(d);
+                let (_, d) = timed(|| {
+                    commit(
+                        &s,
+                        &alice.device,
+                        g,
+                        Change {
+                            removes: vec![newcomer.me.device],
+                            ..Change::default()
+                        },
+                    )?;
+                    s.held.commit();
+                    Ok(())
+                })?;
+                remove.sotto.push(d);
+                let (_, d) = timed(|| {
+                    commit(&s, &alice.device, g, self_update())?;
+                    s.held.commit();
+                    Ok(())
+                })?;
+                update.sotto.push(d);
+            } else {
+                let (_, d) = timed(|| {
+                    let kp = raw_validate(&rp, &kb)?;
+                    rg.add_members_without_update(&rp, &alice.device, &[kp])?;
+                    rg.merge_pending_commit(&rp)?;
+                    let _tree = rg.export_ratchet_tree();
+                    Ok(())
+                })?;
+                add.raw.push(d);
+                let (_, d) = timed(|| {
+                    let leaf = rg
+                        .members()
+                        .find(|m| m.signature_key.as_slice() == newcomer.me.device.0.as_slice())
+                        .ok_or_else(|| anyhow::anyhow!("not a member"))?
+                        .index;
+                    rg.remove_members(&rp, &alice.device, &[leaf])?;
+                    rg.merge_pending_commit(&rp)?;
+                    Ok(())
+                })?;
+                remove.raw.push(d);
+                let (_, d) = timed(|| {
+                    rg.self_update(&rp, &alice.device, LeafNodeParameters::default())?;
+                    rg.merge_pending_commit(&rp)?;
+                    Ok(())
+                })?;
+                update.raw.push(d);
+            }
+        }
+    }
+    anyhow::ensure!(s.held.loads() == 0, "Sotto's held group was loaded again");
+    let none = || anyhow::anyhow!("no repetitions");
+    Ok(HeldCommits {
+        suite,
+        n,
+        add: add.medians().ok_or_else(none)?,
+        remove: remove.medians().ok_or_else(none)?,
+        update: update.medians().ok_or_else(none)?,
+    })
+}
+
+fn held_table(rows: &[HeldCommits], reps: &[(usize, usize, usize)]) -> Table {
+    let mut t = Table::new(
+        "mls",
+        "the committer's commits with the group held on both sides (issue 15): Sotto / openmls (ms), ratio",
+        &["suite", "members", "add", "remove", "self-update"],
+    );
+    let cell = |x: (Duration, Duration)| {
+        format!(
+            "{:.2} / {:.2} ({})",
+            x.0.as_secs_f64() * 1e3,
+            x.1.as_secs_f64() * 1e3,
+            ratio(x.0.as_secs_f64(), x.1.as_secs_f64())
+        )
+    };
+    for r in rows {
+        t.row(vec![
+            r.suite.name().to_owned(),
+            r.n.to_string(),
+            cell(r.add),
+            cell(r.remove),
+            cell(r.update),
+        ]);
+    }
+    let reps: Vec<String> = reps.iter().map(|p| format!("{}: {}", p.0, p.1)).collect();
+    t.note(format!(
+        "fresh trees; medians of (members: repetitions) {}; Sotto's commits also make the GroupInfo the server keeps, and its add exports the tree beside the Welcome (the openmls side exports it too)",
+        reps.join(", ")
+    ));
+    t
+}
+
 /// Scenario `mls`, for the group sizes given (default 2, 10, 100, 1000;
 /// with `--quick` 2 and 10).
 pub(crate) fn run(quick: bool, sizes: Option<Vec<usize>>) -> anyhow::Result<Vec<Table>> {
@@ -771,7 +929,15 @@ pub(crate) fn run(quick: bool, sizes: Option<Vec<usize>>) -> anyhow::Result<Vec<
             }
         }
     }
-    Ok(tables(&rows, &plan))
+    let mut held = Vec::new();
+    for &(n, reps, _) in &plan {
+        for suite in [Suite::PostQuantum, Suite::Classical] {
+            held.push(held_commits(suite, n, reps)?);
+        }
+    }
+    let mut out = tables(&rows, &plan);
+    out.push(held_table(&held, &plan));
+    Ok(out)
 }
 
 fn tables(rows: &[Costs], plan: &[(usize, usize, usize)]) -> Vec<Table> {
