@@ -83,6 +83,7 @@ mod tests {
             conversation: GroupId([1; 32]),
             name: "ops".into(),
             what,
+            at_ms: 0,
         }
     }
 

@@ -222,7 +222,8 @@ fn conversation_with_messages_delivery_states_notices_and_members() {
             reply_to: None,
         }]
     );
-    // A notice, and a message from the network carrying escape sequences.
+    // A notice, and a message from the network carrying escape sequences,
+    // learned at the same moment: the notice comes first (issue 16, item 9).
     worker(
         &mut app,
         Event::Updates(Updates {
@@ -233,6 +234,7 @@ fn conversation_with_messages_delivery_states_notices_and_members() {
                 what: NoticeKind::MemberJoined {
                     handle: Handle::new("dave").unwrap(),
                 },
+                at_ms: T + 11 * 60_000,
             }],
             warnings: vec![],
         }),
@@ -247,8 +249,8 @@ fn conversation_with_messages_delivery_states_notices_and_members() {
             │  carol             ││13:09 alice: two                                        │
             │                    ││      lines ⧗ queued                                    │
             │                    ││13:15 alice: on my way …                                │
+            │                    ││13:16 — team: dave joined                               │
             │                    ││13:16 bob: \e[2Jgotcha\e]0;title\x07                    │
-            │                    ││13:15 — team: dave joined                               │
             │                    ││                                                        │
             │                    ││                                                        │
             │                    ││                                                        │
@@ -688,4 +690,39 @@ fn hostile_text_is_drawn_with_its_controls_visible() {
         └──────────────────────────────────────────────────────────────────────────────────────────────────────────────────────┘
         ↑↓/jk select · Enter open · / command · ? help · q quit
     "#]].assert_eq(&shown);
+}
+
+/// Issue 16, item 9: a notice comes before the messages it came with,
+/// also when the conversation is opened afterwards ("carol started this
+/// conversation" above carol's first message, not below it).
+#[test]
+fn a_notice_comes_before_the_messages_it_came_with() {
+    let mut app = alice();
+    let g = GroupId([3; 32]);
+    worker(
+        &mut app,
+        Event::Updates(Updates {
+            messages: vec![msg(8, 3, "carol", "hi, it's carol", 5)],
+            notices: vec![Notice {
+                conversation: g,
+                name: "carol".into(),
+                what: NoticeKind::Started {
+                    by: Handle::new("carol").unwrap(),
+                },
+                at_ms: T + 5 * 60_000,
+            }],
+            warnings: vec![],
+        }),
+    );
+    key(&mut app, KeyCode::Char('j'));
+    key(&mut app, KeyCode::Char('j'));
+    open(
+        &mut app,
+        vec![msg(8, 3, "carol", "hi, it's carol", 5)],
+        HashSet::new(),
+    );
+    let s = screen(&app, 80, 24);
+    let notice = s.find("carol started").expect(&s);
+    let message = s.find("hi, it's carol").expect(&s);
+    assert!(notice < message, "the notice is below the message:\n{s}");
 }

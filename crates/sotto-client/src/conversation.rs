@@ -19,6 +19,10 @@ pub struct Notice {
     pub name: String,
     /// What happened.
     pub what: NoticeKind,
+    /// When this device learned it, on the clock that stamps a received
+    /// message's `received_at_ms`: a notice and the messages that came with
+    /// it sort in the order they came (0 if not known).
+    pub at_ms: u64,
 }
 
 /// What a [`Notice`] says happened.
@@ -89,7 +93,14 @@ impl Notice {
             conversation,
             name,
             what,
+            at_ms: 0,
         }
+    }
+
+    /// The notice, learned at `ms`.
+    pub(crate) fn at(mut self, ms: u64) -> Self {
+        self.at_ms = ms;
+        self
     }
 }
 

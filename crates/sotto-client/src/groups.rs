@@ -391,7 +391,7 @@ impl Profile {
                     rows::delete_pending_commit(c, &g)
                 })?;
                 self.warnings.append(&mut warnings);
-                self.notices.append(&mut notices);
+                self.notices.extend(notices.into_iter().map(|n| n.at(now)));
                 Ok(Submitted::Committed(epoch))
             }
             Err(ClientError::Server(e)) if matches!(e.code, ErrorCode::StaleEpoch { .. }) => {

@@ -70,6 +70,10 @@ impl Profile {
         });
         self.warnings.append(&mut told.warnings);
         if attempt.is_ok() {
+            // Learned with this delivery, at the time its messages got.
+            for n in &mut told.notices {
+                n.at_ms = now;
+            }
             self.notices.append(&mut told.notices);
             if told.leave {
                 self.leaves.insert(env.group);

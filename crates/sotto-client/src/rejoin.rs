@@ -160,8 +160,9 @@ impl Profile {
                 conversation: name.clone(),
                 missing,
             });
+            let now = self.now_ms();
             self.notices
-                .push(Notice::new(g, name, NoticeKind::OutOfSync { missing }));
+                .push(Notice::new(g, name, NoticeKind::OutOfSync { missing }).at(now));
         }
         Ok(())
     }
@@ -176,7 +177,9 @@ impl Profile {
             Ok(self_name(c, &g))
         })?;
         if known {
-            self.notices.push(Notice::new(g, name, NoticeKind::Removed));
+            let now = self.now_ms();
+            self.notices
+                .push(Notice::new(g, name, NoticeKind::Removed).at(now));
         }
         Ok(())
     }

@@ -84,9 +84,13 @@ pub enum Entry {
 }
 
 impl Entry {
-    fn time_ms(&self) -> u64 {
+    /// Where it goes in a conversation: by time, and a notice before the
+    /// messages of the same moment (it came with them: "carol added you"
+    /// before what carol wrote).
+    fn order(&self) -> (u64, u8) {
         match self {
-            Self::Message { time_ms, .. } | Self::Notice { time_ms, .. } => *time_ms,
+            Self::Notice { time_ms, .. } => (*time_ms, 0),
+            Self::Message { time_ms, .. } => (*time_ms, 1),
         }
     }
 
@@ -540,28 +544,35 @@ impl App {
     }
 
     fn updates(&mut self, u: Updates, now_ms: u64) {
+        // What is new, in the order it came: notices and messages by time,
+        // a notice first at the same moment.
+        let mut fresh: Vec<(GroupId, Entry)> = Vec::new();
+        for n in &u.notices {
+            fresh.push((
+                n.conversation,
+                Entry::Notice {
+                    text: text::clean(&crate::notice::text(n)),
+                    time_ms: if n.at_ms > 0 { n.at_ms } else { now_ms },
+                },
+            ));
+        }
         for m in &u.messages {
             if self.open != Some(m.group) {
                 *self.unread.entry(m.group).or_default() += 1;
             }
             if self.loaded.contains(&m.group) {
-                let v = self.entries.entry(m.group).or_default();
-                if v.iter()
-                    .any(|e| matches!(e, Entry::Message { id: Some(id), .. } if *id == m.id))
-                {
-                    continue;
+                let known = self.entries.get(&m.group).is_some_and(|v| {
+                    v.iter()
+                        .any(|e| matches!(e, Entry::Message { id: Some(id), .. } if *id == m.id))
+                });
+                if !known {
+                    fresh.push((m.group, Entry::from_message(m, &HashSet::new())));
                 }
-                v.push(Entry::from_message(m, &HashSet::new()));
             }
         }
-        for n in &u.notices {
-            self.entries
-                .entry(n.conversation)
-                .or_default()
-                .push(Entry::Notice {
-                    text: text::clean(&crate::notice::text(n)),
-                    time_ms: now_ms,
-                });
+        fresh.sort_by_key(|(_, e)| e.order());
+        for (g, e) in fresh {
+            self.entries.entry(g).or_default().push(e);
         }
         for w in &u.warnings {
             let w = text::clean(&crate::warning::text(w));
@@ -628,7 +639,7 @@ impl App {
                         _ => true,
                     }));
                 }
-                v.sort_by_key(Entry::time_ms);
+                v.sort_by_key(Entry::order);
                 self.entries.insert(g, v);
             }
             (Pending::History(g), Err(e)) => {
