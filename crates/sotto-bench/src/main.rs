@@ -146,6 +146,16 @@ fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Args> {
     })
 }
 
+/// The group sizes of a scenario: the first argument (`10,100,1000`), or
+/// `quick` or `full` by default.
+fn sizes(rest: &[String], quick: bool, q: &[usize], full: &[usize]) -> anyhow::Result<Vec<usize>> {
+    match rest.first() {
+        Some(s) => Ok(s.split(',').map(str::parse).collect::<Result<_, _>>()?),
+        None if quick => Ok(q.to_vec()),
+        None => Ok(full.to_vec()),
+    }
+}
+
 async fn run_one(name: &str, ctx: &Ctx, rest: &[String]) -> anyhow::Result<Vec<Table>> {
     match name {
         "floor" => floor::run(ctx).await,
@@ -173,20 +183,12 @@ async fn run_one(name: &str, ctx: &Ctx, rest: &[String]) -> anyhow::Result<Vec<T
             tokio::task::spawn_blocking(move || mls::run(quick, sizes)).await?
         }
         "checks" => {
-            let sizes: Vec<usize> = match rest.first() {
-                Some(s) => s.split(',').map(str::parse).collect::<Result<_, _>>()?,
-                None if ctx.quick => vec![4],
-                None => vec![10, 100, 1000],
-            };
+            let sizes = sizes(rest, ctx.quick, &[4], &[10, 100, 1000])?;
             let reps = if ctx.quick { 2 } else { 10 };
             tokio::task::spawn_blocking(move || checks::run(&sizes, reps)).await?
         }
         "groups" => {
-            let sizes: Vec<usize> = match rest.first() {
-                Some(s) => s.split(',').map(str::parse).collect::<Result<_, _>>()?,
-                None if ctx.quick => vec![4],
-                None => vec![10, 100, 1000],
-            };
+            let sizes = sizes(rest, ctx.quick, &[4], &[10, 100, 1000])?;
             let reps = rest
                 .get(1)
                 .map(|s| s.parse())
@@ -196,11 +198,7 @@ async fn run_one(name: &str, ctx: &Ctx, rest: &[String]) -> anyhow::Result<Vec<T
             tokio::task::spawn_blocking(move || groups::run(&sizes, reps)).await?
         }
         "clients" => {
-            let sizes: Vec<usize> = match rest.first() {
-                Some(s) => s.split(',').map(str::parse).collect::<Result<_, _>>()?,
-                None if ctx.quick => vec![2, 4],
-                None => vec![2, 100, 1000],
-            };
+            let sizes = sizes(rest, ctx.quick, &[2, 4], &[2, 100, 1000])?;
             let messages = rest
                 .get(1)
                 .map(|s| s.parse())
@@ -209,11 +207,7 @@ async fn run_one(name: &str, ctx: &Ctx, rest: &[String]) -> anyhow::Result<Vec<T
             clients::run(ctx, &sizes, messages).await
         }
         "watch" => {
-            let sizes: Vec<usize> = match rest.first() {
-                Some(s) => s.split(',').map(str::parse).collect::<Result<_, _>>()?,
-                None if ctx.quick => vec![100],
-                None => vec![100, 1_000, 10_000],
-            };
+            let sizes = sizes(rest, ctx.quick, &[100], &[100, 1_000, 10_000])?;
             watch::run(&sizes, if ctx.quick { 3 } else { 21 }).await
         }
         other => anyhow::bail!("unknown scenario {other:?}"),

@@ -414,45 +414,77 @@ fn a_received_group_name_with_hidden_characters_is_not_taken() {
     }
 }
 
-/// Alice's store creates group `g` with bob's store (one KeyPackage each
-/// time), and bob joins it.
-fn direct_group(
-    alice: &mut Store,
-    bob: &mut Store,
-    g: GroupId,
-    (a, a_dev): (&CredentialIdentity, &DeviceKey),
-    (b, b_dev, b_list): (&CredentialIdentity, &DeviceKey, &SignedDeviceList),
-) {
-    let kp = bob
-        .transaction(|p, _| {
-            Ok(sotto_core::mls::key_packages(
-                p,
-                b,
-                b_dev,
-                Suite::Classical,
-                1,
-            )?)
-        })
+/// Alice and bob, each with a store of their own, and one-to-one groups
+/// between them: alice's store creates each group with one KeyPackage of
+/// bob's, and bob's joins it. Alice's store holds at most `limit`.
+struct Two {
+    adir: tempfile::TempDir,
+    _bdir: tempfile::TempDir,
+    alice: Store,
+    bob: Store,
+    a_dev: DeviceKey,
+}
+
+impl Two {
+    fn new(limit: sotto_core::mls::Limit, groups: &[GroupId]) -> Self {
+        let (adir, bdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut alice = Store::open_unencrypted(adir.path()).unwrap();
+        alice.held = Held::new(limit);
+        let mut bob = Store::open_unencrypted(bdir.path()).unwrap();
+        let (a, a_dev, _) = person("alice");
+        let (b, b_dev, b_list) = person("bob");
+        for &g in groups {
+            let kp = bob
+                .transaction(|p, _| {
+                    Ok(sotto_core::mls::key_packages(
+                        p,
+                        &b,
+                        &b_dev,
+                        Suite::Classical,
+                        1,
+                    )?)
+                })
+                .unwrap()
+                .remove(0);
+            let welcome = alice
+                .transaction(|p, _| {
+                    let (kp, _) = sotto_core::mls::verify_key_package(p, &kp, b.account, b.device)?;
+                    let created = sotto_core::mls::create_group(
+                        p,
+                        &a,
+                        &a_dev,
+                        g,
+                        vec![kp],
+                        vec![b_list.clone()],
+                        sotto_core::mls::NewConversation::Direct,
+                    )?;
+                    sotto_core::mls::merge_pending(p, g)?;
+                    Ok(created.staged.welcome.unwrap())
+                })
+                .unwrap();
+            bob.transaction(|p, _| Ok(sotto_core::mls::join(p, &welcome).map(|_| ())?))
+                .unwrap();
+        }
+        Self {
+            adir,
+            _bdir: bdir,
+            alice,
+            bob,
+            a_dev,
+        }
+    }
+}
+
+/// Alice's message `text` in `g`, encrypted by `device` through `s` (her
+/// store, or another connection to it).
+fn encrypt(s: &mut Store, device: &DeviceKey, g: GroupId, text: &str) -> Vec<u8> {
+    s.transaction(|p, _| Ok(sotto_core::mls::encrypt(p, device, g, text.as_bytes())?))
         .unwrap()
-        .remove(0);
-    let welcome = alice
-        .transaction(|p, _| {
-            let (kp, _) = sotto_core::mls::verify_key_package(p, &kp, b.account, b.device)?;
-            let created = sotto_core::mls::create_group(
-                p,
-                a,
-                a_dev,
-                g,
-                vec![kp],
-                vec![b_list.clone()],
-                sotto_core::mls::NewConversation::Direct,
-            )?;
-            sotto_core::mls::merge_pending(p, g)?;
-            Ok(created.staged.welcome.unwrap())
-        })
-        .unwrap();
-    bob.transaction(|p, _| Ok(sotto_core::mls::join(p, &welcome).map(|_| ())?))
-        .unwrap();
+}
+
+/// `ct` of `g`, read through `s`.
+fn read(s: &mut Store, g: GroupId, ct: &[u8]) -> Result<sotto_core::mls::Processed, ClientError> {
+    s.transaction(|p, _| Ok(sotto_core::mls::process(p, g, ct)?))
 }
 
 /// Issue 15: a group stays loaded between transactions, and the held copy
@@ -464,52 +496,41 @@ fn direct_group(
 /// refuses.
 #[test]
 fn a_held_group_follows_commits_rollbacks_and_other_connections() {
-    let (adir, bdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut alice = Store::open_unencrypted(adir.path()).unwrap();
-    let mut bob = Store::open_unencrypted(bdir.path()).unwrap();
-    let (a, a_dev, _) = person("alice");
-    let (b, b_dev, b_list) = person("bob");
     let g = GroupId([5; 32]);
-    direct_group(&mut alice, &mut bob, g, (&a, &a_dev), (&b, &b_dev, &b_list));
-    let send = |s: &mut Store, text: &str| -> Vec<u8> {
-        s.transaction(|p, _| Ok(sotto_core::mls::encrypt(p, &a_dev, g, text.as_bytes())?))
-            .unwrap()
-    };
-    let read = |bob: &mut Store, ct: &[u8]| -> Vec<u8> {
-        match bob.transaction(|p, _| Ok(sotto_core::mls::process(p, g, ct)?)) {
-            Ok(sotto_core::mls::Processed::Application { plaintext, .. }) => plaintext,
-            other => panic!("bob could not read a message: {other:?}"),
-        }
-    };
+    let mut t = Two::new(sotto_core::mls::Limit::default(), &[g]);
+    let mut other = Store::open_unencrypted(t.adir.path()).unwrap();
+    let (alice, dev) = (&mut t.alice, &t.a_dev);
 
     // Made in this store, the group is held from the start.
     let loads = alice.held.loads();
-    let m1 = send(&mut alice, "one");
-    let m2 = send(&mut alice, "two");
+    let m1 = encrypt(alice, dev, g, "one");
+    let m2 = encrypt(alice, dev, g, "two");
     assert_eq!(alice.held.loads(), loads, "a held group was loaded again");
     assert_eq!(alice.held.len(), 1);
 
     // A transaction that fails after encrypting leaves nothing held.
     let failed = alice.transaction(|p, _| {
-        sotto_core::mls::encrypt(p, &a_dev, g, b"never sent")?;
+        sotto_core::mls::encrypt(p, dev, g, b"never sent")?;
         Err::<(), _>(ClientError::Invalid("fails after the encryption".into()))
     });
     assert!(failed.is_err());
     assert!(alice.held.is_empty());
-    let m3 = send(&mut alice, "three");
+    let m3 = encrypt(alice, dev, g, "three");
     assert_eq!(alice.held.loads(), loads + 1);
 
     // Another connection to the same profile sends: this one's held copy
     // is stale, and goes.
-    let mut other = Store::open_unencrypted(adir.path()).unwrap();
-    let m4 = send(&mut other, "four");
-    let m5 = send(&mut alice, "five");
+    let m4 = encrypt(&mut other, dev, g, "four");
+    let m5 = encrypt(alice, dev, g, "five");
     assert_eq!(alice.held.loads(), loads + 2);
-    let m6 = send(&mut other, "six");
+    let m6 = encrypt(&mut other, dev, g, "six");
 
     let got: Vec<Vec<u8>> = [m1, m2, m3, m4, m5, m6]
         .iter()
-        .map(|m| read(&mut bob, m))
+        .map(|m| match read(&mut t.bob, g, m) {
+            Ok(sotto_core::mls::Processed::Application { plaintext, .. }) => plaintext,
+            other => panic!("bob could not read a message: {other:?}"),
+        })
         .collect();
     let want: Vec<Vec<u8>> = ["one", "two", "three", "four", "five", "six"]
         .iter()
@@ -522,19 +543,15 @@ fn a_held_group_follows_commits_rollbacks_and_other_connections() {
 /// used going first, and a group that went is loaded again when used.
 #[test]
 fn held_groups_stay_within_the_limit() {
-    let (adir, bdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut alice = Store::open_unencrypted(adir.path()).unwrap();
-    let mut bob = Store::open_unencrypted(bdir.path()).unwrap();
-    alice.held = Held::new(sotto_core::mls::Limit {
-        groups: 2,
-        leaves: 100,
-    });
-    let (a, a_dev, _) = person("alice");
-    let (b, b_dev, b_list) = person("bob");
     let groups = [GroupId([6; 32]), GroupId([7; 32]), GroupId([8; 32])];
-    for g in groups {
-        direct_group(&mut alice, &mut bob, g, (&a, &a_dev), (&b, &b_dev, &b_list));
-    }
+    let mut t = Two::new(
+        sotto_core::mls::Limit {
+            groups: 2,
+            leaves: 100,
+        },
+        &groups,
+    );
+    let alice = &mut t.alice;
     assert_eq!(
         alice.held.len(),
         2,
@@ -546,14 +563,14 @@ fn held_groups_stay_within_the_limit() {
     };
     let loads = alice.held.loads();
     // The last two made are held; the first went.
-    epoch(&mut alice, groups[2]);
-    epoch(&mut alice, groups[1]);
+    epoch(alice, groups[2]);
+    epoch(alice, groups[1]);
     assert_eq!(alice.held.loads(), loads);
-    epoch(&mut alice, groups[0]);
+    epoch(alice, groups[0]);
     assert_eq!(alice.held.loads(), loads + 1);
     // Now groups[2] was used least recently.
-    epoch(&mut alice, groups[1]);
-    epoch(&mut alice, groups[2]);
+    epoch(alice, groups[1]);
+    epoch(alice, groups[2]);
     assert_eq!(alice.held.loads(), loads + 2);
     assert_eq!(alice.held.len(), 2);
 
@@ -563,7 +580,7 @@ fn held_groups_stay_within_the_limit() {
         leaves: 3,
     });
     for g in groups {
-        epoch(&mut alice, g);
+        epoch(alice, g);
     }
     assert_eq!(alice.held.len(), 1);
 }
@@ -575,27 +592,16 @@ fn held_groups_stay_within_the_limit() {
 /// Kept longer, they would be written again with every message.
 #[test]
 fn past_epoch_secrets_go_with_the_first_message_of_the_new_epoch() {
-    let (adir, bdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut alice = Store::open_unencrypted(adir.path()).unwrap();
-    let mut bob = Store::open_unencrypted(bdir.path()).unwrap();
-    let (a, a_dev, _) = person("alice");
-    let (b, b_dev, b_list) = person("bob");
     let g = GroupId([9; 32]);
-    direct_group(&mut alice, &mut bob, g, (&a, &a_dev), (&b, &b_dev, &b_list));
-    let send = |s: &mut Store, text: &str| -> Vec<u8> {
-        s.transaction(|p, _| Ok(sotto_core::mls::encrypt(p, &a_dev, g, text.as_bytes())?))
-            .unwrap()
-    };
-    let read = |bob: &mut Store, ct: &[u8]| {
-        bob.transaction(|p, _| Ok(sotto_core::mls::process(p, g, ct)?))
-    };
-    let old_a = send(&mut alice, "old a");
-    let old_b = send(&mut alice, "old b");
+    let mut t = Two::new(sotto_core::mls::Limit::default(), &[g]);
+    let (alice, dev) = (&mut t.alice, &t.a_dev);
+    let old_a = encrypt(alice, dev, g, "old a");
+    let old_b = encrypt(alice, dev, g, "old b");
     let commit = alice
         .transaction(|p, _| {
             let staged = sotto_core::group::stage(
                 p,
-                &a_dev,
+                dev,
                 g,
                 sotto_core::group::Change {
                     self_update: true,
@@ -609,7 +615,7 @@ fn past_epoch_secrets_go_with_the_first_message_of_the_new_epoch() {
         })
         .unwrap();
     assert!(matches!(
-        read(&mut bob, &commit),
+        read(&mut t.bob, g, &commit),
         Ok(sotto_core::mls::Processed::Commit { .. })
     ));
     let secrets_len = |s: &Store| -> usize {
@@ -622,22 +628,22 @@ fn past_epoch_secrets_go_with_the_first_message_of_the_new_epoch() {
             )
             .unwrap() as usize
     };
-    let with_past = secrets_len(&bob);
+    let with_past = secrets_len(&t.bob);
     // The margin: a message of the epoch just left is still read.
     assert!(
-        matches!(read(&mut bob, &old_a), Ok(sotto_core::mls::Processed::Application { plaintext, .. }) if plaintext == b"old a")
+        matches!(read(&mut t.bob, g, &old_a), Ok(sotto_core::mls::Processed::Application { plaintext, .. }) if plaintext == b"old a")
     );
-    let new = send(&mut alice, "new");
+    let new = encrypt(alice, dev, g, "new");
     assert!(
-        matches!(read(&mut bob, &new), Ok(sotto_core::mls::Processed::Application { plaintext, .. }) if plaintext == b"new")
+        matches!(read(&mut t.bob, g, &new), Ok(sotto_core::mls::Processed::Application { plaintext, .. }) if plaintext == b"new")
     );
     assert!(
-        secrets_len(&bob) < with_past,
+        secrets_len(&t.bob) < with_past,
         "the past epoch's secrets are still stored ({} bytes, {with_past} before)",
-        secrets_len(&bob)
+        secrets_len(&t.bob)
     );
     // After the first message of the new epoch, the old epoch is closed.
-    assert!(read(&mut bob, &old_b).is_err());
+    assert!(read(&mut t.bob, g, &old_b).is_err());
 }
 
 /// The writes whose loss costs only a repetition are not synced; every
