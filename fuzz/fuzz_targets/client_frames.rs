@@ -5,7 +5,9 @@
 //! the server (chosen by the second byte) with its message id replaced and
 //! its payload, kind and sender mutated by the rest. Among the real
 //! deliveries are hostile texts (escape sequences, `\r`, bidirectional
-//! overrides) and a group renamed to a contact's handle. Processing must
+//! overrides), a group renamed to a contact's handle, and every kind of
+//! typed content (a reply, reactions, an edit, a deletion for everyone,
+//! receipts). Processing must
 //! return a result, never panic, and leave the store readable; no group
 //! name it keeps hides or reorders text (C10).
 #![no_main]
@@ -13,7 +15,7 @@
 use std::sync::{Mutex, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use sotto_client::{Client, RegisterOptions, ServerLink, Suite};
+use sotto_client::{Change, Client, RegisterOptions, ServerLink, Suite};
 use sotto_proto::{Delivery, EnvelopeKind, Handle, MessageId, ServerFrame};
 use sotto_server::ServerConfig;
 use sotto_server::store::Store as _;
@@ -85,6 +87,35 @@ fn harness() -> &'static Harness {
                 .expect("receive");
             bob.send("alice", HOSTILE).await.expect("send");
             bob.send("crew", HOSTILE).await.expect("send");
+            // Every kind of content, on the first message of each.
+            let first = bob.history("crew").expect("history")[0].id;
+            let direct = bob.history("alice").expect("history")[0].id;
+            bob.send_reply("crew", first, HOSTILE).await.expect("reply");
+            for (to, id) in [("crew", first), ("alice", direct)] {
+                let changes = [
+                    Change::React {
+                        to: id,
+                        emoji: Some("👍".into()),
+                    },
+                    Change::React {
+                        to: id,
+                        emoji: None,
+                    },
+                    Change::Edit {
+                        of: id,
+                        text: HOSTILE.into(),
+                    },
+                    Change::Delete { of: id },
+                ];
+                for c in changes {
+                    bob.change(to, c).await.expect("change");
+                }
+            }
+            // Carol's receipts for the group's messages.
+            carol
+                .receive(std::time::Duration::ZERO, |_| {})
+                .await
+                .expect("receive");
             for i in 0..3 {
                 bob.send("alice", &format!("one to one {i}"))
                     .await

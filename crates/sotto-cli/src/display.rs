@@ -40,6 +40,45 @@ pub fn visible_lines(s: &str) -> Vec<String> {
     s.split('\n').map(visible).collect()
 }
 
+/// One message as the command line prints it, after its sender and any
+/// conversation: `bob (reply to 1a2b3c4d): text (edited)  [👍 2 ❤️ 1]`,
+/// a tombstone for a message deleted for everyone, and a plain word for a
+/// kind this version cannot show. Every part from the network made
+/// [`visible`].
+pub fn message_line(m: &sotto_client::ReceivedMessage) -> String {
+    let mut line = visible(&m.sender);
+    if let Some(r) = m.reply_to {
+        let _ = write!(line, " (reply to {})", &r.to_hex()[..8]);
+    }
+    line.push_str(": ");
+    if m.deleted {
+        line.push_str("(message deleted)");
+    } else if m.unsupported {
+        line.push_str("(unsupported message: a newer version of Sotto can show it)");
+    } else {
+        line.push_str(&visible(&m.text));
+        if m.edited_at_ms.is_some() {
+            line.push_str(" (edited)");
+        }
+    }
+    if m.outgoing && !m.deleted && m.delivered_to > 0 {
+        let _ = write!(line, " (delivered to {}", m.delivered_to);
+        if m.read_by > 0 {
+            let _ = write!(line, ", read by {}", m.read_by);
+        }
+        line.push(')');
+    }
+    if !m.reactions.is_empty() {
+        let counts: Vec<String> = m
+            .reactions
+            .iter()
+            .map(|(emoji, n)| format!("{} {n}", visible(emoji)))
+            .collect();
+        let _ = write!(line, "  [{}]", counts.join(" "));
+    }
+    line
+}
+
 /// A text that tries every trick this module defeats: set the terminal's
 /// title, clear the screen, ring the bell, a CSI in its one-byte C1 form, a
 /// bidirectional override, and `\r` to overwrite the line with what looks

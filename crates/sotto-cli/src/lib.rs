@@ -33,6 +33,14 @@ pub fn message_json(m: &ReceivedMessage) -> serde_json::Value {
         "sent_at": m.sent_at_ms,
         "received_at": m.received_at_ms,
         "reply_to": m.reply_to.map(|r| r.to_hex()),
+        "edited_at": m.edited_at_ms,
+        "deleted": m.deleted,
+        "unsupported": m.unsupported,
+        "delivered_to": m.delivered_to,
+        "read_by": m.read_by,
+        "reactions": m.reactions.iter().map(|(emoji, count)| {
+            serde_json::json!({ "emoji": emoji, "count": count })
+        }).collect::<Vec<_>>(),
     })
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use sotto_cli::display::visible;
+use sotto_cli::display::{message_line, visible};
 use sotto_cli::ops::Op;
 use sotto_client::{Client, ReceiveEvent, RegisterOptions, ServerLink, Suite};
 use sotto_proto::Handle;
@@ -63,6 +63,58 @@ enum Cmd {
         /// prefix of it, as `receive --json` and `history` print it.
         #[arg(long, value_name = "ID")]
         reply_to: Option<String>,
+    },
+    /// React to a message with an emoji (replacing your reaction to it), or
+    /// take your reaction back with --remove.
+    React {
+        /// A handle, a group's name, or `#<group id prefix>`.
+        conversation: String,
+        /// The message: its id, or a unique prefix of it, as `receive
+        /// --json` and `history --json` print it.
+        message: String,
+        /// The emoji.
+        #[arg(required_unless_present = "remove")]
+        emoji: Option<String>,
+        /// Take your reaction back.
+        #[arg(long, conflicts_with = "emoji")]
+        remove: bool,
+    },
+    /// Turn read receipts on or off: for the profile, or with
+    /// --conversation for one conversation (`default`: it follows the
+    /// profile again). Delivery receipts are always sent in conversations of
+    /// at most 32 members.
+    ReadReceipts {
+        /// `on`, `off`, or (with --conversation) `default`.
+        #[arg(value_parser = ["on", "off", "default"])]
+        state: String,
+        /// A handle, a group's name, or `#<group id prefix>`.
+        #[arg(long)]
+        conversation: Option<String>,
+    },
+    /// Who reacted to a message, and with what.
+    Reactions {
+        /// A handle, a group's name, or `#<group id prefix>`.
+        conversation: String,
+        /// The message: its id, or a unique prefix of it.
+        message: String,
+    },
+    /// Edit one of your messages: every member's devices show the new text,
+    /// marked as edited.
+    Edit {
+        /// A handle, a group's name, or `#<group id prefix>`.
+        conversation: String,
+        /// The message: its id, or a unique prefix of it.
+        message: String,
+        /// The new text.
+        text: String,
+    },
+    /// Delete one of your messages for everyone: its text is erased from
+    /// every member's devices, and a tombstone remains.
+    Delete {
+        /// A handle, a group's name, or `#<group id prefix>`.
+        conversation: String,
+        /// The message: its id, or a unique prefix of it.
+        message: String,
     },
     /// Send a file: encrypted here, uploaded as an opaque blob.
     SendFile {
@@ -391,15 +443,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for m in c.history(&conversation)? {
                 if json {
                     println!("{}", sotto_cli::message_json(&m));
-                } else if let Some(r) = m.reply_to {
-                    println!(
-                        "{} (reply to {}): {}",
-                        visible(&m.sender),
-                        &r.to_hex()[..8],
-                        visible(&m.text)
-                    );
                 } else {
-                    println!("{}: {}", visible(&m.sender), visible(&m.text));
+                    println!("{}", message_line(&m));
                 }
             }
         }
@@ -462,6 +507,63 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::SendFile { to, path } => {
             perform(&profile, Op::SendFile { to, path }).await?;
         }
+        Cmd::React {
+            conversation,
+            message,
+            emoji,
+            remove: _,
+        } => {
+            let op = Op::React {
+                to: conversation,
+                message,
+                emoji,
+            };
+            perform(&profile, op).await?;
+        }
+        Cmd::ReadReceipts {
+            state,
+            conversation,
+        } => {
+            let on = match state.as_str() {
+                "on" => Some(true),
+                "off" => Some(false),
+                _ if conversation.is_none() => bail!("`default` needs --conversation"),
+                _ => None,
+            };
+            perform(&profile, Op::ReadReceipts { conversation, on }).await?;
+        }
+        Cmd::Reactions {
+            conversation,
+            message,
+        } => {
+            let op = Op::Reactions {
+                to: conversation,
+                message,
+            };
+            perform(&profile, op).await?;
+        }
+        Cmd::Edit {
+            conversation,
+            message,
+            text,
+        } => {
+            let op = Op::Edit {
+                to: conversation,
+                message,
+                text,
+            };
+            perform(&profile, op).await?;
+        }
+        Cmd::Delete {
+            conversation,
+            message,
+        } => {
+            let op = Op::Delete {
+                to: conversation,
+                message,
+            };
+            perform(&profile, op).await?;
+        }
         Cmd::Receive { json, wait } => {
             let pass = passphrase(false)?;
             let mut c = Client::open(&profile, &pass)?;
@@ -469,18 +571,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut failed = None;
             c.receive(Duration::from_secs(wait), |ev| match ev {
                 ReceiveEvent::Message(m) => {
-                    let who = match m.reply_to {
-                        Some(r) => {
-                            format!("{} (reply to {})", visible(&m.sender), &r.to_hex()[..8])
-                        }
-                        None => visible(&m.sender),
-                    };
                     let line = if json {
                         sotto_cli::message_json(m).to_string()
                     } else if m.conversation == m.sender {
-                        format!("{who}: {}", visible(&m.text))
+                        message_line(m)
                     } else {
-                        format!("[{}] {who}: {}", visible(&m.conversation), visible(&m.text))
+                        format!("[{}] {}", visible(&m.conversation), message_line(m))
                     };
                     if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
                         failed.get_or_insert(e);
@@ -497,7 +593,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ReceiveEvent::Notice(n) => {
                     eprintln!("sotto: {}", visible(&sotto_cli::notice::text(n)));
                 }
-                ReceiveEvent::Synced => {}
+                // Receipts of this account's messages: `history` shows them.
+                ReceiveEvent::Synced | ReceiveEvent::Receipt(_) => {}
             })
             .await?;
             warn(&mut c);

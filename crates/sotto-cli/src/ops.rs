@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use sotto_client::devices::DeviceInfo;
 use sotto_client::store::Contact;
 use sotto_client::{
-    Client, ClientError, ConversationInfo, GroupInfo, ReceivedMessage, Sent, Trust, Verification,
+    Change, Client, ClientError, ConversationInfo, GroupInfo, ReceivedMessage, Sent, Trust,
+    Verification,
 };
 use sotto_proto::{GroupId, MessageId};
 
@@ -25,6 +26,53 @@ pub enum Op {
         /// The message of that conversation it replies to: its hex id or a
         /// unique prefix of it (as `receive --json` and `history` print it).
         reply_to: Option<String>,
+    },
+    /// React to a message with an emoji, replacing this account's
+    /// reaction to it; without an emoji, take the reaction back.
+    React {
+        /// The conversation.
+        to: String,
+        /// The message: its hex id or a unique prefix of it.
+        message: String,
+        /// The emoji; `None` takes this account's reaction back.
+        emoji: Option<String>,
+    },
+    /// Who reacted to a message, and with what.
+    Reactions {
+        /// The conversation.
+        to: String,
+        /// The message: its hex id or a unique prefix of it.
+        message: String,
+    },
+    /// Edit one of this account's texts.
+    Edit {
+        /// The conversation.
+        to: String,
+        /// The message: its hex id or a unique prefix of it.
+        message: String,
+        /// Its new text.
+        text: String,
+    },
+    /// Delete one of this account's messages for everyone.
+    Delete {
+        /// The conversation.
+        to: String,
+        /// The message: its hex id or a unique prefix of it.
+        message: String,
+    },
+    /// Mark a conversation's messages read (and send read receipts where
+    /// they are on).
+    MarkRead {
+        /// The conversation.
+        conversation: String,
+    },
+    /// Turn read receipts on or off, for the profile or one conversation
+    /// (`on` `None`: the conversation follows the profile again).
+    ReadReceipts {
+        /// The conversation; `None` for the profile.
+        conversation: Option<String>,
+        /// On, off, or (for a conversation) the profile's setting.
+        on: Option<bool>,
     },
     /// Send a file.
     SendFile {
@@ -144,6 +192,8 @@ pub enum Outcome {
     Devices(Vec<DeviceInfo>),
     /// Handles (the blocked ones).
     Handles(Vec<String>),
+    /// Who reacted with what: (handle, emoji).
+    Reactions(Vec<(String, String)>),
 }
 
 fn strs(v: &[String]) -> Vec<&str> {
@@ -164,6 +214,32 @@ pub async fn perform(c: &mut Client, op: &Op) -> Result<Outcome, ClientError> {
                 }
                 None => Outcome::Sent(c.send(to, text).await?),
             }
+        }
+        Op::React { to, message, emoji } => {
+            let id = c.find_message(to, message)?;
+            let emoji = emoji.clone();
+            Outcome::Sent(c.change(to, Change::React { to: id, emoji }).await?)
+        }
+        Op::Reactions { to, message } => {
+            let id = c.find_message(to, message)?;
+            Outcome::Reactions(c.reactions(to, id)?)
+        }
+        Op::Edit { to, message, text } => {
+            let of = c.find_message(to, message)?;
+            let text = text.clone();
+            Outcome::Sent(c.change(to, Change::Edit { of, text }).await?)
+        }
+        Op::Delete { to, message } => {
+            let of = c.find_message(to, message)?;
+            Outcome::Sent(c.change(to, Change::Delete { of }).await?)
+        }
+        Op::MarkRead { conversation } => {
+            c.mark_read(conversation).await?;
+            Outcome::Done
+        }
+        Op::ReadReceipts { conversation, on } => {
+            c.set_read_receipts(conversation.as_deref(), *on)?;
+            Outcome::Done
         }
         Op::SendFile { to, path } => Outcome::Sent(c.send_file(to, path).await?),
         Op::GroupCreate { name, members } => {
@@ -219,6 +295,20 @@ pub async fn perform(c: &mut Client, op: &Op) -> Result<Outcome, ClientError> {
 /// The line the command line prints for a finished operation.
 pub fn summary(op: &Op, outcome: &Outcome) -> String {
     match (op, outcome) {
+        (Op::Reactions { .. }, Outcome::Reactions(rs)) if rs.is_empty() => "no reactions".into(),
+        (Op::Reactions { .. }, Outcome::Reactions(rs)) => rs
+            .iter()
+            .map(|(who, emoji)| format!("{emoji} {who}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        (Op::React { emoji: Some(e), .. }, Outcome::Sent(Sent::Accepted(_))) => {
+            format!("reacted {e}")
+        }
+        (Op::React { emoji: None, .. }, Outcome::Sent(Sent::Accepted(_))) => {
+            "reaction taken back".into()
+        }
+        (Op::Edit { .. }, Outcome::Sent(Sent::Accepted(_))) => "edited".into(),
+        (Op::Delete { .. }, Outcome::Sent(Sent::Accepted(_))) => "deleted for everyone".into(),
         (_, Outcome::Sent(Sent::Accepted(id))) => format!("sent {}", id.to_hex()),
         (_, Outcome::Sent(Sent::Queued(id))) => format!("queued {}", id.to_hex()),
         (Op::GroupCreate { name, .. }, Outcome::GroupCreated(id)) => {
@@ -252,6 +342,17 @@ pub fn summary(op: &Op, outcome: &Outcome) -> String {
             format!("messages in {conversation} no longer disappear")
         }
         (Op::VerifyConfirm { handle }, _) => format!("{handle} is verified"),
+        (Op::ReadReceipts { conversation, on }, _) => {
+            let state = match on {
+                Some(true) => "on",
+                Some(false) => "off",
+                None => "as the profile's setting",
+            };
+            match conversation {
+                Some(c) => format!("read receipts in {c}: {state}"),
+                None => format!("read receipts: {state}"),
+            }
+        }
         (Op::Verify { handle }, Outcome::Verification(v)) => format!(
             "safety number with {handle}: {} ({})",
             safety_number_groups(&v.number),
@@ -332,6 +433,10 @@ impl Outcome {
                 .map(|d| json!({ "id": d.id.to_hex(), "this_device": d.this_device }))
                 .collect(),
             Self::Handles(hs) => json!(hs),
+            Self::Reactions(rs) => rs
+                .iter()
+                .map(|(who, emoji)| json!({ "handle": who, "emoji": emoji }))
+                .collect(),
         }
     }
 }

@@ -238,7 +238,7 @@ fn a_bot_talks_over_the_socket_and_survives_bad_requests() {
     rpc.wait_online();
     let status = rpc.ok("status", json!({}));
     assert_eq!(status["handle"], "alice");
-    assert_eq!(status["api_version"], "1.3");
+    assert_eq!(status["api_version"], "1.4");
 
     // The bot writes first; bob reads it on the command line.
     let sent = rpc.ok(

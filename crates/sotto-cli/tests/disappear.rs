@@ -60,9 +60,13 @@ fn a_disappearing_message_leaves_every_store() {
         history(&bob, "alice"),
         ["alice: this one stays", "alice: gone soon"]
     );
+    // Bob's receipts for the first came in with alice's next command.
     assert_eq!(
         history(&alice, "bob"),
-        ["alice: this one stays", "alice: gone soon"]
+        [
+            "alice: this one stays (delivered to 1, read by 1)",
+            "alice: gone soon"
+        ]
     );
     // 45 s on: not yet (whatever real time the test took, well under 15 s).
     w.fake_time().advance(Duration::from_secs(45));
@@ -73,7 +77,10 @@ fn a_disappearing_message_leaves_every_store() {
     // 61 s on: gone on both sides.
     w.fake_time().advance(Duration::from_secs(16));
     assert_eq!(history(&bob, "alice"), ["alice: this one stays"]);
-    assert_eq!(history(&alice, "bob"), ["alice: this one stays"]);
+    assert_eq!(
+        history(&alice, "bob"),
+        ["alice: this one stays (delivered to 1, read by 1)"]
+    );
     // Off again: new messages stay.
     bob.sotto(&["disappear", "alice", "off"]).ok();
     let r = alice.sotto(&["receive"]);

@@ -260,7 +260,7 @@ fn a_group_named_after_a_contact_never_captures_their_messages() {
     );
     assert_eq!(
         messages(&ben.sotto(&["history", "@ann"]).ok()),
-        "ben: hi ann, just us\nben: meant for ann alone\n"
+        "ben: hi ann, just us (delivered to 1, read by 1)\nben: meant for ann alone\n"
     );
     // `#<id>` is the group.
     ben.sotto(&["send", &format!("#{}", &id[..12]), "to the group"])

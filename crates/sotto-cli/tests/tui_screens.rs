@@ -16,8 +16,8 @@ use sotto_cli::tui::ui;
 use sotto_cli::worker::{Command, Connection, Event};
 use sotto_client::store::Contact;
 use sotto_client::{
-    ConversationInfo, ConversationState, Member, Notice, NoticeKind, ReceivedMessage, Trust,
-    Updates, Verification,
+    ConversationInfo, ConversationState, Member, Notice, NoticeKind, Receipt, ReceivedMessage,
+    Sent, Trust, Updates, Verification,
 };
 use sotto_proto::{AccountId, GroupId, Handle, MessageId};
 
@@ -55,6 +55,12 @@ fn msg(n: u8, group: u8, sender: &str, text: &str, minute: u64) -> ReceivedMessa
         sent_at_ms: T + minute * 60_000,
         received_at_ms: T + minute * 60_000,
         reply_to: None,
+        edited_at_ms: None,
+        deleted: false,
+        unsupported: false,
+        reactions: Vec::new(),
+        delivered_to: 0,
+        read_by: 0,
     }
 }
 
@@ -142,6 +148,7 @@ fn alice() -> App {
             ],
             notices: vec![],
             warnings: vec![],
+            receipts: Vec::new(),
         }),
     );
     app
@@ -150,8 +157,14 @@ fn alice() -> App {
 /// Opens the conversation at the cursor and answers its history request.
 fn open(app: &mut App, history: Vec<ReceivedMessage>, queued: HashSet<MessageId>) {
     let cmds = key(app, KeyCode::Enter);
-    assert_eq!(cmds.len(), 1, "opening asks for the history once");
+    assert_eq!(cmds.len(), 2, "opening asks for the history once: {cmds:?}");
     assert!(matches!(cmds[0].op, Op::History { .. }), "{:?}", cmds[0].op);
+    // What it shows is read.
+    assert!(
+        matches!(cmds[1].op, Op::MarkRead { .. }),
+        "{:?}",
+        cmds[1].op
+    );
     worker(
         app,
         Event::Done {
@@ -237,6 +250,7 @@ fn conversation_with_messages_delivery_states_notices_and_members() {
                 at_ms: T + 11 * 60_000,
             }],
             warnings: vec![],
+            receipts: Vec::new(),
         }),
     );
     check(
@@ -273,9 +287,7 @@ fn conversation_with_messages_delivery_states_notices_and_members() {
         &mut app,
         Event::Done {
             id: cmds[0].id,
-            result: Ok(Outcome::Sent(sotto_client::Sent::Accepted(MessageId(
-                [7; 16],
-            )))),
+            result: Ok(Outcome::Sent(Sent::Accepted(MessageId([7; 16])))),
         },
     );
     assert!(screen(&app, 80, 24).contains("on my way ✓"));
@@ -304,9 +316,7 @@ fn a_queued_send_is_shown_queued() {
         &mut app,
         Event::Done {
             id: cmds[0].id,
-            result: Ok(Outcome::Sent(sotto_client::Sent::Queued(MessageId(
-                [9; 16],
-            )))),
+            result: Ok(Outcome::Sent(Sent::Queued(MessageId([9; 16])))),
         },
     );
     let s = screen(&app, 80, 24);
@@ -328,7 +338,7 @@ fn help_screen() {
             ││Enter     send                     Alt+Enter new line                       ││
             ││PgUp PgDn scroll                   q Ctrl+C  quit                           ││
             ││↑ (empty) select a message         r Enter   reply to it (Esc cancels)      ││
-            ││                                                                            ││
+            ││+ - w     react, unreact, who      e d       edit, delete (your own)        ││
             ││Commands                                                                    ││
             ││/group create NAME MEMBER...         create a group; you become its admin   ││
             ││/group add GROUP MEMBER...           add members (admins)                   ││
@@ -619,9 +629,9 @@ fn replying_from_the_keyboard_and_replies_with_their_quotes() {
         .collect();
     // The quote line and the message line of bob's reply (rows 5 and 6).
     assert_eq!(reversed_rows, [5, 6]);
-    assert!(
-        screen(&app, 80, 24).ends_with("↑↓/jk select a message · r reply · Esc back to writing\n")
-    );
+    assert!(screen(&app, 80, 24).ends_with(
+        "↑↓ select · r reply · +/- react · w who reacted · e edit · d delete · Esc back\n"
+    ));
     key(&mut app, KeyCode::Esc);
     assert_eq!((app.focus, app.marked), (Focus::Composer, None));
     // Another conversation forgets a pending reply.
@@ -712,6 +722,7 @@ fn a_notice_comes_before_the_messages_it_came_with() {
                 at_ms: T + 5 * 60_000,
             }],
             warnings: vec![],
+            receipts: Vec::new(),
         }),
     );
     key(&mut app, KeyCode::Char('j'));
@@ -725,4 +736,194 @@ fn a_notice_comes_before_the_messages_it_came_with() {
     let notice = s.find("carol started").expect(&s);
     let message = s.find("hi, it's carol").expect(&s);
     assert!(notice < message, "the notice is below the message:\n{s}");
+}
+
+/// Issue 16 from the keyboard: on a selected message, `+` reacts with
+/// what is typed, `-` takes the reaction back, `e` edits one of alice's
+/// own messages (the composer holds its text), `d` asks and `y` deletes
+/// it for everyone; `e` and `d` refuse bob's. A changed message that comes
+/// again replaces its line (edited, reactions, a tombstone), and receipts
+/// move alice's ✓ to ✓✓ and "read".
+#[test]
+fn reacting_editing_and_deleting_from_the_keyboard() {
+    let mut app = alice();
+    open(
+        &mut app,
+        vec![
+            msg(1, 1, "bob", "lunch?", 0),
+            msg(2, 1, "alice", "at noon", 1),
+        ],
+        HashSet::new(),
+    );
+    let ops = |cmds: Vec<Command>| cmds.into_iter().map(|c| c.op).collect::<Vec<_>>();
+    let bobs = MessageId([1; 16]).to_hex();
+    let mine = MessageId([2; 16]).to_hex();
+    // ↑ selects alice's (the newest), ↑ again bob's.
+    key(&mut app, KeyCode::Up);
+    key(&mut app, KeyCode::Up);
+    assert_eq!(app.marked, Some(MessageId([1; 16])));
+    key(&mut app, KeyCode::Char('+'));
+    assert_eq!(
+        (app.focus, app.reacting),
+        (Focus::Composer, Some(MessageId([1; 16])))
+    );
+    assert!(screen(&app, 80, 24).contains("┌React to bob: lunch? with an emoji"));
+    typed(&mut app, "👍");
+    assert_eq!(
+        ops(key(&mut app, KeyCode::Enter)),
+        [Op::React {
+            to: "@bob".into(),
+            message: bobs.clone(),
+            emoji: Some("👍".into())
+        }]
+    );
+    assert_eq!(app.reacting, None);
+    // - takes it back; e and d refuse bob's message.
+    key(&mut app, KeyCode::Up);
+    key(&mut app, KeyCode::Up);
+    assert_eq!(
+        ops(key(&mut app, KeyCode::Char('-'))),
+        [Op::React {
+            to: "@bob".into(),
+            message: bobs,
+            emoji: None
+        }]
+    );
+    key(&mut app, KeyCode::Char('e'));
+    assert_eq!(
+        app.status.as_deref(),
+        Some("only your own messages can be edited")
+    );
+    assert!(ops(key(&mut app, KeyCode::Char('d'))).is_empty());
+    assert_eq!(
+        app.status.as_deref(),
+        Some("only your own messages can be deleted")
+    );
+    // e on her own: the composer holds its text, Enter sends the edit.
+    key(&mut app, KeyCode::Down);
+    key(&mut app, KeyCode::Char('e'));
+    assert_eq!(
+        (app.focus, app.composer.as_str()),
+        (Focus::Composer, "at noon")
+    );
+    assert!(screen(&app, 80, 24).contains("┌Editing your message (Enter saves, Esc cancels)"));
+    key(&mut app, KeyCode::Backspace);
+    key(&mut app, KeyCode::Backspace);
+    key(&mut app, KeyCode::Backspace);
+    key(&mut app, KeyCode::Backspace);
+    typed(&mut app, "one");
+    let cmds = key(&mut app, KeyCode::Enter);
+    let edit_id = cmds[0].id;
+    assert_eq!(
+        ops(cmds),
+        [Op::Edit {
+            to: "@bob".into(),
+            message: mine.clone(),
+            text: "at one".into()
+        }]
+    );
+    // Once it went, the history is read again.
+    let again = worker(
+        &mut app,
+        Event::Done {
+            id: edit_id,
+            result: Ok(Outcome::Sent(Sent::Accepted(MessageId([3; 16])))),
+        },
+    );
+    assert!(
+        matches!(
+            again[..],
+            [Command {
+                op: Op::History { .. },
+                ..
+            }]
+        ),
+        "{again:?}"
+    );
+    // d asks; any other key keeps it; y deletes.
+    key(&mut app, KeyCode::Up);
+    assert!(ops(key(&mut app, KeyCode::Char('d'))).is_empty());
+    assert!(
+        app.status
+            .as_deref()
+            .unwrap_or_default()
+            .contains("y deletes")
+    );
+    assert!(ops(key(&mut app, KeyCode::Char('n'))).is_empty());
+    assert_eq!(app.status.as_deref(), Some("kept"));
+    key(&mut app, KeyCode::Char('d'));
+    assert_eq!(
+        ops(key(&mut app, KeyCode::Char('y'))),
+        [Op::Delete {
+            to: "@bob".into(),
+            message: mine
+        }]
+    );
+    // Changes another device made come again with the same id: the lines
+    // are replaced, not added. Receipts move alice's marks.
+    let mut edited = msg(1, 1, "bob", "lunch at noon?", 0);
+    edited.edited_at_ms = Some(T);
+    edited.reactions = vec![("👍".into(), 2), ("❤️".into(), 1)];
+    let mut gone = msg(2, 1, "alice", "", 1);
+    gone.deleted = true;
+    worker(
+        &mut app,
+        Event::Updates(Updates {
+            messages: vec![edited, gone],
+            notices: vec![],
+            warnings: vec![],
+            receipts: vec![],
+        }),
+    );
+    let s = screen(&app, 80, 24);
+    assert!(s.contains("13:05 bob: lunch at noon? (edited)"), "{s}");
+    // (The test backend pads each double-width emoji with a blank cell.)
+    assert!(s.contains("      👍  2  ❤️  1"), "{s}");
+    assert!(s.contains("13:06 alice: (message deleted)"), "{s}");
+    assert!(!s.contains("lunch?") && !s.contains("at noon ✓"), "{s}");
+    // A message of hers that is delivered, then read.
+    open_with_receipts(&mut app);
+}
+
+/// Alice's message in #team gets receipts: ✓, then ✓✓, then ✓✓ read.
+fn open_with_receipts(app: &mut App) {
+    let g = GroupId([1; 32]);
+    let id = MessageId([2; 16]);
+    let mut mine = msg(2, 1, "alice", "x", 1);
+    mine.deleted = false;
+    mine.text = "see you".into();
+    worker(
+        app,
+        Event::Updates(Updates {
+            messages: vec![mine],
+            notices: vec![],
+            warnings: vec![],
+            receipts: vec![],
+        }),
+    );
+    assert!(screen(app, 80, 24).contains("alice: see you ✓"));
+    for (delivered_to, read_by, mark) in [
+        (1, 0, "alice: see you ✓✓"),
+        (1, 1, "alice: see you ✓✓ read"),
+    ] {
+        worker(
+            app,
+            Event::Updates(Updates {
+                messages: vec![],
+                notices: vec![],
+                warnings: vec![],
+                receipts: vec![Receipt {
+                    conversation: g,
+                    id,
+                    delivered_to,
+                    read_by,
+                }],
+            }),
+        );
+        assert!(
+            screen(app, 80, 24).contains(mark),
+            "{}",
+            screen(app, 80, 24)
+        );
+    }
 }

@@ -25,6 +25,7 @@ use crate::inbox::ACK_BATCH;
 pub use crate::inbox::ReceiveEvent;
 pub use crate::profile::Policy;
 use crate::profile::Profile;
+pub use crate::send::Change;
 use crate::store::{Contact, Identity, Store, StoredMessage};
 use crate::transport::{Connection, Event, unexpected};
 use crate::{ClientError, ServerLink};
@@ -452,6 +453,7 @@ impl Client {
                     Profile::ack(&mut conn, &mut acks).await?;
                     self.p.commit_proposals(&mut conn).await?;
                     self.p.show_unshown(&mut on_event)?;
+                    self.p.flush_receipts(&mut conn).await?;
                     on_event(ReceiveEvent::Synced);
                 }
             }
@@ -462,6 +464,7 @@ impl Client {
         }
         Profile::ack(&mut conn, &mut acks).await?;
         self.p.show_unshown(&mut on_event)?;
+        self.p.flush_receipts(&mut conn).await?;
         self.p.download_pending(&mut conn).await?;
         self.done(conn).await;
         Ok(())
@@ -516,6 +519,68 @@ impl Client {
         self.p.check_text(to, text)?;
         self.sending(async |p, c| p.send_text(c, to, Some(reply_to), text).await)
             .await
+    }
+
+    /// Sends a change to a stored message of the conversation `to` (as
+    /// [`Client::send`] names it): a reaction or its removal, an edit of
+    /// one of this account's texts, or the deletion of one of this
+    /// account's messages for everyone. What this account may not do
+    /// (change another member's message, edit a file, change a deleted
+    /// message) is refused before anything is sent.
+    pub async fn change(&mut self, to: &str, change: Change) -> Result<Sent, ClientError> {
+        if let Change::Edit { text, .. } = &change {
+            self.p.check_text(to, text)?;
+        }
+        self.sending(async |p, c| p.send_change(c, to, change).await)
+            .await
+    }
+
+    /// Marks the messages of `conversation` from other members read (they
+    /// were shown to the user) and, where read receipts are on, sends the
+    /// read receipts (if the server is reachable; else with the next
+    /// batch). Returns how many messages were newly read.
+    pub async fn mark_read(&mut self, conversation: &str) -> Result<usize, ClientError> {
+        let g = self.p.conversation_id(conversation)?;
+        let n = self
+            .p
+            .store
+            .transaction(|_, c| crate::receipts::mark_read(c, &g))?;
+        if n > 0 {
+            match self.online(async |p, c| p.flush_receipts(c).await).await {
+                Ok(()) => {}
+                Err(e) if e.is_temporary() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Turns read receipts on or off for the profile (`conversation`
+    /// `None`), or for one conversation (`on` `None`: back to the
+    /// profile's setting). Delivery receipts are always sent, in
+    /// conversations small enough for receipts.
+    pub fn set_read_receipts(
+        &mut self,
+        conversation: Option<&str>,
+        on: Option<bool>,
+    ) -> Result<(), ClientError> {
+        let g = conversation
+            .map(|c| self.p.conversation_id(c))
+            .transpose()?;
+        self.p
+            .store
+            .transaction(|_, c| crate::receipts::set_read_receipts(c, g.as_ref(), on))
+    }
+
+    /// Who reacted to the message `id` of the conversation `conversation`,
+    /// and with what: (handle, emoji), in the order they reacted.
+    pub fn reactions(
+        &mut self,
+        conversation: &str,
+        id: MessageId,
+    ) -> Result<Vec<(String, String)>, ClientError> {
+        let g = self.p.conversation_id(conversation)?;
+        self.p.store.reactions(&g, &id)
     }
 
     /// Encrypts and uploads a file, then sends its reference to `to`.

@@ -104,6 +104,19 @@ impl Notice {
     }
 }
 
+/// The receipts of one of this account's messages, as they are now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The message's conversation.
+    pub conversation: GroupId,
+    /// The message.
+    pub id: MessageId,
+    /// How many other members reported a device of theirs decrypted it.
+    pub delivered_to: u32,
+    /// How many other members reported they were shown it.
+    pub read_by: u32,
+}
+
 /// A conversation's state on this device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ConversationState {

@@ -206,7 +206,6 @@ impl Profile {
                 other => return Err(unexpected(&other)),
             }
         }
-        let shown = format!("[file] {name} ({size} bytes)");
         let body = Body::File(FileRef {
             blob,
             key: *key,
@@ -215,7 +214,7 @@ impl Profile {
             name,
             size,
         });
-        self.send_body(conn, g, body, &shown).await
+        self.send_body(conn, g, body).await
     }
 
     /// Downloads, checks and saves every pending attachment.

@@ -10,7 +10,7 @@ use sotto_proto::{Delivery, EnvelopeKind, GroupId, Request, Response};
 use tokio::time::{Instant, timeout_at};
 
 use crate::ClientError;
-use crate::conversation::{Notice, Unread, Warning};
+use crate::conversation::{Notice, Receipt, Unread, Warning};
 use crate::members::self_name;
 use crate::profile::Profile;
 use crate::receive::Outcome;
@@ -30,6 +30,8 @@ pub enum ReceiveEvent<'a> {
     /// to a group or started a conversation with it, a member joined or
     /// left, the timer changed.
     Notice(&'a Notice),
+    /// Receipts for one of this account's messages changed.
+    Receipt(&'a Receipt),
 }
 
 /// Acknowledge at least this often while receiving.
@@ -75,6 +77,7 @@ impl Profile {
                 n.at_ms = now;
             }
             self.notices.append(&mut told.notices);
+            self.receipts.append(&mut told.receipts);
             if told.leave {
                 self.leaves.insert(env.group);
             }
@@ -198,11 +201,43 @@ impl Profile {
         for n in std::mem::take(&mut self.notices) {
             on_event(ReceiveEvent::Notice(&n));
         }
+        for r in self.take_receipts()? {
+            on_event(ReceiveEvent::Receipt(&r));
+        }
         let unshown = self.store.unshown(self.now_ms())?;
         for m in &unshown {
             on_event(ReceiveEvent::Message(m));
         }
-        self.store.mark_shown(&unshown)
+        self.store.mark_shown(&unshown)?;
+        // Shown to whoever runs `receive`: read.
+        let mut groups: Vec<GroupId> = unshown.iter().map(|m| m.group).collect();
+        groups.sort_unstable_by_key(|g| g.0);
+        groups.dedup();
+        self.store.transaction(|_, c| {
+            for g in &groups {
+                crate::receipts::mark_read(c, g)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The receipts that changed since the last call, with their counts now.
+    pub(crate) fn take_receipts(&mut self) -> Result<Vec<Receipt>, ClientError> {
+        let mut changed = std::mem::take(&mut self.receipts);
+        changed.sort_unstable_by_key(|(g, id)| (g.0, id.0));
+        changed.dedup();
+        changed
+            .into_iter()
+            .map(|(conversation, id)| {
+                let (delivered_to, read_by) = self.store.receipt_counts(&id)?;
+                Ok(Receipt {
+                    conversation,
+                    id,
+                    delivered_to,
+                    read_by,
+                })
+            })
+            .collect()
     }
 
     /// Processes the mailbox backlog (so Welcomes and commits are applied

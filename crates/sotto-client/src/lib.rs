@@ -47,6 +47,7 @@
 mod blocks;
 pub mod client;
 pub mod clock;
+mod content;
 mod conversation;
 pub mod devices;
 pub mod error;
@@ -58,6 +59,7 @@ pub mod link;
 mod members;
 pub mod names;
 mod profile;
+mod receipts;
 mod receive;
 pub mod rejoin;
 mod send;
@@ -66,10 +68,11 @@ pub mod store;
 pub mod transport;
 
 pub use client::{
-    Client, Policy, ReceiveEvent, ReceivedMessage, RegisterOptions, Sent, Verification, Warning,
+    Change, Client, Policy, ReceiveEvent, ReceivedMessage, RegisterOptions, Sent, Verification,
+    Warning,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use conversation::{NotSentBecause, Unread};
+pub use conversation::{NotSentBecause, Receipt, Unread};
 pub use error::ClientError;
 pub use groups::GroupInfo;
 pub use link::ServerLink;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sotto_core::mls;
-use sotto_proto::{Blob, GroupId, Request, Response, UploadKeyPackages};
+use sotto_proto::{Blob, GroupId, MessageId, Request, Response, UploadKeyPackages};
 
 use crate::ClientError;
 use crate::clock::{Clock, SystemClock};
@@ -62,6 +62,8 @@ pub(crate) struct Profile {
     pub(crate) warnings: Vec<Warning>,
     /// Things that happened in a conversation (members, timer), for the user.
     pub(crate) notices: Vec<Notice>,
+    /// This account's messages whose receipts changed, for the front end.
+    pub(crate) receipts: Vec<(GroupId, MessageId)>,
     pub(crate) policy: Policy,
     /// The wall clock.
     pub(crate) clock: Arc<dyn Clock>,
@@ -77,6 +79,7 @@ impl Profile {
             refused_commits: BTreeSet::new(),
             warnings: Vec::new(),
             notices: Vec::new(),
+            receipts: Vec::new(),
             policy: Policy::default(),
             clock: Arc::new(SystemClock),
         }

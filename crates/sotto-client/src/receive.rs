@@ -12,9 +12,10 @@ use sotto_core::{Body, CredentialIdentity};
 use sotto_proto::{Delivery, Envelope, GroupId};
 
 use crate::ClientError;
+use crate::content;
 use crate::conversation::{ConversationState, Notice, NoticeKind, Unread, Warning};
 use crate::members::{conversation_name, note_list, record_members, self_name};
-use crate::store::{NewMessage, Provider, rows};
+use crate::store::{Provider, rows};
 
 /// What became of one delivery.
 #[derive(Debug)]
@@ -45,6 +46,8 @@ pub(crate) struct Told {
     /// A commit arrived in a conversation this device leaves: its leave is
     /// proposed again.
     pub(crate) leave: bool,
+    /// This account's messages whose receipts changed.
+    pub(crate) receipts: Vec<(GroupId, sotto_proto::MessageId)>,
 }
 
 /// Saves `applied` (what the core made of delivery `d` at `now_ms`) in the
@@ -69,18 +72,19 @@ pub(crate) fn save(
             what: match why {
                 receive::Dropped::InvalidWipe => Unread::InvalidWipe,
                 receive::Dropped::UnexpectedDevice => Unread::UnexpectedDevice,
-                receive::Dropped::Undecodable => Unread::Message,
+                receive::Dropped::Undecodable | receive::Dropped::Refused(_) => Unread::Message,
             },
             from: String::new(),
             conversation: String::new(),
             reason: match why {
                 receive::Dropped::Undecodable => "undecodable application message".into(),
+                receive::Dropped::Refused(why) => format!("refused: its content is {why}"),
                 _ => String::new(),
             },
         }),
         receive::Outcome::Proposal => Outcome::Proposal(env.group),
         receive::Outcome::Other => Outcome::Stored,
-        receive::Outcome::Message(m) => message(c, me, d, m)?,
+        receive::Outcome::Message(m) => message(c, me, d, m, told)?,
         receive::Outcome::Joined(j) => joined(p, c, me, j, &events, now_ms, told)?,
         receive::Outcome::Commit(commit) => {
             committed(p, c, me, env, &commit, &events, now_ms, told)?
@@ -97,46 +101,51 @@ fn message(
     me: &CredentialIdentity,
     d: &Delivery,
     m: receive::Message,
+    told: &mut Told,
 ) -> Result<Outcome, ClientError> {
     if crate::blocks::is_blocked(c, &m.sender.account)? {
         // Decrypted (the ratchet moves on), never stored.
         return Ok(Outcome::Ignored(None));
     }
-    let reply_to = m.body.reply_to();
-    let (text, file) = match m.body {
-        Body::Text(t) | Body::Reply { text: t, .. } => (t, None),
-        Body::File(f) => (
-            format!(
-                "[file] {} ({} bytes)",
-                crate::files::safe_name(&f.name),
-                f.size
-            ),
-            Some(f),
-        ),
-    };
-    let fresh = rows::put_message(
+    let applied = content::apply(
         c,
-        &NewMessage {
+        &content::Incoming {
             id: m.id,
             group: d.envelope.group,
             sender: &m.sender,
             outgoing: m.sender.account == me.account,
             from_this_device: false,
-            text: &text,
             sent_at_ms: m.sent_at_ms,
             received_at_ms: m.received_at_ms,
             seq: d.seq,
             expires_at_ms: m.expires_at_ms,
-            reply_to,
         },
+        &m.body,
     )?;
-    if !fresh {
-        return Ok(Outcome::Duplicate);
-    }
-    if let Some(f) = file {
-        crate::files::queue(c, &m.id, &m.sender.handle, &f)?;
-    }
-    Ok(Outcome::Stored)
+    Ok(match applied {
+        content::Applied::Duplicate => Outcome::Duplicate,
+        content::Applied::Stored => {
+            if let Body::File(f) = &m.body {
+                crate::files::queue(c, &m.id, &m.sender.handle, f)?;
+            }
+            if m.sender.account != me.account {
+                crate::receipts::owe_delivered(c, &d.envelope.group, &m.id)?;
+            }
+            Outcome::Stored
+        }
+        content::Applied::Receipted(ids) => {
+            told.receipts
+                .extend(ids.into_iter().map(|id| (d.envelope.group, id)));
+            Outcome::Stored
+        }
+        content::Applied::Changed | content::Applied::Missing => Outcome::Stored,
+        content::Applied::Refused(why) => Outcome::Dropped(Warning::Unreadable {
+            what: Unread::Message,
+            from: m.sender.handle.to_string(),
+            conversation: self_name(c, &d.envelope.group),
+            reason: format!("refused: {why}"),
+        }),
+    })
 }
 
 /// Names the group as the events say.

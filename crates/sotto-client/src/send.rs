@@ -9,11 +9,37 @@ use sotto_core::{AppMessage, Body};
 use sotto_proto::{Blob, ErrorCode, GroupId, Handle, MessageId, Request, Response, SendRequest};
 
 use crate::ClientError;
+use crate::content;
 use crate::conversation::{ConversationState, NotSentBecause, Sent, Target, Warning};
 use crate::members::self_name;
 use crate::profile::Profile;
-use crate::store::{NewMessage, rows};
+use crate::store::rows;
 use crate::transport::{Connection, random_id, unexpected};
+
+/// A change to a stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Reacts to `to` with `emoji`, replacing this account's reaction;
+    /// `None` takes it back.
+    React {
+        /// The message reacted to.
+        to: MessageId,
+        /// The emoji, or `None` to take the reaction back.
+        emoji: Option<String>,
+    },
+    /// New text for one of this account's text messages.
+    Edit {
+        /// The message.
+        of: MessageId,
+        /// Its new text.
+        text: String,
+    },
+    /// Deletes one of this account's messages for everyone.
+    Delete {
+        /// The message.
+        of: MessageId,
+    },
+}
 
 /// How often one flush encrypts a message again for a group that keeps
 /// moving before it leaves it queued for the next flush. Each refusal
@@ -283,7 +309,39 @@ impl Profile {
             },
             None => Body::Text(text.to_owned()),
         };
-        self.send_body(conn, g, body, text).await
+        self.send_body(conn, g, body).await
+    }
+
+    /// Sends a change to the message `of` of the conversation `to`: a
+    /// reaction (`Some(emoji)`) or its removal (`None`), an edit, or a
+    /// deletion for everyone. Refused before anything is sent if this
+    /// account may not make it ([`content::check_change`]).
+    pub(crate) async fn send_change(
+        &mut self,
+        conn: &mut Connection,
+        to: &str,
+        change: Change,
+    ) -> Result<Sent, ClientError> {
+        self.sync(conn).await?;
+        self.flush_outbox(conn).await?;
+        let g = self.target(conn, to).await?;
+        let me = self.id.account.id();
+        let body = match change {
+            Change::React {
+                to,
+                emoji: Some(emoji),
+            } => Body::Reaction { to, emoji },
+            Change::React { to, emoji: None } => {
+                let of = self
+                    .store
+                    .transaction(|_, c| content::reaction_of(c, &g, &to, &me))?
+                    .ok_or_else(|| ClientError::NotFound("you did not react to it".into()))?;
+                Body::Delete { of }
+            }
+            Change::Edit { of, text } => Body::Edit { of, text },
+            Change::Delete { of } => Body::Delete { of },
+        };
+        self.send_body(conn, g, body).await
     }
 
     /// Resolves a send target to an active conversation, creating a
@@ -340,47 +398,56 @@ impl Profile {
         Ok(g)
     }
 
-    /// Encrypts `body` for `g`, keeps it (as `shown` locally), and sends it.
+    /// Encrypts `body` for `g`, applies it to this device's store as a
+    /// received one would be ([`content::apply`]), and sends it.
     pub(crate) async fn send_body(
         &mut self,
         conn: &mut Connection,
         g: GroupId,
         body: Body,
-        shown: &str,
     ) -> Result<Sent, ClientError> {
-        let text = shown;
-        let reply_to = body.reply_to();
+        body.check()
+            .map_err(|why| ClientError::Invalid(format!("cannot send this: it is {why}")))?;
+        // A receipt is not something the user sent: it neither counts
+        // towards a self-update nor makes one.
+        let counts = !matches!(body, Body::Receipt(_));
         let id = random_id();
         let now = self.now_ms();
         let app = AppMessage {
             id,
             sent_at_ms: now,
             body,
-        }
-        .encode();
+        };
+        let plaintext = app.encode();
         let me = self.id.credential();
         let device = &self.id.device;
         self.store.transaction(|p, c| {
-            let (ct, timer) = mls::encrypt_with_timer(p, device, g, &app)?;
+            content::check_change(c, &g, &me.account, &app.body)?;
+            let (ct, timer) = mls::encrypt_with_timer(p, device, g, &plaintext)?;
             let ttl = timer.map(|t| t.saturating_mul(1000));
-            rows::put_outbox(c, &id, &g, (&ct, &app), now, ttl)?;
-            rows::put_message(
+            rows::put_outbox(c, &id, &g, (&ct, &plaintext), now, ttl)?;
+            let applied = content::apply(
                 c,
-                &NewMessage {
+                &content::Incoming {
                     id,
                     group: g,
                     sender: &me,
                     outgoing: true,
                     from_this_device: true,
-                    text,
                     sent_at_ms: now,
                     received_at_ms: now,
                     seq: 0,
                     expires_at_ms: timer.map(|t| now.saturating_add(t.saturating_mul(1000))),
-                    reply_to,
                 },
+                &app.body,
             )?;
-            rows::count_sent(c, &g)
+            if let content::Applied::Refused(why) = applied {
+                return Err(ClientError::Invalid(why.into()));
+            }
+            if counts {
+                rows::count_sent(c, &g)?;
+            }
+            Ok(())
         })?;
         // From here the message is safe in the outbox: a lost connection
         // only delays it until the next command that reaches the server.
@@ -404,6 +471,9 @@ impl Profile {
         }
         // The message is accepted; a self-update that cannot happen now
         // happens after a later message (it is a policy, not a duty).
+        if !counts {
+            return Ok(Sent::Accepted(id));
+        }
         match self.maybe_self_update(conn, g).await {
             Ok(()) => {}
             Err(e) if e.is_temporary() => {}

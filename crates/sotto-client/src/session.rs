@@ -13,6 +13,7 @@ use std::collections::{HashMap, HashSet};
 use sotto_core::mls;
 use sotto_proto::{GroupId, MessageId};
 
+use crate::conversation::Receipt;
 use crate::store::{Contact, StoredMessage};
 use crate::{Client, ClientError};
 
@@ -33,12 +34,17 @@ pub struct Updates {
     pub notices: Vec<Notice>,
     /// Warnings for the user: key changes, device changes, saved files.
     pub warnings: Vec<Warning>,
+    /// This account's messages whose receipts changed.
+    pub receipts: Vec<Receipt>,
 }
 
 impl Updates {
     /// Whether there is nothing to show.
     pub fn is_empty(&self) -> bool {
-        self.messages.is_empty() && self.notices.is_empty() && self.warnings.is_empty()
+        self.messages.is_empty()
+            && self.notices.is_empty()
+            && self.warnings.is_empty()
+            && self.receipts.is_empty()
     }
 }
 
@@ -133,6 +139,7 @@ impl Client {
         let mut conn = self.connect().await?;
         self.p.sync(&mut conn).await?;
         self.p.flush_outbox(&mut conn).await?;
+        self.p.flush_receipts(&mut conn).await?;
         self.p.download_pending(&mut conn).await?;
         self.kept = Some(conn);
         self.take_updates()
@@ -172,6 +179,7 @@ impl Client {
     pub async fn process_pushed(&mut self) -> Result<Updates, ClientError> {
         if let Some(mut conn) = self.kept.take() {
             self.p.sync(&mut conn).await?;
+            self.p.flush_receipts(&mut conn).await?;
             self.p.download_pending(&mut conn).await?;
             self.kept = Some(conn);
         }
@@ -187,6 +195,7 @@ impl Client {
             messages,
             notices: std::mem::take(&mut self.p.notices),
             warnings: std::mem::take(&mut self.p.warnings),
+            receipts: self.p.take_receipts()?,
         })
     }
 

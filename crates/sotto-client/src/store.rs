@@ -230,6 +230,21 @@ pub struct StoredMessage {
     /// message may not be stored here (sent before this device joined, or
     /// disappeared): show it as a reply to a message you don't have.
     pub reply_to: Option<MessageId>,
+    /// When its sender last edited it (this device's clock), if they did.
+    pub edited_at_ms: Option<u64>,
+    /// Deleted for everyone by its sender: a tombstone, `text` is empty.
+    pub deleted: bool,
+    /// A kind of message this version cannot show (a later one sent it).
+    pub unsupported: bool,
+    /// Its reactions: each emoji with how many members chose it, most
+    /// chosen first ([`Store::reactions`] says who).
+    pub reactions: Vec<(String, u32)>,
+    /// For this account's message: how many other members reported a
+    /// device of theirs decrypted it (a read counts as delivered).
+    pub delivered_to: u32,
+    /// For this account's message: how many other members reported they
+    /// were shown it.
+    pub read_by: u32,
 }
 
 /// An incoming message to store.
@@ -257,12 +272,17 @@ pub struct NewMessage<'a> {
     pub expires_at_ms: Option<u64>,
     /// The message it replies to, if it is a reply.
     pub reply_to: Option<MessageId>,
+    /// A kind of message this version cannot show.
+    pub unsupported: bool,
 }
 
 /// The columns [`stored_messages`] reads, from `messages m` joined with
 /// `conversations c`.
 const MESSAGE_COLUMNS: &str = "m.id, m.group_id, coalesce(c.name, ''), m.sender_handle, \
-     m.outgoing, m.body, m.sent_at_ms, m.received_at_ms, m.reply_to";
+     m.outgoing, m.body, m.sent_at_ms, m.received_at_ms, m.reply_to, m.edited_at_ms, m.deleted, \
+     m.unsupported, \
+     (SELECT count(*) FROM receipts r WHERE r.msg_id = m.id), \
+     (SELECT count(*) FROM receipts r WHERE r.msg_id = m.id AND r.status >= 2)";
 
 /// Reads messages from a statement selecting [`MESSAGE_COLUMNS`].
 fn stored_messages<P: rusqlite::Params>(
@@ -280,11 +300,29 @@ fn stored_messages<P: rusqlite::Params>(
             r.get::<_, i64>(6)?,
             r.get::<_, i64>(7)?,
             r.get::<_, Option<Vec<u8>>>(8)?,
+            (
+                r.get::<_, Option<i64>>(9)?,
+                r.get::<_, i64>(10)?,
+                r.get::<_, i64>(11)?,
+                r.get::<_, u32>(12)?,
+                r.get::<_, u32>(13)?,
+            ),
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, g, conv, sender, outgoing, text, sent, recv, reply_to) = row?;
+        let (
+            id,
+            g,
+            conv,
+            sender,
+            outgoing,
+            text,
+            sent,
+            recv,
+            reply_to,
+            (edited, deleted, unsupported, delivered_to, read_by),
+        ) = row?;
         out.push(StoredMessage {
             id: MessageId(arr(id)?),
             group: GroupId(arr(g)?),
@@ -295,9 +333,34 @@ fn stored_messages<P: rusqlite::Params>(
             sent_at_ms: u(sent),
             received_at_ms: u(recv),
             reply_to: reply_to.map(arr).transpose()?.map(MessageId),
+            edited_at_ms: edited.map(u),
+            deleted: deleted != 0,
+            unsupported: unsupported != 0,
+            reactions: Vec::new(),
+            delivered_to,
+            read_by,
         });
     }
     Ok(out)
+}
+
+/// Fills in each message's reaction counts.
+fn with_reactions(
+    c: &Connection,
+    mut msgs: Vec<StoredMessage>,
+) -> Result<Vec<StoredMessage>, ClientError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT emoji, count(*) FROM reactions WHERE group_id = ?1 AND target = ?2 \
+         GROUP BY emoji ORDER BY count(*) DESC, min(at_ms), min(rowid)",
+    )?;
+    for m in &mut msgs {
+        m.reactions = stmt
+            .query_map(params![&m.group.0[..], &m.id.0[..]], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?))
+            })?
+            .collect::<Result<_, _>>()?;
+    }
+    Ok(msgs)
 }
 
 /// Temporary (per connection) triggers that set `temp.secrets_dropped` when
@@ -351,7 +414,8 @@ fn purge_expired_in(c: &Connection, dir: &Path, now_ms: i64) -> Result<usize, Cl
     // The attachments of expired messages, and any whose message is gone
     // (left by versions that deleted only the message).
     const GOING: &str = "(msg_id IN (SELECT id FROM messages \
-         WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= ?1) \
+         WHERE (expires_at_ms IS NOT NULL AND expires_at_ms <= ?1) \
+         OR (shred = 1 AND deleted = 1)) \
          OR msg_id NOT IN (SELECT id FROM messages))";
     let saved: Vec<String> = {
         let mut st = c.prepare(&format!(
@@ -368,10 +432,21 @@ fn purge_expired_in(c: &Connection, dir: &Path, now_ms: i64) -> Result<usize, Cl
         }
     }
     c.execute(&format!("DELETE FROM attachments WHERE {GOING}"), [now_ms])?;
-    Ok(c.execute(
+    let expired = c.execute(
         "DELETE FROM messages WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= ?1",
         [now_ms],
-    )?)
+    )?;
+    if expired > 0 {
+        // Reactions and receipts go with their message.
+        c.execute_batch(
+            "DELETE FROM reactions WHERE target NOT IN (SELECT id FROM messages); \
+             DELETE FROM receipts WHERE msg_id NOT IN (SELECT id FROM messages); \
+             DELETE FROM receipts_out WHERE msg_id NOT IN (SELECT id FROM messages);",
+        )?;
+    }
+    // Text an edit or a deletion overwrote: old WAL frames may hold it.
+    let overwritten = c.execute("UPDATE messages SET shred = 0 WHERE shred = 1", [])?;
+    Ok(expired + overwritten)
 }
 
 fn i(v: u64) -> i64 {
@@ -852,7 +927,7 @@ impl Store {
                  LEFT JOIN conversations c ON c.group_id = m.group_id \
                  WHERE m.shown = 0 ORDER BY m.seq, m.received_at_ms"
             ))?;
-            stored_messages(&mut stmt, [])
+            with_reactions(c, stored_messages(&mut stmt, [])?)
         })
     }
 
@@ -917,9 +992,11 @@ impl Store {
 
     /// Deletes the messages whose disappearing time has come, with their
     /// attachments (the saved file and the row with its name, key and
-    /// hash), then checkpoints and truncates the WAL so that no old frame
-    /// keeps them (`secure_delete` zeroes the freed cells). Returns how
-    /// many messages went.
+    /// hash) and reactions, and the attachments of messages deleted for
+    /// everyone, then checkpoints and truncates the WAL so that no old
+    /// frame keeps them or text an edit or deletion overwrote
+    /// (`secure_delete` zeroes the freed cells). Returns how many messages
+    /// went or were overwritten since the last purge.
     pub fn purge_expired(&self, now_ms: u64) -> Result<usize, ClientError> {
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
         let n = purge_expired_in(&tx, &self.dir, i(now_ms))?;
@@ -953,6 +1030,33 @@ impl Store {
              WHERE m.group_id = ?1 ORDER BY m.received_at_ms, m.seq"
         ))?;
         let out = stored_messages(&mut stmt, [&g.0[..]])?;
+        with_reactions(&self.conn, out)
+    }
+
+    /// How many other members reported the message `id` delivered, and
+    /// how many read.
+    pub fn receipt_counts(&self, id: &MessageId) -> Result<(u32, u32), ClientError> {
+        Ok(self.conn.query_row(
+            "SELECT count(*), count(*) FILTER (WHERE status >= 2) FROM receipts WHERE msg_id = ?1",
+            [&id.0[..]],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?)
+    }
+
+    /// Who reacted to the message `id` of `g`, and with what: (handle,
+    /// emoji), in the order they reacted.
+    pub fn reactions(
+        &self,
+        g: &GroupId,
+        id: &MessageId,
+    ) -> Result<Vec<(String, String)>, ClientError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT reactor_handle, emoji FROM reactions WHERE group_id = ?1 AND target = ?2 \
+             ORDER BY at_ms, rowid",
+        )?;
+        let out = stmt
+            .query_map(params![&g.0[..], &id.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
         Ok(out)
     }
 
@@ -1049,4 +1153,4 @@ impl Store {
 pub mod rows;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -58,7 +58,7 @@ fn listen(
                 }
             }
             ReceiveEvent::Message(m) => got.push((m.sender.clone(), m.text.clone(), live)),
-            ReceiveEvent::Dropped(_) | ReceiveEvent::Notice(_) => {}
+            ReceiveEvent::Dropped(_) | ReceiveEvent::Notice(_) | ReceiveEvent::Receipt(_) => {}
         })
         .await
         .unwrap();

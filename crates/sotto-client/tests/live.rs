@@ -43,7 +43,7 @@ async fn online_device_gets_messages_pushed_live() {
             }
             ReceiveEvent::Message(m) => seen.push(Seen::Message(m.text.clone())),
             ReceiveEvent::Dropped(why) => panic!("dropped: {why:?}"),
-            ReceiveEvent::Notice(_) => {}
+            ReceiveEvent::Notice(_) | ReceiveEvent::Receipt(_) => {}
         })
         .await
         .unwrap();
@@ -102,7 +102,7 @@ async fn receive_all(c: &mut Client) -> (Vec<String>, Vec<sotto_client::Warning>
     c.receive(Duration::ZERO, |ev| match ev {
         ReceiveEvent::Message(m) => msgs.push(m.text.clone()),
         ReceiveEvent::Dropped(why) => dropped.push(why.clone()),
-        ReceiveEvent::Synced | ReceiveEvent::Notice(_) => {}
+        ReceiveEvent::Synced | ReceiveEvent::Notice(_) | ReceiveEvent::Receipt(_) => {}
     })
     .await
     .unwrap();

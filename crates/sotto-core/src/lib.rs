@@ -24,5 +24,5 @@ mod state;
 pub mod verify;
 
 pub use identity::{AccountKey, CredentialIdentity, DeviceKey};
-pub use message::{AppMessage, Body};
+pub use message::{AppMessage, Body, Content, Refused};
 pub use mls::{CoreError, Suite};

@@ -155,6 +155,9 @@ pub enum Dropped {
     UnexpectedDevice,
     /// An application message whose content does not decode.
     Undecodable,
+    /// An application message whose content breaks a rule of
+    /// [`Body::check`](crate::Body::check) (too long, not an emoji).
+    Refused(crate::Refused),
 }
 
 /// A delivery set aside.
@@ -320,6 +323,9 @@ fn handshake_or_message<P: Provider>(
             else {
                 return Ok(applied(Outcome::Dropped(Dropped::Undecodable)));
             };
+            if let Err(why) = body.check() {
+                return Ok(applied(Outcome::Dropped(Dropped::Refused(why))));
+            }
             // A disappearing message's clock starts when this device
             // received it, on this device's clock (C5). The server drops a
             // message whose timer ran out in the mailbox, on its own clock.

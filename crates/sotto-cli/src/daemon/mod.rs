@@ -322,6 +322,17 @@ fn updates(u: &Updates) -> Vec<String> {
             json!({ "conversation_id": n.conversation.to_hex(), "text": crate::notice::text(n) }),
         ));
     }
+    for r in &u.receipts {
+        out.push(rpc::notification(
+            "receipt",
+            json!({
+                "conversation_id": r.conversation.to_hex(),
+                "id": r.id.to_hex(),
+                "delivered_to": r.delivered_to,
+                "read_by": r.read_by,
+            }),
+        ));
+    }
     for w in &u.warnings {
         out.push(rpc::notification(
             "warning",

@@ -9,7 +9,7 @@ use crate::worker::Failure;
 
 /// The version of the method set (docs/JSON-RPC.md); bumped on any
 /// incompatible change.
-pub const API_VERSION: &str = "1.3";
+pub const API_VERSION: &str = "1.4";
 
 /// Invalid JSON.
 pub const PARSE_ERROR: i64 = -32700;
@@ -166,6 +166,41 @@ pub fn method(name: &str, p: &Value) -> Result<Method, RpcError> {
             reply_to: match optional_string(p, "reply_to")? {
                 Some(r) => Some(r),
                 None => optional_string(p, "replyTo")?,
+            },
+        },
+        // 1.4: reactions, edits, deletion for everyone.
+        "react" => Op::React {
+            to: string(p, "conversation")?,
+            message: string(p, "message")?,
+            emoji: optional_string(p, "emoji")?,
+        },
+        "reactions" => Op::Reactions {
+            to: string(p, "conversation")?,
+            message: string(p, "message")?,
+        },
+        "edit" => Op::Edit {
+            to: string(p, "conversation")?,
+            message: string(p, "message")?,
+            text: string(p, "text")?,
+        },
+        "deleteForEveryone" => Op::Delete {
+            to: string(p, "conversation")?,
+            message: string(p, "message")?,
+        },
+        "markRead" => Op::MarkRead {
+            conversation: string(p, "conversation")?,
+        },
+        "setReadReceipts" => Op::ReadReceipts {
+            conversation: optional_string(p, "conversation")?,
+            on: match p.get("enabled") {
+                Some(Value::Bool(b)) => Some(*b),
+                None | Some(Value::Null) => None,
+                _ => {
+                    return Err(RpcError::new(
+                        INVALID_PARAMS,
+                        "param \"enabled\" must be a boolean or null",
+                    ));
+                }
             },
         },
         "sendFile" => Op::SendFile {

@@ -44,12 +44,27 @@ pub enum Delivery {
     Sending,
     /// The server accepted it.
     Sent,
+    /// A device of another member decrypted it.
+    Delivered,
+    /// Another member was shown it.
+    Read,
     /// Encrypted and kept in the outbox until the server is reachable.
     Queued,
     /// Not sent (the status line says why).
     Failed,
     /// Someone else's message.
     Received,
+}
+
+impl Delivery {
+    /// What a message the server accepted shows, by its receipts.
+    fn of_receipts(delivered_to: u32, read_by: u32) -> Self {
+        match (delivered_to, read_by) {
+            (_, 1..) => Self::Read,
+            (1.., 0) => Self::Delivered,
+            (0, 0) => Self::Sent,
+        }
+    }
 }
 
 /// A line of a conversation.
@@ -73,6 +88,10 @@ pub enum Entry {
         delivery: Delivery,
         /// The message it replies to, if it is a reply.
         reply_to: Option<MessageId>,
+        /// Its sender edited it.
+        edited: bool,
+        /// Its reactions, one line ("👍 2  ❤️ 1", cleaned), or empty.
+        reactions: String,
     },
     /// Something that happened (cleaned).
     Notice {
@@ -95,11 +114,18 @@ impl Entry {
     }
 
     fn from_message(m: &ReceivedMessage, queued: &HashSet<MessageId>) -> Self {
+        let lines = if m.deleted {
+            vec!["(message deleted)".to_owned()]
+        } else if m.unsupported {
+            vec!["(unsupported message: a newer version of Sotto can show it)".to_owned()]
+        } else {
+            text::clean_lines(&m.text)
+        };
         Self::Message {
             id: Some(m.id),
             local: None,
             sender: text::clean(&m.sender),
-            lines: text::clean_lines(&m.text),
+            lines,
             time_ms: m.received_at_ms,
             outgoing: m.outgoing,
             delivery: if !m.outgoing {
@@ -107,9 +133,16 @@ impl Entry {
             } else if queued.contains(&m.id) {
                 Delivery::Queued
             } else {
-                Delivery::Sent
+                Delivery::of_receipts(m.delivered_to, m.read_by)
             },
             reply_to: m.reply_to,
+            edited: m.edited_at_ms.is_some() && !m.deleted,
+            reactions: m
+                .reactions
+                .iter()
+                .map(|(emoji, n)| format!("{} {n}", text::clean(emoji)))
+                .collect::<Vec<_>>()
+                .join("  "),
         }
     }
 }
@@ -146,8 +179,13 @@ enum Pending {
     Message(GroupId),
     /// A conversation's history.
     History(GroupId),
+    /// A reaction, edit or deletion of a message of this conversation:
+    /// its history is loaded again once it went.
+    Change(GroupId, Op),
     /// Anything else: its outcome goes to the status line.
     Other(Op),
+    /// Marking a conversation read: only a failure is shown.
+    Read,
 }
 
 /// The whole state of the chat app.
@@ -187,6 +225,12 @@ pub struct App {
     pub marked: Option<MessageId>,
     /// The message the composer's text will reply to.
     pub replying: Option<MessageId>,
+    /// The message the composer's text will replace (an edit).
+    pub editing: Option<MessageId>,
+    /// The message the composer's emoji will react to.
+    pub reacting: Option<MessageId>,
+    /// The message to delete for everyone once the user confirms (`y`).
+    pub deleting: Option<MessageId>,
     /// Colors allowed (not NO_COLOR).
     pub color: bool,
     /// The app should end.
@@ -216,6 +260,9 @@ impl App {
             scroll: 0,
             marked: None,
             replying: None,
+            editing: None,
+            reacting: None,
+            deleting: None,
             color,
             quit: false,
             pending: HashMap::new(),
@@ -320,7 +367,7 @@ impl App {
             _ => match self.focus {
                 Focus::List => self.list_key(k, out),
                 Focus::Composer => self.composer_key(k, now_ms, out),
-                Focus::Messages => self.messages_key(k),
+                Focus::Messages => self.messages_key(k, out),
             },
         }
     }
@@ -352,11 +399,84 @@ impl App {
         }
     }
 
-    /// Keys while a message is selected: move, reply, back.
-    fn messages_key(&mut self, k: KeyEvent) {
+    /// The selected message's entry, if it is one of this account's.
+    fn marked_own(&self) -> Option<&Entry> {
+        let (g, id) = (self.open?, self.marked?);
+        self.entries
+            .get(&g)?
+            .iter()
+            .find(|e| matches!(e, Entry::Message { id: Some(i), outgoing: true, .. } if *i == id))
+    }
+
+    /// Sends a change (reaction, edit, deletion) of a message of the open
+    /// conversation.
+    fn change(&mut self, op: impl FnOnce(String) -> Op, out: &mut Vec<Command>) {
+        if let (Some(g), Some(to)) = (self.open, self.open_conversation().map(|c| c.target())) {
+            let op = op(to);
+            self.command(op.clone(), Pending::Change(g, op), out);
+        }
+    }
+
+    /// Keys while a message is selected: move, reply, react, edit, delete,
+    /// back.
+    fn messages_key(&mut self, k: KeyEvent, out: &mut Vec<Command>) {
         let ids = self.message_ids();
         let at = self.marked.and_then(|m| ids.iter().position(|i| *i == m));
+        if let Some(id) = self.deleting.take() {
+            if k.code == KeyCode::Char('y') {
+                let message = id.to_hex();
+                self.change(|to| Op::Delete { to, message }, out);
+                self.status = Some("deleting for everyone…".into());
+            } else {
+                self.status = Some("kept".into());
+            }
+            return;
+        }
         match (k.code, at) {
+            (KeyCode::Char('+'), Some(_)) => {
+                self.reacting = self.marked.take();
+                self.composer.clear();
+                self.cursor = 0;
+                self.focus = Focus::Composer;
+            }
+            (KeyCode::Char('-'), Some(_)) => {
+                let message = self.marked.map(|m| m.to_hex()).unwrap_or_default();
+                self.change(
+                    |to| Op::React {
+                        to,
+                        message,
+                        emoji: None,
+                    },
+                    out,
+                );
+            }
+            (KeyCode::Char('w'), Some(_)) => {
+                if let Some(to) = self.open_conversation().map(|c| c.target()) {
+                    let message = self.marked.map(|m| m.to_hex()).unwrap_or_default();
+                    let op = Op::Reactions { to, message };
+                    self.command(op.clone(), Pending::Other(op), out);
+                }
+            }
+            (KeyCode::Char('e'), Some(_)) => match self.marked_own() {
+                Some(Entry::Message { lines, .. }) => {
+                    self.composer = lines.join("\n");
+                    self.cursor = self.composer.len();
+                    self.editing = self.marked.take();
+                    self.focus = Focus::Composer;
+                }
+                _ => self.status = Some("only your own messages can be edited".into()),
+            },
+            (KeyCode::Char('d'), Some(_)) => {
+                if self.marked_own().is_some() {
+                    self.deleting = self.marked;
+                    self.status = Some(
+                        "delete this message for everyone? y deletes, any other key keeps it"
+                            .into(),
+                    );
+                } else {
+                    self.status = Some("only your own messages can be deleted".into());
+                }
+            }
             (KeyCode::Up | KeyCode::Char('k'), Some(i)) => {
                 self.marked = ids.get(i.saturating_sub(1)).copied()
             }
@@ -394,9 +514,14 @@ impl App {
         self.scroll = 0;
         self.unread.remove(&g);
         let target = self.open_conversation().map(ConversationInfo::target);
-        if let (false, Some(conversation)) = (self.loaded.contains(&g), target) {
+        if let (false, Some(conversation)) = (self.loaded.contains(&g), target.clone()) {
             self.loaded.insert(g);
             self.command(Op::History { conversation }, Pending::History(g), out);
+        }
+        // What it shows is read now (its senders learn it, where read
+        // receipts are on).
+        if let Some(conversation) = target {
+            self.command(Op::MarkRead { conversation }, Pending::Read, out);
         }
     }
 
@@ -404,8 +529,15 @@ impl App {
         let alt = k.modifiers.contains(KeyModifiers::ALT);
         let ctrl = k.modifiers.contains(KeyModifiers::CONTROL);
         match k.code {
-            // Esc first cancels a reply, then goes back to the list.
+            // Esc first cancels a reply, an edit or a reaction, then goes
+            // back to the list.
             KeyCode::Esc if self.replying.is_some() => self.replying = None,
+            KeyCode::Esc if self.editing.is_some() || self.reacting.is_some() => {
+                self.editing = None;
+                self.reacting = None;
+                self.composer.clear();
+                self.cursor = 0;
+            }
             KeyCode::Esc | KeyCode::Tab => self.focus = Focus::List,
             KeyCode::Enter if alt || k.modifiers.contains(KeyModifiers::SHIFT) => self.insert("\n"),
             KeyCode::Enter => self.submit(now_ms, out),
@@ -463,6 +595,31 @@ impl App {
             return;
         }
         let open = self.open_conversation().map(ConversationInfo::target);
+        if let Some(id) = self.reacting.take() {
+            let emoji = line.trim().to_owned();
+            let message = id.to_hex();
+            self.change(
+                |to| Op::React {
+                    to,
+                    message,
+                    emoji: Some(emoji),
+                },
+                out,
+            );
+            return;
+        }
+        if let Some(id) = self.editing.take() {
+            let message = id.to_hex();
+            self.change(
+                |to| Op::Edit {
+                    to,
+                    message,
+                    text: line,
+                },
+                out,
+            );
+            return;
+        }
         if line.starts_with('/') && !line.starts_with("//") {
             match commands::parse(&line, open.as_deref()) {
                 Ok(Action::Help) => self.help = true,
@@ -501,6 +658,8 @@ impl App {
             outgoing: true,
             delivery: Delivery::Sending,
             reply_to,
+            edited: false,
+            reactions: String::new(),
         });
         self.scroll = 0;
         self.command(
@@ -517,9 +676,9 @@ impl App {
     fn event(&mut self, e: Event, now_ms: u64, out: &mut Vec<Command>) {
         match e {
             Event::Connection(c) => self.connection = c,
-            Event::Updates(u) => self.updates(u, now_ms),
+            Event::Updates(u) => self.updates(u, now_ms, out),
             Event::Conversations(list) => self.set_conversations(list, out),
-            Event::Done { id, result } => self.done(id, result),
+            Event::Done { id, result } => self.done(id, result, out),
             Event::Stopped(why) => {
                 self.status = Some(text::clean(&why));
                 self.connection = Connection::Offline {
@@ -543,7 +702,7 @@ impl App {
         }
     }
 
-    fn updates(&mut self, u: Updates, now_ms: u64) {
+    fn updates(&mut self, u: Updates, now_ms: u64, out: &mut Vec<Command>) {
         // What is new, in the order it came: notices and messages by time,
         // a notice first at the same moment.
         let mut fresh: Vec<(GroupId, Entry)> = Vec::new();
@@ -561,13 +720,41 @@ impl App {
                 *self.unread.entry(m.group).or_default() += 1;
             }
             if self.loaded.contains(&m.group) {
-                let known = self.entries.get(&m.group).is_some_and(|v| {
-                    v.iter()
-                        .any(|e| matches!(e, Entry::Message { id: Some(id), .. } if *id == m.id))
+                let known = self.entries.get_mut(&m.group).and_then(|v| {
+                    v.iter_mut()
+                        .find(|e| matches!(e, Entry::Message { id: Some(id), .. } if *id == m.id))
                 });
-                if !known {
-                    fresh.push((m.group, Entry::from_message(m, &HashSet::new())));
+                match known {
+                    // Shown again: edited, deleted or reacted to.
+                    Some(e) => {
+                        let delivery = match e {
+                            Entry::Message { delivery, .. } => *delivery,
+                            Entry::Notice { .. } => Delivery::Received,
+                        };
+                        *e = Entry::from_message(m, &HashSet::new());
+                        if let Entry::Message { delivery: d, .. } = e {
+                            *d = delivery;
+                        }
+                    }
+                    None => fresh.push((m.group, Entry::from_message(m, &HashSet::new()))),
                 }
+            }
+        }
+        // Messages arriving in the open conversation are read as they come.
+        if let Some(conversation) = self
+            .open
+            .filter(|g| u.messages.iter().any(|m| m.group == *g && !m.outgoing))
+            .and_then(|_| self.open_conversation().map(ConversationInfo::target))
+        {
+            self.command(Op::MarkRead { conversation }, Pending::Read, out);
+        }
+        for r in &u.receipts {
+            let mine = self.entries.get_mut(&r.conversation).and_then(|v| {
+                v.iter_mut()
+                    .find(|e| matches!(e, Entry::Message { id: Some(id), .. } if *id == r.id))
+            });
+            if let Some(Entry::Message { delivery, .. }) = mine {
+                *delivery = Delivery::of_receipts(r.delivered_to, r.read_by);
             }
         }
         fresh.sort_by_key(|(_, e)| e.order());
@@ -598,7 +785,7 @@ impl App {
         }
     }
 
-    fn done(&mut self, id: u64, result: Result<Outcome, Failure>) {
+    fn done(&mut self, id: u64, result: Result<Outcome, Failure>, out: &mut Vec<Command>) {
         let Some(p) = self.pending.remove(&id) else {
             return;
         };
@@ -646,7 +833,21 @@ impl App {
                 self.loaded.remove(&g);
                 self.status = Some(text::clean(&e.message));
             }
-            (Pending::History(_), Ok(_)) => {}
+            (Pending::History(_), Ok(_)) | (Pending::Read, Ok(_)) => {}
+            (Pending::Read, Err(e)) => self.status = Some(text::clean(&e.message)),
+            (Pending::Change(_, _), Err(e)) => self.status = Some(text::clean(&e.message)),
+            (Pending::Change(g, op), Ok(o)) => {
+                self.status = Some(text::clean(&crate::ops::summary(&op, &o)));
+                // This device's own change shows once its history is read again.
+                if let Some(conversation) = self
+                    .conversations
+                    .iter()
+                    .find(|c| c.group == g)
+                    .map(ConversationInfo::target)
+                {
+                    self.command(Op::History { conversation }, Pending::History(g), out);
+                }
+            }
             (Pending::Other(_), Err(e)) => self.status = Some(text::clean(&e.message)),
             (Pending::Other(op), Ok(o)) => {
                 if let Outcome::Verification(v) = &o {

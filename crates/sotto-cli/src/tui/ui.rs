@@ -166,6 +166,8 @@ fn delivery_mark(d: Delivery) -> &'static str {
     match d {
         Delivery::Sending => " …",
         Delivery::Sent => " ✓",
+        Delivery::Delivered => " ✓✓",
+        Delivery::Read => " ✓✓ read",
         Delivery::Queued => " ⧗ queued",
         Delivery::Failed => " ✗ not sent",
         Delivery::Received => "",
@@ -271,6 +273,8 @@ fn conversation(app: &App, st: &Styles, f: &mut Frame<'_>, area: Rect, members_s
                 outgoing,
                 delivery,
                 reply_to,
+                edited,
+                reactions,
                 ..
             } => {
                 let first = lines.len();
@@ -289,10 +293,10 @@ fn conversation(app: &App, st: &Styles, f: &mut Frame<'_>, area: Rect, members_s
                 };
                 let n = body_lines.len();
                 for (i, l) in body_lines.iter().enumerate() {
-                    let mark = if i + 1 == n {
-                        delivery_mark(*delivery)
-                    } else {
-                        ""
+                    let mark = match (i + 1 == n, *edited) {
+                        (true, true) => format!(" (edited){}", delivery_mark(*delivery)),
+                        (true, false) => delivery_mark(*delivery).to_owned(),
+                        (false, _) => String::new(),
                     };
                     let prefix = if i == 0 { head.clone() } else { indent.clone() };
                     let full = format!("{prefix}{l}{mark}");
@@ -307,6 +311,10 @@ fn conversation(app: &App, st: &Styles, f: &mut Frame<'_>, area: Rect, members_s
                             lines.push(Line::raw(piece));
                         }
                     }
+                }
+                if !reactions.is_empty() {
+                    let r = format!("{indent}{reactions}");
+                    lines.push(Line::styled(truncate(&r, width), st.dim()));
                 }
                 if marked {
                     for l in &mut lines[first..] {
@@ -371,13 +379,22 @@ fn trust_mark(t: Trust) -> &'static str {
 
 fn composer_box(app: &App, f: &mut Frame<'_>, area: Rect) {
     let focused = app.focus == Focus::Composer;
-    let title = match app.replying {
-        Some(r) => truncate(
+    let width = usize::from(area.width.saturating_sub(2));
+    let title = match (app.replying, app.editing, app.reacting) {
+        (Some(r), _, _) => truncate(
             &format!("Replying to {} (Esc cancels)", quote_text(app.quote(r))),
-            usize::from(area.width.saturating_sub(2)),
+            width,
         ),
-        None if focused => "Message (Enter sends, Alt+Enter new line, Esc list)".to_owned(),
-        None => "Message (i or Tab to write)".to_owned(),
+        (_, Some(_), _) => truncate("Editing your message (Enter saves, Esc cancels)", width),
+        (_, _, Some(r)) => truncate(
+            &format!(
+                "React to {} with an emoji (Enter reacts, Esc cancels)",
+                quote_text(app.quote(r))
+            ),
+            width,
+        ),
+        _ if focused => "Message (Enter sends, Alt+Enter new line, Esc list)".to_owned(),
+        _ => "Message (i or Tab to write)".to_owned(),
     };
     let block = focused_block(&title, focused);
     let inner = block.inner(area);
@@ -415,7 +432,7 @@ fn hint_line(app: &App, st: &Styles, f: &mut Frame<'_>, area: Rect) {
     let line = match &app.status {
         Some(s) => Line::styled(text::clean(s), st.fg(Color::Yellow)),
         None if app.focus == Focus::Messages => Line::styled(
-            "↑↓/jk select a message · r reply · Esc back to writing",
+            "↑↓ select · r reply · +/- react · w who reacted · e edit · d delete · Esc back",
             st.dim(),
         ),
         None => Line::styled(
@@ -445,7 +462,7 @@ fn help(f: &mut Frame<'_>, area: Rect) {
         Line::raw("Enter     send                     Alt+Enter new line"),
         Line::raw("PgUp PgDn scroll                   q Ctrl+C  quit"),
         Line::raw("↑ (empty) select a message         r Enter   reply to it (Esc cancels)"),
-        Line::raw(""),
+        Line::raw("+ - w     react, unreact, who      e d       edit, delete (your own)"),
         Line::styled("Commands", Style::default().add_modifier(Modifier::BOLD)),
     ];
     lines.extend(HELP.iter().map(|(u, d)| Line::raw(format!("{u:<36} {d}"))));

@@ -34,12 +34,20 @@ pub(crate) struct Migration {
 
 /// Every migration of the profile store, in order. Add new ones at the
 /// end; never edit one that was released.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_baseline",
-    sql: include_str!("../../migrations/0001_baseline.sql"),
-    then: Some(adopt_unversioned),
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_baseline",
+        sql: include_str!("../../migrations/0001_baseline.sql"),
+        then: Some(adopt_unversioned),
+    },
+    Migration {
+        version: 2,
+        name: "0002_content",
+        sql: include_str!("../../migrations/0002_content.sql"),
+        then: None,
+    },
+];
 
 /// The version of a profile that has every migration.
 #[cfg(test)]

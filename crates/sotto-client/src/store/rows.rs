@@ -158,8 +158,8 @@ pub fn is_processed(
 pub fn put_message(c: &Connection, m: &NewMessage<'_>) -> Result<bool, ClientError> {
     let n = c.execute(
         "INSERT OR IGNORE INTO messages (id, group_id, sender_handle, sender_account, outgoing, body, \
-         sent_at_ms, received_at_ms, shown, seq, expires_at_ms, reply_to) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+         sent_at_ms, received_at_ms, shown, seq, expires_at_ms, reply_to, unsupported) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         params![
             &m.id.0[..],
             &m.group.0[..],
@@ -173,6 +173,7 @@ pub fn put_message(c: &Connection, m: &NewMessage<'_>) -> Result<bool, ClientErr
             i(m.seq),
             m.expires_at_ms.map(i),
             m.reply_to.as_ref().map(|r| &r.0[..]),
+            i64::from(m.unsupported),
         ],
     )?;
     Ok(n == 1)

@@ -59,6 +59,7 @@ fn a_profile_from_before_replies_gets_the_column_and_keeps_its_messages() {
                     seq: 2,
                     expires_at_ms: None,
                     reply_to: Some(MessageId([1; 16])),
+                    unsupported: false,
                 },
             )
         })
@@ -142,7 +143,7 @@ fn column_values(store: &Store, queries: &[&str]) -> Vec<Vec<u8>> {
 }
 
 /// The database file and its WAL, as a thief reads them.
-fn files(dir: &Path) -> Vec<u8> {
+pub(crate) fn files(dir: &Path) -> Vec<u8> {
     let db = Store::db_path(dir);
     let mut bytes = fs::read(&db).unwrap();
     let mut wal = db.into_os_string();
@@ -151,7 +152,7 @@ fn files(dir: &Path) -> Vec<u8> {
     bytes
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
+pub(crate) fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
@@ -274,7 +275,13 @@ fn secrets_of_past_epochs_and_used_keys_leave_the_files() {
 }
 
 /// A message with a saved attachment: its row, its file in `downloads/`.
-fn message_with_file(store: &mut Store, n: u8, text: &str, name: &str, expires: Option<u64>) {
+pub(crate) fn message_with_file(
+    store: &mut Store,
+    n: u8,
+    text: &str,
+    name: &str,
+    expires: Option<u64>,
+) {
     let sender = CredentialIdentity {
         account: AccountId([9; 32]),
         device: DeviceId([8; 32]),
@@ -301,6 +308,7 @@ fn message_with_file(store: &mut Store, n: u8, text: &str, name: &str, expires: 
                     seq: u64::from(n),
                     expires_at_ms: expires,
                     reply_to: None,
+                    unsupported: false,
                 },
             )?;
             let f = sotto_core::message::FileRef {
@@ -678,6 +686,7 @@ fn unsynced_writes_leave_the_store_synced() {
                     seq: 1,
                     expires_at_ms: None,
                     reply_to: None,
+                    unsupported: false,
                 },
             )
         })
