@@ -164,6 +164,19 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Search the stored messages: those with every word of TEXT (the last
+    /// one may be the beginning of a word), newest first.
+    Search {
+        /// The words; case and accents don't matter.
+        text: String,
+        /// Only in this conversation: a handle, a group's name, or
+        /// `#<group id prefix>`.
+        #[arg(long)]
+        conversation: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Set the kill code that wipes this account's devices remotely.
     #[command(subcommand)]
     KillCode(KillCodeCmd),
@@ -445,6 +458,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("{}", sotto_cli::message_json(&m));
                 } else {
                     println!("{}", message_line(&m));
+                }
+            }
+        }
+        Cmd::Search {
+            text,
+            conversation,
+            json,
+        } => {
+            let pass = passphrase(false)?;
+            let mut c = Client::open(&profile, &pass)?;
+            for m in c.search(&text, conversation.as_deref())? {
+                if json {
+                    println!("{}", sotto_cli::message_json(&m));
+                } else {
+                    // As `history` prints it, after the conversation.
+                    println!("[{}] {}", visible(&m.conversation), message_line(&m));
                 }
             }
         }

@@ -157,6 +157,13 @@ pub enum Op {
         /// The conversation.
         conversation: String,
     },
+    /// The stored messages with every word of a text, newest first.
+    Search {
+        /// The words (never query syntax); the last may be a word's start.
+        text: String,
+        /// Only in this conversation, if given.
+        conversation: Option<String>,
+    },
     /// Every conversation, newest activity first.
     Conversations,
     /// Every group with members and epoch.
@@ -285,6 +292,9 @@ pub async fn perform(c: &mut Client, op: &Op) -> Result<Outcome, ClientError> {
             Outcome::Done
         }
         Op::History { conversation } => Outcome::Messages(c.history(conversation)?, c.queued()?),
+        Op::Search { text, conversation } => {
+            Outcome::Messages(c.search(text, conversation.as_deref())?, c.queued()?)
+        }
         Op::Conversations => Outcome::Conversations(c.conversations()?),
         Op::Groups => Outcome::Groups(c.groups()?),
         Op::Contacts => Outcome::Contacts(c.contacts()?),
@@ -353,6 +363,11 @@ pub fn summary(op: &Op, outcome: &Outcome) -> String {
                 None => format!("read receipts: {state}"),
             }
         }
+        (Op::Search { .. }, Outcome::Messages(ms, _)) => match ms.len() {
+            0 => "no message found".into(),
+            1 => "1 message found".into(),
+            n => format!("{n} messages found"),
+        },
         (Op::Verify { handle }, Outcome::Verification(v)) => format!(
             "safety number with {handle}: {} ({})",
             safety_number_groups(&v.number),

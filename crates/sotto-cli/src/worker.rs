@@ -246,7 +246,7 @@ impl Worker {
         }
         if !matches!(
             c.op,
-            Op::Conversations | Op::History { .. } | Op::Verify { .. }
+            Op::Conversations | Op::History { .. } | Op::Search { .. } | Op::Verify { .. }
         ) {
             self.list(client).await?;
         }

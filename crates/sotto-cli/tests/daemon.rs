@@ -333,6 +333,33 @@ fn a_bot_talks_over_the_socket_and_survives_bad_requests() {
     assert_eq!(groups[0]["disappear_after_s"], 3600, "{groups}");
     let v = rpc.ok("verify", json!({"handle": "bob"}));
     assert_eq!(v["safety_number"].as_str().unwrap().len(), 60, "{v}");
+
+    // Search: history's shape, newest first ("bot" is also how "both"
+    // begins), everywhere or in one conversation; the text is only words.
+    let texts = |found: &Value| -> Vec<String> {
+        let found = found.as_array().unwrap_or_else(|| panic!("{found}"));
+        found
+            .iter()
+            .map(|m| m["text"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let found = rpc.ok("search", json!({"text": "BOT"}));
+    assert_eq!(
+        texts(&found),
+        ["to both of you", "hi bot", "hello bob, I am a bot"]
+    );
+    let in_history = history.as_array().unwrap().last().unwrap();
+    assert_eq!(&found[1], in_history, "the shape of history");
+    let found = rpc.ok("search", json!({"text": "welcome", "conversation": "ops"}));
+    assert_eq!(texts(&found), ["welcome to ops"]);
+    let found = rpc.ok("search", json!({"text": "welcome", "conversation": "bob"}));
+    assert!(texts(&found).is_empty());
+    let found = rpc.ok("search", json!({"text": "NEAR(\"bot* OR"}));
+    assert!(texts(&found).is_empty(), "{found}");
+    let e = rpc.call("search", json!({"text": " "}));
+    assert_eq!(e["error"]["data"]["kind"], "invalid", "{e}");
+    let e = rpc.call("search", json!({"text": ["bot"]}));
+    assert_eq!(e["error"]["code"], -32602, "{e}");
 }
 
 #[test]

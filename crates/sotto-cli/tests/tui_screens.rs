@@ -330,9 +330,8 @@ fn help_screen() {
     check(
         &app,
         expect![[r#"
-             sotto alice ● online
-            ┌┌Help (Esc closes)───────────────────────────────────────────────────────────┐┐
-            ││Keys                                                                        ││
+             ┌Help (Esc closes)───────────────────────────────────────────────────────────┐
+            ┌│Keys                                                                        │┐
             ││↑↓ j k   select a conversation    Enter l   open it                         ││
             ││i Tab     write                    Esc       back to the list               ││
             ││Enter     send                     Alt+Enter new line                       ││
@@ -349,7 +348,8 @@ fn help_screen() {
             ││/verify HANDLE                       show the safety number with HANDLE     ││
             ││/verify HANDLE confirm               mark HANDLE verified after comparing   ││
             ││/disappear [CONV] 30s|5m|2h|7d|off   disappearing messages                  ││
-            └│/file PATH                           send a file to the open conversation   │┘
+            ││/file PATH                           send a file to the open conversation   ││
+            └│/search TEXT                         find stored messages with these words  │┘
             ┌│/msg HANDLE TEXT                     write to anyone (starts a conversation)│┐
             ││/quit                                leave                                  ││
             └└────────────────────────────────────────────────────────────────────────────┘┘
@@ -926,4 +926,105 @@ fn open_with_receipts(app: &mut App) {
             screen(app, 80, 24)
         );
     }
+}
+
+/// `/search`: the results in a popup, newest first, with day, time,
+/// conversation and sender, others' text cleaned; ↓ and Enter open the
+/// selected one in its conversation, selected; nothing found says so.
+#[test]
+fn search_results_and_opening_one() {
+    let mut app = alice();
+    typed(&mut app, "/search standup");
+    let cmds = key(&mut app, KeyCode::Enter);
+    assert_eq!(
+        cmds.iter().map(|c| &c.op).collect::<Vec<_>>(),
+        [&Op::Search {
+            text: "standup".into(),
+            conversation: None
+        }]
+    );
+    let hit = |n: u8, group: u8, conversation: &str, sender: &str, text: &str, minute: u64| {
+        let mut m = msg(n, group, sender, text, minute);
+        m.conversation = conversation.into();
+        m
+    };
+    worker(
+        &mut app,
+        Event::Done {
+            id: cmds[0].id,
+            result: Ok(Outcome::Messages(
+                vec![
+                    hit(5, 2, "team", "alice", "standup moved to 10", 24 * 60 + 1),
+                    hit(3, 2, "team", "carol", "standup in 5", 2),
+                    hit(4, 1, "bob", "bob", "skip the standup?\x1b[2J\nplease", 1),
+                ],
+                HashSet::new(),
+            )),
+        },
+    );
+    check(
+        &app,
+        expect![[r#"
+         sotto alice ● online
+        ┌Conversations───────┐┌────────────────────────────────────────────────────────┐
+        │  bob (2)           ││Select a conversation with ↑/↓ (j/k) and Enter.         │
+        │ #team (1)          ││? shows the keys and commands.                          │
+        │  carol             ││                                                        │
+        │                    ││                                                        │
+        │                    ││                                                        │
+        │                    ││                                                        │
+        │                    ││                                                        │
+        │ ┌Search "standup": 3 found · Enter opens · Esc closes──────────────────────┐ │
+        │ │2023-11-15 13:06 [team] alice: standup moved to 10                        │ │
+        │ │2023-11-14 13:07 [team] carol: standup in 5                               │ │
+        │ │2023-11-14 13:06 [bob] bob: skip the standup?\e[2J please                 │ │
+        │ └──────────────────────────────────────────────────────────────────────────┘ │
+        │                    ││                                                        │
+        │                    ││                                                        │
+        │                    ││                                                        │
+        │                    ││                                                        │
+        │                    ││                                                        │
+        └────────────────────┘└────────────────────────────────────────────────────────┘
+        ┌Message (Enter sends, Alt+Enter new line, Esc list)───────────────────────────┐
+        │                                                                              │
+        └──────────────────────────────────────────────────────────────────────────────┘
+        ↑↓/jk select · Enter open · / command · ? help · q quit
+    "#]],
+    );
+    // ↑ stays on the first; ↓ then Enter: carol's message, in the team's
+    // conversation, selected.
+    key(&mut app, KeyCode::Up);
+    key(&mut app, KeyCode::Down);
+    let cmds = key(&mut app, KeyCode::Enter);
+    assert!(app.popup.is_none());
+    assert_eq!(app.open, Some(GroupId([2; 32])));
+    assert_eq!(app.selected, 1, "the list follows");
+    assert_eq!(
+        (app.focus, app.marked),
+        (Focus::Messages, Some(MessageId([3; 16])))
+    );
+    // Its history is loaded; what it shows is read.
+    assert!(
+        matches!(&cmds[..], [h, r] if matches!(h.op, Op::History { .. })
+            && matches!(r.op, Op::MarkRead { .. })),
+        "{cmds:?}"
+    );
+    // Nothing found; Esc closes.
+    key(&mut app, KeyCode::Esc);
+    typed(&mut app, "/search \"zebra NEAR(");
+    let cmds = key(&mut app, KeyCode::Enter);
+    worker(
+        &mut app,
+        Event::Done {
+            id: cmds[0].id,
+            result: Ok(Outcome::Messages(vec![], HashSet::new())),
+        },
+    );
+    let shown = screen(&app, 80, 24);
+    assert!(
+        shown.contains("Search \"\"zebra NEAR(\": nothing found · Esc closes"),
+        "{shown}"
+    );
+    key(&mut app, KeyCode::Esc);
+    assert!(app.popup.is_none());
 }

@@ -487,6 +487,24 @@ impl Client {
         self.p.store.history(&g, self.p.now_ms())
     }
 
+    /// The stored messages whose text has every word of `text` (the last
+    /// one may be the beginning of a word; case and diacritics don't
+    /// matter), newest first, at most [`crate::store::SEARCH_LIMIT`]; only
+    /// in the conversation `conversation` (as [`Client::history`] names it)
+    /// if given. `text` is words, never query syntax; with no word it is
+    /// [`ClientError::Invalid`]. Expired messages are deleted first.
+    pub fn search(
+        &mut self,
+        text: &str,
+        conversation: Option<&str>,
+    ) -> Result<Vec<ReceivedMessage>, ClientError> {
+        let query = crate::store::SearchQuery::new(text)?;
+        let g = conversation
+            .map(|c| self.p.conversation_id(c))
+            .transpose()?;
+        self.p.store.search(&query, g.as_ref(), self.p.now_ms())
+    }
+
     /// Sets the duress passphrase of this profile.
     pub fn set_duress(&self, duress: &str) -> Result<(), ClientError> {
         self.p.store.set_duress(duress)

@@ -7,8 +7,9 @@
 //! - a member has one reaction per message: a new one replaces it, and a
 //!   deletion of the reaction's id takes it back;
 //! - a deletion leaves a tombstone: the text is overwritten, the message's
-//!   reactions and attachment go, and the next purge truncates the WAL so
-//!   that no old frame keeps the text (`shred`).
+//!   reactions go, and its attachment with the next purge. The store
+//!   checkpoints and truncates the WAL after a transaction that changed a
+//!   message's text, so no old frame keeps the text.
 //!
 //! A change to a message another device made shows it again (`shown = 0`),
 //! so that every front end learns of it the way it learns of a new one.
@@ -196,10 +197,10 @@ fn edit(
     if !t.editable {
         return Ok(Applied::Refused("an edit of a message that is not a text"));
     }
-    // The old text is overwritten (secure_delete zeroes the freed cell);
-    // the next purge truncates the WAL that may hold it.
+    // The old text is overwritten (secure_delete zeroes the freed cell,
+    // the store truncates the WAL after the transaction).
     c.execute(
-        "UPDATE messages SET body = ?2, edited_at_ms = ?3, shred = 1 WHERE id = ?1",
+        "UPDATE messages SET body = ?2, edited_at_ms = ?3 WHERE id = ?1",
         params![
             &of.0[..],
             text,
@@ -219,8 +220,7 @@ fn delete(c: &Connection, m: &Incoming<'_>, of: &MessageId) -> Result<Applied, C
             return Ok(Applied::Changed);
         }
         c.execute(
-            "UPDATE messages SET body = '', deleted = 1, edited_at_ms = NULL, shred = 1 \
-             WHERE id = ?1",
+            "UPDATE messages SET body = '', deleted = 1, edited_at_ms = NULL WHERE id = ?1",
             [&of.0[..]],
         )?;
         c.execute(

@@ -10,7 +10,13 @@
 //! Welcome used up, a group left), the store checkpoints and truncates the
 //! WAL right after the commit, so the old secrets are in neither the
 //! database pages (`secure_delete` zeroes them) nor old WAL frames.
-//! Temporary triggers on openmls's tables notice those writes.
+//! Temporary triggers on openmls's tables notice those writes; the same
+//! goes for a message deleted (it disappeared) or whose text changed.
+//!
+//! Message texts are indexed for local search (FTS5, the `search`
+//! module) inside the same database; the index follows deletions and
+//! changes at once (FTS5 `secure-delete`), so a deleted text's words leave
+//! the index's pages with it.
 //!
 //! The profile's own tables are versioned: numbered migrations in this
 //! crate's `migrations/`, applied on open and counted in `PRAGMA
@@ -32,8 +38,10 @@ use zeroize::Zeroizing;
 use crate::{ClientError, ServerLink};
 
 mod migrations;
+mod search;
 mod shred;
 
+pub use search::{SEARCH_LIMIT, SearchQuery};
 pub(crate) use shred::{new_private_file, private_dir};
 use shred::{shred_file, shred_tree};
 
@@ -365,10 +373,22 @@ fn with_reactions(
 
 /// Temporary (per connection) triggers that set `temp.secrets_dropped` when
 /// a transaction replaces a group's epoch secrets or deletes MLS private
-/// keys or group state; see [`Store::forget_dropped_secrets`].
+/// keys or group state, or deletes a message or changes its text (the old
+/// text in its row and its words in the search index) or deletes an
+/// attachment's row (its name and key); see
+/// [`Store::forget_dropped_secrets`].
 const SECRETS_DROPPED: &str = "
 CREATE TEMP TABLE IF NOT EXISTS secrets_dropped (n INTEGER NOT NULL);
 INSERT INTO secrets_dropped (n) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM secrets_dropped);
+CREATE TEMP TRIGGER IF NOT EXISTS message_deleted
+    AFTER DELETE ON main.messages
+    BEGIN UPDATE secrets_dropped SET n = 1; END;
+CREATE TEMP TRIGGER IF NOT EXISTS message_text_changed
+    AFTER UPDATE OF body ON main.messages
+    BEGIN UPDATE secrets_dropped SET n = 1; END;
+CREATE TEMP TRIGGER IF NOT EXISTS attachment_deleted
+    AFTER DELETE ON main.attachments
+    BEGIN UPDATE secrets_dropped SET n = 1; END;
 CREATE TEMP TRIGGER IF NOT EXISTS new_epoch_secrets
     AFTER INSERT ON main.openmls_group_data
     WHEN new.data_type = 'group_epoch_secrets'
@@ -414,8 +434,7 @@ fn purge_expired_in(c: &Connection, dir: &Path, now_ms: i64) -> Result<usize, Cl
     // The attachments of expired messages, and any whose message is gone
     // (left by versions that deleted only the message).
     const GOING: &str = "(msg_id IN (SELECT id FROM messages \
-         WHERE (expires_at_ms IS NOT NULL AND expires_at_ms <= ?1) \
-         OR (shred = 1 AND deleted = 1)) \
+         WHERE (expires_at_ms IS NOT NULL AND expires_at_ms <= ?1) OR deleted = 1) \
          OR msg_id NOT IN (SELECT id FROM messages))";
     let saved: Vec<String> = {
         let mut st = c.prepare(&format!(
@@ -444,9 +463,7 @@ fn purge_expired_in(c: &Connection, dir: &Path, now_ms: i64) -> Result<usize, Cl
              DELETE FROM receipts_out WHERE msg_id NOT IN (SELECT id FROM messages);",
         )?;
     }
-    // Text an edit or a deletion overwrote: old WAL frames may hold it.
-    let overwritten = c.execute("UPDATE messages SET shred = 0 WHERE shred = 1", [])?;
-    Ok(expired + overwritten)
+    Ok(expired)
 }
 
 fn i(v: u64) -> i64 {
@@ -680,11 +697,12 @@ impl Store {
         }
     }
 
-    /// After a transaction that replaced epoch secrets or deleted private
-    /// keys: copies the WAL into the database (whose freed cells
-    /// `secure_delete` has zeroed) and truncates it, so no old frame keeps
-    /// them. A checkpoint that another connection holds up stays pending
-    /// and is retried after the next such transaction.
+    /// After a transaction that replaced epoch secrets, deleted private
+    /// keys, or deleted a message or changed its text: copies the WAL into
+    /// the database (whose freed cells `secure_delete` has zeroed) and
+    /// truncates it, so no old frame keeps them. A checkpoint that another
+    /// connection holds up stays pending and is retried after the next
+    /// such transaction.
     fn forget_dropped_secrets(&self) -> Result<(), ClientError> {
         if !self.watches_secrets {
             return Ok(());
@@ -992,22 +1010,19 @@ impl Store {
 
     /// Deletes the messages whose disappearing time has come, with their
     /// attachments (the saved file and the row with its name, key and
-    /// hash) and reactions, and the attachments of messages deleted for
-    /// everyone, then checkpoints and truncates the WAL so that no old
-    /// frame keeps them or text an edit or deletion overwrote
-    /// (`secure_delete` zeroes the freed cells). Returns how many messages
-    /// went or were overwritten since the last purge.
+    /// hash), their reactions and receipts, and their words from the
+    /// search index, and the attachments of messages deleted for everyone;
+    /// then checkpoints and truncates the WAL so that no old frame keeps
+    /// them (`secure_delete` zeroes the freed cells). Returns how many
+    /// messages went.
     pub fn purge_expired(&self, now_ms: u64) -> Result<usize, ClientError> {
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
         let n = purge_expired_in(&tx, &self.dir, i(now_ms))?;
         tx.commit()?;
-        if n > 0 {
-            // Busy only while another connection reads; then the next
-            // purge or secret drop truncates it.
-            let _: i64 = self
-                .conn
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
-        }
+        // A deleted message set `secrets_dropped`: the checkpoint runs
+        // (busy only while another connection reads; then the next purge
+        // or secret drop truncates it).
+        self.forget_dropped_secrets()?;
         Ok(n)
     }
 

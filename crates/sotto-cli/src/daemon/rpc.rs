@@ -214,6 +214,10 @@ pub fn method(name: &str, p: &Value) -> Result<Method, RpcError> {
         "history" => Op::History {
             conversation: string(p, "conversation")?,
         },
+        "search" => Op::Search {
+            text: string(p, "text")?,
+            conversation: optional_string(p, "conversation")?,
+        },
         "groupCreate" => Op::GroupCreate {
             name: string(p, "name")?,
             members: strings(p, "members")?,
@@ -379,5 +383,24 @@ mod tests {
         assert_eq!(method("send", &p).unwrap_err().code, INVALID_PARAMS);
         let p = json!({ "group": "g", "members": [] });
         assert_eq!(method("groupAdd", &p).unwrap_err().code, INVALID_PARAMS);
+        let p = json!({ "text": "NEAR(\"x" });
+        assert_eq!(
+            method("search", &p).unwrap(),
+            Method::Op(Op::Search {
+                text: "NEAR(\"x".into(),
+                conversation: None
+            })
+        );
+        let p = json!({ "text": "x", "conversation": "bob" });
+        assert!(matches!(
+            method("search", &p).unwrap(),
+            Method::Op(Op::Search { conversation: Some(c), .. }) if c == "bob"
+        ));
+        let p = json!({ "text": "x", "conversation": 1 });
+        assert_eq!(method("search", &p).unwrap_err().code, INVALID_PARAMS);
+        assert_eq!(
+            method("search", &json!({})).unwrap_err().code,
+            INVALID_PARAMS
+        );
     }
 }

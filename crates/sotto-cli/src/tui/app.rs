@@ -158,6 +158,36 @@ pub struct Quote<'a> {
     pub first_line: &'a str,
 }
 
+/// A message a search found, as the results list shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hit {
+    /// Its conversation.
+    pub group: GroupId,
+    /// Its id.
+    pub id: MessageId,
+    /// The conversation's name (cleaned).
+    pub conversation: String,
+    /// Who sent it (cleaned).
+    pub sender: String,
+    /// Its text on one line (cleaned).
+    pub text: String,
+    /// When it was stored here (ms since the epoch).
+    pub time_ms: u64,
+}
+
+impl Hit {
+    fn from_message(m: &ReceivedMessage) -> Self {
+        Self {
+            group: m.group,
+            id: m.id,
+            conversation: text::clean(&m.conversation),
+            sender: text::clean(&m.sender),
+            text: text::clean_lines(&m.text).join(" "),
+            time_ms: m.received_at_ms,
+        }
+    }
+}
+
 /// A popup over the screen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Popup {
@@ -169,6 +199,16 @@ pub enum Popup {
         number: String,
         /// The contact's trust.
         trust: Trust,
+    },
+    /// What `/search` found, newest first; Enter opens the selected
+    /// message in its conversation.
+    Search {
+        /// What was searched for (cleaned).
+        query: String,
+        /// The messages found.
+        hits: Vec<Hit>,
+        /// The selected one.
+        selected: usize,
     },
 }
 
@@ -182,6 +222,8 @@ enum Pending {
     /// A reaction, edit or deletion of a message of this conversation:
     /// its history is loaded again once it went.
     Change(GroupId, Op),
+    /// A search for this text (cleaned): its results go in a popup.
+    Search(String),
     /// Anything else: its outcome goes to the status line.
     Other(Op),
     /// Marking a conversation read: only a failure is shown.
@@ -351,6 +393,10 @@ impl App {
             self.quit = true;
             return;
         }
+        if !self.help && matches!(self.popup, Some(Popup::Search { .. })) {
+            self.search_key(k, out);
+            return;
+        }
         if self.help || self.popup.is_some() {
             if matches!(
                 k.code,
@@ -397,6 +443,39 @@ impl App {
             KeyCode::Char('q') => self.quit = true,
             _ => {}
         }
+    }
+
+    /// Keys while search results are shown: move, open one, close.
+    fn search_key(&mut self, k: KeyEvent, out: &mut Vec<Command>) {
+        let Some(Popup::Search { hits, selected, .. }) = &mut self.popup else {
+            return;
+        };
+        match k.code {
+            KeyCode::Up | KeyCode::Char('k') => *selected = selected.saturating_sub(1),
+            KeyCode::Down | KeyCode::Char('j') => {
+                *selected = (*selected + 1).min(hits.len().saturating_sub(1));
+            }
+            KeyCode::Enter => {
+                let hit = hits.get(*selected).map(|h| (h.group, h.id));
+                self.popup = None;
+                if let Some((g, id)) = hit {
+                    self.show_message(g, id, out);
+                }
+            }
+            KeyCode::Esc | KeyCode::Char('q') => self.popup = None,
+            _ => {}
+        }
+    }
+
+    /// Opens the conversation `g` with its message `id` selected (once
+    /// its history is loaded, if it is not yet).
+    fn show_message(&mut self, g: GroupId, id: MessageId, out: &mut Vec<Command>) {
+        if let Some(i) = self.conversations.iter().position(|c| c.group == g) {
+            self.selected = i;
+        }
+        self.open_group(g, out);
+        self.marked = Some(id);
+        self.focus = Focus::Messages;
     }
 
     /// The selected message's entry, if it is one of this account's.
@@ -626,7 +705,11 @@ impl App {
                 Ok(Action::Quit) => self.quit = true,
                 Ok(Action::Op(op)) => {
                     self.status = Some(format!("{}…", line.trim()));
-                    self.command(op.clone(), Pending::Other(op), out);
+                    let why = match &op {
+                        Op::Search { text: t, .. } => Pending::Search(text::clean(t)),
+                        _ => Pending::Other(op.clone()),
+                    };
+                    self.command(op, why, out);
                 }
                 Err(e) => {
                     self.status = Some(e);
@@ -848,6 +931,16 @@ impl App {
                     self.command(Op::History { conversation }, Pending::History(g), out);
                 }
             }
+            (Pending::Search(query), Ok(Outcome::Messages(ms, _))) => {
+                self.status = None;
+                self.popup = Some(Popup::Search {
+                    query,
+                    hits: ms.iter().map(Hit::from_message).collect(),
+                    selected: 0,
+                });
+            }
+            (Pending::Search(_), Err(e)) => self.status = Some(text::clean(&e.message)),
+            (Pending::Search(_), Ok(_)) => {}
             (Pending::Other(_), Err(e)) => self.status = Some(text::clean(&e.message)),
             (Pending::Other(op), Ok(o)) => {
                 if let Outcome::Verification(v) = &o {

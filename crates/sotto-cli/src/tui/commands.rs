@@ -42,6 +42,7 @@ pub const HELP: &[(&str, &str)] = &[
         "disappearing messages",
     ),
     ("/file PATH", "send a file to the open conversation"),
+    ("/search TEXT", "find stored messages with these words"),
     (
         "/msg HANDLE TEXT",
         "write to anyone (starts a conversation)",
@@ -113,6 +114,14 @@ pub fn parse(line: &str, open: Option<&str>) -> Result<Action, String> {
                 .map(|(_, p)| p.trim())
                 .unwrap_or_default()
                 .into(),
+        },
+        ["/search", _, ..] => Op::Search {
+            text: line
+                .split_once(char::is_whitespace)
+                .map(|(_, t)| t.trim())
+                .unwrap_or_default()
+                .to_owned(),
+            conversation: None,
         },
         ["/msg", to, _, ..] => {
             let text = line
@@ -203,6 +212,14 @@ mod tests {
                 name: "The A Team".into()
             }))
         );
+        assert_eq!(
+            parse("/search  \"quoted\" NEAR(x ", Some("bob")),
+            Ok(Action::Op(Op::Search {
+                text: "\"quoted\" NEAR(x".into(),
+                conversation: None
+            }))
+        );
+        assert!(parse("/search", None).unwrap_err().starts_with("usage"));
         assert!(parse("/disappear 5m", None).is_err());
         assert!(parse("/disappear forever", Some("bob")).is_err());
         assert!(

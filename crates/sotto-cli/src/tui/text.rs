@@ -1,8 +1,8 @@
 //! Text from the network made safe to draw, and small text helpers: no
 //! terminal control characters or bidirectional overrides reach the
 //! screen (they are shown as the visible escapes of [`crate::display`],
-//! as on the command line), times are shown as `HH:MM` (UTC), long lines
-//! are wrapped.
+//! as on the command line), times are shown as `HH:MM` and dates as
+//! `YYYY-MM-DD` (UTC), long lines are wrapped.
 
 use unicode_width::UnicodeWidthChar;
 
@@ -40,6 +40,20 @@ pub fn clean_input(s: &str) -> String {
 pub fn clock(ms: u64) -> String {
     let minutes = ms / 60_000;
     format!("{:02}:{:02}", (minutes / 60) % 24, minutes % 60)
+}
+
+/// `YYYY-MM-DD` (UTC) of a time in milliseconds since the Unix epoch.
+pub fn date(ms: u64) -> String {
+    // Howard Hinnant's days-to-civil, on days since 0000-03-01.
+    let z = ms / 86_400_000 + 719_468;
+    let (era, doe) = (z / 146_097, z % 146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = era * 400 + yoe + u64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
 }
 
 /// Splits `s` into pieces of at most `width` columns (at least one
@@ -83,5 +97,12 @@ mod tests {
         assert_eq!(wrap("ab", 0), ["a", "b"]);
         assert_eq!(clock(0), "00:00");
         assert_eq!(clock((13 * 60 + 7) * 60_000 + 86_400_000), "13:07");
+        assert_eq!(date(0), "1970-01-01");
+        assert_eq!(date(86_399_999), "1970-01-01");
+        assert_eq!(date(951_782_400_000), "2000-02-29");
+        assert_eq!(date(1_700_000_000_000), "2023-11-14");
+        assert_eq!(date(1_709_251_199_999), "2024-02-29");
+        assert_eq!(date(1_709_251_200_000), "2024-03-01");
+        assert_eq!(date(4_102_444_800_000), "2100-01-01");
     }
 }

@@ -11,7 +11,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, List, ListItem, ListState, Paragraph};
 use sotto_client::Trust;
 
-use super::app::{App, Delivery, Entry, Focus, Popup, Quote};
+use super::app::{App, Delivery, Entry, Focus, Hit, Popup, Quote};
 use super::commands::HELP;
 use super::text;
 use crate::worker::Connection;
@@ -482,11 +482,77 @@ fn help(f: &mut Frame<'_>, area: Rect) {
 }
 
 fn popup(p: &Popup, st: &Styles, f: &mut Frame<'_>, area: Rect) {
-    let Popup::Verification {
-        handle,
-        number,
-        trust,
-    } = p;
+    match p {
+        Popup::Verification {
+            handle,
+            number,
+            trust,
+        } => verification(handle, number, *trust, st, f, area),
+        Popup::Search {
+            query,
+            hits,
+            selected,
+        } => search_results(query, hits, *selected, st, f, area),
+    }
+}
+
+/// The results of `/search`, newest first, one line each: when, where,
+/// who, what.
+fn search_results(
+    query: &str,
+    hits: &[Hit],
+    selected: usize,
+    st: &Styles,
+    f: &mut Frame<'_>,
+    area: Rect,
+) {
+    let width = area.width.saturating_sub(4).min(100);
+    let rows = u16::try_from(hits.len().max(1)).unwrap_or(u16::MAX);
+    let r = centered(
+        area,
+        width,
+        rows.saturating_add(2).min(area.height.saturating_sub(2)),
+    );
+    let title = match hits.len() {
+        0 => format!("Search \"{query}\": nothing found · Esc closes"),
+        n => format!("Search \"{query}\": {n} found · Enter opens · Esc closes"),
+    };
+    let inner = usize::from(r.width.saturating_sub(2));
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .title(truncate(&title, inner));
+    f.render_widget(Clear, r);
+    if hits.is_empty() {
+        f.render_widget(Paragraph::new("").block(block), r);
+        return;
+    }
+    let items: Vec<ListItem<'_>> = hits
+        .iter()
+        .map(|h| {
+            let when = format!("{} {} ", text::date(h.time_ms), text::clock(h.time_ms));
+            let rest = format!("[{}] {}: {}", h.conversation, h.sender, h.text);
+            let rest = truncate(&rest, inner.saturating_sub(when.len()));
+            ListItem::new(Line::from(vec![
+                Span::styled(when, st.dim()),
+                Span::raw(rest),
+            ]))
+        })
+        .collect();
+    let list = List::new(items)
+        .block(block)
+        .highlight_style(Style::default().add_modifier(Modifier::REVERSED));
+    let mut state = ListState::default().with_selected(Some(selected));
+    f.render_stateful_widget(list, r, &mut state);
+}
+
+fn verification(
+    handle: &str,
+    number: &str,
+    trust: Trust,
+    st: &Styles,
+    f: &mut Frame<'_>,
+    area: Rect,
+) {
     let groups = crate::ops::safety_number_groups(number);
     let half = groups.len() / 2;
     let (a, b) = groups.split_at(half);

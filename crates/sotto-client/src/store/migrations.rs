@@ -43,8 +43,14 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 2,
-        name: "0002_content",
-        sql: include_str!("../../migrations/0002_content.sql"),
+        name: "0002_search",
+        sql: include_str!("../../migrations/0002_search.sql"),
+        then: None,
+    },
+    Migration {
+        version: 3,
+        name: "0003_content",
+        sql: include_str!("../../migrations/0003_content.sql"),
         then: None,
     },
 ];
@@ -492,11 +498,59 @@ mod tests {
                 .unwrap();
             assert_eq!(rejoin, 0, "{what}");
             assert_eq!(store.conversations().unwrap()[0].name, "bob");
+            // Migration 2 indexed the message for search.
+            let q = crate::store::SearchQuery::new("hel").unwrap();
+            assert_eq!(store.search(&q, None, 0).unwrap(), history, "{what}");
             drop(store);
             // Reopening applies nothing and keeps it all.
             let mut store = Store::open(dir.path(), "pass").unwrap();
             assert!(migrate(&mut store.conn, MIGRATIONS).unwrap().is_empty());
             assert_eq!(store.history(&G, 0).unwrap(), history, "{what}");
         }
+    }
+
+    /// Migration 2 indexes the messages a profile at version 1 holds, and
+    /// turns on FTS5's secure-delete.
+    #[test]
+    fn a_version_1_profile_gets_its_messages_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut c = Connection::open(Store::db_path(dir.path())).unwrap();
+            c.pragma_update(None, "key", "pass").unwrap();
+            assert_eq!(migrate(&mut c, &MIGRATIONS[..1]).unwrap(), vec![1]);
+            let insert = ROWS.iter().find(|(t, _)| *t == "messages").unwrap().1;
+            assert_eq!(c.execute(insert, [&G.0[..]]).unwrap(), 1);
+            c.execute(
+                "INSERT INTO messages (id, group_id, sender_handle, sender_account, outgoing, \
+                 body, sent_at_ms, received_at_ms, shown, seq) \
+                 VALUES (x'03030303030303030303030303030303', ?1, 'bob', zeroblob(32), 0, \
+                 'Hello again, Zoë', 3, 4, 1, 2)",
+                [&G.0[..]],
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path(), "pass").unwrap();
+        let c = store.conn();
+        assert_eq!(version(c).unwrap(), LATEST);
+        let found = |text: &str| -> Vec<String> {
+            let q = crate::store::SearchQuery::new(text).unwrap();
+            let found = store.search(&q, None, 10).unwrap();
+            found.into_iter().map(|m| m.text).collect()
+        };
+        assert_eq!(found("hello"), ["Hello again, Zoë", "hello"]);
+        assert_eq!(found("zoe"), ["Hello again, Zoë"]);
+        let secure_delete: i64 = c
+            .query_row(
+                "SELECT v FROM messages_fts_config WHERE k = 'secure-delete'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(secure_delete, 1);
+        c.execute(
+            "INSERT INTO messages_fts (messages_fts, rank) VALUES ('integrity-check', 1)",
+            [],
+        )
+        .unwrap();
     }
 }

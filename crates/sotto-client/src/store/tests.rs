@@ -1,5 +1,7 @@
 use super::*;
 
+mod search;
+
 /// The `messages` table as profiles made before replies have it.
 const OLD_MESSAGES: &str = "CREATE TABLE messages (
     id              BLOB PRIMARY KEY,

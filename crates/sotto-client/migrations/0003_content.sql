@@ -3,7 +3,6 @@
 ALTER TABLE messages ADD COLUMN edited_at_ms INTEGER;                 -- when its sender last edited it (this device's clock)
 ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;    -- deleted for everyone: a tombstone, body ''
 ALTER TABLE messages ADD COLUMN unsupported INTEGER NOT NULL DEFAULT 0; -- a kind this version does not know
-ALTER TABLE messages ADD COLUMN shred INTEGER NOT NULL DEFAULT 0;      -- overwritten text old WAL frames may hold: the next purge truncates the WAL
 CREATE TABLE IF NOT EXISTS reactions (
     id              BLOB PRIMARY KEY,        -- the reaction's message id
     group_id        BLOB NOT NULL,
@@ -32,5 +31,5 @@ CREATE TABLE IF NOT EXISTS receipts_out (
 );
 ALTER TABLE messages ADD COLUMN read_sent INTEGER NOT NULL DEFAULT 0;   -- reported read (or no read receipts wanted)
 ALTER TABLE conversations ADD COLUMN read_receipts INTEGER;             -- NULL: the profile's setting; 0 off, 1 on
-CREATE INDEX IF NOT EXISTS messages_to_shred ON messages(shred) WHERE shred = 1;
+CREATE INDEX IF NOT EXISTS messages_deleted ON messages(deleted) WHERE deleted = 1;
 CREATE INDEX IF NOT EXISTS messages_unread ON messages(group_id) WHERE outgoing = 0 AND read_sent = 0;
