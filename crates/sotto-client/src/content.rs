@@ -327,16 +327,18 @@ pub(crate) fn check_change(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use sotto_proto::{AccountId, DeviceId, Handle};
 
     use super::*;
     use crate::store::Store;
     use crate::store::tests::{contains, files, message_with_file};
 
-    const G: GroupId = GroupId([5; 32]);
+    /// The conversation of these tests (`message_with_file`'s).
+    pub(crate) const G: GroupId = GroupId([5; 32]);
 
-    fn who(handle: &str, n: u8) -> CredentialIdentity {
+    /// A member: account and device `n`.
+    pub(crate) fn who(handle: &str, n: u8) -> CredentialIdentity {
         CredentialIdentity {
             account: AccountId([n; 32]),
             device: DeviceId([n; 32]),
@@ -344,9 +346,9 @@ mod tests {
         }
     }
 
-    /// Applies `body` from `sender` as received by this device (`me` is
-    /// account 1) at time `at`.
-    fn from(
+    /// Applies `body` (message `id`) from `sender` to conversation [`G`]
+    /// as received by this device (account 1) at time `at`.
+    pub(crate) fn from(
         store: &mut Store,
         sender: &CredentialIdentity,
         id: u8,

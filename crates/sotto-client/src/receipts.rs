@@ -231,43 +231,19 @@ impl Profile {
 
 #[cfg(test)]
 mod tests {
-    use sotto_core::CredentialIdentity;
-    use sotto_proto::{AccountId, DeviceId, Handle};
-
     use super::*;
-    use crate::content::{Applied, Incoming, apply};
+    use crate::content::Applied;
+    use crate::content::tests::{G, from as from_at, who};
     use crate::store::Store;
 
-    const G: GroupId = GroupId([5; 32]);
-
-    fn who(handle: &str, n: u8) -> CredentialIdentity {
-        CredentialIdentity {
-            account: AccountId([n; 32]),
-            device: DeviceId([n; 32]),
-            handle: Handle::new(handle).unwrap(),
-        }
-    }
-
-    fn from(store: &mut Store, sender: &CredentialIdentity, id: u8, body: Body) -> Applied {
-        store
-            .transaction(|_, c| {
-                apply(
-                    c,
-                    &Incoming {
-                        id: MessageId([id; 16]),
-                        group: G,
-                        sender,
-                        outgoing: sender.account == AccountId([1; 32]),
-                        from_this_device: false,
-                        sent_at_ms: 1,
-                        received_at_ms: u64::from(id),
-                        seq: u64::from(id),
-                        expires_at_ms: None,
-                    },
-                    &body,
-                )
-            })
-            .unwrap()
+    /// Message `id`, received at time `id`.
+    fn from(
+        store: &mut Store,
+        sender: &sotto_core::CredentialIdentity,
+        id: u8,
+        body: Body,
+    ) -> Applied {
+        from_at(store, sender, id, u64::from(id), body)
     }
 
     fn owed(store: &Store) -> Vec<(Vec<u8>, u8)> {
