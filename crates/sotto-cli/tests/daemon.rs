@@ -227,6 +227,147 @@ fn a_bot_replies_and_sees_which_message_a_reply_answers() {
     assert_eq!(m["reply_to"], unknown.as_str(), "{m}");
 }
 
+/// Issue 16 over JSON-RPC: a bot reacts, edits and deletes; it learns of
+/// bob's reactions and edits as `message` notifications for the same id,
+/// of receipts as `receipt` notifications; `markRead` sends bob a read
+/// receipt, and `setReadReceipts` turns that off.
+#[test]
+fn a_bot_reacts_edits_deletes_and_gets_receipts() {
+    let w = World::new(&[]);
+    let alice = w.person("alice");
+    let bob = w.person("bob");
+    let sock = w.root.join("alice.sock");
+    let _d = daemon(&alice, &["--socket", sock.to_str().unwrap()]);
+    let mut rpc = Rpc::socket(&sock);
+    rpc.wait_online();
+    let sent = rpc.ok("send", json!({"to": "bob", "text": "deploy at five"}));
+    let mine = sent["id"].as_str().unwrap().to_owned();
+    // Bob's device decrypts it and shows it: delivered and read.
+    assert_eq!(received(&bob), ["deploy at five"]);
+    let n = rpc.notification("bob's receipt", |v| v["method"] == "receipt");
+    assert_eq!(n["params"]["id"], mine.as_str(), "{n}");
+    assert_eq!(
+        (
+            n["params"]["delivered_to"].as_u64(),
+            n["params"]["read_by"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    // Bob reacts: alice's message comes again, with the reaction.
+    bob.sotto(&["react", "alice", &mine[..8], "🚀"]).ok();
+    let n = rpc.notification("bob's reaction", |v| {
+        v["method"] == "message" && v["params"]["id"] == mine.as_str()
+    });
+    assert_eq!(
+        n["params"]["reactions"],
+        json!([{"emoji": "🚀", "count": 1}]),
+        "{n}"
+    );
+    assert_eq!(
+        rpc.ok(
+            "reactions",
+            json!({"conversation": "bob", "message": &mine[..8]})
+        ),
+        json!([{"handle": "bob", "emoji": "🚀"}])
+    );
+    // The bot edits, reacts to bob's message, and deletes its own.
+    rpc.ok(
+        "edit",
+        json!({"conversation": "bob", "message": mine, "text": "deploy at six"}),
+    );
+    bob.sotto(&["send", "alice", "ok, six"]).ok();
+    let n = rpc.notification("bob's answer", |v| {
+        v["method"] == "message" && v["params"]["text"] == "ok, six"
+    });
+    let his = n["params"]["id"].as_str().unwrap().to_owned();
+    rpc.ok(
+        "react",
+        json!({"conversation": "bob", "message": his, "emoji": "👍"}),
+    );
+    let e = rpc.call(
+        "react",
+        json!({"conversation": "bob", "message": his, "emoji": "yes"}),
+    );
+    assert_eq!(
+        (
+            e["error"]["code"].as_i64(),
+            e["error"]["data"]["kind"].as_str()
+        ),
+        (Some(-32000), Some("invalid")),
+        "{e}"
+    );
+    let e = rpc.call(
+        "edit",
+        json!({"conversation": "bob", "message": his, "text": "mine now"}),
+    );
+    assert_eq!(e["error"]["data"]["kind"], "invalid", "{e}");
+    rpc.ok(
+        "deleteForEveryone",
+        json!({"conversation": "bob", "message": mine}),
+    );
+    let got: Vec<Value> = bob
+        .sotto(&["history", "alice", "--json"])
+        .ok()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Bob's history read before his device received them: receive first.
+    assert!(got.iter().all(|m| m["text"] != "mine now"), "{got:?}");
+    bob.sotto(&["receive"]).ok();
+    let got: Vec<Value> = bob
+        .sotto(&["history", "alice", "--json"])
+        .ok()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let theirs = |id: &str| got.iter().find(|m| m["id"] == id).cloned().unwrap();
+    assert_eq!(
+        (
+            theirs(&mine)["deleted"].clone(),
+            theirs(&mine)["text"].clone()
+        ),
+        (json!(true), json!(""))
+    );
+    assert_eq!(
+        theirs(&his)["reactions"],
+        json!([{"emoji": "👍", "count": 1}])
+    );
+    // The daemon marks nothing read by itself: markRead does, once;
+    // with read receipts off, bob learns of delivery only.
+    bob.sotto(&["send", "alice", "are you there?"]).ok();
+    let n = rpc.notification("bob's question", |v| {
+        v["method"] == "message" && v["params"]["text"] == "are you there?"
+    });
+    let question = n["params"]["id"].as_str().unwrap().to_owned();
+    let status = |id: &str| -> (u64, u64) {
+        bob.sotto(&["receive"]).ok();
+        let h: Vec<Value> = bob
+            .sotto(&["history", "alice", "--json"])
+            .ok()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let m = h.iter().find(|m| m["id"] == id).unwrap();
+        (
+            m["delivered_to"].as_u64().unwrap(),
+            m["read_by"].as_u64().unwrap(),
+        )
+    };
+    assert_eq!(status(&question), (1, 0), "delivered, not read");
+    rpc.ok("markRead", json!({"conversation": "bob"}));
+    assert_eq!(status(&question), (1, 1));
+    rpc.ok("setReadReceipts", json!({"enabled": false}));
+    bob.sotto(&["send", "alice", "hello?"]).ok();
+    let n = rpc.notification("bob's second question", |v| {
+        v["method"] == "message" && v["params"]["text"] == "hello?"
+    });
+    let second = n["params"]["id"].as_str().unwrap().to_owned();
+    rpc.ok("markRead", json!({"conversation": "bob"}));
+    assert_eq!(status(&second), (1, 0), "read receipts are off");
+    let e = rpc.call("setReadReceipts", json!({"enabled": "no"}));
+    assert_eq!(e["error"]["code"], -32602, "{e}");
+}
+
 #[test]
 fn a_bot_talks_over_the_socket_and_survives_bad_requests() {
     let w = World::new(&[]);
