@@ -279,7 +279,7 @@ fn conversation_with_messages_delivery_states_notices_and_members() {
             ┌Message (Enter sends, Alt+Enter new line, Esc list)───────────────────────────┐
             │                                                                              │
             └──────────────────────────────────────────────────────────────────────────────┘
-            ↑↓/jk select · Enter open · / command · ? help · q quit
+            Enter send · Alt+Enter new line · ↑ select a message · /help · Esc list
         "#]],
     );
     // The send completes: the mark turns into a check.
@@ -430,7 +430,7 @@ fn verification_warning_and_safety_number() {
             ┌Message (Enter sends, Alt+Enter new line, Esc list)───────────────────────────┐
             │                                                                              │
             └──────────────────────────────────────────────────────────────────────────────┘
-            ↑↓/jk select · Enter open · / command · ? help · q quit
+            Enter send · Alt+Enter new line · ↑ select a message · /help · Esc list
         "#]],
     );
 }
@@ -604,7 +604,7 @@ fn replying_from_the_keyboard_and_replies_with_their_quotes() {
             ┌Message (Enter sends, Alt+Enter new line, Esc list)───────────────────────────┐
             │                                                                              │
             └──────────────────────────────────────────────────────────────────────────────┘
-            ↑↓/jk select · Enter open · / command · ? help · q quit
+            Enter send · Alt+Enter new line · ↑ select a message · /help · Esc list
         "#]],
     );
     // In a narrow window a quote is cut to one line.
@@ -698,7 +698,7 @@ fn hostile_text_is_drawn_with_its_controls_visible() {
         ┌Message (Enter sends, Alt+Enter new line, Esc list)───────────────────────────────────────────────────────────────────┐
         │                                                                                                                      │
         └──────────────────────────────────────────────────────────────────────────────────────────────────────────────────────┘
-        ↑↓/jk select · Enter open · / command · ? help · q quit
+        Enter send · Alt+Enter new line · ↑ select a message · /help · Esc list
     "#]].assert_eq(&shown);
 }
 
@@ -965,31 +965,31 @@ fn search_results_and_opening_one() {
     check(
         &app,
         expect![[r#"
-         sotto alice ● online
-        ┌Conversations───────┐┌────────────────────────────────────────────────────────┐
-        │  bob (2)           ││Select a conversation with ↑/↓ (j/k) and Enter.         │
-        │ #team (1)          ││? shows the keys and commands.                          │
-        │  carol             ││                                                        │
-        │                    ││                                                        │
-        │                    ││                                                        │
-        │                    ││                                                        │
-        │                    ││                                                        │
-        │ ┌Search "standup": 3 found · Enter opens · Esc closes──────────────────────┐ │
-        │ │2023-11-15 13:06 [team] alice: standup moved to 10                        │ │
-        │ │2023-11-14 13:07 [team] carol: standup in 5                               │ │
-        │ │2023-11-14 13:06 [bob] bob: skip the standup?\e[2J please                 │ │
-        │ └──────────────────────────────────────────────────────────────────────────┘ │
-        │                    ││                                                        │
-        │                    ││                                                        │
-        │                    ││                                                        │
-        │                    ││                                                        │
-        │                    ││                                                        │
-        └────────────────────┘└────────────────────────────────────────────────────────┘
-        ┌Message (Enter sends, Alt+Enter new line, Esc list)───────────────────────────┐
-        │                                                                              │
-        └──────────────────────────────────────────────────────────────────────────────┘
-        ↑↓/jk select · Enter open · / command · ? help · q quit
-    "#]],
+             sotto alice ● online
+            ┌Conversations───────┐┌────────────────────────────────────────────────────────┐
+            │  bob (2)           ││Select a conversation with ↑/↓ (j/k) and Enter.         │
+            │ #team (1)          ││? shows the keys and commands.                          │
+            │  carol             ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │ ┌Search "standup": 3 found · Enter opens · Esc closes──────────────────────┐ │
+            │ │2023-11-15 13:06 [team] alice: standup moved to 10                        │ │
+            │ │2023-11-14 13:07 [team] carol: standup in 5                               │ │
+            │ │2023-11-14 13:06 [bob] bob: skip the standup?\e[2J please                 │ │
+            │ └──────────────────────────────────────────────────────────────────────────┘ │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            │                    ││                                                        │
+            └────────────────────┘└────────────────────────────────────────────────────────┘
+            ┌Message (Enter sends, Alt+Enter new line, Esc list)───────────────────────────┐
+            │                                                                              │
+            └──────────────────────────────────────────────────────────────────────────────┘
+            Enter send · Alt+Enter new line · ↑ select a message · /help · Esc list
+        "#]],
     );
     // ↑ stays on the first; ↓ then Enter: carol's message, in the team's
     // conversation, selected.

@@ -213,6 +213,9 @@ impl Profile {
         let mut groups: Vec<GroupId> = unshown.iter().map(|m| m.group).collect();
         groups.sort_unstable_by_key(|g| g.0);
         groups.dedup();
+        if groups.is_empty() {
+            return Ok(());
+        }
         self.store.transaction(|_, c| {
             for g in &groups {
                 crate::receipts::mark_read(c, g)?;

@@ -435,6 +435,11 @@ fn hint_line(app: &App, st: &Styles, f: &mut Frame<'_>, area: Rect) {
             "↑↓ select · r reply · +/- react · w who reacted · e edit · d delete · Esc back",
             st.dim(),
         ),
+        // Keys typed here are text: the hint names none that would be.
+        None if app.focus == Focus::Composer => Line::styled(
+            "Enter send · Alt+Enter new line · ↑ select a message · /help · Esc list",
+            st.dim(),
+        ),
         None => Line::styled(
             "↑↓/jk select · Enter open · / command · ? help · q quit",
             st.dim(),
