@@ -859,6 +859,23 @@ fn reacting_editing_and_deleting_from_the_keyboard() {
             message: mine
         }]
     );
+    // An edit begun and left for another conversation ends there.
+    assert_eq!(app.marked, Some(MessageId([2; 16])));
+    key(&mut app, KeyCode::Char('e'));
+    assert!(app.editing.is_some());
+    key(&mut app, KeyCode::Esc);
+    assert_eq!(app.composer, "", "Esc cancels the edit");
+    key(&mut app, KeyCode::Up);
+    key(&mut app, KeyCode::Char('e'));
+    key(&mut app, KeyCode::Tab);
+    key(&mut app, KeyCode::Down);
+    key(&mut app, KeyCode::Enter);
+    assert_eq!((app.open, app.editing), (Some(GroupId([2; 32])), None));
+    // Back to bob.
+    key(&mut app, KeyCode::Esc);
+    key(&mut app, KeyCode::Up);
+    key(&mut app, KeyCode::Enter);
+    assert_eq!(app.open, Some(GroupId([1; 32])));
     // Changes another device made come again with the same id: the lines
     // are replaced, not added. Receipts move alice's marks.
     let mut edited = msg(1, 1, "bob", "lunch at noon?", 0);

@@ -586,8 +586,12 @@ impl App {
 
     fn open_group(&mut self, g: GroupId, out: &mut Vec<Command>) {
         if self.open != Some(g) {
+            // What was begun on a message of the last one ends here.
             self.marked = None;
             self.replying = None;
+            self.editing = None;
+            self.reacting = None;
+            self.deleting = None;
         }
         self.open = Some(g);
         self.scroll = 0;
