@@ -151,15 +151,31 @@ fn received(p: &Profile) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn a_bot_replies_and_sees_which_message_a_reply_answers() {
+/// Alice's daemon on a socket, online, and bob (the world first: it
+/// outlives the rest).
+fn alice_daemon_and_bob() -> (World, Profile, Profile, Daemon, Rpc) {
     let w = World::new(&[]);
     let alice = w.person("alice");
     let bob = w.person("bob");
     let sock = w.root.join("alice.sock");
-    let _d = daemon(&alice, &["--socket", sock.to_str().unwrap()]);
+    let d = daemon(&alice, &["--socket", sock.to_str().unwrap()]);
     let mut rpc = Rpc::socket(&sock);
     rpc.wait_online();
+    (w, alice, bob, d, rpc)
+}
+
+/// `p`'s history of `conversation`, as `history --json` prints it.
+fn history_json(p: &Profile, conversation: &str) -> Vec<Value> {
+    p.sotto(&["history", conversation, "--json"])
+        .ok()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_bot_replies_and_sees_which_message_a_reply_answers() {
+    let (_w, _alice, bob, _d, mut rpc) = alice_daemon_and_bob();
 
     // Bob asks; the notification has no reply_to.
     bob.sotto(&["send", "alice", "what time is it?"]).ok();
@@ -233,13 +249,7 @@ fn a_bot_replies_and_sees_which_message_a_reply_answers() {
 /// receipt, and `setReadReceipts` turns that off.
 #[test]
 fn a_bot_reacts_edits_deletes_and_gets_receipts() {
-    let w = World::new(&[]);
-    let alice = w.person("alice");
-    let bob = w.person("bob");
-    let sock = w.root.join("alice.sock");
-    let _d = daemon(&alice, &["--socket", sock.to_str().unwrap()]);
-    let mut rpc = Rpc::socket(&sock);
-    rpc.wait_online();
+    let (_w, _alice, bob, _d, mut rpc) = alice_daemon_and_bob();
     let sent = rpc.ok("send", json!({"to": "bob", "text": "deploy at five"}));
     let mine = sent["id"].as_str().unwrap().to_owned();
     // Bob's device decrypts it and shows it: delivered and read.
@@ -305,21 +315,11 @@ fn a_bot_reacts_edits_deletes_and_gets_receipts() {
         "deleteForEveryone",
         json!({"conversation": "bob", "message": mine}),
     );
-    let got: Vec<Value> = bob
-        .sotto(&["history", "alice", "--json"])
-        .ok()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let got = history_json(&bob, "alice");
     // Bob's history read before his device received them: receive first.
     assert!(got.iter().all(|m| m["text"] != "mine now"), "{got:?}");
     bob.sotto(&["receive"]).ok();
-    let got: Vec<Value> = bob
-        .sotto(&["history", "alice", "--json"])
-        .ok()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let got = history_json(&bob, "alice");
     let theirs = |id: &str| got.iter().find(|m| m["id"] == id).cloned().unwrap();
     assert_eq!(
         (
@@ -341,12 +341,7 @@ fn a_bot_reacts_edits_deletes_and_gets_receipts() {
     let question = n["params"]["id"].as_str().unwrap().to_owned();
     let status = |id: &str| -> (u64, u64) {
         bob.sotto(&["receive"]).ok();
-        let h: Vec<Value> = bob
-            .sotto(&["history", "alice", "--json"])
-            .ok()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let h = history_json(&bob, "alice");
         let m = h.iter().find(|m| m["id"] == id).unwrap();
         (
             m["delivered_to"].as_u64().unwrap(),
