@@ -251,6 +251,7 @@ async fn store_fanout(n: usize, reps: usize) -> anyhow::Result<Duration> {
             sender: members[0],
             epoch: 0,
             members: members.clone(),
+            joins: false,
             mailbox_cap: MailboxCap::UNLIMITED,
             msg_id: MessageId([0xc0; 16]),
             expires_ms: u64::MAX / 2,

@@ -143,6 +143,12 @@ enum Cmd {
         #[arg(long, default_value_t = 600)]
         wait: u64,
     },
+    /// Write an encrypted backup (history, contacts, verification states,
+    /// settings), or restore one on a new machine as a new device.
+    Backup {
+        #[command(subcommand)]
+        cmd: BackupCmd,
+    },
     /// List this account's devices, approve a new one, or revoke one.
     Devices {
         #[command(subcommand)]
@@ -248,6 +254,23 @@ enum KillCodeCmd {
 enum DuressCmd {
     /// Choose the duress passphrase (prompted twice, or SOTTO_DURESS_PASSPHRASE).
     Set,
+}
+
+#[derive(Subcommand)]
+enum BackupCmd {
+    /// Write the backup to FILE (a new file) and show its recovery key,
+    /// once: it is stored nowhere.
+    Create {
+        /// Where to write it.
+        file: PathBuf,
+    },
+    /// Restore the backup in FILE into this new profile (the recovery key
+    /// prompted, or SOTTO_RECOVERY_KEY): a new device of the account,
+    /// which joins its conversations again.
+    Restore {
+        /// The backup.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -697,6 +720,50 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             std::io::stdout().flush()?;
             let c = Client::link_wait(&profile, &pass, Duration::from_secs(wait)).await?;
             println!("linked: this device is now {}", c.handle());
+        }
+        Cmd::Backup {
+            cmd: BackupCmd::Create { file },
+        } => {
+            let pass = passphrase(false)?;
+            let mut c = Client::open(&profile, &pass)?;
+            drop(pass);
+            let (key, n) = c.create_backup(&file)?;
+            println!(
+                "backup written to {}: {} conversation(s), {} message(s), {} contact(s)",
+                file.display(),
+                n.conversations,
+                n.messages,
+                n.contacts
+            );
+            println!("recovery key (write it down: it is shown this once and stored nowhere):");
+            println!("  {}", &*key.to_text());
+        }
+        Cmd::Backup {
+            cmd: BackupCmd::Restore { file },
+        } => {
+            let key = secret("SOTTO_RECOVERY_KEY", "recovery key", false)?;
+            let key = sotto_client::backup::RecoveryKey::parse(&key)?;
+            let pass = passphrase(!sotto_client::store::Store::db_path(&profile).exists())?;
+            let (mut c, r) = Client::restore_backup(&profile, &pass, &file, &key).await?;
+            drop(pass);
+            println!(
+                "restored {} as a new device: {} conversation(s), {} message(s), {} contact(s)",
+                c.handle(),
+                r.summary.conversations,
+                r.summary.messages,
+                r.summary.contacts
+            );
+            println!("joined {} conversation(s) again", r.rejoined);
+            if r.waiting > 0 {
+                println!(
+                    "{} conversation(s) could not be joined now: tried again by the next command",
+                    r.waiting
+                );
+            }
+            println!(
+                "your other devices stay on the account: revoke a lost one with `sotto devices revoke ID`"
+            );
+            warn(&mut c);
         }
         Cmd::Devices { cmd } => {
             let pass = passphrase(false)?;

@@ -172,6 +172,11 @@ pub enum Op {
     Contacts,
     /// This account's devices.
     Devices,
+    /// Write an encrypted backup to a new file.
+    CreateBackup {
+        /// Where.
+        path: PathBuf,
+    },
 }
 
 /// What an [`Op`] produced.
@@ -201,6 +206,12 @@ pub enum Outcome {
     Handles(Vec<String>),
     /// Who reacted with what: (handle, emoji).
     Reactions(Vec<(String, String)>),
+    /// A backup was written: what it holds, and its recovery key (shown
+    /// once, stored nowhere).
+    Backup(
+        sotto_client::backup::BackupSummary,
+        zeroize::Zeroizing<String>,
+    ),
 }
 
 fn strs(v: &[String]) -> Vec<&str> {
@@ -299,6 +310,10 @@ pub async fn perform(c: &mut Client, op: &Op) -> Result<Outcome, ClientError> {
         Op::Groups => Outcome::Groups(c.groups()?),
         Op::Contacts => Outcome::Contacts(c.contacts()?),
         Op::Devices => Outcome::Devices(c.devices().await?),
+        Op::CreateBackup { path } => {
+            let (key, summary) = c.create_backup(path)?;
+            Outcome::Backup(summary, key.to_text())
+        }
     })
 }
 
@@ -368,6 +383,13 @@ pub fn summary(op: &Op, outcome: &Outcome) -> String {
             1 => "1 message found".into(),
             n => format!("{n} messages found"),
         },
+        (Op::CreateBackup { path }, Outcome::Backup(n, key)) => format!(
+            "backup written to {} ({} conversation(s), {} message(s)); recovery key, shown once: {}",
+            path.display(),
+            n.conversations,
+            n.messages,
+            &**key
+        ),
         (Op::Verify { handle }, Outcome::Verification(v)) => format!(
             "safety number with {handle}: {} ({})",
             safety_number_groups(&v.number),
@@ -452,6 +474,12 @@ impl Outcome {
                 .iter()
                 .map(|(who, emoji)| json!({ "handle": who, "emoji": emoji }))
                 .collect(),
+            Self::Backup(n, key) => json!({
+                "recovery_key": &**key,
+                "conversations": n.conversations,
+                "messages": n.messages,
+                "contacts": n.contacts,
+            }),
         }
     }
 }

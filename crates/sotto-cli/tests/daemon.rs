@@ -374,7 +374,7 @@ fn a_bot_talks_over_the_socket_and_survives_bad_requests() {
     rpc.wait_online();
     let status = rpc.ok("status", json!({}));
     assert_eq!(status["handle"], "alice");
-    assert_eq!(status["api_version"], "1.4");
+    assert_eq!(status["api_version"], "1.5");
 
     // The bot writes first; bob reads it on the command line.
     let sent = rpc.ok(
@@ -720,4 +720,48 @@ fn a_daemon_killed_in_a_stream_of_messages_and_commits_loses_and_repeats_nothing
     alice.sotto(&["send", "crew", "alice at the end"]).ok();
     assert_eq!(received(&bob), ["alice at the end"]);
     drop(dave);
+}
+
+/// `createBackup` (API 1.5): the backup is written and its recovery key
+/// handed back once; the key opens it on a new machine (`sotto backup
+/// restore`); an existing file is not overwritten.
+#[test]
+fn a_bot_writes_a_backup_that_restores_on_a_new_machine() {
+    let (w, _alice, bob, _d, mut rpc) = alice_daemon_and_bob();
+    rpc.ok("send", json!({"to": "bob", "text": "kept in the backup"}));
+    let file = w.root.join("bot.backup");
+    let made = rpc.ok("createBackup", json!({"path": file.to_str().unwrap()}));
+    assert_eq!(
+        (made["conversations"].as_u64(), made["messages"].as_u64()),
+        (Some(1), Some(1)),
+        "{made}"
+    );
+    let key = made["recovery_key"].as_str().unwrap().to_owned();
+    let e = rpc.call("createBackup", json!({"path": file.to_str().unwrap()}));
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not overwriting it"),
+        "{e}"
+    );
+    let e = rpc.call("createBackup", json!({}));
+    assert_eq!(e["error"]["code"], -32602, "{e}");
+
+    let new = w.profile("alice-restored");
+    new.sotto_env(
+        &["backup", "restore", file.to_str().unwrap()],
+        &[("SOTTO_RECOVERY_KEY", &key)],
+    )
+    .ok();
+    assert_eq!(
+        history_json(&new, "bob")
+            .iter()
+            .map(|m| m["text"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["kept in the backup"]
+    );
+    new.sotto(&["send", "bob", "from the restored bot"]).ok();
+    let got = bob.sotto(&["receive", "--json"]).ok();
+    assert!(got.contains("from the restored bot"), "{got}");
 }

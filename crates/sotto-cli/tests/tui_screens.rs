@@ -345,11 +345,11 @@ fn help_screen() {
             ││/group leave [GROUP]                 leave a group (default: the open one)  ││
             ││/group rename GROUP NAME             rename a group (admins)                ││
             ││/group promote GROUP MEMBER          make a member an admin (admins)        ││
-            ││/verify HANDLE                       show the safety number with HANDLE     ││
-            ││/verify HANDLE confirm               mark HANDLE verified after comparing   ││
+            ││/verify HANDLE [confirm]             safety number; confirm: they match     ││
             ││/disappear [CONV] 30s|5m|2h|7d|off   disappearing messages                  ││
             ││/file PATH                           send a file to the open conversation   ││
-            └│/search TEXT                         find stored messages with these words  │┘
+            ││/search TEXT                         find stored messages with these words  ││
+            └│/backup FILE                         encrypted backup; key shown once       │┘
             ┌│/msg HANDLE TEXT                     write to anyone (starts a conversation)│┐
             ││/quit                                leave                                  ││
             └└────────────────────────────────────────────────────────────────────────────┘┘
@@ -1044,4 +1044,49 @@ fn search_results_and_opening_one() {
     );
     key(&mut app, KeyCode::Esc);
     assert!(app.popup.is_none());
+}
+
+/// `/backup FILE`: the backup is made by the worker; its recovery key is
+/// shown in a popup that stays until Esc, and is not left in the status
+/// line.
+#[test]
+fn a_backup_shows_its_recovery_key_once_in_a_popup() {
+    let mut app = alice();
+    typed(&mut app, "/backup /media/usb/alice.backup");
+    let cmds = key(&mut app, KeyCode::Enter);
+    assert_eq!(
+        cmds.iter().map(|c| &c.op).collect::<Vec<_>>(),
+        [&Op::CreateBackup {
+            path: "/media/usb/alice.backup".into()
+        }]
+    );
+    let key_text =
+        "0a1b 2c3d 4e5f 6071 8293 a4b5 c6d7 e8f9 0a1b 2c3d 4e5f 6071 8293 a4b5 c6d7 e8f9";
+    worker(
+        &mut app,
+        Event::Done {
+            id: cmds[0].id,
+            result: Ok(Outcome::Backup(
+                sotto_client::backup::BackupSummary {
+                    conversations: 3,
+                    messages: 120,
+                    contacts: 2,
+                },
+                zeroize::Zeroizing::new(key_text.to_owned()),
+            )),
+        },
+    );
+    let shown = screen(&app, 100, 30);
+    assert!(shown.contains(key_text), "{shown}");
+    assert!(
+        shown.contains(
+            "Backup written to /media/usb/alice.backup: 3 conversation(s), 120 message(s)."
+        ),
+        "{shown}"
+    );
+    assert!(shown.contains("shown this once"), "{shown}");
+    assert!(app.status.is_none());
+    key(&mut app, KeyCode::Esc);
+    assert!(app.popup.is_none());
+    assert!(!screen(&app, 100, 30).contains("0a1b 2c3d"));
 }

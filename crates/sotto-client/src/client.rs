@@ -260,6 +260,31 @@ impl Client {
         ))
     }
 
+    /// Restores the encrypted backup at `file` (opened with `key`) into the
+    /// new profile at `dir`, as a new device of the backed-up account
+    /// signed in with the account key alone, and joins its conversations
+    /// again.
+    pub async fn restore_backup(
+        dir: &Path,
+        passphrase: &str,
+        file: &Path,
+        key: &crate::backup::RecoveryKey,
+    ) -> Result<(Self, crate::backup::Restored), ClientError> {
+        let (p, restored) =
+            crate::backup::restore(dir, passphrase, file, key, &mut rand::rngs::OsRng).await?;
+        Ok((Self::from_profile(p), restored))
+    }
+
+    /// Writes an encrypted backup of this profile to `file` (a new file):
+    /// history, contacts, verification states and settings, sealed under
+    /// the recovery key returned, which is nowhere else: show it once.
+    pub fn create_backup(
+        &mut self,
+        file: &Path,
+    ) -> Result<(crate::backup::RecoveryKey, crate::backup::BackupSummary), ClientError> {
+        self.p.create_backup(file, &mut rand::rngs::OsRng)
+    }
+
     fn from_profile(p: Profile) -> Self {
         Self {
             p,

@@ -44,6 +44,7 @@
 //! server only after the MLS state change, the decrypted message and the
 //! dedup marker were committed in one local transaction.
 
+pub mod backup;
 mod blocks;
 pub mod client;
 pub mod clock;

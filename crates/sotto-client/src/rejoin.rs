@@ -120,8 +120,14 @@ impl Profile {
             };
             let me = self.id.credential();
             let device = &self.id.device;
+            // What vouches for this device where it has no leaf to replace
+            // (restored from a backup): its account's list, naming it.
+            let own = self
+                .store
+                .device_list(&me.account)?
+                .filter(|l| l.devices.contains(&me.device));
             let req = self.store.transaction(|p, c| {
-                let r = mls::rejoin(p, &me, device, g, &group_info, &tree)?;
+                let r = mls::rejoin(p, &me, device, own.as_ref(), g, &group_info, &tree)?;
                 let req = CommitRequest {
                     group: g,
                     epoch: r.epoch,

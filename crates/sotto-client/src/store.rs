@@ -39,7 +39,7 @@ use crate::{ClientError, ServerLink};
 
 mod migrations;
 mod search;
-mod shred;
+pub(crate) mod shred;
 
 pub use search::{SEARCH_LIMIT, SearchQuery};
 pub(crate) use shred::{new_private_file, private_dir};

@@ -497,16 +497,19 @@ pub struct Rejoined {
 
 /// Rejoins group `group_id` from the server's GroupInfo and ratchet tree,
 /// by an external commit that replaces this device's own leaf: what a
-/// member device does when its state of the group is lost or behind. Any
-/// state held of the group is deleted first (the caller's transaction
+/// member device does when its state of the group is lost or behind. A
+/// device without a leaf there (a new device restored from a backup)
+/// joins beside its account's member devices instead, vouched for by
+/// `own_list`, its account's signed device list, which the commit carries.
+/// Any state held of the group is deleted first (the caller's transaction
 /// keeps it if anything fails). The GroupInfo must be signed by a member
-/// of the tree; every leaf must carry a Sotto credential, and this device
-/// must have a leaf to replace (the server and every member refuse an
-/// external commit that is not a rejoin).
+/// of the tree; every leaf must carry a Sotto credential (the server and
+/// every member refuse an external commit that is neither).
 pub fn rejoin<P: Provider>(
     provider: &P,
     me: &CredentialIdentity,
     device: &DeviceKey,
+    own_list: Option<&sotto_proto::SignedDeviceList>,
     group_id: sotto_proto::GroupId,
     group_info: &[u8],
     ratchet_tree: &[u8],
@@ -524,7 +527,12 @@ pub fn rejoin<P: Provider>(
     if let Some(mut old) = crate::state::load_if_any(provider, group_id)? {
         old.delete(provider.storage()).map_err(storage)?;
     }
+    let aad = match own_list {
+        Some(l) => postcard::to_stdvec(std::slice::from_ref(l)).map_err(internal)?,
+        None => Vec::new(),
+    };
     let (mut group, bundle) = MlsGroup::external_commit_builder()
+        .with_aad(aad)
         .with_ratchet_tree(tree)
         .with_config(join_config())
         .build_group(provider, info, credential(me))

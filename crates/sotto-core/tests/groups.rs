@@ -842,10 +842,66 @@ fn nobody_joins_by_external_commit_who_is_not_a_member() {
     bob.apply(G, &upd.commit).unwrap();
     // dave got hold of the GroupInfo and the tree (as the server could
     // hand them to anyone): his external commit is refused.
-    let err = server.rejoin(&dave).unwrap_err();
-    assert!(
-        err.to_string().contains("only a member device rejoins"),
-        "{err}"
-    );
+    // Even with his own account's signed device list.
+    for list in [None, Some(dave.list())] {
+        let err = server.rejoin_vouched(&dave, list.as_ref()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("only a device of a member account joins by itself"),
+            "{err}"
+        );
+    }
     converged(&[&alice, &bob]);
+}
+
+#[test]
+fn a_device_restored_from_a_backup_joins_beside_its_account_on_its_signed_list() {
+    let (alice, bob, carol) = (Peer::new("alice"), Peer::new("bob"), Peer::new("carol"));
+    let mut server = ops(&[&bob, &carol], &alice, &[&alice]);
+    // bob's new device has his account key (from the backup) and a device
+    // key of its own; his old device is still in the group.
+    let bob2 = bob.new_device();
+    let both = bob
+        .account
+        .sign_device_list(2, vec![bob.me.device, bob2.me.device]);
+    // Without a list naming it, nobody takes it: not the server, whatever
+    // a list says that leaves it out.
+    let err = server.rejoin_vouched(&bob2, None).unwrap_err();
+    assert!(matches!(err, CoreError::GhostDevice), "{err}");
+    let old = bob.account.sign_device_list(1, vec![bob.me.device]);
+    let err = server.rejoin_vouched(&bob2, Some(&old)).unwrap_err();
+    assert!(matches!(err, CoreError::GhostDevice), "{err}");
+    // A list another key signed does not vouch either.
+    let mut forged = both.clone();
+    forged.signature = carol
+        .account
+        .sign_device_list(2, both.devices.clone())
+        .signature;
+    let err = server.rejoin_vouched(&bob2, Some(&forged)).unwrap_err();
+    assert!(matches!(err, CoreError::GhostDevice), "{err}");
+    // With its account's signed list it joins, beside bob's old device.
+    let (accepted, commit) = server.rejoin_vouched(&bob2, Some(&both)).unwrap();
+    assert_eq!(accepted.members.len(), 4);
+    assert_eq!(
+        accepted.recipients,
+        [alice.me.device, bob.me.device, carol.me.device]
+    );
+    for p in [&alice, &bob, &carol] {
+        match p.apply(G, &commit).unwrap() {
+            Processed::Commit {
+                readded,
+                device_lists,
+                ..
+            } => {
+                assert!(readded.is_empty());
+                assert_eq!(device_lists, std::slice::from_ref(&both));
+            }
+            other => panic!("expected a commit, got {other:?}"),
+        }
+    }
+    converged(&[&alice, &bob, &bob2, &carol]);
+    let hello = bob2.send(G, "restored");
+    assert_eq!(alice.read(G, &hello).unwrap(), "restored");
+    let back = carol.send(G, "welcome back");
+    assert_eq!(bob2.read(G, &back).unwrap(), "welcome back");
 }

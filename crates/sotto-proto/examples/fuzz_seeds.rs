@@ -99,6 +99,21 @@ fn main() -> std::io::Result<()> {
             account: sotto_proto::AccountId([3; 32]),
         },
         Request::Leave { group },
+        Request::AccountDeviceList {
+            account: sotto_proto::AccountId([3; 32]),
+            signature: sotto_proto::Signature([4; 64]),
+        },
+        Request::Restore(Box::new(sotto_proto::RestoreRequest {
+            version: sotto_proto::PROTOCOL_VERSION,
+            device: DeviceId([5; 32]),
+            device_list: sotto_proto::SignedDeviceList {
+                account: sotto_proto::AccountId([3; 32]),
+                version: 2,
+                devices: vec![DeviceId([5; 32])],
+                signature: sotto_proto::Signature([6; 64]),
+            },
+            device_signature: sotto_proto::Signature([7; 64]),
+        })),
     ];
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds");
     for t in ["server_requests", "wire_decode"] {

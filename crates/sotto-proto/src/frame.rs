@@ -135,6 +135,35 @@ pub enum Request {
         /// The group.
         group: GroupId,
     },
+    /// Before login: the signed device list of the account whose key
+    /// signs this connection's challenge ([`account_proof_transcript`]).
+    /// What a device restored from a backup needs to sign itself into its
+    /// account. Answered with `DeviceList`.
+    AccountDeviceList {
+        /// The account.
+        account: AccountId,
+        /// The account key's signature over [`account_proof_transcript`].
+        signature: Signature,
+    },
+    /// Before login: a new device joins its account on the account key
+    /// alone (a device restored from a backup, with no other device to
+    /// approve it), and authenticates as it. Answered with `LoggedIn`.
+    Restore(Box<RestoreRequest>),
+}
+
+/// A device restored from a backup, signed into its account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreRequest {
+    /// The protocol version the client speaks.
+    pub version: u16,
+    /// The new device.
+    pub device: DeviceId,
+    /// The account's next device list, naming the new device, signed by
+    /// the account key (devices left out are revoked, as with
+    /// [`Request::PublishDeviceList`]).
+    pub device_list: SignedDeviceList,
+    /// The device key's signature over [`restore_transcript`].
+    pub device_signature: Signature,
 }
 
 /// An account's devices, signed by the account identity key. Peers accept a
@@ -581,6 +610,27 @@ pub fn register_transcript(
     t.extend_from_slice(&account.0);
     t.extend_from_slice(&device.0);
     t.extend_from_slice(handle.as_str().as_bytes());
+    t
+}
+
+/// The bytes an account key signs to read its own device list before
+/// any of its devices logged in ([`Request::AccountDeviceList`]).
+pub fn account_proof_transcript(challenge: &[u8; 32], account: &AccountId) -> Vec<u8> {
+    let mut t = Vec::with_capacity(96);
+    t.extend_from_slice(b"sotto-account-proof-v1\0");
+    t.extend_from_slice(challenge);
+    t.extend_from_slice(&account.0);
+    t
+}
+
+/// The bytes a restored device signs to join its account
+/// ([`Request::Restore`]).
+pub fn restore_transcript(challenge: &[u8; 32], account: &AccountId, device: &DeviceId) -> Vec<u8> {
+    let mut t = Vec::with_capacity(128);
+    t.extend_from_slice(b"sotto-restore-v1\0");
+    t.extend_from_slice(challenge);
+    t.extend_from_slice(&account.0);
+    t.extend_from_slice(&device.0);
     t
 }
 

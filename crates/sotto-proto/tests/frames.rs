@@ -127,6 +127,34 @@ fn request() -> impl Strategy<Value = Request> {
                 })
             }
         ),
+        (any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(a, s)| {
+            let mut sig = [0u8; 64];
+            sig[..32].copy_from_slice(&s);
+            Request::AccountDeviceList {
+                account: sotto_proto::AccountId(a),
+                signature: Signature(sig),
+            }
+        }),
+        (
+            any::<u16>(),
+            device(),
+            any::<[u8; 32]>(),
+            any::<u64>(),
+            prop::collection::vec(device(), 0..4)
+        )
+            .prop_map(|(version, device, a, list_version, devices)| {
+                Request::Restore(Box::new(sotto_proto::RestoreRequest {
+                    version,
+                    device,
+                    device_list: sotto_proto::SignedDeviceList {
+                        account: sotto_proto::AccountId(a),
+                        version: list_version,
+                        devices,
+                        signature: Signature([7; 64]),
+                    },
+                    device_signature: Signature([9; 64]),
+                }))
+            }),
     ]
 }
 

@@ -3,7 +3,9 @@
 //! add, remove or change the group's metadata; anyone may leave or update
 //! their own leaf; nobody changes who their leaf says they are; every
 //! added device is on its account's signed device list; an external
-//! commit is only a member device rejoining in place of its own leaf.
+//! commit is only a member device rejoining in place of its own leaf, or a
+//! new device of a member account (restored from a backup) joining beside
+//! it on its account's signed device list.
 //!
 //! Because the server runs the same functions on the same public state
 //! (the `public` module), a commit it accepts is one every member applies.
@@ -66,7 +68,7 @@ pub fn judge_commit(
 ) -> Result<Judged, RuleError> {
     let committer = match sender {
         Sender::Member(i) => member_identity(pg, *i).ok_or(RuleError::ForgedCredential)?,
-        Sender::NewMemberCommit => return judge_rejoin(pg, staged),
+        Sender::NewMemberCommit => return judge_rejoin(pg, staged, aad),
         _ => return Err(refuse("not from a member")),
     };
     for add in staged.add_proposals() {
@@ -102,11 +104,18 @@ pub fn judge_commit(
     })
 }
 
-/// Judges an external commit: only a rejoin is one, a member device that
-/// lost its state replacing its own leaf by a fresh one (same account,
-/// device and handle) and changing nothing else. Nobody new comes in by
-/// external commit.
-fn judge_rejoin(pg: &PublicGroup, staged: &StagedCommit) -> Result<Judged, RuleError> {
+/// Judges an external commit. Nobody new comes in by external commit; two
+/// kinds are one:
+///
+/// - a rejoin: a member device that lost its state replaces its own leaf
+///   by a fresh one (same account, device and handle);
+/// - a restore: a new device of an account that has a member device in
+///   the group (restored from a backup, with no device of its own to add
+///   it) joins beside it, vouched for by its account's signed device list
+///   in the commit's authenticated data.
+///
+/// Either changes nothing else.
+fn judge_rejoin(pg: &PublicGroup, staged: &StagedCommit, aad: &[u8]) -> Result<Judged, RuleError> {
     let leaf = staged
         .update_path_leaf_node()
         .ok_or_else(|| refuse("an external commit without a path"))?;
@@ -119,6 +128,27 @@ fn judge_rejoin(pg: &PublicGroup, staged: &StagedCommit) -> Result<Judged, RuleE
             Proposal::Remove(r) => removed.push(member_identity(pg, r.removed())),
             _ => return Err(refuse("an external commit may only rejoin")),
         }
+    }
+    if removed.is_empty() {
+        let account_is_member = pg
+            .members()
+            .filter_map(|m| member_identity(pg, m.index))
+            .any(|m| m.account == id.account && m.handle == id.handle);
+        if !account_is_member {
+            return Err(refuse("only a device of a member account joins by itself"));
+        }
+        let lists = device_lists(aad)?;
+        let vouched = lists
+            .iter()
+            .any(|l| l.account == id.account && l.devices.contains(&id.device));
+        if !vouched {
+            return Err(RuleError::GhostDevice);
+        }
+        return Ok(Judged {
+            readded: Vec::new(),
+            committer: id,
+            device_lists: lists,
+        });
     }
     if removed != [Some(id.clone())] {
         return Err(refuse(
@@ -234,12 +264,9 @@ pub fn readded_devices(pg: &PublicGroup, staged: &StagedCommit) -> Vec<(AccountI
         .collect()
 }
 
-/// Every device a commit adds must be on its account's signed device list,
-/// carried in the commit's authenticated data; returns those lists.
-pub fn check_added_devices(
-    staged: &StagedCommit,
-    aad: &[u8],
-) -> Result<Vec<sotto_proto::SignedDeviceList>, RuleError> {
+/// The signed device lists a commit carries in its authenticated data,
+/// each checked against its account's key.
+fn device_lists(aad: &[u8]) -> Result<Vec<sotto_proto::SignedDeviceList>, RuleError> {
     let lists: Vec<sotto_proto::SignedDeviceList> = if aad.is_empty() {
         Vec::new()
     } else {
@@ -248,6 +275,16 @@ pub fn check_added_devices(
     if !lists.iter().all(crate::signed::device_list_is_signed) {
         return Err(RuleError::GhostDevice);
     }
+    Ok(lists)
+}
+
+/// Every device a commit adds must be on its account's signed device list,
+/// carried in the commit's authenticated data; returns those lists.
+pub fn check_added_devices(
+    staged: &StagedCommit,
+    aad: &[u8],
+) -> Result<Vec<sotto_proto::SignedDeviceList>, RuleError> {
+    let lists = device_lists(aad)?;
     for add in staged.add_proposals() {
         let leaf = add.add_proposal().key_package().leaf_node();
         let id = leaf_identity(leaf.credential(), leaf.signature_key().as_slice())

@@ -24,7 +24,7 @@ use openmls_traits::crypto::OpenMlsCrypto;
 use openmls_traits::public_storage::PublicStorageProvider;
 use openmls_traits::storage::{CURRENT_VERSION, traits};
 use serde::{Deserialize, Serialize};
-use sotto_proto::DeviceId;
+use sotto_proto::{AccountId, DeviceId};
 
 use crate::context::{GroupMeta, has_meta_bytes};
 use crate::credential::leaf_identity;
@@ -304,6 +304,10 @@ pub struct Accepted {
     pub recipients: Vec<DeviceId>,
     /// The devices it adds: they get the Welcome.
     pub added: Vec<DeviceId>,
+    /// The committer was not in the group before: a new device of a
+    /// member account that joined by external commit (restored from a
+    /// backup).
+    pub joined: bool,
 }
 
 fn device_of(leaf: &LeafNode) -> Option<DeviceId> {
@@ -545,7 +549,9 @@ pub fn check_commit(
         .ok_or_else(|| refuse("the committer left the group"))?
         .clone();
     check_group_info(crypto, &pg, &committer, group_info)?;
+    let joined = external && !before.contains(&sender);
     Ok(Accepted {
+        joined,
         epoch: pg.group_context().epoch().as_u64(),
         state: store.to_state()?,
         members: devices(&pg),
@@ -588,19 +594,20 @@ pub fn ratchet_tree(group: &sotto_proto::GroupId, state: &[u8]) -> Result<Vec<u8
     export_tree(&load_state(group, state)?.0)
 }
 
-/// The ratchet tree of a held group, for `device` only if it is a member
-/// device of it (with a Sotto credential).
+/// The ratchet tree of a held group, for `device` of `account` only if
+/// the account has a member device in it (with a Sotto credential): the
+/// device itself, rejoining in place of its own leaf, or a new device of
+/// the account (restored from a backup) joining beside it.
 pub fn ratchet_tree_for(
     group: &sotto_proto::GroupId,
     state: &[u8],
-    device: DeviceId,
+    account: AccountId,
 ) -> Result<Option<Vec<u8>>, RuleError> {
     let (pg, _) = load_state(group, state)?;
     let member = pg
         .members()
-        .find(|m| m.signature_key.as_slice() == device.0.as_slice())
-        .and_then(|m| member_identity(&pg, m.index));
-    member.map(|_| export_tree(&pg)).transpose()
+        .any(|m| member_identity(&pg, m.index).is_some_and(|id| id.account == account));
+    member.then(|| export_tree(&pg)).transpose()
 }
 
 fn export_tree(pg: &PublicGroup) -> Result<Vec<u8>, RuleError> {

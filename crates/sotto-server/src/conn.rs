@@ -292,10 +292,13 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
             (Request::WipeWithWork { wipe, pow_nonce }, _) => ctx.wipe(wipe, Some(pow_nonce)).await,
             (Request::Register(r), None) => ctx.register(*r).await,
             (Request::Login(l), None) => ctx.login(l).await,
-            (Request::Register(_) | Request::Login(_), Some(_)) => Err(ProtoError::with_message(
-                ErrorCode::InvalidRequest,
-                "already authenticated",
-            )),
+            (Request::AccountDeviceList { account, signature }, _) => {
+                ctx.account_device_list(account, signature).await
+            }
+            (Request::Restore(r), None) => ctx.restore(*r).await,
+            (Request::Register(_) | Request::Login(_) | Request::Restore(_), Some(_)) => Err(
+                ProtoError::with_message(ErrorCode::InvalidRequest, "already authenticated"),
+            ),
             (_, None) => Err(ProtoError::new(ErrorCode::NotAuthenticated)),
             (req, Some(session)) => Authed::new(ctx, session).handle(req).await,
         };
@@ -435,5 +438,7 @@ fn request_kind(r: &Request) -> &'static str {
         Request::BlobFetched { .. } => "blob_fetched",
         Request::Propose(_) => "propose",
         Request::GetGroupInfo { .. } => "group_info",
+        Request::AccountDeviceList { .. } => "account_device_list",
+        Request::Restore(_) => "restore",
     }
 }

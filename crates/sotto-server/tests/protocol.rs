@@ -11,7 +11,7 @@ use sotto_client::{ClientError, ServerLink};
 use sotto_core::DeviceKey;
 use sotto_proto::{
     Blob, ClientFrame, CommitRequest, EnvelopeKind, ErrorCode, GroupId, Handle, LoginRequest,
-    MessageId, PROTOCOL_VERSION, Request, Response, ServerFrame, UploadKeyPackages,
+    MessageId, PROTOCOL_VERSION, Request, Response, RestoreRequest, ServerFrame, UploadKeyPackages,
 };
 use sotto_server::{Limits, ServerConfig};
 mod common;
@@ -724,6 +724,156 @@ async fn the_server_checks_commits_and_proposals_and_hands_group_infos_to_member
                 &ratchet_tree.0,
             )))
             .await,
-        "only a member device rejoins",
+        "only a device of a member account joins by itself",
     );
+}
+
+/// `AccountDeviceList` then `Restore` on a new connection, for `new`, a
+/// new device of `old`'s account: the list it signs holds the account's
+/// current devices and `new`.
+async fn restore(
+    w: &World,
+    old: &Device,
+    new: &Device,
+) -> (Connection, Result<Response, ClientError>) {
+    let mut conn = w.connect().await;
+    let challenge = conn.hello().challenge;
+    let account = old.account.id();
+    let t = sotto_proto::account_proof_transcript(&challenge, &account);
+    let current = match conn
+        .request(Request::AccountDeviceList {
+            account,
+            signature: old.account.sign(&t),
+        })
+        .await
+        .unwrap()
+    {
+        Response::DeviceList(l) => l,
+        other => panic!("{other:?}"),
+    };
+    let mut devices = current.devices.clone();
+    devices.push(new.id());
+    let t = sotto_proto::restore_transcript(&challenge, &account, &new.id());
+    let req = RestoreRequest {
+        version: PROTOCOL_VERSION,
+        device: new.id(),
+        device_list: old.account.sign_device_list(current.version + 1, devices),
+        device_signature: new.device.sign(&t),
+    };
+    let r = conn.request(Request::Restore(Box::new(req))).await;
+    (conn, r)
+}
+
+/// A device restored from a backup, with no other device alive to
+/// approve it: the account key alone signs it in (and nothing less does),
+/// it reads the GroupInfo of its account's groups, and joins them beside
+/// its account's device, on its signed list; a stranger's device cannot.
+#[tokio::test]
+async fn a_restored_device_signs_in_with_the_account_key_and_joins_its_accounts_groups() {
+    let w = World::new().await;
+    let (alice, mut alice_conn) = w.person("alice").await;
+    let (bob, _) = w.person("bob").await;
+    let g = GroupId([9; 32]);
+    create_group(&mut alice_conn, g, &alice, &[&bob]).await;
+
+    // Without the account key: the device list is not handed out, and a
+    // list another key signed, or a device signature over another
+    // challenge, signs nobody in.
+    let mallory = Device::new("alice");
+    let mut conn = w.connect().await;
+    let t = sotto_proto::account_proof_transcript(&conn.hello().challenge, &alice.account.id());
+    let r = conn
+        .request(Request::AccountDeviceList {
+            account: alice.account.id(),
+            signature: mallory.account.sign(&t),
+        })
+        .await;
+    assert_eq!(code(r), ErrorCode::AuthFailed);
+    let mut conn = w.connect().await;
+    let t = sotto_proto::restore_transcript(
+        &conn.hello().challenge,
+        &alice.account.id(),
+        &mallory.id(),
+    );
+    let mut forged = mallory
+        .account
+        .sign_device_list(2, vec![alice.id(), mallory.id()]);
+    forged.account = alice.account.id();
+    let r = conn
+        .request(Request::Restore(Box::new(RestoreRequest {
+            version: PROTOCOL_VERSION,
+            device: mallory.id(),
+            device_list: forged,
+            device_signature: mallory.device.sign(&t),
+        })))
+        .await;
+    assert_eq!(code(r), ErrorCode::AuthFailed);
+    let alice2 = alice.new_device();
+    let mut conn = w.connect().await;
+    let t = sotto_proto::restore_transcript(&[0; 32], &alice.account.id(), &alice2.id());
+    let r = conn
+        .request(Request::Restore(Box::new(RestoreRequest {
+            version: PROTOCOL_VERSION,
+            device: alice2.id(),
+            device_list: alice
+                .account
+                .sign_device_list(2, vec![alice.id(), alice2.id()]),
+            device_signature: alice2.device.sign(&t),
+        })))
+        .await;
+    assert_eq!(code(r), ErrorCode::AuthFailed);
+
+    // With it: signed in, and on the account's list beside the old device.
+    let (mut conn2, r) = restore(&w, &alice, &alice2).await;
+    match r.unwrap() {
+        Response::LoggedIn(s) => {
+            assert_eq!((s.account, s.device), (alice.account.id(), alice2.id()));
+            assert_eq!(s.handle, alice.handle);
+        }
+        other => panic!("{other:?}"),
+    }
+    match conn2
+        .request(Request::GetDeviceList {
+            account: alice.account.id(),
+        })
+        .await
+        .unwrap()
+    {
+        Response::DeviceList(l) => {
+            assert_eq!((l.version, l.devices), (2, vec![alice.id(), alice2.id()]));
+        }
+        other => panic!("{other:?}"),
+    }
+    // It logs in like any device from now on; the old one still does.
+    drop(w.login(&alice2).await);
+    drop(w.login(&alice).await);
+
+    // It joins the group beside alice's first device, vouched for by its
+    // list; the server routes to both from then on.
+    let list = alice
+        .account
+        .sign_device_list(2, vec![alice.id(), alice2.id()]);
+    let (_, group_info, ratchet_tree) = get_group_info(&mut conn2, g).await;
+    let join = alice2.join_restored(g, &group_info.0, &ratchet_tree.0, &list);
+    let r = conn2.request(Request::Commit(join)).await.unwrap();
+    assert_eq!(r, Response::Committed { epoch: 2 });
+    alice
+        .process(
+            g,
+            &drain(&mut w.login(&alice).await).await[0]
+                .envelope
+                .payload
+                .0,
+        )
+        .unwrap();
+    assert_eq!(alice.epoch(g), alice2.epoch(g));
+
+    // A stranger's device restored into its own account gets neither the
+    // group's GroupInfo nor in.
+    let (dave, _) = w.person("dave").await;
+    let dave2 = dave.new_device();
+    let (mut dave_conn, r) = restore(&w, &dave, &dave2).await;
+    assert!(matches!(r, Ok(Response::LoggedIn(_))), "{r:?}");
+    let r = dave_conn.request(Request::GetGroupInfo { group: g }).await;
+    assert_eq!(code(r), ErrorCode::NotMember);
 }

@@ -57,6 +57,18 @@ impl Member {
         }
     }
 
+    /// A new device of this member's account (restored from a backup):
+    /// the same account key and handle, a device key of its own.
+    pub fn new_device(&self) -> Self {
+        Self {
+            account: AccountKey::from_secret(&self.account.secret()),
+            device: DeviceKey::generate(),
+            handle: self.handle.clone(),
+            provider: Provider::new().expect("libcrux provider"),
+            name: Mutex::new(None),
+        }
+    }
+
     /// The device id.
     pub fn id(&self) -> DeviceId {
         self.device.id()
@@ -193,10 +205,34 @@ impl Member {
     /// The request of an external commit that rejoins `g` from the
     /// server's GroupInfo and ratchet tree (applied locally already).
     pub fn rejoin(&self, g: GroupId, group_info: &[u8], ratchet_tree: &[u8]) -> CommitRequest {
+        self.external_commit(g, group_info, ratchet_tree, None)
+    }
+
+    /// The request of an external commit by which this device, new to
+    /// `g` (restored from a backup), joins beside its account's member
+    /// devices, vouched for by `list` (applied locally already).
+    pub fn join_restored(
+        &self,
+        g: GroupId,
+        group_info: &[u8],
+        ratchet_tree: &[u8],
+        list: &SignedDeviceList,
+    ) -> CommitRequest {
+        self.external_commit(g, group_info, ratchet_tree, Some(list))
+    }
+
+    fn external_commit(
+        &self,
+        g: GroupId,
+        group_info: &[u8],
+        ratchet_tree: &[u8],
+        list: Option<&SignedDeviceList>,
+    ) -> CommitRequest {
         let r = mls::rejoin(
             &self.provider,
             &self.me(),
             &self.device,
+            list,
             g,
             group_info,
             ratchet_tree,

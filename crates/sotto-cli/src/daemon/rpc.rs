@@ -9,7 +9,7 @@ use crate::worker::Failure;
 
 /// The version of the method set (docs/JSON-RPC.md); bumped on any
 /// incompatible change.
-pub const API_VERSION: &str = "1.4";
+pub const API_VERSION: &str = "1.5";
 
 /// Invalid JSON.
 pub const PARSE_ERROR: i64 = -32700;
@@ -211,6 +211,9 @@ pub fn method(name: &str, p: &Value) -> Result<Method, RpcError> {
         "listGroups" => Op::Groups,
         "contacts" => Op::Contacts,
         "devices" => Op::Devices,
+        "createBackup" => Op::CreateBackup {
+            path: string(p, "path")?.into(),
+        },
         "history" => Op::History {
             conversation: string(p, "conversation")?,
         },

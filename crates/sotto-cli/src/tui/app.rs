@@ -200,6 +200,14 @@ pub enum Popup {
         /// The contact's trust.
         trust: Trust,
     },
+    /// A backup was written: where, what it holds, and its recovery key,
+    /// shown this once (until Esc).
+    Backup {
+        /// Where it went, and what it holds (cleaned).
+        summary: String,
+        /// The recovery key.
+        key: zeroize::Zeroizing<String>,
+    },
     /// What `/search` found, newest first; Enter opens the selected
     /// message in its conversation.
     Search {
@@ -947,7 +955,18 @@ impl App {
             (Pending::Search(_), Ok(_)) => {}
             (Pending::Other(_), Err(e)) => self.status = Some(text::clean(&e.message)),
             (Pending::Other(op), Ok(o)) => {
-                if let Outcome::Verification(v) = &o {
+                if let (Op::CreateBackup { path }, Outcome::Backup(n, key)) = (&op, &o) {
+                    self.popup = Some(Popup::Backup {
+                        summary: text::clean(&format!(
+                            "{}: {} conversation(s), {} message(s)",
+                            path.display(),
+                            n.conversations,
+                            n.messages
+                        )),
+                        key: key.clone(),
+                    });
+                    self.status = None;
+                } else if let Outcome::Verification(v) = &o {
                     self.popup = Some(Popup::Verification {
                         handle: text::clean(&v.contact.handle),
                         number: v.number.clone(),

@@ -32,10 +32,9 @@ pub const HELP: &[(&str, &str)] = &[
         "/group promote GROUP MEMBER",
         "make a member an admin (admins)",
     ),
-    ("/verify HANDLE", "show the safety number with HANDLE"),
     (
-        "/verify HANDLE confirm",
-        "mark HANDLE verified after comparing",
+        "/verify HANDLE [confirm]",
+        "safety number; confirm: they match",
     ),
     (
         "/disappear [CONV] 30s|5m|2h|7d|off",
@@ -43,6 +42,7 @@ pub const HELP: &[(&str, &str)] = &[
     ),
     ("/file PATH", "send a file to the open conversation"),
     ("/search TEXT", "find stored messages with these words"),
+    ("/backup FILE", "encrypted backup; key shown once"),
     (
         "/msg HANDLE TEXT",
         "write to anyone (starts a conversation)",
@@ -109,6 +109,13 @@ pub fn parse(line: &str, open: Option<&str>) -> Result<Action, String> {
         },
         ["/file", _, ..] => Op::SendFile {
             to: need_open()?,
+            path: line
+                .split_once(char::is_whitespace)
+                .map(|(_, p)| p.trim())
+                .unwrap_or_default()
+                .into(),
+        },
+        ["/backup", _, ..] => Op::CreateBackup {
             path: line
                 .split_once(char::is_whitespace)
                 .map(|(_, p)| p.trim())

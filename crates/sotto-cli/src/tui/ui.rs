@@ -498,7 +498,29 @@ fn popup(p: &Popup, st: &Styles, f: &mut Frame<'_>, area: Rect) {
             hits,
             selected,
         } => search_results(query, hits, *selected, st, f, area),
+        Popup::Backup { summary, key } => backup(summary, key, f, area),
     }
+}
+
+/// A backup just written, and its recovery key: shown this once.
+fn backup(summary: &str, key: &str, f: &mut Frame<'_>, area: Rect) {
+    let bold = Style::default().add_modifier(Modifier::BOLD);
+    let lines = vec![
+        Line::raw(format!("Backup written to {summary}.")),
+        Line::raw(""),
+        Line::raw("Recovery key:"),
+        Line::styled(key.to_owned(), bold),
+        Line::raw(""),
+        Line::raw("Write it down now: it is shown this once and stored nowhere."),
+        Line::raw("Without it the backup cannot be opened; with it, anyone can."),
+        Line::raw("Esc closes"),
+    ];
+    let r = centered(area, 84, 10);
+    f.render_widget(Clear, r);
+    f.render_widget(
+        Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title("Backup")),
+        r,
+    );
 }
 
 /// The results of `/search`, newest first, one line each: when, where,

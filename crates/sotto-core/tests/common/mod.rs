@@ -43,6 +43,25 @@ impl Peer {
         }
     }
 
+    /// A new device of this peer's account (restored from a backup: the
+    /// same account key, a device key of its own).
+    pub(crate) fn new_device(&self) -> Self {
+        let account = AccountKey::from_secret(&self.account.secret());
+        let device = DeviceKey::generate();
+        let me = CredentialIdentity {
+            account: account.id(),
+            device: device.id(),
+            handle: self.me.handle.clone(),
+        };
+        Self {
+            account,
+            device,
+            me,
+            provider: Provider::new().expect("libcrux provider"),
+            name: RefCell::new(self.name.borrow().clone()),
+        }
+    }
+
     /// A verified KeyPackage of this peer in `suite`.
     pub(crate) fn key_package_in(&self, suite: Suite) -> KeyPackage {
         let kp = mls::key_packages(&self.provider, &self.me, &self.device, suite, 1).unwrap();
@@ -205,11 +224,22 @@ impl Server {
     /// `by` rejoins from what the server hands out (GroupInfo and tree);
     /// the server checks the external commit like any other.
     pub(crate) fn rejoin(&mut self, by: &Peer) -> Result<(Accepted, Vec<u8>), CoreError> {
+        self.rejoin_vouched(by, None)
+    }
+
+    /// `by` joins by external commit, carrying `list` (its account's
+    /// signed device list) as a device restored from a backup does.
+    pub(crate) fn rejoin_vouched(
+        &mut self,
+        by: &Peer,
+        list: Option<&SignedDeviceList>,
+    ) -> Result<(Accepted, Vec<u8>), CoreError> {
         let tree = public::ratchet_tree(&self.group, self.state.as_deref().unwrap()).unwrap();
         let r = mls::rejoin(
             &by.provider,
             &by.me,
             &by.device,
+            list,
             self.group,
             &self.group_info,
             &tree,

@@ -3,8 +3,8 @@
 //! account's signed device list, and blocking another account.
 
 use sotto_proto::{
-    DeviceId, ErrorCode, LoginRequest, MAX_DEVICES_PER_ACCOUNT, PROTOCOL_VERSION, ProtoError,
-    RegisterRequest, Response, Session, SignedDeviceList,
+    AccountId, DeviceId, ErrorCode, LoginRequest, MAX_DEVICES_PER_ACCOUNT, PROTOCOL_VERSION,
+    ProtoError, RegisterRequest, Response, RestoreRequest, Session, Signature, SignedDeviceList,
 };
 use sotto_rules::signed::{device_list_is_signed, verify};
 
@@ -12,7 +12,7 @@ use super::{Authed, Ctx};
 use crate::bus::Bus;
 use crate::config::RegistrationMode;
 use crate::datadir::invite_hash;
-use crate::store::{DeviceListError, NewAccount, RegisterError, Store};
+use crate::store::{DeviceListError, DeviceRecord, NewAccount, RegisterError, Store};
 
 impl<S: Store, B: Bus> Ctx<'_, S, B> {
     pub(crate) async fn register(&self, r: RegisterRequest) -> Result<Response, ProtoError> {
@@ -105,10 +105,15 @@ impl<S: Store, B: Bus> Ctx<'_, S, B> {
             let _ = failures.spend(self.source, &quota);
             return Err(ProtoError::new(ErrorCode::AuthFailed));
         };
+        self.logged_in(l.device, rec).await
+    }
+
+    /// The session of a device that proved its key.
+    async fn logged_in(&self, device: DeviceId, rec: DeviceRecord) -> Result<Response, ProtoError> {
         let stock = self
             .shared
             .store
-            .key_package_stock(l.device)
+            .key_package_stock(device)
             .await
             .map_err(|e| self.log_store(&e))?;
         let kill = self
@@ -119,13 +124,124 @@ impl<S: Store, B: Bus> Ctx<'_, S, B> {
             .map_err(|e| self.log_store(&e))?;
         let s = Session {
             account: rec.account,
-            device: l.device,
+            device,
             handle: rec.handle,
             key_packages: stock.one_time,
             has_last_resort: stock.last_resort,
             kill_record_version: kill.map_or(0, |k| k.version),
         };
         Ok(Response::LoggedIn(s))
+    }
+
+    /// The device list of the account whose key signed this connection's
+    /// challenge: what a device restored from a backup builds its
+    /// [`Self::restore`] on. Failures count like failed logins.
+    pub(crate) async fn account_device_list(
+        &self,
+        account: AccountId,
+        signature: Signature,
+    ) -> Result<Response, ProtoError> {
+        let quota = self.shared.config.limits.login_failures_per_source;
+        let failures = &self.shared.sources.login_failures;
+        failures.check(self.source, &quota)?;
+        let t = sotto_proto::account_proof_transcript(self.challenge, &account);
+        let list = if verify(&account.0, &t, &signature) {
+            self.shared
+                .store
+                .device_list(account)
+                .await
+                .map_err(|e| self.log_store(&e))?
+        } else {
+            None
+        };
+        // Unknown account and bad signature look the same.
+        match list {
+            Some(l) => Ok(Response::DeviceList(l)),
+            None => {
+                let _ = failures.spend(self.source, &quota);
+                Err(ProtoError::new(ErrorCode::AuthFailed))
+            }
+        }
+    }
+
+    /// A device restored from a backup joins its account on the account
+    /// key's signature of the next device list (no other device need be
+    /// alive to approve it), and logs in. A repeat whose answer was lost
+    /// logs in again.
+    pub(crate) async fn restore(&self, r: RestoreRequest) -> Result<Response, ProtoError> {
+        if r.version != PROTOCOL_VERSION {
+            return Err(ProtoError::new(ErrorCode::UnsupportedVersion));
+        }
+        let quota = self.shared.config.limits.login_failures_per_source;
+        let failures = &self.shared.sources.login_failures;
+        failures.check(self.source, &quota)?;
+        let l = &r.device_list;
+        let t = sotto_proto::restore_transcript(self.challenge, &l.account, &r.device);
+        let mut unique = l.devices.clone();
+        unique.sort();
+        unique.dedup();
+        let signed = verify(&r.device.0, &t, &r.device_signature) && device_list_is_signed(l);
+        let known = self
+            .shared
+            .store
+            .device_list(l.account)
+            .await
+            .map_err(|e| self.log_store(&e))?;
+        let Some(known) = known.filter(|_| signed) else {
+            let _ = failures.spend(self.source, &quota);
+            return Err(ProtoError::new(ErrorCode::AuthFailed));
+        };
+        if !l.devices.contains(&r.device)
+            || unique.len() != l.devices.len()
+            || l.devices.len() > MAX_DEVICES_PER_ACCOUNT
+        {
+            return Err(ProtoError::with_message(
+                ErrorCode::InvalidRequest,
+                "a device list must name the restored device and hold at most 16 distinct devices",
+            ));
+        }
+        let rec = self
+            .shared
+            .store
+            .device(r.device)
+            .await
+            .map_err(|e| self.log_store(&e))?;
+        let repeat = known == *l
+            && rec
+                .as_ref()
+                .is_some_and(|d| d.account == l.account && !d.revoked);
+        if !repeat {
+            match self
+                .shared
+                .store
+                .publish_device_list(r.device_list.clone(), self.now_ms())
+                .await
+            {
+                Ok(change) => self.shared.bus.publish(&change.revoked),
+                Err(DeviceListError::Stale(v)) => {
+                    return Err(ProtoError::with_message(
+                        ErrorCode::InvalidRequest,
+                        format!("device list version {} is not newer than {v}", l.version),
+                    ));
+                }
+                Err(DeviceListError::ForeignDevice) => {
+                    return Err(ProtoError::with_message(
+                        ErrorCode::InvalidRequest,
+                        "a listed device belongs to another account",
+                    ));
+                }
+                Err(DeviceListError::Store(e)) => return Err(self.log_store(&e)),
+            }
+        }
+        let rec = self
+            .shared
+            .store
+            .device(r.device)
+            .await
+            .map_err(|e| self.log_store(&e))?
+            .filter(|d| !d.revoked && d.account == l.account)
+            .ok_or_else(|| ProtoError::new(ErrorCode::Internal))?;
+        self.logged_in(r.device, rec).await
     }
 }
 
@@ -174,10 +290,7 @@ impl<S: Store, B: Bus> Authed<'_, S, B> {
         }
     }
 
-    pub(crate) async fn get_devices(
-        &self,
-        account: sotto_proto::AccountId,
-    ) -> Result<Response, ProtoError> {
+    pub(crate) async fn get_devices(&self, account: AccountId) -> Result<Response, ProtoError> {
         // Reading one's own list is no lookup of anyone.
         if account != self.account() {
             self.lookup_allowed()?;
@@ -201,11 +314,7 @@ impl<S: Store, B: Bus> Authed<'_, S, B> {
 
     /// This account blocks (or unblocks) `blocked`: its claims of this
     /// account's KeyPackages are refused.
-    pub(crate) async fn block(
-        &self,
-        blocked: sotto_proto::AccountId,
-        on: bool,
-    ) -> Result<Response, ProtoError> {
+    pub(crate) async fn block(&self, blocked: AccountId, on: bool) -> Result<Response, ProtoError> {
         let account = self.account();
         self.shared
             .store

@@ -125,6 +125,7 @@ impl<S: Store, B: Bus> Authed<'_, S, B> {
             sender: device,
             epoch: c.epoch,
             members: accepted.members,
+            joins: accepted.joined,
             mailbox_cap: self.mailbox_cap(),
             msg_id: c.msg_id,
             expires_ms: self.now_ms().saturating_add(self.ttl_ms()),
@@ -202,13 +203,14 @@ impl<S: Store, B: Bus> Authed<'_, S, B> {
         }
     }
 
-    /// The GroupInfo and ratchet tree of a group, for one of its member
-    /// devices that lost its state and rejoins by external commit.
+    /// The GroupInfo and ratchet tree of a group, for a device of one of
+    /// its member accounts, to join it by external commit: a member device
+    /// that lost its state, or a new device restored from a backup.
     pub(crate) async fn group_info(
         &self,
         group: sotto_proto::GroupId,
     ) -> Result<Response, ProtoError> {
-        let device = self.device();
+        let account = self.account();
         let held = match self.shared.store.group_state(group).await {
             Ok(Some(h)) => h,
             Ok(None) => return Err(ProtoError::new(ErrorCode::NotMember)),
@@ -216,7 +218,7 @@ impl<S: Store, B: Bus> Authed<'_, S, B> {
         };
         let (epoch, group_info) = (held.epoch, held.group_info.clone());
         let tree = tokio::task::spawn_blocking(move || {
-            public::ratchet_tree_for(&group, &held.state, device)
+            public::ratchet_tree_for(&group, &held.state, account)
         })
         .await
         .map_err(|_| ProtoError::new(ErrorCode::Internal))?

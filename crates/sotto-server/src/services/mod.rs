@@ -101,6 +101,8 @@ impl<S: Store, B: Bus> Authed<'_, S, B> {
             Request::Ping
             | Request::Register(_)
             | Request::Login(_)
+            | Request::AccountDeviceList { .. }
+            | Request::Restore(_)
             | Request::WipeInfo { .. }
             | Request::Wipe(_)
             | Request::WipeWithWork { .. } => Err(ProtoError::new(ErrorCode::InvalidRequest)),

@@ -80,6 +80,7 @@ fn create(group: GroupId, by: DeviceId, members: Vec<DeviceId>) -> CommitWrite {
         sender: by,
         epoch: 0,
         members,
+        joins: false,
         mailbox_cap: cap(1000),
         msg_id: MessageId(rand_id()),
         expires_ms: NOW + DAY,
@@ -210,6 +211,20 @@ pub async fn commits_compare_and_set<S: Store>(s: S) {
     let o = s.commit(next).await.unwrap();
     assert_eq!(o.epoch, 2);
     assert_eq!(o.recipients, vec![dev(1)]);
+    // A device that joins by its commit (a new device of a member account,
+    // checked by the rules) needs no routing before it, and has it after.
+    let mut joins = create(g, dev(4), vec![dev(1), dev(2), dev(3), dev(4)]);
+    joins.epoch = 2;
+    joins.joins = true;
+    joins.commit = Some(out(g, dev(4), 3, EnvelopeKind::Commit));
+    let o = s.commit(joins).await.unwrap();
+    assert_eq!(o.epoch, 3);
+    assert_eq!(o.recipients, vec![dev(1), dev(2), dev(3)]);
+    let r = s
+        .send(out(g, dev(1), 4, EnvelopeKind::Application), cap(10))
+        .await
+        .unwrap();
+    assert_eq!(r.recipients.len(), 3);
     // A commit on an unknown group at epoch > 0 is stale.
     let mut ghost = create(GroupId([8; 32]), dev(1), vec![dev(1)]);
     ghost.epoch = 4;

@@ -255,6 +255,10 @@ pub struct CommitWrite {
     pub epoch: u64,
     /// Members after the commit (the new state's tree).
     pub members: Vec<DeviceId>,
+    /// The sender joins by this commit (a new device of a member account,
+    /// by external commit, checked by `sotto_rules::public`): it need not
+    /// be routed the group's messages before it.
+    pub joins: bool,
     /// Mailbox cap per device.
     pub mailbox_cap: MailboxCap,
     /// The sender's id for this commit: a repeat of an applied commit is

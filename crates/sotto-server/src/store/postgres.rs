@@ -1119,7 +1119,7 @@ impl Store for PgStore {
                 Vec::new()
             } else {
                 let m = members(&mut tx, &w.group).await?;
-                if !m.contains(&w.sender) {
+                if !m.contains(&w.sender) && !w.joins {
                     return refuse(CommitError::NotMember);
                 }
                 m

@@ -1226,7 +1226,7 @@ impl Store for SqliteStore {
                         return Err(CommitError::StaleEpoch(e));
                     }
                     let m = members(&tx, &w.group)?;
-                    if !m.contains(&w.sender) {
+                    if !m.contains(&w.sender) && !w.joins {
                         return Err(CommitError::NotMember);
                     }
                     m
