@@ -53,6 +53,7 @@ pub fn group_json(g: &GroupInfo) -> serde_json::Value {
         "epoch": g.epoch,
         "members": g.members,
         "admins": g.admins,
+        "no_device_left": g.no_device_left,
         "disappear_after_s": g.disappear_after_s,
         "epoch_authenticator": g.epoch_authenticator,
     })

@@ -675,8 +675,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 if json {
                     println!("{}", sotto_cli::group_json(&g));
                 } else {
+                    let gone = if g.no_device_left.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" no device left: {}", visible(&g.no_device_left.join(",")))
+                    };
                     println!(
-                        "#{} {} [{}] epoch {} members: {} admins: {}",
+                        "#{} {} [{}] epoch {} members: {} admins: {}{gone}",
                         &g.id.to_hex()[..12],
                         visible(&g.name),
                         g.state,

@@ -28,6 +28,11 @@ pub fn text(n: &Notice) -> String {
         NoticeKind::TimerChanged { seconds } => timer(name, *seconds),
         NoticeKind::MemberJoined { handle } => format!("{name}: {handle} joined"),
         NoticeKind::MemberLeft { handle } => format!("{name}: {handle} left"),
+        NoticeKind::NoDeviceLeft { handle } => {
+            format!(
+                "{name}: {handle} has no device left (wiped): nobody can read this for {handle}"
+            )
+        }
     }
 }
 
@@ -114,6 +119,10 @@ mod tests {
                 "ops: dave joined",
             ),
             (NoticeKind::MemberLeft { handle: h("bob") }, "ops: bob left"),
+            (
+                NoticeKind::NoDeviceLeft { handle: h("bob") },
+                "ops: bob has no device left (wiped): nobody can read this for bob",
+            ),
         ];
         for (what, line) in cases {
             assert_eq!(text(&notice(what)), line);

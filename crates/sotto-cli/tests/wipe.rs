@@ -98,10 +98,19 @@ fn a_kill_code_wipes_online_and_offline_devices() {
             "{table} still holds a wiped device"
         );
     }
-    // Bob's client commits the wiped devices' departure.
-    bob.sotto(&["receive"]).ok();
+    // Bob's client commits the wiped devices' departure, and the group
+    // shows that alice has no device left (not that she left).
+    let got = bob.sotto(&["receive"]);
+    let told = format!("{}{}", got.stdout(), got.stderr());
+    assert!(
+        told.contains("ops: alice has no device left (wiped)") && !told.contains("alice left"),
+        "{told}"
+    );
     let g = members(&bob);
     assert!(g.contains(r#""members":["bob"]"#), "{g}");
+    assert!(g.contains(r#""no_device_left":["alice"]"#), "{g}");
+    let plain = bob.sotto(&["groups"]).ok();
+    assert!(plain.contains("no device left: alice"), "{plain}");
     // Nobody can receive any more: a send says so and fails, in the
     // conversation bob had with alice and in one carol would start.
     let nobody = "alice has no device left here (wiped, revoked, or left the conversation)";

@@ -66,6 +66,7 @@ const TABLES: &[(&str, &str, &str)] = &[
     ("known_devices", "account, device", ""),
     ("blocked", "account, handle", ""),
     ("left_groups", "group_id", ""),
+    ("no_device_members", "group_id, account, handle", ""),
     (
         "conversations",
         "group_id, kind, name, state, created_ms, sent_since_update, last_update_ms, name_key, read_receipts",

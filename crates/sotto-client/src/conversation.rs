@@ -85,6 +85,12 @@ pub enum NoticeKind {
         /// Its handle.
         handle: Handle,
     },
+    /// A member's last devices left as they were wiped (kill code): nobody
+    /// of that account can read the conversation any more.
+    NoDeviceLeft {
+        /// Its handle.
+        handle: Handle,
+    },
 }
 
 impl Notice {

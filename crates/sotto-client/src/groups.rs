@@ -14,9 +14,9 @@ use sotto_proto::{
 use tokio::time::{Instant, timeout_at};
 
 use crate::ClientError;
-use crate::conversation::Warning;
+use crate::conversation::{Notice, NoticeKind, Warning};
 use crate::conversation::{Submitted, Target};
-use crate::members::{conversation_name, record_members};
+use crate::members::{conversation_name, no_device_left, record_members, settle_wiped};
 use crate::profile::Profile;
 use crate::store::rows::Pending;
 use crate::store::{ContactChange, Provider, rows};
@@ -40,6 +40,9 @@ pub struct GroupInfo {
     pub members: Vec<String>,
     /// Admin handles, sorted.
     pub admins: Vec<String>,
+    /// Handles of members whose every device left wiped (kill code):
+    /// nobody of theirs can read the group any more. Sorted.
+    pub no_device_left: Vec<String>,
     /// Whether this account is a member, leaving, or removed.
     pub state: crate::conversation::ConversationState,
     /// The disappearing-message timer in seconds, if set.
@@ -375,6 +378,13 @@ impl Profile {
                             record_members(c, &me, &members, &mut warnings)?;
                             let (is_group, name) = conversation_name(p, c, g, &me, &members)?;
                             rows::put_conversation(c, &g, is_group, &name, now)?;
+                            for handle in settle_wiped(c, &g, &members)? {
+                                notices.push(Notice::new(
+                                    g,
+                                    name.clone(),
+                                    NoticeKind::NoDeviceLeft { handle },
+                                ));
+                            }
                         }
                         Pending::Rejoin => {
                             crate::rejoin::rejoined(
@@ -821,11 +831,17 @@ impl Profile {
     }
 
     /// The request that proposes this device's removal from `g`.
-    pub(crate) fn leave_request(&mut self, g: GroupId) -> Result<Request, ClientError> {
+    /// The request proposing this device's leave of `g` (`wiped`: as it
+    /// obeys a wipe order, which the members are told).
+    pub(crate) fn leave_request(
+        &mut self,
+        g: GroupId,
+        wiped: bool,
+    ) -> Result<Request, ClientError> {
         let device = &self.id.device;
         let proposal = self
             .store
-            .transaction(|p, _| Ok(group::propose_leave(p, device, g)?))?;
+            .transaction(|p, _| Ok(group::propose_leave(p, device, g, wiped)?))?;
         Ok(Request::Propose(ProposeRequest {
             group: g,
             msg_id: random_id(),
@@ -842,7 +858,7 @@ impl Profile {
         g: GroupId,
     ) -> Result<(), ClientError> {
         for _ in 0..COMMIT_ATTEMPTS {
-            match conn.request(self.leave_request(g)?).await {
+            match conn.request(self.leave_request(g, false)?).await {
                 Ok(Response::Accepted { .. }) => return Ok(()),
                 Ok(other) => return Err(unexpected(&other)),
                 Err(ClientError::Server(e)) if matches!(e.code, ErrorCode::StaleEpoch { .. }) => {
@@ -872,15 +888,17 @@ impl Profile {
             .filter(|c| c.is_group)
         {
             let g = c.group;
-            let (epoch, authenticator, members, meta, timer) = self.store.transaction(|p, _| {
-                Ok((
-                    mls::epoch(p, g)?,
-                    group::epoch_authenticator(p, g)?,
-                    mls::members(p, g)?,
-                    group::meta(p, g)?,
-                    group::timer(p, g)?,
-                ))
-            })?;
+            let (epoch, authenticator, members, meta, timer, gone) =
+                self.store.transaction(|p, c| {
+                    Ok((
+                        mls::epoch(p, g)?,
+                        group::epoch_authenticator(p, g)?,
+                        mls::members(p, g)?,
+                        group::meta(p, g)?,
+                        group::timer(p, g)?,
+                        no_device_left(c, &g)?,
+                    ))
+                })?;
             let mut names: Vec<String> = members.iter().map(|m| m.handle.to_string()).collect();
             names.sort();
             names.dedup();
@@ -905,6 +923,7 @@ impl Profile {
                     names
                 },
                 admins,
+                no_device_left: gone,
                 state: c.state,
                 disappear_after_s: timer,
                 epoch_authenticator: authenticator.iter().map(|b| format!("{b:02x}")).collect(),

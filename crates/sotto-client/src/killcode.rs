@@ -80,7 +80,7 @@ impl Profile {
     pub(crate) async fn wipe_now(&mut self, conn: &mut Connection) -> ClientError {
         for g in self.active_groups().unwrap_or_default() {
             // Best effort, one attempt each: destruction does not wait.
-            if let Ok(req) = self.leave_request(g) {
+            if let Ok(req) = self.leave_request(g, true) {
                 let _ = conn.request(req).await;
             }
         }

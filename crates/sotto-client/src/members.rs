@@ -5,7 +5,7 @@
 
 use sotto_core::CredentialIdentity;
 use sotto_core::group;
-use sotto_proto::GroupId;
+use sotto_proto::{GroupId, Handle};
 
 use crate::ClientError;
 use crate::conversation::Warning;
@@ -139,4 +139,85 @@ pub(crate) fn conversation_name<P: sotto_core::mls::Provider>(
     names.sort_unstable();
     names.dedup();
     Ok((false, names.join(",")))
+}
+
+/// Notes that a member's device proposed its leave of `g` as it obeys a
+/// wipe order.
+pub(crate) fn note_wiped(
+    c: &rusqlite::Connection,
+    g: &GroupId,
+    who: &CredentialIdentity,
+) -> Result<(), ClientError> {
+    c.execute(
+        "INSERT OR REPLACE INTO wiped_devices (group_id, device, account, handle) \
+         VALUES (?1, ?2, ?3, ?4)",
+        rusqlite::params![
+            &g.0[..],
+            &who.device.0[..],
+            &who.account.0[..],
+            who.handle.as_str()
+        ],
+    )?;
+    Ok(())
+}
+
+/// Settles who of `g` has no device left, now that its members are
+/// `members`: an account whose wiped devices were its last ones in the
+/// group is recorded as such (and returned, to be told); one with a
+/// device in the group again (re-added) is no longer.
+pub(crate) fn settle_wiped(
+    c: &rusqlite::Connection,
+    g: &GroupId,
+    members: &[CredentialIdentity],
+) -> Result<Vec<Handle>, ClientError> {
+    let present = |a: &[u8]| members.iter().any(|m| m.account.0[..] == *a);
+    let mut st =
+        c.prepare_cached("SELECT DISTINCT account, handle FROM wiped_devices WHERE group_id = ?1")?;
+    let wiped = st
+        .query_map([&g.0[..]], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut gone = Vec::new();
+    for (account, handle) in wiped {
+        if present(&account) {
+            continue;
+        }
+        c.execute(
+            "INSERT OR REPLACE INTO no_device_members (group_id, account, handle) VALUES (?1, ?2, ?3)",
+            rusqlite::params![&g.0[..], &account, &handle],
+        )?;
+        c.execute(
+            "DELETE FROM wiped_devices WHERE group_id = ?1 AND account = ?2",
+            rusqlite::params![&g.0[..], &account],
+        )?;
+        if let Ok(h) = Handle::new(&handle) {
+            gone.push(h);
+        }
+    }
+    let mut st = c.prepare_cached("SELECT account FROM no_device_members WHERE group_id = ?1")?;
+    let recorded = st
+        .query_map([&g.0[..]], |r| r.get::<_, Vec<u8>>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    for account in recorded.into_iter().filter(|a| present(a)) {
+        c.execute(
+            "DELETE FROM no_device_members WHERE group_id = ?1 AND account = ?2",
+            rusqlite::params![&g.0[..], &account],
+        )?;
+    }
+    Ok(gone)
+}
+
+/// The handles of `g`'s members that have no device left, sorted.
+pub(crate) fn no_device_left(
+    c: &rusqlite::Connection,
+    g: &GroupId,
+) -> Result<Vec<String>, ClientError> {
+    let mut st = c.prepare_cached(
+        "SELECT handle FROM no_device_members WHERE group_id = ?1 ORDER BY handle",
+    )?;
+    let out = st
+        .query_map([&g.0[..]], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(out)
 }

@@ -14,7 +14,9 @@ use sotto_proto::{Delivery, Envelope, GroupId};
 use crate::ClientError;
 use crate::content;
 use crate::conversation::{ConversationState, Notice, NoticeKind, Unread, Warning};
-use crate::members::{conversation_name, note_list, record_members, self_name};
+use crate::members::{
+    conversation_name, note_list, note_wiped, record_members, self_name, settle_wiped,
+};
 use crate::store::{Provider, rows};
 
 /// What became of one delivery.
@@ -82,7 +84,14 @@ pub(crate) fn save(
                 _ => String::new(),
             },
         }),
-        receive::Outcome::Proposal => Outcome::Proposal(env.group),
+        receive::Outcome::Proposal => {
+            for e in &events {
+                if let Event::DeviceWiped(who) = e {
+                    note_wiped(c, &env.group, who)?;
+                }
+            }
+            Outcome::Proposal(env.group)
+        }
         receive::Outcome::Other => Outcome::Stored,
         receive::Outcome::Message(m) => message(c, me, d, m, told)?,
         receive::Outcome::Joined(j) => joined(p, c, me, j, &events, now_ms, told)?,
@@ -273,10 +282,16 @@ fn committed(
             Event::MemberLeft(handle) => membership.push(NoticeKind::MemberLeft {
                 handle: handle.clone(),
             }),
-            Event::Removed | Event::ReaddPending => {}
+            Event::Removed | Event::ReaddPending | Event::DeviceWiped(_) => {}
         }
     }
     record_members(c, me, &commit.members, &mut told.warnings)?;
+    // A member whose last devices left wiped has no device left: said so,
+    // rather than that it left.
+    for handle in settle_wiped(c, &g, &commit.members)? {
+        membership.retain(|k| !matches!(k, NoticeKind::MemberLeft { handle: h } if *h == handle));
+        membership.push(NoticeKind::NoDeviceLeft { handle });
+    }
     let (is_group, name) = conversation_name(p, c, g, me, &commit.members)?;
     if rows::conversation_state(c, &g)? == Some(ConversationState::Leaving) {
         told.leave = true;

@@ -306,13 +306,24 @@ pub fn clear_pending<P: Provider>(
     g.kept(cleared)
 }
 
+/// The authenticated data of the leave a device proposes as it obeys a
+/// wipe order: the members learn that the device was wiped, not only that
+/// it left, and a group shows an account whose every device left so as
+/// having no device left.
+pub const WIPED: &[u8] = b"sotto-wiped-v1";
+
 /// Proposes this device's removal (leaving); another member commits it.
+/// `wiped`: the device leaves because it obeys a wipe order ([`WIPED`]).
 pub fn propose_leave<P: Provider>(
     provider: &P,
     device: &DeviceKey,
     group_id: sotto_proto::GroupId,
+    wiped: bool,
 ) -> Result<Vec<u8>, CoreError> {
     let mut g = load(provider, group_id)?;
+    if wiped {
+        g.set_aad(WIPED.to_vec());
+    }
     let msg = g.leave_group(provider, device).map_err(internal);
     g.kept(msg)?.tls_serialize_detached().map_err(internal)
 }

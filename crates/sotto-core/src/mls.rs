@@ -597,6 +597,9 @@ pub enum Processed {
     Proposal {
         /// The member that proposed its own removal (a leave), if that is what it is.
         leaving: Option<CredentialIdentity>,
+        /// The leave said that its device obeys a wipe order
+        /// ([`crate::group::WIPED`]).
+        wiped: bool,
     },
     /// A proposal or other message that changes nothing visible.
     Other,
@@ -690,7 +693,10 @@ fn process_on<P: Provider>(
             }
             g.store_pending_proposal(provider.storage(), *p)
                 .map_err(storage)?;
-            Ok(Processed::Proposal { leaving })
+            Ok(Processed::Proposal {
+                leaving,
+                wiped: aad == crate::group::WIPED,
+            })
         }
         _ => Ok(Processed::Other),
     }

@@ -204,6 +204,8 @@ pub enum Event {
     MemberJoined(Handle),
     /// A member left or was removed.
     MemberLeft(Handle),
+    /// A member's device proposed its leave as it obeys a wipe order.
+    DeviceWiped(CredentialIdentity),
     /// This device was removed from the group.
     Removed,
     /// This device's leaf was replaced by a fresh one: the Welcome follows.
@@ -420,7 +422,14 @@ fn handshake_or_message<P: Provider>(
                 events,
             })
         }
-        (EnvelopeKind::Proposal, Processed::Proposal { .. }) => Ok(applied(Outcome::Proposal)),
+        (EnvelopeKind::Proposal, Processed::Proposal { leaving, wiped }) => Ok(Applied {
+            outcome: Outcome::Proposal,
+            events: leaving
+                .filter(|_| wiped)
+                .map(Event::DeviceWiped)
+                .into_iter()
+                .collect(),
+        }),
         (_, Processed::Proposal { .. }) => {
             Err(CoreError::Rejected("a proposal sent as a commit".into()))
         }

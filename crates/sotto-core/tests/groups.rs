@@ -460,14 +460,17 @@ fn removed_member_reads_nothing_after_and_new_member_nothing_before() {
 fn a_member_leaves_by_proposal_and_an_admin_commits_it() {
     let (alice, bob, carol) = (Peer::new("alice"), Peer::new("bob"), Peer::new("carol"));
     let mut server = ops(&[&bob, &carol], &alice, &[&alice]);
-    let leave = group::propose_leave(&carol.provider, &carol.device, G).unwrap();
+    let leave = group::propose_leave(&carol.provider, &carol.device, G, false).unwrap();
     // Only carol may propose carol's leave.
     let err = server.propose(&bob, &leave).unwrap_err();
     assert!(err.to_string().contains("another device"), "{err}");
     server.propose(&carol, &leave).unwrap();
     for p in [&alice, &bob] {
         match p.apply(G, &leave).unwrap() {
-            Processed::Proposal { leaving: Some(who) } => assert_eq!(who.account, carol.me.account),
+            Processed::Proposal {
+                leaving: Some(who),
+                wiped: false,
+            } => assert_eq!(who.account, carol.me.account),
             other => panic!("{other:?}"),
         }
     }
@@ -904,4 +907,27 @@ fn a_device_restored_from_a_backup_joins_beside_its_account_on_its_signed_list()
     assert_eq!(alice.read(G, &hello).unwrap(), "restored");
     let back = carol.send(G, "welcome back");
     assert_eq!(bob2.read(G, &back).unwrap(), "welcome back");
+}
+
+/// A device that obeys a wipe order says so in its leave's authenticated
+/// data: the members learn it was wiped, not that it left; the server
+/// takes it like any leave.
+#[test]
+fn a_wiped_device_leaves_saying_it_was_wiped() {
+    let (alice, bob, carol) = (Peer::new("alice"), Peer::new("bob"), Peer::new("carol"));
+    let mut server = ops(&[&bob, &carol], &alice, &[&alice]);
+    let leave = group::propose_leave(&carol.provider, &carol.device, G, true).unwrap();
+    server.propose(&carol, &leave).unwrap();
+    for p in [&alice, &bob] {
+        match p.apply(G, &leave).unwrap() {
+            Processed::Proposal {
+                leaving: Some(who),
+                wiped: true,
+            } => assert_eq!(who, carol.me),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Committed like any leave.
+    let c = bob.commit(G, Change::default());
+    assert_eq!(server.commit(&bob, &c).unwrap().members.len(), 2);
 }

@@ -266,7 +266,7 @@ impl Member {
             group: g,
             msg_id: MessageId(rand::random()),
             proposal: Blob(
-                group::propose_leave(&self.provider, &self.device, g).expect("a proposal"),
+                group::propose_leave(&self.provider, &self.device, g, false).expect("a proposal"),
             ),
         }
     }

@@ -53,6 +53,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0003_content.sql"),
         then: None,
     },
+    Migration {
+        version: 4,
+        name: "0004_no_device",
+        sql: include_str!("../../migrations/0004_no_device.sql"),
+        then: None,
+    },
 ];
 
 /// The version of a profile that has every migration.
