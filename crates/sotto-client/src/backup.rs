@@ -528,14 +528,14 @@ async fn sign_in(
     let challenge = conn.hello().challenge;
     let account = id.account.id();
     let t = sotto_proto::account_proof_transcript(&challenge, &account);
-    let current = match conn
+    let (current, live) = match conn
         .request(Request::AccountDeviceList {
             account,
             signature: id.account.sign(&t),
         })
         .await?
     {
-        Response::DeviceList(l) => l,
+        Response::AccountDevices { list, live } => (list, live),
         other => return Err(unexpected(&other)),
     };
     if current.account != account || !sotto_rules::signed::device_list_is_signed(&current) {
@@ -543,7 +543,14 @@ async fn sign_in(
             "the server handed out a device list the account did not sign".into(),
         ));
     }
-    let mut devices = current.devices.clone();
+    // The account's devices the server still has (a wiped or revoked one
+    // stays gone), and this one.
+    let mut devices: Vec<_> = current
+        .devices
+        .iter()
+        .copied()
+        .filter(|d| live.contains(d))
+        .collect();
     if devices.len() >= MAX_DEVICES_PER_ACCOUNT {
         return Err(ClientError::Invalid(format!(
             "the account has {} devices, the most it may have: revoke one from another device first",

@@ -138,7 +138,7 @@ pub enum Request {
     /// Before login: the signed device list of the account whose key
     /// signs this connection's challenge ([`account_proof_transcript`]).
     /// What a device restored from a backup needs to sign itself into its
-    /// account. Answered with `DeviceList`.
+    /// account. Answered with `AccountDevices`.
     AccountDeviceList {
         /// The account.
         account: AccountId,
@@ -158,8 +158,9 @@ pub struct RestoreRequest {
     pub version: u16,
     /// The new device.
     pub device: DeviceId,
-    /// The account's next device list, naming the new device, signed by
-    /// the account key (devices left out are revoked, as with
+    /// The account's next device list, naming the new device and
+    /// otherwise only live devices of the account, signed by the account
+    /// key (devices left out are revoked, as with
     /// [`Request::PublishDeviceList`]).
     pub device_list: SignedDeviceList,
     /// The device key's signature over [`restore_transcript`].
@@ -512,6 +513,15 @@ pub enum Response {
     Pong {
         /// The server's clock, milliseconds since the Unix epoch.
         server_time_ms: u64,
+    },
+    /// The answer to [`Request::AccountDeviceList`]: the account's signed
+    /// device list, and which of its devices the server still has (not
+    /// revoked, not wiped): a restored device's list names those only.
+    AccountDevices {
+        /// The signed list.
+        list: SignedDeviceList,
+        /// Its live devices.
+        live: Vec<DeviceId>,
     },
 }
 

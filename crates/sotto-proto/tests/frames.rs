@@ -202,6 +202,23 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
             req,
             result: Ok(Response::Pong { server_time_ms: t }),
         }),
+        (
+            any::<u32>(),
+            any::<[u8; 32]>(),
+            prop::collection::vec(device(), 0..4)
+        )
+            .prop_map(|(req, a, devices)| ServerFrame::Response {
+                req,
+                result: Ok(Response::AccountDevices {
+                    list: sotto_proto::SignedDeviceList {
+                        account: sotto_proto::AccountId(a),
+                        version: 2,
+                        devices: devices.clone(),
+                        signature: Signature([1; 64]),
+                    },
+                    live: devices,
+                }),
+            }),
         (any::<u32>(), any::<Option<u64>>(), any::<u64>()).prop_map(|(req, retry, cur)| {
             ServerFrame::Response {
                 req,

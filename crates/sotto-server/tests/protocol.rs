@@ -740,7 +740,7 @@ async fn restore(
     let challenge = conn.hello().challenge;
     let account = old.account.id();
     let t = sotto_proto::account_proof_transcript(&challenge, &account);
-    let current = match conn
+    let (current, live) = match conn
         .request(Request::AccountDeviceList {
             account,
             signature: old.account.sign(&t),
@@ -748,10 +748,10 @@ async fn restore(
         .await
         .unwrap()
     {
-        Response::DeviceList(l) => l,
+        Response::AccountDevices { list, live } => (list, live),
         other => panic!("{other:?}"),
     };
-    let mut devices = current.devices.clone();
+    let mut devices = live;
     devices.push(new.id());
     let t = sotto_proto::restore_transcript(&challenge, &account, &new.id());
     let req = RestoreRequest {
@@ -867,6 +867,47 @@ async fn a_restored_device_signs_in_with_the_account_key_and_joins_its_accounts_
         )
         .unwrap();
     assert_eq!(alice.epoch(g), alice2.epoch(g));
+
+    // A revoked (or wiped) device stays gone: a restore leaves it out, and
+    // a list that names it is refused.
+    let only2 = alice.account.sign_device_list(3, vec![alice2.id()]);
+    let r = conn2
+        .request(Request::PublishDeviceList(only2))
+        .await
+        .unwrap();
+    assert_eq!(r, Response::DeviceListStored { version: 3 });
+    let alice3 = alice.new_device();
+    let mut conn = w.connect().await;
+    let challenge = conn.hello().challenge;
+    let t = sotto_proto::account_proof_transcript(&challenge, &alice.account.id());
+    let live = match conn
+        .request(Request::AccountDeviceList {
+            account: alice.account.id(),
+            signature: alice.account.sign(&t),
+        })
+        .await
+        .unwrap()
+    {
+        Response::AccountDevices { live, .. } => live,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(live, [alice2.id()]);
+    let t = sotto_proto::restore_transcript(&challenge, &alice.account.id(), &alice3.id());
+    let r = conn
+        .request(Request::Restore(Box::new(RestoreRequest {
+            version: PROTOCOL_VERSION,
+            device: alice3.id(),
+            device_list: alice
+                .account
+                .sign_device_list(4, vec![alice.id(), alice2.id(), alice3.id()]),
+            device_signature: alice3.device.sign(&t),
+        })))
+        .await;
+    let e = server_error(r);
+    assert_eq!(e.code, ErrorCode::InvalidRequest, "{e:?}");
+    assert!(e.message.contains("no longer has"), "{e:?}");
+    let (_, r) = restore(&w, &alice, &alice3).await;
+    assert!(matches!(r, Ok(Response::LoggedIn(_))), "{r:?}");
 
     // A stranger's device restored into its own account gets neither the
     // group's GroupInfo nor in.

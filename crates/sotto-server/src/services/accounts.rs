@@ -155,13 +155,30 @@ impl<S: Store, B: Bus> Ctx<'_, S, B> {
             None
         };
         // Unknown account and bad signature look the same.
-        match list {
-            Some(l) => Ok(Response::DeviceList(l)),
-            None => {
-                let _ = failures.spend(self.source, &quota);
-                Err(ProtoError::new(ErrorCode::AuthFailed))
+        let Some(list) = list else {
+            let _ = failures.spend(self.source, &quota);
+            return Err(ProtoError::new(ErrorCode::AuthFailed));
+        };
+        let live = self.live_devices(&list).await?;
+        Ok(Response::AccountDevices { list, live })
+    }
+
+    /// The devices of `list` that are live devices of its account (not
+    /// revoked, not forgotten after a wipe).
+    async fn live_devices(&self, list: &SignedDeviceList) -> Result<Vec<DeviceId>, ProtoError> {
+        let mut live = Vec::with_capacity(list.devices.len());
+        for d in &list.devices {
+            let rec = self
+                .shared
+                .store
+                .device(*d)
+                .await
+                .map_err(|e| self.log_store(&e))?;
+            if rec.is_some_and(|r| r.account == list.account && !r.revoked) {
+                live.push(*d);
             }
         }
+        Ok(live)
     }
 
     /// A device restored from a backup joins its account on the account
@@ -198,6 +215,23 @@ impl<S: Store, B: Bus> Ctx<'_, S, B> {
             return Err(ProtoError::with_message(
                 ErrorCode::InvalidRequest,
                 "a device list must name the restored device and hold at most 16 distinct devices",
+            ));
+        }
+        // A wiped or revoked device stays gone: the list names the
+        // restored device and live ones only.
+        let others = SignedDeviceList {
+            devices: l
+                .devices
+                .iter()
+                .copied()
+                .filter(|d| *d != r.device)
+                .collect(),
+            ..l.clone()
+        };
+        if self.live_devices(&others).await?.len() != others.devices.len() {
+            return Err(ProtoError::with_message(
+                ErrorCode::InvalidRequest,
+                "the list names a device the account no longer has (revoked or wiped)",
             ));
         }
         let rec = self
