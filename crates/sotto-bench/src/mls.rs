@@ -937,7 +937,69 @@ pub(crate) fn run(quick: bool, sizes: Option<Vec<usize>>) -> anyhow::Result<Vec<
     }
     let mut out = tables(&rows, &plan);
     out.push(held_table(&held, &plan));
+    out.push(padding_table(quick)?);
     Ok(out)
+}
+
+/// What padding to size buckets costs an application message: its
+/// ciphertext as Sotto sends it and with no padding at all (openmls with
+/// a padding size of 0, in the same group), and the time to encrypt
+/// either way, for texts of several lengths (X-Wing, 2 members).
+fn padding_table(quick: bool) -> anyhow::Result<Table> {
+    let b = Bench::fresh(Suite::PostQuantum, 2)?;
+    let (g, ap, dev) = (b.g, &b.ap, &b.alice.device);
+    let reps = if quick { 20 } else { 200 };
+    let mut t = Table::new(
+        "mls",
+        "Padding to size buckets: one application message (X-Wing, 2 members)",
+        &[
+            "text bytes",
+            "padded bytes",
+            "unpadded bytes",
+            "overhead",
+            "encrypt padded µs",
+            "encrypt unpadded µs",
+        ],
+    );
+    let unpadded = MlsGroupJoinConfig::builder()
+        .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
+        .padding_size(0)
+        .sender_ratchet_configuration(SenderRatchetConfiguration::new(20, 1000))
+        .build();
+    for n in [16, 64, 200, 500, 1000, 4000, 16_000, 64_000] {
+        let text = vec![b'x'; n];
+        let (mut padded_t, mut raw_t) = (Vec::new(), Vec::new());
+        let (mut padded_len, mut raw_len) = (0, 0);
+        for _ in 0..reps {
+            let (c, d) = timed(|| Ok(mls::encrypt(ap, dev, g, &text)?))?;
+            padded_t.push(d);
+            padded_len = c.len();
+            let (c, d) = timed(|| {
+                let mut group = raw_load(ap, g)?;
+                group.set_configuration(ap.storage(), &unpadded)?;
+                Ok(group
+                    .create_message(ap, dev, &text)?
+                    .tls_serialize_detached()?)
+            })?;
+            raw_t.push(d);
+            raw_len = c.len();
+        }
+        t.row(vec![
+            n.to_string(),
+            padded_len.to_string(),
+            raw_len.to_string(),
+            format!(
+                "{:+.0}%",
+                (padded_len as f64 / raw_len.max(1) as f64 - 1.0) * 100.0
+            ),
+            us(median(padded_t)),
+            us(median(raw_t)),
+        ]);
+    }
+    t.note(format!(
+        "median of {reps} encryptions each; the unpadded one also stores its configuration (set back by the next padded one), so its time is an upper bound"
+    ));
+    Ok(t)
 }
 
 fn tables(rows: &[Costs], plan: &[(usize, usize, usize)]) -> Vec<Table> {

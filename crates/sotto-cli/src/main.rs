@@ -18,7 +18,14 @@ use zeroize::Zeroizing;
 #[derive(Parser)]
 #[command(
     name = "sotto",
-    version,
+    version = concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (commit ",
+        env!("SOTTO_COMMIT"),
+        "; ",
+        env!("SOTTO_RUSTC"),
+        ")"
+    ),
     about = "Sotto: end-to-end encrypted messaging over MLS"
 )]
 struct Cli {

@@ -506,3 +506,32 @@ fn a_failed_registration_leaves_the_profile_free() {
     let got = bob.sotto(&["receive"]).ok();
     assert!(got.ends_with("alice: from the laptop\n"), "{got}");
 }
+
+/// `--version` names the commit the binaries were built from (what a
+/// member compares with a published release, docs/OPERATING.md).
+#[test]
+fn the_version_names_the_commit_built_from() {
+    // Outside a git checkout (a source archive) the build cannot know it.
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(
+            || "unknown".to_owned(),
+            |o| String::from_utf8(o.stdout).unwrap().trim().to_owned(),
+        );
+    for name in ["sotto", "sotto-server"] {
+        let out = std::process::Command::new(sotto_test_support::bin(name))
+            .arg("--version")
+            .output()
+            .unwrap();
+        let v = String::from_utf8(out.stdout).unwrap();
+        let want = format!(
+            "{name} {} (commit {head}; rustc ",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(v.starts_with(&want), "{name}: {v:?}");
+    }
+}

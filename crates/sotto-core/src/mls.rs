@@ -73,20 +73,48 @@ fn create_config(
         .capabilities(capabilities())
         .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
         .use_ratchet_tree_extension(false)
-        .padding_size(64)
+        .padding_size(MIN_PADDED)
         .sender_ratchet_configuration(SenderRatchetConfiguration::new(20, 1000))
         .max_past_epochs(PAST_EPOCHS)
         .build())
 }
 
 fn join_config() -> MlsGroupJoinConfig {
+    join_config_padded(MIN_PADDED)
+}
+
+fn join_config_padded(padding: usize) -> MlsGroupJoinConfig {
     MlsGroupJoinConfig::builder()
         .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
         .use_ratchet_tree_extension(false)
-        .padding_size(64)
+        .padding_size(padding)
         .sender_ratchet_configuration(SenderRatchetConfiguration::new(20, 1000))
         .max_past_epochs(PAST_EPOCHS)
         .build()
+}
+
+/// The smallest size bucket of an application message. Application
+/// messages are padded with MLS's own padding (zeros inside the encrypted
+/// content, which every receiver checks and strips), so that a
+/// ciphertext's length tells only its bucket: the content (the message's
+/// bytes, their MLS framing and signature) and the AEAD tag fill a power
+/// of two from 256 bytes on (256, 512, 1 KiB, ... 128 KiB for the largest
+/// text), and the ciphertext is that plus a header of constant size (but
+/// for the ciphertext's length prefix, two bytes longer from 16 KiB).
+pub const MIN_PADDED: usize = 256;
+
+/// An upper bound of what MLS adds to an application message's bytes
+/// inside the encryption (group id, epoch, sender, the Ed25519 signature,
+/// length prefixes, the AEAD tag); if it ever falls short, the content
+/// pads to the next power of two, a bucket all the same.
+const CONTENT_OVERHEAD: usize = 160;
+
+/// The bucket an application message of `len` bytes is padded to: the
+/// length of its encrypted content and tag.
+pub fn padded_size(len: usize) -> usize {
+    (len.saturating_add(CONTENT_OVERHEAD))
+        .max(MIN_PADDED)
+        .next_power_of_two()
 }
 
 /// The capabilities every Sotto leaf advertises: the defaults plus the
@@ -349,9 +377,21 @@ pub fn encrypt_with_timer<P: Provider>(
 ) -> Result<(Vec<u8>, Option<u64>), CoreError> {
     let mut g = load(provider, group_id)?;
     let timer = sotto_rules::context::timer_of(g.extensions());
-    let out = g
-        .create_message(provider, device, plaintext)
-        .map_err(internal)
+    // MLS pads the content to a multiple of the padding size: the bucket
+    // itself, so that the content fills it exactly. Stored only when it
+    // changes (most messages fall in the first bucket).
+    let bucket = padded_size(plaintext.len());
+    let padded = if g.configuration().padding_size() == bucket {
+        Ok(())
+    } else {
+        g.set_configuration(provider.storage(), &join_config_padded(bucket))
+            .map_err(storage)
+    };
+    let out = padded
+        .and_then(|()| {
+            g.create_message(provider, device, plaintext)
+                .map_err(internal)
+        })
         .and_then(|out| g.past_epochs_done(provider).map(|()| out));
     let out = g.kept(out)?;
     Ok((out.tls_serialize_detached().map_err(internal)?, timer))

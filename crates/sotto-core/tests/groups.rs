@@ -931,3 +931,35 @@ fn a_wiped_device_leaves_saying_it_was_wiped() {
     let c = bob.commit(G, Change::default());
     assert_eq!(server.commit(&bob, &c).unwrap().members.len(), 2);
 }
+
+/// Application messages are padded to size buckets: every message whose
+/// content (with its framing, signature and tag) fits 256 bytes has one
+/// ciphertext length, the next ones 512, 1 KiB, 2 KiB..., each plus the
+/// same header (its length prefix aside); the receiver reads them as sent.
+#[test]
+fn application_messages_are_padded_to_size_buckets() {
+    let (alice, bob) = (Peer::new("alice"), Peer::new("bob"));
+    let _server = ops(&[&bob], &alice, &[&alice]);
+    let mut sized = |n: usize| {
+        let text = "x".repeat(n);
+        let ct = alice.send(G, &text);
+        assert_eq!(bob.read(G, &ct).unwrap(), text);
+        ct.len()
+    };
+    let first: Vec<usize> = [0, 1, 10, 40, 80].into_iter().map(&mut sized).collect();
+    assert!(first.iter().all(|l| *l == first[0]), "{first:?}");
+    let header = first[0] - mls::MIN_PADDED;
+    for (n, bucket) in [
+        (200, 512),
+        (1000, 2048),
+        (5, 256),
+        (3000, 4096),
+        (60_000, 65_536),
+    ] {
+        assert_eq!(mls::padded_size(n), bucket, "{n}");
+        // The ciphertext's length prefix takes two more bytes from 16 KiB.
+        let prefix = if bucket >= 16_384 { 2 } else { 0 };
+        assert_eq!(sized(n), bucket + header + prefix, "{n} bytes");
+    }
+    assert!(header < 128, "a header of {header} bytes");
+}

@@ -18,7 +18,18 @@ use sotto_server::store::postgres::PgStore;
 use sotto_server::{Clock as _, Shared, SystemClock, admin};
 
 #[derive(Parser)]
-#[command(name = "sotto-server", version, about = "The Sotto messaging server")]
+#[command(
+    name = "sotto-server",
+    version = concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (commit ",
+        env!("SOTTO_COMMIT"),
+        "; ",
+        env!("SOTTO_RUSTC"),
+        ")"
+    ),
+    about = "The Sotto messaging server"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
