@@ -953,7 +953,7 @@ fn padding_table(quick: bool) -> anyhow::Result<Table> {
         "mls",
         "Padding to size buckets: one application message (X-Wing, 2 members)",
         &[
-            "text bytes",
+            "plaintext bytes",
             "padded bytes",
             "unpadded bytes",
             "overhead",

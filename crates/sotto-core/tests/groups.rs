@@ -946,7 +946,7 @@ fn application_messages_are_padded_to_size_buckets() {
         assert_eq!(bob.read(G, &ct).unwrap(), text);
         ct.len()
     };
-    let first: Vec<usize> = [0, 1, 10, 40, 80].into_iter().map(&mut sized).collect();
+    let first: Vec<usize> = [0, 1, 10, 80, 150].into_iter().map(&mut sized).collect();
     assert!(first.iter().all(|l| *l == first[0]), "{first:?}");
     let header = first[0] - mls::MIN_PADDED;
     for (n, bucket) in [
