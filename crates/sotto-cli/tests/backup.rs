@@ -7,30 +7,12 @@
 //! disappearing messages and device keys never go into a backup.
 
 use serde_json::Value;
-use sotto_test_support::{Profile, World, files_containing};
+use sotto_test_support::{Profile, World, files_containing, sender_and_text};
 
 fn texts(p: &Profile, conversation: &str) -> Vec<String> {
-    p.sotto(&["history", conversation, "--json"])
-        .ok()
-        .lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            v["text"].as_str().unwrap().to_owned()
-        })
-        .collect()
-}
-
-fn received(p: &Profile) -> Vec<(String, String)> {
-    p.sotto(&["receive", "--json"])
-        .ok()
-        .lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            (
-                v["sender"].as_str().unwrap().to_owned(),
-                v["text"].as_str().unwrap().to_owned(),
-            )
-        })
+    p.history(conversation)
+        .into_iter()
+        .map(|(_, t)| t)
         .collect()
 }
 
@@ -50,14 +32,14 @@ fn a_backup_brings_history_contacts_and_conversations_back_on_a_new_machine() {
     alice
         .sotto(&["send", "bob", "the plan is in the blue folder"])
         .ok();
-    received(&bob);
+    bob.received();
     bob.sotto(&["send", "alice", "got it"]).ok();
     alice
         .sotto(&["group", "create", "ops", "bob", "carol"])
         .ok();
     alice.sotto(&["send", "ops", "standup at nine"]).ok();
-    received(&bob);
-    received(&carol);
+    bob.received();
+    carol.received();
     alice.sotto(&["receive"]).ok();
     alice.sotto(&["verify", "bob", "--confirm"]).ok();
     alice.sotto(&["read-receipts", "off"]).ok();
@@ -65,7 +47,7 @@ fn a_backup_brings_history_contacts_and_conversations_back_on_a_new_machine() {
     alice.sotto(&["disappear", "carol", "1h"]).ok();
     alice.sotto(&["send", "carol", "vanishing words"]).ok();
     assert_eq!(
-        received(&carol),
+        carol.received(),
         [("alice".to_owned(), "vanishing words".to_owned())]
     );
 
@@ -161,25 +143,19 @@ fn a_backup_brings_history_contacts_and_conversations_back_on_a_new_machine() {
         "{}",
         got.stderr()
     );
-    let mut got: Vec<String> = got
-        .ok()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["text"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
+    let mut got: Vec<String> = sender_and_text(&got.ok())
+        .into_iter()
+        .map(|(_, t)| t)
         .collect();
     got.sort();
     assert_eq!(got, ["back on a new laptop", "new machine, same me"]);
     assert_eq!(
-        received(&carol),
+        carol.received(),
         [("alice".to_owned(), "back on a new laptop".to_owned())]
     );
     bob.sotto(&["send", "alice", "welcome back"]).ok();
     carol.sotto(&["send", "ops", "hi again"]).ok();
-    let mut got = received(&new);
+    let mut got = new.received();
     got.sort();
     assert_eq!(
         got,
@@ -206,7 +182,7 @@ fn a_backup_brings_history_contacts_and_conversations_back_on_a_new_machine() {
         "{welcome}"
     );
     // The old device goes on too, and sees what its new sibling sent.
-    let old: Vec<String> = received(&alice).into_iter().map(|(_, t)| t).collect();
+    let old: Vec<String> = alice.received().into_iter().map(|(_, t)| t).collect();
     for t in [
         "back on a new laptop",
         "new machine, same me",
@@ -234,7 +210,7 @@ fn a_backup_brings_history_contacts_and_conversations_back_on_a_new_machine() {
     new.sotto(&["devices", "revoke", &old_id[..12]]).ok();
     bob.sotto(&["send", "ops", "after the revocation"]).ok();
     assert_eq!(
-        received(&new),
+        new.received(),
         [("bob".to_owned(), "after the revocation".to_owned())]
     );
     assert!(!alice.sotto(&["receive"]).out.status.success());

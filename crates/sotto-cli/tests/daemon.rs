@@ -577,17 +577,7 @@ fn the_example_echo_bot_answers() {
 
 /// (sender, text) of each line of `sotto history --json`.
 fn history(p: &Profile, conversation: &str) -> Vec<(String, String)> {
-    p.sotto(&["history", conversation, "--json"])
-        .ok()
-        .lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            (
-                v["sender"].as_str().unwrap_or_default().to_owned(),
-                v["text"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect()
+    p.history(conversation)
 }
 
 /// How many times each of `sent` is in `history`: (lost, duplicates).

@@ -6,18 +6,7 @@ use serde_json::Value;
 use sotto_test_support::{Profile, World};
 
 fn receive(p: &Profile) -> Vec<(String, String)> {
-    let mut v: Vec<(String, String)> = p
-        .sotto(&["receive", "--json"])
-        .ok()
-        .lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            (
-                v["sender"].as_str().unwrap().to_owned(),
-                v["text"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let mut v = p.received();
     v.sort();
     v
 }

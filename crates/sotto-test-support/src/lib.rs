@@ -183,6 +183,19 @@ impl Profile {
 }
 
 impl Profile {
+    /// (sender, text) of each message `sotto receive --json` shows.
+    #[track_caller]
+    pub fn received(&self) -> Vec<(String, String)> {
+        sender_and_text(&self.sotto(&["receive", "--json"]).ok())
+    }
+
+    /// (sender, text) of each message `sotto history CONVERSATION --json`
+    /// lists, oldest first.
+    #[track_caller]
+    pub fn history(&self, conversation: &str) -> Vec<(String, String)> {
+        sender_and_text(&self.sotto(&["history", conversation, "--json"]).ok())
+    }
+
     /// Runs `sotto` with `input` on standard input.
     pub fn sotto_stdin(&self, args: &[&str], input: &str) -> Run {
         use std::io::Write;
@@ -560,6 +573,20 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+/// (sender, text) of each line of `sotto receive --json` or `history
+/// --json` output.
+#[track_caller]
+pub fn sender_and_text(out: &str) -> Vec<(String, String)> {
+    out.lines()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad json line {l:?}: {e}"));
+            let field = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+            (field("sender"), field("text"))
+        })
+        .collect()
 }
 
 /// Every file under `dir`, recursively.
