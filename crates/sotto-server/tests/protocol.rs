@@ -906,6 +906,11 @@ async fn a_restored_device_signs_in_with_the_account_key_and_joins_its_accounts_
     let e = server_error(r);
     assert_eq!(e.code, ErrorCode::InvalidRequest, "{e:?}");
     assert!(e.message.contains("no longer has"), "{e:?}");
+    // Nor does a revoked device come back by restoring itself.
+    let (_, r) = restore(&w, &alice, &alice).await;
+    let e = server_error(r);
+    assert_eq!(e.code, ErrorCode::InvalidRequest, "{e:?}");
+    assert!(e.message.contains("revoked"), "{e:?}");
     let (_, r) = restore(&w, &alice, &alice3).await;
     assert!(matches!(r, Ok(Response::LoggedIn(_))), "{r:?}");
 

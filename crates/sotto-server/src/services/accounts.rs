@@ -240,10 +240,16 @@ impl<S: Store, B: Bus> Ctx<'_, S, B> {
             .device(r.device)
             .await
             .map_err(|e| self.log_store(&e))?;
-        let repeat = known == *l
-            && rec
-                .as_ref()
-                .is_some_and(|d| d.account == l.account && !d.revoked);
+        if rec
+            .as_ref()
+            .is_some_and(|d| d.account != l.account || d.revoked)
+        {
+            return Err(ProtoError::with_message(
+                ErrorCode::InvalidRequest,
+                "this device key was revoked, or is another account's",
+            ));
+        }
+        let repeat = known == *l && rec.is_some();
         if !repeat {
             match self
                 .shared
