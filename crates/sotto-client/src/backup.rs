@@ -348,7 +348,16 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<(), ClientError> {
     let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
     let _ = std::fs::remove_file(&tmp);
     match linked {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            // The new name is durable once its directory is synced.
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(failed)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(ClientError::Invalid(
             format!("{} exists: not overwriting it", path.display()),
         )),

@@ -830,7 +830,6 @@ impl Profile {
         Ok(())
     }
 
-    /// The request that proposes this device's removal from `g`.
     /// The request proposing this device's leave of `g` (`wiped`: as it
     /// obeys a wipe order, which the members are told).
     pub(crate) fn leave_request(
