@@ -2,15 +2,19 @@
 //! restored from an older backup, a commit it could not apply): the device
 //! notices deliveries it cannot read because its state is behind (or
 //! missing), fetches the group's GroupInfo and ratchet tree from the server
-//! (`GetGroupInfo`, member devices only) and rejoins by itself with an
-//! external commit that replaces its own leaf. The message history stays;
-//! what was sent while it was out of sync stays unreadable.
+//! (`GetGroupInfo`, devices of member accounts only) and rejoins by itself
+//! with an external commit that replaces its own leaf. The message history
+//! stays; what was sent while it was out of sync stays unreadable. A new
+//! device restored from an encrypted backup (`crate::backup`) joins the
+//! same way, with no leaf to replace: its commit adds its leaf beside its
+//! account's member devices and carries its account's signed device list.
 //!
 //! Nothing is taken on the server's word: the GroupInfo is signed by the
 //! member who made the epoch, the tree must match the hash in its signed
 //! group context, every leaf must carry a valid Sotto credential, and the
 //! server and every member accept an external commit only from a member
-//! device replacing its own leaf (`sotto_core::group`).
+//! device replacing its own leaf, or from a new device of a member account
+//! that its account's signed list names (`sotto_rules::judge`).
 
 use sotto_core::group;
 use sotto_core::mls;
