@@ -1,5 +1,6 @@
 //! The build script of `sotto` and `sotto-server`: their `--version`
-//! names the commit they were built from and the compiler that built them.
+//! (`SOTTO_VERSION`) names the commit they were built from and the
+//! compiler that built them.
 //! `SOTTO_COMMIT` (set by `scripts/reproducible-build.sh`) wins; otherwise
 //! `git rev-parse HEAD` of the checkout; `unknown` outside one. Rebuilt
 //! when HEAD moves.
@@ -26,14 +27,14 @@ fn main() {
         .filter(|c| !c.is_empty())
         .or_else(|| git(&["rev-parse", "HEAD"]))
         .unwrap_or_else(|| "unknown".to_owned());
-    println!("cargo:rustc-env=SOTTO_COMMIT={commit}");
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
-    let version = Command::new(rustc)
+    let compiler = Command::new(rustc)
         .arg("--version")
         .output()
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| "rustc unknown".to_owned());
-    println!("cargo:rustc-env=SOTTO_RUSTC={version}");
+    let package = std::env::var("CARGO_PKG_VERSION").unwrap_or_default();
+    println!("cargo:rustc-env=SOTTO_VERSION={package} (commit {commit}; {compiler})");
 }

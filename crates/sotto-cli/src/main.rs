@@ -18,14 +18,7 @@ use zeroize::Zeroizing;
 #[derive(Parser)]
 #[command(
     name = "sotto",
-    version = concat!(
-        env!("CARGO_PKG_VERSION"),
-        " (commit ",
-        env!("SOTTO_COMMIT"),
-        "; ",
-        env!("SOTTO_RUSTC"),
-        ")"
-    ),
+    version = env!("SOTTO_VERSION"),
     about = "Sotto: end-to-end encrypted messaging over MLS"
 )]
 struct Cli {

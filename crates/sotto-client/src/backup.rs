@@ -126,6 +126,23 @@ struct Snapshot {
     tables: Vec<Vec<Vec<Cell>>>,
 }
 
+impl Snapshot {
+    /// What it holds, counted.
+    fn summary(&self) -> BackupSummary {
+        let count = |t: &str| {
+            TABLES
+                .iter()
+                .position(|(name, ..)| *name == t)
+                .map_or(0, |i| self.tables[i].len())
+        };
+        BackupSummary {
+            conversations: count("conversations"),
+            messages: count("messages"),
+            contacts: count("contacts"),
+        }
+    }
+}
+
 impl Drop for Snapshot {
     fn drop(&mut self) {
         self.account_secret.zeroize();
@@ -271,7 +288,7 @@ fn value(c: &Cell) -> rusqlite::types::ToSqlOutput<'_> {
 }
 
 /// Reads what a backup of this profile holds, in one transaction.
-fn snapshot(p: &mut Profile, now_ms: u64) -> Result<(Snapshot, BackupSummary), ClientError> {
+fn snapshot(p: &mut Profile, now_ms: u64) -> Result<Snapshot, ClientError> {
     p.store.transaction(|_, c| {
         let mut tables = Vec::with_capacity(TABLES.len());
         for (table, columns, filter) in TABLES {
@@ -297,30 +314,16 @@ fn snapshot(p: &mut Profile, now_ms: u64) -> Result<(Snapshot, BackupSummary), C
                 settings.push(((*k).to_owned(), v));
             }
         }
-        let count = |t: &str| {
-            TABLES
-                .iter()
-                .position(|(name, ..)| *name == t)
-                .map_or(0, |i| tables[i].len())
-        };
-        let summary = BackupSummary {
-            conversations: count("conversations"),
-            messages: count("messages"),
-            contacts: count("contacts"),
-        };
-        Ok((
-            Snapshot {
-                version: SNAPSHOT_VERSION,
-                created_ms: now_ms,
-                account_secret: *p.id.account.secret(),
-                handle: p.id.handle.to_string(),
-                link: p.id.link.to_string(),
-                suite: p.id.suite.name().to_owned(),
-                settings,
-                tables,
-            },
-            summary,
-        ))
+        Ok(Snapshot {
+            version: SNAPSHOT_VERSION,
+            created_ms: now_ms,
+            account_secret: *p.id.account.secret(),
+            handle: p.id.handle.to_string(),
+            link: p.id.link.to_string(),
+            suite: p.id.suite.name().to_owned(),
+            settings,
+            tables,
+        })
     })
 }
 
@@ -374,11 +377,11 @@ impl Profile {
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<(RecoveryKey, BackupSummary), ClientError> {
         let now = self.now_ms();
-        let (snap, summary) = snapshot(self, now)?;
+        let snap = snapshot(self, now)?;
         let key = RecoveryKey::generate(rng);
         let bytes = seal(&snap, &key, rng)?;
         write_new(path, &bytes)?;
-        Ok((key, summary))
+        Ok((key, snap.summary()))
     }
 }
 
@@ -454,7 +457,7 @@ pub(crate) async fn restore(
         ..id
     };
     store.save_identity(&id)?;
-    let summary = store.transaction(|_, c| {
+    store.transaction(|_, c| {
         for ((table, columns, _), rows) in TABLES.iter().zip(&snap.tables) {
             let n = columns.split(',').count();
             let marks = vec!["?"; n].join(", ");
@@ -491,16 +494,9 @@ pub(crate) async fn restore(
                 rows::note_out_of_sync(c, &sotto_proto::GroupId(g))?;
             }
         }
-        let count = |t: &str| -> Result<usize, ClientError> {
-            let n: i64 = c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))?;
-            Ok(usize::try_from(n).unwrap_or(0))
-        };
-        Ok(BackupSummary {
-            conversations: count("conversations")?,
-            messages: count("messages")?,
-            contacts: count("contacts")?,
-        })
+        Ok(())
     })?;
+    let summary = snap.summary();
     drop(snap);
     let mut p = Profile::new(store, id);
     p.replenish(&mut conn, session.key_packages, session.has_last_resort)

@@ -20,14 +20,7 @@ use sotto_server::{Clock as _, Shared, SystemClock, admin};
 #[derive(Parser)]
 #[command(
     name = "sotto-server",
-    version = concat!(
-        env!("CARGO_PKG_VERSION"),
-        " (commit ",
-        env!("SOTTO_COMMIT"),
-        "; ",
-        env!("SOTTO_RUSTC"),
-        ")"
-    ),
+    version = env!("SOTTO_VERSION"),
     about = "The Sotto messaging server"
 )]
 struct Cli {

@@ -10,8 +10,9 @@ use sotto_client::{ClientError, ServerLink};
 
 use sotto_core::DeviceKey;
 use sotto_proto::{
-    Blob, ClientFrame, CommitRequest, EnvelopeKind, ErrorCode, GroupId, Handle, LoginRequest,
-    MessageId, PROTOCOL_VERSION, Request, Response, RestoreRequest, ServerFrame, UploadKeyPackages,
+    Blob, ClientFrame, CommitRequest, DeviceId, EnvelopeKind, ErrorCode, GroupId, Handle,
+    LoginRequest, MessageId, PROTOCOL_VERSION, Request, Response, RestoreRequest, ServerFrame,
+    SignedDeviceList, UploadKeyPackages,
 };
 use sotto_server::{Limits, ServerConfig};
 mod common;
@@ -728,39 +729,51 @@ async fn the_server_checks_commits_and_proposals_and_hands_group_infos_to_member
     );
 }
 
-/// `AccountDeviceList` then `Restore` on a new connection, for `new`, a
-/// new device of `old`'s account: the list it signs holds the account's
-/// current devices and `new`.
-async fn restore(
-    w: &World,
-    old: &Device,
-    new: &Device,
-) -> (Connection, Result<Response, ClientError>) {
-    let mut conn = w.connect().await;
-    let challenge = conn.hello().challenge;
-    let account = old.account.id();
-    let t = sotto_proto::account_proof_transcript(&challenge, &account);
-    let (current, live) = match conn
+/// `AccountDeviceList` for `account`'s key on `conn`: the signed list and
+/// its live devices.
+async fn account_devices(
+    conn: &mut Connection,
+    account: &sotto_core::AccountKey,
+) -> (SignedDeviceList, Vec<DeviceId>) {
+    let t = sotto_proto::account_proof_transcript(&conn.hello().challenge, &account.id());
+    match conn
         .request(Request::AccountDeviceList {
-            account,
-            signature: old.account.sign(&t),
+            account: account.id(),
+            signature: account.sign(&t),
         })
         .await
         .unwrap()
     {
         Response::AccountDevices { list, live } => (list, live),
         other => panic!("{other:?}"),
-    };
-    let mut devices = live;
-    devices.push(new.id());
-    let t = sotto_proto::restore_transcript(&challenge, &account, &new.id());
-    let req = RestoreRequest {
+    }
+}
+
+/// `Restore` of `new` with `list`, its device signature over `challenge`.
+fn restore_request(new: &Device, challenge: &[u8; 32], list: SignedDeviceList) -> Request {
+    let t = sotto_proto::restore_transcript(challenge, &list.account, &new.id());
+    Request::Restore(Box::new(RestoreRequest {
         version: PROTOCOL_VERSION,
         device: new.id(),
-        device_list: old.account.sign_device_list(current.version + 1, devices),
+        device_list: list,
         device_signature: new.device.sign(&t),
-    };
-    let r = conn.request(Request::Restore(Box::new(req))).await;
+    }))
+}
+
+/// `AccountDeviceList` then `Restore` on a new connection, for `new`, a
+/// new device of `old`'s account: the list it signs holds the account's
+/// live devices and `new`.
+async fn restore(
+    w: &World,
+    old: &Device,
+    new: &Device,
+) -> (Connection, Result<Response, ClientError>) {
+    let mut conn = w.connect().await;
+    let (current, mut devices) = account_devices(&mut conn, &old.account).await;
+    devices.push(new.id());
+    let list = old.account.sign_device_list(current.version + 1, devices);
+    let req = restore_request(new, &conn.hello().challenge, list);
+    let r = conn.request(req).await;
     (conn, r)
 }
 
@@ -790,37 +803,19 @@ async fn a_restored_device_signs_in_with_the_account_key_and_joins_its_accounts_
         .await;
     assert_eq!(code(r), ErrorCode::AuthFailed);
     let mut conn = w.connect().await;
-    let t = sotto_proto::restore_transcript(
-        &conn.hello().challenge,
-        &alice.account.id(),
-        &mallory.id(),
-    );
     let mut forged = mallory
         .account
         .sign_device_list(2, vec![alice.id(), mallory.id()]);
     forged.account = alice.account.id();
-    let r = conn
-        .request(Request::Restore(Box::new(RestoreRequest {
-            version: PROTOCOL_VERSION,
-            device: mallory.id(),
-            device_list: forged,
-            device_signature: mallory.device.sign(&t),
-        })))
-        .await;
+    let req = restore_request(&mallory, &conn.hello().challenge, forged);
+    let r = conn.request(req).await;
     assert_eq!(code(r), ErrorCode::AuthFailed);
     let alice2 = alice.new_device();
     let mut conn = w.connect().await;
-    let t = sotto_proto::restore_transcript(&[0; 32], &alice.account.id(), &alice2.id());
-    let r = conn
-        .request(Request::Restore(Box::new(RestoreRequest {
-            version: PROTOCOL_VERSION,
-            device: alice2.id(),
-            device_list: alice
-                .account
-                .sign_device_list(2, vec![alice.id(), alice2.id()]),
-            device_signature: alice2.device.sign(&t),
-        })))
-        .await;
+    let list = alice
+        .account
+        .sign_device_list(2, vec![alice.id(), alice2.id()]);
+    let r = conn.request(restore_request(&alice2, &[0; 32], list)).await;
     assert_eq!(code(r), ErrorCode::AuthFailed);
 
     // With it: signed in, and on the account's list beside the old device.
@@ -878,31 +873,13 @@ async fn a_restored_device_signs_in_with_the_account_key_and_joins_its_accounts_
     assert_eq!(r, Response::DeviceListStored { version: 3 });
     let alice3 = alice.new_device();
     let mut conn = w.connect().await;
-    let challenge = conn.hello().challenge;
-    let t = sotto_proto::account_proof_transcript(&challenge, &alice.account.id());
-    let live = match conn
-        .request(Request::AccountDeviceList {
-            account: alice.account.id(),
-            signature: alice.account.sign(&t),
-        })
-        .await
-        .unwrap()
-    {
-        Response::AccountDevices { live, .. } => live,
-        other => panic!("{other:?}"),
-    };
+    let (_, live) = account_devices(&mut conn, &alice.account).await;
     assert_eq!(live, [alice2.id()]);
-    let t = sotto_proto::restore_transcript(&challenge, &alice.account.id(), &alice3.id());
-    let r = conn
-        .request(Request::Restore(Box::new(RestoreRequest {
-            version: PROTOCOL_VERSION,
-            device: alice3.id(),
-            device_list: alice
-                .account
-                .sign_device_list(4, vec![alice.id(), alice2.id(), alice3.id()]),
-            device_signature: alice3.device.sign(&t),
-        })))
-        .await;
+    let list = alice
+        .account
+        .sign_device_list(4, vec![alice.id(), alice2.id(), alice3.id()]);
+    let req = restore_request(&alice3, &conn.hello().challenge, list);
+    let r = conn.request(req).await;
     let e = server_error(r);
     assert_eq!(e.code, ErrorCode::InvalidRequest, "{e:?}");
     assert!(e.message.contains("no longer has"), "{e:?}");

@@ -83,15 +83,32 @@ impl<S: Store, B: Bus> Ctx<'_, S, B> {
         Ok(Response::LoggedIn(s))
     }
 
+    /// Fails closed: a source that failed to authenticate too often waits,
+    /// even with a valid signature.
+    fn auth_allowed(&self) -> Result<(), ProtoError> {
+        let quota = self.shared.config.limits.login_failures_per_source;
+        self.shared
+            .sources
+            .login_failures
+            .check(self.source, &quota)
+    }
+
+    /// Counts a failed authentication against this source, and answers it.
+    fn auth_failed(&self) -> ProtoError {
+        let quota = self.shared.config.limits.login_failures_per_source;
+        let _ = self
+            .shared
+            .sources
+            .login_failures
+            .spend(self.source, &quota);
+        ProtoError::new(ErrorCode::AuthFailed)
+    }
+
     pub(crate) async fn login(&self, l: LoginRequest) -> Result<Response, ProtoError> {
         if l.version != PROTOCOL_VERSION {
             return Err(ProtoError::new(ErrorCode::UnsupportedVersion));
         }
-        // Fail closed: a source that failed too often waits, even with a
-        // valid signature.
-        let quota = self.shared.config.limits.login_failures_per_source;
-        let failures = &self.shared.sources.login_failures;
-        failures.check(self.source, &quota)?;
+        self.auth_allowed()?;
         let rec = self
             .shared
             .store
@@ -102,8 +119,7 @@ impl<S: Store, B: Bus> Ctx<'_, S, B> {
         // Unknown device, revoked device and bad signature look the same.
         let sig_ok = verify(&l.device.0, &t, &l.signature);
         let Some(rec) = rec.filter(|r| !r.revoked && sig_ok) else {
-            let _ = failures.spend(self.source, &quota);
-            return Err(ProtoError::new(ErrorCode::AuthFailed));
+            return Err(self.auth_failed());
         };
         self.logged_in(l.device, rec).await
     }
@@ -141,9 +157,7 @@ impl<S: Store, B: Bus> Ctx<'_, S, B> {
         account: AccountId,
         signature: Signature,
     ) -> Result<Response, ProtoError> {
-        let quota = self.shared.config.limits.login_failures_per_source;
-        let failures = &self.shared.sources.login_failures;
-        failures.check(self.source, &quota)?;
+        self.auth_allowed()?;
         let t = sotto_proto::account_proof_transcript(self.challenge, &account);
         let list = if verify(&account.0, &t, &signature) {
             self.shared
@@ -156,26 +170,31 @@ impl<S: Store, B: Bus> Ctx<'_, S, B> {
         };
         // Unknown account and bad signature look the same.
         let Some(list) = list else {
-            let _ = failures.spend(self.source, &quota);
-            return Err(ProtoError::new(ErrorCode::AuthFailed));
+            return Err(self.auth_failed());
         };
-        let live = self.live_devices(&list).await?;
+        let live = self
+            .live_devices(list.account, list.devices.iter().copied())
+            .await?;
         Ok(Response::AccountDevices { list, live })
     }
 
-    /// The devices of `list` that are live devices of its account (not
-    /// revoked, not forgotten after a wipe).
-    async fn live_devices(&self, list: &SignedDeviceList) -> Result<Vec<DeviceId>, ProtoError> {
-        let mut live = Vec::with_capacity(list.devices.len());
-        for d in &list.devices {
+    /// Those of `devices` that are live devices of `account` (not revoked,
+    /// not forgotten after a wipe).
+    async fn live_devices(
+        &self,
+        account: AccountId,
+        devices: impl Iterator<Item = DeviceId>,
+    ) -> Result<Vec<DeviceId>, ProtoError> {
+        let mut live = Vec::new();
+        for d in devices {
             let rec = self
                 .shared
                 .store
-                .device(*d)
+                .device(d)
                 .await
                 .map_err(|e| self.log_store(&e))?;
-            if rec.is_some_and(|r| r.account == list.account && !r.revoked) {
-                live.push(*d);
+            if rec.is_some_and(|r| r.account == account && !r.revoked) {
+                live.push(d);
             }
         }
         Ok(live)
@@ -189,9 +208,7 @@ impl<S: Store, B: Bus> Ctx<'_, S, B> {
         if r.version != PROTOCOL_VERSION {
             return Err(ProtoError::new(ErrorCode::UnsupportedVersion));
         }
-        let quota = self.shared.config.limits.login_failures_per_source;
-        let failures = &self.shared.sources.login_failures;
-        failures.check(self.source, &quota)?;
+        self.auth_allowed()?;
         let l = &r.device_list;
         let t = sotto_proto::restore_transcript(self.challenge, &l.account, &r.device);
         let mut unique = l.devices.clone();
@@ -205,8 +222,7 @@ impl<S: Store, B: Bus> Ctx<'_, S, B> {
             .await
             .map_err(|e| self.log_store(&e))?;
         let Some(known) = known.filter(|_| signed) else {
-            let _ = failures.spend(self.source, &quota);
-            return Err(ProtoError::new(ErrorCode::AuthFailed));
+            return Err(self.auth_failed());
         };
         if !l.devices.contains(&r.device)
             || unique.len() != l.devices.len()
@@ -219,16 +235,8 @@ impl<S: Store, B: Bus> Ctx<'_, S, B> {
         }
         // A wiped or revoked device stays gone: the list names the
         // restored device and live ones only.
-        let others = SignedDeviceList {
-            devices: l
-                .devices
-                .iter()
-                .copied()
-                .filter(|d| *d != r.device)
-                .collect(),
-            ..l.clone()
-        };
-        if self.live_devices(&others).await?.len() != others.devices.len() {
+        let others = l.devices.iter().copied().filter(|d| *d != r.device);
+        if self.live_devices(l.account, others.clone()).await?.len() != others.count() {
             return Err(ProtoError::with_message(
                 ErrorCode::InvalidRequest,
                 "the list names a device the account no longer has (revoked or wiped)",
