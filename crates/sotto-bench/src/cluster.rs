@@ -63,7 +63,7 @@ pub(crate) async fn run(ctx: &Ctx, pairs: usize, secs: u64) -> anyhow::Result<Ve
         )?;
         let bdir = tmp.path().join("b");
         std::fs::create_dir_all(&bdir)?;
-        for f in ["tls-cert.der", "tls-key.der"] {
+        for f in ["tls-cert.der", "tls-key.der", "directory.key"] {
             std::fs::copy(a.process.data.join(f), bdir.join(f))?;
         }
         let b_addr = format!("127.0.0.1:{}", free_port()).parse()?;

@@ -14,7 +14,8 @@
 //! (1:1 delivery on SQLite, PostgreSQL and two nodes with NATS) and
 //! `groups` (client-side MLS group operations), `checks` (the server's check
 //! of a commit against openmls's `PublicGroup` alone) and `mls` (Sotto's
-//! client core against raw openmls). Shared parts: `load` (the
+//! client core against raw openmls), `directory` (the key directory against
+//! akd in memory). Shared parts: `load` (the
 //! Sotto load generator), `members` (member devices and their KeyPackages
 //! for `groups` and `mls`), `brokers` (the comparators and their clients),
 //! `payload` (a real MLS ciphertext), `sys` (CPU, memory, pinning) and
@@ -31,6 +32,7 @@ mod cluster;
 mod commits;
 mod connections;
 mod direct;
+mod directory;
 mod fanout;
 mod floor;
 mod groups;
@@ -63,6 +65,7 @@ const SCENARIOS: &[&str] = &[
     "checks",
     "mls",
     "watch",
+    "directory",
 ];
 
 /// Scenarios of the benchmark issue that do not exist yet.
@@ -100,7 +103,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: sotto-bench <scenario>|all [--quick] [--out FILE.json|FILE.csv] [scenario arguments]
-scenarios: floor, direct, fanout, offline, commits, connections, cluster [PAIRS] [SECONDS], groups [SIZES] [REPETITIONS], clients [SIZES] [MESSAGES], checks [SIZES], mls [SIZES], watch [SIZES]";
+scenarios: floor, direct, fanout, offline, commits, connections, cluster [PAIRS] [SECONDS], groups [SIZES] [REPETITIONS], clients [SIZES] [MESSAGES], checks [SIZES], mls [SIZES], watch [SIZES], directory [ACCOUNTS]";
 
 fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Args> {
     let mut scenario = None;
@@ -205,6 +208,14 @@ async fn run_one(name: &str, ctx: &Ctx, rest: &[String]) -> anyhow::Result<Vec<T
                 .transpose()?
                 .unwrap_or(if ctx.quick { 3 } else { 200 });
             clients::run(ctx, &sizes, messages).await
+        }
+        "directory" => {
+            let accounts = rest
+                .first()
+                .map(|s| s.parse())
+                .transpose()?
+                .unwrap_or(if ctx.quick { 100 } else { 5_000 });
+            directory::run(accounts).await
         }
         "watch" => {
             let sizes = sizes(rest, ctx.quick, &[100], &[100, 1_000, 10_000])?;

@@ -197,6 +197,18 @@ enum Cmd {
         #[arg(long)]
         kill_code: Option<String>,
     },
+    /// Check, as an independent auditor, that the server's key directory
+    /// only grew between two epochs (no profile needed).
+    Audit {
+        /// The server link.
+        link: String,
+        /// The first epoch.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// The last epoch (default: the newest).
+        #[arg(long)]
+        to: Option<u64>,
+    },
     /// Set a duress passphrase: unlocking with it silently destroys this profile.
     #[command(subcommand)]
     Duress(DuressCmd),
@@ -424,11 +436,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         println!("wipe ordered for {n} device(s) of {handle}");
         return Ok(());
     }
+    if let Cmd::Audit { link, from, to } = &cli.cmd {
+        let link = ServerLink::parse(link)?;
+        let a = sotto_client::audit::audit(&link, *from, *to).await?;
+        println!(
+            "the key directory only grew from epoch {} to {}: every append-only proof holds",
+            a.from, a.to
+        );
+        println!("root hash of epoch {}: {}", a.to, hex::encode(a.root));
+        println!("directory key: {}", hex::encode(a.vrf_key));
+        return Ok(());
+    }
     let profile = cli
         .profile
         .context("no profile: pass --profile DIR or set SOTTO_PROFILE")?;
     match cli.cmd {
-        Cmd::Wipe { .. } => unreachable!("handled above"),
+        Cmd::Wipe { .. } | Cmd::Audit { .. } => unreachable!("handled above"),
         Cmd::Chat => {
             if !std::io::stdout().is_terminal() {
                 bail!("sotto chat needs a terminal");
@@ -829,8 +852,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn perform(profile: &std::path::Path, op: Op) -> anyhow::Result<()> {
     let pass = passphrase(false)?;
     let mut c = Client::open(profile, &pass)?;
-    let outcome = sotto_cli::ops::perform(&mut c, &op).await?;
+    let outcome = sotto_cli::ops::perform(&mut c, &op).await;
+    // What was found before a failure is shown too (an alarm, a changed key).
     warn(&mut c);
+    let outcome = outcome?;
     // A queued message is safe, but not sent: a script must know (exit 1).
     if let sotto_cli::ops::Outcome::Sent(sotto_client::Sent::Queued(id)) = outcome {
         anyhow::bail!(

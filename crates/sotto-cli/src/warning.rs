@@ -81,6 +81,9 @@ pub fn text(w: &Warning) -> String {
             conversation,
             why: NotSentBecause::NoLongerMember,
         } => format!("a message to {conversation} was not sent: this device is no longer a member"),
+        Warning::DirectoryAlarm { what } => format!(
+            "ALARM: the server's key directory shows your account something you did not do: {what}. The server may be showing others false keys for you; tell your contacts to compare safety numbers"
+        ),
     }
 }
 
@@ -226,6 +229,10 @@ mod tests {
                 Warning::NotSent { conversation: "ops".into(), why: NotSentBecause::QueuedByOlderVersion },
                 "a message to ops queued by an older version could not be sent again: send it again".into(),
             ),
+            (
+                Warning::DirectoryAlarm { what: "version 2 (epoch 5) of your handle names another account key".into() },
+                "ALARM: the server's key directory shows your account something you did not do: version 2 (epoch 5) of your handle names another account key. The server may be showing others false keys for you; tell your contacts to compare safety numbers".into(),
+            ),
         ];
         let mut kinds = std::collections::BTreeSet::new();
         for (w, want) in cases.into_iter().chain(more) {
@@ -238,6 +245,6 @@ mod tests {
             kinds.insert(kind);
         }
         // Every variant is worded above, each with a name of its own.
-        assert_eq!(kinds.len(), 17, "{kinds:?}");
+        assert_eq!(kinds.len(), 18, "{kinds:?}");
     }
 }

@@ -102,6 +102,7 @@ pub async fn run(
         events,
         state: None,
         backoff: Duration::from_secs(1),
+        directory_check: tokio::time::Instant::now() + DIRECTORY_CHECK,
     };
     if w.run(&mut client, &mut commands).await.is_err() {
         // The front end is gone.
@@ -113,7 +114,14 @@ struct Worker {
     events: mpsc::Sender<Event>,
     state: Option<Connection>,
     backoff: Duration,
+    /// When the account's own key-directory entry is checked next (every
+    /// login checks it too).
+    directory_check: tokio::time::Instant,
 }
+
+/// How often a session that stays online checks its own entry in the key
+/// directory.
+const DIRECTORY_CHECK: Duration = Duration::from_secs(3600);
 
 /// The front end dropped its receiver.
 struct Gone;
@@ -159,6 +167,7 @@ impl Worker {
                 match client.go_online().await {
                     Ok(u) => {
                         self.backoff = Duration::from_secs(1);
+                        self.directory_check = tokio::time::Instant::now() + DIRECTORY_CHECK;
                         self.set_state(Connection::Online).await?;
                         self.report(client, u).await?;
                     }
@@ -191,6 +200,17 @@ impl Worker {
                     None => return Ok(()),
                 },
                 () = until(expiry(client)) => self.expire(client).await?,
+                () = tokio::time::sleep_until(self.directory_check) => {
+                    self.directory_check = tokio::time::Instant::now() + DIRECTORY_CHECK;
+                    match client.check_directory().await {
+                        Ok(u) => self.report(client, u).await?,
+                        Err(e) => {
+                            if self.fatal(&e).await? {
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
                 r = client.pushed() => {
                     let r = match r {
                         Ok(()) => client.process_pushed().await,

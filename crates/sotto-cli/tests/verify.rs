@@ -2,7 +2,7 @@
 //! safety number; a server that rebinds a verified handle to another key is
 //! caught, and sending needs the user's confirmation of the new key.
 
-use sotto_test_support::{Profile, ServerProcess, World};
+use sotto_test_support::{Profile, ServerProcess, World, malice};
 
 /// The 60 digits of `sotto verify`.
 fn number(out: &str) -> String {
@@ -27,34 +27,6 @@ fn rebind(server: &ServerProcess, victim: &str, impostor: &str) {
         "UPDATE accounts SET handle = ?1 WHERE handle = ?2",
         [victim, impostor],
     )
-    .unwrap();
-}
-
-/// A thorough malicious server: it serves, for `victim`, an account made
-/// elsewhere whose keys really do name `victim` (registered on the server
-/// `evil`, then grafted into `server`'s database).
-fn impersonate(server: &ServerProcess, evil: &ServerProcess, victim: &str) {
-    let db = rusqlite::Connection::open(server.data.join("server.db")).unwrap();
-    db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
-    let evil_db = evil.data.join("server.db");
-    db.execute("ATTACH DATABASE ?1 AS evil", [evil_db.to_str().unwrap()])
-        .unwrap();
-    db.execute_batch(&format!(
-        "BEGIN;
-         UPDATE accounts SET handle = 'gone-' || handle WHERE handle = '{victim}';
-         INSERT INTO accounts SELECT * FROM evil.accounts WHERE handle = '{victim}';
-         INSERT INTO devices SELECT d.* FROM evil.devices d JOIN evil.accounts a ON a.account = d.account
-             WHERE a.handle = '{victim}';
-         INSERT INTO key_packages SELECT k.* FROM evil.key_packages k
-             JOIN evil.devices d ON d.device = k.device JOIN evil.accounts a ON a.account = d.account
-             WHERE a.handle = '{victim}';
-         INSERT INTO device_lists SELECT l.* FROM evil.device_lists l JOIN evil.accounts a ON a.account = l.account
-             WHERE a.handle = '{victim}';
-         INSERT INTO last_resort_key_packages SELECT k.* FROM evil.last_resort_key_packages k
-             JOIN evil.devices d ON d.device = k.device JOIN evil.accounts a ON a.account = d.account
-             WHERE a.handle = '{victim}';
-         COMMIT;"
-    ))
     .unwrap();
 }
 
@@ -118,8 +90,8 @@ fn a_server_swapping_a_verified_contacts_key_is_caught() {
     let before = number(&alice.sotto(&["verify", "bob"]).ok());
     alice.sotto(&["verify", "bob", "--confirm"]).ok();
 
-    impersonate(server, &evil.server, "bob");
-    impersonate(server, &evil.server, "carol");
+    malice::graft_account(server, &evil.server, "bob");
+    malice::graft_account(server, &evil.server, "carol");
 
     // A verified contact: refused until the user confirms the new key.
     alice

@@ -243,6 +243,8 @@ impl Client {
         let mut p = Profile::new(store, id);
         p.replenish(&mut conn, session.key_packages, session.has_last_resort)
             .await?;
+        // Pins the key directory and checks the new entry.
+        p.monitor_directory(&mut conn).await?;
         conn.close().await;
         Ok(Self::from_profile(p))
     }

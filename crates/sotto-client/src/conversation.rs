@@ -348,6 +348,14 @@ pub enum Warning {
         /// The server's reason.
         reason: String,
     },
+    /// The key directory shows something about this account that this
+    /// device did not make (another account key under its handle, a
+    /// device list rolled back or not its own), or a proof of its own
+    /// entry that does not hold: the server is lying about this account.
+    DirectoryAlarm {
+        /// What was found.
+        what: String,
+    },
     /// A queued message was not sent and left the outbox.
     NotSent {
         /// The conversation's name.
@@ -406,6 +414,7 @@ impl Warning {
             Self::FileSaved { .. } => "file_saved",
             Self::ChangeRefused { .. } => "change_refused",
             Self::NotSent { .. } => "not_sent",
+            Self::DirectoryAlarm { .. } => "directory_alarm",
         }
     }
 }

@@ -183,6 +183,9 @@ impl Profile {
                 "the server listed a device for {handle} that {handle}'s account did not sign for"
             )));
         }
+        // The account and its list must be the ones the key directory
+        // lists for the handle, before anything is recorded.
+        self.check_contact(conn, handle, list).await?;
         let mut key_packages: Vec<KeyPackage> = Vec::new();
         let mut foreign = 0;
         let mut warnings = Vec::new();

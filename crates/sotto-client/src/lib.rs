@@ -44,6 +44,7 @@
 //! server only after the MLS state change, the decrypted message and the
 //! dedup marker were committed in one local transaction.
 
+pub mod audit;
 pub mod backup;
 mod blocks;
 pub mod client;
@@ -51,6 +52,7 @@ pub mod clock;
 mod content;
 mod conversation;
 pub mod devices;
+mod directory;
 pub mod error;
 pub mod files;
 mod groups;

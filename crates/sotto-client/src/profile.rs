@@ -101,6 +101,7 @@ impl Profile {
             .await?;
         self.refresh_kill_record(conn, s.kill_record_version)
             .await?;
+        self.monitor_directory(conn).await?;
         self.settle_pending_commits(conn).await
     }
 

@@ -186,6 +186,18 @@ impl Client {
         self.take_updates()
     }
 
+    /// Checks this account's own entry in the server's key directory on
+    /// the kept connection, as every login does (`directory.rs`): a long
+    /// session calls it on a schedule. What it finds comes back as
+    /// [`Warning::DirectoryAlarm`](crate::Warning::DirectoryAlarm).
+    pub async fn check_directory(&mut self) -> Result<Updates, ClientError> {
+        if let Some(mut conn) = self.kept.take() {
+            self.p.monitor_directory(&mut conn).await?;
+            self.kept = Some(conn);
+        }
+        self.take_updates()
+    }
+
     /// Messages stored but not shown yet, notices and warnings, each handed
     /// out once.
     pub fn take_updates(&mut self) -> Result<Updates, ClientError> {

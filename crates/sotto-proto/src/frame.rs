@@ -149,6 +149,43 @@ pub enum Request {
     /// alone (a device restored from a backup, with no other device to
     /// approve it), and authenticates as it. Answered with `LoggedIn`.
     Restore(Box<RestoreRequest>),
+    /// Before or after login: the key directory's VRF public key and its
+    /// newest root. Answered with `DirectoryInfo`.
+    DirectoryInfo,
+    /// A proof of what the key directory holds for a handle at its newest
+    /// epoch. Answered with `DirectoryProof` (a lookup proof).
+    DirectoryLookup {
+        /// Whose entry.
+        handle: Handle,
+    },
+    /// The whole history of a handle in the key directory, with its
+    /// proof: what a device asks for its own handle. Answered with
+    /// `DirectoryProof` (a history proof).
+    DirectoryHistory {
+        /// Whose history.
+        handle: Handle,
+    },
+    /// Before or after login: the proof that the key directory only grew
+    /// from epoch `from` to `to` (at most [`MAX_AUDIT_EPOCHS`] apart), as
+    /// an auditor asks for it. Answered with `DirectoryAudit`.
+    DirectoryAudit {
+        /// The first epoch.
+        from: u64,
+        /// The last epoch.
+        to: u64,
+    },
+}
+
+/// The most epochs one `DirectoryAudit` spans.
+pub const MAX_AUDIT_EPOCHS: u64 = 64;
+
+/// A root of the key directory: an epoch and its root hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DirectoryRoot {
+    /// The epoch.
+    pub epoch: u64,
+    /// Its root hash.
+    pub hash: [u8; 32],
 }
 
 /// A device restored from a backup, signed into its account.
@@ -522,6 +559,28 @@ pub enum Response {
         list: SignedDeviceList,
         /// Its live devices.
         live: Vec<DeviceId>,
+    },
+    /// The key directory's VRF public key and newest root.
+    DirectoryInfo {
+        /// The VRF public key every proof is checked under.
+        vrf_key: [u8; 32],
+        /// The newest root.
+        root: DirectoryRoot,
+    },
+    /// A lookup or history proof (`sotto_rules::directory`) against `root`.
+    DirectoryProof {
+        /// The root the proof is for.
+        root: DirectoryRoot,
+        /// The proof's postcard encoding.
+        proof: Blob,
+    },
+    /// An append-only proof from epoch `from` to `to`, with the root hash
+    /// of every epoch from `from` to `to`, in order.
+    DirectoryAudit {
+        /// The root hashes.
+        roots: Vec<[u8; 32]>,
+        /// The proof's postcard encoding.
+        proof: Blob,
     },
 }
 

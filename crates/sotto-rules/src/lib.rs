@@ -11,6 +11,8 @@
 //!   their codec;
 //! - [`credential`]: what an MLS credential names and how a leaf is checked
 //!   against it;
+//! - [`directory`]: the key directory's entries and the checks of its
+//!   proofs (`akd_core`);
 //! - [`signed`]: verification of signed device lists, kill-code records and
 //!   wipe orders.
 //!
@@ -22,6 +24,7 @@
 
 pub mod context;
 pub mod credential;
+pub mod directory;
 pub mod error;
 pub mod judge;
 pub mod public;

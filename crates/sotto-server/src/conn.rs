@@ -296,6 +296,8 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
                 ctx.account_device_list(account, signature).await
             }
             (Request::Restore(r), None) => ctx.restore(*r).await,
+            (Request::DirectoryInfo, _) => ctx.directory_info().await,
+            (Request::DirectoryAudit { from, to }, _) => ctx.directory_audit(from, to).await,
             (Request::Register(_) | Request::Login(_) | Request::Restore(_), Some(_)) => Err(
                 ProtoError::with_message(ErrorCode::InvalidRequest, "already authenticated"),
             ),
@@ -440,5 +442,9 @@ fn request_kind(r: &Request) -> &'static str {
         Request::GetGroupInfo { .. } => "group_info",
         Request::AccountDeviceList { .. } => "account_device_list",
         Request::Restore(_) => "restore",
+        Request::DirectoryInfo => "directory_info",
+        Request::DirectoryLookup { .. } => "directory_lookup",
+        Request::DirectoryHistory { .. } => "directory_history",
+        Request::DirectoryAudit { .. } => "directory_audit",
     }
 }

@@ -1,5 +1,5 @@
-//! The server's data directory: the embedded database, the TLS identity and
-//! the server link. Created on first start; read by `run` and by
+//! The server's data directory: the embedded database, the TLS identity,
+//! the key directory's VRF key and the server link. Created on first start; read by `run` and by
 //! `sotto-server invite` (which may run beside a live server).
 
 use std::fs;
@@ -98,6 +98,24 @@ impl DataDir {
         write_private(&key, &id.key_der)?;
         write_private(&cert, &id.cert_der)?;
         Ok(id)
+    }
+
+    /// The key directory's VRF key (`directory.key`), generated on first
+    /// use. Every node of a cluster needs the same file: the directory's
+    /// labels depend on it.
+    pub fn directory_key(&self) -> anyhow::Result<crate::directory::VrfKey> {
+        let path = self.root.join("directory.key");
+        if path.exists() {
+            let bytes = zeroize::Zeroizing::new(fs::read(&path)?);
+            let key: [u8; 32] = bytes[..].try_into().map_err(|_| {
+                anyhow::anyhow!("{} is not a directory key (32 bytes)", path.display())
+            })?;
+            return Ok(crate::directory::VrfKey::from_bytes(key));
+        }
+        let mut key = zeroize::Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(&mut key[..]);
+        write_private(&path, &key[..])?;
+        Ok(crate::directory::VrfKey::from_bytes(*key))
     }
 
     /// Writes the server link to `server.link`.

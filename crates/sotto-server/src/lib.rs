@@ -16,6 +16,7 @@ pub mod bus;
 pub mod config;
 mod conn;
 pub mod datadir;
+pub mod directory;
 mod limits;
 pub mod metrics;
 mod server;

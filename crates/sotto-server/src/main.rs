@@ -312,7 +312,8 @@ async fn serve<S: Store, B: Bus>(
     };
     let link = format!("sotto://{host}#fp={}", tls.fingerprint());
     dir.write_link(&link)?;
-    let shared = Arc::new(Shared::new(store, bus, Arc::new(blobs), config));
+    let vrf = dir.directory_key()?;
+    let shared = Arc::new(Shared::new(store, bus, Arc::new(blobs), config, vrf));
     let (stop_admin, admin_stop) = tokio::sync::watch::channel(false);
     if !s.admin_listen.is_empty() {
         let addr: SocketAddr = s

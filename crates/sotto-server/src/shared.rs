@@ -1,6 +1,7 @@
 //! What every connection of a node shares: the store, the bus, the
 //! configuration, the blob store, the metrics, the limits kept in memory,
-//! the watch on connected devices' mailboxes, and the wall clock. Handed to
+//! the watch on connected devices' mailboxes, the key directory and the
+//! wall clock. Handed to
 //! every service at construction; there are no globals.
 
 use std::sync::Arc;
@@ -51,6 +52,8 @@ pub struct Shared<S, B> {
     pub(crate) sources: crate::limits::SourceGuards,
     /// The devices connected here, for delivery without the bus.
     pub(crate) watch: crate::watch::MailWatch,
+    /// The key directory (in the store, under the data directory's VRF key).
+    pub directory: crate::directory::KeyDirectory<S>,
 }
 
 impl<S: std::fmt::Debug, B: std::fmt::Debug> std::fmt::Debug for Shared<S, B> {
@@ -63,15 +66,19 @@ impl<S: std::fmt::Debug, B: std::fmt::Debug> std::fmt::Debug for Shared<S, B> {
     }
 }
 
-impl<S, B> Shared<S, B> {
-    /// Shared state for `run`, on the system clock.
+impl<S: crate::store::Store, B> Shared<S, B> {
+    /// Shared state for `run`, on the system clock, with the key directory
+    /// under `vrf` (`DataDir::directory_key`; every node of a cluster has
+    /// the same).
     pub fn new(
         store: S,
         bus: B,
         blobs: Arc<dyn crate::blobs::BlobStore>,
         config: ServerConfig,
+        vrf: crate::directory::VrfKey,
     ) -> Self {
         Self {
+            directory: crate::directory::KeyDirectory::new(store.clone(), vrf),
             store,
             bus,
             blobs,

@@ -16,6 +16,7 @@ async fn fresh() -> (PgDatabase, PgStore) {
 }
 
 sotto_server::store_conformance_tests!(fresh());
+sotto_server::directory_conformance_tests!(fresh());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_starting_together_migrate_once() {

@@ -19,6 +19,7 @@ async fn fresh() -> (tempfile::TempDir, SqliteStore) {
 }
 
 sotto_server::store_conformance_tests!(fresh());
+sotto_server::directory_conformance_tests!(fresh());
 
 #[tokio::test]
 async fn data_survives_reopening() {

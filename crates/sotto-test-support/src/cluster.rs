@@ -104,11 +104,12 @@ impl Cluster {
     }
 }
 
-/// Copies the first node's TLS identity into a new node's data directory.
+/// Copies the first node's TLS identity and key-directory key into a new
+/// node's data directory (docs/OPERATING.md, "Several nodes").
 fn share_tls(from: &Path, to: &PathBuf) {
     std::fs::create_dir_all(to).expect("node data dir");
-    for f in ["tls-cert.der", "tls-key.der"] {
-        std::fs::copy(from.join(f), to.join(f)).expect("copy TLS identity");
+    for f in ["tls-cert.der", "tls-key.der", "directory.key"] {
+        std::fs::copy(from.join(f), to.join(f)).expect("copy TLS identity and directory key");
     }
 }
 

@@ -10,6 +10,7 @@
 pub mod balancer;
 pub mod cluster;
 mod fake_time;
+pub mod malice;
 pub mod mls;
 pub mod proxy;
 pub mod services;
@@ -90,7 +91,9 @@ impl Run {
         self.stdout()
     }
 
-    /// Asserts failure with a one-line error on stderr containing `needle`.
+    /// Asserts failure with a one-line error on stderr containing `needle`
+    /// (after the warnings the command gathered before it failed, each a
+    /// line of its own).
     #[track_caller]
     pub fn fails_with(&self, needle: &str) {
         assert!(
@@ -100,9 +103,17 @@ impl Run {
         );
         let err = self.stderr();
         let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-        assert_eq!(lines.len(), 1, "expected one error line\n{}", self.report());
+        let Some((last, before)) = lines.split_last() else {
+            panic!("expected an error line\n{}", self.report());
+        };
         assert!(
-            lines[0].contains(needle),
+            before.iter().all(|l| l.starts_with("sotto: ")
+                && (l.contains("WARNING") || l.contains("ALARM") || l.contains("warning"))),
+            "expected warnings before the one error line\n{}",
+            self.report()
+        );
+        assert!(
+            last.contains(needle),
             "expected an error containing {needle:?}\n{}",
             self.report()
         );
@@ -534,7 +545,14 @@ impl InProcessServer {
         let addr = listener.local_addr().expect("addr");
         let link = format!("sotto://{addr}#fp={}", tls.fingerprint());
         let blobs = data.blob_store().expect("blob store");
-        let shared = Arc::new(Shared::new(store, LocalBus::new(), Arc::new(blobs), config));
+        let vrf = data.directory_key().expect("directory key");
+        let shared = Arc::new(Shared::new(
+            store,
+            LocalBus::new(),
+            Arc::new(blobs),
+            config,
+            vrf,
+        ));
         let (tx, rx) = tokio::sync::oneshot::channel();
         let tls_cfg = tls.server_config().expect("tls config");
         let task = tokio::spawn(sotto_server::run(listener, tls_cfg, shared, async {

@@ -6,6 +6,7 @@ use sotto_proto::{
     AccountId, DeviceId, ErrorCode, LoginRequest, MAX_DEVICES_PER_ACCOUNT, PROTOCOL_VERSION,
     ProtoError, RegisterRequest, Response, RestoreRequest, Session, Signature, SignedDeviceList,
 };
+use sotto_rules::directory::Entry;
 use sotto_rules::signed::{device_list_is_signed, verify};
 
 use super::{Authed, Ctx};
@@ -72,6 +73,8 @@ impl<S: Store, B: Bus> Ctx<'_, S, B> {
             }
             Err(RegisterError::Store(e)) => return Err(self.log_store(&e)),
         }
+        self.publish_entry(&r.handle, Entry::of(&r.device_list))
+            .await;
         let s = Session {
             account: r.account,
             device: r.device,
@@ -289,6 +292,9 @@ impl<S: Store, B: Bus> Ctx<'_, S, B> {
             .map_err(|e| self.log_store(&e))?
             .filter(|d| !d.revoked && d.account == l.account)
             .ok_or_else(|| ProtoError::new(ErrorCode::Internal))?;
+        if !repeat {
+            self.publish_entry(&rec.handle, Entry::of(l)).await;
+        }
         self.logged_in(r.device, rec).await
     }
 }
@@ -315,6 +321,7 @@ impl<S: Store, B: Bus> Authed<'_, S, B> {
             ));
         }
         let version = l.version;
+        let entry = Entry::of(&l);
         match self
             .shared
             .store
@@ -324,6 +331,7 @@ impl<S: Store, B: Bus> Authed<'_, S, B> {
             Ok(change) => {
                 // Revoked devices' connections wake up and find themselves revoked.
                 self.shared.bus.publish(&change.revoked);
+                self.publish_entry(self.own_handle(), entry).await;
                 Ok(Response::DeviceListStored { version })
             }
             Err(DeviceListError::Stale(v)) => Err(ProtoError::with_message(

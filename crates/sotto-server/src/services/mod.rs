@@ -1,7 +1,7 @@
 //! The server's requests as services, one module per concern: accounts and
 //! login ([`accounts`]), KeyPackages ([`key_packages`]), groups and commits
 //! ([`groups`]), sending and mailboxes ([`mail`]), kill codes and wipes
-//! ([`kill`]), attachments ([`blobs`]). The connection ([`crate::conn`])
+//! ([`kill`]), attachments ([`blobs`]), the key directory ([`directory`]). The connection ([`crate::conn`])
 //! keeps the transport and hands each request here.
 //!
 //! A handler that needs a device is a method of [`Authed`], which only a
@@ -12,6 +12,7 @@
 
 pub(crate) mod accounts;
 pub(crate) mod blobs;
+pub(crate) mod directory;
 pub(crate) mod groups;
 pub(crate) mod key_packages;
 pub(crate) mod kill;
@@ -67,6 +68,11 @@ impl<'a, S, B> Authed<'a, S, B> {
     pub(crate) fn account(&self) -> AccountId {
         self.session.account
     }
+
+    /// Its account's handle.
+    pub(crate) fn own_handle(&self) -> &sotto_proto::Handle {
+        &self.session.handle
+    }
 }
 
 impl<S: Store, B: Bus> Authed<'_, S, B> {
@@ -97,12 +103,16 @@ impl<S: Store, B: Bus> Authed<'_, S, B> {
             Request::Block { account } => self.block(account, true).await,
             Request::Unblock { account } => self.block(account, false).await,
             Request::Leave { group } => self.leave(group).await,
+            Request::DirectoryLookup { handle } => self.directory_lookup(handle).await,
+            Request::DirectoryHistory { handle } => self.directory_history(handle).await,
             // Answered by the connection before it gets here.
             Request::Ping
             | Request::Register(_)
             | Request::Login(_)
             | Request::AccountDeviceList { .. }
             | Request::Restore(_)
+            | Request::DirectoryInfo
+            | Request::DirectoryAudit { .. }
             | Request::WipeInfo { .. }
             | Request::Wipe(_)
             | Request::WipeWithWork { .. } => Err(ProtoError::new(ErrorCode::InvalidRequest)),

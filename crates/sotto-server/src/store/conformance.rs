@@ -1,6 +1,8 @@
 //! The conformance suite every [`Store`] backend passes. Each check takes a
 //! fresh, empty store; [`crate::store_conformance_tests`] turns them into one
-//! `#[tokio::test]` each for a backend.
+//! `#[tokio::test]` each for a backend. The key directory's tables have
+//! their own checks (`crate::directory::conformance`), which every backend's
+//! tests run too.
 
 use sotto_proto::{
     AccountId, DeviceId, DeviceKill, EnvelopeKind, GroupId, Handle, MessageId, Signature,

@@ -337,8 +337,26 @@ pub struct Stats {
     pub key_packages: u64,
 }
 
-/// Everything the server persists.
-pub trait Store: Send + Sync + 'static {
+/// One write of the key directory (`crate::directory`): records replace
+/// what is stored under their ids, in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct DirectoryWrite {
+    /// Tree nodes and the Azks: (akd binary id, encoded record).
+    pub records: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Value states: (label, epoch, encoded record).
+    pub states: Vec<(Vec<u8>, u64, Vec<u8>)>,
+    /// The epoch of the Azks, if the write holds it: the stored epoch
+    /// becomes this one.
+    pub epoch: Option<u64>,
+    /// Write nothing (and answer `false`) unless `epoch` is newer than the
+    /// stored epoch. Set on the write that publishes an epoch: when two
+    /// nodes publish at once, only the first commits its epoch.
+    pub newer_only: bool,
+}
+
+/// Everything the server persists. A clone is another handle on the same
+/// storage (the key directory holds one).
+pub trait Store: Clone + Send + Sync + 'static {
     /// Checks that the backend answers (readiness).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -610,4 +628,41 @@ pub trait Store: Send + Sync + 'static {
         group: GroupId,
         device: DeviceId,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Writes key-directory records in one transaction. `false` (and
+    /// nothing written) if `w.newer_only` and `w.epoch` is not newer than
+    /// the stored epoch: another writer published that epoch first.
+    fn directory_write(
+        &self,
+        w: DirectoryWrite,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The key-directory records stored under these ids (absent ones are
+    /// left out), in any order.
+    fn directory_records(
+        &self,
+        ids: Vec<Vec<u8>>,
+    ) -> impl Future<Output = Result<Vec<Vec<u8>>, StoreError>> + Send;
+
+    /// Every value state of these labels, in any order.
+    fn directory_states(
+        &self,
+        labels: Vec<Vec<u8>>,
+    ) -> impl Future<Output = Result<Vec<Vec<u8>>, StoreError>> + Send;
+
+    /// Records the root hash of a published epoch (idempotent: an epoch's
+    /// first hash stays).
+    fn put_directory_root(
+        &self,
+        epoch: u64,
+        hash: [u8; 32],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The recorded root hashes of epochs `from..=to`, in order (epochs
+    /// without one are left out).
+    fn directory_roots(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> impl Future<Output = Result<Vec<(u64, [u8; 32])>, StoreError>> + Send;
 }

@@ -28,9 +28,9 @@ use sqlx::{PgConnection, Row};
 
 use super::{
     BlobState, Claimed, CommitError, CommitOutcome, CommitWrite, DeviceListChange, DeviceListError,
-    DeviceRecord, GroupState, Guesses, KeyPackageStock, MailboxCap, MailboxEntry, NewAccount,
-    Outgoing, ProposalWrite, RegisterError, SendError, SendOutcome, Stats, Store, StoreError,
-    StoredKeyPackage, WipeTarget,
+    DeviceRecord, DirectoryWrite, GroupState, Guesses, KeyPackageStock, MailboxCap, MailboxEntry,
+    NewAccount, Outgoing, ProposalWrite, RegisterError, SendError, SendOutcome, Stats, Store,
+    StoreError, StoredKeyPackage, WipeTarget,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -1613,5 +1613,113 @@ impl Store for PgStore {
             tx.commit().await?;
             Ok(())
         })
+    }
+
+    async fn directory_write(&self, w: DirectoryWrite) -> Result<bool, StoreError> {
+        transaction!(async {
+            let mut tx = self.pool.begin().await?;
+            if let Some(epoch) = w.epoch {
+                // The row lock orders writers; the first to commit an
+                // epoch wins it.
+                let stored: Option<i64> = sqlx::query_scalar(
+                    "SELECT epoch FROM directory_epoch WHERE singleton = 0 FOR UPDATE",
+                )
+                .fetch_optional(&mut *tx)
+                .await?;
+                let newer = stored.is_none_or(|s| epoch > unsigned(s));
+                if w.newer_only && !newer {
+                    return TxResult::<_, StoreError>::Ok(false);
+                }
+                // A first epoch raced by another node: the primary key
+                // refuses the second insert, and the retry sees the row.
+                sqlx::query(
+                    "INSERT INTO directory_epoch (singleton, epoch) VALUES (0, $1) \
+                     ON CONFLICT (singleton) DO UPDATE SET epoch = excluded.epoch",
+                )
+                .bind(ms(epoch))
+                .execute(&mut *tx)
+                .await?;
+            }
+            if !w.records.is_empty() {
+                let (ids, records): (Vec<&[u8]>, Vec<&[u8]>) = w
+                    .records
+                    .iter()
+                    .map(|(i, r)| (i.as_slice(), r.as_slice()))
+                    .unzip();
+                sqlx::query(
+                    "INSERT INTO directory_records (id, record) \
+                     SELECT * FROM UNNEST($1::bytea[], $2::bytea[]) \
+                     ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+                )
+                .bind(ids)
+                .bind(records)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if !w.states.is_empty() {
+                let labels: Vec<&[u8]> = w.states.iter().map(|s| s.0.as_slice()).collect();
+                let epochs: Vec<i64> = w.states.iter().map(|s| ms(s.1)).collect();
+                let records: Vec<&[u8]> = w.states.iter().map(|s| s.2.as_slice()).collect();
+                sqlx::query(
+                    "INSERT INTO directory_states (label, epoch, record) \
+                     SELECT * FROM UNNEST($1::bytea[], $2::bigint[], $3::bytea[]) \
+                     ON CONFLICT (label, epoch) DO UPDATE SET record = excluded.record",
+                )
+                .bind(labels)
+                .bind(epochs)
+                .bind(records)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    async fn directory_records(&self, ids: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, StoreError> {
+        sqlx::query_scalar("SELECT record FROM directory_records WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)
+    }
+
+    async fn directory_states(&self, labels: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, StoreError> {
+        sqlx::query_scalar("SELECT record FROM directory_states WHERE label = ANY($1)")
+            .bind(labels)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)
+    }
+
+    async fn put_directory_root(&self, epoch: u64, hash: [u8; 32]) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO directory_roots (epoch, hash) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(ms(epoch))
+        .bind(&hash[..])
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn directory_roots(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, [u8; 32])>, StoreError> {
+        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT epoch, hash FROM directory_roots WHERE epoch >= $1 AND epoch <= $2 \
+             ORDER BY epoch",
+        )
+        .bind(ms(from))
+        .bind(ms(to))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.into_iter()
+            .map(|(e, h)| Ok((unsigned(e), arr::<32>(h)?)))
+            .collect()
     }
 }

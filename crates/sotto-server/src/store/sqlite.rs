@@ -20,9 +20,9 @@ use sotto_proto::{
 
 use super::{
     BlobState, Claimed, CommitError, CommitOutcome, CommitWrite, DeviceListChange, DeviceListError,
-    DeviceRecord, GroupState, Guesses, KeyPackageStock, MailboxCap, MailboxEntry, NewAccount,
-    Outgoing, ProposalWrite, RegisterError, SendError, SendOutcome, Stats, Store, StoreError,
-    StoredKeyPackage, WipeTarget,
+    DeviceRecord, DirectoryWrite, GroupState, Guesses, KeyPackageStock, MailboxCap, MailboxEntry,
+    NewAccount, Outgoing, ProposalWrite, RegisterError, SendError, SendOutcome, Stats, Store,
+    StoreError, StoredKeyPackage, WipeTarget,
 };
 
 mod migrations;
@@ -153,6 +153,10 @@ fn arr32(v: Vec<u8>) -> Result<[u8; 32], StoreError> {
 
 fn ms(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_i64(v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Internal(format!("{v} does not fit a column")))
 }
 
 fn seen_key(sender: &DeviceId, msg_id: &MessageId) -> [u8; 32] {
@@ -1614,6 +1618,137 @@ impl Store for SqliteStore {
             )
             .map_err(map_err)?;
             tx.commit().map_err(map_err)
+        })
+        .await
+    }
+
+    async fn directory_write(&self, w: DirectoryWrite) -> Result<bool, StoreError> {
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_err)?;
+            if let Some(epoch) = w.epoch {
+                let stored: Option<i64> = tx
+                    .query_row(
+                        "SELECT epoch FROM directory_epoch WHERE singleton = 0",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(map_err)?;
+                let newer = stored.is_none_or(|s| u64::try_from(s).is_ok_and(|s| epoch > s));
+                if w.newer_only && !newer {
+                    return Ok(false);
+                }
+                tx.execute(
+                    "INSERT INTO directory_epoch (singleton, epoch) VALUES (0, ?1) \
+                     ON CONFLICT (singleton) DO UPDATE SET epoch = excluded.epoch",
+                    params![to_i64(epoch)?],
+                )
+                .map_err(map_err)?;
+            }
+            {
+                let mut put = tx
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO directory_records (id, record) VALUES (?1, ?2)",
+                    )
+                    .map_err(map_err)?;
+                for (id, record) in &w.records {
+                    put.execute(params![id, record]).map_err(map_err)?;
+                }
+                let mut put = tx
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO directory_states (label, epoch, record) \
+                         VALUES (?1, ?2, ?3)",
+                    )
+                    .map_err(map_err)?;
+                for (label, epoch, record) in &w.states {
+                    put.execute(params![label, to_i64(*epoch)?, record])
+                        .map_err(map_err)?;
+                }
+            }
+            tx.commit().map_err(map_err)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn directory_records(&self, ids: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.with(move |c| {
+            let mut get = c
+                .prepare_cached("SELECT record FROM directory_records WHERE id = ?1")
+                .map_err(map_err)?;
+            let mut found = Vec::with_capacity(ids.len());
+            for id in &ids {
+                if let Some(r) = get
+                    .query_row(params![id], |r| r.get::<_, Vec<u8>>(0))
+                    .optional()
+                    .map_err(map_err)?
+                {
+                    found.push(r);
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn directory_states(&self, labels: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.with(move |c| {
+            let mut get = c
+                .prepare_cached("SELECT record FROM directory_states WHERE label = ?1")
+                .map_err(map_err)?;
+            let mut found = Vec::new();
+            for label in &labels {
+                let rows = get
+                    .query_map(params![label], |r| r.get::<_, Vec<u8>>(0))
+                    .map_err(map_err)?;
+                for r in rows {
+                    found.push(r.map_err(map_err)?);
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn put_directory_root(&self, epoch: u64, hash: [u8; 32]) -> Result<(), StoreError> {
+        self.with(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO directory_roots (epoch, hash) VALUES (?1, ?2)",
+                params![to_i64(epoch)?, &hash[..]],
+            )
+            .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn directory_roots(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, [u8; 32])>, StoreError> {
+        self.with(move |c| {
+            let mut q = c
+                .prepare_cached(
+                    "SELECT epoch, hash FROM directory_roots WHERE epoch >= ?1 AND epoch <= ?2 \
+                     ORDER BY epoch",
+                )
+                .map_err(map_err)?;
+            let rows = q
+                .query_map(params![to_i64(from)?, to_i64(to)?], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+                })
+                .map_err(map_err)?;
+            let mut roots = Vec::new();
+            for r in rows {
+                let (epoch, hash) = r.map_err(map_err)?;
+                let epoch = u64::try_from(epoch)
+                    .map_err(|_| StoreError::Internal("negative directory epoch".into()))?;
+                roots.push((epoch, arr32(hash)?));
+            }
+            Ok(roots)
         })
         .await
     }

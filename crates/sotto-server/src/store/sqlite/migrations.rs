@@ -31,11 +31,18 @@ pub(crate) struct Migration {
 
 /// Every migration of the store, in order. Add new ones at the end; never
 /// edit one that was released.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_baseline",
-    sql: include_str!("../../../migrations/sqlite/0001_baseline.sql"),
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_baseline",
+        sql: include_str!("../../../migrations/sqlite/0001_baseline.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_key_directory",
+        sql: include_str!("../../../migrations/sqlite/0002_key_directory.sql"),
+    },
+];
 
 /// The version of a database that has every migration.
 pub(crate) const LATEST: u32 = MIGRATIONS[MIGRATIONS.len() - 1].version;

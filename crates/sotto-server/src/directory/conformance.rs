@@ -1,0 +1,123 @@
+//! The key directory's checks on a [`Store`] backend: akd's own storage
+//! tests on its `directory_*` tables, and [`key_directory_publishes_and_proves`]
+//! (two nodes publishing at once, proofs checked as clients check them).
+//! [`crate::directory_conformance_tests`] turns them into tests for a
+//! backend, beside `store_conformance_tests!`.
+
+use sotto_proto::{AccountId, DeviceId, DirectoryRoot, Handle, Signature, SignedDeviceList};
+use sotto_rules::directory::{self as d, Entry};
+
+use super::{DirectoryError, KeyDirectory, VrfKey};
+use crate::store::Store;
+
+fn dev(n: u8) -> DeviceId {
+    DeviceId([n | 0x80; 32])
+}
+
+/// A device list (the directory does not check signatures; the server does).
+fn list(n: u8, version: u64, devices: &[DeviceId]) -> SignedDeviceList {
+    SignedDeviceList {
+        account: AccountId([n; 32]),
+        version,
+        devices: devices.to_vec(),
+        signature: Signature([0; 64]),
+    }
+}
+
+/// The key directory on this store: entries publish into epochs, two
+/// nodes publishing at once both land (in different epochs, neither
+/// overwriting the other), and lookup, history and append-only proofs
+/// verify with the clients' checks.
+pub async fn key_directory_publishes_and_proves<S: Store>(s: S) {
+    let vrf = VrfKey::from_bytes([7; 32]);
+    let node_a = KeyDirectory::new(s.clone(), vrf.clone());
+    let node_b = KeyDirectory::new(s.clone(), vrf);
+    let key = node_a.vrf_public();
+    let alice = Handle::new("alice").unwrap();
+    let bob = Handle::new("bob").unwrap();
+    assert!(matches!(
+        node_a.lookup(&alice).await,
+        Err(DirectoryError::Unknown)
+    ));
+
+    let first = Entry::of(&list(1, 1, &[dev(1)]));
+    let r1 = node_a.publish(&alice, first).await.unwrap();
+    let bobs = Entry::of(&list(2, 1, &[dev(2)]));
+    let second = Entry::of(&list(1, 2, &[dev(1), dev(3)]));
+    let (ra, rb) = tokio::join!(node_a.publish(&bob, bobs), node_b.publish(&alice, second));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_ne!(ra.epoch, rb.epoch, "two nodes published one epoch");
+    assert!(ra.epoch > r1.epoch && rb.epoch > r1.epoch);
+    let newest = node_b.current().await.unwrap();
+    assert_eq!(newest.epoch, ra.epoch.max(rb.epoch));
+
+    // Lookups from either node verify and give each handle's newest entry.
+    let (root, proof) = node_b.lookup(&alice).await.unwrap();
+    assert_eq!(root, newest);
+    let v = d::verify_lookup(&key, root, &alice, &proof).unwrap();
+    assert_eq!((v.entry, v.version), (second, 2));
+    let (root, proof) = node_a.lookup(&bob).await.unwrap();
+    let v = d::verify_lookup(&key, root, &bob, &proof).unwrap();
+    assert_eq!((v.entry, v.version), (bobs, 1));
+    // A proof holds for its handle, root and key only.
+    assert!(d::verify_lookup(&key, root, &alice, &proof).is_err());
+    let forged = DirectoryRoot {
+        hash: [0; 32],
+        ..root
+    };
+    assert!(d::verify_lookup(&key, forged, &bob, &proof).is_err());
+    assert!(d::verify_lookup(&[9; 32], root, &bob, &proof).is_err());
+
+    // A handle's history, newest first.
+    let (root, proof) = node_a.history(&alice).await.unwrap();
+    let h = d::verify_history(&key, root, &alice, &proof).unwrap();
+    let entries: Vec<Entry> = h.iter().map(|v| v.entry).collect();
+    assert_eq!(entries, vec![second, first]);
+
+    // The directory only grew, from its first epoch to its newest, and
+    // the recorded roots are the ones publishing answered.
+    let (roots, proof) = node_b.audit(0, root.epoch).await.unwrap();
+    assert_eq!(roots.len() as u64, root.epoch + 1);
+    assert_eq!(roots[usize::try_from(r1.epoch).unwrap()], r1.hash);
+    assert_eq!(roots.last(), Some(&root.hash));
+    let proof = d::decode_audit(&proof).unwrap();
+    akd::auditor::audit_verify::<d::Config>(roots.clone(), proof.clone())
+        .await
+        .unwrap();
+    let mut wrong = roots;
+    wrong[1] = [1; 32];
+    assert!(
+        akd::auditor::audit_verify::<d::Config>(wrong, proof)
+            .await
+            .is_err()
+    );
+    assert!(matches!(
+        node_a.audit(0, root.epoch + 1).await,
+        Err(DirectoryError::Range(_))
+    ));
+}
+
+/// The key directory's checks as tests for one backend: `$make` is an
+/// async expression giving `(guard, store)` for a fresh, empty store.
+#[macro_export]
+macro_rules! directory_conformance_tests {
+    ($make:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn key_directory_publishes_and_proves() {
+            let (_guard, store) = $make.await;
+            $crate::directory::conformance::key_directory_publishes_and_proves(store).await;
+        }
+
+        /// akd's own storage tests (its `public_tests` feature, a
+        /// dev-dependency of the crate that expands this macro), on this
+        /// store through `StoreDatabase`.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn akd_storage_tests() {
+            let (_guard, store) = $make.await;
+            akd::storage::tests::run_test_cases_for_storage_impl(
+                $crate::directory::StoreDatabase::new(store),
+            )
+            .await;
+        }
+    };
+}

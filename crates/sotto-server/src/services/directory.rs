@@ -1,0 +1,140 @@
+//! The key directory's requests (`crate::directory`): its VRF key and
+//! newest root, lookup proofs, a handle's history (a device's own), and append-only
+//! proofs for auditors; and [`Ctx::publish_entry`], which every change of
+//! an account's key or device list goes through.
+//!
+//! The directory follows the store: an entry the store has and the
+//! directory does not (a publish that failed after its account was
+//! stored, or an account registered before the directory existed) is
+//! published when someone looks it up, before the proof is made.
+
+use sotto_proto::{Blob, ErrorCode, Handle, ProtoError, Response};
+use sotto_rules::directory::Entry;
+
+use super::{Authed, Ctx};
+use crate::bus::Bus;
+use crate::directory::DirectoryError;
+use crate::store::Store;
+
+impl<S: Store, B: Bus> Ctx<'_, S, B> {
+    fn directory_failed(&self, e: &DirectoryError) -> ProtoError {
+        match e {
+            DirectoryError::Unknown => ProtoError::new(ErrorCode::UnknownHandle),
+            DirectoryError::Store(e) => self.log_store(e),
+            DirectoryError::Range(why) => ProtoError::with_message(ErrorCode::InvalidRequest, *why),
+            DirectoryError::Akd(why) => {
+                tracing::error!(error = %why, "key directory failed");
+                ProtoError::new(ErrorCode::Internal)
+            }
+        }
+    }
+
+    /// Publishes the entry of a changed account. The change is stored
+    /// already; if publishing fails, the next lookup publishes it.
+    pub(crate) async fn publish_entry(&self, handle: &Handle, entry: Entry) {
+        if let Err(e) = self.shared.directory.publish(handle, entry).await {
+            tracing::warn!(error = %e, "key directory entry not published yet");
+        }
+    }
+
+    /// The entry the store holds for `handle`.
+    async fn stored_entry(&self, handle: &Handle) -> Result<Entry, ProtoError> {
+        let store = &self.shared.store;
+        let account = match store.wipe_target(handle.clone()).await {
+            Ok(Some(t)) => t.account,
+            Ok(None) => return Err(ProtoError::new(ErrorCode::UnknownHandle)),
+            Err(e) => return Err(self.log_store(&e)),
+        };
+        match store.device_list(account).await {
+            Ok(Some(l)) => Ok(Entry::of(&l)),
+            Ok(None) => Err(ProtoError::new(ErrorCode::UnknownHandle)),
+            Err(e) => Err(self.log_store(&e)),
+        }
+    }
+
+    /// Publishes the stored entry of `handle` if the directory's newest
+    /// differs from it (or is missing).
+    async fn catch_up(&self, handle: &Handle) -> Result<(), ProtoError> {
+        let stored = self.stored_entry(handle).await?;
+        let current = match self.shared.directory.lookup(handle).await {
+            Ok((_, proof)) => sotto_rules::directory::decode_lookup(&proof)
+                .ok()
+                .and_then(|p| Entry::parse(&p.value.0).ok()),
+            Err(DirectoryError::Unknown) => None,
+            Err(e) => return Err(self.directory_failed(&e)),
+        };
+        if current != Some(stored) {
+            self.shared
+                .directory
+                .publish(handle, stored)
+                .await
+                .map_err(|e| self.directory_failed(&e))?;
+        }
+        Ok(())
+    }
+
+    /// The VRF public key and the newest root.
+    pub(crate) async fn directory_info(&self) -> Result<Response, ProtoError> {
+        let root = self
+            .shared
+            .directory
+            .current()
+            .await
+            .map_err(|e| self.directory_failed(&e))?;
+        Ok(Response::DirectoryInfo {
+            vrf_key: self.shared.directory.vrf_public(),
+            root,
+        })
+    }
+
+    /// The append-only proof between two epochs.
+    pub(crate) async fn directory_audit(&self, from: u64, to: u64) -> Result<Response, ProtoError> {
+        let (roots, proof) = self
+            .shared
+            .directory
+            .audit(from, to)
+            .await
+            .map_err(|e| self.directory_failed(&e))?;
+        Ok(Response::DirectoryAudit {
+            roots,
+            proof: Blob(proof),
+        })
+    }
+}
+
+impl<S: Store, B: Bus> Authed<'_, S, B> {
+    /// A lookup proof for `handle`, counted like any lookup by handle.
+    pub(crate) async fn directory_lookup(&self, handle: Handle) -> Result<Response, ProtoError> {
+        self.lookup_allowed()?;
+        self.catch_up(&handle).await?;
+        let (root, proof) = self
+            .shared
+            .directory
+            .lookup(&handle)
+            .await
+            .map_err(|e| self.directory_failed(&e))?;
+        Ok(Response::DirectoryProof {
+            root,
+            proof: Blob(proof),
+        })
+    }
+
+    /// A handle's history (a device asks for its own; the server does not
+    /// tell it which handle is its own, so that a server that renamed the
+    /// account shows the device a history it can check). Counted like any
+    /// lookup by handle.
+    pub(crate) async fn directory_history(&self, handle: Handle) -> Result<Response, ProtoError> {
+        self.lookup_allowed()?;
+        self.catch_up(&handle).await?;
+        let (root, proof) = self
+            .shared
+            .directory
+            .history(&handle)
+            .await
+            .map_err(|e| self.directory_failed(&e))?;
+        Ok(Response::DirectoryProof {
+            root,
+            proof: Blob(proof),
+        })
+    }
+}
