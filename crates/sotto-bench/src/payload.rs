@@ -46,6 +46,7 @@ pub(crate) fn ciphertext() -> anyhow::Result<Vec<u8>> {
         id: MessageId(rand::random()),
         sent_at_ms: 1_764_000_000_000,
         body: Body::Text(text.into()),
+        directory_root: None,
     };
     Ok(mls::encrypt(&ap, &alice_dev, g, &m.encode())?)
 }

@@ -113,3 +113,38 @@ fn an_auditor_checks_that_the_directory_only_grew() {
     sotto_test_support::sotto_anywhere(&["audit", &w.server.link, "--from", "2", "--to", "1"], &[])
         .fails_with("the first epoch must come before the last");
 }
+
+#[test]
+fn members_shown_different_directories_find_out_from_each_others_messages() {
+    let mut w = World::new(&[]);
+    let alice = w.person("alice");
+    let bob = w.person("bob");
+    alice.sotto(&["send", "bob", "hi bob"]).ok();
+    bob.sotto(&["receive"]).ok();
+    let snapshot = w.root.join("older.db");
+    malice::snapshot(&w.server, &snapshot);
+    // Alice verifies an epoch in which carol joined the directory.
+    let _carol = w.person("carol");
+    alice.sotto(&["send", "carol", "hi carol"]).ok();
+
+    // The server goes back and builds another history from there: dave
+    // joins instead, in the epoch alice saw with carol. Bob, who never saw
+    // the first history, is shown the second.
+    malice::roll_back(&mut w.server, &snapshot);
+    let _dave = w.person("dave");
+    bob.sotto(&["send", "alice", "hi alice"]).ok();
+
+    // Bob's message carries the root he trusts: alice's device verified
+    // another root for that epoch.
+    let r = alice.sotto(&["receive", "--json"]);
+    let out = r.ok();
+    assert!(
+        r.stderr()
+            .contains("bob was shown a different key directory for epoch"),
+        "{}",
+        r.stderr()
+    );
+    // The message itself is kept: nothing else is lost.
+    let got = sotto_test_support::sender_and_text(&out);
+    assert!(got.contains(&("bob".into(), "hi alice".into())), "{got:?}");
+}

@@ -11,6 +11,11 @@
 //!   are taken (first contact, a changed key, a changed device list), the
 //!   directory's lookup proof must verify and name exactly them. Anything
 //!   else is refused loudly and nothing is recorded.
+//! - Every root the device verifies is kept (`directory_roots`), and its
+//!   newest travels in each message it sends (a MIMI extension,
+//!   `sotto_core::message::DIRECTORY_ROOT`): a member whose device verified
+//!   another hash for that epoch is alarmed (a split view:
+//!   [`differs_from_seen`]).
 //! - [`Profile::monitor_directory`]: at every login, the device verifies
 //!   its handle's whole history and raises an alarm
 //!   ([`Warning::DirectoryAlarm`]) for any version that names another
@@ -40,6 +45,26 @@ fn read_root(v: &[u8]) -> Option<DirectoryRoot> {
     let epoch = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
     let hash = v.get(8..)?.try_into().ok()?;
     Some(DirectoryRoot { epoch, hash })
+}
+
+/// Whether this device verified a root of `root.epoch` with another hash:
+/// the member who carried `root` was shown another directory (a split
+/// view).
+pub(crate) fn differs_from_seen(
+    c: &rusqlite::Connection,
+    root: DirectoryRoot,
+) -> Result<bool, ClientError> {
+    let Ok(epoch) = i64::try_from(root.epoch) else {
+        return Ok(false);
+    };
+    let seen: Option<Vec<u8>> = c
+        .query_row(
+            "SELECT hash FROM directory_roots WHERE epoch = ?1",
+            [epoch],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(seen.is_some_and(|h| h != root.hash))
 }
 
 impl Profile {
@@ -113,8 +138,17 @@ impl Profile {
                 "INSERT OR REPLACE INTO profile (k, v) VALUES (?1, ?2)",
                 params![ROOT, v],
             )?;
+            c.execute(
+                "INSERT OR IGNORE INTO directory_roots (epoch, hash) VALUES (?1, ?2)",
+                params![i64::try_from(root.epoch).unwrap_or(i64::MAX), &root.hash[..]],
+            )?;
             Ok(())
         })
+    }
+
+    /// The newest root this device verified (carried in its messages).
+    pub(crate) fn newest_root(&mut self) -> Result<Option<DirectoryRoot>, ClientError> {
+        Ok(self.profile_row(ROOT)?.as_deref().and_then(read_root))
     }
 
     /// Checks that the key directory names `list` (its account and its

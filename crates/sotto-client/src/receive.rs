@@ -116,6 +116,16 @@ fn message(
         // Decrypted (the ratchet moves on), never stored.
         return Ok(Outcome::Ignored(None));
     }
+    if let Some(root) = m.directory_root
+        && crate::directory::differs_from_seen(c, root)?
+    {
+        told.warnings.push(Warning::DirectoryAlarm {
+            what: format!(
+                "{} was shown a different key directory for epoch {} than this device: the server is showing people different keys",
+                m.sender.handle, root.epoch
+            ),
+        });
+    }
     let applied = content::apply(
         c,
         &content::Incoming {

@@ -417,6 +417,7 @@ impl Profile {
             id,
             sent_at_ms: now,
             body,
+            directory_root: self.newest_root()?,
         };
         let plaintext = app.encode();
         let me = self.id.credential();

@@ -191,6 +191,7 @@ async fn a_group_of_two_hundred_members() {
             id: MessageId([7; 16]),
             sent_at_ms: 1,
             body: Body::Text("from the back row".into()),
+            directory_root: None,
         }
         .encode(),
     )

@@ -19,7 +19,7 @@
 //! and shows [`Body::Unsupported`] instead of dropping the message.
 
 use serde::{Deserialize, Serialize};
-use sotto_proto::MessageId;
+use sotto_proto::{DirectoryRoot, MessageId};
 
 /// The largest text (a message, a reply or an edit), in bytes.
 pub const MAX_TEXT: usize = 64 * 1024;
@@ -55,6 +55,31 @@ pub struct AppMessage {
     pub sent_at_ms: u64,
     /// The content.
     pub body: Body,
+    /// The newest root of the server's key directory the sender verified,
+    /// carried in the MIMI extension [`DIRECTORY_ROOT`], so that members
+    /// shown different directories find out.
+    pub directory_root: Option<DirectoryRoot>,
+}
+
+/// The MIMI extension that carries the sender's newest verified key
+/// directory root: epoch (u64 BE) ‖ hash (32 bytes).
+pub const DIRECTORY_ROOT: &str = "sotto-directory-root";
+
+fn root_extension(r: &DirectoryRoot) -> (String, Vec<u8>) {
+    let mut v = r.epoch.to_be_bytes().to_vec();
+    v.extend_from_slice(&r.hash);
+    (DIRECTORY_ROOT.to_owned(), v)
+}
+
+fn read_root_extension(extensions: &[(String, Vec<u8>)]) -> Option<DirectoryRoot> {
+    let (_, v) = extensions.iter().find(|(k, _)| k == DIRECTORY_ROOT)?;
+    if v.len() != 40 {
+        return None;
+    }
+    Some(DirectoryRoot {
+        epoch: u64::from_be_bytes(v[..8].try_into().ok()?),
+        hash: v[8..].try_into().ok()?,
+    })
 }
 
 /// What a message is, as a client shows it.
@@ -194,7 +219,7 @@ pub struct Content {
     /// reaction.
     pub in_reply_to: Option<MessageId>,
     /// MIMI's extensions: named values a later version may add. This
-    /// version sends none and ignores those it receives.
+    /// version sends and reads [`DIRECTORY_ROOT`] and ignores the others.
     pub extensions: Vec<(String, Vec<u8>)>,
     /// MIMI's `nestedPart`.
     pub nested_part: NestedPart,
@@ -428,12 +453,12 @@ impl std::fmt::Debug for AppMessage {
 impl AppMessage {
     /// Encodes for MLS, as typed [`Content`].
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_stdvec(&(
-            &self.id,
-            self.sent_at_ms,
-            Wire::Content(Content::of(&self.body)),
-        ))
-        .unwrap_or_default()
+        let mut content = Content::of(&self.body);
+        if let Some(r) = &self.directory_root {
+            content.extensions.push(root_extension(r));
+        }
+        postcard::to_stdvec(&(&self.id, self.sent_at_ms, Wire::Content(content)))
+            .unwrap_or_default()
     }
 
     /// Decodes; `None` for bytes that are not an application message. A
@@ -443,12 +468,16 @@ impl AppMessage {
     pub fn decode(b: &[u8]) -> Option<Self> {
         let ((id, sent_at_ms), rest): ((MessageId, u64), _) = postcard::take_from_bytes(b).ok()?;
         let (variant, _): (u32, _) = postcard::take_from_bytes(rest).ok()?;
+        let mut directory_root = None;
         let body = match postcard::take_from_bytes::<Wire>(rest) {
             Ok((wire, [])) => match wire {
                 Wire::Text(t) => Body::Text(t),
                 Wire::File(f) => Body::File(f),
                 Wire::Reply { to, text } => Body::Reply { to, text },
-                Wire::Content(c) => c.body(),
+                Wire::Content(c) => {
+                    directory_root = read_root_extension(&c.extensions);
+                    c.body()
+                }
             },
             _ if variant >= CONTENT => Body::Unsupported,
             _ => return None,
@@ -457,6 +486,7 @@ impl AppMessage {
             id,
             sent_at_ms,
             body,
+            directory_root,
         })
     }
 
@@ -490,7 +520,33 @@ mod tests {
             id: id(9),
             sent_at_ms: 1_700_000_000_000,
             body,
+            directory_root: None,
         }
+    }
+
+    #[test]
+    fn a_directory_root_travels_in_an_extension_and_others_are_ignored() {
+        let root = DirectoryRoot {
+            epoch: 7,
+            hash: [3; 32],
+        };
+        let mut m = msg(Body::Text("hi".into()));
+        m.directory_root = Some(root);
+        let back = AppMessage::decode(&m.encode()).unwrap();
+        assert_eq!(back.directory_root, Some(root));
+        assert!(back.body == Body::Text("hi".into()));
+        // None sent, none read; a malformed one is ignored.
+        let plain = msg(Body::Text("hi".into()));
+        assert_eq!(
+            AppMessage::decode(&plain.encode()).unwrap().directory_root,
+            None
+        );
+        let mut c = Content::of(&Body::Text("hi".into()));
+        c.extensions.push((DIRECTORY_ROOT.into(), vec![1, 2, 3]));
+        let bytes = postcard::to_stdvec(&(&id(9), 1u64, Wire::Content(c))).unwrap();
+        let back = AppMessage::decode(&bytes).unwrap();
+        assert_eq!(back.directory_root, None);
+        assert!(back.body == Body::Text("hi".into()));
     }
 
     fn file() -> FileRef {
@@ -562,6 +618,7 @@ mod tests {
             id: id(4),
             sent_at_ms: 5,
             body: Body::Text("hi".into()),
+            directory_root: None,
         };
         assert_eq!(text.encode_legacy().unwrap()[17], 0);
         let reply = AppMessage {
@@ -571,6 +628,7 @@ mod tests {
                 to: id(1),
                 text: "hi".into(),
             },
+            directory_root: None,
         }
         .encode_legacy()
         .unwrap();

@@ -118,6 +118,8 @@ pub struct Message {
     /// device's clock, so neither the sender's nor the server's clock can
     /// cut it short.
     pub expires_at_ms: Option<u64>,
+    /// The newest key-directory root the sender verified, if it said.
+    pub directory_root: Option<sotto_proto::DirectoryRoot>,
 }
 
 /// A group joined by Welcome.
@@ -321,6 +323,7 @@ fn handshake_or_message<P: Provider>(
                 id,
                 sent_at_ms,
                 body,
+                directory_root,
             }) = AppMessage::decode(&plaintext)
             else {
                 return Ok(applied(Outcome::Dropped(Dropped::Undecodable)));
@@ -340,6 +343,7 @@ fn handshake_or_message<P: Provider>(
                 timer_s,
                 received_at_ms: now_ms,
                 expires_at_ms,
+                directory_root,
             })))
         }
         // A handshake message relabelled as an application message: the

@@ -13,6 +13,7 @@ fn text(id: u8, t: &str) -> Vec<u8> {
         id: MessageId([id; 16]),
         sent_at_ms: 1,
         body: Body::Text(t.into()),
+        directory_root: None,
     }
     .encode()
 }

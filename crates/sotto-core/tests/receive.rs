@@ -52,6 +52,7 @@ fn message(from: &Peer, id: u8, text: &str) -> Vec<u8> {
         id: MessageId([id; 16]),
         sent_at_ms: NOW - 1_000,
         body: Body::Text(text.into()),
+        directory_root: None,
     };
     mls::encrypt(&from.provider, &from.device, G, &app.encode()).unwrap()
 }

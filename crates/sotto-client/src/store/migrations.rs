@@ -59,6 +59,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0004_no_device.sql"),
         then: None,
     },
+    Migration {
+        version: 5,
+        name: "0005_directory_roots",
+        sql: include_str!("../../migrations/0005_directory_roots.sql"),
+        then: None,
+    },
 ];
 
 /// The version of a profile that has every migration.
