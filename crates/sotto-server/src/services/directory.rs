@@ -8,7 +8,7 @@
 //! stored, or an account registered before the directory existed) is
 //! published when someone looks it up, before the proof is made.
 
-use sotto_proto::{Blob, ErrorCode, Handle, ProtoError, Response};
+use sotto_proto::{Blob, DirectoryRoot, ErrorCode, Handle, ProtoError, Response};
 use sotto_rules::directory::Entry;
 
 use super::{Authed, Ctx};
@@ -53,24 +53,31 @@ impl<S: Store, B: Bus> Ctx<'_, S, B> {
     }
 
     /// Publishes the stored entry of `handle` if the directory's newest
-    /// differs from it (or is missing).
-    async fn catch_up(&self, handle: &Handle) -> Result<(), ProtoError> {
+    /// differs from it (or is missing). Returns the lookup proof it made
+    /// when nothing had to be published (it is the current one).
+    async fn catch_up(
+        &self,
+        handle: &Handle,
+    ) -> Result<Option<(DirectoryRoot, Vec<u8>)>, ProtoError> {
         let stored = self.stored_entry(handle).await?;
-        let current = match self.shared.directory.lookup(handle).await {
-            Ok((_, proof)) => sotto_rules::directory::decode_lookup(&proof)
-                .ok()
-                .and_then(|p| Entry::parse(&p.value.0).ok()),
-            Err(DirectoryError::Unknown) => None,
+        match self.shared.directory.lookup(handle).await {
+            Ok((root, proof)) => {
+                let current = sotto_rules::directory::decode_lookup(&proof)
+                    .ok()
+                    .and_then(|p| Entry::parse(&p.value.0).ok());
+                if current == Some(stored) {
+                    return Ok(Some((root, proof)));
+                }
+            }
+            Err(DirectoryError::Unknown) => {}
             Err(e) => return Err(self.directory_failed(&e)),
-        };
-        if current != Some(stored) {
-            self.shared
-                .directory
-                .publish(handle, stored)
-                .await
-                .map_err(|e| self.directory_failed(&e))?;
         }
-        Ok(())
+        self.shared
+            .directory
+            .publish(handle, stored)
+            .await
+            .map_err(|e| self.directory_failed(&e))?;
+        Ok(None)
     }
 
     /// The VRF public key and the newest root.
@@ -106,13 +113,15 @@ impl<S: Store, B: Bus> Authed<'_, S, B> {
     /// A lookup proof for `handle`, counted like any lookup by handle.
     pub(crate) async fn directory_lookup(&self, handle: Handle) -> Result<Response, ProtoError> {
         self.lookup_allowed()?;
-        self.catch_up(&handle).await?;
-        let (root, proof) = self
-            .shared
-            .directory
-            .lookup(&handle)
-            .await
-            .map_err(|e| self.directory_failed(&e))?;
+        let (root, proof) = match self.catch_up(&handle).await? {
+            Some(current) => current,
+            None => self
+                .shared
+                .directory
+                .lookup(&handle)
+                .await
+                .map_err(|e| self.directory_failed(&e))?,
+        };
         Ok(Response::DirectoryProof {
             root,
             proof: Blob(proof),
