@@ -4,25 +4,12 @@
 //! [`crate::directory_conformance_tests`] turns them into tests for a
 //! backend, beside `store_conformance_tests!`.
 
-use sotto_proto::{AccountId, DeviceId, DirectoryRoot, Handle, Signature, SignedDeviceList};
+use sotto_proto::{DirectoryRoot, Handle};
 use sotto_rules::directory::{self as d, Entry};
 
 use super::{DirectoryError, KeyDirectory, VrfKey};
 use crate::store::Store;
-
-fn dev(n: u8) -> DeviceId {
-    DeviceId([n | 0x80; 32])
-}
-
-/// A device list (the directory does not check signatures; the server does).
-fn list(n: u8, version: u64, devices: &[DeviceId]) -> SignedDeviceList {
-    SignedDeviceList {
-        account: AccountId([n; 32]),
-        version,
-        devices: devices.to_vec(),
-        signature: Signature([0; 64]),
-    }
-}
+use crate::store::conformance::{dev, list};
 
 /// The key directory on this store: entries publish into epochs, two
 /// nodes publishing at once both land (in different epochs, neither

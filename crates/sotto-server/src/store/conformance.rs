@@ -37,7 +37,7 @@ fn account(n: u8) -> NewAccount {
 }
 
 /// A device list (the store does not check signatures; the server does).
-fn list(n: u8, version: u64, devices: &[DeviceId]) -> SignedDeviceList {
+pub(crate) fn list(n: u8, version: u64, devices: &[DeviceId]) -> SignedDeviceList {
     SignedDeviceList {
         account: AccountId([n; 32]),
         version,
@@ -46,7 +46,7 @@ fn list(n: u8, version: u64, devices: &[DeviceId]) -> SignedDeviceList {
     }
 }
 
-fn dev(n: u8) -> DeviceId {
+pub(crate) fn dev(n: u8) -> DeviceId {
     DeviceId([n | 0x80; 32])
 }
 
