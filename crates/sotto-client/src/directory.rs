@@ -114,23 +114,31 @@ impl Profile {
             let seen: Option<Vec<u8>> = c
                 .query_row("SELECT v FROM profile WHERE k = ?1", [ROOT], |r| r.get(0))
                 .optional()?;
-            if let Some(seen) = seen.as_deref().and_then(read_root) {
-                if root.epoch < seen.epoch {
-                    return Err(untrustworthy(format!(
+            if differs_from_seen(c, root)? {
+                return Err(untrustworthy(format!(
+                    "the server showed two different key directories for epoch {}",
+                    root.epoch
+                )));
+            }
+            if let Some(seen) = seen.as_deref().and_then(read_root)
+                && root.epoch <= seen.epoch
+            {
+                // Strictly forward: an older root, even one this device
+                // verified before, is a stale proof or a server rolled
+                // back to a state it showed once.
+                return if root == seen {
+                    Ok(())
+                } else if root.epoch == seen.epoch {
+                    Err(untrustworthy(format!(
+                        "the server showed two different key directories for epoch {}",
+                        root.epoch
+                    )))
+                } else {
+                    Err(untrustworthy(format!(
                         "the server's key directory went back from epoch {} to {} (a stale proof, or a server rolled back)",
                         seen.epoch, root.epoch
-                    )));
-                }
-                if root.epoch == seen.epoch {
-                    return if root.hash == seen.hash {
-                        Ok(())
-                    } else {
-                        Err(untrustworthy(format!(
-                            "the server showed two different key directories for epoch {}",
-                            root.epoch
-                        )))
-                    };
-                }
+                    )))
+                };
             }
             let mut v = root.epoch.to_be_bytes().to_vec();
             v.extend_from_slice(&root.hash);

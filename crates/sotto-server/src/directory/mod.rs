@@ -210,6 +210,10 @@ impl<S: Store> KeyDirectory<S> {
             return r;
         }
         let batch = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
+        if batch.is_empty() {
+            // A publisher that was dropped took ours and never answered.
+            return Err(DirectoryError::Akd("publisher vanished".into()));
+        }
         let result = self.publish_batch(&batch).await;
         for p in batch {
             let _ = p.done.send(result.clone());

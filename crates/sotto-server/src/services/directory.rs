@@ -94,8 +94,10 @@ impl<S: Store, B: Bus> Ctx<'_, S, B> {
         })
     }
 
-    /// The append-only proof between two epochs.
+    /// The append-only proof between two epochs (costly to make: counted
+    /// against the source's lookup quota).
     pub(crate) async fn directory_audit(&self, from: u64, to: u64) -> Result<Response, ProtoError> {
+        self.lookup_allowed()?;
         let (roots, proof) = self
             .shared
             .directory
