@@ -356,7 +356,7 @@ impl Client {
         if let Some(conn) = self.kept.take() {
             return Ok(conn);
         }
-        let mut conn = Connection::connect(&self.p.id.link).await?;
+        let mut conn = Connection::connect(&self.p.id.link).await?.patient();
         let device = self.p.id.device.id();
         let t = sotto_proto::login_transcript(&conn.hello().challenge, &device);
         let req = LoginRequest {

@@ -121,7 +121,17 @@ pub struct Connection {
     events: VecDeque<Event>,
     /// The server said the backlog is delivered; what follows is pushed live.
     synced: bool,
+    /// Whether [`Connection::request`] waits out a short `RateLimited`
+    /// and sends the request again ([`Connection::patient`]).
+    patient: bool,
 }
+
+/// The longest `RateLimited` hint a patient connection waits out (the
+/// per-connection request allowance refills within a second); a longer
+/// one (a quota per source) is the caller's.
+const PATIENT_WAIT: Duration = Duration::from_secs(2);
+/// How many times a patient connection sends one request again.
+const PATIENT_TRIES: u32 = 30;
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -300,7 +310,18 @@ impl Connection {
             next_req: 1,
             events: VecDeque::new(),
             synced: false,
+            patient: false,
         })
+    }
+
+    /// Makes [`Connection::request`] wait out a `RateLimited` answer of at
+    /// most two seconds and send the request again: the server refused it
+    /// before doing anything, so nothing happens twice. What the client
+    /// library's operations use (a group of 200 makes 400 requests on one
+    /// connection); tests of the limits keep connections impatient.
+    pub fn patient(mut self) -> Self {
+        self.patient = true;
+        self
     }
 
     /// The server's hello.
@@ -311,6 +332,29 @@ impl Connection {
     /// Sends a request and waits for its response; deliveries that arrive
     /// meanwhile are kept for [`Connection::next_event`].
     pub async fn request(&mut self, body: Request) -> Result<Response, ClientError> {
+        if !self.patient {
+            return self.request_once(body).await;
+        }
+        let mut tries = 0;
+        loop {
+            let r = self.request_once(body.clone()).await;
+            match &r {
+                Err(ClientError::Server(e))
+                    if e.code == sotto_proto::ErrorCode::RateLimited && tries < PATIENT_TRIES =>
+                {
+                    let wait = Duration::from_millis(e.retry_after_ms.unwrap_or(1000));
+                    if wait > PATIENT_WAIT {
+                        return r;
+                    }
+                    tries += 1;
+                    tokio::time::sleep(wait).await;
+                }
+                _ => return r,
+            }
+        }
+    }
+
+    async fn request_once(&mut self, body: Request) -> Result<Response, ClientError> {
         let req = self.next_req;
         self.next_req = self.next_req.wrapping_add(1);
         let bytes = sotto_proto::encode_client(&ClientFrame { req, body });
