@@ -41,12 +41,6 @@ fn untrustworthy(what: impl Into<String>) -> ClientError {
     ClientError::Untrustworthy(what.into())
 }
 
-fn read_root(v: &[u8]) -> Option<DirectoryRoot> {
-    let epoch = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
-    let hash = v.get(8..)?.try_into().ok()?;
-    Some(DirectoryRoot { epoch, hash })
-}
-
 /// Whether this device verified a root of `root.epoch` with another hash:
 /// the member who carried `root` was shown another directory (a split
 /// view).
@@ -120,7 +114,7 @@ impl Profile {
                     root.epoch
                 )));
             }
-            if let Some(seen) = seen.as_deref().and_then(read_root)
+            if let Some(seen) = seen.as_deref().and_then(DirectoryRoot::from_bytes)
                 && root.epoch <= seen.epoch
             {
                 // Strictly forward: an older root, even one this device
@@ -140,11 +134,9 @@ impl Profile {
                     )))
                 };
             }
-            let mut v = root.epoch.to_be_bytes().to_vec();
-            v.extend_from_slice(&root.hash);
             c.execute(
                 "INSERT OR REPLACE INTO profile (k, v) VALUES (?1, ?2)",
-                params![ROOT, v],
+                params![ROOT, &root.to_bytes()[..]],
             )?;
             c.execute(
                 "INSERT OR IGNORE INTO directory_roots (epoch, hash) VALUES (?1, ?2)",
@@ -156,7 +148,10 @@ impl Profile {
 
     /// The newest root this device verified (carried in its messages).
     pub(crate) fn newest_root(&mut self) -> Result<Option<DirectoryRoot>, ClientError> {
-        Ok(self.profile_row(ROOT)?.as_deref().and_then(read_root))
+        Ok(self
+            .profile_row(ROOT)?
+            .as_deref()
+            .and_then(DirectoryRoot::from_bytes))
     }
 
     /// Checks that the key directory names `list` (its account and its

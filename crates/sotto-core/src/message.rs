@@ -66,20 +66,12 @@ pub struct AppMessage {
 pub const DIRECTORY_ROOT: &str = "sotto-directory-root";
 
 fn root_extension(r: &DirectoryRoot) -> (String, Vec<u8>) {
-    let mut v = r.epoch.to_be_bytes().to_vec();
-    v.extend_from_slice(&r.hash);
-    (DIRECTORY_ROOT.to_owned(), v)
+    (DIRECTORY_ROOT.to_owned(), r.to_bytes().to_vec())
 }
 
 fn read_root_extension(extensions: &[(String, Vec<u8>)]) -> Option<DirectoryRoot> {
     let (_, v) = extensions.iter().find(|(k, _)| k == DIRECTORY_ROOT)?;
-    if v.len() != 40 {
-        return None;
-    }
-    Some(DirectoryRoot {
-        epoch: u64::from_be_bytes(v[..8].try_into().ok()?),
-        hash: v[8..].try_into().ok()?,
-    })
+    DirectoryRoot::from_bytes(v)
 }
 
 /// What a message is, as a client shows it.

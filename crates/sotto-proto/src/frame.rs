@@ -188,6 +188,30 @@ pub struct DirectoryRoot {
     pub hash: [u8; 32],
 }
 
+impl DirectoryRoot {
+    /// Its 40-byte form where a root is kept or carried as bytes: epoch
+    /// (u64 big-endian) ‖ hash.
+    pub fn to_bytes(&self) -> [u8; 40] {
+        let mut b = [0u8; 40];
+        b[..8].copy_from_slice(&self.epoch.to_be_bytes());
+        b[8..].copy_from_slice(&self.hash);
+        b
+    }
+
+    /// Reads [`DirectoryRoot::to_bytes`]; `None` for any other length.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        let b: &[u8; 40] = b.try_into().ok()?;
+        let mut epoch = [0u8; 8];
+        epoch.copy_from_slice(&b[..8]);
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(&b[8..]);
+        Some(Self {
+            epoch: u64::from_be_bytes(epoch),
+            hash,
+        })
+    }
+}
+
 /// A device restored from a backup, signed into its account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreRequest {
