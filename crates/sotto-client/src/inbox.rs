@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use sotto_core::receive;
-use sotto_proto::{Delivery, EnvelopeKind, GroupId, Request, Response};
+use sotto_proto::{Delivery, DeviceId, EnvelopeKind, GroupId, Request, Response};
 use tokio::time::{Instant, timeout_at};
 
 use crate::ClientError;
@@ -62,7 +62,7 @@ impl Profile {
             ) && crate::blocks::is_left(c, &env.group)?;
             let rejoin_pending = |g: GroupId| rows::rejoin_pending(c, &g).unwrap_or(false);
             let known = receive::Known {
-                processed: rows::is_processed(c, &env.sender, &env.msg_id)?,
+                processed: rows::is_processed(c, env)?,
                 left,
                 kill_record: kill_record.as_ref(),
                 rejoin_pending: &rejoin_pending,
@@ -90,7 +90,7 @@ impl Profile {
                 let (unread, name) = self.store.transaction(|p, c| {
                     let unread = receive::unreadable(p, env, e);
                     if let receive::Unreadable::SetAside(_) = unread {
-                        rows::mark_processed(c, &env.sender, &env.msg_id)?;
+                        rows::mark_processed(c, env)?;
                     }
                     Ok((unread, self_name(c, &g)))
                 })?;
@@ -112,10 +112,13 @@ impl Profile {
                             // epoch, this is the commit that took it there.
                             self.refused_commits.insert((g, epoch));
                         }
-                        let who = s.sender.map_or_else(
-                            || format!("device {}", env.sender.short()),
-                            |m| m.handle.to_string(),
-                        );
+                        // An application message names its sender only
+                        // inside the MLS ciphertext this device could not read.
+                        let who = match (s.sender, env.sender) {
+                            (Some(m), _) => m.handle.to_string(),
+                            (None, DeviceId::NONE) => "an unknown member".to_owned(),
+                            (None, d) => format!("device {}", d.short()),
+                        };
                         let what = match s.kind {
                             EnvelopeKind::Application => Unread::Message,
                             EnvelopeKind::Commit => Unread::Change,

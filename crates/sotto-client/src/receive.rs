@@ -99,7 +99,7 @@ pub(crate) fn save(
             committed(p, c, me, env, &commit, &events, now_ms, told)?
         }
     };
-    rows::mark_processed(c, &env.sender, &env.msg_id)?;
+    rows::mark_processed(c, env)?;
     Ok(outcome)
 }
 

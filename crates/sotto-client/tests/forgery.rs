@@ -73,8 +73,11 @@ async fn every_forged_delivery_is_refused_and_changes_nothing() {
     }
 
     let mut forged: Vec<(&str, Delivery)> = Vec::new();
+    // An application message's envelope names no sender (MLS does); one
+    // that names a device other than MLS's sender is a lie.
+    assert_eq!(second.envelope.sender, sotto_proto::DeviceId::NONE);
     let mut f = second.clone();
-    f.envelope.sender = from_carol.envelope.sender;
+    f.envelope.sender = welcome_carol.envelope.sender;
     forged.push(("another sender", f));
     let mut f = second.clone();
     let n = f.envelope.payload.0.len();
@@ -106,10 +109,12 @@ async fn every_forged_delivery_is_refused_and_changes_nothing() {
             "{what} was {outcome}"
         );
         if what == "altered ciphertext" {
-            // Never dropped silently: the user is told from whom, and where.
+            // Never dropped silently: the user is told where. Not from
+            // whom: the envelope names no sender, and the ciphertext that
+            // does could not be read.
             assert!(
                 outcome.starts_with(
-                    r#"dropped: Unreadable { what: Message, from: "bob", conversation: "bob","#
+                    r#"dropped: Unreadable { what: Message, from: "an unknown member", conversation: "bob","#
                 ),
                 "{outcome}"
             );

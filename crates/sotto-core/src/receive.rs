@@ -315,8 +315,10 @@ fn handshake_or_message<P: Provider>(
                 timer_s,
             },
         ) => {
-            if sender.device != env.sender {
-                // The server claims another device sent it than MLS says.
+            if env.sender != DeviceId::NONE && sender.device != env.sender {
+                // The server names no sender of an application message
+                // (MLS authenticates it); one that names another device
+                // than MLS says lies.
                 return Err(CoreError::ForgedCredential);
             }
             let Some(AppMessage {

@@ -661,9 +661,12 @@ pub struct Delivery {
 pub struct Envelope {
     /// The group it belongs to.
     pub group: GroupId,
-    /// The device that sent it, as authenticated by the server.
+    /// The device that sent it, as authenticated by the server; for an
+    /// application message [`DeviceId::NONE`]: the server neither stores
+    /// nor tells who sent one ([`EnvelopeKind::names_sender`]), the sender
+    /// is authenticated inside MLS only.
     pub sender: DeviceId,
-    /// The sender's message id.
+    /// The sender's message id, unique within its [`Envelope::dedup_scope`].
     pub msg_id: MessageId,
     /// What kind of MLS message the payload is.
     pub kind: EnvelopeKind,
@@ -671,6 +674,28 @@ pub struct Envelope {
     pub server_time_ms: u64,
     /// The MLS message.
     pub payload: Blob,
+}
+
+impl Envelope {
+    /// What its message id is unique within, for deduplication on the
+    /// server and on the devices: see [`dedup_scope`].
+    pub fn dedup_scope(&self) -> [u8; 32] {
+        dedup_scope(self.kind, &self.group, &self.sender)
+    }
+}
+
+/// What a message id is unique within, for deduplication, by the server
+/// (which answers a repeat `duplicate` and stores it once) and by devices
+/// (which process it once): the sending device, or for an application
+/// message, whose envelope names no sender ([`EnvelopeKind::names_sender`]),
+/// its group. Message ids are 16 random bytes: no honest sender repeats
+/// another's, and a member cannot take an id before it is sent.
+pub fn dedup_scope(kind: EnvelopeKind, group: &GroupId, sender: &DeviceId) -> [u8; 32] {
+    if kind.names_sender() {
+        sender.0
+    } else {
+        group.0
+    }
 }
 
 /// The kind of MLS message in an envelope.
@@ -688,6 +713,18 @@ pub enum EnvelopeKind {
     Wipe,
     /// A member's proposal (a PublicMessage): its own removal.
     Proposal,
+}
+
+impl EnvelopeKind {
+    /// Whether the server stores and delivers the sending device with a
+    /// message of this kind. Not for an application message, the bulk of
+    /// what it holds: its sender is inside the MLS ciphertext, so a seized
+    /// mailbox does not tell who wrote to whom. Commits and proposals name
+    /// their sender in the clear anyway (MLS PublicMessages, checked by the
+    /// server); Welcomes, device and wipe messages are routed by it.
+    pub fn names_sender(self) -> bool {
+        !matches!(self, Self::Application)
+    }
 }
 
 /// The bytes a new account's keys sign at registration.

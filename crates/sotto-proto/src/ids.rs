@@ -56,9 +56,19 @@ key_id!(
     DeviceId
 );
 
+impl DeviceId {
+    /// No device: the sender of an envelope that names none (an
+    /// application message, [`crate::EnvelopeKind::names_sender`]). The
+    /// all-zero encoding is a point of small order: no device can register
+    /// it, as signatures by such a key are refused (`sotto_rules::signed`
+    /// verifies strictly).
+    pub const NONE: Self = Self([0; 32]);
+}
+
 /// A message id, chosen at random by the sending device. The server drops a
-/// second send with the same (sender device, id); clients drop a second
-/// delivery with the same id.
+/// second send with the same id in the same scope ([`crate::dedup_scope`]:
+/// the sender device, or an application message's group); clients drop a
+/// second delivery the same way.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct MessageId(pub [u8; 16]);
 

@@ -56,3 +56,37 @@ pub fn wipe_order_is_valid(order: &WipeOrder, me: DeviceId, record: &SignedKillR
         .find(|d| d.device == me)
         .is_some_and(|d| kill_proof_matches(&order.proof, &d.check))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `DeviceId::NONE` (all zeros, the sender of an envelope that names
+    /// none) is a point of order 4: with a lax check, a signature of zero
+    /// scalar and a small-order R verifies under it for about one message
+    /// in four, so anyone could register it. The strict check refuses them.
+    #[test]
+    fn the_none_device_id_signs_nothing() {
+        let mut minus_one = [0xff; 32];
+        minus_one[0] = 0xec;
+        minus_one[31] = 0x7f;
+        let mut minus_t4 = [0; 32];
+        minus_t4[31] = 0x80;
+        let mut identity = [0; 32];
+        identity[0] = 1;
+        let small = [identity, minus_one, [0; 32], minus_t4];
+        for m in 0..32u8 {
+            let msg = sotto_proto::register_transcript(
+                &[m; 32],
+                &sotto_proto::Handle::new("mallory").unwrap(),
+                &sotto_proto::AccountId([1; 32]),
+                &DeviceId::NONE,
+            );
+            for r in small {
+                let mut sig = [0; 64];
+                sig[..32].copy_from_slice(&r);
+                assert!(!verify(&DeviceId::NONE.0, &msg, &Signature(sig)));
+            }
+        }
+    }
+}

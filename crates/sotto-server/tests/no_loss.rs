@@ -32,11 +32,7 @@ fn op() -> impl Strategy<Value = Op> {
 
 /// Reads `conn`'s backlog; acknowledges it if `ack`; returns the
 /// acknowledged (sender index, id, payload) triples.
-async fn read(
-    conn: &mut Connection,
-    ids: &[sotto_proto::DeviceId],
-    ack: bool,
-) -> Vec<(usize, u8, Vec<u8>)> {
+async fn read(conn: &mut Connection, ack: bool) -> Vec<(usize, u8, Vec<u8>)> {
     let got = drain(conn).await;
     if !ack || got.is_empty() {
         return Vec::new();
@@ -50,8 +46,10 @@ async fn read(
     got.into_iter()
         .filter(|d| d.envelope.kind == sotto_proto::EnvelopeKind::Application)
         .map(|d| {
-            let from = ids.iter().position(|i| *i == d.envelope.sender).unwrap();
-            (from, d.envelope.msg_id.0[0], d.envelope.payload.0)
+            // The envelope names no sender: the id says who sent it.
+            assert_eq!(d.envelope.sender, sotto_proto::DeviceId::NONE);
+            let id = d.envelope.msg_id.0[0];
+            (usize::from(id / 16), id % 16, d.envelope.payload.0)
         })
         .collect()
 }
@@ -73,7 +71,6 @@ async fn run(ops: Vec<Op>) {
         devices.push(d);
         conns.push(c);
     }
-    let ids: Vec<_> = devices.iter().map(|d| d.id()).collect();
     let g = GroupId([1; 32]);
     create_group(&mut conns[0], g, &devices[0], &[&devices[1], &devices[2]]).await;
     // Each reader starts from a fresh login, so its backlog is complete;
@@ -84,7 +81,7 @@ async fn run(ops: Vec<Op>) {
     }
     for d in &devices[1..] {
         let mut conn = w.login(d).await;
-        let welcome = read(&mut conn, &ids, true).await;
+        let welcome = read(&mut conn, true).await;
         assert!(welcome.is_empty(), "only a Welcome before the first send");
         conn.close().await;
     }
@@ -98,8 +95,11 @@ async fn run(ops: Vec<Op>) {
                     sender_conns[from] = Some(w.login(&devices[from]).await);
                 }
                 let conn = sender_conns[from].as_mut().unwrap();
-                let payload = common::payload(g, id, size);
-                match send(conn, g, id, size).await {
+                // Ids are per group: each sender's are its own (as random
+                // ones are).
+                let wire_id = u8::try_from(from * 16).unwrap() + id;
+                let payload = common::payload(g, wire_id, size);
+                match send(conn, g, wire_id, size).await {
                     Ok(Response::Accepted { duplicate: false }) => {
                         let first = accepted.insert((from, id), payload);
                         assert!(first.is_none(), "({from}, {id}) accepted twice");
@@ -120,7 +120,7 @@ async fn run(ops: Vec<Op>) {
             }
             Op::Read { who, ack } => {
                 let mut conn = w.login(&devices[who]).await;
-                acked[who].extend(read(&mut conn, &ids, ack).await);
+                acked[who].extend(read(&mut conn, ack).await);
                 conn.close().await;
             }
         }
@@ -128,7 +128,7 @@ async fn run(ops: Vec<Op>) {
     // Everyone reads to the end.
     for (who, d) in devices.iter().enumerate() {
         let mut conn = w.login(d).await;
-        acked[who].extend(read(&mut conn, &ids, true).await);
+        acked[who].extend(read(&mut conn, true).await);
         conn.close().await;
     }
     for (who, got) in acked.iter().enumerate() {

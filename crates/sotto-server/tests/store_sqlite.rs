@@ -300,7 +300,17 @@ async fn databases_made_before_versions_open_with_their_rows_at_the_latest_versi
             c.execute_batch(sql).unwrap();
             fill(&c);
             assert_eq!(user_version(&c), 0);
-            rows(&c)
+            let mut rows = rows(&c);
+            // Migration 3 forgets who sent a stored application message
+            // (kind 0): its sender column is zeroed, the rest stays.
+            for (t, rows) in &mut rows {
+                for r in rows.iter_mut().filter(|_| t == "messages") {
+                    assert_eq!(r[4], Value::Integer(0));
+                    assert_ne!(r[2], Value::Blob(vec![0; 32]));
+                    r[2] = Value::Blob(vec![0; 32]);
+                }
+            }
+            rows
         };
         let s = SqliteStore::open(&path).unwrap();
         {

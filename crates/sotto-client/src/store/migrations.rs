@@ -65,6 +65,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0005_directory_roots.sql"),
         then: None,
     },
+    Migration {
+        version: 6,
+        name: "0006_processed_scope",
+        sql: include_str!("../../migrations/0006_processed_scope.sql"),
+        then: None,
+    },
 ];
 
 /// The version of a profile that has every migration.
@@ -488,7 +494,15 @@ mod tests {
                 if table == "readds" {
                     assert!(!tables(c).contains(table), "{what}: readds dropped");
                 } else {
-                    assert_eq!(&dump(c, table, cols), rows, "{what}: rows of {table}");
+                    // Migration 6 renamed one column.
+                    let cols: Vec<String> = cols
+                        .iter()
+                        .map(|col| match (table.as_str(), col.as_str()) {
+                            ("processed", "sender") => "scope".to_owned(),
+                            _ => col.clone(),
+                        })
+                        .collect();
+                    assert_eq!(&dump(c, table, &cols), rows, "{what}: rows of {table}");
                 }
             }
             // Through the store: the columns added read as absent.

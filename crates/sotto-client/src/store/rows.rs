@@ -1,6 +1,7 @@
 //! Row writers used inside [`Store::transaction`](super::Store::transaction).
 
 use sotto_core::names::NameKey;
+use sotto_proto::Envelope;
 
 /// What a remembered commit is, for settling it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,29 +126,22 @@ pub fn updated(c: &Connection, g: &GroupId, now_ms: u64) -> Result<(), ClientErr
     Ok(())
 }
 
-/// Marks an envelope processed; false if it was already.
-pub fn mark_processed(
-    c: &Connection,
-    sender: &DeviceId,
-    id: &MessageId,
-) -> Result<bool, ClientError> {
+/// Marks an envelope processed, by its message id within its dedup scope
+/// ([`Envelope::dedup_scope`]); false if it was already.
+pub fn mark_processed(c: &Connection, env: &Envelope) -> Result<bool, ClientError> {
     let n = c.execute(
-        "INSERT OR IGNORE INTO processed (sender, msg_id) VALUES (?1, ?2)",
-        params![&sender.0[..], &id.0[..]],
+        "INSERT OR IGNORE INTO processed (scope, msg_id) VALUES (?1, ?2)",
+        params![&env.dedup_scope()[..], &env.msg_id.0[..]],
     )?;
     Ok(n == 1)
 }
 
 /// Whether an envelope was processed.
-pub fn is_processed(
-    c: &Connection,
-    sender: &DeviceId,
-    id: &MessageId,
-) -> Result<bool, ClientError> {
+pub fn is_processed(c: &Connection, env: &Envelope) -> Result<bool, ClientError> {
     let v: Option<i64> = c
         .query_row(
-            "SELECT 1 FROM processed WHERE sender = ?1 AND msg_id = ?2",
-            params![&sender.0[..], &id.0[..]],
+            "SELECT 1 FROM processed WHERE scope = ?1 AND msg_id = ?2",
+            params![&env.dedup_scope()[..], &env.msg_id.0[..]],
             |r| r.get(0),
         )
         .optional()?;

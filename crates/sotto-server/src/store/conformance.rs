@@ -300,47 +300,75 @@ pub async fn group_state_and_proposals<S: Store>(s: S) {
     ));
 }
 
-/// Sends: fan-out to members but the sender, dedup by (sender, id), caps.
+/// Sends: fan-out to members but the sender, dedup of an application
+/// message by (group, id), caps; the stored message names no sender.
 pub async fn sends_fan_out_once<S: Store>(s: S) {
     let g = GroupId([7; 32]);
+    let other = GroupId([8; 32]);
     s.commit(create(g, dev(1), vec![dev(1), dev(2), dev(3)]))
         .await
         .unwrap();
+    s.commit(create(other, dev(1), vec![dev(1), dev(3)]))
+        .await
+        .unwrap();
     let r = s
-        .send(out(g, dev(1), 1, EnvelopeKind::Application), cap(2))
+        .send(out(g, dev(1), 1, EnvelopeKind::Application), cap(3))
         .await
         .unwrap();
     assert!(!r.duplicate);
     assert_eq!(r.recipients.len(), 2);
     let r = s
-        .send(out(g, dev(1), 1, EnvelopeKind::Application), cap(2))
+        .send(out(g, dev(1), 1, EnvelopeKind::Application), cap(3))
         .await
         .unwrap();
     assert!(r.duplicate);
     assert!(r.recipients.is_empty());
-    // Same id from another sender is another message.
+    // An application message's id is unique within its group, whoever
+    // sends it (the store does not keep who did): ids are random, so only a
+    // replay repeats one.
+    let r = s
+        .send(out(g, dev(2), 1, EnvelopeKind::Application), cap(3))
+        .await
+        .unwrap();
+    assert!(r.duplicate);
+    // The same id in another group is another message.
     assert!(
-        !s.send(out(g, dev(2), 1, EnvelopeKind::Application), cap(2))
+        !s.send(out(other, dev(1), 1, EnvelopeKind::Application), cap(3))
             .await
             .unwrap()
             .duplicate
     );
-    // dev(3) now holds two messages: at the cap.
+    assert!(
+        !s.send(out(g, dev(2), 2, EnvelopeKind::Application), cap(3))
+            .await
+            .unwrap()
+            .duplicate
+    );
+    // dev(3) now holds three messages: at the cap.
     assert!(matches!(
-        s.send(out(g, dev(1), 2, EnvelopeKind::Application), cap(2))
+        s.send(out(g, dev(1), 3, EnvelopeKind::Application), cap(3))
             .await,
         Err(SendError::MailboxFull)
     ));
     assert!(matches!(
-        s.send(out(g, dev(9), 3, EnvelopeKind::Application), cap(2))
+        s.send(out(g, dev(9), 4, EnvelopeKind::Application), cap(3))
             .await,
         Err(SendError::NotMember)
     ));
     let m = s.fetch(dev(3), 0, 10, NOW).await.unwrap();
-    assert_eq!(m.len(), 2);
-    assert_eq!(m[0].envelope.sender, dev(1));
-    assert_eq!(m[1].envelope.sender, dev(2));
-    assert!(m[0].seq < m[1].seq);
+    let got: Vec<_> = m
+        .iter()
+        .map(|d| (d.envelope.group, d.envelope.msg_id.0[0], d.envelope.sender))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (g, 1, DeviceId::NONE),
+            (other, 1, DeviceId::NONE),
+            (g, 2, DeviceId::NONE)
+        ]
+    );
+    assert!(m[0].seq < m[1].seq && m[1].seq < m[2].seq);
     assert_eq!(m[0].envelope.payload.0, vec![1; 10]);
     assert_eq!(s.fetch(dev(1), 0, 10, NOW).await.unwrap().len(), 1);
 }
@@ -556,9 +584,27 @@ pub async fn device_messages_are_stored_once<S: Store>(s: S) {
             .unwrap()
             .duplicate
     );
+    // Its id is unique per sender device, which it names: another
+    // device's same id is another message.
+    let m = out(GroupId([0; 32]), dev(3), 4, EnvelopeKind::Device);
+    assert!(
+        !s.send_to_device(m, dev(2), cap(10))
+            .await
+            .unwrap()
+            .duplicate
+    );
     let got = s.fetch(dev(2), 0, 10, NOW).await.unwrap();
-    assert_eq!(got.len(), 1);
-    assert_eq!(got[0].envelope.kind, EnvelopeKind::Device);
+    let senders: Vec<_> = got
+        .iter()
+        .map(|d| (d.envelope.kind, d.envelope.sender))
+        .collect();
+    assert_eq!(
+        senders,
+        [
+            (EnvelopeKind::Device, dev(1)),
+            (EnvelopeKind::Device, dev(3))
+        ]
+    );
 }
 
 /// Blobs: only members upload, only other members fetch, the record goes

@@ -215,6 +215,40 @@ pub struct Outgoing {
     pub epoch: Option<u64>,
 }
 
+impl Outgoing {
+    /// The sender as stored and delivered: none for an application message
+    /// ([`EnvelopeKind::names_sender`]); the sender is used only to route
+    /// it (to every member but the sender) and is then forgotten.
+    pub fn stored_sender(&self) -> DeviceId {
+        if self.kind.names_sender() {
+            self.sender
+        } else {
+            DeviceId::NONE
+        }
+    }
+
+    /// Its key in the dedup window (`seen_sends`), from its dedup scope
+    /// ([`sotto_proto::dedup_scope`]): a hash, never the sender or id.
+    pub fn seen_key(&self) -> [u8; 32] {
+        seen_key(
+            &sotto_proto::dedup_scope(self.kind, &self.group, &self.sender),
+            &self.msg_id,
+        )
+    }
+}
+
+/// The dedup windows' key for a message id within `scope` (a sender device,
+/// or an application message's group): only this hash is kept, for the
+/// mailbox TTL. Commits are remembered by (sender device, id).
+pub fn seen_key(scope: &[u8; 32], msg_id: &MessageId) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"sotto-seen-v1");
+    h.update(scope);
+    h.update(msg_id.0);
+    h.finalize().into()
+}
+
 /// A commit to apply.
 /// The most one device's mailbox may hold. A write that would take any
 /// recipient past either bound is refused whole (`MailboxFull`); nothing

@@ -18,7 +18,6 @@
 
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use sotto_proto::{
     AccountId, Blob, BlobId, DeviceId, Envelope, EnvelopeKind, GroupId, Handle, MessageId,
     SignedDeviceList, SignedKillRecord,
@@ -30,7 +29,7 @@ use super::{
     BlobState, Claimed, CommitError, CommitOutcome, CommitWrite, DeviceListChange, DeviceListError,
     DeviceRecord, DirectoryWrite, GroupState, Guesses, KeyPackageStock, MailboxCap, MailboxEntry,
     NewAccount, Outgoing, ProposalWrite, RegisterError, SendError, SendOutcome, Stats, Store,
-    StoreError, StoredKeyPackage, WipeTarget,
+    StoreError, StoredKeyPackage, WipeTarget, seen_key,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -169,15 +168,6 @@ fn unsigned(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-fn seen_key(sender: &DeviceId, msg_id: &MessageId) -> Vec<u8> {
-    // Only a hash of (sender, id) is kept, for the dedup window (as in SQLite).
-    let mut h = Sha256::new();
-    h.update(b"sotto-seen-v1");
-    h.update(sender.0);
-    h.update(msg_id.0);
-    h.finalize().to_vec()
-}
-
 fn ids(devices: &[DeviceId]) -> Vec<Vec<u8>> {
     devices.iter().map(|d| d.0.to_vec()).collect()
 }
@@ -281,7 +271,7 @@ async fn insert_message(
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
     )
     .bind(&m.group.0[..])
-    .bind(&m.sender.0[..])
+    .bind(&m.stored_sender().0[..])
     .bind(&m.msg_id.0[..])
     .bind(kind_to_i16(m.kind))
     .bind(ms(m.now_ms))
@@ -1063,7 +1053,7 @@ impl Store for PgStore {
         recipient: DeviceId,
         mailbox_cap: MailboxCap,
     ) -> Result<SendOutcome, SendError> {
-        let key = seen_key(&m.sender, &m.msg_id);
+        let key = m.seen_key();
         transaction!(async {
             let mut tx = self.pool.begin().await?;
             if !first_send(&mut tx, &key, m.expires_ms).await? {
@@ -1087,7 +1077,7 @@ impl Store for PgStore {
     }
 
     async fn commit(&self, w: CommitWrite) -> Result<CommitOutcome, CommitError> {
-        let key = seen_key(&w.sender, &w.msg_id);
+        let key = seen_key(&w.sender.0, &w.msg_id);
         transaction!(async {
             let mut tx = self.pool.begin().await?;
             // Lock the group's row (creating a placeholder at epoch 0 for a
@@ -1102,7 +1092,7 @@ impl Store for PgStore {
             // Read after the lock, so a retry that raced its original sees it.
             let applied: Option<i64> =
                 sqlx::query_scalar("SELECT epoch FROM seen_commits WHERE key = $1")
-                    .bind(&key)
+                    .bind(&key[..])
                     .fetch_optional(&mut *tx)
                     .await?;
             if let Some(epoch) = applied {
@@ -1201,7 +1191,7 @@ impl Store for PgStore {
                 recipients.extend(w.welcome_recipients.iter().copied());
             }
             sqlx::query("INSERT INTO seen_commits (key, epoch, expires_ms) VALUES ($1, $2, $3)")
-                .bind(&key)
+                .bind(&key[..])
                 .bind(ms(new_epoch))
                 .bind(ms(w.expires_ms))
                 .execute(&mut *tx)
@@ -1251,7 +1241,7 @@ impl Store for PgStore {
     ) -> Result<Option<u64>, StoreError> {
         let epoch: Option<i64> =
             sqlx::query_scalar("SELECT epoch FROM seen_commits WHERE key = $1")
-                .bind(seen_key(&sender, &msg_id))
+                .bind(&seen_key(&sender.0, &msg_id)[..])
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(map_err)?;
@@ -1260,7 +1250,7 @@ impl Store for PgStore {
 
     async fn propose(&self, p: ProposalWrite) -> Result<SendOutcome, CommitError> {
         let m = &p.message;
-        let key = seen_key(&m.sender, &m.msg_id);
+        let key = m.seen_key();
         transaction!(async {
             let mut tx = self.pool.begin().await?;
             // Ordered against commits like a send, and only for the epoch
@@ -1306,7 +1296,7 @@ impl Store for PgStore {
     }
 
     async fn send(&self, m: Outgoing, mailbox_cap: MailboxCap) -> Result<SendOutcome, SendError> {
-        let key = seen_key(&m.sender, &m.msg_id);
+        let key = m.seen_key();
         transaction!(async {
             let mut tx = self.pool.begin().await?;
             // Ordered against commits to the group: before one or after it.

@@ -12,7 +12,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, ErrorCode as SqlCode, OptionalExtension, TransactionBehavior, params};
-use sha2::{Digest, Sha256};
 use sotto_proto::{
     AccountId, Blob, BlobId, DeviceId, Envelope, EnvelopeKind, GroupId, Handle, MessageId,
     SignedDeviceList, SignedKillRecord,
@@ -22,7 +21,7 @@ use super::{
     BlobState, Claimed, CommitError, CommitOutcome, CommitWrite, DeviceListChange, DeviceListError,
     DeviceRecord, DirectoryWrite, GroupState, Guesses, KeyPackageStock, MailboxCap, MailboxEntry,
     NewAccount, Outgoing, ProposalWrite, RegisterError, SendError, SendOutcome, Stats, Store,
-    StoreError, StoredKeyPackage, WipeTarget,
+    StoreError, StoredKeyPackage, WipeTarget, seen_key,
 };
 
 mod migrations;
@@ -159,15 +158,6 @@ fn to_i64(v: u64) -> Result<i64, StoreError> {
     i64::try_from(v).map_err(|_| StoreError::Internal(format!("{v} does not fit a column")))
 }
 
-fn seen_key(sender: &DeviceId, msg_id: &MessageId) -> [u8; 32] {
-    // Only a hash of (sender, id) is kept, for the dedup window.
-    let mut h = Sha256::new();
-    h.update(b"sotto-seen-v1");
-    h.update(sender.0);
-    h.update(msg_id.0);
-    h.finalize().into()
-}
-
 /// One send to a group, inside a group commit's transaction (under its own
 /// savepoint): for every member but the sender.
 fn send_one(
@@ -191,7 +181,7 @@ fn send_one(
         let current = current.map_or(0, |e| u64::try_from(e).unwrap_or(0));
         if current != epoch {
             // A resend of a message stored in its epoch is a duplicate.
-            let key = seen_key(&m.sender, &m.msg_id);
+            let key = m.seen_key();
             let seen: Option<i64> = c
                 .query_row("SELECT 1 FROM seen_sends WHERE key = ?1", [&key[..]], |r| {
                     r.get(0)
@@ -219,7 +209,7 @@ fn store_once(
     to: Vec<DeviceId>,
     mailbox_cap: MailboxCap,
 ) -> Result<SendOutcome, SendError> {
-    let key = seen_key(&m.sender, &m.msg_id);
+    let key = m.seen_key();
     let fresh = c
         .execute(
             "INSERT OR IGNORE INTO seen_sends (key, expires_ms) VALUES (?1, ?2)",
@@ -537,7 +527,7 @@ fn insert_message(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
             &m.group.0[..],
-            &m.sender.0[..],
+            &m.stored_sender().0[..],
             &m.msg_id.0[..],
             kind_to_i64(m.kind),
             ms(m.now_ms),
@@ -1197,7 +1187,7 @@ impl Store for SqliteStore {
             let tx = c
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(map_err)?;
-            let key = seen_key(&w.sender, &w.msg_id);
+            let key = seen_key(&w.sender.0, &w.msg_id);
             let applied: Option<i64> = tx
                 .query_row(
                     "SELECT epoch FROM seen_commits WHERE key = ?1",
@@ -1348,7 +1338,7 @@ impl Store for SqliteStore {
         msg_id: MessageId,
     ) -> Result<Option<u64>, StoreError> {
         self.with(move |c| {
-            let key = seen_key(&sender, &msg_id);
+            let key = seen_key(&sender.0, &msg_id);
             let epoch: Option<i64> = c
                 .query_row(
                     "SELECT epoch FROM seen_commits WHERE key = ?1",

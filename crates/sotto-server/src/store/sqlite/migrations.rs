@@ -42,6 +42,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0002_key_directory",
         sql: include_str!("../../../migrations/sqlite/0002_key_directory.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_sender_less_messages",
+        sql: include_str!("../../../migrations/sqlite/0003_sender_less_messages.sql"),
+    },
 ];
 
 /// The version of a database that has every migration.
