@@ -30,12 +30,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::bus::Bus;
 use crate::limits::TokenBucket;
+use crate::mailbox::FETCH_BATCH;
 use crate::services::{Authed, Ctx};
 use crate::shared::Shared;
 use crate::store::Store;
-
-/// How many mailbox entries are read per store call.
-const FETCH_BATCH: u32 = 64;
 
 fn ws_config() -> WebSocketConfig {
     // Small buffers per connection; messages capped near twice the
@@ -336,31 +334,19 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
     }
 
     /// Sends every mailbox entry after the last one sent. A device revoked
-    /// meanwhile is told so and disconnected.
+    /// meanwhile is told so and disconnected. Reads go through the node's
+    /// [`crate::mailbox::MailboxReader`], with the other connections'.
     async fn pump(&mut self, device: DeviceId) -> Result<(), End> {
-        match self.shared.store.device(device).await {
-            Ok(rec) if rec.as_ref().is_none_or(|r| r.revoked) => {
-                let e = ProtoError::with_message(ErrorCode::AuthFailed, "this device was revoked");
-                let _ = self.write(&ServerFrame::Fatal(e)).await;
-                return Err(End::Protocol("device revoked".into()));
-            }
-            Ok(_) => {}
-            // The mailbox read below fails too, and is retried.
-            Err(e) => self.shared.metrics.store_failed("delivery", &e),
-        }
         loop {
-            let batch = match self
-                .shared
-                .store
-                .fetch(
-                    device,
-                    self.last_sent,
-                    FETCH_BATCH,
-                    self.shared.clock.now_ms(),
-                )
-                .await
-            {
-                Ok(b) => b,
+            let now = self.shared.clock.now_ms();
+            let batch = match self.shared.mailbox.read(device, self.last_sent, now).await {
+                Ok(Some(b)) => b,
+                Ok(None) => {
+                    let e =
+                        ProtoError::with_message(ErrorCode::AuthFailed, "this device was revoked");
+                    let _ = self.write(&ServerFrame::Fatal(e)).await;
+                    return Err(End::Protocol("device revoked".into()));
+                }
                 Err(e) => {
                     self.shared.metrics.store_failed("delivery", &e);
                     let since = *self.pump_failed.get_or_insert_with(Instant::now);

@@ -18,6 +18,7 @@ mod conn;
 pub mod datadir;
 pub mod directory;
 mod limits;
+mod mailbox;
 pub mod metrics;
 mod server;
 mod services;

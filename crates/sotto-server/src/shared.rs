@@ -1,7 +1,7 @@
 //! What every connection of a node shares: the store, the bus, the
 //! configuration, the blob store, the metrics, the limits kept in memory,
-//! the watch on connected devices' mailboxes, the key directory and the
-//! wall clock. Handed to
+//! the watch on connected devices' mailboxes, the reader that gathers
+//! their mailbox reads, the key directory and the wall clock. Handed to
 //! every service at construction; there are no globals.
 
 use std::sync::Arc;
@@ -52,6 +52,8 @@ pub struct Shared<S, B> {
     pub(crate) sources: crate::limits::SourceGuards,
     /// The devices connected here, for delivery without the bus.
     pub(crate) watch: crate::watch::MailWatch,
+    /// Gathers the connections' mailbox reads.
+    pub(crate) mailbox: crate::mailbox::MailboxReader<S>,
     /// The key directory (in the store, under the data directory's VRF key).
     pub directory: crate::directory::KeyDirectory<S>,
 }
@@ -79,6 +81,7 @@ impl<S: crate::store::Store, B> Shared<S, B> {
     ) -> Self {
         Self {
             directory: crate::directory::KeyDirectory::new(store.clone(), vrf),
+            mailbox: crate::mailbox::MailboxReader::new(store.clone()),
             store,
             bus,
             blobs,

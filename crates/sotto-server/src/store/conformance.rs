@@ -10,22 +10,22 @@ use sotto_proto::{
 };
 
 use super::{
-    CommitError, CommitWrite, DeviceListError, GroupState, MailboxCap, NewAccount, Outgoing,
-    ProposalWrite, RegisterError, SendError, Store, StoredKeyPackage,
+    CommitError, CommitWrite, DeviceListError, GroupState, MailboxCap, MailboxEntry, NewAccount,
+    Outgoing, ProposalWrite, RegisterError, SendError, Store, StoredKeyPackage,
 };
 
 /// A cap on entries only.
-fn cap(messages: u64) -> MailboxCap {
+pub(crate) fn cap(messages: u64) -> MailboxCap {
     MailboxCap {
         messages,
         bytes: u64::MAX,
     }
 }
 
-const NOW: u64 = 1_800_000_000_000;
+pub(crate) const NOW: u64 = 1_800_000_000_000;
 const DAY: u64 = 86_400_000;
 
-fn account(n: u8) -> NewAccount {
+pub(crate) fn account(n: u8) -> NewAccount {
     NewAccount {
         handle: Handle::new(&format!("user{n}")).unwrap(),
         account: AccountId([n; 32]),
@@ -50,7 +50,7 @@ pub(crate) fn dev(n: u8) -> DeviceId {
     DeviceId([n | 0x80; 32])
 }
 
-fn out(group: GroupId, sender: DeviceId, id: u8, kind: EnvelopeKind) -> Outgoing {
+pub(crate) fn out(group: GroupId, sender: DeviceId, id: u8, kind: EnvelopeKind) -> Outgoing {
     Outgoing {
         group,
         sender,
@@ -71,7 +71,7 @@ fn app(group: GroupId, sender: DeviceId, id: u8, epoch: u64) -> Outgoing {
     }
 }
 
-fn create(group: GroupId, by: DeviceId, members: Vec<DeviceId>) -> CommitWrite {
+pub(crate) fn create(group: GroupId, by: DeviceId, members: Vec<DeviceId>) -> CommitWrite {
     CommitWrite {
         state: b"state at 1".to_vec(),
         group_info: b"info at 1".to_vec(),
@@ -371,6 +371,72 @@ pub async fn sends_fan_out_once<S: Store>(s: S) {
     assert!(m[0].seq < m[1].seq && m[1].seq < m[2].seq);
     assert_eq!(m[0].envelope.payload.0, vec![1; 10]);
     assert_eq!(s.fetch(dev(1), 0, 10, NOW).await.unwrap().len(), 1);
+}
+
+/// `fetch_many` reads each mailbox as `fetch` does, in the order asked
+/// (one device twice included), and answers `None` for a revoked or
+/// unknown device.
+pub async fn fetch_many_reads_like_fetch<S: Store>(s: S) {
+    for n in 1..=3 {
+        s.register(account(n)).await.unwrap();
+    }
+    let g = GroupId([7; 32]);
+    s.commit(create(g, dev(1), vec![dev(1), dev(2), dev(3)]))
+        .await
+        .unwrap();
+    for i in 1..=5 {
+        s.send(out(g, dev(1), i, EnvelopeKind::Application), cap(100))
+            .await
+            .unwrap();
+    }
+    s.send(out(g, dev(2), 6, EnvelopeKind::Application), cap(100))
+        .await
+        .unwrap();
+    let gone = Outgoing {
+        expires_ms: NOW - 1,
+        ..out(g, dev(1), 7, EnvelopeKind::Application)
+    };
+    s.send(gone, cap(100)).await.unwrap();
+    let ids = |m: &[MailboxEntry]| -> Vec<(u64, u8)> {
+        m.iter().map(|e| (e.seq, e.envelope.msg_id.0[0])).collect()
+    };
+    let all = s.fetch(dev(3), 0, 100, NOW).await.unwrap();
+    assert_eq!(all.len(), 6);
+    let after = all[1].seq;
+    let wants = vec![
+        (dev(3), after),
+        (dev(1), 0),
+        (DeviceId([0x55; 32]), 0),
+        (dev(2), 0),
+        (dev(3), 0),
+    ];
+    let got = s.fetch_many(wants.clone(), 3, NOW).await.unwrap();
+    assert_eq!(got.len(), wants.len());
+    for ((device, after), got) in wants.iter().zip(&got) {
+        if device.0[0] == 0x55 {
+            assert!(got.is_none());
+            continue;
+        }
+        let want = s.fetch(*device, *after, 3, NOW).await.unwrap();
+        assert_eq!(
+            ids(got.as_ref().unwrap()),
+            ids(&want),
+            "{device:?} after {after}"
+        );
+    }
+    assert_eq!(
+        ids(got[0].as_ref().unwrap()),
+        ids(&all[2..5]),
+        "entries after `after`, at most `limit`"
+    );
+    assert!(s.revoke_device(dev(2)).await.unwrap());
+    let got = s
+        .fetch_many(vec![(dev(2), 0), (dev(3), 0)], 10, NOW)
+        .await
+        .unwrap();
+    assert!(got[0].is_none(), "a revoked device");
+    assert_eq!(ids(got[1].as_ref().unwrap()), ids(&all));
+    assert!(s.fetch_many(Vec::new(), 10, NOW).await.unwrap().is_empty());
 }
 
 /// The byte cap: a write that would take a mailbox past it is refused
@@ -1322,6 +1388,7 @@ macro_rules! store_conformance_tests {
             sends_fan_out_once,
             mailbox_byte_cap,
             fetch_ack_and_expiry,
+            fetch_many_reads_like_fetch,
             mailbox_heads_follow_sends,
             device_lists_add_and_revoke,
             device_messages_are_stored_once,

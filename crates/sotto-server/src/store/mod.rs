@@ -597,6 +597,21 @@ pub trait Store: Clone + Send + Sync + 'static {
         now_ms: u64,
     ) -> impl Future<Output = Result<Vec<MailboxEntry>, StoreError>> + Send;
 
+    /// What the connections of `wants` deliver next, read together: for
+    /// each (device, after), `None` if the device is unknown or revoked (it
+    /// is told so and disconnected), else the first `limit` unexpired
+    /// entries after `after`, as [`Store::fetch`] gives them. A message to
+    /// a large group wakes many connections at once; the SQLite store
+    /// reads all their mailboxes in one hop to its blocking thread and one
+    /// lock, the PostgreSQL store on one pooled connection
+    /// ([`crate::mailbox::MailboxReader`] gathers them).
+    fn fetch_many(
+        &self,
+        wants: Vec<(DeviceId, u64)>,
+        limit: u32,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<Vec<Option<Vec<MailboxEntry>>>, StoreError>> + Send;
+
     /// The last mailbox sequence number handed out to each of `devices`
     /// (a device may be left out if it never had mail, or none is
     /// waiting). One query for them all: a node watching the store while

@@ -229,6 +229,55 @@ impl PgStore {
     }
 }
 
+/// Up to `limit` unexpired mailbox entries of `device` after `after`.
+async fn mailbox_after(
+    c: &mut PgConnection,
+    device: &DeviceId,
+    after: u64,
+    limit: u32,
+    now_ms: u64,
+) -> Result<Vec<MailboxEntry>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT b.seq, m.group_id, m.sender, m.msg_id, m.kind, m.server_ms, m.payload \
+         FROM mailbox b JOIN messages m ON m.id = b.message \
+         WHERE b.device = $1 AND b.seq > $2 AND m.expires_ms > $4 ORDER BY b.seq LIMIT $3",
+    )
+    .bind(&device.0[..])
+    .bind(ms(after))
+    .bind(i64::from(limit))
+    .bind(ms(now_ms))
+    .fetch_all(&mut *c)
+    .await
+    .map_err(map_err)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let get = |r: &sqlx::postgres::PgRow| -> Result<_, sqlx::Error> {
+            Ok((
+                r.try_get::<i64, _>(0)?,
+                r.try_get::<Vec<u8>, _>(1)?,
+                r.try_get::<Vec<u8>, _>(2)?,
+                r.try_get::<Vec<u8>, _>(3)?,
+                r.try_get::<i16, _>(4)?,
+                r.try_get::<i64, _>(5)?,
+                r.try_get::<Vec<u8>, _>(6)?,
+            ))
+        };
+        let (seq, group, sender, msg_id, kind, server_ms, payload) = get(&r).map_err(map_err)?;
+        out.push(MailboxEntry {
+            seq: unsigned(seq),
+            envelope: Envelope {
+                group: GroupId(arr(group)?),
+                sender: DeviceId(arr(sender)?),
+                msg_id: MessageId(arr(msg_id)?),
+                kind: kind_from_i16(kind)?,
+                server_time_ms: unsigned(server_ms),
+                payload: Blob(payload),
+            },
+        });
+    }
+    Ok(out)
+}
+
 async fn members(c: &mut PgConnection, group: &GroupId) -> Result<Vec<DeviceId>, sqlx::Error> {
     let rows: Vec<Vec<u8>> =
         sqlx::query_scalar("SELECT device FROM group_members WHERE group_id = $1")
@@ -1353,43 +1402,31 @@ impl Store for PgStore {
         limit: u32,
         now_ms: u64,
     ) -> Result<Vec<MailboxEntry>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT b.seq, m.group_id, m.sender, m.msg_id, m.kind, m.server_ms, m.payload \
-             FROM mailbox b JOIN messages m ON m.id = b.message \
-             WHERE b.device = $1 AND b.seq > $2 AND m.expires_ms > $4 ORDER BY b.seq LIMIT $3",
+        let mut c = self.pool.acquire().await.map_err(map_err)?;
+        mailbox_after(&mut c, &device, after, limit, now_ms).await
+    }
+
+    async fn fetch_many(
+        &self,
+        wants: Vec<(DeviceId, u64)>,
+        limit: u32,
+        now_ms: u64,
+    ) -> Result<Vec<Option<Vec<MailboxEntry>>>, StoreError> {
+        let mut c = self.pool.acquire().await.map_err(map_err)?;
+        let ids: Vec<&[u8]> = wants.iter().map(|(d, _)| &d.0[..]).collect();
+        let live: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT device FROM devices WHERE device = ANY($1::bytea[]) AND NOT revoked",
         )
-        .bind(&device.0[..])
-        .bind(ms(after))
-        .bind(i64::from(limit))
-        .bind(ms(now_ms))
-        .fetch_all(&self.pool)
+        .bind(&ids)
+        .fetch_all(&mut *c)
         .await
         .map_err(map_err)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let get = |r: &sqlx::postgres::PgRow| -> Result<_, sqlx::Error> {
-                Ok((
-                    r.try_get::<i64, _>(0)?,
-                    r.try_get::<Vec<u8>, _>(1)?,
-                    r.try_get::<Vec<u8>, _>(2)?,
-                    r.try_get::<Vec<u8>, _>(3)?,
-                    r.try_get::<i16, _>(4)?,
-                    r.try_get::<i64, _>(5)?,
-                    r.try_get::<Vec<u8>, _>(6)?,
-                ))
-            };
-            let (seq, group, sender, msg_id, kind, server_ms, payload) =
-                get(&r).map_err(map_err)?;
-            out.push(MailboxEntry {
-                seq: unsigned(seq),
-                envelope: Envelope {
-                    group: GroupId(arr(group)?),
-                    sender: DeviceId(arr(sender)?),
-                    msg_id: MessageId(arr(msg_id)?),
-                    kind: kind_from_i16(kind)?,
-                    server_time_ms: unsigned(server_ms),
-                    payload: Blob(payload),
-                },
+        let mut out = Vec::with_capacity(wants.len());
+        for (device, after) in &wants {
+            out.push(if live.iter().any(|l| l[..] == device.0[..]) {
+                Some(mailbox_after(&mut c, device, *after, limit, now_ms).await?)
+            } else {
+                None
             });
         }
         Ok(out)

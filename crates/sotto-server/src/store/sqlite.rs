@@ -507,6 +507,58 @@ fn mailbox_usage(tx: &Connection, device: &DeviceId) -> Result<(u64, u64), Store
     ))
 }
 
+/// Up to `limit` unexpired mailbox entries of `device` after `after`.
+fn mailbox_after(
+    c: &Connection,
+    device: &DeviceId,
+    after: u64,
+    limit: u32,
+    now_ms: u64,
+) -> Result<Vec<MailboxEntry>, StoreError> {
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT b.seq, m.group_id, m.sender, m.msg_id, m.kind, m.server_ms, m.payload \
+             FROM mailbox b JOIN messages m ON m.id = b.message \
+             WHERE b.device = ?1 AND b.seq > ?2 AND m.expires_ms > ?4 ORDER BY b.seq LIMIT ?3",
+        )
+        .map_err(map_err)?;
+    let rows = stmt
+        .query_map(
+            params![&device.0[..], ms(after), i64::from(limit), ms(now_ms)],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, Vec<u8>>(6)?,
+                ))
+            },
+        )
+        .map_err(map_err)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, group, sender, msg_id, kind, server_ms, payload) = row.map_err(map_err)?;
+        let msg_id: [u8; 16] = msg_id
+            .try_into()
+            .map_err(|_| StoreError::Internal("stored msg id is not 16 bytes".into()))?;
+        out.push(MailboxEntry {
+            seq: u64::try_from(seq).unwrap_or(0),
+            envelope: Envelope {
+                group: GroupId(arr32(group)?),
+                sender: DeviceId(arr32(sender)?),
+                msg_id: MessageId(msg_id),
+                kind: kind_from_i64(kind)?,
+                server_time_ms: u64::try_from(server_ms).unwrap_or(0),
+                payload: Blob(payload),
+            },
+        });
+    }
+    Ok(out)
+}
+
 /// Inserts a message and a mailbox row for each recipient. Fails with `None`
 /// if a recipient's mailbox would go past its cap.
 fn insert_message(
@@ -1391,44 +1443,29 @@ impl Store for SqliteStore {
         limit: u32,
         now_ms: u64,
     ) -> Result<Vec<MailboxEntry>, StoreError> {
+        self.with(move |c| mailbox_after(c, &device, after, limit, now_ms))
+            .await
+    }
+
+    async fn fetch_many(
+        &self,
+        wants: Vec<(DeviceId, u64)>,
+        limit: u32,
+        now_ms: u64,
+    ) -> Result<Vec<Option<Vec<MailboxEntry>>>, StoreError> {
         self.with(move |c| {
-            let mut stmt = c
-                .prepare_cached(
-                    "SELECT b.seq, m.group_id, m.sender, m.msg_id, m.kind, m.server_ms, m.payload \
-                     FROM mailbox b JOIN messages m ON m.id = b.message \
-                     WHERE b.device = ?1 AND b.seq > ?2 AND m.expires_ms > ?4 ORDER BY b.seq LIMIT ?3",
-                )
+            let mut live = c
+                .prepare_cached("SELECT revoked FROM devices WHERE device = ?1")
                 .map_err(map_err)?;
-            let rows = stmt
-                .query_map(params![&device.0[..], ms(after), i64::from(limit), ms(now_ms)], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, Vec<u8>>(1)?,
-                        r.get::<_, Vec<u8>>(2)?,
-                        r.get::<_, Vec<u8>>(3)?,
-                        r.get::<_, i64>(4)?,
-                        r.get::<_, i64>(5)?,
-                        r.get::<_, Vec<u8>>(6)?,
-                    ))
-                })
-                .map_err(map_err)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (seq, group, sender, msg_id, kind, server_ms, payload) =
-                    row.map_err(map_err)?;
-                let msg_id: [u8; 16] = msg_id
-                    .try_into()
-                    .map_err(|_| StoreError::Internal("stored msg id is not 16 bytes".into()))?;
-                out.push(MailboxEntry {
-                    seq: u64::try_from(seq).unwrap_or(0),
-                    envelope: Envelope {
-                        group: GroupId(arr32(group)?),
-                        sender: DeviceId(arr32(sender)?),
-                        msg_id: MessageId(msg_id),
-                        kind: kind_from_i64(kind)?,
-                        server_time_ms: u64::try_from(server_ms).unwrap_or(0),
-                        payload: Blob(payload),
-                    },
+            let mut out = Vec::with_capacity(wants.len());
+            for (device, after) in wants {
+                let revoked: Option<i64> = live
+                    .query_row([&device.0[..]], |r| r.get(0))
+                    .optional()
+                    .map_err(map_err)?;
+                out.push(match revoked {
+                    Some(0) => Some(mailbox_after(c, &device, after, limit, now_ms)?),
+                    _ => None,
                 });
             }
             Ok(out)
