@@ -72,12 +72,17 @@ impl<S: Store, B: Bus> Ctx<'_, S, B> {
             Err(DirectoryError::Unknown) => {}
             Err(e) => return Err(self.directory_failed(&e)),
         }
+        self.publish_stored(handle, stored).await?;
+        Ok(None)
+    }
+
+    async fn publish_stored(&self, handle: &Handle, stored: Entry) -> Result<(), ProtoError> {
         self.shared
             .directory
             .publish(handle, stored)
             .await
-            .map_err(|e| self.directory_failed(&e))?;
-        Ok(None)
+            .map(drop)
+            .map_err(|e| self.directory_failed(&e))
     }
 
     /// The VRF public key and the newest root.
@@ -136,7 +141,30 @@ impl<S: Store, B: Bus> Authed<'_, S, B> {
     /// lookup by handle.
     pub(crate) async fn directory_history(&self, handle: Handle) -> Result<Response, ProtoError> {
         self.lookup_allowed()?;
-        self.catch_up(&handle).await?;
+        // Every device asks this at every login: the history proof itself
+        // names the newest entry, so it is compared with the store without
+        // a lookup proof made only for that; it is made again only when
+        // the store's entry had to be published first.
+        let stored = self.stored_entry(&handle).await?;
+        match self.shared.directory.history(&handle).await {
+            Ok((root, proof)) => {
+                let newest = sotto_rules::directory::decode_history(&proof)
+                    .ok()
+                    .and_then(|h| {
+                        let newest = h.update_proofs.iter().max_by_key(|u| u.version)?;
+                        Entry::parse(&newest.value.0).ok()
+                    });
+                if newest == Some(stored) {
+                    return Ok(Response::DirectoryProof {
+                        root,
+                        proof: Blob(proof),
+                    });
+                }
+            }
+            Err(DirectoryError::Unknown) => {}
+            Err(e) => return Err(self.directory_failed(&e)),
+        }
+        self.publish_stored(&handle, stored).await?;
         let (root, proof) = self
             .shared
             .directory

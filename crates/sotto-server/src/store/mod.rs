@@ -249,7 +249,6 @@ pub fn seen_key(scope: &[u8; 32], msg_id: &MessageId) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// A commit to apply.
 /// The most one device's mailbox may hold. A write that would take any
 /// recipient past either bound is refused whole (`MailboxFull`); nothing
 /// already in the mailbox is touched.
@@ -269,6 +268,7 @@ impl MailboxCap {
     };
 }
 
+/// A commit to apply.
 #[derive(Debug, Clone)]
 pub struct CommitWrite {
     /// The group's public state after the commit (`sotto_rules::public`).
