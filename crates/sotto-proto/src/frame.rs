@@ -721,7 +721,8 @@ impl EnvelopeKind {
     /// what it holds: its sender is inside the MLS ciphertext, so a seized
     /// mailbox does not tell who wrote to whom. Commits and proposals name
     /// their sender in the clear anyway (MLS PublicMessages, checked by the
-    /// server); Welcomes, device and wipe messages are routed by it.
+    /// server); Welcomes and device messages are routed by it; a wipe
+    /// order names the device it wipes there.
     pub fn names_sender(self) -> bool {
         !matches!(self, Self::Application)
     }
