@@ -332,15 +332,17 @@ impl Connection {
     /// Sends a request and waits for its response; deliveries that arrive
     /// meanwhile are kept for [`Connection::next_event`].
     pub async fn request(&mut self, body: Request) -> Result<Response, ClientError> {
-        if !self.patient {
-            return self.request_once(body).await;
-        }
+        // The frame keeps the body, so that sending it again (patient)
+        // copies nothing.
+        let mut frame = ClientFrame { req: 0, body };
         let mut tries = 0;
         loop {
-            let r = self.request_once(body.clone()).await;
+            let r = self.request_once(&mut frame).await;
             match &r {
                 Err(ClientError::Server(e))
-                    if e.code == sotto_proto::ErrorCode::RateLimited && tries < PATIENT_TRIES =>
+                    if self.patient
+                        && e.code == sotto_proto::ErrorCode::RateLimited
+                        && tries < PATIENT_TRIES =>
                 {
                     let wait = Duration::from_millis(e.retry_after_ms.unwrap_or(1000));
                     if wait > PATIENT_WAIT {
@@ -354,10 +356,12 @@ impl Connection {
         }
     }
 
-    async fn request_once(&mut self, body: Request) -> Result<Response, ClientError> {
+    /// Sends `frame` under the next request number and waits for its response.
+    async fn request_once(&mut self, frame: &mut ClientFrame) -> Result<Response, ClientError> {
         let req = self.next_req;
         self.next_req = self.next_req.wrapping_add(1);
-        let bytes = sotto_proto::encode_client(&ClientFrame { req, body });
+        frame.req = req;
+        let bytes = sotto_proto::encode_client(frame);
         self.send_raw(bytes).await?;
         let wait = async {
             loop {
