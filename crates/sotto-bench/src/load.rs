@@ -236,16 +236,45 @@ pub(crate) fn group_id(i: usize) -> GroupId {
 
 /// A message id carrying the send time (ns since `origin`) and a sequence number.
 pub(crate) fn stamped_id(origin: Instant, seq: u64) -> MessageId {
+    stamped_id_at(origin.elapsed(), seq)
+}
+
+/// A message id stamped with the time `at` (since the origin) instead of now.
+pub(crate) fn stamped_id_at(at: Duration, seq: u64) -> MessageId {
     let mut id = [0u8; 16];
-    id[..8].copy_from_slice(&(origin.elapsed().as_nanos() as u64).to_be_bytes());
+    id[..8].copy_from_slice(&(at.as_nanos() as u64).to_be_bytes());
     id[8..].copy_from_slice(&seq.to_be_bytes());
     MessageId(id)
+}
+
+/// Open-loop arrival times (from the start of sending) for `rate` messages
+/// a second over `duration`: a Poisson process (exponential gaps), from a
+/// fixed seed so that every system gets the same schedule.
+pub(crate) fn poisson_arrivals(rate: f64, duration: Duration, seed: u64) -> Vec<Duration> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut at = Duration::ZERO;
+    let mut out = Vec::new();
+    loop {
+        // 1 - U is in (0, 1]: its logarithm is finite.
+        let u: f64 = 1.0 - rng.r#gen::<f64>();
+        at += Duration::from_secs_f64(-u.ln() / rate);
+        if at >= duration {
+            return out;
+        }
+        out.push(at);
+    }
 }
 
 /// Writes the send time and sequence number into the first 16 bytes of a
 /// comparator's payload (MQTT and NATS have no message ids).
 pub(crate) fn stamp_payload(payload: &mut [u8], origin: Instant, seq: u64) {
-    payload[..8].copy_from_slice(&(origin.elapsed().as_nanos() as u64).to_be_bytes());
+    stamp_payload_at(payload, origin.elapsed(), seq);
+}
+
+/// The same, stamped with the time `at` (since the origin).
+pub(crate) fn stamp_payload_at(payload: &mut [u8], at: Duration, seq: u64) {
+    payload[..8].copy_from_slice(&(at.as_nanos() as u64).to_be_bytes());
     payload[8..16].copy_from_slice(&seq.to_be_bytes());
 }
 
@@ -325,6 +354,39 @@ pub(crate) async fn send_loop(
             .request(Request::Send(SendRequest {
                 group,
                 msg_id: stamped_id(origin, seq),
+                payload: Blob(payload.clone()),
+                ttl_ms: None,
+            }))
+            .await;
+        if matches!(r, Ok(Response::Accepted { .. })) {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Sends one message at each of `arrivals` (from `start`, since `origin`),
+/// open loop: each is stamped with its scheduled time, not the time it went
+/// out, so a sender held up by a slow acknowledgement counts the wait in
+/// every later message's latency (no coordinated omission). Returns how
+/// many were acknowledged.
+pub(crate) async fn send_paced(
+    mut conn: Connection,
+    (group, epoch): (GroupId, u64),
+    payload: Vec<u8>,
+    origin: Instant,
+    start: Duration,
+    arrivals: &[Duration],
+) -> usize {
+    let payload = crate::payload::for_group(&payload, group, epoch);
+    let mut n = 0usize;
+    for (i, at) in arrivals.iter().enumerate() {
+        let due = start + *at;
+        tokio::time::sleep_until((origin + due).into()).await;
+        let r = conn
+            .request(Request::Send(SendRequest {
+                group,
+                msg_id: stamped_id_at(due, i as u64 + 1),
                 payload: Blob(payload.clone()),
                 ttl_ms: None,
             }))

@@ -7,7 +7,10 @@
 
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::{ClientFrame, MAX_FRAME_BYTES, ServerFrame};
+use crate::{
+    Blob, ClientFrame, Delivery, DeviceId, Envelope, EnvelopeKind, GroupId, MAX_FRAME_BYTES,
+    MessageId, ServerFrame,
+};
 
 /// Why bytes are not a frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,6 +59,64 @@ pub fn encode_server(f: &ServerFrame) -> Vec<u8> {
     encode(f)
 }
 
+/// An [`Envelope`] encoded once, for the [`ServerFrame::Deliver`] frames
+/// of every device it goes to ([`encode_delivery`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedEnvelope(Vec<u8>);
+
+impl EncodedEnvelope {
+    /// Encodes `e`.
+    pub fn new(e: &Envelope) -> Self {
+        Self(encode(e))
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether it is empty (never, for an encoded envelope).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Encodes `ServerFrame::Deliver(Delivery { seq, envelope })` around an
+/// envelope encoded before: the same bytes as [`encode_server`], without
+/// encoding (or copying into a [`Delivery`]) the envelope once per device.
+pub fn encode_delivery(seq: u64, envelope: &EncodedEnvelope) -> Vec<u8> {
+    let tag = deliver_tag();
+    // The variant tag, then the fields in order: `seq` as a varint (at
+    // most 10 bytes), then the envelope.
+    let mut out = Vec::with_capacity(tag.len() + 10 + envelope.0.len());
+    out.extend_from_slice(tag);
+    let mut varint = [0u8; 10];
+    out.extend_from_slice(postcard::to_slice(&seq, &mut varint).unwrap_or_default());
+    out.extend_from_slice(&envelope.0);
+    out
+}
+
+/// The bytes a [`ServerFrame::Deliver`] starts with (its variant tag),
+/// taken from an encoded one so that it follows the enum's order.
+fn deliver_tag() -> &'static [u8] {
+    static TAG: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let envelope = Envelope {
+            group: GroupId([0; 32]),
+            sender: DeviceId::NONE,
+            msg_id: MessageId([0; 16]),
+            kind: EnvelopeKind::Application,
+            server_time_ms: 0,
+            payload: Blob(Vec::new()),
+        };
+        let body = encode(&envelope).len();
+        let mut whole = encode_server(&ServerFrame::Deliver(Delivery { seq: 0, envelope }));
+        // `seq` 0 is one byte.
+        whole.truncate(whole.len() - body - 1);
+        whole
+    })
+}
+
 /// Decodes a server frame.
 pub fn decode_server(bytes: &[u8]) -> Result<ServerFrame, DecodeError> {
     decode(bytes)
@@ -75,6 +136,36 @@ mod tests {
                 payload: Blob(vec![1, 2, 3, 4, 5]),
                 ttl_ms: None,
             }),
+        }
+    }
+
+    /// A delivery encoded around an envelope encoded once is the frame
+    /// `encode_server` makes, for sequence numbers of every varint length.
+    #[test]
+    fn a_delivery_around_an_encoded_envelope_is_the_same_frame() {
+        for (kind, payload) in [
+            (EnvelopeKind::Application, vec![7u8; 300]),
+            (EnvelopeKind::Commit, Vec::new()),
+            (EnvelopeKind::Wipe, vec![1, 2, 3]),
+        ] {
+            let envelope = Envelope {
+                group: GroupId([4; 32]),
+                sender: DeviceId([5; 32]),
+                msg_id: MessageId([6; 16]),
+                kind,
+                server_time_ms: 1_700_000_000_123,
+                payload: Blob(payload),
+            };
+            let encoded = EncodedEnvelope::new(&envelope);
+            for seq in [0, 1, 127, 128, 300, 1 << 35, u64::MAX] {
+                let frame = ServerFrame::Deliver(Delivery {
+                    seq,
+                    envelope: envelope.clone(),
+                });
+                let bytes = encode_delivery(seq, &encoded);
+                assert_eq!(bytes, encode_server(&frame), "seq {seq}");
+                assert_eq!(decode_server(&bytes).unwrap(), frame);
+            }
         }
     }
 

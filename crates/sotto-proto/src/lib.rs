@@ -12,7 +12,10 @@ pub mod frame;
 pub mod ids;
 pub mod pow;
 
-pub use codec::{DecodeError, decode_client, decode_server, encode_client, encode_server};
+pub use codec::{
+    DecodeError, EncodedEnvelope, decode_client, decode_server, encode_client, encode_delivery,
+    encode_server,
+};
 pub use error::{ErrorCode, ProtoError};
 pub use frame::*;
 pub use ids::*;

@@ -1,6 +1,7 @@
 //! One client connection, the transport only: TLS, the WebSocket upgrade,
 //! framing, deadlines, the request allowance, authentication state, and
-//! mailbox delivery over the same socket. What each request means is the
+//! mailbox delivery over the same socket (new mail handed over by the write
+//! that stored it, or read from the mailbox). What each request means is the
 //! business of [`crate::services`]. Every phase has a deadline; a decoding
 //! error or too many protocol errors close the connection. The connection
 //! task owns its socket and writes directly (with a write deadline), so a
@@ -34,6 +35,7 @@ use crate::mailbox::FETCH_BATCH;
 use crate::services::{Authed, Ctx};
 use crate::shared::Shared;
 use crate::store::Store;
+use crate::watch::Watched;
 
 fn ws_config() -> WebSocketConfig {
     // Small buffers per connection; messages capped near twice the
@@ -177,8 +179,10 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
                         self.handle(f).await?;
                     }
                 }
+                // Woken from another node, or told to look (revoked).
                 () = sub.notified() => self.pump(device).await?,
-                () = watched.notified() => self.pump(device).await?,
+                // Handed new mail on this node, or woken by the store watch.
+                () = watched.notified() => self.take_mail(device, &watched).await?,
                 // The store was unavailable at the last delivery attempt:
                 // try again soon, not only at the next notification.
                 () = retry_soon(self.pump_failed.is_some()) => self.pump(device).await?,
@@ -329,6 +333,31 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
         if auth_failed {
             // The challenge of this connection is spent; a new attempt needs a new connection.
             return Err(End::Protocol("authentication failed".into()));
+        }
+        Ok(())
+    }
+
+    /// Sends the entries this connection was handed ([`crate::watch`]) that
+    /// follow what it sent, without reading them back from the store; reads
+    /// its mailbox when told to, or when an entry would skip another.
+    async fn take_mail(&mut self, device: DeviceId, watched: &Watched) -> Result<(), End> {
+        let (offers, read) = watched.take();
+        if read || !self.synced {
+            // The read delivers every entry offered (each was written
+            // before it was offered); and the first read (the backlog, then
+            // `Synced`) comes before any offer.
+            return self.pump(device).await;
+        }
+        let (send, behind) = crate::watch::plan(offers, self.last_sent);
+        for o in send {
+            self.last_sent = o.seq;
+            let frame = sotto_proto::encode_delivery(o.seq, &o.envelope);
+            self.write_raw(Message::Binary(frame.into())).await?;
+            self.shared.metrics.deliveries.inc();
+            self.shared.metrics.offered_deliveries.inc();
+        }
+        if behind {
+            self.pump(device).await?;
         }
         Ok(())
     }

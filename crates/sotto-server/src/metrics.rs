@@ -33,6 +33,11 @@ pub struct Metrics {
     pub messages_accepted: Counter,
     /// Mailbox entries pushed to devices.
     pub deliveries: Counter,
+    /// New mailbox entries handed to connections on this node by the write
+    /// that made them (`crate::watch`).
+    pub offers: Counter,
+    /// Deliveries sent from such an entry, without a mailbox read.
+    pub offered_deliveries: Counter,
     /// Requests answered with an error, by error code.
     pub errors: Family<Labels, Counter>,
     /// Time to answer a request, by request kind.
@@ -79,6 +84,8 @@ impl Metrics {
             connections_refused: Counter::default(),
             messages_accepted: Counter::default(),
             deliveries: Counter::default(),
+            offers: Counter::default(),
+            offered_deliveries: Counter::default(),
             errors: Family::default(),
             request_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -122,6 +129,16 @@ impl Metrics {
             "deliveries",
             "Mailbox entries pushed to devices",
             m.deliveries.clone(),
+        );
+        registry.register(
+            "offers",
+            "New mailbox entries handed to this node's connections by their write",
+            m.offers.clone(),
+        );
+        registry.register(
+            "offered_deliveries",
+            "Deliveries sent from a handed entry, without a mailbox read",
+            m.offered_deliveries.clone(),
         );
         registry.register(
             "request_errors",

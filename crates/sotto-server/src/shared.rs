@@ -1,6 +1,6 @@
 //! What every connection of a node shares: the store, the bus, the
 //! configuration, the blob store, the metrics, the limits kept in memory,
-//! the watch on connected devices' mailboxes, the reader that gathers
+//! the watch on connected devices' mailboxes (which hands them new mail), the reader that gathers
 //! their mailbox reads, the key directory and the wall clock. Handed to
 //! every service at construction; there are no globals.
 
@@ -99,5 +99,32 @@ impl<S: crate::store::Store, B> Shared<S, B> {
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
+    }
+}
+
+impl<S, B: crate::bus::Bus> Shared<S, B> {
+    /// Tells the recipients of a message just stored, durably: `posted` are
+    /// its mailbox entries, `envelope` the message as stored. Their
+    /// connections on this node are handed it ([`crate::watch::MailWatch::offer`]);
+    /// the other nodes are told by the bus.
+    pub(crate) fn post(&self, envelope: &sotto_proto::Envelope, posted: &[crate::store::Posted]) {
+        if posted.is_empty() {
+            return;
+        }
+        if self.watch.any_connected(posted) {
+            let encoded = Arc::new(sotto_proto::EncodedEnvelope::new(envelope));
+            let handed = self.watch.offer(posted, &encoded);
+            self.metrics.offers.inc_by(handed as u64);
+        }
+        let devices: Vec<sotto_proto::DeviceId> = posted.iter().map(|p| p.device).collect();
+        self.bus.publish_elsewhere(&devices);
+    }
+
+    /// Has the connections of devices just revoked, on every node, read
+    /// their mailboxes, which tells them they are revoked, before they
+    /// deliver anything they were handed.
+    pub(crate) fn wake_revoked(&self, devices: &[sotto_proto::DeviceId]) {
+        self.watch.wake(devices);
+        self.bus.publish(devices);
     }
 }

@@ -1,3 +1,15 @@
+//! The devices connected to this node, and how mail reaches their
+//! connections without a read of the store or a bus:
+//! - **Offers.** A write that put a message into mailboxes hands each
+//!   connected recipient's connection the entry ([`MailWatch::offer`]): its
+//!   sequence number, the last one before it still in the mailbox
+//!   ([`crate::store::Posted`]), and the frame's envelope, encoded once for
+//!   every recipient. A connection that delivered up to there sends it at
+//!   once ([`plan`]); one that is behind (it missed an entry, or its inbox
+//!   overflowed) reads its mailbox instead. So one message to a group of a
+//!   thousand members on this node costs no mailbox read at all.
+//! - **The store watch** below, for wake-ups a cluster bus lost.
+//!
 //! The store watch: delivery that does not depend on the bus.
 //!
 //! A cluster bus (NATS) may lose wake-ups: while it is down, while this
@@ -20,17 +32,44 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sotto_proto::DeviceId;
+use std::collections::VecDeque;
+
+use sotto_proto::{DeviceId, EncodedEnvelope};
 use tokio::sync::{Notify, watch};
 
 use crate::bus::Bus;
 use crate::store::Store;
+
+/// The most offers a connection holds before it reads its mailbox
+/// instead (a connection too slow to take them).
+const MAX_OFFERS: usize = 256;
+
+/// A mailbox entry handed to a connection (see the module).
+#[derive(Debug, Clone)]
+pub struct Offer {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Every earlier entry still in the mailbox is at or before this.
+    pub after: u64,
+    /// The envelope, encoded.
+    pub envelope: Arc<EncodedEnvelope>,
+}
+
+/// What a connection was handed since it last looked.
+#[derive(Debug, Default)]
+struct Inbox {
+    offers: VecDeque<Offer>,
+    /// Its mailbox must be read: offers were dropped, or the watch found
+    /// mail it was not offered.
+    read: bool,
+}
 
 #[derive(Debug)]
 struct Watcher {
     id: u64,
     notify: Arc<Notify>,
     delivered: Arc<AtomicU64>,
+    inbox: Arc<Mutex<Inbox>>,
 }
 
 #[derive(Debug, Default)]
@@ -58,13 +97,28 @@ pub struct Watched {
     id: u64,
     notify: Arc<Notify>,
     delivered: Arc<AtomicU64>,
+    inbox: Arc<Mutex<Inbox>>,
     inner: Arc<Mutex<Inner>>,
 }
 
 impl Watched {
-    /// Completes when the watch found mail this connection has not delivered.
+    /// Completes when this connection was offered mail, or the watch found
+    /// mail it has not delivered: then [`Watched::take`].
     pub async fn notified(&self) {
         self.notify.notified().await;
+    }
+
+    /// The offers since the last call, in the order they were made, and
+    /// whether the mailbox must be read as well.
+    pub fn take(&self) -> (Vec<Offer>, bool) {
+        let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        let read = std::mem::take(&mut inbox.read);
+        let offers = inbox.offers.drain(..).collect();
+        // An idle connection keeps no buffer.
+        if inbox.offers.capacity() > 8 {
+            inbox.offers = VecDeque::new();
+        }
+        (offers, read)
     }
 
     /// Records the highest sequence number this connection delivered.
@@ -96,6 +150,7 @@ impl MailWatch {
     pub fn register(&self, device: DeviceId) -> Watched {
         let notify = Arc::new(Notify::new());
         let delivered = Arc::new(AtomicU64::new(0));
+        let inbox = Arc::new(Mutex::new(Inbox::default()));
         let mut g = self.lock();
         g.next += 1;
         let id = g.next;
@@ -103,14 +158,50 @@ impl MailWatch {
             id,
             notify: notify.clone(),
             delivered: delivered.clone(),
+            inbox: inbox.clone(),
         });
         Watched {
             device,
             id,
             notify,
             delivered,
+            inbox,
             inner: self.inner.clone(),
         }
+    }
+
+    /// Hands the entries `posted` (of one message, `envelope`) to the
+    /// connections of their devices on this node. Only after the write that
+    /// made them is durable. Returns how many connections were handed one.
+    pub fn offer(&self, posted: &[crate::store::Posted], envelope: &Arc<EncodedEnvelope>) -> usize {
+        let g = self.lock();
+        let mut handed = 0;
+        for p in posted {
+            for w in g.devices.get(&p.device).into_iter().flatten() {
+                let mut inbox = w.inbox.lock().unwrap_or_else(|p| p.into_inner());
+                if inbox.offers.len() >= MAX_OFFERS {
+                    // Too slow to take them: it reads its mailbox instead.
+                    inbox.offers = VecDeque::new();
+                    inbox.read = true;
+                } else if !inbox.read {
+                    inbox.offers.push_back(Offer {
+                        seq: p.seq,
+                        after: p.after,
+                        envelope: envelope.clone(),
+                    });
+                }
+                drop(inbox);
+                handed += 1;
+                w.notify.notify_one();
+            }
+        }
+        handed
+    }
+
+    /// Whether any of `devices` has a connection on this node.
+    pub fn any_connected(&self, devices: &[crate::store::Posted]) -> bool {
+        let g = self.lock();
+        devices.iter().any(|p| g.devices.contains_key(&p.device))
     }
 
     /// Each connected device with the least any of its connections delivered.
@@ -129,15 +220,37 @@ impl MailWatch {
             .collect()
     }
 
-    /// Wakes every connection of these devices.
+    /// Has every connection of these devices read its mailbox.
     pub fn wake(&self, devices: &[DeviceId]) {
         let g = self.lock();
         for d in devices {
             for w in g.devices.get(d).into_iter().flatten() {
+                w.inbox.lock().unwrap_or_else(|p| p.into_inner()).read = true;
                 w.notify.notify_one();
             }
         }
     }
+}
+
+/// What a connection that delivered up to `last_sent` does with `offers`
+/// (in the order they were made): the ones it sends at once, in order, and
+/// whether it must then read its mailbox, because an offer would skip an
+/// entry it has not delivered (entries are offered in the order their
+/// writes finished, which is not always their order in the mailbox).
+/// Offers it delivered already (read from the store) are dropped.
+pub fn plan(offers: Vec<Offer>, mut last_sent: u64) -> (Vec<Offer>, bool) {
+    let mut send = Vec::with_capacity(offers.len());
+    for o in offers {
+        if o.seq <= last_sent {
+            continue;
+        }
+        if o.after > last_sent {
+            return (send, true);
+        }
+        last_sent = o.seq;
+        send.push(o);
+    }
+    (send, false)
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -292,6 +405,89 @@ mod tests {
         // A head whose entries are gone (expired) is not woken for again.
         assert!(j.judge(&[(d(1), 6)], &delivered, true).is_empty());
         assert!(j.judge(&[(d(1), 6)], &delivered, false).is_empty());
+    }
+
+    fn offer(seq: u64, after: u64) -> Offer {
+        let envelope = sotto_proto::Envelope {
+            group: sotto_proto::GroupId([1; 32]),
+            sender: DeviceId::NONE,
+            msg_id: sotto_proto::MessageId([2; 16]),
+            kind: sotto_proto::EnvelopeKind::Application,
+            server_time_ms: 3,
+            payload: sotto_proto::Blob(vec![4]),
+        };
+        Offer {
+            seq,
+            after,
+            envelope: Arc::new(EncodedEnvelope::new(&envelope)),
+        }
+    }
+
+    fn seqs(offers: &[Offer]) -> Vec<u64> {
+        offers.iter().map(|o| o.seq).collect()
+    }
+
+    #[test]
+    fn offers_are_sent_only_while_nothing_is_skipped() {
+        // Entries that follow one another are sent, whatever the gaps
+        // between their sequence numbers (entries of other devices).
+        let (send, read) = plan(vec![offer(11, 10), offer(15, 11), offer(20, 15)], 10);
+        assert_eq!((seqs(&send), read), (vec![11, 15, 20], false));
+        // An entry before the first offer left the mailbox (acknowledged
+        // through another connection): nothing is skipped.
+        let (send, read) = plan(vec![offer(30, 0)], 20);
+        assert_eq!((seqs(&send), read), (vec![30], false));
+        // Offered out of order: the later entry waits for a read.
+        let (send, read) = plan(vec![offer(15, 11), offer(11, 10)], 10);
+        assert_eq!((seqs(&send), read), (vec![], true));
+        // Sent up to the gap, then read.
+        let (send, read) = plan(vec![offer(11, 10), offer(20, 15), offer(25, 20)], 10);
+        assert_eq!((seqs(&send), read), (vec![11], true));
+        // Entries delivered already (by a read) are dropped.
+        let (send, read) = plan(vec![offer(11, 10), offer(12, 11), offer(13, 12)], 12);
+        assert_eq!((seqs(&send), read), (vec![13], false));
+    }
+
+    #[tokio::test]
+    async fn offers_reach_every_connection_of_a_device_and_overflow_into_a_read() {
+        let w = MailWatch::default();
+        let a = w.register(d(1));
+        let b = w.register(d(1));
+        let other = w.register(d(2));
+        let o = offer(5, 4);
+        let posted = [crate::store::Posted {
+            device: d(1),
+            seq: 5,
+            after: 4,
+        }];
+        assert!(w.any_connected(&posted));
+        assert_eq!(w.offer(&posted, &o.envelope), 2);
+        for c in [&a, &b] {
+            tokio::time::timeout(Duration::from_secs(1), c.notified())
+                .await
+                .expect("offered");
+            let (offers, read) = c.take();
+            assert_eq!((seqs(&offers), read), (vec![5], false));
+            assert_eq!(*offers[0].envelope, *o.envelope);
+        }
+        let (offers, read) = other.take();
+        assert!(offers.is_empty() && !read);
+        // A connection that does not take its offers reads instead.
+        for seq in 0..=MAX_OFFERS as u64 {
+            let p = crate::store::Posted {
+                device: d(1),
+                seq: 10 + seq,
+                after: 9 + seq,
+            };
+            w.offer(&[p], &o.envelope);
+        }
+        let (offers, read) = a.take();
+        assert!(offers.is_empty() && read);
+        // The store watch's wake-up is a read too.
+        w.wake(&[d(2)]);
+        assert!(other.take().1);
+        drop((a, b, other));
+        assert!(!w.any_connected(&posted));
     }
 
     #[test]

@@ -350,7 +350,7 @@ async fn databases_made_before_versions_open_with_their_rows_at_the_latest_versi
             )
             .await
             .unwrap();
-        assert_eq!(sent.recipients, vec![PHONE], "{what}");
+        assert_eq!(sent.recipients(), vec![PHONE], "{what}");
         let stats = s.stats().await.unwrap();
         assert_eq!((stats.accounts, stats.pending_deliveries), (2, 2), "{what}");
         drop(s);

@@ -86,6 +86,22 @@ pub async fn fans_out_to_many<B: Bus>(a: B, b: B) {
     }
 }
 
+/// A publish for elsewhere wakes the device's connections on the other
+/// nodes only (its connections here were handed the mail).
+pub async fn elsewhere_skips_the_publishing_node<B: Bus>(a: B, b: B) {
+    let on_a = a.subscribe(dev(6)).await;
+    let on_b = b.subscribe(dev(6)).await;
+    a.publish_elsewhere(&[dev(6)]);
+    // Only a bus between nodes has another node (the local bus is given
+    // as both).
+    if a.may_lose_wakeups() {
+        arrives(&on_b, "connection on the other node").await;
+    } else {
+        assert!(quiet(&on_b).await, "woken on the publishing node");
+    }
+    assert!(quiet(&on_a).await, "woken on the publishing node");
+}
+
 /// Generates one test per bus check, given an async expression that makes
 /// `(guard, node_a, node_b)`.
 #[macro_export]
@@ -97,6 +113,7 @@ macro_rules! bus_conformance_tests {
             wakes_every_connection,
             resubscribes_after_drop,
             fans_out_to_many,
+            elsewhere_skips_the_publishing_node,
         );
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {

@@ -1,7 +1,9 @@
 //! The [`Bus`]: how the part of the server that stored a message tells the
-//! connection of a recipient device that its mailbox has something new. The
-//! message itself is always read from the [`crate::store::Store`]; a lost
-//! notification only delays delivery until the next one or the next login.
+//! connection of a recipient device on another node that its mailbox has
+//! something new (this node's connections are handed the message itself,
+//! `crate::watch`). The message is read from the [`crate::store::Store`];
+//! a lost notification only delays delivery until the next one, the store
+//! watch, or the next login.
 //!
 //! [`LocalBus`] serves one node; [`nats::NatsBus`] carries notifications
 //! between nodes through NATS. Both pass [`conformance`].
@@ -28,6 +30,14 @@ pub trait Bus: Send + Sync + 'static {
     /// Never waits on another node: a bus that cannot keep up drops
     /// notifications (the message stays in the store).
     fn publish(&self, devices: &[DeviceId]);
+
+    /// Tells the connections of these devices on the other nodes only: the
+    /// mail was offered to this node's connections already
+    /// (`crate::watch::MailWatch::offer`). Nothing to do for a bus of one
+    /// node.
+    fn publish_elsewhere(&self, devices: &[DeviceId]) {
+        let _ = devices;
+    }
 
     /// Whether the bus reaches the other nodes right now (for `/readyz`,
     /// `/busz` and `sotto_bus_connected`). A node-local bus always does.

@@ -242,10 +242,14 @@ impl Bus for NatsBus {
     }
 
     fn publish(&self, devices: &[DeviceId]) {
+        self.local.publish(devices);
+        self.publish_elsewhere(devices);
+    }
+
+    fn publish_elsewhere(&self, devices: &[DeviceId]) {
         if devices.is_empty() {
             return;
         }
-        self.local.publish(devices);
         if self.queue.try_send(devices.to_vec()).is_err() {
             self.dropped
                 .fetch_add(devices.len() as u64, Ordering::Relaxed);

@@ -268,7 +268,7 @@ impl<S: Store, B: Bus> Ctx<'_, S, B> {
                 .publish_device_list(r.device_list.clone(), self.now_ms())
                 .await
             {
-                Ok(change) => self.shared.bus.publish(&change.revoked),
+                Ok(change) => self.shared.wake_revoked(&change.revoked),
                 Err(DeviceListError::Stale(v)) => {
                     return Err(ProtoError::with_message(
                         ErrorCode::InvalidRequest,
@@ -330,7 +330,7 @@ impl<S: Store, B: Bus> Authed<'_, S, B> {
         {
             Ok(change) => {
                 // Revoked devices' connections wake up and find themselves revoked.
-                self.shared.bus.publish(&change.revoked);
+                self.shared.wake_revoked(&change.revoked);
                 self.publish_entry(self.own_handle(), entry).await;
                 Ok(Response::DeviceListStored { version })
             }

@@ -130,9 +130,16 @@ impl<S: Store, B: Bus> Authed<'_, S, B> {
             msg_id: c.msg_id,
             expires_ms: self.now_ms().saturating_add(self.ttl_ms()),
         };
+        let commit_envelope = w.commit.as_ref().map(Outgoing::envelope);
+        let welcome_envelope = w.welcome.as_ref().map(Outgoing::envelope);
         match self.shared.store.commit(w).await {
             Ok(out) => {
-                self.shared.bus.publish(&out.recipients);
+                if let Some(e) = &commit_envelope {
+                    self.shared.post(e, &out.commit);
+                }
+                if let Some(e) = &welcome_envelope {
+                    self.shared.post(e, &out.welcome);
+                }
                 self.shared.metrics.messages_accepted.inc();
                 Ok(Response::Committed { epoch: out.epoch })
             }
@@ -191,9 +198,10 @@ impl<S: Store, B: Bus> Authed<'_, S, B> {
             epoch,
             mailbox_cap: self.mailbox_cap(),
         };
+        let envelope = w.message.envelope();
         match self.shared.store.propose(w).await {
             Ok(out) => {
-                self.shared.bus.publish(&out.recipients);
+                self.shared.post(&envelope, &out.posted);
                 self.shared.metrics.messages_accepted.inc();
                 Ok(Response::Accepted {
                     duplicate: out.duplicate,

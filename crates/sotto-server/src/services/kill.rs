@@ -200,6 +200,7 @@ impl<S: Store, B: Bus> Ctx<'_, S, B> {
                 expires_ms: now.saturating_add(self.ttl_ms()),
                 epoch: None,
             };
+            let envelope = m.envelope();
             match self
                 .shared
                 .store
@@ -207,7 +208,7 @@ impl<S: Store, B: Bus> Ctx<'_, S, B> {
                 .await
             {
                 Ok(out) => {
-                    self.shared.bus.publish(&out.recipients);
+                    self.shared.post(&envelope, &out.posted);
                     self.shared.metrics.messages_accepted.inc();
                     queued += 1;
                 }

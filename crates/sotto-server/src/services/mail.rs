@@ -38,9 +38,10 @@ impl<S: Store, B: Bus> Authed<'_, S, B> {
             expires_ms: now.saturating_add(ttl),
             epoch: Some(epoch),
         };
+        let envelope = m.envelope();
         match self.shared.store.send(m, self.mailbox_cap()).await {
             Ok(out) => {
-                self.shared.bus.publish(&out.recipients);
+                self.shared.post(&envelope, &out.posted);
                 self.shared.metrics.messages_accepted.inc();
                 Ok(Response::Accepted {
                     duplicate: out.duplicate,
@@ -80,6 +81,7 @@ impl<S: Store, B: Bus> Authed<'_, S, B> {
             expires_ms: now.saturating_add(self.ttl_ms()),
             epoch: None,
         };
+        let envelope = m.envelope();
         match self
             .shared
             .store
@@ -87,7 +89,7 @@ impl<S: Store, B: Bus> Authed<'_, S, B> {
             .await
         {
             Ok(out) => {
-                self.shared.bus.publish(&out.recipients);
+                self.shared.post(&envelope, &out.posted);
                 self.shared.metrics.messages_accepted.inc();
                 Ok(Response::Accepted {
                     duplicate: out.duplicate,

@@ -11,7 +11,7 @@ use sotto_proto::{
 
 use super::{
     CommitError, CommitWrite, DeviceListError, GroupState, MailboxCap, MailboxEntry, NewAccount,
-    Outgoing, ProposalWrite, RegisterError, SendError, Store, StoredKeyPackage,
+    Outgoing, Posted, ProposalWrite, RegisterError, SendError, Store, StoredKeyPackage,
 };
 
 /// A cap on entries only.
@@ -188,10 +188,10 @@ pub async fn commits_compare_and_set<S: Store>(s: S) {
     c.welcome_recipients = vec![dev(2)];
     let o = s.commit(c.clone()).await.unwrap();
     assert_eq!(o.epoch, 1);
-    assert_eq!(o.recipients, vec![dev(2)]);
+    assert_eq!(o.recipients(), vec![dev(2)]);
     // The same commit again (its answer was lost): answered, not reapplied.
     let again = s.commit(c.clone()).await.unwrap();
-    assert_eq!((again.epoch, again.recipients.len()), (1, 0));
+    assert_eq!((again.epoch, again.recipients().len()), (1, 0));
     assert_eq!(s.fetch(dev(2), 0, 10, NOW).await.unwrap().len(), 1);
     // Another commit on the same epoch is stale.
     let mut other = c;
@@ -212,7 +212,7 @@ pub async fn commits_compare_and_set<S: Store>(s: S) {
     next.commit = Some(out(g, dev(2), 2, EnvelopeKind::Commit));
     let o = s.commit(next).await.unwrap();
     assert_eq!(o.epoch, 2);
-    assert_eq!(o.recipients, vec![dev(1)]);
+    assert_eq!(o.recipients(), vec![dev(1)]);
     // A device that joins by its commit (a new device of a member account,
     // checked by the rules) needs no routing before it, and has it after.
     let mut joins = create(g, dev(4), vec![dev(1), dev(2), dev(3), dev(4)]);
@@ -221,12 +221,12 @@ pub async fn commits_compare_and_set<S: Store>(s: S) {
     joins.commit = Some(out(g, dev(4), 3, EnvelopeKind::Commit));
     let o = s.commit(joins).await.unwrap();
     assert_eq!(o.epoch, 3);
-    assert_eq!(o.recipients, vec![dev(1), dev(2), dev(3)]);
+    assert_eq!(o.recipients(), vec![dev(1), dev(2), dev(3)]);
     let r = s
         .send(out(g, dev(1), 4, EnvelopeKind::Application), cap(10))
         .await
         .unwrap();
-    assert_eq!(r.recipients.len(), 3);
+    assert_eq!(r.recipients().len(), 3);
     // A commit on an unknown group at epoch > 0 is stale.
     let mut ghost = create(GroupId([8; 32]), dev(1), vec![dev(1)]);
     ghost.epoch = 4;
@@ -260,7 +260,7 @@ pub async fn group_state_and_proposals<S: Store>(s: S) {
     };
     let o = s.propose(propose(dev(3), 40, 1)).await.unwrap();
     assert!(!o.duplicate);
-    assert_eq!(o.recipients, vec![dev(1), dev(2)]);
+    assert_eq!(o.recipients(), vec![dev(1), dev(2)]);
     // Stored once, for the others, with its kind.
     assert!(s.propose(propose(dev(3), 40, 1)).await.unwrap().duplicate);
     let got = s.fetch(dev(2), 0, 10, NOW).await.unwrap();
@@ -316,13 +316,13 @@ pub async fn sends_fan_out_once<S: Store>(s: S) {
         .await
         .unwrap();
     assert!(!r.duplicate);
-    assert_eq!(r.recipients.len(), 2);
+    assert_eq!(r.recipients().len(), 2);
     let r = s
         .send(out(g, dev(1), 1, EnvelopeKind::Application), cap(3))
         .await
         .unwrap();
     assert!(r.duplicate);
-    assert!(r.recipients.is_empty());
+    assert!(r.recipients().is_empty());
     // An application message's id is unique within its group, whoever
     // sends it (the store does not keep who did): ids are random, so only a
     // replay repeats one.
@@ -783,7 +783,7 @@ pub async fn stats_and_operator_revoke<S: Store>(s: S) {
         .send(out(g, dev(1), 2, EnvelopeKind::Application), cap(10))
         .await
         .unwrap();
-    assert!(r.recipients.is_empty());
+    assert!(r.recipients().is_empty());
 }
 
 fn kp(n: u8) -> StoredKeyPackage {
@@ -963,7 +963,7 @@ pub async fn concurrent_sends_get_their_own_answers<S: Store>(s: S) {
     for t in tasks {
         let (kind, id, r) = t.await.unwrap();
         match (kind, r) {
-            ("ok", Ok(o)) => assert!(!o.duplicate && o.recipients.len() == 2, "{id}: {o:?}"),
+            ("ok", Ok(o)) => assert!(!o.duplicate && o.recipients().len() == 2, "{id}: {o:?}"),
             ("not member", Err(SendError::NotMember)) => {}
             ("full", Err(SendError::MailboxFull)) => {}
             ("twice", Ok(o)) => twice.entry(id).or_default().push(o.duplicate),
@@ -1156,18 +1156,18 @@ pub async fn blocks_and_leaving_alone<S: Store>(s: S) {
         .send(out(g, dev(1), 1, EnvelopeKind::Application), cap(1000))
         .await
         .unwrap();
-    assert_eq!(sent.recipients, vec![dev(3)]);
+    assert_eq!(sent.recipients(), vec![dev(3)]);
     // A commit whose tree still has the device: still not routed.
     let mut next = create(g, dev(3), vec![dev(1), dev(2), dev(3)]);
     next.epoch = 1;
     next.commit = Some(out(g, dev(3), 2, EnvelopeKind::Commit));
     let o = s.commit(next).await.unwrap();
-    assert_eq!(o.recipients, vec![dev(1)]);
+    assert_eq!(o.recipients(), vec![dev(1)]);
     let sent = s
         .send(out(g, dev(1), 3, EnvelopeKind::Application), cap(1000))
         .await
         .unwrap();
-    assert_eq!(sent.recipients, vec![dev(3)]);
+    assert_eq!(sent.recipients(), vec![dev(3)]);
     assert!(matches!(
         s.send(out(g, dev(2), 4, EnvelopeKind::Application), cap(1000))
             .await,
@@ -1183,9 +1183,125 @@ pub async fn blocks_and_leaving_alone<S: Store>(s: S) {
         .send(out(g, dev(1), 6, EnvelopeKind::Application), cap(1000))
         .await
         .unwrap()
-        .recipients;
+        .recipients();
     sent.sort();
     assert_eq!(sent, vec![dev(2), dev(3)]);
+}
+
+/// Every write that fills mailboxes says which entries it made, and each
+/// is what a read gives back: the sequence number, the envelope as
+/// `Outgoing::envelope` makes it, and an `after` no undelivered earlier
+/// entry of the mailbox lies past. Connections deliver from these without
+/// reading (`crate::watch`), so a wrong one loses or reorders mail.
+pub async fn posted_entries_are_what_fetch_reads<S: Store>(s: S) {
+    for n in 1..=4 {
+        s.register(account(n)).await.unwrap();
+    }
+    let g = GroupId([8; 32]);
+    // Checks each entry against the mailbox as it is now.
+    async fn check<S: Store>(s: &S, m: &Outgoing, posted: &[Posted], what: &str) {
+        for p in posted {
+            let got = s.fetch(p.device, p.seq - 1, 1, NOW).await.unwrap();
+            assert_eq!(got.len(), 1, "{what}: {p:?}");
+            assert_eq!(got[0].seq, p.seq, "{what}");
+            assert_eq!(got[0].envelope, m.envelope(), "{what}");
+            assert!(p.after < p.seq, "{what}: {p:?}");
+            let all = s.fetch(p.device, 0, 1000, NOW).await.unwrap();
+            assert!(
+                all.iter()
+                    .filter(|e| e.seq < p.seq)
+                    .all(|e| e.seq <= p.after),
+                "{what}: {p:?} skips an entry of {all:?}"
+            );
+        }
+    }
+    let mut first = create(g, dev(1), vec![dev(1), dev(2), dev(3)]);
+    let welcome = out(g, dev(1), 1, EnvelopeKind::Welcome);
+    first.welcome = Some(welcome.clone());
+    first.welcome_recipients = vec![dev(2), dev(3)];
+    let o = s.commit(first).await.unwrap();
+    assert!(o.commit.is_empty());
+    assert_eq!(
+        o.welcome.iter().map(|p| p.device).collect::<Vec<_>>(),
+        vec![dev(2), dev(3)]
+    );
+    check(&s, &welcome, &o.welcome, "welcome").await;
+    let mut last = std::collections::HashMap::new();
+    for i in 2..=6 {
+        let m = out(g, dev(1 + i % 2), i, EnvelopeKind::Application);
+        let o = s.send(m.clone(), cap(100)).await.unwrap();
+        assert_eq!(o.posted.len(), 2, "every member but the sender");
+        check(&s, &m, &o.posted, "send").await;
+        for p in &o.posted {
+            let before = last.insert(p.device, p.seq).unwrap_or(0);
+            assert!(p.seq > before, "a later send, a later entry: {p:?}");
+        }
+        // A duplicate makes no entry.
+        let again = s.send(m, cap(100)).await.unwrap();
+        assert!(again.duplicate && again.posted.is_empty());
+    }
+    // Acknowledged entries leave the mailbox; the next entry still skips
+    // nothing that is there.
+    let waiting = s.fetch(dev(3), 0, 100, NOW).await.unwrap();
+    s.ack(dev(3), waiting[..3].iter().map(|e| e.seq).collect())
+        .await
+        .unwrap();
+    let m = out(g, dev(1), 7, EnvelopeKind::Application);
+    let o = s.send(m.clone(), cap(100)).await.unwrap();
+    check(&s, &m, &o.posted, "after acks").await;
+    s.ack(
+        dev(3),
+        s.fetch(dev(3), 0, 100, NOW)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect(),
+    )
+    .await
+    .unwrap();
+    let m = out(g, dev(2), 8, EnvelopeKind::Application);
+    let o = s.send(m.clone(), cap(100)).await.unwrap();
+    check(&s, &m, &o.posted, "into an empty mailbox").await;
+    // A commit with a Welcome: each message's own entries.
+    let mut next = create(g, dev(1), vec![dev(1), dev(2), dev(3), dev(4)]);
+    next.epoch = 1;
+    let (commit, welcome) = (
+        out(g, dev(1), 9, EnvelopeKind::Commit),
+        out(g, dev(1), 10, EnvelopeKind::Welcome),
+    );
+    next.commit = Some(commit.clone());
+    next.welcome = Some(welcome.clone());
+    next.welcome_recipients = vec![dev(4)];
+    let o = s.commit(next).await.unwrap();
+    assert_eq!(o.commit.len(), 2);
+    assert_eq!(o.welcome.len(), 1);
+    check(&s, &commit, &o.commit, "commit").await;
+    check(&s, &welcome, &o.welcome, "welcome to a new member").await;
+    let mut to: Vec<DeviceId> = o.commit.iter().map(|p| p.device).collect();
+    to.sort();
+    assert_eq!(
+        to,
+        vec![dev(2), dev(3)],
+        "the members before, but the sender"
+    );
+    assert_eq!(o.welcome[0].device, dev(4));
+    // A message to a device, and a proposal.
+    let m = out(GroupId([0; 32]), dev(1), 11, EnvelopeKind::Device);
+    let o = s.send_to_device(m.clone(), dev(1), cap(100)).await.unwrap();
+    assert_eq!(o.recipients(), vec![dev(1)]);
+    check(&s, &m, &o.posted, "device message").await;
+    let m = out(g, dev(4), 12, EnvelopeKind::Proposal);
+    let o = s
+        .propose(ProposalWrite {
+            message: m.clone(),
+            epoch: 2,
+            mailbox_cap: cap(100),
+        })
+        .await
+        .unwrap();
+    assert_eq!(o.posted.len(), 3);
+    check(&s, &m, &o.posted, "proposal").await;
 }
 
 /// A kill-code record of account `n` (the store does not check it; the
@@ -1362,7 +1478,7 @@ pub async fn forget_device_drops_its_data<S: Store>(s: S) {
         .send(out(g, dev(1), 4, EnvelopeKind::Application), cap(100))
         .await
         .unwrap();
-    assert_eq!(sent.recipients, vec![dev(3)]);
+    assert_eq!(sent.recipients(), vec![dev(3)]);
     assert!(matches!(
         s.send(out(g, dev(2), 5, EnvelopeKind::Application), cap(100))
             .await,
@@ -1389,6 +1505,7 @@ macro_rules! store_conformance_tests {
             mailbox_byte_cap,
             fetch_ack_and_expiry,
             fetch_many_reads_like_fetch,
+            posted_entries_are_what_fetch_reads,
             mailbox_heads_follow_sends,
             device_lists_add_and_revoke,
             device_messages_are_stored_once,

@@ -227,6 +227,19 @@ impl Outgoing {
         }
     }
 
+    /// The envelope as stored and delivered: what [`Store::fetch`] reads
+    /// back for each of its mailbox entries.
+    pub fn envelope(&self) -> Envelope {
+        Envelope {
+            group: self.group,
+            sender: self.stored_sender(),
+            msg_id: self.msg_id,
+            kind: self.kind,
+            server_time_ms: self.now_ms,
+            payload: sotto_proto::Blob(self.payload.clone()),
+        }
+    }
+
     /// Its key in the dedup window (`seen_sends`), from its dedup scope
     /// ([`sotto_proto::dedup_scope`]): a hash, never the sender or id.
     pub fn seen_key(&self) -> [u8; 32] {
@@ -328,13 +341,45 @@ pub struct GroupState {
     pub proposals: Vec<Vec<u8>>,
 }
 
+/// One mailbox entry a write made: what a connection of `device` needs to
+/// deliver the message at once, without reading it back from the store
+/// (`crate::watch::MailWatch::offer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Posted {
+    /// The recipient device.
+    pub device: DeviceId,
+    /// The entry's mailbox sequence number.
+    pub seq: u64,
+    /// Every entry of this mailbox before `seq` that is still there has a
+    /// sequence number of at most `after`: a connection that delivered up
+    /// to `after` (or further) may deliver this entry next and skip
+    /// nothing. (Entries that left the mailbox were acknowledged by the
+    /// device or expired.)
+    pub after: u64,
+}
+
 /// The result of a send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendOutcome {
     /// The message id was seen before; nothing was stored.
     pub duplicate: bool,
-    /// Devices whose mailboxes got the message.
-    pub recipients: Vec<DeviceId>,
+    /// The mailbox entries made, one per recipient device.
+    pub posted: Vec<Posted>,
+}
+
+impl SendOutcome {
+    /// A duplicate: nothing stored.
+    pub fn duplicate() -> Self {
+        Self {
+            duplicate: true,
+            posted: Vec::new(),
+        }
+    }
+
+    /// The devices whose mailboxes got the message.
+    pub fn recipients(&self) -> Vec<DeviceId> {
+        self.posted.iter().map(|p| p.device).collect()
+    }
 }
 
 /// The result of a commit.
@@ -342,8 +387,21 @@ pub struct SendOutcome {
 pub struct CommitOutcome {
     /// The group's new epoch.
     pub epoch: u64,
-    /// Devices whose mailboxes got the commit or the Welcome.
-    pub recipients: Vec<DeviceId>,
+    /// The mailbox entries of the commit message.
+    pub commit: Vec<Posted>,
+    /// The mailbox entries of the Welcome.
+    pub welcome: Vec<Posted>,
+}
+
+impl CommitOutcome {
+    /// The devices whose mailboxes got the commit or the Welcome.
+    pub fn recipients(&self) -> Vec<DeviceId> {
+        self.commit
+            .iter()
+            .chain(&self.welcome)
+            .map(|p| p.device)
+            .collect()
+    }
 }
 
 /// A message in a mailbox.
@@ -603,7 +661,7 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// entries after `after`, as [`Store::fetch`] gives them. A message to
     /// a large group wakes many connections at once; the SQLite store
     /// reads all their mailboxes in one hop to its blocking thread and one
-    /// lock, the PostgreSQL store on one pooled connection
+    /// lock, the PostgreSQL store in one query
     /// ([`crate::mailbox::MailboxReader`] gathers them).
     fn fetch_many(
         &self,

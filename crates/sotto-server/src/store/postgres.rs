@@ -28,8 +28,8 @@ use sqlx::{PgConnection, Row};
 use super::{
     BlobState, Claimed, CommitError, CommitOutcome, CommitWrite, DeviceListChange, DeviceListError,
     DeviceRecord, DirectoryWrite, GroupState, Guesses, KeyPackageStock, MailboxCap, MailboxEntry,
-    NewAccount, Outgoing, ProposalWrite, RegisterError, SendError, SendOutcome, Stats, Store,
-    StoreError, StoredKeyPackage, WipeTarget, seen_key,
+    NewAccount, Outgoing, Posted, ProposalWrite, RegisterError, SendError, SendOutcome, Stats,
+    Store, StoreError, StoredKeyPackage, WipeTarget, seen_key,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -229,6 +229,33 @@ impl PgStore {
     }
 }
 
+/// The mailbox entry numbered `seq` whose message is in `r`'s columns
+/// from `at` on: group, sender, message id, kind, server time, payload.
+fn entry(seq: i64, r: &sqlx::postgres::PgRow, at: usize) -> Result<MailboxEntry, StoreError> {
+    let get = |r: &sqlx::postgres::PgRow| -> Result<_, sqlx::Error> {
+        Ok((
+            r.try_get::<Vec<u8>, _>(at)?,
+            r.try_get::<Vec<u8>, _>(at + 1)?,
+            r.try_get::<Vec<u8>, _>(at + 2)?,
+            r.try_get::<i16, _>(at + 3)?,
+            r.try_get::<i64, _>(at + 4)?,
+            r.try_get::<Vec<u8>, _>(at + 5)?,
+        ))
+    };
+    let (group, sender, msg_id, kind, server_ms, payload) = get(r).map_err(map_err)?;
+    Ok(MailboxEntry {
+        seq: unsigned(seq),
+        envelope: Envelope {
+            group: GroupId(arr(group)?),
+            sender: DeviceId(arr(sender)?),
+            msg_id: MessageId(arr(msg_id)?),
+            kind: kind_from_i16(kind)?,
+            server_time_ms: unsigned(server_ms),
+            payload: Blob(payload),
+        },
+    })
+}
+
 /// Up to `limit` unexpired mailbox entries of `device` after `after`.
 async fn mailbox_after(
     c: &mut PgConnection,
@@ -249,33 +276,9 @@ async fn mailbox_after(
     .fetch_all(&mut *c)
     .await
     .map_err(map_err)?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let get = |r: &sqlx::postgres::PgRow| -> Result<_, sqlx::Error> {
-            Ok((
-                r.try_get::<i64, _>(0)?,
-                r.try_get::<Vec<u8>, _>(1)?,
-                r.try_get::<Vec<u8>, _>(2)?,
-                r.try_get::<Vec<u8>, _>(3)?,
-                r.try_get::<i16, _>(4)?,
-                r.try_get::<i64, _>(5)?,
-                r.try_get::<Vec<u8>, _>(6)?,
-            ))
-        };
-        let (seq, group, sender, msg_id, kind, server_ms, payload) = get(&r).map_err(map_err)?;
-        out.push(MailboxEntry {
-            seq: unsigned(seq),
-            envelope: Envelope {
-                group: GroupId(arr(group)?),
-                sender: DeviceId(arr(sender)?),
-                msg_id: MessageId(arr(msg_id)?),
-                kind: kind_from_i16(kind)?,
-                server_time_ms: unsigned(server_ms),
-                payload: Blob(payload),
-            },
-        });
-    }
-    Ok(out)
+    rows.iter()
+        .map(|r| entry(r.try_get(0).map_err(map_err)?, r, 1))
+        .collect()
 }
 
 async fn members(c: &mut PgConnection, group: &GroupId) -> Result<Vec<DeviceId>, sqlx::Error> {
@@ -307,12 +310,12 @@ async fn insert_message(
     m: &Outgoing,
     recipients: &[DeviceId],
     cap: MailboxCap,
-) -> Result<Option<()>, sqlx::Error> {
+) -> Result<Option<Vec<Posted>>, sqlx::Error> {
     let mut to = ids(recipients);
     to.sort();
     to.dedup();
     if to.is_empty() {
-        return Ok(Some(()));
+        return Ok(Some(Vec::new()));
     }
     let size = i64::try_from(m.payload.len()).unwrap_or(i64::MAX);
     let id: i64 = sqlx::query_scalar(
@@ -345,12 +348,24 @@ async fn insert_message(
     let (max_n, max_bytes) = (ms(cap.messages), ms(cap.bytes));
     let mut devices = Vec::with_capacity(heads.len());
     let mut seqs = Vec::with_capacity(heads.len());
+    let mut posted = Vec::with_capacity(heads.len());
     for h in heads {
         if h.try_get::<i64, _>(2)? > max_n || h.try_get::<i64, _>(3)? > max_bytes {
             return Ok(None);
         }
-        devices.push(h.try_get::<Vec<u8>, _>(0)?);
-        seqs.push(h.try_get::<i64, _>(1)?);
+        let device = h.try_get::<Vec<u8>, _>(0)?;
+        let seq = h.try_get::<i64, _>(1)?;
+        // A mailbox's sequence numbers follow one another (its head row
+        // counts them): the entry before this one is `seq - 1`.
+        posted.push(Posted {
+            device: DeviceId(device.as_slice().try_into().map_err(|_| {
+                sqlx::Error::Protocol("a mailbox head's device is not 32 bytes".into())
+            })?),
+            seq: unsigned(seq),
+            after: unsigned(seq - 1),
+        });
+        devices.push(device);
+        seqs.push(seq);
     }
     sqlx::query(
         "INSERT INTO mailbox (device, seq, message) \
@@ -361,7 +376,7 @@ async fn insert_message(
     .bind(id)
     .execute(&mut *c)
     .await?;
-    Ok(Some(()))
+    Ok(Some(posted))
 }
 
 /// Removes mailbox entries (already deleted, `messages` are the ids they
@@ -1106,21 +1121,15 @@ impl Store for PgStore {
         transaction!(async {
             let mut tx = self.pool.begin().await?;
             if !first_send(&mut tx, &key, m.expires_ms).await? {
-                return Ok(SendOutcome {
-                    duplicate: true,
-                    recipients: Vec::new(),
-                });
+                return Ok(SendOutcome::duplicate());
             }
-            if insert_message(&mut tx, &m, &[recipient], mailbox_cap)
-                .await?
-                .is_none()
-            {
+            let Some(posted) = insert_message(&mut tx, &m, &[recipient], mailbox_cap).await? else {
                 return refuse(SendError::MailboxFull);
-            }
+            };
             tx.commit().await?;
             Ok(SendOutcome {
                 duplicate: false,
-                recipients: vec![recipient],
+                posted,
             })
         })
     }
@@ -1147,7 +1156,8 @@ impl Store for PgStore {
             if let Some(epoch) = applied {
                 return Ok(CommitOutcome {
                     epoch: unsigned(epoch),
-                    recipients: Vec::new(),
+                    commit: Vec::new(),
+                    welcome: Vec::new(),
                 });
             }
             let current = unsigned(current);
@@ -1213,31 +1223,22 @@ impl Store for PgStore {
             .bind(&w.group.0[..])
             .execute(&mut *tx)
             .await?;
-            let mut recipients = Vec::new();
+            let mut commit = Vec::new();
             if let Some(m) = &w.commit {
                 let to: Vec<DeviceId> = before.into_iter().filter(|d| *d != w.sender).collect();
-                if !to.is_empty() {
-                    if insert_message(&mut tx, m, &to, w.mailbox_cap)
-                        .await?
-                        .is_none()
-                    {
-                        return refuse(CommitError::MailboxFull);
-                    }
-                    recipients.extend(to);
-                }
-            }
-            if let Some(m) = w
-                .welcome
-                .as_ref()
-                .filter(|_| !w.welcome_recipients.is_empty())
-            {
-                if insert_message(&mut tx, m, &w.welcome_recipients, w.mailbox_cap)
-                    .await?
-                    .is_none()
-                {
+                let Some(posted) = insert_message(&mut tx, m, &to, w.mailbox_cap).await? else {
                     return refuse(CommitError::MailboxFull);
-                }
-                recipients.extend(w.welcome_recipients.iter().copied());
+                };
+                commit = posted;
+            }
+            let mut welcome = Vec::new();
+            if let Some(m) = &w.welcome {
+                let Some(posted) =
+                    insert_message(&mut tx, m, &w.welcome_recipients, w.mailbox_cap).await?
+                else {
+                    return refuse(CommitError::MailboxFull);
+                };
+                welcome = posted;
             }
             sqlx::query("INSERT INTO seen_commits (key, epoch, expires_ms) VALUES ($1, $2, $3)")
                 .bind(&key[..])
@@ -1248,7 +1249,8 @@ impl Store for PgStore {
             tx.commit().await?;
             Ok(CommitOutcome {
                 epoch: new_epoch,
-                recipients,
+                commit,
+                welcome,
             })
         })
     }
@@ -1318,18 +1320,12 @@ impl Store for PgStore {
                 return refuse(CommitError::NotMember);
             }
             if !first_send(&mut tx, &key, m.expires_ms).await? {
-                return Ok(SendOutcome {
-                    duplicate: true,
-                    recipients: Vec::new(),
-                });
+                return Ok(SendOutcome::duplicate());
             }
             let to: Vec<DeviceId> = all.into_iter().filter(|d| *d != m.sender).collect();
-            if insert_message(&mut tx, m, &to, p.mailbox_cap)
-                .await?
-                .is_none()
-            {
+            let Some(posted) = insert_message(&mut tx, m, &to, p.mailbox_cap).await? else {
                 return refuse(CommitError::MailboxFull);
-            }
+            };
             sqlx::query("INSERT INTO group_proposals (group_id, epoch, data) VALUES ($1, $2, $3)")
                 .bind(&m.group.0[..])
                 .bind(ms(p.epoch))
@@ -1339,7 +1335,7 @@ impl Store for PgStore {
             tx.commit().await?;
             Ok(SendOutcome {
                 duplicate: false,
-                recipients: to,
+                posted,
             })
         })
     }
@@ -1367,30 +1363,21 @@ impl Store for PgStore {
                         .fetch_optional(&mut *tx)
                         .await?;
                 return match seen {
-                    Some(_) => Ok(SendOutcome {
-                        duplicate: true,
-                        recipients: Vec::new(),
-                    }),
+                    Some(_) => Ok(SendOutcome::duplicate()),
                     None => refuse(SendError::StaleEpoch(current)),
                 };
             }
             if !first_send(&mut tx, &key, m.expires_ms).await? {
-                return Ok(SendOutcome {
-                    duplicate: true,
-                    recipients: Vec::new(),
-                });
+                return Ok(SendOutcome::duplicate());
             }
             let to: Vec<DeviceId> = all.into_iter().filter(|d| *d != m.sender).collect();
-            if insert_message(&mut tx, &m, &to, mailbox_cap)
-                .await?
-                .is_none()
-            {
+            let Some(posted) = insert_message(&mut tx, &m, &to, mailbox_cap).await? else {
                 return refuse(SendError::MailboxFull);
-            }
+            };
             tx.commit().await?;
             Ok(SendOutcome {
                 duplicate: false,
-                recipients: to,
+                posted,
             })
         })
     }
@@ -1412,22 +1399,44 @@ impl Store for PgStore {
         limit: u32,
         now_ms: u64,
     ) -> Result<Vec<Option<Vec<MailboxEntry>>>, StoreError> {
-        let mut c = self.pool.acquire().await.map_err(map_err)?;
+        if wants.is_empty() {
+            return Ok(Vec::new());
+        }
         let ids: Vec<&[u8]> = wants.iter().map(|(d, _)| &d.0[..]).collect();
-        let live: Vec<Vec<u8>> = sqlx::query_scalar(
-            "SELECT device FROM devices WHERE device = ANY($1::bytea[]) AND NOT revoked",
+        let afters: Vec<i64> = wants.iter().map(|(_, a)| ms(*a)).collect();
+        // One query for every device: which are live (a row with a NULL
+        // entry for a live device with nothing to deliver), and up to
+        // `limit` entries of each, by one index range scan per device.
+        let rows = sqlx::query(
+            "SELECT w.i, e.seq, e.group_id, e.sender, e.msg_id, e.kind, e.server_ms, e.payload \
+             FROM unnest($1::bytea[], $2::int8[]) WITH ORDINALITY AS w(device, after, i) \
+             JOIN devices d ON d.device = w.device AND NOT d.revoked \
+             LEFT JOIN LATERAL ( \
+                 SELECT b.seq, m.group_id, m.sender, m.msg_id, m.kind, m.server_ms, m.payload \
+                 FROM mailbox b JOIN messages m ON m.id = b.message \
+                 WHERE b.device = w.device AND b.seq > w.after AND m.expires_ms > $4 \
+                 ORDER BY b.seq LIMIT $3) e ON true \
+             ORDER BY w.i, e.seq",
         )
         .bind(&ids)
-        .fetch_all(&mut *c)
+        .bind(&afters)
+        .bind(i64::from(limit))
+        .bind(ms(now_ms))
+        .fetch_all(&self.pool)
         .await
         .map_err(map_err)?;
-        let mut out = Vec::with_capacity(wants.len());
-        for (device, after) in &wants {
-            out.push(if live.iter().any(|l| l[..] == device.0[..]) {
-                Some(mailbox_after(&mut c, device, *after, limit, now_ms).await?)
-            } else {
-                None
-            });
+        let mut out: Vec<Option<Vec<MailboxEntry>>> = vec![None; wants.len()];
+        for r in rows {
+            let i: i64 = r.try_get(0).map_err(map_err)?;
+            let slot = usize::try_from(i - 1)
+                .ok()
+                .and_then(|i| out.get_mut(i))
+                .ok_or_else(|| StoreError::Internal(format!("no device {i} was asked for")))?;
+            let entries = slot.get_or_insert_with(Vec::new);
+            // A live device with nothing to deliver: one row of NULLs.
+            if let Some(seq) = r.try_get::<Option<i64>, _>(1).map_err(map_err)? {
+                entries.push(entry(seq, &r, 2)?);
+            }
         }
         Ok(out)
     }

@@ -20,8 +20,8 @@ use sotto_proto::{
 use super::{
     BlobState, Claimed, CommitError, CommitOutcome, CommitWrite, DeviceListChange, DeviceListError,
     DeviceRecord, DirectoryWrite, GroupState, Guesses, KeyPackageStock, MailboxCap, MailboxEntry,
-    NewAccount, Outgoing, ProposalWrite, RegisterError, SendError, SendOutcome, Stats, Store,
-    StoreError, StoredKeyPackage, WipeTarget, seen_key,
+    NewAccount, Outgoing, Posted, ProposalWrite, RegisterError, SendError, SendOutcome, Stats,
+    Store, StoreError, StoredKeyPackage, WipeTarget, seen_key,
 };
 
 mod migrations;
@@ -170,29 +170,22 @@ fn send_one(
         return Err(SendError::NotMember);
     }
     if let Some(epoch) = m.epoch {
+        // The statements of every send are prepared once (`prepare_cached`):
+        // parsing them again was a tenth of the server's time in `direct`.
         let current: Option<i64> = c
-            .query_row(
-                "SELECT epoch FROM groups WHERE group_id = ?1",
-                [&m.group.0[..]],
-                |r| r.get(0),
-            )
-            .optional()
+            .prepare_cached("SELECT epoch FROM groups WHERE group_id = ?1")
+            .and_then(|mut st| st.query_row([&m.group.0[..]], |r| r.get(0)).optional())
             .map_err(map_err)?;
         let current = current.map_or(0, |e| u64::try_from(e).unwrap_or(0));
         if current != epoch {
             // A resend of a message stored in its epoch is a duplicate.
             let key = m.seen_key();
             let seen: Option<i64> = c
-                .query_row("SELECT 1 FROM seen_sends WHERE key = ?1", [&key[..]], |r| {
-                    r.get(0)
-                })
-                .optional()
+                .prepare_cached("SELECT 1 FROM seen_sends WHERE key = ?1")
+                .and_then(|mut st| st.query_row([&key[..]], |r| r.get(0)).optional())
                 .map_err(map_err)?;
             return match seen {
-                Some(_) => Ok(SendOutcome {
-                    duplicate: true,
-                    recipients: Vec::new(),
-                }),
+                Some(_) => Ok(SendOutcome::duplicate()),
                 None => Err(SendError::StaleEpoch(current)),
             };
         }
@@ -211,23 +204,16 @@ fn store_once(
 ) -> Result<SendOutcome, SendError> {
     let key = m.seen_key();
     let fresh = c
-        .execute(
-            "INSERT OR IGNORE INTO seen_sends (key, expires_ms) VALUES (?1, ?2)",
-            params![&key[..], ms(m.expires_ms)],
-        )
+        .prepare_cached("INSERT OR IGNORE INTO seen_sends (key, expires_ms) VALUES (?1, ?2)")
+        .and_then(|mut st| st.execute(params![&key[..], ms(m.expires_ms)]))
         .map_err(map_err)?;
     if fresh == 0 {
-        return Ok(SendOutcome {
-            duplicate: true,
-            recipients: Vec::new(),
-        });
+        return Ok(SendOutcome::duplicate());
     }
-    if !to.is_empty() {
-        insert_message(c, m, &to, mailbox_cap)?.ok_or(SendError::MailboxFull)?;
-    }
+    let posted = insert_message(c, m, &to, mailbox_cap)?.ok_or(SendError::MailboxFull)?;
     Ok(SendOutcome {
         duplicate: false,
-        recipients: to,
+        posted,
     })
 }
 
@@ -280,6 +266,10 @@ impl SqliteStore {
     pub const SCHEMA_VERSION: u32 = migrations::LATEST;
 
     fn init(mut conn: Connection) -> Result<Self, StoreError> {
+        // Room for every statement the store prepares once (rusqlite keeps
+        // 16 by default; the store has more, and evicting them means
+        // parsing them again).
+        conn.set_prepared_statement_cache_capacity(64);
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(map_err)?;
         conn.execute_batch(
@@ -492,18 +482,20 @@ fn take_key_package(
 }
 
 /// Entries and payload bytes waiting in `device`'s mailbox.
-fn mailbox_usage(tx: &Connection, device: &DeviceId) -> Result<(u64, u64), StoreError> {
-    let (n, bytes): (i64, i64) = tx
-        .query_row(
-            "SELECT count(*), coalesce(sum(length(m.payload)), 0) \
+/// What `device`'s mailbox holds: entries, payload bytes, and the highest
+/// sequence number among them (0 if it is empty).
+fn mailbox_usage(tx: &Connection, device: &DeviceId) -> Result<(u64, u64, u64), StoreError> {
+    let (n, bytes, last): (i64, i64, i64) = tx
+        .prepare_cached(
+            "SELECT count(*), coalesce(sum(length(m.payload)), 0), coalesce(max(b.seq), 0) \
              FROM mailbox b JOIN messages m ON m.id = b.message WHERE b.device = ?1",
-            [&device.0[..]],
-            |r| Ok((r.get(0)?, r.get(1)?)),
         )
+        .and_then(|mut st| st.query_row([&device.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))))
         .map_err(map_err)?;
     Ok((
         u64::try_from(n).unwrap_or(0),
         u64::try_from(bytes).unwrap_or(0),
+        u64::try_from(last).unwrap_or(0),
     ))
 }
 
@@ -559,43 +551,62 @@ fn mailbox_after(
     Ok(out)
 }
 
-/// Inserts a message and a mailbox row for each recipient. Fails with `None`
-/// if a recipient's mailbox would go past its cap.
+/// Inserts a message and a mailbox row for each recipient (each device
+/// once), and returns the entries made. Fails with `None` if a recipient's
+/// mailbox would go past its cap. Nothing is written for no recipients.
 fn insert_message(
     tx: &Connection,
     m: &Outgoing,
     recipients: &[DeviceId],
     cap: MailboxCap,
-) -> Result<Option<()>, StoreError> {
+) -> Result<Option<Vec<Posted>>, StoreError> {
+    let mut to = Vec::with_capacity(recipients.len());
+    let mut once = std::collections::HashSet::with_capacity(recipients.len());
     let size = m.payload.len() as u64;
     for r in recipients {
-        let (n, bytes) = mailbox_usage(tx, r)?;
+        if !once.insert(*r) {
+            continue;
+        }
+        let (n, bytes, last) = mailbox_usage(tx, r)?;
         if n >= cap.messages || bytes.saturating_add(size) > cap.bytes {
             return Ok(None);
         }
+        to.push((*r, last));
     }
-    tx.execute(
-        "INSERT INTO messages (group_id, sender, msg_id, kind, server_ms, expires_ms, payload) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            &m.group.0[..],
-            &m.stored_sender().0[..],
-            &m.msg_id.0[..],
-            kind_to_i64(m.kind),
-            ms(m.now_ms),
-            ms(m.expires_ms),
-            &m.payload
-        ],
-    )
-    .map_err(map_err)?;
-    let id = tx.last_insert_rowid();
+    if to.is_empty() {
+        return Ok(Some(Vec::new()));
+    }
+    let id = tx
+        .prepare_cached(
+            "INSERT INTO messages (group_id, sender, msg_id, kind, server_ms, expires_ms, payload) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .and_then(|mut st| {
+            st.insert(params![
+                &m.group.0[..],
+                &m.stored_sender().0[..],
+                &m.msg_id.0[..],
+                kind_to_i64(m.kind),
+                ms(m.now_ms),
+                ms(m.expires_ms),
+                &m.payload
+            ])
+        })
+        .map_err(map_err)?;
     let mut stmt = tx
         .prepare_cached("INSERT INTO mailbox (device, message) VALUES (?1, ?2)")
         .map_err(map_err)?;
-    for r in recipients {
-        stmt.execute(params![&r.0[..], id]).map_err(map_err)?;
+    let mut posted = Vec::with_capacity(to.len());
+    for (device, after) in to {
+        // `seq` is the table's rowid.
+        let seq = stmt.insert(params![&device.0[..], id]).map_err(map_err)?;
+        posted.push(Posted {
+            device,
+            seq: u64::try_from(seq).unwrap_or(0),
+            after,
+        });
     }
-    Ok(Some(()))
+    Ok(Some(posted))
 }
 
 /// After a commit wrote a group's members: a device that left alone stays
@@ -1252,7 +1263,8 @@ impl Store for SqliteStore {
                 // A retry of a commit whose answer was lost.
                 return Ok(CommitOutcome {
                     epoch: u64::try_from(epoch).unwrap_or(0),
-                    recipients: Vec::new(),
+                    commit: Vec::new(),
+                    welcome: Vec::new(),
                 });
             }
             let current: Option<i64> = tx
@@ -1314,22 +1326,16 @@ impl Store for SqliteStore {
                 }
             }
             forget_leaves(&tx, &w.group, &w.welcome_recipients)?;
-            let mut recipients = Vec::new();
+            let mut commit = Vec::new();
             if let Some(m) = &w.commit {
                 let to: Vec<DeviceId> = before.into_iter().filter(|d| *d != w.sender).collect();
-                if !to.is_empty() {
+                commit =
                     insert_message(&tx, m, &to, w.mailbox_cap)?.ok_or(CommitError::MailboxFull)?;
-                    recipients.extend(to);
-                }
             }
-            if let Some(m) = w
-                .welcome
-                .as_ref()
-                .filter(|_| !w.welcome_recipients.is_empty())
-            {
-                insert_message(&tx, m, &w.welcome_recipients, w.mailbox_cap)?
+            let mut welcome = Vec::new();
+            if let Some(m) = &w.welcome {
+                welcome = insert_message(&tx, m, &w.welcome_recipients, w.mailbox_cap)?
                     .ok_or(CommitError::MailboxFull)?;
-                recipients.extend(w.welcome_recipients.iter().copied());
             }
             tx.execute(
                 "INSERT INTO seen_commits (key, epoch, expires_ms) VALUES (?1, ?2, ?3)",
@@ -1339,7 +1345,8 @@ impl Store for SqliteStore {
             tx.commit().map_err(map_err)?;
             Ok(CommitOutcome {
                 epoch: new_epoch,
-                recipients,
+                commit,
+                welcome,
             })
         })
         .await
