@@ -57,14 +57,7 @@ struct Row {
 
 /// Bytes this process has caused to be written to storage so far.
 fn written() -> u64 {
-    std::fs::read_to_string("/proc/self/io")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("write_bytes:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0)
+    sys::written_bytes(std::process::id())
 }
 
 fn cpu_now() -> f64 {

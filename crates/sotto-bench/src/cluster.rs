@@ -12,12 +12,52 @@
 
 use std::time::Duration;
 
+use std::path::Path;
+
 use sotto_test_support::ServerProcess;
 use sotto_test_support::services::{NatsProcess, PgDatabase, free_port};
 
 use crate::load::{self, Outcome, Sotto};
 use crate::report::{Table, ms, percentile, ratio};
-use crate::{Ctx, payload};
+use crate::{Ctx, payload, sys};
+
+/// `n` nodes on one PostgreSQL store and one NATS bus, each on its own
+/// loopback port with its data under `dir`, sharing the first node's TLS
+/// identity and directory key (as an operator's nodes behind one name do),
+/// pinned to the servers' CPUs.
+pub(crate) fn start_nodes(
+    dir: &Path,
+    n: usize,
+    store: &str,
+    bus: &str,
+    pinning: &sys::Pinning,
+) -> anyhow::Result<Vec<Sotto>> {
+    let cfg = load::bench_config(dir)?;
+    let args = [
+        "--store",
+        store,
+        "--bus",
+        bus,
+        "--config",
+        cfg.to_str().unwrap_or_default(),
+    ];
+    let mut nodes: Vec<Sotto> = Vec::with_capacity(n);
+    for i in 0..n {
+        let data = dir.join(format!("node{i}"));
+        if let Some(first) = nodes.first() {
+            std::fs::create_dir_all(&data)?;
+            for f in ["tls-cert.der", "tls-key.der", "directory.key"] {
+                std::fs::copy(first.process.data.join(f), data.join(f))?;
+            }
+        }
+        let addr = format!("127.0.0.1:{}", free_port()).parse()?;
+        nodes.push(Sotto::adopt(
+            ServerProcess::start_on(&data, addr, &args),
+            pinning,
+        )?);
+    }
+    Ok(nodes)
+}
 
 /// Scenario `cluster`: `pairs` sender/recipient pairs for `secs` seconds per setup.
 pub(crate) async fn run(ctx: &Ctx, pairs: usize, secs: u64) -> anyhow::Result<Vec<Table>> {
@@ -46,28 +86,9 @@ pub(crate) async fn run(ctx: &Ctx, pairs: usize, secs: u64) -> anyhow::Result<Ve
         let tmp = tempfile::tempdir_in(".")?;
         let db = tokio::task::spawn_blocking(PgDatabase::create).await?;
         let nats = tokio::task::spawn_blocking(NatsProcess::start).await?;
-        let url = nats.url();
-        let cfg = load::bench_config(tmp.path())?;
-        let args = [
-            "--store",
-            db.url.as_str(),
-            "--bus",
-            url.as_str(),
-            "--config",
-            cfg.to_str().unwrap_or_default(),
-        ];
-        let a_addr = format!("127.0.0.1:{}", free_port()).parse()?;
-        let a = Sotto::adopt(
-            ServerProcess::start_on(&tmp.path().join("a"), a_addr, &args),
-            &ctx.pinning,
-        )?;
-        let bdir = tmp.path().join("b");
-        std::fs::create_dir_all(&bdir)?;
-        for f in ["tls-cert.der", "tls-key.der", "directory.key"] {
-            std::fs::copy(a.process.data.join(f), bdir.join(f))?;
-        }
-        let b_addr = format!("127.0.0.1:{}", free_port()).parse()?;
-        let b = Sotto::adopt(ServerProcess::start_on(&bdir, b_addr, &args), &ctx.pinning)?;
+        let mut nodes = start_nodes(tmp.path(), 2, &db.url, &nats.url(), &ctx.pinning)?;
+        let b = nodes.pop().ok_or_else(|| anyhow::anyhow!("node b"))?;
+        let a = nodes.pop().ok_or_else(|| anyhow::anyhow!("node a"))?;
         let inv = a.invites(2 * pairs)?;
         rows.push((
             "2 nodes, PostgreSQL + NATS (cross-node)",

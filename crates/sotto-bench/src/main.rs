@@ -15,7 +15,8 @@
 //! `groups` (client-side MLS group operations), `checks` (the server's check
 //! of a commit against openmls's `PublicGroup` alone) and `mls` (Sotto's
 //! client core against raw openmls), `directory` (the key directory against
-//! akd in memory). Shared parts: `load` (the
+//! akd in memory), `network` (EncroChat's whole network at its peak: 60,000
+//! devices over several nodes and load processes, an open-loop mix). Shared parts: `load` (the
 //! Sotto load generator), `members` (member devices and their KeyPackages
 //! for `groups` and `mls`), `brokers` (the comparators and their clients),
 //! `payload` (a real MLS ciphertext), `sys` (CPU, memory, pinning) and
@@ -39,6 +40,7 @@ mod groups;
 mod load;
 mod members;
 mod mls;
+mod network;
 mod offline;
 mod payload;
 mod report;
@@ -66,6 +68,7 @@ const SCENARIOS: &[&str] = &[
     "mls",
     "watch",
     "directory",
+    "network",
 ];
 
 /// Scenarios of the benchmark issue that do not exist yet.
@@ -103,7 +106,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: sotto-bench <scenario>|all [--quick] [--out FILE.json|FILE.csv] [scenario arguments]
-scenarios: floor, direct, fanout, offline, commits, connections, cluster [PAIRS] [SECONDS], groups [SIZES] [REPETITIONS], clients [SIZES] [MESSAGES], checks [SIZES], mls [SIZES], watch [SIZES], directory [ACCOUNTS]";
+scenarios: floor, direct, fanout, offline, commits, connections, cluster [PAIRS] [SECONDS], groups [SIZES] [REPETITIONS], clients [SIZES] [MESSAGES], checks [SIZES], mls [SIZES], watch [SIZES], directory [ACCOUNTS], network [DEVICES] [SECONDS]";
 
 fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Args> {
     let mut scenario = None;
@@ -217,6 +220,11 @@ async fn run_one(name: &str, ctx: &Ctx, rest: &[String]) -> anyhow::Result<Vec<T
                 .unwrap_or(if ctx.quick { 100 } else { 5_000 });
             directory::run(accounts).await
         }
+        "network" => {
+            let devices = rest.first().map(|s| s.parse()).transpose()?;
+            let secs = rest.get(1).map(|s| s.parse()).transpose()?;
+            network::run(ctx, devices, secs).await
+        }
         "watch" => {
             let sizes = sizes(rest, ctx.quick, &[100], &[100, 1_000, 10_000])?;
             watch::run(&sizes, if ctx.quick { 3 } else { 21 }).await
@@ -230,6 +238,9 @@ fn main() -> anyhow::Result<()> {
     if argv.peek().map(String::as_str) == Some("__echo") {
         let kind = argv.nth(1).unwrap_or_default();
         return floor::serve_echo(&kind);
+    }
+    if argv.peek().map(String::as_str) == Some("__network-worker") {
+        return network::worker();
     }
     let args = match parse(argv) {
         Ok(a) => a,

@@ -235,3 +235,44 @@ pub(crate) fn raise_open_files() -> u64 {
     }
     open_files_limit()
 }
+
+/// Bytes a process has caused to be written to storage so far
+/// (`write_bytes` of `/proc/PID/io`: what reached the block layer, WAL
+/// and checkpoints included); 0 when it cannot be read.
+pub(crate) fn written_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("write_bytes:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The ids of the running processes named `name` (`/proc/PID/comm`), such
+/// as every process of the machine's PostgreSQL.
+pub(crate) fn pids_named(name: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
+        })
+        .collect()
+}
+
+/// Proportional set size of a process in KiB (`Pss` of
+/// `/proc/PID/smaps_rollup`): shared pages divided among their sharers,
+/// so the sum over a server's processes counts its shared memory once.
+pub(crate) fn pss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}

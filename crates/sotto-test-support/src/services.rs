@@ -174,6 +174,11 @@ impl NatsProcess {
         self.child = Some(child);
     }
 
+    /// Its process id while it runs (benchmarks read its CPU and memory).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills it (SIGKILL).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

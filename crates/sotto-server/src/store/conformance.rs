@@ -844,6 +844,42 @@ pub async fn concurrent_commits_one_wins<S: Store>(s: S) {
     assert!(got.iter().all(|n| *n <= 1), "{got:?}");
 }
 
+/// Every recipient of a group message acks it at the same moment (as a
+/// group's devices do when it is pushed to them): each ack succeeds, and
+/// once the last is in, the message itself is gone, not left behind by two
+/// last acks that each saw the other's entry.
+pub async fn concurrent_acks_release_the_message<S: Store>(s: S) {
+    let s = std::sync::Arc::new(s);
+    let g = GroupId([12; 32]);
+    const MEMBERS: u8 = 40;
+    s.commit(create(g, dev(1), (1..=MEMBERS + 1).map(dev).collect()))
+        .await
+        .unwrap();
+    for i in 1..=3 {
+        s.send(out(g, dev(1), i, EnvelopeKind::Application), cap(100))
+            .await
+            .unwrap();
+    }
+    let mut acks = Vec::new();
+    for n in 2..=MEMBERS + 1 {
+        let s = s.clone();
+        acks.push(tokio::spawn(async move {
+            let got = s.fetch(dev(n), 0, 10, NOW).await.unwrap();
+            assert_eq!(got.len(), 3);
+            s.ack(dev(n), got.iter().map(|e| e.seq).collect())
+                .await
+                .unwrap();
+        }));
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+    assert_eq!(s.stats().await.unwrap().pending_deliveries, 0);
+    // The purge finds nothing left to expire: the messages left with
+    // their last acks.
+    assert_eq!(s.purge_expired(NOW + DAY).await.unwrap(), 0);
+}
+
 /// Senders writing while a reader follows its mailbox with a cursor (as a
 /// connection's delivery loop does): the reader sees every entry exactly
 /// once and each sender's messages in the order they were sent; acks bring
@@ -1513,6 +1549,7 @@ macro_rules! store_conformance_tests {
             stats_and_operator_revoke,
             concurrent_commits_one_wins,
             concurrent_sends_keep_mailbox_order,
+            concurrent_acks_release_the_message,
             concurrent_sends_get_their_own_answers,
             kill_guesses_count_per_key_and_window,
             blocks_and_leaving_alone,

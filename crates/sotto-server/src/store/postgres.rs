@@ -16,6 +16,7 @@
 //! A transaction that returned is durable (PostgreSQL's `synchronous_commit`
 //! is the operator's to keep on); callers acknowledge only after that.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sotto_proto::{
@@ -44,6 +45,25 @@ const PURGE_LOCK: i64 = 0x5077_0001;
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    acks: Arc<AckQueue>,
+}
+
+/// Acks waiting for the next batch (group commit): the recipients of a
+/// group message ack at once, and one transaction (one commit, one WAL
+/// flush) takes every ack that came in while the one before was written,
+/// instead of a transaction per ack holding a pooled connection each.
+#[derive(Debug, Default)]
+struct AckQueue {
+    waiting: std::sync::Mutex<Vec<PendingAck>>,
+    /// Held by the ack whose batch is being written.
+    writer: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug)]
+struct PendingAck {
+    device: DeviceId,
+    seqs: Vec<u64>,
+    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
 }
 
 /// A failure inside a transaction: the operation's own refusal, or the database's.
@@ -206,7 +226,10 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            acks: Arc::default(),
+        })
     }
 
     /// One of an account's versioned records, outside a transaction.
@@ -379,24 +402,79 @@ async fn insert_message(
     Ok(Some(posted))
 }
 
-/// Removes mailbox entries (already deleted, `messages` are the ids they
-/// held) from the message counts; deletes messages no mailbox holds.
+/// Deletes those of `messages` (the ids deleted mailbox entries held) that
+/// no mailbox entry holds any more. No row is counted down: the recipients
+/// of a group message ack at once, and a counter on the message's row
+/// made each ack wait for the one before it to commit (a thousand acks of
+/// one Welcome held the pool for seconds). Inside a transaction, an entry
+/// another transaction is deleting at the same moment still counts, so the
+/// last two acks may each leave the message to the other: [`Postgres::ack`]
+/// runs this again after its commit, when the last to commit sees every
+/// deletion, and `purge_expired` sweeps what a crash in between left.
 async fn release_messages(c: &mut PgConnection, mut messages: Vec<i64>) -> Result<(), sqlx::Error> {
     if messages.is_empty() {
         return Ok(());
     }
     messages.sort_unstable();
+    messages.dedup();
     sqlx::query(
-        "WITH n AS (SELECT id, count(*) AS k FROM UNNEST($1::int8[]) AS t(id) GROUP BY id) \
-         UPDATE messages m SET remaining = m.remaining - n.k FROM n WHERE m.id = n.id",
+        "DELETE FROM messages m WHERE m.id = ANY($1) \
+         AND NOT EXISTS (SELECT 1 FROM mailbox b WHERE b.message = m.id)",
     )
     .bind(&messages)
     .execute(&mut *c)
     .await?;
-    sqlx::query("DELETE FROM messages WHERE id = ANY($1) AND remaining <= 0")
-        .bind(&messages)
-        .execute(&mut *c)
+    Ok(())
+}
+
+/// Deletes the mailbox entries of a batch of acks (device, sequence
+/// numbers) in one transaction, counts them off their mailboxes' heads,
+/// and after the commit deletes the messages no entry holds any more.
+async fn ack_batch(pool: &PgPool, acks: &[(&DeviceId, &[u64])]) -> Result<(), StoreError> {
+    let mut devices: Vec<Vec<u8>> = Vec::new();
+    let mut seqs: Vec<i64> = Vec::new();
+    for (d, s) in acks {
+        for seq in *s {
+            devices.push(d.0.to_vec());
+            seqs.push(ms(*seq));
+        }
+    }
+    if devices.is_empty() {
+        return Ok(());
+    }
+    let mut heads = devices.clone();
+    heads.sort();
+    heads.dedup();
+    let held: Vec<i64> = transaction!(async {
+        let mut tx = pool.begin().await?;
+        // Heads locked in one order, as every send locks them: a batch
+        // touches many mailboxes at once and must not deadlock with one.
+        sqlx::query(
+            "SELECT 1 FROM mailbox_heads WHERE device = ANY($1) ORDER BY device FOR UPDATE",
+        )
+        .bind(&heads)
+        .execute(&mut *tx)
         .await?;
+        let held: Vec<i64> = sqlx::query_scalar(
+            "WITH gone AS (DELETE FROM mailbox b USING UNNEST($1::bytea[], $2::int8[]) AS t(d, s) \
+             WHERE b.device = t.d AND b.seq = t.s RETURNING b.device, b.message), \
+             n AS (SELECT g.device, count(*) AS k, \
+             coalesce(sum(length(m.payload)), 0)::int8 AS bytes \
+             FROM gone g JOIN messages m ON m.id = g.message GROUP BY g.device), \
+             up AS (UPDATE mailbox_heads h SET pending = h.pending - n.k, \
+             pending_bytes = h.pending_bytes - n.bytes FROM n WHERE h.device = n.device) \
+             SELECT message FROM gone",
+        )
+        .bind(&devices)
+        .bind(&seqs)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        TxResult::<_, StoreError>::Ok(held)
+    })?;
+    // After the commit: see `release_messages`.
+    let mut c = pool.acquire().await.map_err(map_err)?;
+    release_messages(&mut c, held).await.map_err(map_err)?;
     Ok(())
 }
 
@@ -1467,33 +1545,37 @@ impl Store for PgStore {
     }
 
     async fn ack(&self, device: DeviceId, seqs: Vec<u64>) -> Result<(), StoreError> {
-        let seqs: Vec<i64> = seqs.into_iter().map(ms).collect();
-        transaction!(async {
-            let mut tx = self.pool.begin().await?;
-            let held: Vec<i64> = sqlx::query_scalar(
-                "DELETE FROM mailbox WHERE device = $1 AND seq = ANY($2) RETURNING message",
-            )
-            .bind(&device.0[..])
-            .bind(&seqs)
-            .fetch_all(&mut *tx)
-            .await?;
-            if held.is_empty() {
-                return TxResult::<_, StoreError>::Ok(());
+        let (done, mut answer) = tokio::sync::oneshot::channel();
+        self.acks
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(PendingAck { device, seqs, done });
+        let writer = self.acks.writer.lock().await;
+        // The batch before took ours along.
+        if let Ok(r) = answer.try_recv() {
+            return r;
+        }
+        let batch =
+            std::mem::take(&mut *self.acks.waiting.lock().unwrap_or_else(|p| p.into_inner()));
+        // Written on a task of its own: an ack whose caller goes away
+        // (its connection closed) still answers the others in its batch.
+        let pool = self.pool.clone();
+        let written = tokio::spawn(async move {
+            let acks: Vec<(&DeviceId, &[u64])> = batch
+                .iter()
+                .map(|p| (&p.device, p.seqs.as_slice()))
+                .collect();
+            let r = ack_batch(&pool, &acks).await;
+            for p in batch {
+                let _ = p.done.send(r.clone());
             }
-            sqlx::query(
-                "UPDATE mailbox_heads SET pending = pending - $2, pending_bytes = pending_bytes - \
-                 (SELECT coalesce(sum(length(payload)), 0)::int8 FROM messages WHERE id = ANY($3)) \
-                 WHERE device = $1",
-            )
-            .bind(&device.0[..])
-            .bind(i64::try_from(held.len()).unwrap_or(i64::MAX))
-            .bind(&held)
-            .execute(&mut *tx)
-            .await?;
-            release_messages(&mut tx, held).await?;
-            tx.commit().await?;
-            Ok(())
-        })
+        });
+        let _ = written.await;
+        drop(writer);
+        answer
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Internal("an ack batch vanished".into())))
     }
 
     async fn purge_expired(&self, now_ms: u64) -> Result<u64, StoreError> {
@@ -1525,6 +1607,16 @@ impl Store for PgStore {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+            // Messages every recipient acknowledged whose last acks raced
+            // and whose second look never ran (`release_messages`). A
+            // message being sent is not seen: its row and its entries
+            // commit together.
+            sqlx::query(
+                "DELETE FROM messages m WHERE NOT EXISTS \
+                 (SELECT 1 FROM mailbox b WHERE b.message = m.id)",
+            )
+            .execute(&mut *tx)
+            .await?;
             for sql in [
                 "DELETE FROM seen_sends WHERE expires_ms <= $1",
                 "DELETE FROM seen_commits WHERE expires_ms <= $1",
