@@ -341,6 +341,8 @@ async fn insert_message(
         return Ok(Some(Vec::new()));
     }
     let size = i64::try_from(m.payload.len()).unwrap_or(i64::MAX);
+    // `remaining` is written for the schema's sake only: nothing counts it
+    // down or reads it any more (`release_messages`).
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO messages (group_id, sender, msg_id, kind, server_ms, expires_ms, remaining, payload) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
@@ -408,7 +410,7 @@ async fn insert_message(
 /// made each ack wait for the one before it to commit (a thousand acks of
 /// one Welcome held the pool for seconds). Inside a transaction, an entry
 /// another transaction is deleting at the same moment still counts, so the
-/// last two acks may each leave the message to the other: [`Postgres::ack`]
+/// last two acks may each leave the message to the other: `ack_batch`
 /// runs this again after its commit, when the last to commit sees every
 /// deletion, and `purge_expired` sweeps what a crash in between left.
 async fn release_messages(c: &mut PgConnection, mut messages: Vec<i64>) -> Result<(), sqlx::Error> {
