@@ -36,15 +36,29 @@ pub(crate) fn rss_kib(pid: u32) -> (u64, u64) {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return (0, 0);
     };
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    (
+        field(&status, "VmRSS:").unwrap_or(0),
+        field(&status, "VmHWM:").unwrap_or(0),
+    )
+}
+
+/// The number after `name` on its line of a `/proc` file (`VmRSS:   123 kB`,
+/// `write_bytes: 123`).
+fn field(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `field` of the `/proc` file at `path`; 0 when it cannot be read.
+fn proc_field(path: &str, name: &str) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| field(&s, name))
+        .unwrap_or(0)
 }
 
 /// Pages of memory the kernel has allocated to TCP socket buffers, machine-wide
@@ -240,14 +254,7 @@ pub(crate) fn raise_open_files() -> u64 {
 /// (`write_bytes` of `/proc/PID/io`: what reached the block layer, WAL
 /// and checkpoints included); 0 when it cannot be read.
 pub(crate) fn written_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/io"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("write_bytes:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0)
+    proc_field(&format!("/proc/{pid}/io"), "write_bytes:")
 }
 
 /// The ids of the running processes named `name` (`/proc/PID/comm`), such
@@ -267,12 +274,5 @@ pub(crate) fn pids_named(name: &str) -> Vec<u32> {
 /// `/proc/PID/smaps_rollup`): shared pages divided among their sharers,
 /// so the sum over a server's processes counts its shared memory once.
 pub(crate) fn pss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Pss:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
+    proc_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:")
 }
