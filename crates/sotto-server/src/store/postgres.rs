@@ -3,8 +3,11 @@
 //! applied at start (under the migrator's advisory lock, so nodes starting
 //! together apply them once).
 //!
-//! Concurrency: every operation is one transaction at READ COMMITTED with
-//! explicit row locks where order matters:
+//! Concurrency: every operation is one transaction at READ COMMITTED, except
+//! sends to groups and acks, which are group-committed: the ones that
+//! arrive while a batch is written share the next transaction (`batched`).
+//! Explicit row locks where order matters, each kind taken in one order
+//! (groups, then send ids, then mailbox heads):
 //! - a commit locks its group's row, so one commit wins per epoch; a send
 //!   takes a share lock on it, so it is ordered before or after a commit,
 //!   never across one;
@@ -45,25 +48,10 @@ const PURGE_LOCK: i64 = 0x5077_0001;
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
-    acks: Arc<AckQueue>,
-}
-
-/// Acks waiting for the next batch (group commit): the recipients of a
-/// group message ack at once, and one transaction (one commit, one WAL
-/// flush) takes every ack that came in while the one before was written,
-/// instead of a transaction per ack holding a pooled connection each.
-#[derive(Debug, Default)]
-struct AckQueue {
-    waiting: std::sync::Mutex<Vec<PendingAck>>,
-    /// Held by the ack whose batch is being written.
-    writer: tokio::sync::Mutex<()>,
-}
-
-#[derive(Debug)]
-struct PendingAck {
-    device: DeviceId,
-    seqs: Vec<u64>,
-    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+    /// Acks waiting for their group commit (`batched`).
+    acks: Arc<Gather<QueuedAck, Result<(), StoreError>>>,
+    /// Sends to groups waiting for theirs.
+    sends: Arc<Gather<QueuedSend, Result<SendOutcome, SendError>>>,
 }
 
 /// A failure inside a transaction: the operation's own refusal, or the database's.
@@ -152,6 +140,10 @@ macro_rules! transaction {
     }};
 }
 
+mod batched;
+
+use batched::{Gather, QueuedAck, QueuedSend, ack_batch, release_messages, send_batch};
+
 fn kind_to_i16(k: EnvelopeKind) -> i16 {
     match k {
         EnvelopeKind::Application => 0,
@@ -229,6 +221,7 @@ impl PgStore {
         Ok(Self {
             pool,
             acks: Arc::default(),
+            sends: Arc::default(),
         })
     }
 
@@ -402,82 +395,6 @@ async fn insert_message(
     .execute(&mut *c)
     .await?;
     Ok(Some(posted))
-}
-
-/// Deletes those of `messages` (the ids deleted mailbox entries held) that
-/// no mailbox entry holds any more. No row is counted down: the recipients
-/// of a group message ack at once, and a counter on the message's row
-/// made each ack wait for the one before it to commit (a thousand acks of
-/// one Welcome held the pool for seconds). Inside a transaction, an entry
-/// another transaction is deleting at the same moment still counts, so the
-/// last two acks may each leave the message to the other: `ack_batch`
-/// runs this again after its commit, when the last to commit sees every
-/// deletion, and `purge_expired` sweeps what a crash in between left.
-async fn release_messages(c: &mut PgConnection, mut messages: Vec<i64>) -> Result<(), sqlx::Error> {
-    if messages.is_empty() {
-        return Ok(());
-    }
-    messages.sort_unstable();
-    messages.dedup();
-    sqlx::query(
-        "DELETE FROM messages m WHERE m.id = ANY($1) \
-         AND NOT EXISTS (SELECT 1 FROM mailbox b WHERE b.message = m.id)",
-    )
-    .bind(&messages)
-    .execute(&mut *c)
-    .await?;
-    Ok(())
-}
-
-/// Deletes the mailbox entries of a batch of acks (device, sequence
-/// numbers) in one transaction, counts them off their mailboxes' heads,
-/// and after the commit deletes the messages no entry holds any more.
-async fn ack_batch(pool: &PgPool, acks: &[(&DeviceId, &[u64])]) -> Result<(), StoreError> {
-    let mut devices: Vec<Vec<u8>> = Vec::new();
-    let mut seqs: Vec<i64> = Vec::new();
-    for (d, s) in acks {
-        for seq in *s {
-            devices.push(d.0.to_vec());
-            seqs.push(ms(*seq));
-        }
-    }
-    if devices.is_empty() {
-        return Ok(());
-    }
-    let mut heads = devices.clone();
-    heads.sort();
-    heads.dedup();
-    let held: Vec<i64> = transaction!(async {
-        let mut tx = pool.begin().await?;
-        // Heads locked in one order, as every send locks them: a batch
-        // touches many mailboxes at once and must not deadlock with one.
-        sqlx::query(
-            "SELECT 1 FROM mailbox_heads WHERE device = ANY($1) ORDER BY device FOR UPDATE",
-        )
-        .bind(&heads)
-        .execute(&mut *tx)
-        .await?;
-        let held: Vec<i64> = sqlx::query_scalar(
-            "WITH gone AS (DELETE FROM mailbox b USING UNNEST($1::bytea[], $2::int8[]) AS t(d, s) \
-             WHERE b.device = t.d AND b.seq = t.s RETURNING b.device, b.message), \
-             n AS (SELECT g.device, count(*) AS k, \
-             coalesce(sum(length(m.payload)), 0)::int8 AS bytes \
-             FROM gone g JOIN messages m ON m.id = g.message GROUP BY g.device), \
-             up AS (UPDATE mailbox_heads h SET pending = h.pending - n.k, \
-             pending_bytes = h.pending_bytes - n.bytes FROM n WHERE h.device = n.device) \
-             SELECT message FROM gone",
-        )
-        .bind(&devices)
-        .bind(&seqs)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        TxResult::<_, StoreError>::Ok(held)
-    })?;
-    // After the commit: see `release_messages`.
-    let mut c = pool.acquire().await.map_err(map_err)?;
-    release_messages(&mut c, held).await.map_err(map_err)?;
-    Ok(())
 }
 
 /// Records a send's dedup key; `false` if it was seen before.
@@ -1421,45 +1338,13 @@ impl Store for PgStore {
     }
 
     async fn send(&self, m: Outgoing, mailbox_cap: MailboxCap) -> Result<SendOutcome, SendError> {
-        let key = m.seen_key();
-        transaction!(async {
-            let mut tx = self.pool.begin().await?;
-            // Ordered against commits to the group: before one or after it.
-            let current: Option<i64> =
-                sqlx::query_scalar("SELECT epoch FROM groups WHERE group_id = $1 FOR SHARE")
-                    .bind(&m.group.0[..])
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            let all = members(&mut tx, &m.group).await?;
-            if !all.contains(&m.sender) {
-                return refuse(SendError::NotMember);
-            }
-            let current = current.map_or(0, unsigned);
-            if m.epoch.is_some_and(|e| e != current) {
-                // A resend of a message stored in its epoch is a duplicate.
-                let seen: Option<i32> =
-                    sqlx::query_scalar("SELECT 1 FROM seen_sends WHERE key = $1")
-                        .bind(&key[..])
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                return match seen {
-                    Some(_) => Ok(SendOutcome::duplicate()),
-                    None => refuse(SendError::StaleEpoch(current)),
-                };
-            }
-            if !first_send(&mut tx, &key, m.expires_ms).await? {
-                return Ok(SendOutcome::duplicate());
-            }
-            let to: Vec<DeviceId> = all.into_iter().filter(|d| *d != m.sender).collect();
-            let Some(posted) = insert_message(&mut tx, &m, &to, mailbox_cap).await? else {
-                return refuse(SendError::MailboxFull);
-            };
-            tx.commit().await?;
-            Ok(SendOutcome {
-                duplicate: false,
-                posted,
+        // Group-committed with the sends that arrive meanwhile (`batched`).
+        let pool = self.pool.clone();
+        self.sends
+            .submit((m, mailbox_cap), |batch| async move {
+                send_batch(&pool, &batch).await
             })
-        })
+            .await?
     }
 
     async fn fetch(
@@ -1547,37 +1432,14 @@ impl Store for PgStore {
     }
 
     async fn ack(&self, device: DeviceId, seqs: Vec<u64>) -> Result<(), StoreError> {
-        let (done, mut answer) = tokio::sync::oneshot::channel();
-        self.acks
-            .waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(PendingAck { device, seqs, done });
-        let writer = self.acks.writer.lock().await;
-        // The batch before took ours along.
-        if let Ok(r) = answer.try_recv() {
-            return r;
-        }
-        let batch =
-            std::mem::take(&mut *self.acks.waiting.lock().unwrap_or_else(|p| p.into_inner()));
-        // Written on a task of its own: an ack whose caller goes away
-        // (its connection closed) still answers the others in its batch.
+        // Group-committed with the acks that arrive meanwhile (`batched`).
         let pool = self.pool.clone();
-        let written = tokio::spawn(async move {
-            let acks: Vec<(&DeviceId, &[u64])> = batch
-                .iter()
-                .map(|p| (&p.device, p.seqs.as_slice()))
-                .collect();
-            let r = ack_batch(&pool, &acks).await;
-            for p in batch {
-                let _ = p.done.send(r.clone());
-            }
-        });
-        let _ = written.await;
-        drop(writer);
-        answer
-            .await
-            .unwrap_or_else(|_| Err(StoreError::Internal("an ack batch vanished".into())))
+        self.acks
+            .submit((device, seqs), |batch| async move {
+                let r = ack_batch(&pool, &batch).await;
+                vec![r; batch.len()]
+            })
+            .await?
     }
 
     async fn purge_expired(&self, now_ms: u64) -> Result<u64, StoreError> {
