@@ -280,9 +280,15 @@ pub(crate) fn stamp_payload_at(payload: &mut [u8], at: Duration, seq: u64) {
 
 /// The send time and sequence number of a stamp; the latency to now.
 pub(crate) fn read_stamp(stamp: &[u8], origin: Instant) -> (u64, Duration, Duration) {
+    read_stamp_at(stamp, origin.elapsed().as_nanos() as u64)
+}
+
+/// The same, at `now` (ns since the stamps' origin, on whatever clock
+/// stamped them: the `network` scenario's processes share the real-time
+/// clock, not an `Instant`).
+pub(crate) fn read_stamp_at(stamp: &[u8], now: u64) -> (u64, Duration, Duration) {
     let sent = u64::from_be_bytes(stamp[..8].try_into().unwrap_or_default());
     let seq = u64::from_be_bytes(stamp[8..16].try_into().unwrap_or_default());
-    let now = origin.elapsed().as_nanos() as u64;
     (
         seq,
         Duration::from_nanos(now.saturating_sub(sent)),
@@ -415,11 +421,16 @@ pub(crate) struct Outcome {
 
 /// Waits until `got` reaches `want` or `grace` passes, then sets `stop`.
 pub(crate) async fn settle(got: &AtomicUsize, want: usize, grace: Duration, stop: &AtomicBool) {
+    arrived(got, want, grace).await;
+    stop.store(true, Ordering::SeqCst);
+}
+
+/// Waits until `got` reaches `want` or `grace` passes.
+pub(crate) async fn arrived(got: &AtomicUsize, want: usize, grace: Duration) {
     let t = Instant::now();
     while got.load(Ordering::Relaxed) < want && t.elapsed() < grace {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    stop.store(true, Ordering::SeqCst);
 }
 
 /// One-to-one delivery: `pairs` senders (on `send_link`) each write to their

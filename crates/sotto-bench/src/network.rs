@@ -80,7 +80,6 @@ struct Outcome {
     sizes: Vec<usize>,
     scheduled: usize,
     sent: usize,
-    expected: usize,
     delivered: usize,
     lost: usize,
     duplicates: usize,
@@ -420,7 +419,6 @@ async fn one(nodes: &[Sotto], helpers: &[u32], size: Size) -> anyhow::Result<Out
         let count = |k: &str| r[k].as_u64().unwrap_or(0) as usize;
         o.scheduled += count("scheduled");
         o.sent += count("sent");
-        o.expected += count("expected");
         o.delivered += count("delivered");
         o.lost += count("lost");
         o.duplicates += count("duplicates");

@@ -235,10 +235,7 @@ async fn work(spec: &Value, input: &mut impl BufRead) -> anyhow::Result<()> {
     }
     let acked = std::mem::take(&mut *acked.lock().unwrap_or_else(|p| p.into_inner()));
     let expected: usize = acked.iter().map(|a| a.1).sum();
-    let deadline = tokio::time::Instant::now() + GRACE;
-    while got.load(Ordering::Relaxed) < expected && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    load::arrived(&got, expected, GRACE).await;
     // A moment more, for any duplicate still on its way.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut seen = std::mem::take(&mut *arrivals.lock().unwrap_or_else(|p| p.into_inner()));
@@ -259,7 +256,6 @@ async fn work(spec: &Value, input: &mut impl BufRead) -> anyhow::Result<()> {
         json!({ "result": {
             "scheduled": schedule.len(),
             "sent": acked.len(),
-            "expected": expected,
             "delivered": seen.len(),
             "duplicates": total - seen.len(),
             "lost": lost,
@@ -381,15 +377,12 @@ async fn receive(
     let take = |ev: Event, acks: &mut Vec<u64>| {
         if let Event::Deliver(d) = ev {
             if d.envelope.kind == EnvelopeKind::Application {
-                let id = &d.envelope.msg_id.0;
-                let sent = u64::from_be_bytes(id[..8].try_into().unwrap_or_default());
-                let n = u64::from_be_bytes(id[8..].try_into().unwrap_or_default());
-                let lat = since(epoch).saturating_sub(sent) / 1000;
-                arrivals.lock().unwrap_or_else(|p| p.into_inner()).push((
-                    n,
-                    me,
-                    lat.min(u64::from(u32::MAX)) as u32,
-                ));
+                let (n, lat, _) = load::read_stamp_at(&d.envelope.msg_id.0, since(epoch));
+                let lat = u32::try_from(lat.as_micros()).unwrap_or(u32::MAX);
+                arrivals
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((n, me, lat));
                 got.fetch_add(1, Ordering::Relaxed);
             }
             acks.push(d.seq);
