@@ -32,6 +32,17 @@ async fn start_cluster(n: usize) -> (TempDir, PgDatabase, NatsProcess, Cluster) 
     (tmp, db, nats, cluster)
 }
 
+/// The value of a counter on a node's `/metrics`.
+async fn metric(cluster: &Cluster, node: usize, name: &str) -> u64 {
+    let admin = cluster.admin[node];
+    let (status, body, _) =
+        blocking(move || sotto_test_support::cluster::admin_get(admin, "/metrics")).await;
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {body}"))
+}
+
 /// (sender, text, pushed live) of each message a listener saw.
 type Heard = Vec<(String, String, bool)>;
 
@@ -84,6 +95,7 @@ async fn people_on_different_nodes_talk_in_real_time() {
     // Alice waits on node 0 while Bob writes through node 1.
     let (synced, waiting) = listen(alice, Duration::from_secs(5));
     synced.await.unwrap();
+    let offered_before = metric(&cluster, 0, "sotto_offered_deliveries_total").await;
     bob.send("alice", "hello from node 1").await.unwrap();
     let (mut alice, got) = waiting.await.unwrap();
     assert_eq!(
@@ -91,6 +103,16 @@ async fn people_on_different_nodes_talk_in_real_time() {
         vec![("bob".to_owned(), "hello from node 1".to_owned(), true)],
         "pushed to alice's node at once"
     );
+    // Carried to node 0 on the bus and sent from there, without a read of
+    // alice's mailbox; every node opened what the others carried.
+    let offered = metric(&cluster, 0, "sotto_offered_deliveries_total").await;
+    assert!(offered > offered_before, "{offered_before} -> {offered}");
+    for node in 0..3 {
+        assert_eq!(
+            metric(&cluster, node, "sotto_bus_mail_rejected_total").await,
+            0
+        );
+    }
 
     // A group whose members are on three nodes.
     alice.group_create("crew", &["bob", "carol"]).await.unwrap();

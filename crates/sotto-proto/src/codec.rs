@@ -79,6 +79,18 @@ impl EncodedEnvelope {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Its bytes: the envelope, encoded.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Bytes from [`EncodedEnvelope::as_bytes`], checked: they must be
+    /// one whole envelope, as any frame is.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, DecodeError> {
+        decode::<Envelope>(&bytes)?;
+        Ok(Self(bytes))
+    }
 }
 
 /// Encodes `ServerFrame::Deliver(Delivery { seq, envelope })` around an
@@ -167,6 +179,29 @@ mod tests {
                 assert_eq!(decode_server(&bytes).unwrap(), frame);
             }
         }
+    }
+
+    #[test]
+    fn an_encoded_envelope_comes_back_from_its_bytes_and_nothing_else_does() {
+        let envelope = Envelope {
+            group: GroupId([1; 32]),
+            sender: DeviceId([2; 32]),
+            msg_id: MessageId([3; 16]),
+            kind: EnvelopeKind::Commit,
+            server_time_ms: 1 << 40,
+            payload: Blob(vec![5; 300]),
+        };
+        let encoded = EncodedEnvelope::new(&envelope);
+        let back = EncodedEnvelope::from_bytes(encoded.as_bytes().to_vec()).unwrap();
+        assert_eq!(back, encoded);
+        let mut longer = encoded.as_bytes().to_vec();
+        longer.push(0);
+        assert_eq!(
+            EncodedEnvelope::from_bytes(longer),
+            Err(DecodeError::TrailingBytes(1))
+        );
+        let short = encoded.as_bytes()[..encoded.len() - 1].to_vec();
+        assert!(EncodedEnvelope::from_bytes(short).is_err());
     }
 
     #[test]

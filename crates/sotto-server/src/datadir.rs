@@ -104,18 +104,33 @@ impl DataDir {
     /// use. Every node of a cluster needs the same file: the directory's
     /// labels depend on it.
     pub fn directory_key(&self) -> anyhow::Result<crate::directory::VrfKey> {
+        Ok(crate::directory::VrfKey::from_bytes(
+            *self.cluster_secret()?,
+        ))
+    }
+
+    /// The key that seals the mail carried between the nodes of a cluster,
+    /// derived from `directory.key` (the secret they share already).
+    pub fn mail_key(&self) -> anyhow::Result<crate::bus::carried::MailKey> {
+        Ok(crate::bus::carried::MailKey::derive(
+            &self.cluster_secret()?[..],
+        ))
+    }
+
+    /// The bytes of `directory.key`, generated on first use.
+    fn cluster_secret(&self) -> anyhow::Result<zeroize::Zeroizing<[u8; 32]>> {
         let path = self.root.join("directory.key");
         if path.exists() {
             let bytes = zeroize::Zeroizing::new(fs::read(&path)?);
             let key: [u8; 32] = bytes[..].try_into().map_err(|_| {
                 anyhow::anyhow!("{} is not a directory key (32 bytes)", path.display())
             })?;
-            return Ok(crate::directory::VrfKey::from_bytes(key));
+            return Ok(zeroize::Zeroizing::new(key));
         }
         let mut key = zeroize::Zeroizing::new([0u8; 32]);
         rand::rngs::OsRng.fill_bytes(&mut key[..]);
         write_private(&path, &key[..])?;
-        Ok(crate::directory::VrfKey::from_bytes(*key))
+        Ok(key)
     }
 
     /// Writes the server link to `server.link`.

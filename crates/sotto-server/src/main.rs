@@ -281,7 +281,7 @@ async fn serve_settings(s: Settings) -> anyhow::Result<()> {
         }
         (StoreKind::Postgres(url), BusKind::Nats(nats)) => {
             let store = postgres(&s, &url).await?;
-            let bus = NatsBus::connect(&nats, &s.bus_subject_prefix).await?;
+            let bus = NatsBus::connect(&nats, &s.bus_subject_prefix, dir.mail_key()?).await?;
             serve(s, dir, store, bus).await
         }
     }

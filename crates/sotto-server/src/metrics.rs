@@ -56,6 +56,9 @@ pub struct Metrics {
     pub store_polls: Counter,
     /// Connections woken by the store watch (mail whose bus wake-up was lost).
     pub store_poll_wakeups: Counter,
+    /// Mail carried by the bus that this node could not open: not sealed
+    /// under its key (another node's `directory.key` differs) or forged.
+    pub bus_mail_rejected: Counter,
     store_registry: Registry,
     mailbox_pending: Gauge,
     accounts: Gauge,
@@ -96,6 +99,7 @@ impl Metrics {
             bus_connected: Gauge::default(),
             store_polls: Counter::default(),
             store_poll_wakeups: Counter::default(),
+            bus_mail_rejected: Counter::default(),
             store_registry: Registry::default(),
             mailbox_pending: Gauge::default(),
             accounts: Gauge::default(),
@@ -179,6 +183,11 @@ impl Metrics {
             "store_poll_wakeups",
             "Connections woken by a read of the store (a bus wake-up was lost)",
             m.store_poll_wakeups.clone(),
+        );
+        registry.register(
+            "bus_mail_rejected",
+            "Mail carried by the bus not sealed under this node's key (directory.key differs, or forged)",
+            m.bus_mail_rejected.clone(),
         );
         let mut store_registry = Registry::with_prefix("sotto");
         store_registry.register(

@@ -68,10 +68,11 @@ impl<S: std::fmt::Debug, B: std::fmt::Debug> std::fmt::Debug for Shared<S, B> {
     }
 }
 
-impl<S: crate::store::Store, B> Shared<S, B> {
+impl<S: crate::store::Store, B: crate::bus::Bus> Shared<S, B> {
     /// Shared state for `run`, on the system clock, with the key directory
     /// under `vrf` (`DataDir::directory_key`; every node of a cluster has
-    /// the same).
+    /// the same). Mail the bus carries from other nodes is handed to this
+    /// node's connections from now on.
     pub fn new(
         store: S,
         bus: B,
@@ -79,6 +80,13 @@ impl<S: crate::store::Store, B> Shared<S, B> {
         config: ServerConfig,
         vrf: crate::directory::VrfKey,
     ) -> Self {
+        let watch = crate::watch::MailWatch::default();
+        let metrics: Arc<crate::metrics::Metrics> = Arc::default();
+        let (to, counted) = (watch.clone(), metrics.clone());
+        bus.receive_mail(Arc::new(move |posted, envelope| {
+            let handed = to.offer(posted, envelope);
+            counted.offers.inc_by(handed as u64);
+        }));
         Self {
             directory: crate::directory::KeyDirectory::new(store.clone(), vrf),
             mailbox: crate::mailbox::MailboxReader::new(store.clone()),
@@ -86,12 +94,12 @@ impl<S: crate::store::Store, B> Shared<S, B> {
             bus,
             blobs,
             config,
-            metrics: Arc::default(),
+            metrics,
             clock: Arc::new(SystemClock),
             connections: Default::default(),
             claims: Default::default(),
             sources: Default::default(),
-            watch: Default::default(),
+            watch,
         }
     }
 
@@ -106,18 +114,23 @@ impl<S, B: crate::bus::Bus> Shared<S, B> {
     /// Tells the recipients of a message just stored, durably: `posted` are
     /// its mailbox entries, `envelope` the message as stored. Their
     /// connections on this node are handed it ([`crate::watch::MailWatch::offer`]);
-    /// the other nodes are told by the bus.
+    /// the bus carries it to the other nodes, if there are any.
     pub(crate) fn post(&self, envelope: &sotto_proto::Envelope, posted: &[crate::store::Posted]) {
         if posted.is_empty() {
             return;
         }
-        if self.watch.any_connected(posted) {
+        let here = self.watch.any_connected(posted);
+        let carried = self.bus.carries_mail();
+        if here || carried {
             let encoded = Arc::new(sotto_proto::EncodedEnvelope::new(envelope));
-            let handed = self.watch.offer(posted, &encoded);
-            self.metrics.offers.inc_by(handed as u64);
+            if here {
+                let handed = self.watch.offer(posted, &encoded);
+                self.metrics.offers.inc_by(handed as u64);
+            }
+            if carried {
+                self.bus.carry(posted, &encoded);
+            }
         }
-        let devices: Vec<sotto_proto::DeviceId> = posted.iter().map(|p| p.device).collect();
-        self.bus.publish_elsewhere(&devices);
     }
 
     /// Has the connections of devices just revoked, on every node, read

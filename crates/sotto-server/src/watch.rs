@@ -17,7 +17,9 @@
 //! The mail itself is always in the store, so every node also reads, every
 //! `store_poll`, the heads of the mailboxes of its connected devices (one
 //! query for them all, [`crate::store::Store::mailbox_heads`]) and wakes a
-//! connection whose device has mail past what it delivered:
+//! connection whose device has mail past what it delivered or was offered
+//! (mail offered is on its way; a connection behind on its offers reads
+//! its mailbox by itself):
 //! - at once while this node's bus is down (nothing else will wake it);
 //! - while the bus is up, only for mail that was already waiting at the
 //!   previous read and is still not delivered (the wake-up of another node
@@ -69,6 +71,8 @@ struct Watcher {
     id: u64,
     notify: Arc<Notify>,
     delivered: Arc<AtomicU64>,
+    /// The highest sequence number it was offered.
+    offered: AtomicU64,
     inbox: Arc<Mutex<Inbox>>,
 }
 
@@ -79,7 +83,8 @@ struct Inner {
 }
 
 /// The devices connected to this node, with what each connection delivered.
-#[derive(Default)]
+/// Clones share it.
+#[derive(Default, Clone)]
 pub struct MailWatch {
     inner: Arc<Mutex<Inner>>,
 }
@@ -158,6 +163,7 @@ impl MailWatch {
             id,
             notify: notify.clone(),
             delivered: delivered.clone(),
+            offered: AtomicU64::new(0),
             inbox: inbox.clone(),
         });
         Watched {
@@ -191,6 +197,7 @@ impl MailWatch {
                     });
                 }
                 drop(inbox);
+                w.offered.fetch_max(p.seq, Ordering::Relaxed);
                 handed += 1;
                 w.notify.notify_one();
             }
@@ -204,15 +211,20 @@ impl MailWatch {
         devices.iter().any(|p| g.devices.contains_key(&p.device))
     }
 
-    /// Each connected device with the least any of its connections delivered.
-    pub fn delivered(&self) -> HashMap<DeviceId, u64> {
+    /// Each connected device with the least any of its connections
+    /// reached: delivered, or was offered (and so will deliver, or read
+    /// its mailbox, without being woken).
+    pub fn reached(&self) -> HashMap<DeviceId, u64> {
         self.lock()
             .devices
             .iter()
             .map(|(d, v)| {
                 let least = v
                     .iter()
-                    .map(|w| w.delivered.load(Ordering::Relaxed))
+                    .map(|w| {
+                        let delivered = w.delivered.load(Ordering::Relaxed);
+                        delivered.max(w.offered.load(Ordering::Relaxed))
+                    })
                     .min()
                     .unwrap_or(0);
                 (*d, least)
@@ -269,17 +281,18 @@ pub struct Judge {
 
 impl Judge {
     /// The devices to wake, given the `heads` just read, what their
-    /// connections `delivered`, and whether this node's bus is connected.
+    /// connections `reached` ([`MailWatch::reached`]), and whether this
+    /// node's bus is connected.
     pub fn judge(
         &mut self,
         heads: &[(DeviceId, u64)],
-        delivered: &HashMap<DeviceId, u64>,
+        reached: &HashMap<DeviceId, u64>,
         bus_connected: bool,
     ) -> Vec<DeviceId> {
         let mut wake = Vec::new();
         let mut seen = HashMap::with_capacity(heads.len());
         for &(d, head) in heads {
-            let Some(&done) = delivered.get(&d) else {
+            let Some(&done) = reached.get(&d) else {
                 continue;
             };
             if head <= done {
@@ -297,7 +310,7 @@ impl Judge {
         // Devices gone or caught up are forgotten, except what they were
         // woken for (a head whose entries expired is not woken for again).
         for (d, s) in &self.seen {
-            if !seen.contains_key(d) && delivered.contains_key(d) && s.woken_at > 0 {
+            if !seen.contains_key(d) && reached.contains_key(d) && s.woken_at > 0 {
                 seen.insert(
                     *d,
                     Seen {
@@ -322,7 +335,8 @@ pub(crate) struct Polled<'a, S, B> {
 }
 
 /// Reads the heads every `every` and wakes connections whose mail the bus
-/// did not announce, until `stop` turns true. Runs only with a bus that may
+/// did not announce, until `stop` turns true; counts the carried mail the
+/// bus could not open. Runs only with a bus that may
 /// lose wake-ups ([`Bus::may_lose_wakeups`]).
 pub(crate) async fn poll<S: Store, B: Bus>(
     shared: Polled<'_, S, B>,
@@ -333,6 +347,7 @@ pub(crate) async fn poll<S: Store, B: Bus>(
         return;
     }
     let mut judge = Judge::default();
+    let mut rejected = 0;
     loop {
         tokio::select! {
             () = tokio::time::sleep(every) => {}
@@ -340,11 +355,17 @@ pub(crate) async fn poll<S: Store, B: Bus>(
         }
         let bus_connected = shared.bus.connected();
         shared.metrics.set_bus_connected(bus_connected);
-        let delivered = shared.watch.delivered();
-        if delivered.is_empty() {
+        let now_rejected = shared.bus.mail_rejected();
+        shared
+            .metrics
+            .bus_mail_rejected
+            .inc_by(now_rejected.saturating_sub(rejected));
+        rejected = now_rejected;
+        let reached = shared.watch.reached();
+        if reached.is_empty() {
             continue;
         }
-        let devices: Vec<DeviceId> = delivered.keys().copied().collect();
+        let devices: Vec<DeviceId> = reached.keys().copied().collect();
         // A store that does not answer within the interval counts as down;
         // the next read tries again.
         let read = tokio::time::timeout(
@@ -355,7 +376,7 @@ pub(crate) async fn poll<S: Store, B: Bus>(
         shared.metrics.store_polls.inc();
         match read {
             Ok(Ok(heads)) => {
-                let wake = judge.judge(&heads, &delivered, bus_connected);
+                let wake = judge.judge(&heads, &reached, bus_connected);
                 if !wake.is_empty() {
                     shared.metrics.store_poll_wakeups.inc_by(wake.len() as u64);
                     shared.watch.wake(&wake);
@@ -503,7 +524,7 @@ mod tests {
         let b = w.register(d(2));
         a.delivered(7);
         a.delivered(3);
-        assert_eq!(w.delivered().get(&d(1)), Some(&7));
+        assert_eq!(w.reached().get(&d(1)), Some(&7));
         w.wake(&[d(1)]);
         tokio::time::timeout(Duration::from_secs(1), a.notified())
             .await
@@ -514,6 +535,30 @@ mod tests {
                 .is_err()
         );
         drop(a);
-        assert!(!w.delivered().contains_key(&d(1)));
+        assert!(!w.reached().contains_key(&d(1)));
+    }
+
+    #[test]
+    fn mail_offered_counts_as_reached_until_every_connection_has_it() {
+        let w = MailWatch::default();
+        let a = w.register(d(1));
+        let b = w.register(d(1));
+        a.delivered(4);
+        b.delivered(4);
+        let entry = |seq| crate::store::Posted {
+            device: d(1),
+            seq,
+            after: seq - 1,
+        };
+        // Offered, not yet delivered: on its way, so the watch leaves it.
+        w.offer(&[entry(5), entry(6)], &offer(5, 4).envelope);
+        assert_eq!(w.reached().get(&d(1)), Some(&6));
+        let mut j = Judge::default();
+        assert!(j.judge(&[(d(1), 6)], &w.reached(), false).is_empty());
+        // A connection opened since was offered nothing: it must read.
+        let late = w.register(d(1));
+        assert_eq!(w.reached().get(&d(1)), Some(&0));
+        assert_eq!(j.judge(&[(d(1), 6)], &w.reached(), false), vec![d(1)]);
+        drop((a, b, late));
     }
 }

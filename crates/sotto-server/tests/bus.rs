@@ -3,6 +3,11 @@
 //! `SOTTO_TEST_NATS` names another), plus a NATS outage: wake-ups resume
 //! by themselves when NATS is back.
 
+/// The cluster's key in these tests.
+fn key() -> sotto_server::bus::carried::MailKey {
+    sotto_server::bus::carried::MailKey::derive(&[42; 32])
+}
+
 mod local {
     use sotto_server::bus::LocalBus;
 
@@ -15,6 +20,7 @@ mod local {
 }
 
 mod nats {
+    use super::key;
     use sotto_server::bus::nats::NatsBus;
 
     /// Two nodes on a subject prefix of their own, so tests running at the
@@ -22,10 +28,10 @@ mod nats {
     async fn fresh() -> ((), NatsBus, NatsBus) {
         let url = sotto_test_support::services::nats_url();
         let prefix = format!("sotto-test-{:x}", rand::random::<u64>());
-        let a = NatsBus::connect(&url, &prefix)
+        let a = NatsBus::connect(&url, &prefix, key())
             .await
             .expect("NATS is required");
-        let b = NatsBus::connect(&url, &prefix)
+        let b = NatsBus::connect(&url, &prefix, key())
             .await
             .expect("NATS is required");
         ((), a, b)
@@ -44,8 +50,8 @@ async fn wake_ups_resume_after_a_nats_outage() {
     let mut nats = tokio::task::spawn_blocking(sotto_test_support::services::NatsProcess::start)
         .await
         .unwrap();
-    let a = NatsBus::connect(&nats.url(), "sotto").await.unwrap();
-    let b = NatsBus::connect(&nats.url(), "sotto").await.unwrap();
+    let a = NatsBus::connect(&nats.url(), "sotto", key()).await.unwrap();
+    let b = NatsBus::connect(&nats.url(), "sotto", key()).await.unwrap();
     let d = DeviceId([7; 32]);
     let sub = a.subscribe(d).await;
     b.publish(&[d]);
@@ -86,4 +92,61 @@ async fn wake_ups_resume_after_a_nats_outage() {
         }
     }
     assert!(ok, "cross-node wake-ups work again");
+}
+
+/// A node whose key differs (another `directory.key`) opens none of the
+/// mail the others carry, and counts it; its wake-ups still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_another_key_opens_no_carried_mail() {
+    use sotto_proto::{DeviceId, EncodedEnvelope};
+    use sotto_server::bus::Bus;
+    use sotto_server::bus::carried::MailKey;
+    use sotto_server::bus::nats::NatsBus;
+    use sotto_server::store::Posted;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    let url = sotto_test_support::services::nats_url();
+    let prefix = format!("sotto-test-{:x}", rand::random::<u64>());
+    let a = NatsBus::connect(&url, &prefix, key()).await.unwrap();
+    let stranger = NatsBus::connect(&url, &prefix, MailKey::derive(&[43; 32]))
+        .await
+        .unwrap();
+    let opened = Arc::new(AtomicU64::new(0));
+    let counted = opened.clone();
+    stranger.receive_mail(Arc::new(move |_, _| {
+        counted.fetch_add(1, Ordering::Relaxed);
+    }));
+    let envelope = Arc::new(EncodedEnvelope::new(&sotto_proto::Envelope {
+        group: sotto_proto::GroupId([1; 32]),
+        sender: DeviceId([2; 32]),
+        msg_id: sotto_proto::MessageId([3; 16]),
+        kind: sotto_proto::EnvelopeKind::Application,
+        server_time_ms: 4,
+        payload: sotto_proto::Blob(vec![5; 10]),
+    }));
+    let posted = [Posted {
+        device: DeviceId([6; 32]),
+        seq: 2,
+        after: 1,
+    }];
+    for _ in 0..3 {
+        a.carry(&posted, &envelope);
+    }
+    let mut rejected = 0;
+    for _ in 0..100 {
+        rejected = stranger.mail_rejected();
+        if rejected >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(rejected, 3, "every carried message refused");
+    assert_eq!(opened.load(Ordering::Relaxed), 0);
+    let sub = stranger.subscribe(DeviceId([6; 32])).await;
+    a.publish(&[DeviceId([6; 32])]);
+    tokio::time::timeout(Duration::from_secs(10), sub.notified())
+        .await
+        .expect("wake-ups do not depend on the key");
 }

@@ -1,13 +1,16 @@
 //! The [`Bus`]: how the part of the server that stored a message tells the
-//! connection of a recipient device on another node that its mailbox has
-//! something new (this node's connections are handed the message itself,
-//! `crate::watch`). The message is read from the [`crate::store::Store`];
-//! a lost notification only delays delivery until the next one, the store
-//! watch, or the next login.
+//! connections of its recipient devices on other nodes. This node's
+//! connections are handed the message itself (`crate::watch`); so are the
+//! other nodes' where the bus carries mail ([`Bus::carry`]); else they are
+//! woken and read their mailboxes in the [`crate::store::Store`]. A lost
+//! message or wake-up only delays delivery until the next one, the store
+//! watch, or the next login: the store has the mail.
 //!
-//! [`LocalBus`] serves one node; [`nats::NatsBus`] carries notifications
-//! between nodes through NATS. Both pass [`conformance`].
+//! [`LocalBus`] serves one node; [`nats::NatsBus`] carries wake-ups and
+//! mail, sealed ([`carried`]), between nodes through NATS. Both pass
+//! [`conformance`].
 
+pub mod carried;
 pub mod conformance;
 pub mod nats;
 
@@ -15,8 +18,15 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use sotto_proto::DeviceId;
+use sotto_proto::{DeviceId, EncodedEnvelope};
 use tokio::sync::Notify;
+
+use crate::store::Posted;
+
+/// Where mail carried from other nodes goes (this node's
+/// `crate::watch::MailWatch::offer`): the entries of one message, and the
+/// message.
+pub type MailSink = Arc<dyn Fn(&[Posted], &Arc<EncodedEnvelope>) + Send + Sync>;
 
 /// Routes "new mail" notifications to the connections of devices.
 pub trait Bus: Send + Sync + 'static {
@@ -31,12 +41,31 @@ pub trait Bus: Send + Sync + 'static {
     /// notifications (the message stays in the store).
     fn publish(&self, devices: &[DeviceId]);
 
-    /// Tells the connections of these devices on the other nodes only: the
-    /// mail was offered to this node's connections already
-    /// (`crate::watch::MailWatch::offer`). Nothing to do for a bus of one
-    /// node.
-    fn publish_elsewhere(&self, devices: &[DeviceId]) {
-        let _ = devices;
+    /// Whether the bus carries mail to other nodes ([`Bus::carry`]).
+    fn carries_mail(&self) -> bool {
+        false
+    }
+
+    /// Hands a message just stored, durably, to the other nodes: `posted`
+    /// are its mailbox entries, `envelope` the message. Each gives it to
+    /// its sink ([`Bus::receive_mail`]). It was offered to this node's
+    /// connections already (`crate::watch::MailWatch::offer`). Never waits
+    /// on another node. Nothing to do for a bus of one node.
+    fn carry(&self, posted: &[Posted], envelope: &Arc<EncodedEnvelope>) {
+        let _ = (posted, envelope);
+    }
+
+    /// Where this node puts the mail other nodes carry; set once, when the
+    /// node starts.
+    fn receive_mail(&self, sink: MailSink) {
+        let _ = sink;
+    }
+
+    /// How many carried messages this node could not open so far: not
+    /// sealed under its key (another node's `directory.key` differs), or
+    /// forged.
+    fn mail_rejected(&self) -> u64 {
+        0
     }
 
     /// Whether the bus reaches the other nodes right now (for `/readyz`,
