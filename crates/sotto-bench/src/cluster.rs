@@ -24,7 +24,7 @@ use crate::{Ctx, payload, sys};
 /// `n` nodes on one PostgreSQL store and one NATS bus, each on its own
 /// loopback port with its data under `dir`, sharing the first node's TLS
 /// identity and directory key (as an operator's nodes behind one name do),
-/// pinned to the servers' CPUs.
+/// pinned to the servers' CPUs, each with an admin endpoint.
 pub(crate) fn start_nodes(
     dir: &Path,
     n: usize,
@@ -51,8 +51,13 @@ pub(crate) fn start_nodes(
             }
         }
         let addr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let admin = load::admin_addr()?;
+        let admin_arg = admin.to_string();
+        let mut with_admin = args.to_vec();
+        with_admin.extend(["--admin-listen", &admin_arg]);
         nodes.push(Sotto::adopt(
-            ServerProcess::start_on(&data, addr, &args),
+            ServerProcess::start_on(&data, addr, &with_admin),
+            admin,
             pinning,
         )?);
     }

@@ -10,6 +10,7 @@
 //! generator's clock, 8 random bytes; ids are the sender's choice in the
 //! protocol), so the payload is an untouched MLS ciphertext.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -50,7 +51,14 @@ pub(crate) fn bench_config(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
 pub(crate) struct Sotto {
     pub(crate) process: ServerProcess,
     pub(crate) link: ServerLink,
+    /// Its admin endpoint (`/metrics`), on loopback.
+    admin: std::net::SocketAddr,
     _tmp: Option<tempfile::TempDir>,
+}
+
+/// A free loopback address for a node's admin endpoint.
+pub(crate) fn admin_addr() -> anyhow::Result<std::net::SocketAddr> {
+    Ok(format!("127.0.0.1:{}", sotto_test_support::services::free_port()).parse()?)
 }
 
 impl Sotto {
@@ -77,14 +85,26 @@ impl Sotto {
         );
         std::fs::create_dir_all(dir)?;
         let cfg = bench_config(dir)?;
-        let mut args = vec!["--config", cfg.to_str().unwrap_or_default()];
+        let admin = admin_addr()?;
+        let admin_arg = admin.to_string();
+        let mut args = vec![
+            "--config",
+            cfg.to_str().unwrap_or_default(),
+            "--admin-listen",
+            &admin_arg,
+        ];
         args.extend_from_slice(extra);
         let process = ServerProcess::start(&dir.join("n"), &args);
-        Self::adopt(process, pinning)
+        Self::adopt(process, admin, pinning)
     }
 
     /// A node started elsewhere (the cluster scenario's), pinned here.
-    pub(crate) fn adopt(process: ServerProcess, pinning: &sys::Pinning) -> anyhow::Result<Self> {
+    /// `admin` is the address it was given with `--admin-listen`.
+    pub(crate) fn adopt(
+        process: ServerProcess,
+        admin: std::net::SocketAddr,
+        pinning: &sys::Pinning,
+    ) -> anyhow::Result<Self> {
         if let Some(pid) = process.pid() {
             sys::pin_server(pinning, pid);
         }
@@ -92,8 +112,25 @@ impl Sotto {
         Ok(Self {
             process,
             link,
+            admin,
             _tmp: None,
         })
+    }
+
+    /// Its `/metrics` now: each sample's value by its name and labels
+    /// (`name{labels}`); empty if the node did not answer.
+    pub(crate) fn metrics(&self) -> HashMap<String, f64> {
+        let (status, body, _) = sotto_test_support::cluster::admin_get(self.admin, "/metrics");
+        if status != 200 {
+            return HashMap::new();
+        }
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                Some((name.to_owned(), value.parse().ok()?))
+            })
+            .collect()
     }
 
     pub(crate) fn pid(&self) -> u32 {

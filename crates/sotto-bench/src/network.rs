@@ -93,6 +93,44 @@ struct Outcome {
     disk_bytes: u64,
     load_cpu: f64,
     setup: Duration,
+    /// The nodes' own counters over the traffic (`/metrics`).
+    inside: Inside,
+}
+
+/// What the nodes' `/metrics` counted over the traffic, summed over nodes.
+#[derive(Debug, Default)]
+struct Inside {
+    deliveries: f64,
+    offered: f64,
+    watch_wakeups: f64,
+    send_seconds: f64,
+    sends: f64,
+    ack_seconds: f64,
+    acks: f64,
+}
+
+impl Inside {
+    /// The counters of `after` less those of `before`, summed over nodes.
+    fn between(before: &[HashMap<String, f64>], after: &[HashMap<String, f64>]) -> Self {
+        let diff = |name: &str| -> f64 {
+            before
+                .iter()
+                .zip(after)
+                .map(|(b, a)| {
+                    a.get(name).copied().unwrap_or(0.0) - b.get(name).copied().unwrap_or(0.0)
+                })
+                .sum()
+        };
+        Self {
+            deliveries: diff("sotto_deliveries_total"),
+            offered: diff("sotto_offered_deliveries_total"),
+            watch_wakeups: diff("sotto_store_poll_wakeups_total"),
+            send_seconds: diff("sotto_request_duration_seconds_sum{kind=\"send\"}"),
+            sends: diff("sotto_request_duration_seconds_count{kind=\"send\"}"),
+            ack_seconds: diff("sotto_request_duration_seconds_sum{kind=\"ack\"}"),
+            acks: diff("sotto_request_duration_seconds_count{kind=\"ack\"}"),
+        }
+    }
 }
 
 /// The sizes of one run.
@@ -203,6 +241,10 @@ pub(crate) async fn run(
             "PostgreSQL + NATS PSS (MiB)",
             "disk written per message (KB)",
             "load generator cores",
+            "deliveries sent from an offer (%)",
+            "store watch wake-ups",
+            "send in the server, mean (ms)",
+            "ack in the server, mean (ms)",
         ],
     );
     for (name, size, o) in &rows {
@@ -244,6 +286,16 @@ pub(crate) async fn run(
             format!("{:.0}", o.helpers_pss_kib as f64 / 1024.0),
             format!("{:.1}", o.disk_bytes as f64 / 1000.0 / o.sent.max(1) as f64),
             format!("{:.2}", o.load_cpu / window),
+            format!(
+                "{:.1}",
+                100.0 * o.inside.offered / o.inside.deliveries.max(1.0)
+            ),
+            format!("{:.0}", o.inside.watch_wakeups),
+            format!(
+                "{:.1}",
+                1e3 * o.inside.send_seconds / o.inside.sends.max(1.0)
+            ),
+            format!("{:.1}", 1e3 * o.inside.ack_seconds / o.inside.acks.max(1.0)),
         ]);
     }
     let setup: Vec<String> = rows
@@ -256,7 +308,7 @@ pub(crate) async fn run(
         })
         .collect();
     t.note(format!(
-        "{secs} s of Poisson arrivals at {rate:.0} msgs/s in all; latency from each message's scheduled send to each recipient device (a late send counts its delay); every device acknowledges what it gets; not delivered = recipients of acknowledged messages not reached 30 s after the last scheduled send (a backlog still draining counts here); CPU and disk over the sending window and its drain; disk = bytes the nodes, PostgreSQL and NATS wrote (write_bytes) per acknowledged message; the machine's PostgreSQL and NATS share the nodes' CPUs, the load processes share one CPU; setup (registration, MLS groups, not measured): {}",
+        "{secs} s of Poisson arrivals at {rate:.0} msgs/s in all; latency from each message's scheduled send to each recipient device (a late send counts its delay); every device acknowledges what it gets; not delivered = recipients of acknowledged messages not reached 30 s after the last scheduled send (a backlog still draining counts here); CPU and disk over the sending window and its drain; disk = bytes the nodes, PostgreSQL and NATS wrote (write_bytes) per acknowledged message; the machine's PostgreSQL and NATS share the nodes' CPUs, the load processes share one CPU; the last four columns are the nodes' own `/metrics` over the same window, summed over nodes (an offer is a delivery sent without a mailbox read; a store watch wake-up is a connection made to read its mailbox because mail reached neither it nor an offer); setup (registration, MLS groups, not measured): {}",
         setup.join(", ")
     ));
     Ok(vec![t])
@@ -381,6 +433,10 @@ async fn one(nodes: &[Sotto], helpers: &[u32], size: Size) -> anyhow::Result<Out
     let cpu0 = |pids: &[u32]| pids.iter().map(|p| sys::cpu_seconds(*p)).sum::<f64>();
     let setup_rss_kib = node_pids.iter().map(|p| sys::rss_kib(*p).0).sum();
     let (n0, h0, l0) = (cpu0(&node_pids), cpu0(&helpers), cpu0(&worker_pids));
+    let scrape = || -> Vec<HashMap<String, f64>> {
+        tokio::task::block_in_place(|| nodes.iter().map(Sotto::metrics).collect())
+    };
+    let metrics0 = scrape();
     // On stderr, for whoever profiles the traffic alone.
     eprintln!(
         "network: {} devices on {} nodes set up in {:.0} s; {} s of traffic",
@@ -408,6 +464,7 @@ async fn one(nodes: &[Sotto], helpers: &[u32], size: Size) -> anyhow::Result<Out
     o.nodes_cpu = cpu0(&node_pids) - n0;
     o.helpers_cpu = cpu0(&helpers) - h0;
     o.load_cpu = cpu0(&worker_pids) - l0;
+    o.inside = Inside::between(&metrics0, &scrape());
     o.node_rss_kib = node_pids.iter().map(|p| sys::rss_kib(*p).0).collect();
     o.helpers_pss_kib = helpers.iter().map(|p| sys::pss_kib(*p)).sum();
     let disk1 = written(&every);
