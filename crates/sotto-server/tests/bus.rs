@@ -150,3 +150,35 @@ async fn a_node_with_another_key_opens_no_carried_mail() {
         .await
         .expect("wake-ups do not depend on the key");
 }
+
+/// A bus dropped by every holder stops receiving carried mail and lets go
+/// of its sink (the node's watch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_bus_lets_go_of_its_sink() {
+    use sotto_server::bus::Bus;
+    use sotto_server::bus::nats::NatsBus;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let url = sotto_test_support::services::nats_url();
+    let prefix = format!("sotto-test-{:x}", rand::random::<u64>());
+    let bus = NatsBus::connect(&url, &prefix, key()).await.unwrap();
+    let held = Arc::new(());
+    let in_sink = held.clone();
+    bus.receive_mail(Arc::new(move |_, _| {
+        let _ = &in_sink;
+    }));
+    let clone = bus.clone();
+    drop(bus);
+    assert_eq!(Arc::strong_count(&held), 2, "a clone still holds it");
+    drop(clone);
+    let mut released = false;
+    for _ in 0..100 {
+        if Arc::strong_count(&held) == 1 {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(released, "the receiving task still holds the sink");
+}

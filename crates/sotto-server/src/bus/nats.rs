@@ -61,6 +61,20 @@ pub struct NatsBus {
     sealer: Arc<Sealer>,
     opener: Arc<Opener>,
     sink: Arc<std::sync::OnceLock<MailSink>>,
+    /// The task receiving carried mail, stopped with the last clone.
+    receiver: Arc<Stop>,
+}
+
+/// Aborts a task when dropped.
+#[derive(Debug, Default)]
+struct Stop(std::sync::OnceLock<tokio::task::AbortHandle>);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.get() {
+            task.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for NatsBus {
@@ -175,6 +189,7 @@ impl NatsBus {
             sealer: Arc::new(Sealer::new(&key, node)),
             opener: Arc::new(Opener::new(key, node)),
             sink: Arc::default(),
+            receiver: Arc::default(),
         };
         tokio::spawn(bus.clone().publisher(rx));
         bus.receive_carried().await;
@@ -190,7 +205,7 @@ impl NatsBus {
         // Our own message comes back once the subscription is in place.
         let probe = bytes::Bytes::from(self.sealer.seal(&[], &probe_envelope()));
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let mut sub = match client.subscribe(subject.clone()).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -230,6 +245,7 @@ impl NatsBus {
                 }
             }
         });
+        let _ = self.receiver.0.set(task.abort_handle());
         if self.connected() {
             let _ = tokio::time::timeout(CONNECT_WAIT, ready_rx).await;
         }
