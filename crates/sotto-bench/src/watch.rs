@@ -30,7 +30,7 @@ pub(crate) async fn run(sizes: &[usize], reps: usize) -> anyhow::Result<Vec<Tabl
     let ids: Vec<Vec<u8>> = devices.iter().map(|d| d.0.to_vec()).collect();
     let pool = sqlx::PgPool::connect(&db.url).await?;
     sqlx::query(
-        "INSERT INTO mailbox_heads (device, last_seq, pending) \
+        "INSERT INTO mailbox_heads (device, last_seq, posted_bytes) \
          SELECT d, 7, 0 FROM unnest($1::bytea[]) AS d",
     )
     .bind(&ids)

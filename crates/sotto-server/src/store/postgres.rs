@@ -13,7 +13,10 @@
 //!   never across one;
 //! - every mailbox write locks the recipient's `mailbox_heads` row, so a
 //!   device's sequence numbers become visible in the order they were handed
-//!   out (a delivery cursor never skips a late-committing earlier entry);
+//!   out (a delivery cursor never skips a late-committing earlier entry).
+//!   Acks and expiry count what leaves a mailbox in `mailbox_tails`
+//!   instead, which sends read without locking, so an ack never waits for a
+//!   send nor a send for an ack (migration 0007);
 //! - deadlocks and serialization failures are retried a few times.
 //!
 //! A transaction that returned is durable (PostgreSQL's `synchronous_commit`
@@ -31,9 +34,9 @@ use sqlx::{PgConnection, Row};
 
 use super::{
     BlobState, Claimed, CommitError, CommitOutcome, CommitWrite, DeviceListChange, DeviceListError,
-    DeviceRecord, DirectoryWrite, GroupState, Guesses, KeyPackageStock, MailboxCap, MailboxEntry,
-    NewAccount, Outgoing, Posted, ProposalWrite, RegisterError, SendError, SendOutcome, Stats,
-    Store, StoreError, StoredKeyPackage, WipeTarget, seen_key,
+    DeviceRecord, DirectoryWrite, GroupState, Guesses, KeyPackageStock, MailboxCap,
+    MailboxEntry, NewAccount, Outgoing, Posted, ProposalWrite, RegisterError, SendError,
+    SendOutcome, Stats, Store, StoreError, StoredKeyPackage, WipeTarget, seen_key,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -140,7 +143,22 @@ macro_rules! transaction {
     }};
 }
 
+/// The end of a statement that counts entries leaving mailboxes (acked or
+/// expired) into `mailbox_tails`; its CTE `n` holds `(device, k, bytes)`:
+/// how many entries left each mailbox and their payloads' size. Sends never
+/// lock these rows (migration 0007), so acks wait for no send.
+macro_rules! count_removed {
+    () => {
+        "INSERT INTO mailbox_tails (device, removed, removed_bytes) \
+         SELECT device, k, bytes FROM n ORDER BY device \
+         ON CONFLICT (device) DO UPDATE SET removed = mailbox_tails.removed + excluded.removed, \
+         removed_bytes = mailbox_tails.removed_bytes + excluded.removed_bytes"
+    };
+}
+
 mod batched;
+#[cfg(test)]
+mod tests;
 
 use batched::{Gather, QueuedAck, QueuedSend, ack_batch, release_messages, send_batch};
 
@@ -350,14 +368,18 @@ async fn insert_message(
     .bind(&m.payload)
     .fetch_one(&mut *c)
     .await?;
-    // Sorted input: heads are locked in one order by every writer.
+    // Sorted input: heads are locked in one order by every writer. What
+    // waits is what was posted less what left (`mailbox_tails`, read
+    // without a lock: see migration 0007).
     let heads = sqlx::query(
-        "INSERT INTO mailbox_heads (device, last_seq, pending, pending_bytes) \
-         SELECT d, 1, 1, $2 FROM UNNEST($1::bytea[]) AS t(d) ORDER BY d \
+        "WITH h AS (INSERT INTO mailbox_heads (device, last_seq, posted_bytes) \
+         SELECT d, 1, $2 FROM UNNEST($1::bytea[]) AS t(d) ORDER BY d \
          ON CONFLICT (device) DO UPDATE SET last_seq = mailbox_heads.last_seq + 1, \
-         pending = mailbox_heads.pending + 1, \
-         pending_bytes = mailbox_heads.pending_bytes + excluded.pending_bytes \
-         RETURNING device, last_seq, pending, pending_bytes",
+         posted_bytes = mailbox_heads.posted_bytes + excluded.posted_bytes \
+         RETURNING device, last_seq, posted_bytes) \
+         SELECT h.device, h.last_seq, h.last_seq - coalesce(t.removed, 0), \
+         h.posted_bytes - coalesce(t.removed_bytes, 0) \
+         FROM h LEFT JOIN mailbox_tails t ON t.device = h.device",
     )
     .bind(&to)
     .bind(size)
@@ -424,6 +446,7 @@ async fn drop_device_data(c: &mut PgConnection, d: &[u8]) -> Result<(), sqlx::Er
     release_messages(c, held).await?;
     for sql in [
         "DELETE FROM mailbox_heads WHERE device = $1",
+        "DELETE FROM mailbox_tails WHERE device = $1",
         "DELETE FROM key_packages WHERE device = $1",
         "DELETE FROM last_resort_key_packages WHERE device = $1",
         "DELETE FROM group_members WHERE device = $1",
@@ -563,7 +586,8 @@ impl Store for PgStore {
             "SELECT (SELECT count(*) FROM accounts), \
              (SELECT count(*) FROM devices WHERE NOT revoked), \
              (SELECT count(*) FROM groups), \
-             (SELECT coalesce(sum(pending), 0)::int8 FROM mailbox_heads), \
+             (SELECT coalesce(sum(last_seq), 0)::int8 FROM mailbox_heads) \
+             - (SELECT coalesce(sum(removed), 0)::int8 FROM mailbox_tails), \
              (SELECT count(*) FROM key_packages)",
         )
         .fetch_one(&self.pool)
@@ -1454,15 +1478,14 @@ impl Store for PgStore {
             if !mine {
                 return TxResult::<_, StoreError>::Ok(0);
             }
-            sqlx::query(
+            sqlx::query(concat!(
                 "WITH gone AS (DELETE FROM mailbox b USING messages m \
                  WHERE b.message = m.id AND m.expires_ms <= $1 \
                  RETURNING b.device, length(m.payload) AS size), \
                  n AS (SELECT device, count(*) AS k, sum(size)::int8 AS bytes FROM gone \
-                 GROUP BY device ORDER BY device) \
-                 UPDATE mailbox_heads h SET pending = h.pending - n.k, \
-                 pending_bytes = h.pending_bytes - n.bytes FROM n WHERE h.device = n.device",
-            )
+                 GROUP BY device) ",
+                count_removed!()
+            ))
             .bind(now)
             .execute(&mut *tx)
             .await?;

@@ -14,7 +14,9 @@
 //! refused send stores nothing and undoes no other, and an id seen before,
 //! or earlier in the batch, is a duplicate. Locks are taken in the order
 //! every writer takes them: groups, then send ids, then mailbox heads, each
-//! sorted.
+//! sorted. The heads are locked last, after the messages' rows are written,
+//! and held for two statements and the commit: every send to a mailbox
+//! waits for them.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -120,8 +122,9 @@ pub(super) async fn release_messages(
 }
 
 /// Deletes the mailbox entries of a batch of acks (device, sequence
-/// numbers) in one transaction, counts them off their mailboxes' heads,
-/// and after the commit deletes the messages no entry holds any more.
+/// numbers) in one transaction, counts them in their mailboxes' tails (no
+/// lock a send takes: `count_removed!`), and after the commit deletes the
+/// messages no entry holds any more.
 pub(super) async fn ack_batch(pool: &PgPool, acks: &[QueuedAck]) -> Result<(), StoreError> {
     let mut devices: Vec<Vec<u8>> = Vec::new();
     let mut seqs: Vec<i64> = Vec::new();
@@ -134,29 +137,18 @@ pub(super) async fn ack_batch(pool: &PgPool, acks: &[QueuedAck]) -> Result<(), S
     if devices.is_empty() {
         return Ok(());
     }
-    let mut heads = devices.clone();
-    heads.sort();
-    heads.dedup();
     let held: Vec<i64> = transaction!(async {
         let mut tx = pool.begin().await?;
-        // Heads locked in one order, as every send locks them: a batch
-        // touches many mailboxes at once and must not deadlock with one.
-        sqlx::query(
-            "SELECT 1 FROM mailbox_heads WHERE device = ANY($1) ORDER BY device FOR UPDATE",
-        )
-        .bind(&heads)
-        .execute(&mut *tx)
-        .await?;
-        let held: Vec<i64> = sqlx::query_scalar(
+        let held: Vec<i64> = sqlx::query_scalar(concat!(
             "WITH gone AS (DELETE FROM mailbox b USING UNNEST($1::bytea[], $2::int8[]) AS t(d, s) \
              WHERE b.device = t.d AND b.seq = t.s RETURNING b.device, b.message), \
              n AS (SELECT g.device, count(*) AS k, \
              coalesce(sum(length(m.payload)), 0)::int8 AS bytes \
              FROM gone g JOIN messages m ON m.id = g.message GROUP BY g.device), \
-             up AS (UPDATE mailbox_heads h SET pending = h.pending - n.k, \
-             pending_bytes = h.pending_bytes - n.bytes FROM n WHERE h.device = n.device) \
-             SELECT message FROM gone",
-        )
+             up AS (",
+            count_removed!(),
+            ") SELECT message FROM gone"
+        ))
         .bind(&devices)
         .bind(&seqs)
         .fetch_all(&mut *tx)
@@ -204,10 +196,13 @@ enum Checked {
     To(Vec<DeviceId>),
 }
 
-/// A mailbox head as locked, then as the batch leaves it.
+/// A mailbox head as locked, then as the batch leaves it: the last
+/// sequence number handed out, the bytes ever posted, and how many entries
+/// and bytes wait (posted less what its tail counts as gone).
 #[derive(Clone, Copy)]
 struct Head {
     last: i64,
+    posted_bytes: i64,
     pending: i64,
     bytes: i64,
     changed: bool,
@@ -309,16 +304,28 @@ async fn send_in(
             .collect()
     };
 
-    // The heads of every mailbox a new message may go to, locked in one
-    // order (made if missing), as they are before this batch.
-    let mut devices: Vec<&[u8]> = checked
+    // The sends that will be stored unless a mailbox is full: their
+    // messages are inserted before any mailbox head is locked, so that the
+    // locks are held for the last two statements and the commit only.
+    let candidates: Vec<(usize, &[DeviceId])> = checked
         .iter()
         .zip(&keys)
-        .filter_map(|(c, k)| match c {
-            Checked::To(to) if recorded.contains(&k[..]) => Some(to),
+        .enumerate()
+        .filter_map(|(i, (c, k))| match c {
+            Checked::To(to) if !to.is_empty() && recorded.contains(&k[..]) => {
+                Some((i, to.as_slice()))
+            }
             _ => None,
         })
-        .flatten()
+        .collect();
+    let ids = insert_messages(tx, sends, &candidates).await?;
+    let id_of: HashMap<usize, i64> = candidates.iter().map(|(i, _)| *i).zip(ids).collect();
+
+    // The heads of every mailbox a new message may go to, locked in one
+    // order (made if missing), as they are before this batch.
+    let mut devices: Vec<&[u8]> = candidates
+        .iter()
+        .flat_map(|(_, to)| to.iter())
         .map(|d| &d.0[..])
         .collect();
     devices.sort_unstable();
@@ -326,10 +333,13 @@ async fn send_in(
     let mut heads: HashMap<DeviceId, Head> = HashMap::with_capacity(devices.len());
     if !devices.is_empty() {
         for r in sqlx::query(
-            "INSERT INTO mailbox_heads (device, last_seq, pending, pending_bytes) \
-             SELECT d, 0, 0, 0 FROM UNNEST($1::bytea[]) AS t(d) ORDER BY d \
+            "WITH h AS (INSERT INTO mailbox_heads (device, last_seq, posted_bytes) \
+             SELECT d, 0, 0 FROM UNNEST($1::bytea[]) AS t(d) ORDER BY d \
              ON CONFLICT (device) DO UPDATE SET last_seq = mailbox_heads.last_seq \
-             RETURNING device, last_seq, pending, pending_bytes",
+             RETURNING device, last_seq, posted_bytes) \
+             SELECT h.device, h.last_seq, h.posted_bytes, h.last_seq - coalesce(t.removed, 0), \
+             h.posted_bytes - coalesce(t.removed_bytes, 0) \
+             FROM h LEFT JOIN mailbox_tails t ON t.device = h.device",
         )
         .bind(&devices)
         .fetch_all(&mut *tx)
@@ -340,8 +350,9 @@ async fn send_in(
                 DeviceId(d),
                 Head {
                     last: r.try_get(1)?,
-                    pending: r.try_get(2)?,
-                    bytes: r.try_get(3)?,
+                    posted_bytes: r.try_get(2)?,
+                    pending: r.try_get(3)?,
+                    bytes: r.try_get(4)?,
                     changed: false,
                 },
             );
@@ -351,7 +362,8 @@ async fn send_in(
     // Each send in turn, as if alone.
     let mut answers = Vec::with_capacity(sends.len());
     let mut stored: HashSet<&[u8]> = HashSet::new();
-    let mut messages: Vec<(usize, Vec<Posted>)> = Vec::new();
+    let mut entries: Vec<(i64, Vec<Posted>)> = Vec::new();
+    let mut unused: Vec<i64> = Vec::new();
     for (i, ((c, k), (m, cap))) in checked.iter().zip(&keys).zip(sends).enumerate() {
         let answer = match c {
             Checked::Refused(e) => Err(clone_refusal(e)),
@@ -360,26 +372,31 @@ async fn send_in(
             }
             Checked::Stale(current) => Err(SendError::StaleEpoch(*current)),
             Checked::To(_) if !recorded.contains(&k[..]) || stored.contains(&k[..]) => {
+                // A second send of one id in a batch: its message unused.
+                unused.extend(id_of.get(&i));
                 Ok(SendOutcome::duplicate())
             }
             Checked::To(to) => match post(&mut heads, to, m, *cap) {
                 Some(posted) => {
                     stored.insert(&k[..]);
-                    if !posted.is_empty() {
-                        messages.push((i, posted.clone()));
+                    if let Some(&id) = id_of.get(&i) {
+                        entries.push((id, posted.clone()));
                     }
                     Ok(SendOutcome {
                         duplicate: false,
                         posted,
                     })
                 }
-                None => Err(SendError::MailboxFull),
+                None => {
+                    unused.extend(id_of.get(&i));
+                    Err(SendError::MailboxFull)
+                }
             },
         };
         answers.push(answer);
     }
     // Ids recorded for sends that were all refused: forgotten, so that a
-    // retry once there is room is new.
+    // retry once there is room is new; and their messages deleted.
     let forget: Vec<&[u8]> = recorded
         .iter()
         .map(Vec::as_slice)
@@ -391,21 +408,13 @@ async fn send_in(
             .execute(&mut *tx)
             .await?;
     }
-    write_messages(tx, sends, &messages).await?;
-    let changed: Vec<(&DeviceId, &Head)> = heads.iter().filter(|(_, h)| h.changed).collect();
-    if !changed.is_empty() {
-        sqlx::query(
-            "UPDATE mailbox_heads h SET last_seq = u.l, pending = u.p, pending_bytes = u.b \
-             FROM UNNEST($1::bytea[], $2::int8[], $3::int8[], $4::int8[]) AS u(d, l, p, b) \
-             WHERE h.device = u.d",
-        )
-        .bind(changed.iter().map(|(d, _)| &d.0[..]).collect::<Vec<_>>())
-        .bind(changed.iter().map(|(_, h)| h.last).collect::<Vec<_>>())
-        .bind(changed.iter().map(|(_, h)| h.pending).collect::<Vec<_>>())
-        .bind(changed.iter().map(|(_, h)| h.bytes).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
+    if !unused.is_empty() {
+        sqlx::query("DELETE FROM messages WHERE id = ANY($1)")
+            .bind(&unused)
+            .execute(&mut *tx)
+            .await?;
     }
+    write_entries(tx, &entries, &heads).await?;
     Ok(answers)
 }
 
@@ -445,6 +454,7 @@ fn post(
         h.last += 1;
         h.pending += 1;
         h.bytes = h.bytes.saturating_add(size);
+        h.posted_bytes = h.posted_bytes.saturating_add(size);
         h.changed = true;
         // A mailbox's sequence numbers follow one another (its head row
         // counts them): the entry before this one is `last - 1`.
@@ -457,17 +467,20 @@ fn post(
     Some(posted)
 }
 
-/// Inserts the messages stored (`(index in sends, entries)`) and their
-/// mailbox entries.
-async fn write_messages(
+/// Inserts the messages of `candidates` (`(index in sends, recipients)`);
+/// returns their ids, in that order.
+async fn insert_messages(
     tx: &mut PgConnection,
     sends: &[QueuedSend],
-    messages: &[(usize, Vec<Posted>)],
-) -> Result<(), sqlx::Error> {
-    if messages.is_empty() {
-        return Ok(());
+    candidates: &[(usize, &[DeviceId])],
+) -> Result<Vec<i64>, sqlx::Error> {
+    if candidates.is_empty() {
+        return Ok(Vec::new());
     }
     let at = |i: usize| &sends[i].0;
+    let each = |f: &dyn Fn(&Outgoing) -> i64| -> Vec<i64> {
+        candidates.iter().map(|(i, _)| f(at(*i))).collect()
+    };
     // Ids drawn first (a CTE with a volatile function is computed once),
     // so each message's id is known by its place in the batch.
     let rows = sqlx::query(
@@ -481,57 +494,47 @@ async fn write_messages(
          SELECT i, id FROM t",
     )
     .bind(
-        messages
+        candidates
             .iter()
             .map(|(i, _)| &at(*i).group.0[..])
             .collect::<Vec<_>>(),
     )
     .bind(
-        messages
+        candidates
             .iter()
             .map(|(i, _)| at(*i).stored_sender().0.to_vec())
             .collect::<Vec<_>>(),
     )
     .bind(
-        messages
+        candidates
             .iter()
             .map(|(i, _)| &at(*i).msg_id.0[..])
             .collect::<Vec<_>>(),
     )
     .bind(
-        messages
+        candidates
             .iter()
             .map(|(i, _)| kind_to_i16(at(*i).kind))
             .collect::<Vec<_>>(),
     )
-    .bind(
-        messages
-            .iter()
-            .map(|(i, _)| ms(at(*i).now_ms))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        messages
-            .iter()
-            .map(|(i, _)| ms(at(*i).expires_ms))
-            .collect::<Vec<_>>(),
-    )
+    .bind(each(&|m| ms(m.now_ms)))
+    .bind(each(&|m| ms(m.expires_ms)))
     // `remaining` is written for the schema's sake only (`release_messages`).
     .bind(
-        messages
+        candidates
             .iter()
-            .map(|(_, p)| i32::try_from(p.len()).unwrap_or(i32::MAX))
+            .map(|(_, to)| i32::try_from(to.len()).unwrap_or(i32::MAX))
             .collect::<Vec<_>>(),
     )
     .bind(
-        messages
+        candidates
             .iter()
             .map(|(i, _)| &at(*i).payload[..])
             .collect::<Vec<_>>(),
     )
     .fetch_all(&mut *tx)
     .await?;
-    let mut ids = vec![0i64; messages.len()];
+    let mut ids = vec![0i64; candidates.len()];
     for r in rows {
         let i: i64 = r.try_get(0)?;
         let slot = usize::try_from(i - 1)
@@ -540,10 +543,24 @@ async fn write_messages(
             .ok_or_else(|| sqlx::Error::Protocol(format!("no message {i} was inserted")))?;
         *slot = r.try_get(1)?;
     }
+    Ok(ids)
+}
+
+/// Inserts the mailbox entries of the messages stored (`(message id,
+/// entries)`) and writes back the heads they changed, in one statement.
+async fn write_entries(
+    tx: &mut PgConnection,
+    entries: &[(i64, Vec<Posted>)],
+    heads: &HashMap<DeviceId, Head>,
+) -> Result<(), sqlx::Error> {
+    let changed: Vec<(&DeviceId, &Head)> = heads.iter().filter(|(_, h)| h.changed).collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
     let mut devices: Vec<&[u8]> = Vec::new();
     let mut seqs: Vec<i64> = Vec::new();
     let mut of: Vec<i64> = Vec::new();
-    for ((_, posted), id) in messages.iter().zip(&ids) {
+    for (id, posted) in entries {
         for p in posted {
             devices.push(&p.device.0[..]);
             seqs.push(ms(p.seq));
@@ -551,12 +568,22 @@ async fn write_messages(
         }
     }
     sqlx::query(
-        "INSERT INTO mailbox (device, seq, message) \
-         SELECT d, s, m FROM UNNEST($1::bytea[], $2::int8[], $3::int8[]) AS t(d, s, m)",
+        "WITH e AS (INSERT INTO mailbox (device, seq, message) \
+         SELECT d, s, m FROM UNNEST($1::bytea[], $2::int8[], $3::int8[]) AS t(d, s, m)) \
+         UPDATE mailbox_heads h SET last_seq = u.l, posted_bytes = u.b \
+         FROM UNNEST($4::bytea[], $5::int8[], $6::int8[]) AS u(d, l, b) WHERE h.device = u.d",
     )
     .bind(&devices)
     .bind(&seqs)
     .bind(&of)
+    .bind(changed.iter().map(|(d, _)| &d.0[..]).collect::<Vec<_>>())
+    .bind(changed.iter().map(|(_, h)| h.last).collect::<Vec<_>>())
+    .bind(
+        changed
+            .iter()
+            .map(|(_, h)| h.posted_bytes)
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut *tx)
     .await?;
     Ok(())
