@@ -1,6 +1,8 @@
 //! The key directory's checks on a [`Store`] backend: akd's own storage
-//! tests on its `directory_*` tables, and [`key_directory_publishes_and_proves`]
-//! (two nodes publishing at once, proofs checked as clients check them).
+//! tests on its `directory_*` tables, [`key_directory_publishes_and_proves`]
+//! (two nodes publishing at once, proofs checked as clients check them),
+//! and publishing turns across nodes ([`directory_turns_take_turns`],
+//! [`many_nodes_publishing_at_once_all_land`]).
 //! [`crate::directory_conformance_tests`] turns them into tests for a
 //! backend, beside `store_conformance_tests!`.
 
@@ -84,6 +86,62 @@ pub async fn key_directory_publishes_and_proves<S: Store>(s: S) {
     ));
 }
 
+/// Directory turns exclude each other, across handles on one storage (as
+/// nodes on one database), and pass on when dropped.
+pub async fn directory_turns_take_turns<S: Store>(s: S) {
+    let first = s.directory_turn().await.unwrap();
+    let other = s.clone();
+    let second = tokio::spawn(async move { other.directory_turn().await.map(drop) });
+    // Not a clock deciding the result: with turns that exclude each other
+    // the second cannot have its turn here, however long this waits.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!second.is_finished(), "two writers had the turn at once");
+    drop(first);
+    second.await.unwrap().expect("the turn passes on");
+    drop(s.directory_turn().await.unwrap());
+}
+
+/// Four nodes publishing sixteen entries each, all at once: every publish
+/// lands, every entry is the newest of its handle, and each epoch follows
+/// the one before. Before turns, such a burst lost epochs to the
+/// compare-and-set until a node's retries ran out.
+pub async fn many_nodes_publishing_at_once_all_land<S: Store>(s: S) {
+    let vrf = VrfKey::from_bytes([8; 32]);
+    let nodes: Vec<std::sync::Arc<KeyDirectory<S>>> = (0..4)
+        .map(|_| std::sync::Arc::new(KeyDirectory::new(s.clone(), vrf.clone())))
+        .collect();
+    let key = nodes[0].vrf_public();
+    let mut tasks = Vec::new();
+    for (n, node) in nodes.iter().enumerate() {
+        for i in 0..16u8 {
+            let node = node.clone();
+            let handle = Handle::new(&format!("n{n}h{i}")).unwrap();
+            let n = u8::try_from(n).unwrap();
+            tasks.push(tokio::spawn(async move {
+                let entry = Entry::of(&list(n * 16 + i, 1, &[dev(n * 16 + i)]));
+                (handle.clone(), entry, node.publish(&handle, entry).await)
+            }));
+        }
+    }
+    let mut published = Vec::new();
+    for t in tasks {
+        let (handle, entry, r) = t.await.unwrap();
+        let root = r.unwrap_or_else(|e| panic!("{handle:?} not published: {e}"));
+        published.push((handle, entry, root));
+    }
+    let newest = nodes[3].current().await.unwrap();
+    for (handle, entry, root) in &published {
+        assert!(root.epoch <= newest.epoch);
+        let (at, proof) = nodes[0].lookup(handle).await.unwrap();
+        let v = d::verify_lookup(&key, at, handle, &proof).unwrap();
+        assert_eq!((v.entry, v.version), (*entry, 1), "{handle:?}");
+    }
+    let (roots, proof) = nodes[1].audit(0, newest.epoch).await.unwrap();
+    akd::auditor::audit_verify::<d::Config>(roots, d::decode_audit(&proof).unwrap())
+        .await
+        .unwrap();
+}
+
 /// The key directory's checks as tests for one backend: `$make` is an
 /// async expression giving `(guard, store)` for a fresh, empty store.
 #[macro_export]
@@ -93,6 +151,18 @@ macro_rules! directory_conformance_tests {
         async fn key_directory_publishes_and_proves() {
             let (_guard, store) = $make.await;
             $crate::directory::conformance::key_directory_publishes_and_proves(store).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn directory_turns_take_turns() {
+            let (_guard, store) = $make.await;
+            $crate::directory::conformance::directory_turns_take_turns(store).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn many_nodes_publishing_at_once_all_land() {
+            let (_guard, store) = $make.await;
+            $crate::directory::conformance::many_nodes_publishing_at_once_all_land(store).await;
         }
 
         /// akd's own storage tests (its `public_tests` feature, a

@@ -13,10 +13,13 @@
 //! shares epochs.
 //!
 //! The directory's records live in the [`Store`] ([`storage`]), so that
-//! several nodes on one PostgreSQL share one directory; each epoch is
-//! written by compare-and-set, and a node that loses the race publishes
-//! its batch again on top of the winner's epoch. The VRF key is a file of
-//! the data directory (`directory.key`) that every node must share.
+//! several nodes on one PostgreSQL share one directory. Nodes publish in
+//! turns ([`Store::directory_turn`]: a PostgreSQL advisory lock), each
+//! epoch on top of the one before; each epoch is also written by
+//! compare-and-set, so a publish that somehow raced another (a node
+//! without turns) is refused whole and published again on top of the
+//! winner's epoch. The VRF key is a file of the data directory
+//! (`directory.key`) that every node must share.
 
 pub mod conformance;
 pub mod storage;
@@ -154,6 +157,13 @@ impl<S: Store> KeyDirectory<S> {
         let any = self
             .akd
             .get_or_try_init(|| async {
+                // In turn too: akd makes a new directory's first Azks and
+                // root with plain writes, not compare-and-set, so a node
+                // that found no directory while another made one and
+                // published into it would write the empty one over it
+                // (`many_nodes_publishing_at_once_all_land` saw lookups of
+                // published entries fail to verify).
+                let _turn = self.store.directory_turn().await?;
                 let mut attempt = 0;
                 let akd = loop {
                     attempt += 1;
@@ -232,6 +242,9 @@ impl<S: Store> KeyDirectory<S> {
                 updates.push((p.label.clone(), p.entry.value()));
             }
         }
+        // One node at a time: without turns, four nodes registering at
+        // once lost each other's epochs until their retries ran out.
+        let _turn = self.store.directory_turn().await?;
         let mut attempt = 0;
         let published = loop {
             attempt += 1;
@@ -248,6 +261,7 @@ impl<S: Store> KeyDirectory<S> {
         self.store
             .put_directory_root(published.epoch(), published.hash())
             .await?;
+        drop(_turn);
         Ok(root(&published))
     }
 

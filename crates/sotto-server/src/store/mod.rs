@@ -446,6 +446,24 @@ pub struct DirectoryWrite {
     pub newer_only: bool,
 }
 
+/// A writer's turn to publish the key directory, across every node on one
+/// storage ([`Store::directory_turn`]); the turn passes on when this is
+/// dropped.
+pub struct DirectoryTurn(#[allow(dead_code)] Box<dyn Send>);
+
+impl DirectoryTurn {
+    /// A turn that ends when `held` is dropped.
+    pub fn holding(held: impl Send + 'static) -> Self {
+        Self(Box::new(held))
+    }
+}
+
+impl std::fmt::Debug for DirectoryTurn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DirectoryTurn")
+    }
+}
+
 /// Everything the server persists. A clone is another handle on the same
 /// storage (the key directory holds one).
 pub trait Store: Clone + Send + Sync + 'static {
@@ -735,6 +753,13 @@ pub trait Store: Clone + Send + Sync + 'static {
         group: GroupId,
         device: DeviceId,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Waits for this writer's turn to publish a key-directory epoch: one
+    /// writer at a time, among every handle on this storage and every node
+    /// sharing it, in the order they asked. Without turns, nodes
+    /// publishing at once lose each other's epochs (`directory_write`'s
+    /// `newer_only`) and retry until they give up.
+    fn directory_turn(&self) -> impl Future<Output = Result<DirectoryTurn, StoreError>> + Send;
 
     /// Writes key-directory records in one transaction. `false` (and
     /// nothing written) if `w.newer_only` and `w.epoch` is not newer than

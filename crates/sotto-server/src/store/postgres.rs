@@ -34,7 +34,7 @@ use sqlx::{PgConnection, Row};
 
 use super::{
     BlobState, Claimed, CommitError, CommitOutcome, CommitWrite, DeviceListChange, DeviceListError,
-    DeviceRecord, DirectoryWrite, GroupState, Guesses, KeyPackageStock, MailboxCap,
+    DeviceRecord, DirectoryTurn, DirectoryWrite, GroupState, Guesses, KeyPackageStock, MailboxCap,
     MailboxEntry, NewAccount, Outgoing, Posted, ProposalWrite, RegisterError, SendError,
     SendOutcome, Stats, Store, StoreError, StoredKeyPackage, WipeTarget, seen_key,
 };
@@ -46,6 +46,9 @@ const ATTEMPTS: u32 = 8;
 
 /// Lock id that lets one node at a time purge expired data.
 const PURGE_LOCK: i64 = 0x5077_0001;
+
+/// Lock id of the key directory's publishing turn (`directory_turn`).
+const DIRECTORY_LOCK: i64 = 0x5077_0002;
 
 /// The PostgreSQL store.
 #[derive(Debug, Clone)]
@@ -1705,6 +1708,20 @@ impl Store for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(map_err)
+    }
+
+    async fn directory_turn(&self) -> Result<DirectoryTurn, StoreError> {
+        // A transaction's advisory lock, held by an open transaction: when
+        // the turn is dropped the transaction rolls back (the pool flushes
+        // the rollback before it lends the connection again), and a node
+        // that dies mid-turn ends its session and its turn with it.
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(DIRECTORY_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        Ok(DirectoryTurn::holding(tx))
     }
 
     async fn put_directory_root(&self, epoch: u64, hash: [u8; 32]) -> Result<(), StoreError> {

@@ -19,9 +19,9 @@ use sotto_proto::{
 
 use super::{
     BlobState, Claimed, CommitError, CommitOutcome, CommitWrite, DeviceListChange, DeviceListError,
-    DeviceRecord, DirectoryWrite, GroupState, Guesses, KeyPackageStock, MailboxCap, MailboxEntry,
-    NewAccount, Outgoing, Posted, ProposalWrite, RegisterError, SendError, SendOutcome, Stats,
-    Store, StoreError, StoredKeyPackage, WipeTarget, seen_key,
+    DeviceRecord, DirectoryTurn, DirectoryWrite, GroupState, Guesses, KeyPackageStock, MailboxCap,
+    MailboxEntry, NewAccount, Outgoing, Posted, ProposalWrite, RegisterError, SendError,
+    SendOutcome, Stats, Store, StoreError, StoredKeyPackage, WipeTarget, seen_key,
 };
 
 mod migrations;
@@ -39,6 +39,9 @@ mod migrations;
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     writes: Arc<Batch>,
+    /// Key-directory turns (`Store::directory_turn`): one server uses a
+    /// SQLite database, so a lock in memory is every node's.
+    directory: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// How a batched write is answered once its batch committed (`Ok`) or
@@ -290,6 +293,7 @@ impl SqliteStore {
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             writes: Arc::new(Batch::default()),
+            directory: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -1756,6 +1760,12 @@ impl Store for SqliteStore {
             Ok(())
         })
         .await
+    }
+
+    async fn directory_turn(&self) -> Result<DirectoryTurn, StoreError> {
+        Ok(DirectoryTurn::holding(
+            self.directory.clone().lock_owned().await,
+        ))
     }
 
     async fn directory_roots(
