@@ -285,6 +285,11 @@ impl Settings {
         if self.limits.requests_per_second <= 0.0 || self.limits.request_burst < 1.0 {
             return Err("limits.requests_per_second must be > 0 and request_burst >= 1".into());
         }
+        if self.store_max_connections < 2 {
+            // The key directory's publishing turn holds one connection
+            // while the publish itself reads and writes through others.
+            return Err("store_max_connections must be at least 2".into());
+        }
         if self.limits.kill_code_pow_bits > 32 {
             // A proof of work the owner cannot pay would lock the right code out.
             return Err("limits.kill_code_pow_bits must be at most 32".into());
@@ -445,6 +450,20 @@ mod tests {
         assert!(matches!(s.store_kind().unwrap(), StoreKind::Postgres(_)));
         assert!(matches!(s.bus_kind().unwrap(), BusKind::Nats(_)));
         assert_eq!(s.limits.kill_code_guesses, 2);
+    }
+
+    #[test]
+    fn a_store_pool_of_one_connection_is_refused() {
+        let (_f, p) = file("store_max_connections = 1\n");
+        let e = Settings::load(Some(&p), &no_env).unwrap_err();
+        assert!(e.contains("store_max_connections"), "{e}");
+        let (_f, p) = file("store_max_connections = 2\n");
+        assert_eq!(
+            Settings::load(Some(&p), &no_env)
+                .unwrap()
+                .store_max_connections,
+            2
+        );
     }
 
     #[test]
