@@ -199,13 +199,18 @@ async fn nats(ctx: &Ctx, n: usize, idle: Duration, tls: bool) -> anyhow::Result<
     .await
 }
 
-/// Scenario `connections`.
-pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Table>> {
-    let (steps, idle): (&[usize], _) = if ctx.quick {
-        (&[200], Duration::from_secs(1))
+/// Scenario `connections`: at `sizes` (by default 10k, 50k and 100k;
+/// `--quick`: 200), every system, or Sotto alone when `sotto_only`.
+pub(crate) async fn run(
+    ctx: &Ctx,
+    sizes: &[usize],
+    sotto_only: bool,
+) -> anyhow::Result<Vec<Table>> {
+    let idle = if ctx.quick {
+        Duration::from_secs(1)
     } else {
         // A full keepalive period: the server pings every connection every 30 s.
-        (&[10_000, 50_000, 100_000], Duration::from_secs(31))
+        Duration::from_secs(31)
     };
     let floor = ctx.floor().await?.rss_per_idle;
     let files = sys::open_files_limit() as usize;
@@ -227,7 +232,7 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Table>> {
     // is measured too (before the steps it stops), so the curve goes as far
     // as the machine lets it.
     let most = (files.saturating_sub(MARGIN) / 1000) * 1000;
-    let mut steps = steps.to_vec();
+    let mut steps = sizes.to_vec();
     if let Some(i) = steps.iter().position(|&n| n + MARGIN > files)
         && (i == 0 || steps[i - 1] < most)
         && most > 0
@@ -250,13 +255,13 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Table>> {
             }
             continue;
         }
-        let rows = [
-            (SYSTEMS[0], sotto(ctx, n, idle).await?),
-            (SYSTEMS[1], mosquitto(ctx, n, idle, false).await?),
-            (SYSTEMS[2], mosquitto(ctx, n, idle, true).await?),
-            (SYSTEMS[3], nats(ctx, n, idle, false).await?),
-            (SYSTEMS[4], nats(ctx, n, idle, true).await?),
-        ];
+        let mut rows = vec![(SYSTEMS[0], sotto(ctx, n, idle).await?)];
+        if !sotto_only {
+            rows.push((SYSTEMS[1], mosquitto(ctx, n, idle, false).await?));
+            rows.push((SYSTEMS[2], mosquitto(ctx, n, idle, true).await?));
+            rows.push((SYSTEMS[3], nats(ctx, n, idle, false).await?));
+            rows.push((SYSTEMS[4], nats(ctx, n, idle, true).await?));
+        }
         for (name, h) in rows {
             t.row(vec![
                 h.n.to_string(),

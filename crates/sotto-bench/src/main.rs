@@ -106,7 +106,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: sotto-bench <scenario>|all [--quick] [--out FILE.json|FILE.csv] [scenario arguments]
-scenarios: floor, direct, fanout, offline, commits, connections, cluster [PAIRS] [SECONDS], groups [SIZES] [REPETITIONS], clients [SIZES] [MESSAGES], checks [SIZES], mls [SIZES], watch [SIZES], directory [ACCOUNTS], network [DEVICES] [SECONDS]";
+scenarios: floor, direct, fanout, offline, commits, connections [SIZES] [all|sotto], cluster [PAIRS] [SECONDS], groups [SIZES] [REPETITIONS], clients [SIZES] [MESSAGES], checks [SIZES], mls [SIZES], watch [SIZES], directory [ACCOUNTS], network [DEVICES] [SECONDS]";
 
 fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Args> {
     let mut scenario = None;
@@ -169,7 +169,15 @@ async fn run_one(name: &str, ctx: &Ctx, rest: &[String]) -> anyhow::Result<Vec<T
         "fanout" => fanout::run(ctx).await,
         "offline" => offline::run(ctx).await,
         "commits" => commits::run(ctx).await,
-        "connections" => connections::run(ctx).await,
+        "connections" => {
+            let sizes = sizes(rest, ctx.quick, &[200], &[10_000, 50_000, 100_000])?;
+            let sotto_only = match rest.get(1).map(String::as_str) {
+                None | Some("all") => false,
+                Some("sotto") => true,
+                Some(other) => anyhow::bail!("connections: {other:?} is neither all nor sotto"),
+            };
+            connections::run(ctx, &sizes, sotto_only).await
+        }
         "cluster" => {
             let (pairs, secs) = if ctx.quick { (2, 1) } else { (20, 10) };
             let pairs = rest

@@ -27,8 +27,10 @@ use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::{Bytes, Message};
 
 use crate::{ClientError, ServerLink};
 
@@ -172,7 +174,7 @@ fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(16 * 1024)
         .max_message_size(Some(2 * sotto_proto::MAX_FRAME_BYTES))
-        .max_frame_size(Some(2 * sotto_proto::MAX_FRAME_BYTES))
+        .max_frame_size(Some(sotto_proto::WS_FRAGMENT_BYTES))
 }
 
 /// TCP and TLS 1.3 to the server, its certificate checked against the
@@ -464,8 +466,19 @@ impl Connection {
         self.synced
     }
 
-    /// Sends raw bytes as one binary message (tests use it to send garbage).
+    /// Sends raw bytes as one binary message, fragmented past
+    /// [`sotto_proto::WS_FRAGMENT_BYTES`] as the protocol asks (tests use it
+    /// to send garbage).
     pub async fn send_raw(&mut self, bytes: Vec<u8>) -> Result<(), ClientError> {
+        timeout(REQUEST_TIMEOUT, send_fragmented(&mut self.ws, bytes))
+            .await
+            .map_err(|_| ClientError::Timeout)?
+            .map_err(|e| ClientError::Transport(e.to_string()))
+    }
+
+    /// Sends raw bytes as one WebSocket frame, however long (tests use it
+    /// to break the protocol's fragment size).
+    pub async fn send_unfragmented(&mut self, bytes: Vec<u8>) -> Result<(), ClientError> {
         timeout(REQUEST_TIMEOUT, self.ws.send(Message::Binary(bytes.into())))
             .await
             .map_err(|_| ClientError::Timeout)?
@@ -481,6 +494,32 @@ impl Connection {
     pub async fn close(mut self) {
         let _ = timeout(Duration::from_secs(2), self.ws.close(None)).await;
     }
+}
+
+/// Sends `bytes` as one binary WebSocket message: one frame, or, past
+/// [`sotto_proto::WS_FRAGMENT_BYTES`], a fragmented message of frames of
+/// that size at most (the server refuses longer frames).
+async fn send_fragmented(
+    ws: &mut WebSocketStream<TlsStream<TcpStream>>,
+    bytes: Vec<u8>,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    if bytes.len() <= sotto_proto::WS_FRAGMENT_BYTES {
+        return ws.send(Message::Binary(bytes.into())).await;
+    }
+    let bytes = Bytes::from(bytes);
+    let mut opcode = OpCode::Data(Data::Binary);
+    let mut pieces = sotto_proto::ws_fragments(bytes.len()).peekable();
+    while let Some(piece) = pieces.next() {
+        let last = pieces.peek().is_none();
+        ws.feed(Message::Frame(Frame::message(
+            bytes.slice(piece),
+            opcode,
+            last,
+        )))
+        .await?;
+        opcode = OpCode::Data(Data::Continue);
+    }
+    ws.flush().await
 }
 
 async fn read_frame(

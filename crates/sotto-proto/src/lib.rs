@@ -29,6 +29,23 @@ pub const PROTOCOL_VERSION: u16 = 3;
 /// ratchet tree, about 1.5 KiB per member with X-Wing keys).
 pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 
+/// The largest payload of one WebSocket frame, either way. A message
+/// longer than this goes as a fragmented WebSocket message (RFC 6455 §5.4),
+/// in pieces of this size ([`ws_fragments`]); a single WebSocket frame
+/// longer than this is refused. The WebSocket library keeps each
+/// connection's read and write buffers at the largest frame they held, so
+/// this bounds what a connection keeps after a large message (a commit or
+/// Welcome of a large group is megabytes) at about 4 KiB.
+pub const WS_FRAGMENT_BYTES: usize = 4 * 1024;
+
+/// The pieces a message of `len` bytes is sent in, one WebSocket frame
+/// each: [`WS_FRAGMENT_BYTES`] at most, in order, at least one (an empty
+/// message is one empty frame).
+pub fn ws_fragments(len: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let pieces = len.div_ceil(WS_FRAGMENT_BYTES).max(1);
+    (0..pieces).map(move |i| i * WS_FRAGMENT_BYTES..len.min((i + 1) * WS_FRAGMENT_BYTES))
+}
+
 /// The largest MLS application message in one frame.
 pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 

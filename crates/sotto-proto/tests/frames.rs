@@ -290,3 +290,22 @@ proptest! {
         decode_is_total(&changed);
     }
 }
+
+proptest! {
+    /// A message's WebSocket fragments cover it once, in order, none
+    /// longer than the cap and none empty but the only one of an empty
+    /// message.
+    #[test]
+    fn ws_fragments_cover_a_message_in_capped_pieces(len in 0usize..5 * sotto_proto::WS_FRAGMENT_BYTES) {
+        let pieces: Vec<_> = sotto_proto::ws_fragments(len).collect();
+        prop_assert_eq!(pieces.len(), len.div_ceil(sotto_proto::WS_FRAGMENT_BYTES).max(1));
+        let mut at = 0;
+        for p in &pieces {
+            prop_assert_eq!(p.start, at);
+            prop_assert!(p.len() <= sotto_proto::WS_FRAGMENT_BYTES);
+            prop_assert!(!p.is_empty() || len == 0);
+            at = p.end;
+        }
+        prop_assert_eq!(at, len);
+    }
+}

@@ -104,8 +104,51 @@ async fn oversized_frames_are_refused_without_buffering_them() {
         .send_raw(vec![0u8; 3 * sotto_proto::MAX_FRAME_BYTES])
         .await;
     expect_fatal_then_close(&mut conn, ErrorCode::TooLarge).await;
+    // One WebSocket frame longer than the protocol's fragment size: the
+    // transport refuses it, however small the message.
+    let mut conn = w.connect().await;
+    let _ = conn
+        .send_unfragmented(vec![0u8; sotto_proto::WS_FRAGMENT_BYTES + 1])
+        .await;
+    expect_fatal_then_close(&mut conn, ErrorCode::TooLarge).await;
     // The server is still fine.
     w.person("alice").await;
+}
+
+/// Messages longer than a WebSocket fragment cross in fragments both ways
+/// (the client refuses a longer frame as the server does): the largest
+/// application message goes up in pieces and comes down, pushed live and
+/// read from the mailbox, byte for byte.
+#[tokio::test]
+async fn large_messages_cross_in_fragments_both_ways() {
+    let w = World::new().await;
+    let (alice, mut alice_conn) = w.person("alice").await;
+    let (bob, mut bob_conn) = w.person("bob").await;
+    assert!(drain(&mut bob_conn).await.is_empty());
+    let g = GroupId([9; 32]);
+    create_group(&mut alice_conn, g, &alice, &[&bob]).await;
+    let size = sotto_proto::MAX_PAYLOAD_BYTES - 1024;
+    let want = common::payload(g, 1, size);
+    assert!(want.len() > 10 * sotto_proto::WS_FRAGMENT_BYTES);
+    common::send(&mut alice_conn, g, 1, size).await.unwrap();
+    let mut live = None;
+    while live.is_none() {
+        match tokio::time::timeout(Duration::from_secs(5), bob_conn.next_event())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Event::Deliver(d) if d.envelope.kind == EnvelopeKind::Application => live = Some(d),
+            Event::Deliver(_) => {}
+            Event::Synced => panic!("synced twice"),
+        }
+    }
+    assert_eq!(live.unwrap().envelope.payload.0, want);
+    // Again from the mailbox, on a new connection (nothing was acknowledged).
+    drop(bob_conn);
+    let mut bob_conn = w.login(&bob).await;
+    let got = drain(&mut bob_conn).await;
+    assert_eq!(got.last().unwrap().envelope.payload.0, want);
 }
 
 #[tokio::test]
