@@ -13,8 +13,8 @@ pub mod ids;
 pub mod pow;
 
 pub use codec::{
-    DecodeError, EncodedEnvelope, decode_client, decode_server, encode_client, encode_delivery,
-    encode_server,
+    DecodeError, EncodedEnvelope, decode_client, decode_server, delivery_head, encode_client,
+    encode_delivery, encode_server,
 };
 pub use error::{ErrorCode, ProtoError};
 pub use frame::*;

@@ -13,8 +13,8 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use rand::RngCore;
 use sotto_proto::{
-    ClientFrame, Delivery, DeviceId, ErrorCode, PROTOCOL_VERSION, ProtoError, Request, Response,
-    ServerFrame, ServerHello, Session,
+    ClientFrame, Delivery, DeviceId, EncodedEnvelope, ErrorCode, PROTOCOL_VERSION, ProtoError,
+    Request, Response, ServerFrame, ServerHello, Session,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -282,7 +282,23 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
     /// [`sotto_proto::WS_FRAGMENT_BYTES`], all of it under one write deadline.
     async fn write_bytes(&mut self, bytes: Vec<u8>) -> Result<(), End> {
         let limit = self.shared.config.limits.write_timeout;
-        written(timeout(limit, send_fragmented(&mut self.ws, bytes)).await)
+        let sent = send_fragmented(&mut self.ws, &[], Bytes::from(bytes));
+        written(timeout(limit, sent).await)
+    }
+
+    /// Sends the delivery of entry `seq`, `envelope` (shared with the
+    /// other recipients), under one write deadline. Past the first
+    /// fragment, its frames are slices of the shared envelope: a large
+    /// message sent to many connections is not copied for each of them.
+    async fn write_delivery(
+        &mut self,
+        seq: u64,
+        envelope: &Arc<EncodedEnvelope>,
+    ) -> Result<(), End> {
+        let limit = self.shared.config.limits.write_timeout;
+        let head = sotto_proto::delivery_head(seq);
+        let body = Bytes::from_owner(SharedEnvelope(envelope.clone()));
+        written(timeout(limit, send_fragmented(&mut self.ws, &head, body)).await)
     }
 
     async fn write(&mut self, f: &ServerFrame) -> Result<(), End> {
@@ -388,8 +404,7 @@ impl<S: Store, B: Bus, T: AsyncRead + AsyncWrite + Unpin> Conn<S, B, T> {
         let (send, behind) = crate::watch::plan(offers, self.last_sent);
         for o in send {
             self.last_sent = o.seq;
-            let frame = sotto_proto::encode_delivery(o.seq, &o.envelope);
-            self.write_bytes(frame).await?;
+            self.write_delivery(o.seq, &o.envelope).await?;
             self.shared.metrics.deliveries.inc();
             self.shared.metrics.offered_deliveries.inc();
         }
@@ -466,24 +481,46 @@ fn written(
     }
 }
 
-/// Sends `bytes` as one binary WebSocket message: one frame, or, past
-/// [`sotto_proto::WS_FRAGMENT_BYTES`], a fragmented message of frames of
-/// that size at most, each flushed before the next is made (so the
-/// WebSocket's write buffer never holds more than one).
+/// An envelope every recipient shares, as the bytes of WebSocket frames.
+struct SharedEnvelope(Arc<EncodedEnvelope>);
+
+impl AsRef<[u8]> for SharedEnvelope {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+/// Sends `head` then `body` as one binary WebSocket message: one frame,
+/// or, past [`sotto_proto::WS_FRAGMENT_BYTES`], a fragmented message of
+/// frames of that size at most, each flushed before the next is made (so
+/// the WebSocket's write buffer never holds more than one). Only the first
+/// frame is copied (the head is a few bytes); the others are slices of
+/// `body`.
 async fn send_fragmented<T: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut WebSocketStream<T>,
-    bytes: Vec<u8>,
+    head: &[u8],
+    body: Bytes,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    if bytes.len() <= sotto_proto::WS_FRAGMENT_BYTES {
-        return ws.send(Message::Binary(bytes.into())).await;
-    }
-    let bytes = Bytes::from(bytes);
+    let total = head.len() + body.len();
     let mut opcode = OpCode::Data(Data::Binary);
-    let mut pieces = sotto_proto::ws_fragments(bytes.len()).peekable();
+    let mut pieces = sotto_proto::ws_fragments(total).peekable();
     while let Some(piece) = pieces.next() {
         let last = pieces.peek().is_none();
-        let frame = Frame::message(bytes.slice(piece), opcode, last);
-        ws.send(Message::Frame(frame)).await?;
+        // The head is shorter than a piece: only the first has any of it.
+        let payload = if piece.start < head.len() {
+            let mut first = Vec::with_capacity(piece.len());
+            first.extend_from_slice(&head[piece.start..]);
+            first.extend_from_slice(&body[..piece.end - head.len()]);
+            Bytes::from(first)
+        } else {
+            body.slice(piece.start - head.len()..piece.end - head.len())
+        };
+        let message = if piece.start == 0 && last {
+            Message::Binary(payload)
+        } else {
+            Message::Frame(Frame::message(payload, opcode, last))
+        };
+        ws.send(message).await?;
         opcode = OpCode::Data(Data::Continue);
     }
     Ok(())
