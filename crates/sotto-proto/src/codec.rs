@@ -60,7 +60,7 @@ pub fn encode_server(f: &ServerFrame) -> Vec<u8> {
 }
 
 /// An [`Envelope`] encoded once, for the [`ServerFrame::Deliver`] frames
-/// of every device it goes to ([`encode_delivery`]).
+/// of every device it goes to (each [`delivery_head`], then these bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedEnvelope(Vec<u8>);
 
@@ -93,35 +93,22 @@ impl EncodedEnvelope {
     }
 }
 
-/// Encodes `ServerFrame::Deliver(Delivery { seq, envelope })` around an
-/// envelope encoded before: the same bytes as [`encode_server`], without
-/// encoding (or copying into a [`Delivery`]) the envelope once per device.
-pub fn encode_delivery(seq: u64, envelope: &EncodedEnvelope) -> Vec<u8> {
-    let mut out = Vec::with_capacity(DELIVERY_HEAD_MAX + envelope.0.len());
-    put_delivery_head(&mut out, seq);
-    out.extend_from_slice(&envelope.0);
-    out
-}
-
 /// The most bytes [`delivery_head`] takes: the variant tag and a varint.
 const DELIVERY_HEAD_MAX: usize = 1 + 10;
 
-/// What [`encode_delivery`] puts before the envelope's bytes: a delivery
-/// frame is these, then [`EncodedEnvelope::as_bytes`]. (The server sends a
-/// large delivery as these and slices of the envelope every recipient
-/// shares, instead of a copy per recipient.)
+/// What `ServerFrame::Deliver(Delivery { seq, envelope })` starts with:
+/// the frame is these bytes, then [`EncodedEnvelope::as_bytes`], the same
+/// bytes as [`encode_server`] without encoding (or copying) the envelope
+/// once per device. The server sends a delivery as these and slices of the
+/// envelope every recipient shares.
 pub fn delivery_head(seq: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(DELIVERY_HEAD_MAX);
-    put_delivery_head(&mut out, seq);
-    out
-}
-
-fn put_delivery_head(out: &mut Vec<u8>, seq: u64) {
     // The variant tag, then the fields in order: `seq` as a varint (at
     // most 10 bytes), then the envelope.
+    let mut out = Vec::with_capacity(DELIVERY_HEAD_MAX);
     out.extend_from_slice(deliver_tag());
     let mut varint = [0u8; 10];
     out.extend_from_slice(postcard::to_slice(&seq, &mut varint).unwrap_or_default());
+    out
 }
 
 /// The bytes a [`ServerFrame::Deliver`] starts with (its variant tag),
@@ -190,11 +177,10 @@ mod tests {
                     seq,
                     envelope: envelope.clone(),
                 });
-                let bytes = encode_delivery(seq, &encoded);
-                assert_eq!(bytes, encode_server(&frame), "seq {seq}");
                 let head = delivery_head(seq);
                 assert!(head.len() <= DELIVERY_HEAD_MAX);
-                assert_eq!([&head[..], encoded.as_bytes()].concat(), bytes);
+                let bytes = [&head[..], encoded.as_bytes()].concat();
+                assert_eq!(bytes, encode_server(&frame), "seq {seq}");
                 assert_eq!(decode_server(&bytes).unwrap(), frame);
             }
         }

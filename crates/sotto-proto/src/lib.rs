@@ -14,7 +14,7 @@ pub mod pow;
 
 pub use codec::{
     DecodeError, EncodedEnvelope, decode_client, decode_server, delivery_head, encode_client,
-    encode_delivery, encode_server,
+    encode_server,
 };
 pub use error::{ErrorCode, ProtoError};
 pub use frame::*;
