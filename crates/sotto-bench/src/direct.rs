@@ -100,6 +100,7 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Table>> {
             "p999 (ms)",
             "p99 ≤ 50 ms",
             "server CPU-µs/msg",
+            "server disk KB/msg",
             "load generator cores",
         ],
     );
@@ -125,6 +126,7 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Table>> {
             }
             .into(),
             format!("{:.0}", o.server_cpu * 1e6 / o.sent.max(1) as f64),
+            format!("{:.1}", o.disk_bytes as f64 / 1000.0 / o.sent.max(1) as f64),
             format!("{:.2}{}", o.load_cores, ctx.bound(o.load_cores)),
         ]);
     }
@@ -137,6 +139,9 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Table>> {
     t.note(format!(
         "floor (same run): {floor:.0} msgs/s pipelined over TLS WebSocket"
     ));
+    t.note(
+        "server disk = bytes the server process caused to be written to storage (write_bytes of /proc/PID/io: SQLite's WAL and checkpoints, a broker's files) from the first send to the recipients' last acknowledgement, per acknowledged message; target (issue 21): ≤ 4 KB per message delivered and acknowledged",
+    );
     Ok(vec![t])
 }
 
@@ -149,8 +154,7 @@ fn rate(o: &Outcome) -> f64 {
 async fn finish(
     sent: usize,
     elapsed: Duration,
-    me: sys::CpuWatch,
-    server: sys::CpuWatch,
+    (me, server, disk): (sys::CpuWatch, sys::CpuWatch, sys::DiskWatch),
     got: &AtomicUsize,
     stop: &AtomicBool,
     receivers: Vec<tokio::task::JoinHandle<load::Seen>>,
@@ -162,6 +166,8 @@ async fn finish(
     for r in receivers {
         seen.extend(r.await?);
     }
+    // After the receivers' last acknowledgements.
+    let disk_bytes = disk.bytes();
     // A comparator that loses messages is reported (column "delivered"),
     // not failed: NATS core promises nothing. Sotto's run fails instead
     // (`load::direct`).
@@ -171,6 +177,7 @@ async fn finish(
         elapsed,
         server_cpu,
         load_cores,
+        disk_bytes,
     })
 }
 
@@ -201,7 +208,11 @@ async fn mqtt(b: &Broker, size: &Size, payload: &[u8]) -> anyhow::Result<Outcome
         }));
         senders.push(Mqtt::connect(b.addr, None, &format!("s{i}"), true).await?);
     }
-    let (me, server) = (sys::CpuWatch::me(), sys::CpuWatch::start(b.pid()));
+    let (me, server, disk) = (
+        sys::CpuWatch::me(),
+        sys::CpuWatch::start(b.pid()),
+        sys::DiskWatch::start(b.pid()),
+    );
     let started = Instant::now();
     let tasks: Vec<_> = senders
         .into_iter()
@@ -225,7 +236,15 @@ async fn mqtt(b: &Broker, size: &Size, payload: &[u8]) -> anyhow::Result<Outcome
     for t in tasks {
         sent += t.await??;
     }
-    finish(sent, started.elapsed(), me, server, &got, &stop, receivers).await
+    finish(
+        sent,
+        started.elapsed(),
+        (me, server, disk),
+        &got,
+        &stop,
+        receivers,
+    )
+    .await
 }
 
 async fn jetstream(b: &Broker, size: &Size, payload: &[u8]) -> anyhow::Result<Outcome> {
@@ -280,7 +299,11 @@ async fn jetstream(b: &Broker, size: &Size, payload: &[u8]) -> anyhow::Result<Ou
         }));
         senders.push(jetstream::new(async_nats::connect(b.nats_url()).await?));
     }
-    let (me, server) = (sys::CpuWatch::me(), sys::CpuWatch::start(b.pid()));
+    let (me, server, disk) = (
+        sys::CpuWatch::me(),
+        sys::CpuWatch::start(b.pid()),
+        sys::DiskWatch::start(b.pid()),
+    );
     let started = Instant::now();
     let tasks: Vec<_> = senders
         .into_iter()
@@ -306,7 +329,15 @@ async fn jetstream(b: &Broker, size: &Size, payload: &[u8]) -> anyhow::Result<Ou
     for t in tasks {
         sent += t.await??;
     }
-    finish(sent, started.elapsed(), me, server, &got, &stop, receivers).await
+    finish(
+        sent,
+        started.elapsed(),
+        (me, server, disk),
+        &got,
+        &stop,
+        receivers,
+    )
+    .await
 }
 
 async fn nats_core(b: &Broker, size: &Size, payload: &[u8]) -> anyhow::Result<Outcome> {
@@ -338,7 +369,11 @@ async fn nats_core(b: &Broker, size: &Size, payload: &[u8]) -> anyhow::Result<Ou
         }));
         senders.push(async_nats::connect(b.nats_url()).await?);
     }
-    let (me, server) = (sys::CpuWatch::me(), sys::CpuWatch::start(b.pid()));
+    let (me, server, disk) = (
+        sys::CpuWatch::me(),
+        sys::CpuWatch::start(b.pid()),
+        sys::DiskWatch::start(b.pid()),
+    );
     let started = Instant::now();
     let tasks: Vec<_> = senders
         .into_iter()
@@ -363,5 +398,13 @@ async fn nats_core(b: &Broker, size: &Size, payload: &[u8]) -> anyhow::Result<Ou
     for t in tasks {
         sent += t.await??;
     }
-    finish(sent, started.elapsed(), me, server, &got, &stop, receivers).await
+    finish(
+        sent,
+        started.elapsed(),
+        (me, server, disk),
+        &got,
+        &stop,
+        receivers,
+    )
+    .await
 }

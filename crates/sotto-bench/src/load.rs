@@ -454,6 +454,9 @@ pub(crate) struct Outcome {
     pub(crate) server_cpu: f64,
     /// Load generator cores used on average over the run.
     pub(crate) load_cores: f64,
+    /// Bytes the server wrote to storage from the first send to the
+    /// recipients' last acknowledgement ([`sys::DiskWatch`]).
+    pub(crate) disk_bytes: u64,
 }
 
 /// Waits until `got` reaches `want` or `grace` passes, then sets `stop`.
@@ -521,6 +524,10 @@ pub(crate) async fn direct(
         .iter()
         .map(|p| sys::CpuWatch::start(*p))
         .collect();
+    let disk: Vec<sys::DiskWatch> = server_pids
+        .iter()
+        .map(|p| sys::DiskWatch::start(*p))
+        .collect();
     let me = sys::CpuWatch::me();
     let started = Instant::now();
     let tasks: Vec<_> = senders
@@ -539,6 +546,8 @@ pub(crate) async fn direct(
     for l in listeners {
         seen.extend(l.await?);
     }
+    // After the recipients' last acknowledgements.
+    let disk_bytes = disk.iter().map(sys::DiskWatch::bytes).sum();
     anyhow::ensure!(
         seen.len() == sent,
         "{} of {sent} acknowledged messages were delivered",
@@ -550,5 +559,6 @@ pub(crate) async fn direct(
         elapsed,
         server_cpu,
         load_cores,
+        disk_bytes,
     })
 }

@@ -112,6 +112,28 @@ impl CpuWatch {
     }
 }
 
+/// Bytes a process caused to be written to storage over a window
+/// ([`written_bytes`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DiskWatch {
+    pid: u32,
+    bytes: u64,
+}
+
+impl DiskWatch {
+    pub(crate) fn start(pid: u32) -> Self {
+        Self {
+            pid,
+            bytes: written_bytes(pid),
+        }
+    }
+
+    /// Bytes written since the start.
+    pub(crate) fn bytes(&self) -> u64 {
+        written_bytes(self.pid).saturating_sub(self.bytes)
+    }
+}
+
 /// How many CPUs this process may run on.
 pub(crate) fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
