@@ -256,6 +256,45 @@ fn user_version(c: &Connection) -> u32 {
         .unwrap()
 }
 
+fn page_size(c: &Connection) -> u32 {
+    c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap()
+}
+
+/// A database another process has open (`sotto-server invite` beside a
+/// running server) cannot be rewritten: it opens with its page size and
+/// works.
+#[tokio::test]
+async fn a_database_open_elsewhere_keeps_its_page_size_and_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("server.db");
+    let other = Connection::open(&path).unwrap();
+    other
+        .execute_batch(
+            "PRAGMA page_size=4096; PRAGMA journal_mode=WAL; CREATE TABLE t (x); \
+             INSERT INTO t VALUES (1);",
+        )
+        .unwrap();
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(page_size(&other), 4096);
+    s.add_invites(vec![[1; 32]], 1_000).await.unwrap();
+    assert_eq!(s.stats().await.unwrap().accounts, 0);
+    drop((s, other));
+    // Alone, it is rewritten, its rows kept.
+    drop(SqliteStore::open(&path).unwrap());
+    let c = Connection::open(&path).unwrap();
+    assert_eq!(page_size(&c), 1024);
+    assert_eq!(
+        c.query_row("SELECT count(*) FROM invites", [], |r| r.get::<_, i64>(0))
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        c.query_row("SELECT x FROM t", [], |r| r.get::<_, i64>(0))
+            .unwrap(),
+        1
+    );
+}
+
 #[tokio::test]
 async fn a_new_database_gets_every_migration_and_reopening_applies_none() {
     let dir = tempfile::tempdir().unwrap();
@@ -263,6 +302,7 @@ async fn a_new_database_gets_every_migration_and_reopening_applies_none() {
     drop(SqliteStore::open(&path).unwrap());
     let c = Connection::open(&path).unwrap();
     assert_eq!(user_version(&c), SqliteStore::SCHEMA_VERSION);
+    assert_eq!(page_size(&c), 1024);
     let fresh = layout(&c);
     for t in [
         "accounts",
@@ -298,6 +338,8 @@ async fn databases_made_before_versions_open_with_their_rows_at_the_latest_versi
         let before = {
             let c = Connection::open(&path).unwrap();
             c.execute_batch(sql).unwrap();
+            // As SQLite made them: 4 KiB pages.
+            assert_eq!(page_size(&c), 4096);
             fill(&c);
             assert_eq!(user_version(&c), 0);
             let mut rows = rows(&c);
@@ -316,6 +358,7 @@ async fn databases_made_before_versions_open_with_their_rows_at_the_latest_versi
         {
             let c = Connection::open(&path).unwrap();
             assert_eq!(user_version(&c), SqliteStore::SCHEMA_VERSION, "{what}");
+            assert_eq!(page_size(&c), 1024, "{what}: rewritten with smaller pages");
             assert_eq!(layout(&c), fresh, "{what}: the layout of a new database");
             let after = rows(&c);
             for (table, rows) in &before {

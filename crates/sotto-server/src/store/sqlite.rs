@@ -252,6 +252,78 @@ fn private_files(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The page size of the database file. A send and its acknowledgement
+/// each rewrite a few pages of several B-trees (the message, its mailbox
+/// entry, the dedup key, their indexes) and every transaction writes each
+/// page it changed whole to the WAL, so bytes written per message follow
+/// the page size: 1 KiB pages write 40% fewer bytes per message than
+/// SQLite's default 4 KiB in `sotto-bench direct` (BENCHMARKS.md, "Disk
+/// written per message").
+const PAGE_SIZE: u32 = 1024;
+
+/// SQLite checkpoints the WAL into the database when the WAL holds this
+/// many bytes: 4 MiB, what its default of 1000 pages holds at 4 KiB pages,
+/// so deleted rows' old frames stay in the WAL no longer than they did.
+/// Counted in pages by SQLite (`wal_autocheckpoint`).
+const WAL_CHECKPOINT_BYTES: u32 = 4 << 20;
+
+/// A database at most this large is rewritten at the [`PAGE_SIZE`] when it
+/// is opened with another page size (a `VACUUM`, once). Its temporary copy
+/// is kept in memory, not in a temporary file outside the data directory,
+/// which bounds it; a larger database keeps its page size (OPERATING.md
+/// says how to rewrite it with the server stopped).
+const REWRITE_AT_MOST_BYTES: u64 = 256 << 20;
+
+/// Gives the database `want` bytes per page if it can, and returns the
+/// page size it has. A new database takes it at once; an existing one is
+/// rewritten (`VACUUM` outside WAL mode) if it is small enough and no other
+/// connection has it open, else it keeps its page size, which only costs
+/// disk writes.
+fn pages_of(c: &Connection, want: u32) -> Result<u32, StoreError> {
+    let size = |c: &Connection| -> Result<u32, StoreError> {
+        c.query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(map_err)
+    };
+    let have = size(c)?;
+    if have == want {
+        return Ok(have);
+    }
+    let pages: u64 = c
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .map_err(map_err)?;
+    c.pragma_update(None, "page_size", want).map_err(map_err)?;
+    if pages == 0 {
+        return size(c);
+    }
+    let bytes = pages.saturating_mul(u64::from(have));
+    if bytes > REWRITE_AT_MOST_BYTES {
+        tracing::warn!(
+            bytes,
+            page_size = have,
+            "server.db keeps its page size: too large to rewrite on open (OPERATING.md)"
+        );
+        return Ok(have);
+    }
+    let rewritten =
+        c.execute_batch("PRAGMA temp_store=MEMORY; PRAGMA journal_mode=DELETE; VACUUM;");
+    c.execute_batch("PRAGMA temp_store=DEFAULT;")
+        .map_err(map_err)?;
+    if let Err(e) = rewritten {
+        // Another connection has the database open (in WAL mode, which
+        // then stays), or the disk is full: it works as it is.
+        tracing::warn!(error = %e, page_size = have, "server.db keeps its page size");
+    }
+    let now = size(c)?;
+    if now == want {
+        tracing::info!(
+            from = have,
+            to = now,
+            "server.db rewritten with smaller pages"
+        );
+    }
+    Ok(now)
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`. The file is
     /// created readable by the server's user only (0600, whatever the
@@ -275,10 +347,14 @@ impl SqliteStore {
         conn.set_prepared_statement_cache_capacity(64);
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(map_err)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA secure_delete=ON; \
+        conn.execute_batch("PRAGMA secure_delete=ON;")
+            .map_err(map_err)?;
+        let page_size = pages_of(&conn, PAGE_SIZE)?;
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint={}; PRAGMA synchronous=FULL; \
              PRAGMA foreign_keys=ON;",
-        )
+            WAL_CHECKPOINT_BYTES / page_size
+        ))
         .map_err(map_err)?;
         let applied =
             migrations::migrate(&mut conn, migrations::MIGRATIONS).map_err(|e| match &e {
