@@ -149,12 +149,30 @@ fn rate(o: &Outcome) -> f64 {
     o.sent as f64 / o.elapsed.as_secs_f64().max(1e-9)
 }
 
+/// What a comparator's run is measured by: the load generator's CPU, and
+/// the broker's CPU and writes to storage.
+struct Watch {
+    me: sys::CpuWatch,
+    server: sys::CpuWatch,
+    disk: sys::DiskWatch,
+}
+
+impl Watch {
+    fn start(broker: u32) -> Self {
+        Self {
+            me: sys::CpuWatch::me(),
+            server: sys::CpuWatch::start(broker),
+            disk: sys::DiskWatch::start(broker),
+        }
+    }
+}
+
 /// Joins receivers after the senders finished: waits for every delivery (or
 /// a grace period), measures, and checks nothing acknowledged was lost.
 async fn finish(
     sent: usize,
     elapsed: Duration,
-    (me, server, disk): (sys::CpuWatch, sys::CpuWatch, sys::DiskWatch),
+    Watch { me, server, disk }: Watch,
     got: &AtomicUsize,
     stop: &AtomicBool,
     receivers: Vec<tokio::task::JoinHandle<load::Seen>>,
@@ -208,11 +226,7 @@ async fn mqtt(b: &Broker, size: &Size, payload: &[u8]) -> anyhow::Result<Outcome
         }));
         senders.push(Mqtt::connect(b.addr, None, &format!("s{i}"), true).await?);
     }
-    let (me, server, disk) = (
-        sys::CpuWatch::me(),
-        sys::CpuWatch::start(b.pid()),
-        sys::DiskWatch::start(b.pid()),
-    );
+    let watch = Watch::start(b.pid());
     let started = Instant::now();
     let tasks: Vec<_> = senders
         .into_iter()
@@ -236,15 +250,7 @@ async fn mqtt(b: &Broker, size: &Size, payload: &[u8]) -> anyhow::Result<Outcome
     for t in tasks {
         sent += t.await??;
     }
-    finish(
-        sent,
-        started.elapsed(),
-        (me, server, disk),
-        &got,
-        &stop,
-        receivers,
-    )
-    .await
+    finish(sent, started.elapsed(), watch, &got, &stop, receivers).await
 }
 
 async fn jetstream(b: &Broker, size: &Size, payload: &[u8]) -> anyhow::Result<Outcome> {
@@ -299,11 +305,7 @@ async fn jetstream(b: &Broker, size: &Size, payload: &[u8]) -> anyhow::Result<Ou
         }));
         senders.push(jetstream::new(async_nats::connect(b.nats_url()).await?));
     }
-    let (me, server, disk) = (
-        sys::CpuWatch::me(),
-        sys::CpuWatch::start(b.pid()),
-        sys::DiskWatch::start(b.pid()),
-    );
+    let watch = Watch::start(b.pid());
     let started = Instant::now();
     let tasks: Vec<_> = senders
         .into_iter()
@@ -329,15 +331,7 @@ async fn jetstream(b: &Broker, size: &Size, payload: &[u8]) -> anyhow::Result<Ou
     for t in tasks {
         sent += t.await??;
     }
-    finish(
-        sent,
-        started.elapsed(),
-        (me, server, disk),
-        &got,
-        &stop,
-        receivers,
-    )
-    .await
+    finish(sent, started.elapsed(), watch, &got, &stop, receivers).await
 }
 
 async fn nats_core(b: &Broker, size: &Size, payload: &[u8]) -> anyhow::Result<Outcome> {
@@ -369,11 +363,7 @@ async fn nats_core(b: &Broker, size: &Size, payload: &[u8]) -> anyhow::Result<Ou
         }));
         senders.push(async_nats::connect(b.nats_url()).await?);
     }
-    let (me, server, disk) = (
-        sys::CpuWatch::me(),
-        sys::CpuWatch::start(b.pid()),
-        sys::DiskWatch::start(b.pid()),
-    );
+    let watch = Watch::start(b.pid());
     let started = Instant::now();
     let tasks: Vec<_> = senders
         .into_iter()
@@ -398,13 +388,5 @@ async fn nats_core(b: &Broker, size: &Size, payload: &[u8]) -> anyhow::Result<Ou
     for t in tasks {
         sent += t.await??;
     }
-    finish(
-        sent,
-        started.elapsed(),
-        (me, server, disk),
-        &got,
-        &stop,
-        receivers,
-    )
-    .await
+    finish(sent, started.elapsed(), watch, &got, &stop, receivers).await
 }
