@@ -1,8 +1,7 @@
 //! Reading mailboxes for delivery, gathered. A message to a large group
 //! wakes every member's connection at once, and each used to read its
 //! device record and then its mailbox on its own: two store round trips per
-//! delivery, which on SQLite are two hops to a blocking thread and two turns
-//! of the one connection's lock. The [`MailboxReader`] gathers the reads
+//! delivery, which on SQLite are two calls to the store's thread. The [`MailboxReader`] gathers the reads
 //! that arrive together into one [`Store::fetch_many`], as the SQLite
 //! store's group commit gathers writes: a read that finds fewer than
 //! [`MAX_TASKS`] batches running starts one in its own task; reads arriving

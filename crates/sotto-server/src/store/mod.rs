@@ -678,8 +678,8 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// is told so and disconnected), else the first `limit` unexpired
     /// entries after `after`, as [`Store::fetch`] gives them. A message to
     /// a large group wakes many connections at once; the SQLite store
-    /// reads all their mailboxes in one hop to its blocking thread and one
-    /// lock, the PostgreSQL store in one query
+    /// reads all their mailboxes in one call to its thread, the PostgreSQL
+    /// store in one query
     /// ([`crate::mailbox::MailboxReader`] gathers them).
     fn fetch_many(
         &self,

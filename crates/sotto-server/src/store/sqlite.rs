@@ -1,15 +1,17 @@
 //! The embedded [`Store`]: one SQLite database file in WAL mode with
 //! `synchronous=FULL`, so a transaction that returned is on disk, and
 //! `secure_delete=ON`, so deleted ciphertext is overwritten. All access goes
-//! through one connection on blocking threads; SQLite serializes writers
+//! through one connection, on the store's own thread; SQLite serializes writers
 //! anyway, and one connection keeps every write in a single, simple order.
 //! Concurrent sends and acknowledgements share a transaction and its fsync
 //! (group commit, see [`SqliteStore`]). The schema is versioned like the
 //! PostgreSQL store's: numbered migrations in `migrations/sqlite/`, applied
 //! on open and counted in `PRAGMA user_version` (the `migrations` module).
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::mpsc;
 
 use rusqlite::{Connection, ErrorCode as SqlCode, OptionalExtension, TransactionBehavior, params};
 use sotto_proto::{
@@ -28,17 +30,17 @@ mod migrations;
 
 /// The SQLite store.
 ///
-/// One connection, behind a mutex, used from blocking threads. Sends (to
-/// groups and to devices) and acknowledgements are written with group
-/// commit: each joins a queue, and one writer task (started by whoever
-/// queues first) writes every queued write in one transaction (a savepoint
-/// each, so one refused write does not undo the others), with one fsync for
-/// all of them. No write is answered before the transaction holding it is
-/// durable.
+/// One connection, owned by one thread (the store thread), which runs the
+/// calls sent to it over a channel: no hop through tokio's blocking pool
+/// and no lock per call. Sends (to groups and to devices) and
+/// acknowledgements are written with group commit: the thread takes every
+/// call waiting in its channel, runs the others as it meets them, and
+/// writes the batched ones it took in one transaction (a savepoint each, so
+/// one refused write does not undo the others), with one fsync for all of
+/// them. No write is answered before the transaction holding it is durable.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
-    writes: Arc<Batch>,
+    thread: Arc<StoreThread>,
     /// Key-directory turns (`Store::directory_turn`): one server uses a
     /// SQLite database, so a lock in memory is every node's.
     directory: Arc<tokio::sync::Mutex<()>>,
@@ -54,17 +56,71 @@ type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// answers.
 type WriteJob = Box<dyn FnOnce(Option<&Connection>) -> (bool, Finish) + Send>;
 
-/// The queue of writes for the next group commit.
-#[derive(Default)]
-struct Batch {
-    queue: Mutex<Vec<WriteJob>>,
-    /// A writer task is started and has not taken the queue yet.
-    scheduled: std::sync::atomic::AtomicBool,
+/// A call for the store thread.
+enum Call {
+    /// Runs by itself with the connection: a read, or a write with its own
+    /// transaction.
+    Alone(Box<dyn FnOnce(&mut Connection) + Send>),
+    /// Joins the next group commit.
+    Batched(WriteJob),
 }
 
-impl std::fmt::Debug for Batch {
+/// At most this many calls are taken from the channel before the batched
+/// writes among them are written, so a stream of other calls does not hold
+/// them back.
+const MAX_TAKEN: usize = 1024;
+
+/// The store thread and the channel to it. When the last handle goes, the
+/// channel closes and the thread is waited for: it finishes the calls it
+/// was given and closes the database, so a store dropped is closed (and can
+/// be reopened, or rewritten by [`pages_of`], at once).
+struct StoreThread {
+    calls: Option<mpsc::Sender<Call>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for StoreThread {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Batch")
+        f.write_str("StoreThread")
+    }
+}
+
+impl Drop for StoreThread {
+    fn drop(&mut self) {
+        drop(self.calls.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The store thread's loop: waits for a call, takes every other one
+/// waiting (up to [`MAX_TAKEN`]), runs the lone ones in order and writes
+/// the batched ones together. A call that panics fails (a batched write
+/// with its batch, whose transaction is rolled back): its answer is
+/// dropped, which its caller sees as an error, and the thread goes on.
+fn serve(mut conn: Connection, calls: mpsc::Receiver<Call>) {
+    while let Ok(first) = calls.recv() {
+        let mut writes = Vec::new();
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(call) = next {
+            match call {
+                Call::Alone(f) => {
+                    let _ = catch_unwind(AssertUnwindSafe(|| f(&mut conn)));
+                }
+                Call::Batched(job) => writes.push(job),
+            }
+            taken += 1;
+            next = if taken < MAX_TAKEN {
+                calls.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if !writes.is_empty() {
+            let _ = catch_unwind(AssertUnwindSafe(|| write_batch(&mut conn, writes)));
+        }
     }
 }
 
@@ -366,11 +422,27 @@ impl SqliteStore {
         if !applied.is_empty() {
             tracing::info!(?applied, "SQLite store schema migrated");
         }
+        let (calls, inbox) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("sotto-store".into())
+            .spawn(move || serve(conn, inbox))
+            .map_err(|e| StoreError::Internal(format!("cannot start the store thread: {e}")))?;
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-            writes: Arc::new(Batch::default()),
+            thread: Arc::new(StoreThread {
+                calls: Some(calls),
+                thread: Some(thread),
+            }),
             directory: Arc::new(tokio::sync::Mutex::new(())),
         })
+    }
+
+    /// Hands `call` to the store thread.
+    fn call(&self, call: Call) -> Result<(), StoreError> {
+        self.thread
+            .calls
+            .as_ref()
+            .and_then(|c| c.send(call).ok())
+            .ok_or_else(|| StoreError::Internal("the store thread stopped".into()))
     }
 
     async fn with<T, E>(
@@ -381,13 +453,13 @@ impl SqliteStore {
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut g = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut g)
-        })
-        .await
-        .map_err(|e| E::from(StoreError::Internal(format!("store task failed: {e}"))))?
+        let (reply, answer) = tokio::sync::oneshot::channel::<Result<T, E>>();
+        self.call(Call::Alone(Box::new(move |c| {
+            let _ = reply.send(f(c));
+        })))?;
+        answer
+            .await
+            .map_err(|_| E::from(StoreError::Internal("a store call failed".into())))?
     }
 
     /// Runs `f` in the next group commit (see [`SqliteStore`]); answers once
@@ -401,7 +473,6 @@ impl SqliteStore {
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
-        use std::sync::atomic::Ordering::SeqCst;
         let (reply, answer) = tokio::sync::oneshot::channel::<Result<T, E>>();
         let job: WriteJob = Box::new(move |c| {
             let r = match c {
@@ -414,25 +485,7 @@ impl SqliteStore {
             });
             (ok, finish)
         });
-        self.writes
-            .queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(job);
-        // One writer per batch: a writer clears `scheduled` before it takes
-        // the queue, so a write queued after the take starts the next one.
-        if !self.writes.scheduled.swap(true, SeqCst) {
-            let (conn, writes) = (self.conn.clone(), self.writes.clone());
-            tokio::task::spawn_blocking(move || {
-                let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
-                writes.scheduled.store(false, SeqCst);
-                let jobs =
-                    std::mem::take(&mut *writes.queue.lock().unwrap_or_else(|p| p.into_inner()));
-                if !jobs.is_empty() {
-                    write_batch(&mut c, jobs);
-                }
-            });
-        }
+        self.call(Call::Batched(job))?;
         answer.await.unwrap_or_else(|_| {
             Err(E::from(StoreError::Internal(
                 "a write was dropped unwritten".into(),
@@ -447,8 +500,14 @@ impl SqliteStore {
         hashes: &[[u8; 32]],
         expires_ms: u64,
     ) -> Result<(), StoreError> {
-        let mut g = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        add_invites(&mut g, hashes, expires_ms)
+        let (reply, answer) = mpsc::channel();
+        let hashes = hashes.to_vec();
+        self.call(Call::Alone(Box::new(move |c| {
+            let _ = reply.send(add_invites(c, &hashes, expires_ms));
+        })))?;
+        answer
+            .recv()
+            .map_err(|_| StoreError::Internal("a store call failed".into()))?
     }
 }
 
@@ -1871,5 +1930,32 @@ impl Store for SqliteStore {
             Ok(roots)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A call that panics is an error for its caller, not the end of the
+    /// store: the next calls, lone and batched, are answered.
+    #[tokio::test]
+    async fn a_store_call_that_panics_fails_and_the_store_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("server.db")).unwrap();
+        let lone = s
+            .with(|_| -> Result<(), StoreError> { panic!("a lone call") })
+            .await;
+        assert!(matches!(lone, Err(StoreError::Internal(_))), "{lone:?}");
+        let batched = s
+            .batched(|_| -> Result<(), StoreError> { panic!("a batched call") })
+            .await;
+        assert!(
+            matches!(batched, Err(StoreError::Internal(_))),
+            "{batched:?}"
+        );
+        s.add_invites(vec![[7; 32]], u64::MAX / 2).await.unwrap();
+        s.ack(DeviceId([1; 32]), vec![1]).await.unwrap();
+        assert_eq!(s.stats().await.unwrap().accounts, 0);
     }
 }
